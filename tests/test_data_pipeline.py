@@ -1,0 +1,63 @@
+"""Transforms, batching and the grouped batch sampler on generated data."""
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from mrcnn_nb.data import (COCODataset, GroupedBatchSampler, aspect_ratio_groups, build_transforms, collate,
+                           resized_hw)
+from mrcnn_nb.shapes import make_shapes
+
+
+def test_training_pipeline_end_to_end(shapes_root):
+    ds = COCODataset(shapes_root, "train", transforms=build_transforms(True, scales=(160, 192), max_size=300, normalize="pytorch"),
+                     skip_empty=True)
+    sampler = GroupedBatchSampler(RandomSampler(ds, generator=torch.Generator().manual_seed(0)), aspect_ratio_groups(ds.image_sizes()), 4)
+    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=2)
+    seen = 0
+    for batch, targets in loader:
+        assert batch.tensors.dtype == torch.float32 and batch.tensors.shape[-1] % 32 == 0 and batch.tensors.shape[-2] % 32 == 0
+        for (h, w), t in zip(batch.image_sizes, targets):
+            assert min(h, w) in (160, 192) and tuple(t["size"].tolist()) == (h, w) and t["masks"].shape[-2:] == (h, w)
+            assert (t["boxes"][:, 2:] <= torch.tensor([w, h])).all() and (t["boxes"] >= 0).all()
+        seen += len(targets)
+    assert seen == len(ds)
+
+
+def test_resize_keeps_masks_binary_and_boxes_tight(shapes_root):
+    ds = COCODataset(shapes_root, "val", transforms=build_transforms(False, scales=(256,), max_size=1000))
+    for i in range(8):
+        img, t = ds[i]
+        assert img.shape[-2:] == (256, 256) and set(t["masks"].unique().tolist()) <= {0, 1}
+        for m, b in zip(t["masks"], t["boxes"]):
+            ys, xs = torch.where(m > 0)
+            if len(xs):  # nearest-neighbour masks stay within a pixel of the scaled box
+                assert abs(xs.min().item() - b[0].item()) <= 2 and abs(xs.max().item() + 1 - b[2].item()) <= 2
+
+
+def test_resized_hw():
+    assert resized_hw(480, 640, 800, 1333) == (800, 1067)
+    assert resized_hw(100, 1000, 800, 1333) == (133, 1333)
+
+
+def test_grouped_sampler_under_distributed_sampler(tmp_path):
+    root = make_shapes(tmp_path, n_train=0, n_val=0, progress=False)  # only to have a root; groups are synthetic here
+    groups = [i % 3 == 0 for i in range(37)]
+    groups = [int(g) for g in groups]
+    for drop_last in (False, True):
+        counts, covered = [], []
+        for rank in range(3):
+            s = DistributedSampler(range(37), num_replicas=3, rank=rank, shuffle=True, seed=1)
+            gbs = GroupedBatchSampler(s, groups, 4, drop_last=drop_last)
+            batches = list(gbs)
+            assert len(batches) == len(gbs)
+            counts.append(len(batches)); covered += [i for b in batches for i in b]
+            full_group = [b for b in batches if len(b) == 4][: len(batches) - 1]
+            assert sum(len({groups[i] for i in b}) == 1 for b in batches) >= len(batches) - 1
+        assert len(set(counts)) == 1  # every rank takes the same number of steps
+        if not drop_last: assert set(covered) == set(range(37))
+
+
+def test_portrait_and_landscape_groups(tmp_path):
+    a = make_shapes(tmp_path / "l", n_train=0, n_val=3, size="96x64", progress=False)
+    assert aspect_ratio_groups(COCODataset(a, "val").image_sizes()) == [0, 0, 0]
+    b = make_shapes(tmp_path / "p", n_train=0, n_val=2, size="64x96", progress=False)
+    assert aspect_ratio_groups(COCODataset(b, "val").image_sizes()) == [1, 1]

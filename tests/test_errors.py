@@ -1,0 +1,115 @@
+"""Bad input gets a clear error naming the file or annotation; the CLI exits with 2 and one line."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import write_coco
+from mrcnn_nb.core import UserInputError
+from mrcnn_nb.data import COCODataset
+
+CATS = [dict(id=1, name="thing")]
+IMG = dict(id=1, file_name="a.jpg", height=20, width=30)
+ANN = dict(id=5, image_id=1, category_id=1, bbox=[1, 1, 5, 5], area=25, iscrowd=0, segmentation=[[1, 1, 6, 1, 6, 6, 1, 6]])
+
+
+def test_missing_image_file(tmp_path):
+    write_coco(tmp_path, "val", [IMG], [ANN], CATS, image_files=False)
+    ds = COCODataset(tmp_path, "val")
+    with pytest.raises(UserInputError, match=r"val/a.jpg: image file not found \(image id 1 of instances_val.json\)"):
+        ds[0]
+
+
+def test_truncated_and_unreadable_images(tmp_path):
+    write_coco(tmp_path, "val", [IMG], [ANN], CATS)
+    from PIL import Image
+    import numpy as np
+    path = tmp_path / "val" / "a.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(path, format="JPEG")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserInputError, match=r"a.jpg: unreadable or truncated image"):
+        COCODataset(tmp_path, "val")[0]
+    path.write_bytes(b"this is not an image")
+    with pytest.raises(UserInputError, match=r"a.jpg: unreadable or truncated image"):
+        COCODataset(tmp_path, "val")[0]
+    path.write_bytes(b"")
+    with pytest.raises(UserInputError, match=r"a.jpg: empty image file"):
+        COCODataset(tmp_path, "val")[0]
+
+
+def test_image_size_differs_from_annotation(tmp_path):
+    write_coco(tmp_path, "val", [dict(IMG, height=21)], [ANN], CATS)
+    (tmp_path / "val" / "a.jpg").rename(tmp_path / "val" / "tmp.png")
+    from PIL import Image
+    import numpy as np
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "val" / "a.jpg", format="PNG")
+    with pytest.raises(UserInputError, match=r"a.jpg: image is 30x20 \(w x h\) but instances_val.json says 30x21"):
+        COCODataset(tmp_path, "val")[0]
+
+
+def test_malformed_json(tmp_path):
+    path = write_coco(tmp_path, "val", [IMG], [ANN], CATS)
+    path.write_text('{"images": [], "annotations": [,]}')
+    with pytest.raises(UserInputError, match=r"instances_val.json: malformed JSON at line 1 column 32"):
+        COCODataset(tmp_path, "val")
+    path.write_text(json.dumps({"images": [], "annotations": []}))
+    with pytest.raises(UserInputError, match=r"instances_val.json: missing key\(s\) \['categories'\]"):
+        COCODataset(tmp_path, "val")
+    path.write_text(json.dumps(dict(images=[IMG], annotations=[dict(ANN, category_id=3)], categories=CATS)))
+    with pytest.raises(UserInputError, match=r"annotation 5: category_id 3 is not in 'categories'"):
+        COCODataset(tmp_path, "val")
+    path.write_text(json.dumps(dict(images=[IMG], annotations=[dict(ANN, bbox=[1, 2])], categories=CATS)))
+    with pytest.raises(UserInputError, match=r"annotation 5: bbox must be \[x, y, w, h\]"):
+        COCODataset(tmp_path, "val")
+
+
+def test_unknown_split_and_missing_root(tmp_path):
+    write_coco(tmp_path, "val2017", [IMG], [ANN], CATS)
+    with pytest.raises(UserInputError, match=r"unknown split 'train2017' \(splits with instances_\*.json under .*: \['val2017'\]\)"):
+        COCODataset(tmp_path, "train2017")
+    with pytest.raises(UserInputError, match=r"dataset root not found"):
+        COCODataset(tmp_path / "nope", "val2017")
+    with pytest.raises(UserInputError, match=r"unknown dataset kind 'panoptic'"):
+        COCODataset(tmp_path, "val2017", kind="panoptic")
+
+
+def test_polygon_with_fewer_than_three_points(tmp_path):
+    write_coco(tmp_path, "val", [IMG], [dict(ANN, segmentation=[[1, 1, 6, 1, 6, 6, 1, 6], [1, 1, 2, 2]])], CATS)
+    with pytest.raises(UserInputError, match=r"annotation 5: polygon 1 has 4 coordinates; .* at least 6 \(3 points\)"):
+        COCODataset(tmp_path, "val")
+
+
+def run_cli(*args):
+    exe = shutil.which("mrcnn_nb", path=str(Path(sys.executable).parent)) or shutil.which("mrcnn_nb")
+    assert exe, "the mrcnn_nb console script is not installed (pip install -e .)"
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
+
+
+@pytest.mark.parametrize("case", ["malformed", "missing_split", "missing_root", "bad_polygon", "bad_size"])
+def test_cli_user_errors_exit_2_with_one_line(tmp_path, case):
+    path = write_coco(tmp_path, "val", [IMG], [ANN], CATS)
+    if case == "malformed": path.write_text("{oops"); args = ["show", tmp_path, "--split", "val"]
+    elif case == "missing_split": args = ["show", tmp_path, "--split", "test"]
+    elif case == "missing_root": args = ["show", tmp_path / "nowhere"]
+    elif case == "bad_polygon":
+        path.write_text(json.dumps(dict(images=[IMG], annotations=[dict(ANN, segmentation=[[1, 1]])], categories=CATS)))
+        args = ["show", tmp_path, "--split", "val", "--out", tmp_path / "x.png"]
+    else: args = ["shapes", tmp_path / "out", "--size", "0x0"]
+    r = run_cli(*args)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mrcnn_nb {args[0]}: error: "), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_missing_image_mid_show(tmp_path):
+    write_coco(tmp_path, "val", [IMG], [ANN], CATS, image_files=False)
+    r = run_cli("show", tmp_path, "--split", "val", "--out", tmp_path / "x.png")
+    assert r.returncode == 2 and "a.jpg: image file not found" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x.png").exists()
