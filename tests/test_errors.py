@@ -91,7 +91,7 @@ def run_cli(*args):
                           env=dict(os.environ, PYTHONWARNINGS="ignore"))
 
 
-@pytest.mark.parametrize("case", ["malformed", "missing_split", "missing_root", "bad_polygon", "bad_size"])
+@pytest.mark.parametrize("case", ["malformed", "missing_split", "missing_root", "bad_polygon", "bad_size", "unwritable_out"])
 def test_cli_user_errors_exit_2_with_one_line(tmp_path, case):
     path = write_coco(tmp_path, "val", [IMG], [ANN], CATS)
     if case == "malformed": path.write_text("{oops"); args = ["show", tmp_path, "--split", "val"]
@@ -100,7 +100,9 @@ def test_cli_user_errors_exit_2_with_one_line(tmp_path, case):
     elif case == "bad_polygon":
         path.write_text(json.dumps(dict(images=[IMG], annotations=[dict(ANN, segmentation=[[1, 1]])], categories=CATS)))
         args = ["show", tmp_path, "--split", "val", "--out", tmp_path / "x.png"]
-    else: args = ["shapes", tmp_path / "out", "--size", "0x0"]
+    elif case == "bad_size": args = ["shapes", tmp_path / "out", "--size", "0x0"]
+    else:  # a file where the output folder should be
+        (tmp_path / "f").write_text(""); args = ["show", tmp_path, "--split", "val", "--out", tmp_path / "f" / "x.png"]
     r = run_cli(*args)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
