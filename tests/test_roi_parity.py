@@ -1,0 +1,194 @@
+"""RoI layers: randomized parity with torchvision and the references on every backend, gradcheck,
+edge cases and bad input. The CUDA backend runs on a GPU when there is one, else in Numba's
+simulator (small sizes: the simulator runs each GPU thread in Python)."""
+import math
+
+import pytest
+import torch
+import torchvision
+
+from conftest import CUDA_KERNELS_RUN
+from mrcnn_nb.roi_layers import roi_align_ref, roi_pool_ref, roi_warp_ref
+from mrcnn_nb.roi_ops import RoIAlign, RoIPool, RoIWarp, roi_align, roi_pool, roi_warp
+
+GPU = torch.cuda.is_available()
+CUDA_DEVICE = "cuda" if GPU else "cpu"
+
+
+def case(seed, N=2, C=3, H=15, W=19, K=25, stride=4.0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, C, H, W, generator=g, dtype=torch.float64).to(dtype)
+    img = torch.tensor([W * stride, H * stride], dtype=torch.float64)
+    xy = torch.rand(K, 2, generator=g, dtype=torch.float64) * img * 1.2 - 0.1 * img
+    wh = torch.rand(K, 2, generator=g, dtype=torch.float64) * img * 0.6
+    b = torch.randint(0, N, (K, 1), generator=g).double()
+    return x, torch.cat([b, xy, xy + wh], 1).to(dtype), 1.0 / stride
+
+
+def grads(fn, x, gout):
+    x = x.detach().clone().requires_grad_()
+    y = fn(x)
+    (gx,) = torch.autograd.grad(y, x, gout)
+    return y.detach(), gx
+
+
+BACKENDS = ["numba", "torch"] + (["cuda"] if CUDA_KERNELS_RUN else [])
+
+
+def sized(backend, seed, **kw):
+    # the simulator runs one Python thread per GPU thread: keep its cases small
+    if backend == "cuda" and not GPU: kw = dict(dict(C=2, K=6, H=9, W=11), **kw)
+    x, b, s = case(seed, **kw)
+    dev = CUDA_DEVICE if backend == "cuda" else "cpu"
+    return x.to(dev), b.to(dev), s
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [-1, 0, 2])
+@pytest.mark.parametrize("seed", range(3))
+def test_roi_align_matches_torchvision(backend, aligned, sampling_ratio, seed):
+    x, b, s = sized(backend, seed)
+    out = (5, 4) if backend != "cuda" or GPU else (3, 2)
+    gout = torch.randn(b.shape[0], x.shape[1], *out, generator=torch.Generator().manual_seed(seed)).to(x)
+    y1, g1 = grads(lambda t: roi_align(t, b, out, s, sampling_ratio, aligned, backend=backend), x, gout)
+    y2, g2 = grads(lambda t: torchvision.ops.roi_align(t.cpu(), b.cpu(), out, s, sampling_ratio, aligned), x.cpu(), gout.cpu())
+    torch.testing.assert_close(y1.cpu(), y2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g1.cpu(), g2, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", range(4))
+def test_roi_pool_matches_torchvision(backend, seed):
+    x, b, s = sized(backend, seed)
+    gout = torch.randn(b.shape[0], x.shape[1], 3, 4, generator=torch.Generator().manual_seed(seed)).to(x)
+    y1, g1 = grads(lambda t: roi_pool(t, b, (3, 4), s, backend=backend), x, gout)
+    y2, g2 = grads(lambda t: torchvision.ops.roi_pool(t, b.cpu(), (3, 4), s), x.cpu(), gout.cpu())
+    torch.testing.assert_close(y1.cpu(), y2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g1.cpu(), g2, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
+@pytest.mark.parametrize("layer", ["warp_max", "warp_avg", "align_max"])
+@pytest.mark.parametrize("seed", range(3))
+def test_layers_without_torchvision_match_the_references(backend, layer, seed):
+    x, b, s = sized(backend, seed)
+    if layer == "align_max":
+        ours = lambda t: roi_align(t, b, 3, s, 2, True, "max", backend=backend)
+        ref = lambda t: roi_align_ref(t, b.cpu(), 3, s, 2, True, "max")
+    else:
+        mode = layer.split("_")[1]
+        ours = lambda t: roi_warp(t, b, 3, s, 2, mode, backend=backend)
+        ref = lambda t: roi_warp_ref(t, b.cpu(), 3, s, 2, mode)
+    gout = torch.randn(b.shape[0], x.shape[1], 3, 3, generator=torch.Generator().manual_seed(seed)).to(x)
+    y1, g1 = grads(ours, x, gout)
+    y2, g2 = grads(ref, x.cpu(), gout.cpu())
+    torch.testing.assert_close(y1.cpu(), y2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g1.cpu(), g2, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fn", ["align_avg", "align_max", "align_avg_legacy", "warp_avg", "warp_max", "pool"])
+def test_gradcheck_float64(backend, fn):
+    x, b, s = sized(backend, 7, dtype=torch.float64, N=1, C=2, H=6, W=7, K=3)
+    x = x.requires_grad_()
+    f = {"align_avg": lambda t: roi_align(t, b, 3, s, 2, True, "avg", backend=backend),
+         "align_max": lambda t: roi_align(t, b, 3, s, 2, True, "max", backend=backend),
+         "align_avg_legacy": lambda t: roi_align(t, b, 3, s, -1, False, "avg", backend=backend),
+         "warp_avg": lambda t: roi_warp(t, b, 3, s, 2, "avg", backend=backend),
+         "warp_max": lambda t: roi_warp(t, b, 3, s, 2, "max", backend=backend),
+         "pool": lambda t: roi_pool(t, b, 3, s, backend=backend)}[fn]
+    assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_edge_cases(backend):
+    dev = CUDA_DEVICE if backend == "cuda" else "cpu"
+    x = torch.randn(2, 2, 8, 9, device=dev)
+    for f in (roi_align, roi_warp, roi_pool):
+        assert f(x, torch.zeros(0, 5, device=dev), 3, backend=backend).shape == (0, 2, 3, 3)             # zero RoIs
+        assert f(torch.zeros(0, 2, 8, 9, device=dev), [], 3, backend=backend).shape == (0, 2, 3, 3)       # empty batch
+        odd = torch.tensor([[0., 500, 500, 600, 600],           # wholly outside
+                            [1, -40, -40, 10, 10],              # partly outside
+                            [1, 12, 12, 12, 12],                # zero size
+                            [0, 20, 20, 4, 4],                  # negative size
+                            [1, float("nan"), 3, 9, 9],         # NaN
+                            [0, 2, 3, float("inf"), 9]], device=dev)
+        out = f(x, odd, 3, 0.5, backend=backend)
+        assert torch.isfinite(out).all()
+        assert out[0].abs().sum() == 0 and out[4].abs().sum() == 0 and out[5].abs().sum() == 0
+        assert out[1].abs().sum() > 0
+
+
+def test_non_contiguous_channels_last_and_dtypes():
+    x, b, s = case(3, C=4)
+    ref = torchvision.ops.roi_align(x, b, 4, s, 2, True)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    strided = torch.randn(2, 8, 15, 19)[:, ::2]; strided.copy_(x)
+    transposed = x.transpose(2, 3).contiguous().transpose(2, 3)
+    for variant in (cl, strided, transposed):
+        assert not variant.is_contiguous() or variant is cl
+        torch.testing.assert_close(roi_align(variant, b, 4, s, 2, True), ref, atol=1e-5, rtol=1e-5)
+    x64, b64, _ = case(3, C=4, dtype=torch.float64)
+    torch.testing.assert_close(roi_align(x64, b64, 4, s, 2, True), torchvision.ops.roi_align(x64, b64, 4, s, 2, True), atol=1e-12, rtol=1e-12)
+    xh = x.to(torch.bfloat16)  # dtypes the kernels do not take fall back to the reference
+    assert roi_align(xh, b.to(torch.bfloat16), 4, s, 2, True).dtype == torch.bfloat16
+
+
+def test_channels_last_is_read_without_copy(monkeypatch):
+    "The numba kernels receive a view of the channels_last tensor's memory, not a copy."
+    import mrcnn_nb.roi_numba as rn
+    seen = {}
+    original = rn._bilinear_avg_fwd
+    def spy(x, *args):
+        seen["ptr"] = x.ctypes.data; seen["contiguous"] = x.flags.c_contiguous
+        return original(x, *args)
+    monkeypatch.setattr(rn, "_bilinear_avg_fwd", spy)
+    x, b, s = case(0, C=8)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    roi_align(cl, b, 4, s, 2, True)
+    assert seen == {"ptr": cl.data_ptr(), "contiguous": True}
+
+
+def test_backward_is_deterministic_across_thread_counts():
+    import numba
+    x, b, s = case(5, C=16, K=200)
+    x = x.requires_grad_()
+    out = []
+    for threads in (1, numba.config.NUMBA_NUM_THREADS):
+        numba.set_num_threads(threads)
+        for f in (lambda t: roi_align(t, b, 7, s, 2, True), lambda t: roi_align(t, b, 7, s, 2, True, "max"), lambda t: roi_pool(t, b, 7, s)):
+            y = f(x); (g,) = torch.autograd.grad(y, x, torch.ones_like(y)); out.append(g)
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    for a, c in zip(out[:3], out[3:]): assert torch.equal(a, c)
+
+
+def test_bad_input_errors():
+    x, b, s = case(0)
+    with pytest.raises(ValueError, match=r"\(K, 5\)"): roi_align(x, b[:, 1:], 3)
+    with pytest.raises(ValueError, match=r"boxes\[1\] must be a \(Ki, 4\)"): roi_align(x, [b[:2, 1:], b[:2]], 3)
+    with pytest.raises(ValueError, match=r"RoI 0 has batch index 2.0, but input holds 2 image"):
+        roi_align(x, torch.tensor([[2.0, 0, 0, 4, 4]]), 3)
+    with pytest.raises(ValueError, match=r"batch index -1.0"): roi_pool(x, torch.tensor([[-1.0, 0, 0, 4, 4]]), 3)
+    with pytest.raises(ValueError, match=r"batch index 0.5"): roi_warp(x, torch.tensor([[0.5, 0, 0, 4, 4]]), 3)
+    with pytest.raises(ValueError, match=r"batch index nan"): roi_align(x, torch.tensor([[float("nan"), 0, 0, 4, 4]]), 3)
+    with pytest.raises(ValueError, match=r"but input holds 0 image"): roi_align(torch.zeros(0, 3, 4, 4), torch.tensor([[0.0, 0, 0, 4, 4]]), 3)
+    with pytest.raises(TypeError, match=r"dtype torch.float64 differs from input dtype torch.float32"): roi_align(x, b.double(), 3)
+    with pytest.raises(TypeError, match=r"floating-point"): roi_align(x.long(), b, 3)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"): roi_align(x[0], b, 3)
+    with pytest.raises(ValueError, match=r"output_size must be positive"): roi_align(x, b, 0)
+    with pytest.raises(ValueError, match=r"backend 'numba' runs on the CPU"):
+        if GPU: roi_align(x.cuda(), b.cuda(), 3, backend="numba")
+        else: raise ValueError("backend 'numba' runs on the CPU")
+    if GPU:
+        with pytest.raises(ValueError, match=r"are on cpu but input is on cuda"): roi_align(x.cuda(), b, 3)
+
+
+def test_modules_repr_and_forward():
+    x, b, s = case(1)
+    m = RoIAlign(7, s, 2, True)
+    assert repr(m) == "RoIAlign(output_size=(7, 7), spatial_scale=0.25, sampling_ratio=2, aligned=True, mode='avg', backend='auto')"
+    torch.testing.assert_close(m(x, b), torchvision.ops.RoIAlign(7, s, 2, True)(x, b), atol=1e-5, rtol=1e-5)
+    assert "RoIWarp(output_size=(5, 5)" in repr(RoIWarp(5, s)) and "RoIPool(output_size=(3, 2)" in repr(RoIPool((3, 2), s))
+    torch.testing.assert_close(RoIPool(3, s)(x, b), torchvision.ops.roi_pool(x, b, 3, s))
+    with pytest.raises(ValueError, match="mode must be"): RoIWarp(5, s, mode="sum")
