@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['UserInputError', 'seed_everything', 'get_device', 'log_tensor', 'Timer', 'atomic_write', 'in_test',
-           'use_cuda_simulator']
+__all__ = ['UserInputError', 'seed_everything', 'get_device', 'log_tensor', 'Timer', 'atomic_write', 'load_state_dict_file',
+           'load_weights', 'in_test', 'use_cuda_simulator']
 
 # %% ../nbs/00_core.ipynb #24e13f04
 class UserInputError(ValueError):
@@ -98,11 +98,45 @@ def atomic_write(path, mode: str = "w", **kwargs):
         raise
 
 # %% ../nbs/00_core.ipynb #3f8ee982
+def load_state_dict_file(path, key: str | None = None) -> dict:
+    "Read a state dict from `path` with `weights_only=True`; `key` picks a nested entry (e.g. 'model')."
+    path = Path(path)
+    if not path.is_file(): raise UserInputError(f"{path}: weight file not found")
+    try: obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError and friends, or a file that is no checkpoint at all
+        kind = type(e).__name__
+        if "Unsupported global" in str(e):   # a class or function the file wants to import and run
+            raise UserInputError(f"{path}: refused: the file holds pickled Python objects, not only tensors "
+                                 f"(torch.load(weights_only=True) would have to run code from it). Re-save its state_dict.") from None
+        raise UserInputError(f"{path}: not a readable PyTorch weight file ({kind}: {str(e).splitlines()[0][:200]})") from None
+    if key is not None:
+        if not isinstance(obj, dict) or key not in obj: raise UserInputError(f"{path}: no entry {key!r} (entries: {sorted(obj)[:20] if isinstance(obj, dict) else type(obj).__name__})")
+        obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserInputError(f"{path}: expected a state dict (names to tensors), got {type(obj).__name__}")
+    return obj
+
+def load_weights(module: torch.nn.Module, state_dict: dict, strict: bool = True, source: str = "state dict") -> torch.nn.Module:
+    "Load `state_dict` into `module`; on mismatch raise `UserInputError` listing missing and unexpected keys."
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    if shapes or (strict and (missing or unexpected)):
+        lines = [f"{source} does not fit {type(module).__name__}:"]
+        if missing: lines.append(f"  missing ({len(missing)}): " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""))
+        if unexpected: lines.append(f"  unexpected ({len(unexpected)}): " + ", ".join(unexpected[:20]) + (" ..." if len(unexpected) > 20 else ""))
+        if shapes: lines.append(f"  wrong shape ({len(shapes)}): " + "; ".join(shapes[:10]))
+        raise UserInputError("\n".join(lines))
+    module.load_state_dict(state_dict, strict=False)
+    return module
+
+# %% ../nbs/00_core.ipynb #a61aeff8
 def in_test() -> bool:
     "True while `nbdev_test` (or CI) runs the notebooks: use it to pick a small-scale setting."
     return os.environ.get("IN_TEST", "").lower() not in ("", "0", "false", "no")
 
-# %% ../nbs/00_core.ipynb #a61aeff8
+# %% ../nbs/00_core.ipynb #b1f364d6
 def use_cuda_simulator() -> bool:
     "Enable Numba's CUDA simulator if there is no GPU and `numba.cuda` is not imported yet; True if CUDA kernels can run."
     import sys
