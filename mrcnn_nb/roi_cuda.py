@@ -28,7 +28,7 @@ def _unravel(i, PH, PW, C):
 @cuda.jit
 def _k_bilinear_avg_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, out):
     i = cuda.grid(1)
-    K, PH, PW, C = out.shape
+    K, C, PH, PW = out.shape
     if i >= K * PH * PW * C: return
     k, ph, pw, c = _unravel(i, PH, PW, C)
     b = batch[k]; cnt = count[k]; acc = cnt - cnt   # zero in the data's dtype
@@ -37,15 +37,15 @@ def _k_bilinear_avg_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi
         for ix in range(xn[k]):
             x0 = xlo[k, pw, ix]; x1 = xhi[k, pw, ix]; wx0 = xwlo[k, pw, ix]; wx1 = xwhi[k, pw, ix]
             acc += wy0 * wx0 * x[b, y0, x0, c] + wy0 * wx1 * x[b, y0, x1, c] + wy1 * wx0 * x[b, y1, x0, c] + wy1 * wx1 * x[b, y1, x1, c]
-    out[k, ph, pw, c] = acc / cnt
+    out[k, c, ph, pw] = acc / cnt
 
 @cuda.jit
 def _k_bilinear_avg_bwd(g, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, gin):
     i = cuda.grid(1)
-    K, PH, PW, C = g.shape
+    K, C, PH, PW = g.shape
     if i >= K * PH * PW * C: return
     k, ph, pw, c = _unravel(i, PH, PW, C)
-    b = batch[k]; v = g[k, ph, pw, c] / count[k]
+    b = batch[k]; v = g[k, c, ph, pw] / count[k]
     for iy in range(yn[k]):
         y0 = ylo[k, ph, iy]; y1 = yhi[k, ph, iy]; wy0 = ywlo[k, ph, iy]; wy1 = ywhi[k, ph, iy]
         for ix in range(xn[k]):
@@ -56,7 +56,7 @@ def _k_bilinear_avg_bwd(g, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi
 @cuda.jit
 def _k_bilinear_max_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, out, arg):
     i = cuda.grid(1)
-    K, PH, PW, C = out.shape
+    K, C, PH, PW = out.shape
     if i >= K * PH * PW * C: return
     k, ph, pw, c = _unravel(i, PH, PW, C)
     GW = xlo.shape[2]; b = batch[k]
@@ -68,19 +68,19 @@ def _k_bilinear_max_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi
             v = wy0 * wx0 * x[b, y0, x0, c] + wy0 * wx1 * x[b, y0, x1, c] + wy1 * wx0 * x[b, y1, x0, c] + wy1 * wx1 * x[b, y1, x1, c]
             if v > best:
                 best = v; best_s = iy * GW + ix
-    out[k, ph, pw, c] = best if best_s >= 0 else 0
+    out[k, c, ph, pw] = best if best_s >= 0 else 0
     arg[k, ph, pw, c] = best_s
 
 @cuda.jit
 def _k_bilinear_max_bwd(g, arg, batch, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi, gin):
     i = cuda.grid(1)
-    K, PH, PW, C = g.shape
+    K, C, PH, PW = g.shape
     if i >= K * PH * PW * C: return
     k, ph, pw, c = _unravel(i, PH, PW, C)
     s = arg[k, ph, pw, c]
     if s < 0: return
     GW = xlo.shape[2]; iy = s // GW; ix = s - iy * GW
-    b = batch[k]; v = g[k, ph, pw, c]
+    b = batch[k]; v = g[k, c, ph, pw]
     y0 = ylo[k, ph, iy]; y1 = yhi[k, ph, iy]; wy0 = ywlo[k, ph, iy]; wy1 = ywhi[k, ph, iy]
     x0 = xlo[k, pw, ix]; x1 = xhi[k, pw, ix]; wx0 = xwlo[k, pw, ix]; wx1 = xwhi[k, pw, ix]
     cuda.atomic.add(gin, (b, y0, x0, c), v * wy0 * wx0); cuda.atomic.add(gin, (b, y0, x1, c), v * wy0 * wx1)
@@ -89,7 +89,7 @@ def _k_bilinear_max_bwd(g, arg, batch, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwh
 @cuda.jit
 def _k_pool_fwd(x, batch, py0, py1, px0, px1, out, arg):
     i = cuda.grid(1)
-    K, PH, PW, C = out.shape
+    K, C, PH, PW = out.shape
     if i >= K * PH * PW * C: return
     k, ph, pw, c = _unravel(i, PH, PW, C)
     W = x.shape[2]; b = batch[k]
@@ -99,19 +99,19 @@ def _k_pool_fwd(x, batch, py0, py1, px0, px1, out, arg):
             v = x[b, h, w, c]
             if v > best:
                 best = v; best_i = h * W + w
-    out[k, ph, pw, c] = best if best_i >= 0 else 0
+    out[k, c, ph, pw] = best if best_i >= 0 else 0
     arg[k, ph, pw, c] = best_i
 
 @cuda.jit
 def _k_pool_bwd(g, arg, batch, gin):
     i = cuda.grid(1)
-    K, PH, PW, C = g.shape
+    K, C, PH, PW = g.shape
     if i >= K * PH * PW * C: return
     k, ph, pw, c = _unravel(i, PH, PW, C)
     a = arg[k, ph, pw, c]
     if a < 0: return
     W = gin.shape[2]; h = a // W
-    cuda.atomic.add(gin, (batch[k], h, a - h * W, c), g[k, ph, pw, c])
+    cuda.atomic.add(gin, (batch[k], h, a - h * W, c), g[k, c, ph, pw])
 
 # %% ../nbs/07b_roi_cuda.ipynb #f36750a1
 def cuda_kernels_available(t: Tensor | None = None) -> bool:
@@ -151,14 +151,14 @@ def bilinear_forward_cuda(input: Tensor, plan: BilinearPlan, mode: str = "avg"):
     _check(input)
     N, C, H, W = input.shape
     K, PH, PW = plan.y.lo.shape[0], plan.y.lo.shape[1], plan.x.lo.shape[1]
-    out = torch.empty(K, PH, PW, C, dtype=input.dtype, device=input.device)
+    out = torch.empty(K, C, PH, PW, dtype=input.dtype, device=input.device)
     p = _plan_views(plan, input.device)
     if mode == "avg":
         _launch(_k_bilinear_avg_fwd, out.numel(), input, _nhwc(input), *p, _view(plan.count.to(input.device)), _view(out))
-        return out.permute(0, 3, 1, 2), None
+        return out, None
     arg = torch.empty(K, PH, PW, C, dtype=torch.int32, device=input.device)
     _launch(_k_bilinear_max_fwd, out.numel(), input, _nhwc(input), *p, _view(out), _view(arg))
-    return out.permute(0, 3, 1, 2), arg
+    return out, arg
 
 def bilinear_backward_cuda(grad_out: Tensor, plan: BilinearPlan, input_shape, mode: str = "avg", argmax=None) -> Tensor:
     "Input gradient of RoIAlign / RoIWarp with the CUDA kernels, (N, C, H, W) in channels_last memory."
@@ -168,10 +168,10 @@ def bilinear_backward_cuda(grad_out: Tensor, plan: BilinearPlan, input_shape, mo
     b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn = _plan_views(plan, grad_out.device)
     n = grad_out.numel()
     if mode == "avg":
-        _launch(_k_bilinear_avg_bwd, n, grad_out, _nhwc(grad_out), b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn,
+        _launch(_k_bilinear_avg_bwd, n, grad_out, _view(grad_out.contiguous()), b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn,
                 _view(plan.count.to(grad_out.device)), _view(gin))
     else:
-        _launch(_k_bilinear_max_bwd, n, grad_out, _nhwc(grad_out), _view(argmax), b, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi, _view(gin))
+        _launch(_k_bilinear_max_bwd, n, grad_out, _view(grad_out.contiguous()), _view(argmax), b, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi, _view(gin))
     return gin.permute(0, 3, 1, 2)
 
 def roi_pool_forward_cuda(input: Tensor, plan: PoolPlan):
@@ -179,17 +179,17 @@ def roi_pool_forward_cuda(input: Tensor, plan: PoolPlan):
     _check(input)
     N, C, H, W = input.shape
     K, PH, PW = plan.y0.shape[0], plan.y0.shape[1], plan.x0.shape[1]
-    out = torch.empty(K, PH, PW, C, dtype=input.dtype, device=input.device)
+    out = torch.empty(K, C, PH, PW, dtype=input.dtype, device=input.device)
     arg = torch.empty(K, PH, PW, C, dtype=torch.int32, device=input.device)
     d = input.device
     _launch(_k_pool_fwd, out.numel(), input, _nhwc(input), *(_view(t.to(d)) for t in (plan.batch, plan.y0, plan.y1, plan.x0, plan.x1)),
             _view(out), _view(arg))
-    return out.permute(0, 3, 1, 2), arg
+    return out, arg
 
 def roi_pool_backward_cuda(grad_out: Tensor, plan: PoolPlan, input_shape, argmax: Tensor) -> Tensor:
     "Input gradient of RoIPool with the CUDA kernels, (N, C, H, W) in channels_last memory."
     _check(grad_out)
     N, C, H, W = input_shape
     gin = torch.zeros(N, H, W, C, dtype=grad_out.dtype, device=grad_out.device)
-    _launch(_k_pool_bwd, grad_out.numel(), grad_out, _nhwc(grad_out), _view(argmax), _view(plan.batch.to(grad_out.device)), _view(gin))
+    _launch(_k_pool_bwd, grad_out.numel(), grad_out, _view(grad_out.contiguous()), _view(argmax), _view(plan.batch.to(grad_out.device)), _view(gin))
     return gin.permute(0, 3, 1, 2)

@@ -13,8 +13,8 @@ from matplotlib.patches import Rectangle
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['round_half_away', 'draw_roi_geometry', 'AxisPlan', 'axis_plan', 'BilinearPlan', 'bilinear_plan', 'PoolPlan',
-           'pool_plan', 'bilinear_pool_reference', 'roi_pool_reference', 'roi_align_ref', 'roi_warp_ref',
+__all__ = ['MAX_GRID', 'round_half_away', 'draw_roi_geometry', 'AxisPlan', 'axis_plan', 'BilinearPlan', 'bilinear_plan',
+           'PoolPlan', 'pool_plan', 'bilinear_pool_reference', 'roi_pool_reference', 'roi_align_ref', 'roi_warp_ref',
            'roi_pool_ref']
 
 # %% ../nbs/07_roi_layers.ipynb #138c3f0e
@@ -72,10 +72,16 @@ class AxisPlan:
     w_hi: Tensor   # (K, P, G) weight of `hi`
     n: Tensor      # (K,) int64  samples per bin actually used (<= G); 0 for none
 
+MAX_GRID = 512   # samples per bin and axis: plans are padded to the largest grid, so one absurd RoI must not exhaust memory
+
 def axis_plan(start: Tensor, size: Tensor, n_bins: int, grid: Tensor, length: int) -> AxisPlan:
     "Plan `n_bins` bins of `grid` samples each over [start, start + size) on an axis of `length` cells."
     K, dtype = start.shape[0], start.dtype
     G = max(int(grid.max()), 1) if K else 1
+    if G > MAX_GRID:
+        k = int(grid.argmax())
+        raise ValueError(f"RoI {k} would need {G} samples per bin and axis (adaptive sampling on a RoI of {float(size[k]):.0f} cells); "
+                         f"pass a fixed sampling_ratio (e.g. 2), or check the box coordinates and spatial_scale")
     bin_size = size / n_bins
     p = torch.arange(n_bins, dtype=dtype)[None, :, None]
     i = torch.arange(G, dtype=dtype)[None, None, :]
@@ -163,6 +169,14 @@ def _chunks(n: int, per_item: int, budget: int = 1 << 24):
     step = max(1, budget // max(per_item, 1))
     return [(s, min(n, s + step)) for s in range(0, n, step)]
 
+def _first_max(v: Tensor) -> Tensor:
+    "Max over dims 2 and 4 of (k, P, G, P, G, C), scanning row-major; the gradient goes to the first maximum only. -inf (nothing) -> 0."
+    k, PH, GH, PW, GW, C = v.shape
+    flat = v.permute(0, 1, 3, 2, 4, 5).reshape(k, PH, PW, GH * GW, C)
+    idx = flat.argmax(3, keepdim=True)              # the first of equal maxima, like the kernels' strict '>'
+    o = flat.gather(3, idx).squeeze(3)
+    return torch.where(torch.isneginf(o), torch.zeros_like(o), o)
+
 def bilinear_pool_reference(input: Tensor, plan: BilinearPlan, mode: str = "avg") -> Tensor:
     "RoIAlign / RoIWarp from a plan: (K, C, out_h, out_w); `mode` 'avg' or 'max'."
     if mode not in ("avg", "max"): raise ValueError(f"mode must be 'avg' or 'max', got {mode!r}")
@@ -183,8 +197,7 @@ def bilinear_pool_reference(input: Tensor, plan: BilinearPlan, mode: str = "avg"
         else:
             used = ((torch.arange(GH)[None, :] < y.n[s:e, None])[:, None, :, None, None]
                     & (torch.arange(GW)[None, :] < x.n[s:e, None])[:, None, None, None, :]).to(input.device)
-            o = val.masked_fill(~used[..., None], float("-inf")).amax((2, 4))
-            o = torch.where(torch.isinf(o) & (o < 0), torch.zeros_like(o), o)  # no samples: 0
+            o = _first_max(val.masked_fill(~used[..., None] | val.isnan(), float("-inf")))
         outs.append(o.permute(0, 3, 1, 2))
     return torch.cat(outs) if outs else input.new_zeros(0, C, PH, PW)
 
@@ -202,8 +215,7 @@ def roi_pool_reference(input: Tensor, plan: PoolPlan) -> Tensor:
         b = plan.batch[s:e, None, None, None, None]
         v = input[b.to(input.device), :, yy.clamp(max=H - 1)[:, :, :, None, None].to(input.device),
                   xx.clamp(max=W - 1)[:, None, None, :, :].to(input.device)]   # (k, PH, BH, PW, BW, C)
-        o = v.masked_fill(~ok.to(input.device)[..., None], float("-inf")).amax((2, 4))
-        o = torch.where(torch.isinf(o) & (o < 0), torch.zeros_like(o), o)     # empty bin: 0
+        o = _first_max(v.masked_fill(~ok.to(input.device)[..., None] | v.isnan(), float("-inf")))
         outs.append(o.permute(0, 3, 1, 2))
     return torch.cat(outs) if outs else input.new_zeros(0, C, PH, PW)
 

@@ -19,13 +19,13 @@ __all__ = ['bilinear_forward_numba', 'bilinear_backward_numba', 'roi_pool_forwar
 # %% ../nbs/07a_roi_numba.ipynb #0b17ce96
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _bilinear_avg_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, out):
-    # x (N, H, W, C); plans (K, P, G); out (K, PH, PW, C)
+    # x (N, H, W, C); plans (K, P, G); out (K, C, PH, PW), as torchvision returns it
     K, PH = ylo.shape[0], ylo.shape[1]
     PW, C = xlo.shape[1], x.shape[3]
     for t in prange(K * PH):
         k = t // PH; ph = t - k * PH; b = batch[k]
+        o = np.empty(C, dtype=out.dtype)   # one bin's channels, contiguous: the inner loop vectorizes
         for pw in range(PW):
-            o = out[k, ph, pw]
             for c in range(C): o[c] = 0
             for iy in range(yn[k]):
                 y0, y1, wy0, wy1 = ylo[k, ph, iy], yhi[k, ph, iy], ywlo[k, ph, iy], ywhi[k, ph, iy]
@@ -36,7 +36,7 @@ def _bilinear_avg_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, 
                     r1, r2, r3, r4 = x[b, y0, x0], x[b, y0, x1], x[b, y1, x0], x[b, y1, x1]
                     for c in range(C): o[c] += w1 * r1[c] + w2 * r2[c] + w3 * r3[c] + w4 * r4[c]
             cnt = count[k]
-            for c in range(C): o[c] = o[c] / cnt
+            for c in range(C): out[k, c, ph, pw] = o[c] / cnt
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _bilinear_avg_bwd(g, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, gin, nblocks):
@@ -69,8 +69,9 @@ def _bilinear_max_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, 
     PW, GW, C = xlo.shape[1], xlo.shape[2], x.shape[3]
     for t in prange(K * PH):
         k = t // PH; ph = t - k * PH; b = batch[k]
+        o = np.empty(C, dtype=out.dtype)
         for pw in range(PW):
-            o = out[k, ph, pw]; a = arg[k, ph, pw]
+            a = arg[k, ph, pw]
             for c in range(C):
                 o[c] = -np.inf; a[c] = -1
             for iy in range(yn[k]):
@@ -84,8 +85,7 @@ def _bilinear_max_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, 
                         v = w1 * r1[c] + w2 * r2[c] + w3 * r3[c] + w4 * r4[c]
                         if v > o[c]:
                             o[c] = v; a[c] = s
-            for c in range(C):
-                if a[c] < 0: o[c] = 0
+            for c in range(C): out[k, c, ph, pw] = o[c] if a[c] >= 0 else 0
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _bilinear_max_bwd(g, arg, batch, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi, gin, nblocks):
@@ -117,13 +117,10 @@ def _pool_fwd(x, batch, py0, py1, px0, px1, out, arg):
     for t in prange(K * PH):
         k = t // PH; ph = t - k * PH; b = batch[k]
         h0, h1 = py0[k, ph], py1[k, ph]
+        o = np.empty(C, dtype=out.dtype)
         for pw in range(PW):
-            o = out[k, ph, pw]; a = arg[k, ph, pw]
+            a = arg[k, ph, pw]
             w0, w1 = px0[k, pw], px1[k, pw]
-            if h1 <= h0 or w1 <= w0:
-                for c in range(C):
-                    o[c] = 0; a[c] = -1
-                continue
             for c in range(C):
                 o[c] = -np.inf; a[c] = -1
             for h in range(h0, h1):
@@ -132,8 +129,7 @@ def _pool_fwd(x, batch, py0, py1, px0, px1, out, arg):
                     for c in range(C):
                         if r[c] > o[c]:
                             o[c] = r[c]; a[c] = idx
-            for c in range(C):
-                if a[c] < 0: o[c] = 0
+            for c in range(C): out[k, c, ph, pw] = o[c] if a[c] >= 0 else 0   # empty bin: 0
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _pool_bwd(g, arg, batch, gin, nblocks):
@@ -158,6 +154,10 @@ def _nhwc(t: Tensor) -> np.ndarray:
     "An (N, H, W, C) NumPy view of an (N, C, H, W) CPU tensor: no copy for channels_last tensors."
     return t.detach().permute(0, 2, 3, 1).numpy()
 
+def _nhwc_contiguous(t: Tensor) -> np.ndarray:
+    "An (N, H, W, C) contiguous NumPy array of an (N, C, H, W) tensor: a view if it is channels_last, else a copy."
+    return t.detach().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).numpy()
+
 def _plan_arrays(plan: BilinearPlan):
     y, x = plan.y, plan.x
     return tuple(t.numpy() for t in (plan.batch, y.lo, y.hi, y.w_lo, y.w_hi, y.n, x.lo, x.hi, x.w_lo, x.w_hi, x.n))
@@ -168,15 +168,15 @@ def bilinear_forward_numba(input: Tensor, plan: BilinearPlan, mode: str = "avg")
     "RoIAlign / RoIWarp forward on the CPU: `(output (K, C, PH, PW), argmax or None)`."
     N, C, H, W = input.shape
     K, PH, PW = plan.y.lo.shape[0], plan.y.lo.shape[1], plan.x.lo.shape[1]
-    out = torch.empty(K, PH, PW, C, dtype=input.dtype)
-    if K == 0: return out.permute(0, 3, 1, 2), None
+    out = torch.empty(K, C, PH, PW, dtype=input.dtype)
+    if K == 0: return out, None
     p = _plan_arrays(plan)
     if mode == "avg":
         _bilinear_avg_fwd(_nhwc(input), *p, plan.count.numpy(), out.numpy())
-        return out.permute(0, 3, 1, 2), None
+        return out, None
     arg = torch.empty(K, PH, PW, C, dtype=torch.int32)
     _bilinear_max_fwd(_nhwc(input), *p, out.numpy(), arg.numpy())
-    return out.permute(0, 3, 1, 2), arg
+    return out, arg
 
 def bilinear_backward_numba(grad_out: Tensor, plan: BilinearPlan, input_shape, mode: str = "avg", argmax=None) -> Tensor:
     "Gradient of RoIAlign / RoIWarp with respect to the input, (N, C, H, W) in channels_last memory."
@@ -185,22 +185,22 @@ def bilinear_backward_numba(grad_out: Tensor, plan: BilinearPlan, input_shape, m
     if plan.batch.numel() == 0: return gin.permute(0, 3, 1, 2)
     b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn = _plan_arrays(plan)
     if mode == "avg":
-        _bilinear_avg_bwd(_nhwc(grad_out), b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, plan.count.numpy(), gin.numpy(), _nblocks(C))
+        _bilinear_avg_bwd(_nhwc_contiguous(grad_out), b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, plan.count.numpy(), gin.numpy(), _nblocks(C))
     else:
-        _bilinear_max_bwd(_nhwc(grad_out), argmax.numpy(), b, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi, gin.numpy(), _nblocks(C))
+        _bilinear_max_bwd(_nhwc_contiguous(grad_out), argmax.numpy(), b, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi, gin.numpy(), _nblocks(C))
     return gin.permute(0, 3, 1, 2)
 
 def roi_pool_forward_numba(input: Tensor, plan: PoolPlan):
     "RoIPool forward on the CPU: `(output (K, C, PH, PW), argmax (K, PH, PW, C) int32)`."
     N, C, H, W = input.shape
     K, PH, PW = plan.y0.shape[0], plan.y0.shape[1], plan.x0.shape[1]
-    out = torch.empty(K, PH, PW, C, dtype=input.dtype); arg = torch.empty(K, PH, PW, C, dtype=torch.int32)
+    out = torch.empty(K, C, PH, PW, dtype=input.dtype); arg = torch.empty(K, PH, PW, C, dtype=torch.int32)
     if K: _pool_fwd(_nhwc(input), plan.batch.numpy(), plan.y0.numpy(), plan.y1.numpy(), plan.x0.numpy(), plan.x1.numpy(), out.numpy(), arg.numpy())
-    return out.permute(0, 3, 1, 2), arg
+    return out, arg
 
 def roi_pool_backward_numba(grad_out: Tensor, plan: PoolPlan, input_shape, argmax: Tensor) -> Tensor:
     "Gradient of RoIPool with respect to the input, (N, C, H, W) in channels_last memory."
     N, C, H, W = input_shape
     gin = torch.zeros(N, H, W, C, dtype=grad_out.dtype)
-    if plan.batch.numel(): _pool_bwd(_nhwc(grad_out), argmax.numpy(), plan.batch.numpy(), gin.numpy(), _nblocks(C))
+    if plan.batch.numel(): _pool_bwd(_nhwc_contiguous(grad_out), argmax.numpy(), plan.batch.numpy(), gin.numpy(), _nblocks(C))
     return gin.permute(0, 3, 1, 2)

@@ -38,6 +38,8 @@ def check_rois(input: Tensor, boxes) -> Tensor:
                              f"got a tensor of shape {tuple(boxes.shape)}")
         _same(input, [boxes], "boxes"); rois = boxes
     else: raise TypeError(f"boxes must be a Tensor or a list of Tensors, got {type(boxes).__name__}")
+    if rois.shape[0] and min(input.shape[-2:]) == 0:
+        raise ValueError(f"input has an empty feature map of shape {tuple(input.shape)}: nothing to pool from")
     b = rois[:, 0].detach()
     bad = ~torch.isfinite(b) | (b < 0) | (b >= input.shape[0]) | (b != b.floor())
     if bad.any():
@@ -52,8 +54,9 @@ def _same(input, boxes, name):
         if b.device != input.device: raise ValueError(f"{name} are on {b.device} but input is on {input.device}")
 
 def _check_args(spatial_scale, sampling_ratio, mode):
-    if not (isinstance(spatial_scale, (int, float)) and math.isfinite(spatial_scale) and spatial_scale > 0):
-        raise ValueError(f"spatial_scale must be a positive number, got {spatial_scale!r}")
+    try: ok = not isinstance(spatial_scale, (str, bytes)) and math.isfinite(float(spatial_scale)) and float(spatial_scale) > 0
+    except (TypeError, ValueError): ok = False   # Python, NumPy and 0-d tensor numbers are accepted
+    if not ok: raise ValueError(f"spatial_scale must be a positive number, got {spatial_scale!r}")
     if int(sampling_ratio) != sampling_ratio: raise ValueError(f"sampling_ratio must be an integer, got {sampling_ratio!r}")
     if mode not in ("avg", "max"): raise ValueError(f"mode must be 'avg' or 'max', got {mode!r}")
 

@@ -177,11 +177,42 @@ def test_bad_input_errors():
     with pytest.raises(TypeError, match=r"floating-point"): roi_align(x.long(), b, 3)
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"): roi_align(x[0], b, 3)
     with pytest.raises(ValueError, match=r"output_size must be positive"): roi_align(x, b, 0)
-    with pytest.raises(ValueError, match=r"backend 'numba' runs on the CPU"):
-        if GPU: roi_align(x.cuda(), b.cuda(), 3, backend="numba")
-        else: raise ValueError("backend 'numba' runs on the CPU")
+    with pytest.raises(ValueError, match=r"spatial_scale must be a positive number"): roi_align(x, b, 3, "0.25")
+    with pytest.raises(ValueError, match=r"empty feature map"): roi_pool(torch.zeros(1, 3, 0, 4), torch.zeros(1, 5), 3)
+    with pytest.raises(ValueError, match=r"unknown backend 'gpu'"): roi_align(x, b, 3, backend="gpu")
+    with pytest.raises(ValueError, match=r"fixed sampling_ratio"): roi_align(x, torch.tensor([[0.0, 0, 0, 1e7, 1e7]]), 3, 1.0)
     if GPU:
+        with pytest.raises(ValueError, match=r"backend 'numba' runs on the CPU"): roi_align(x.cuda(), b.cuda(), 3, backend="numba")
         with pytest.raises(ValueError, match=r"are on cpu but input is on cuda"): roi_align(x.cuda(), b, 3)
+    elif not CUDA_KERNELS_RUN:
+        with pytest.raises(ValueError, match=r"backend 'cuda' needs a CUDA tensor"): roi_align(x, b, 3, backend="cuda")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_outputs_are_plain_contiguous_like_torchvision(backend):
+    x, b, s = sized(backend, 0)
+    for f in (lambda: roi_align(x, b, 3, s, backend=backend), lambda: roi_pool(x, b, 3, s, backend=backend),
+              lambda: roi_warp(x.contiguous(memory_format=torch.channels_last), b, 3, s, backend=backend)):
+        y = f()
+        assert y.is_contiguous() and y.view(len(b), -1).shape[1] == x.shape[1] * 9
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_pooling_ties_and_nans_agree_across_backends(backend):
+    "On a constant map every sample ties: the gradient goes to one sample (as in torchvision), whatever the backend; NaNs are skipped."
+    dev = CUDA_DEVICE if backend == "cuda" else "cpu"
+    box = torch.tensor([[0.0, 1, 1, 3, 3]], dtype=torch.float64, device=dev)
+    x = torch.ones(1, 1, 5, 5, dtype=torch.float64, device=dev, requires_grad=True)
+    (g,) = torch.autograd.grad(roi_pool(x, box, 1, backend=backend).sum(), x)
+    assert (g > 0).sum() == 1 and g.sum() == 1
+    tv_x = torch.ones(1, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+    (tv_g,) = torch.autograd.grad(torchvision.ops.roi_pool(tv_x, box.cpu(), 1).sum(), tv_x)
+    assert torch.equal(g.cpu(), tv_g)
+    (g,) = torch.autograd.grad(roi_align(x, box, 1, 1.0, 2, True, "max", backend=backend).sum(), x)
+    assert torch.isclose(g.sum(), torch.tensor(1.0, dtype=torch.float64, device=dev)) and (g > 0).sum() <= 4
+    nan = torch.arange(25, dtype=torch.float64, device=dev).view(1, 1, 5, 5).clone(); nan[0, 0, 2, 2] = float("nan")
+    ref = roi_pool(nan.cpu(), box.cpu(), 1, backend="numba")
+    assert torch.equal(roi_pool(nan, box, 1, backend=backend).cpu(), ref) and torch.isfinite(ref).all()
 
 
 def test_modules_repr_and_forward():
