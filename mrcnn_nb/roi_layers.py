@@ -199,7 +199,7 @@ def bilinear_pool_reference(input: Tensor, plan: BilinearPlan, mode: str = "avg"
                     & (torch.arange(GW)[None, :] < x.n[s:e, None])[:, None, None, None, :]).to(input.device)
             o = _first_max(val.masked_fill(~used[..., None] | val.isnan(), float("-inf")))
         outs.append(o.permute(0, 3, 1, 2))
-    return torch.cat(outs) if outs else input.new_zeros(0, C, PH, PW)
+    return torch.cat(outs).contiguous() if outs else input.new_zeros(0, C, PH, PW)
 
 def roi_pool_reference(input: Tensor, plan: PoolPlan) -> Tensor:
     "RoIPool from a plan: the max of each quantized bin (0 for empty bins); (K, C, out_h, out_w)."
@@ -217,7 +217,7 @@ def roi_pool_reference(input: Tensor, plan: PoolPlan) -> Tensor:
                   xx.clamp(max=W - 1)[:, None, None, :, :].to(input.device)]   # (k, PH, BH, PW, BW, C)
         o = _first_max(v.masked_fill(~ok.to(input.device)[..., None] | v.isnan(), float("-inf")))
         outs.append(o.permute(0, 3, 1, 2))
-    return torch.cat(outs) if outs else input.new_zeros(0, C, PH, PW)
+    return torch.cat(outs).contiguous() if outs else input.new_zeros(0, C, PH, PW)
 
 # %% ../nbs/07_roi_layers.ipynb #ee28c34a
 def roi_align_ref(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False, mode="avg"):
