@@ -44,7 +44,7 @@ def cmd_show(args) -> int:
     ds = COCODataset(args.root, args.split, kind=args.kind)
     out = args.out or f"{Path(args.root).name}_{args.split}.png"
     save_figure(plot_samples(ds, n=args.n, ncols=args.ncols, seed=args.seed), out)
-    print(f"{len(ds)} images, {ds.num_classes} classes; wrote {min(args.n, len(ds))} samples to {out}")
+    print(f"{len(ds)} images, {ds.num_classes} {'class' if ds.num_classes == 1 else 'classes'}; wrote {min(args.n, len(ds))} samples to {out}")
     return 0
 
 def cmd_bench(args) -> int:

@@ -81,10 +81,16 @@ class Timer:
     def __repr__(self): return f"Timer({self.name!r}: {self.count} runs, mean {self.mean * 1e3:.2f} ms)"
 
 # %% ../nbs/00_core.ipynb #c5fdcc45
+def _default_file_mode() -> int:
+    "The mode a new file gets from `open()`: 0o666 less the process's umask."
+    mask = os.umask(0); os.umask(mask)
+    return 0o666 & ~mask
+
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "w", **kwargs):
     "Open a temporary file beside `path`; on success rename it onto `path`, on error delete it."
     path = Path(path)
+    if path.is_dir(): raise UserInputError(f"{path}: is a directory; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -92,6 +98,7 @@ def atomic_write(path, mode: str = "w", **kwargs):
         with open(tmp, mode, **kwargs) as f:
             yield f
             f.flush(); os.fsync(f.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else _default_file_mode())  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)

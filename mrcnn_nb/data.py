@@ -23,10 +23,11 @@ from PIL import Image, UnidentifiedImageError
 from .core import UserInputError
 
 # %% auto #0
-__all__ = ['ANNOTATION_PREFIX', 'PIXEL_STATS', 'annotation_file', 'load_coco_json', 'segmentation_to_rle', 'check_polygons',
-           'decode_rles', 'CategoryMap', 'keypoint_flip_indices', 'read_image', 'COCODataset', 'Compose', 'resized_hw',
-           'ResizeShortestEdge', 'RandomHorizontalFlip', 'normalize_image', 'Normalize', 'build_transforms',
-           'ImageBatch', 'pad_images', 'collate', 'aspect_ratio_groups', 'GroupedBatchSampler']
+__all__ = ['ANNOTATION_PREFIX', 'PIXEL_STATS', 'annotation_file', 'load_coco_json', 'segmentation_to_rle',
+           'compressed_rle_counts', 'check_polygons', 'decode_rles', 'CategoryMap', 'keypoint_flip_indices',
+           'read_image', 'COCODataset', 'Compose', 'resized_hw', 'ResizeShortestEdge', 'RandomHorizontalFlip',
+           'normalize_image', 'Normalize', 'build_transforms', 'ImageBatch', 'pad_images', 'collate',
+           'aspect_ratio_groups', 'GroupedBatchSampler']
 
 # %% ../nbs/02_data.ipynb #751a7539
 ANNOTATION_PREFIX = {"instances": "instances", "keypoints": "person_keypoints"}
@@ -41,8 +42,12 @@ def annotation_file(root, split: str, kind: str = "instances") -> Path:
     path = root / "annotations" / f"{prefix}_{split}.json"
     if not path.is_file():
         found = sorted(p.stem[len(prefix) + 1:] for p in (root / "annotations").glob(f"{prefix}_*.json"))
+        hint = ""
+        for other, other_prefix in ANNOTATION_PREFIX.items():
+            if other != kind and (root / "annotations" / f"{other_prefix}_{split}.json").is_file():
+                hint = f"; {other_prefix}_{split}.json exists: use kind {other!r} (--kind {other})"
         raise UserInputError(f"{path}: no such annotation file; unknown split {split!r} "
-                             f"(splits with {prefix}_*.json under {root / 'annotations'}: {found or 'none'})")
+                             f"(splits with {prefix}_*.json under {root / 'annotations'}: {found or 'none'}){hint}")
     return path
 
 # %% ../nbs/02_data.ipynb #6e37ae3d
@@ -62,16 +67,31 @@ def load_coco_json(path) -> dict:
     _need(data, ["images", "annotations", "categories"], str(path))
     for key in ("images", "annotations", "categories"):
         if not isinstance(data[key], list): raise UserInputError(f"{path}: {key!r} must be a list")
-    for im in data["images"]: _need(im, ["id", "file_name", "height", "width"], f"{path}: image {im.get('id', im)}")
+        for i, entry in enumerate(data[key]):
+            if not isinstance(entry, dict): raise UserInputError(f"{path}: {key}[{i}] must be an object, got {str(entry)[:60]!r}")
+    for im in data["images"]:
+        where = f"{path}: image {im.get('id', im)}"
+        _need(im, ["id", "file_name", "height", "width"], where)
+        if not all(_is_int(im[k]) and im[k] > 0 for k in ("height", "width")):
+            raise UserInputError(f"{where}: height and width must be positive integers, got {im['height']!r} x {im['width']!r}")
+        if not isinstance(im["file_name"], str): raise UserInputError(f"{where}: file_name must be a string, got {im['file_name']!r}")
     for c in data["categories"]: _need(c, ["id", "name"], f"{path}: category {c}")
+    for key, what in (("images", "image"), ("categories", "category"), ("annotations", "annotation")):
+        ids = [e.get("id") for e in data[key]]
+        dup = next((i for i, n in Counter(map(str, ids)).items() if n > 1), None)
+        if dup is not None: raise UserInputError(f"{path}: {what} id {dup} appears more than once in {key!r}")
     image_ids, cat_ids = {im["id"] for im in data["images"]}, {c["id"] for c in data["categories"]}
     for a in data["annotations"]:
         where = f"{path}: annotation {a.get('id', '?')}"
         _need(a, ["id", "image_id", "category_id", "bbox"], where)
         if a["image_id"] not in image_ids: raise UserInputError(f"{where}: image_id {a['image_id']} is not in 'images'")
         if a["category_id"] not in cat_ids: raise UserInputError(f"{where}: category_id {a['category_id']} is not in 'categories'")
-        if not (isinstance(a["bbox"], list) and len(a["bbox"]) == 4): raise UserInputError(f"{where}: bbox must be [x, y, w, h], got {a['bbox']!r}")
+        if not (isinstance(a["bbox"], list) and len(a["bbox"]) == 4 and all(_is_number(v) for v in a["bbox"])):
+            raise UserInputError(f"{where}: bbox must be [x, y, w, h] of finite numbers, got {a['bbox']!r}")
     return data
+
+def _is_int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
+def _is_number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 # %% ../nbs/02_data.ipynb #65f48b07
 def segmentation_to_rle(segm, height: int, width: int, where: str = "segmentation") -> dict:
@@ -82,9 +102,34 @@ def segmentation_to_rle(segm, height: int, width: int, where: str = "segmentatio
     if isinstance(segm, dict) and "counts" in segm and "size" in segm:
         if list(segm["size"]) != [height, width]:
             raise UserInputError(f"{where}: RLE size {segm['size']} differs from the image size {[height, width]}")
-        if isinstance(segm["counts"], list): return mask_utils.frPyObjects(segm, height, width)
+        counts = segm["counts"]
+        if isinstance(counts, list):
+            if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != height * width:
+                raise UserInputError(f"{where}: uncompressed RLE counts must be non-negative integers summing to "
+                                     f"height x width = {height * width}, got {len(counts)} counts summing to {sum(c for c in counts if _is_number(c))}")
+            return mask_utils.frPyObjects(segm, height, width)
+        if not isinstance(counts, (str, bytes)): raise UserInputError(f"{where}: RLE counts must be a string or a list, got {type(counts).__name__}")
+        runs = compressed_rle_counts(counts)
+        if runs is None or min(runs, default=0) < 0 or sum(runs) != height * width:
+            raise UserInputError(f"{where}: corrupt compressed RLE: its runs do not cover the {height} x {width} image")
         return segm
     raise UserInputError(f"{where}: unrecognized segmentation {str(segm)[:80]!r} (expected polygons or RLE)")
+
+def compressed_rle_counts(counts) -> list | None:
+    "Decode COCO's compressed RLE string into run lengths (pycocotools' format: 5-bit groups, deltas after the 2nd); None if malformed."
+    s = counts.decode("ascii", "replace") if isinstance(counts, bytes) else counts
+    runs, p = [], 0
+    while p < len(s):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(s): return None
+            c = ord(s[p]) - 48
+            if not 0 <= c < 64: return None
+            x |= (c & 0x1F) << (5 * k); more = bool(c & 0x20); p += 1; k += 1
+            if not more and c & 0x10: x |= -1 << (5 * k)
+        if len(runs) > 2: x += runs[-2]
+        runs.append(x)
+    return runs
 
 def check_polygons(polys: list, where: str = "segmentation") -> None:
     "Raise `UserInputError` unless every polygon is a flat list of an even number (>= 6) of coordinates."
@@ -94,6 +139,8 @@ def check_polygons(polys: list, where: str = "segmentation") -> None:
             n = len(p) if isinstance(p, (list, tuple)) else "?"
             raise UserInputError(f"{where}: polygon {i} has {n} coordinates; a polygon needs an even number, "
                                  "at least 6 (3 points)")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in p):
+            raise UserInputError(f"{where}: polygon {i} has a coordinate that is not a finite number: {str(p)[:80]}")
 
 def decode_rles(rles: list, height: int, width: int) -> Tensor:
     "Decode compressed RLEs into masks (N, height, width) uint8."
@@ -149,7 +196,9 @@ def read_image(path, where: str = "") -> Tensor:
     if not raw: raise UserInputError(f"{path}: empty image file{where}")
     try:
         with Image.open(io.BytesIO(raw)) as im: rgb = np.array(im.convert("RGB"))  # convert() decodes it all
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError:
+        raise UserInputError(f"{path}: unreadable or truncated image{where} (not an image format Pillow can read)") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise UserInputError(f"{path}: unreadable or truncated image{where} ({e})") from None
     return torch.from_numpy(rgb).permute(2, 0, 1)
 
@@ -203,7 +252,8 @@ class COCODataset(torch.utils.data.Dataset):
                 kps = None
                 if K:
                     kps = a.get("keypoints") or [0] * (3 * K)
-                    if len(kps) != 3 * K: raise UserInputError(f"{self.ann_file}: annotation {a['id']} has {len(kps)} keypoint values, expected {3 * K}")
+                    if not isinstance(kps, list) or len(kps) != 3 * K or not all(_is_number(v) for v in kps):
+                        raise UserInputError(f"{self.ann_file}: annotation {a['id']} must have {3 * K} numeric keypoint values (x, y, v per keypoint)")
                 anns.append((a["id"], box, self.categories.to_label(a["category_id"]), segm, kps))
             if not anns:
                 self.stats["images_without_annotations"] += 1

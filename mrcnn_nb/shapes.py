@@ -232,7 +232,7 @@ def make_shapes(out, kind: str = "instances", n_train: int = 400, n_val: int = 1
     "Write a synthetic COCO-layout dataset (`kind` 'instances' or 'keypoints') under `out`; returns `out`."
     if kind not in ("instances", "keypoints"): raise UserInputError(f"unknown kind {kind!r}; choose from ['instances', 'keypoints']")
     if image_format not in ("png", "jpg"): raise UserInputError(f"unknown image format {image_format!r}; choose from ['jpg', 'png']")
-    for name, n in (("n_train", n_train), ("n_val", n_val)):
+    for name, n in (("n_train", n_train), ("n_val", n_val), ("seed", seed)):
         if not isinstance(n, int) or n < 0: raise UserInputError(f"{name} must be a non-negative integer, got {n!r}")
     w, h = parse_size(size)
     n_range = tuple(instances) if instances else ((1, 6) if kind == "instances" else (1, 3))
