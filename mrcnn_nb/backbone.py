@@ -15,7 +15,7 @@ from .core import UserInputError, load_state_dict_file, load_weights
 
 # %% auto #0
 __all__ = ['RESNET_BLOCKS', 'FrozenBatchNorm2d', 'make_norm', 'Bottleneck', 'ResNet', 'resnet', 'FPN', 'freeze_trunk',
-           'FPNBackbone', 'SingleLevelBackbone', 'load_imagenet_weights']
+           'FPNBackbone', 'SingleLevelBackbone', 'fold_frozen_bn', 'load_imagenet_weights']
 
 # %% ../nbs/05_backbone.ipynb #04dc8113
 class FrozenBatchNorm2d(nn.Module):
@@ -159,6 +159,28 @@ class SingleLevelBackbone(nn.Module):
     def forward(self, x: Tensor) -> list: return self.body(x, (self.body.num_stages,))
 
 # %% ../nbs/05_backbone.ipynb #bf4be8e5
+def _fold(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> nn.Conv2d:
+    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, bias=True)
+    with torch.no_grad():
+        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        fused.bias.copy_(bn.bias - bn.running_mean * scale + (conv.bias * scale if conv.bias is not None else 0))
+    return fused.to(conv.weight.device)
+
+def fold_frozen_bn(module: nn.Module) -> nn.Module:
+    "Fold every frozen BN of the ResNet trunks in `module` into the conv before it (in place; for inference only)."
+    for m in list(module.modules()):
+        if isinstance(m, Bottleneck):
+            for i in (1, 2, 3):
+                if isinstance(getattr(m, f"bn{i}"), FrozenBatchNorm2d):
+                    setattr(m, f"conv{i}", _fold(getattr(m, f"conv{i}"), getattr(m, f"bn{i}"))); setattr(m, f"bn{i}", nn.Identity())
+            if m.downsample is not None and isinstance(m.downsample[1], FrozenBatchNorm2d):
+                m.downsample = nn.Sequential(_fold(m.downsample[0], m.downsample[1]), nn.Identity())
+        elif isinstance(m, ResNet) and isinstance(m.bn1, FrozenBatchNorm2d):
+            m.conv1, m.bn1 = _fold(m.conv1, m.bn1), nn.Identity()
+    return module
+
+# %% ../nbs/05_backbone.ipynb #15587689
 def load_imagenet_weights(body: ResNet, path, res5: nn.Module | None = None) -> ResNet:
     "Load a torchvision ImageNet ResNet / ResNeXt checkpoint into `body` (and `layer4` into `res5`, for C4)."
     sd = {k: v for k, v in load_state_dict_file(path).items() if not k.startswith("fc.")}

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .anchors import AnchorGenerator
-from .backbone import FPNBackbone, ResNet, SingleLevelBackbone, freeze_trunk, resnet, RESNET_BLOCKS
+from .backbone import FPNBackbone, ResNet, SingleLevelBackbone, fold_frozen_bn, freeze_trunk, RESNET_BLOCKS
 from .box_head import BoxBranch, FastRCNNPredictor, Res5Head, TwoMLPHead
 from .core import UserInputError, load_state_dict_file, load_weights
 from .data import ImageBatch, pad_images
@@ -49,6 +49,7 @@ class Config:
     max_size: int = 1333               # cap on the longer side
     pixel_norm: str = "pytorch"        # 'pytorch' (torchvision weights) or 'caffe' (MSRA weights)
     size_divisibility: int = 32        # batches are padded to a multiple of this
+    channels_last: bool = True         # run the convolutions on channels-last tensors (faster on CPUs; our RoI kernels read them without copies)
     # RPN (§3.1; FPN: one anchor scale per level, C4/C5: all scales on one map)
     anchor_sizes: tuple = (32, 64, 128, 256, 512)
     aspect_ratios: tuple = (0.5, 1.0, 2.0)
@@ -198,10 +199,15 @@ def check_images(images, targets=None, num_classes: int | None = None):
 class MaskRCNN(nn.Module):
     "Mask R-CNN: transform -> backbone -> RPN -> box branch -> mask / keypoint branches -> postprocess."
     def __init__(self, transform: Transform, backbone: nn.Module, rpn: RPN, box: BoxBranch, mask: MaskBranch | None = None,
-                 keypoint: KeypointBranch | None = None, roi_levels: int = 4, num_classes: int = 91):
+                 keypoint: KeypointBranch | None = None, roi_levels: int = 4, num_classes: int = 91, channels_last: bool = True):
         super().__init__()
         self.transform, self.backbone, self.rpn, self.box, self.mask, self.keypoint = transform, backbone, rpn, box, mask, keypoint
-        self.roi_levels, self.num_classes = roi_levels, num_classes
+        self.roi_levels, self.num_classes, self.channels_last = roi_levels, num_classes, channels_last
+
+    def for_inference(self) -> "MaskRCNN":
+        "A copy in eval mode with frozen BN folded into the convolutions: same outputs (to rounding), faster."
+        import copy
+        return fold_frozen_bn(copy.deepcopy(self)).eval()
 
     def forward(self, images, targets: list | None = None):
         "Training: dict of losses. Eval: per image dict(boxes, labels, scores[, masks][, keypoints, keypoints_scores])."
@@ -209,7 +215,8 @@ class MaskRCNN(nn.Module):
         images = check_images(images, targets if self.training else None, self.num_classes)
         original_sizes = [tuple(im.shape[-2:]) for im in images]
         batch, targets = self.transform(images, targets if self.training else None)
-        features = self.backbone(batch.tensors)
+        x = batch.tensors.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.tensors
+        features = self.backbone(x)
         proposals, losses = self.rpn(batch, features, targets)
         roi_features = features[:self.roi_levels]
         detections, sampled = self.box(roi_features, proposals, batch.image_sizes, targets)
@@ -287,7 +294,7 @@ def build_model(cfg: Config) -> MaskRCNN:
         kh = KeypointHead(C, cfg.keypoint_convs, cfg.keypoint_dim)
         keypoint = KeypointBranch(_pooler(cfg, roi_strides, cfg.keypoint_resolution, cfg.keypoint_roi), kh, KeypointPredictor(cfg.keypoint_dim, cfg.num_keypoints))
     transform = Transform(cfg.min_size, cfg.max_size, cfg.pixel_norm, cfg.size_divisibility)
-    return MaskRCNN(transform, backbone, rpn, box, mask, keypoint, roi_levels, K)
+    return MaskRCNN(transform, backbone, rpn, box, mask, keypoint, roi_levels, K, cfg.channels_last)
 
 # %% ../nbs/11_model.ipynb #344ed5b6
 def torchvision_to_ours(state_dict: dict) -> dict:
