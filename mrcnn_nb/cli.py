@@ -57,6 +57,9 @@ def cmd_bench(args) -> int:
     elif args.what == "roi":
         from mrcnn_nb.bench import bench_roi
         print(format_rows(bench_roi(repeats=args.repeats)))
+    elif args.what == "model":
+        from mrcnn_nb.bench import bench_model
+        print(format_rows(bench_model(repeats=args.repeats)))
     return 0
 
 # %% ../nbs/15_cli.ipynb #476a0cdb
@@ -90,10 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_show)
 
     s = sub.add_parser("bench", help="measure speed on this machine",
-                       description="Benchmarks: data loading per worker (data); RoIAlign / RoIPool against torchvision (roi).")
-    s.add_argument("what", choices=["data", "roi"], help="what to measure")
+                       description="Benchmarks: data loading per worker (data); RoIAlign / RoIPool against torchvision (roi); "
+                                   "R-50-FPN Mask R-CNN inference and training step against torchvision (model).")
+    s.add_argument("what", choices=["data", "roi", "model"], help="what to measure")
     s.add_argument("--n", type=_positive_int, default=100, help="data: items to time (default 100)")
-    s.add_argument("--repeats", type=_positive_int, default=5, help="roi: timed runs per case, the median is reported (default 5)")
+    s.add_argument("--repeats", type=_positive_int, default=5, help="roi, model: timed runs per case, the median is reported (default 5)")
     s.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1: one worker)")
     s.add_argument("--work", default=None, help="directory for generated benchmark data (cached)")
     s.set_defaults(func=cmd_bench)
