@@ -25,6 +25,21 @@ def _unravel(i, PH, PW, C):
     c = i % C; t = i // C; pw = t % PW; t = t // PW; ph = t % PH
     return t // PH, ph, pw, c
 
+@cuda.jit(device=True)
+def _sample(x, b, c, k, ph, pw, iy, ix, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi):
+    "The bilinear value of sample (iy, ix) of bin (ph, pw) of RoI k, channel c."
+    y0 = ylo[k, ph, iy]; y1 = yhi[k, ph, iy]; wy0 = ywlo[k, ph, iy]; wy1 = ywhi[k, ph, iy]
+    x0 = xlo[k, pw, ix]; x1 = xhi[k, pw, ix]; wx0 = xwlo[k, pw, ix]; wx1 = xwhi[k, pw, ix]
+    return wy0 * wx0 * x[b, y0, x0, c] + wy0 * wx1 * x[b, y0, x1, c] + wy1 * wx0 * x[b, y1, x0, c] + wy1 * wx1 * x[b, y1, x1, c]
+
+@cuda.jit(device=True)
+def _scatter(gin, v, b, c, k, ph, pw, iy, ix, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi):
+    "Add `v` times the bilinear weights of sample (iy, ix) to its four neighbours in `gin`, atomically."
+    y0 = ylo[k, ph, iy]; y1 = yhi[k, ph, iy]; wy0 = ywlo[k, ph, iy]; wy1 = ywhi[k, ph, iy]
+    x0 = xlo[k, pw, ix]; x1 = xhi[k, pw, ix]; wx0 = xwlo[k, pw, ix]; wx1 = xwhi[k, pw, ix]
+    cuda.atomic.add(gin, (b, y0, x0, c), v * wy0 * wx0); cuda.atomic.add(gin, (b, y0, x1, c), v * wy0 * wx1)
+    cuda.atomic.add(gin, (b, y1, x0, c), v * wy1 * wx0); cuda.atomic.add(gin, (b, y1, x1, c), v * wy1 * wx1)
+
 @cuda.jit
 def _k_bilinear_avg_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, out):
     i = cuda.grid(1)
@@ -33,10 +48,8 @@ def _k_bilinear_avg_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi
     k, ph, pw, c = _unravel(i, PH, PW, C)
     b = batch[k]; cnt = count[k]; acc = cnt - cnt   # zero in the data's dtype
     for iy in range(yn[k]):
-        y0 = ylo[k, ph, iy]; y1 = yhi[k, ph, iy]; wy0 = ywlo[k, ph, iy]; wy1 = ywhi[k, ph, iy]
         for ix in range(xn[k]):
-            x0 = xlo[k, pw, ix]; x1 = xhi[k, pw, ix]; wx0 = xwlo[k, pw, ix]; wx1 = xwhi[k, pw, ix]
-            acc += wy0 * wx0 * x[b, y0, x0, c] + wy0 * wx1 * x[b, y0, x1, c] + wy1 * wx0 * x[b, y1, x0, c] + wy1 * wx1 * x[b, y1, x1, c]
+            acc += _sample(x, b, c, k, ph, pw, iy, ix, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi)
     out[k, c, ph, pw] = acc / cnt
 
 @cuda.jit
@@ -47,11 +60,8 @@ def _k_bilinear_avg_bwd(g, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi
     k, ph, pw, c = _unravel(i, PH, PW, C)
     b = batch[k]; v = g[k, c, ph, pw] / count[k]
     for iy in range(yn[k]):
-        y0 = ylo[k, ph, iy]; y1 = yhi[k, ph, iy]; wy0 = ywlo[k, ph, iy]; wy1 = ywhi[k, ph, iy]
         for ix in range(xn[k]):
-            x0 = xlo[k, pw, ix]; x1 = xhi[k, pw, ix]; wx0 = xwlo[k, pw, ix]; wx1 = xwhi[k, pw, ix]
-            cuda.atomic.add(gin, (b, y0, x0, c), v * wy0 * wx0); cuda.atomic.add(gin, (b, y0, x1, c), v * wy0 * wx1)
-            cuda.atomic.add(gin, (b, y1, x0, c), v * wy1 * wx0); cuda.atomic.add(gin, (b, y1, x1, c), v * wy1 * wx1)
+            _scatter(gin, v, b, c, k, ph, pw, iy, ix, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi)
 
 @cuda.jit
 def _k_bilinear_max_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, out, arg):
@@ -62,10 +72,8 @@ def _k_bilinear_max_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi
     GW = xlo.shape[2]; b = batch[k]
     best = -math.inf; best_s = -1
     for iy in range(yn[k]):
-        y0 = ylo[k, ph, iy]; y1 = yhi[k, ph, iy]; wy0 = ywlo[k, ph, iy]; wy1 = ywhi[k, ph, iy]
         for ix in range(xn[k]):
-            x0 = xlo[k, pw, ix]; x1 = xhi[k, pw, ix]; wx0 = xwlo[k, pw, ix]; wx1 = xwhi[k, pw, ix]
-            v = wy0 * wx0 * x[b, y0, x0, c] + wy0 * wx1 * x[b, y0, x1, c] + wy1 * wx0 * x[b, y1, x0, c] + wy1 * wx1 * x[b, y1, x1, c]
+            v = _sample(x, b, c, k, ph, pw, iy, ix, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi)
             if v > best:
                 best = v; best_s = iy * GW + ix
     out[k, c, ph, pw] = best if best_s >= 0 else 0
@@ -80,11 +88,7 @@ def _k_bilinear_max_bwd(g, arg, batch, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwh
     s = arg[k, ph, pw, c]
     if s < 0: return
     GW = xlo.shape[2]; iy = s // GW; ix = s - iy * GW
-    b = batch[k]; v = g[k, c, ph, pw]
-    y0 = ylo[k, ph, iy]; y1 = yhi[k, ph, iy]; wy0 = ywlo[k, ph, iy]; wy1 = ywhi[k, ph, iy]
-    x0 = xlo[k, pw, ix]; x1 = xhi[k, pw, ix]; wx0 = xwlo[k, pw, ix]; wx1 = xwhi[k, pw, ix]
-    cuda.atomic.add(gin, (b, y0, x0, c), v * wy0 * wx0); cuda.atomic.add(gin, (b, y0, x1, c), v * wy0 * wx1)
-    cuda.atomic.add(gin, (b, y1, x0, c), v * wy1 * wx0); cuda.atomic.add(gin, (b, y1, x1, c), v * wy1 * wx1)
+    _scatter(gin, g[k, c, ph, pw], batch[k], c, k, ph, pw, iy, ix, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi)
 
 @cuda.jit
 def _k_pool_fwd(x, batch, py0, py1, px0, px1, out, arg):
