@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .anchors import BalancedSampler, Matcher
 from .boxes import BoxCoder, batched_nms, box_iou, clip_boxes, remove_small_boxes
+from .core import distributed_count
 
 # %% auto #0
 __all__ = ['TwoMLPHead', 'Res5Head', 'res5_head', 'FastRCNNPredictor', 'sample_rois', 'fastrcnn_loss', 'postprocess_detections',
@@ -78,10 +79,11 @@ def sample_rois(proposals: list, targets: list, matcher: Matcher, sampler: Balan
 def fastrcnn_loss(class_logits: Tensor, box_deltas: Tensor, labels: list, reg_targets: list) -> dict:
     "Cross-entropy over classes and smooth-L1 (beta 1/9) on the true class's deltas of positives, per sampled RoI."
     labels, reg_targets = torch.cat(labels), torch.cat(reg_targets)
-    cls_loss = F.cross_entropy(class_logits, labels)
+    norm = max(distributed_count(labels.numel()), 1.0)   # the batch's count, whatever its split over processes
+    cls_loss = F.cross_entropy(class_logits, labels, reduction="sum") / norm
     pos = torch.where(labels > 0)[0]
     deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)
-    box_loss = F.smooth_l1_loss(deltas[pos, labels[pos]], reg_targets[pos], beta=1 / 9, reduction="sum") / max(labels.numel(), 1)
+    box_loss = F.smooth_l1_loss(deltas[pos, labels[pos]], reg_targets[pos], beta=1 / 9, reduction="sum") / norm
     return {"loss_classifier": cls_loss, "loss_box_reg": box_loss}
 
 # %% ../nbs/08_box_head.ipynb #9e6fe074

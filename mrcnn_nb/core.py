@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['UserInputError', 'seed_everything', 'get_device', 'log_tensor', 'Timer', 'atomic_write', 'load_state_dict_file',
-           'load_weights', 'in_test', 'use_cuda_simulator']
+__all__ = ['UserInputError', 'seed_everything', 'get_device', 'log_tensor', 'Timer', 'atomic_write', 'load_torch_file',
+           'load_state_dict_file', 'load_weights', 'in_test', 'distributed_count', 'use_cuda_simulator']
 
 # %% ../nbs/00_core.ipynb #24e13f04
 class UserInputError(ValueError):
@@ -105,17 +105,21 @@ def atomic_write(path, mode: str = "w", **kwargs):
         raise
 
 # %% ../nbs/00_core.ipynb #3f8ee982
-def load_state_dict_file(path, key: str | None = None) -> dict:
-    "Read a state dict from `path` with `weights_only=True`; `key` picks a nested entry (e.g. 'model')."
+def load_torch_file(path):
+    "Read a PyTorch file with `weights_only=True` (tensors, numbers, strings, containers; never code); errors name the file."
     path = Path(path)
     if not path.is_file(): raise UserInputError(f"{path}: weight file not found")
-    try: obj = torch.load(path, map_location="cpu", weights_only=True)
+    try: return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle.UnpicklingError and friends, or a file that is no checkpoint at all
         kind = type(e).__name__
         if "Unsupported global" in str(e):   # a class or function the file wants to import and run
             raise UserInputError(f"{path}: refused: the file holds pickled Python objects, not only tensors "
                                  f"(torch.load(weights_only=True) would have to run code from it). Re-save its state_dict.") from None
         raise UserInputError(f"{path}: not a readable PyTorch weight file ({kind}: {str(e).splitlines()[0][:200]})") from None
+
+def load_state_dict_file(path, key: str | None = None) -> dict:
+    "Read a state dict from `path` with `weights_only=True`; `key` picks a nested entry (e.g. 'model')."
+    obj = load_torch_file(path)
     if key is not None:
         if not isinstance(obj, dict) or key not in obj: raise UserInputError(f"{path}: no entry {key!r} (entries: {sorted(obj)[:20] if isinstance(obj, dict) else type(obj).__name__})")
         obj = obj[key]
@@ -142,6 +146,15 @@ def load_weights(module: torch.nn.Module, state_dict: dict, strict: bool = True,
 def in_test() -> bool:
     "True while `nbdev_test` (or CI) runs the notebooks: use it to pick a small-scale setting."
     return os.environ.get("IN_TEST", "").lower() not in ("", "0", "false", "no")
+
+# %% ../nbs/00_core.ipynb #48da1c6b
+def distributed_count(n) -> float:
+    "`n` summed over the processes of `torch.distributed` and divided by their number; `n` itself when not distributed."
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return float(n)
+    t = torch.tensor([float(n)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t)
+    return t.item() / dist.get_world_size()
 
 # %% ../nbs/00_core.ipynb #b1f364d6
 def use_cuda_simulator() -> bool:

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .core import distributed_count
+
 # %% auto #0
 __all__ = ['KeypointHead', 'KeypointPredictor', 'keypoint_targets', 'keypoint_loss', 'heatmaps_to_keypoints', 'KeypointBranch']
 
@@ -49,8 +51,9 @@ def keypoint_loss(logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
     "Cross-entropy of each valid keypoint's m²-way softmax (logits (P, K, m, m)) against its one-hot target."
     P, K, H, W = logits.shape
     idx = torch.where(valid.reshape(-1))[0]
+    norm = distributed_count(idx.numel())   # every process calls it, even with nothing to score
     if idx.numel() == 0: return logits.sum() * 0
-    return F.cross_entropy(logits.reshape(P * K, H * W)[idx], targets.reshape(-1)[idx])
+    return F.cross_entropy(logits.reshape(P * K, H * W)[idx], targets.reshape(-1)[idx], reduction="sum") / norm
 
 # %% ../nbs/10_keypoint_head.ipynb #87483095
 def heatmaps_to_keypoints(maps: Tensor, rois: Tensor):

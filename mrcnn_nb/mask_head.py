@@ -5,17 +5,19 @@
 # %% ../nbs/09_mask_head.ipynb #ff6e16c3
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .core import distributed_count
 from .roi_ops import roi_align
 
 # %% auto #0
 __all__ = ['MASK_LOSSES', 'FCNMaskHead', 'MaskPredictor', 'MLPMaskHead', 'mask_targets', 'mask_loss', 'mask_probs', 'paste_masks',
-           'MaskBranch']
+           'paste_masks_aligned', 'MaskBranch']
 
 # %% ../nbs/09_mask_head.ipynb #835ff839
 class FCNMaskHead(nn.Sequential):
@@ -69,12 +71,13 @@ MASK_LOSSES = ("sigmoid", "softmax")
 def mask_loss(logits: Tensor, targets: Tensor, labels: Tensor, kind: str = "sigmoid", agnostic: bool = False) -> Tensor:
     "Mask loss of logits (P, M, S, S) against targets (P, S, S) for RoIs of class `labels` (P,)."
     if kind not in MASK_LOSSES: raise ValueError(f"unknown mask loss {kind!r}; choose from {list(MASK_LOSSES)}")
+    norm = distributed_count(targets.shape[0]) * logits.shape[-2] * logits.shape[-1]   # mean per pixel of every positive RoI
     if targets.numel() == 0: return logits.sum() * 0
     if kind == "sigmoid":
         chosen = logits[:, 0] if agnostic else logits[torch.arange(len(labels), device=labels.device), labels]
-        return F.binary_cross_entropy_with_logits(chosen, targets)
+        return F.binary_cross_entropy_with_logits(chosen, targets, reduction="sum") / norm
     pixel_class = torch.where(targets >= 0.5, (torch.ones_like(labels) if agnostic else labels)[:, None, None], 0)
-    return F.cross_entropy(logits, pixel_class)
+    return F.cross_entropy(logits, pixel_class, reduction="sum") / norm
 
 def mask_probs(logits: Tensor, labels: Tensor, kind: str = "sigmoid", agnostic: bool = False) -> Tensor:
     "Per detection, the probability map (D, 1, S, S) of its class."
@@ -84,11 +87,15 @@ def mask_probs(logits: Tensor, labels: Tensor, kind: str = "sigmoid", agnostic: 
     return p
 
 # %% ../nbs/09_mask_head.ipynb #6cd6a523
-def paste_masks(probs: Tensor, boxes: Tensor, height: int, width: int, padding: int = 1, threshold: float | None = None) -> Tensor:
-    "Paste mask probabilities (D, 1, S, S) into (D, 1, height, width) images at `boxes` (D, 4); optionally binarize."
+def paste_masks(probs: Tensor, boxes: Tensor, height: int, width: int, padding: int = 1, threshold: float | None = None,
+                aligned: bool = False) -> Tensor:
+    """Paste mask probabilities (D, 1, S, S) into (D, 1, height, width) images at `boxes` (D, 4).
+    With `threshold`, uint8 masks (1 where the probability is >= `threshold`), binarized box by box: no float image is made.
+    `aligned=False`: torchvision's pasting (integer box corners); `aligned=True`: exact geometry (`paste_masks_aligned`)."""
     D, S = probs.shape[0], probs.shape[-1]
-    out = probs.new_zeros(D, 1, height, width)
-    if D == 0: return out if threshold is None else out.to(torch.uint8)
+    out = probs.new_zeros(D, 1, height, width, dtype=probs.dtype if threshold is None else torch.uint8)
+    if D == 0: return out
+    if aligned: return paste_masks_aligned(probs, boxes, out, threshold)
     scale = (S + 2 * padding) / S
     padded = F.pad(probs, (padding,) * 4)
     half = (boxes[:, 2:] - boxes[:, :2]) * 0.5 * scale
@@ -98,8 +105,24 @@ def paste_masks(probs: Tensor, boxes: Tensor, height: int, width: int, padding: 
         w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
         m = F.interpolate(padded[i:i + 1], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
         ax0, ay0, ax1, ay1 = max(x0, 0), max(y0, 0), min(x1 + 1, width), min(y1 + 1, height)
-        if ax1 > ax0 and ay1 > ay0: out[i, 0, ay0:ay1, ax0:ax1] = m[ay0 - y0:ay1 - y0, ax0 - x0:ax1 - x0]
-    return out if threshold is None else (out >= threshold).to(torch.uint8)
+        if ax1 > ax0 and ay1 > ay0:
+            piece = m[ay0 - y0:ay1 - y0, ax0 - x0:ax1 - x0]
+            out[i, 0, ay0:ay1, ax0:ax1] = piece if threshold is None else piece >= threshold
+    return out
+
+def paste_masks_aligned(probs: Tensor, boxes: Tensor, out: Tensor, threshold: float | None = None) -> Tensor:
+    """Paste into `out` (D, 1, H, W) with exact sub-pixel geometry: mask cell j spans [x0 + j w/S, x0 + (j + 1) w/S] of
+    its box -- how RoIAlign with `aligned=True` sampled the targets -- read bilinearly at every pixel centre."""
+    H, W = out.shape[-2:]
+    for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+        ax0, ay0, ax1, ay1 = max(math.floor(x0), 0), max(math.floor(y0), 0), min(math.ceil(x1), W), min(math.ceil(y1), H)
+        if ax1 <= ax0 or ay1 <= ay0: continue
+        xs = (torch.arange(ax0, ax1, dtype=probs.dtype, device=probs.device) + 0.5 - x0) / max(x1 - x0, 1e-6) * 2 - 1
+        ys = (torch.arange(ay0, ay1, dtype=probs.dtype, device=probs.device) + 0.5 - y0) / max(y1 - y0, 1e-6) * 2 - 1
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)[None]          # (1, h, w, (x, y)) in [-1, 1] over the box
+        piece = F.grid_sample(probs[i:i + 1], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, 0]
+        out[i, 0, ay0:ay1, ax0:ax1] = piece if threshold is None else piece >= threshold
+    return out
 
 # %% ../nbs/09_mask_head.ipynb #be6e572d
 class MaskBranch(nn.Module):

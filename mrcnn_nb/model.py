@@ -24,7 +24,7 @@ from .rpn import RPN, RPNHead
 
 # %% auto #0
 __all__ = ['PRESETS', 'Config', 'get_config', 'Transform', 'check_images', 'MaskRCNN', 'SharedRes5', 'build_model',
-           'torchvision_to_ours', 'load_torchvision_weights']
+           'torchvision_to_ours', 'load_torchvision_weights', 'torchvision_model']
 
 # %% ../nbs/11_model.ipynb #66fa947a
 @dataclass
@@ -64,7 +64,7 @@ class Config:
     keypoint_roi: str = "align"
     roi_mode: str = "avg"              # aggregation of 'align' and 'warp': 'avg' or 'max'
     roi_sampling_ratio: int = 2        # samples per bin side (the paper: 4 points per bin)
-    roi_aligned: bool = False          # half-pixel offset; False as in torchvision's weights (True is more exact)
+    roi_aligned: bool = False          # half-pixel offset in RoIAlign and exact mask pasting; False as torchvision's weights (True is more exact)
     # box branch (§3.1)
     box_resolution: int = 7            # pooled size (C4: 14, then res5 with stride 2)
     box_head_dim: int = 1024           # fc width of the FPN/C5 head
@@ -81,12 +81,28 @@ class Config:
     mask_dim: int = 256
     mask_loss: str = "sigmoid"         # 'sigmoid' (the paper) or 'softmax' (multinomial, Table 2b)
     mask_agnostic: bool = False        # one mask for all classes (§4.2)
+    mask_threshold: float | None = 0.5  # pasted masks binarized at this probability (§3.1, inference: 0.5); None keeps probabilities (torchvision's output)
     # keypoint branch (§5)
     keypoints: bool = False
     num_keypoints: int = 17
     keypoint_convs: int = 8
     keypoint_dim: int = 512
     keypoint_resolution: int = 14      # pooled size; heatmaps are 4x (56)
+    # training (§3.1 "Training"): image-centric SGD; see 12_train for schedules and the linear scaling rule
+    ims_per_batch: int = 16            # images per iteration, over all processes (the paper: 2 per GPU x 8 GPUs)
+    base_lr: float = 0.02              # learning rate at 16 images per iteration; scaled linearly to ims_per_batch
+    momentum: float = 0.9
+    weight_decay: float = 1e-4         # not applied to normalization layers' parameters (as Detectron2)
+    max_iter: int = 160_000            # the paper's COCO schedule: 160k iterations ...
+    lr_steps: tuple = (120_000,)       # ... learning rate / 10 at 120k
+    lr_gamma: float = 0.1
+    warmup_iters: int = 1000           # linear warmup from warmup_factor x lr (not in the paper; Detectron, torchvision)
+    warmup_factor: float = 0.001
+    amp: str | None = None             # mixed precision: None, 'bf16' (CPU or GPU) or 'fp16' (GPU)
+    clip_grad_norm: float | None = None  # clip the gradients' global norm (not in the paper)
+    checkpoint_period: int = 5000      # iterations between checkpoints (and one at the end)
+    eval_period: int = 0               # iterations between evaluations on the validation split (0: only at the end)
+    seed: int = 0
 
     def replace(self, **changes) -> "Config":
         "A copy with `changes`; unknown keys are refused with the list of valid ones."
@@ -99,7 +115,11 @@ class Config:
 _TINY = dict(blocks=(1, 1, 1, 1), stem_width=16, base_planes=16, fpn_channels=64, min_size=(128,), max_size=224,
              anchor_sizes=(8, 16, 32, 64, 128), rpn_pre_nms_top_n=(600, 300), rpn_post_nms_top_n=(300, 100),
              rpn_batch_size=128, box_head_dim=256, box_batch_size=128, mask_dim=64, keypoint_dim=64, keypoint_convs=4,
-             trainable_layers=5, norm="gn", num_classes=8)
+             trainable_layers=5, norm="gn", num_classes=8,
+             roi_aligned=True,   # at 128 pixels, half-pixel offsets and rounded pasting cost several mask AP points
+             # training on 2 CPU cores (12_train): 4 images per iteration, lr 0.02 at that batch, a short schedule
+             ims_per_batch=4, base_lr=0.08, max_iter=3000, lr_steps=(2400,), warmup_iters=100, checkpoint_period=500)
+_KP_SCHEDULE = dict(max_iter=90_000, lr_steps=(60_000, 80_000))   # §5: 90k iterations, lr / 10 at 60k and 80k
 
 PRESETS = {
     "R_50_FPN": Config(),
@@ -108,8 +128,8 @@ PRESETS = {
     "R_50_C4": Config(name="R_50_C4", features="C4", box_resolution=14, mask_resolution=14, box_batch_size=64,
                       rpn_pre_nms_top_n=(12000, 6000), rpn_post_nms_top_n=(2000, 300)),
     "R_50_C5": Config(name="R_50_C5", features="C5", rpn_pre_nms_top_n=(12000, 6000), rpn_post_nms_top_n=(2000, 1000)),
-    "KP_R_50_FPN": Config(name="KP_R_50_FPN", num_classes=2, mask=False, keypoints=True, min_size=(640, 672, 704, 736, 768, 800)),
-    "MASK_KP_R_50_FPN": Config(name="MASK_KP_R_50_FPN", num_classes=2, mask=True, keypoints=True, min_size=(640, 672, 704, 736, 768, 800)),
+    "KP_R_50_FPN": Config(name="KP_R_50_FPN", num_classes=2, mask=False, keypoints=True, min_size=(640, 672, 704, 736, 768, 800), **_KP_SCHEDULE),
+    "MASK_KP_R_50_FPN": Config(name="MASK_KP_R_50_FPN", num_classes=2, mask=True, keypoints=True, min_size=(640, 672, 704, 736, 768, 800), **_KP_SCHEDULE),
     "TINY_FPN": Config(name="TINY_FPN", **_TINY),
     "TINY_C4": Config(name="TINY_C4", **{**_TINY, "features": "C4", "box_resolution": 14, "mask_resolution": 14, "box_batch_size": 64}),
     "TINY_C5": Config(name="TINY_C5", **{**_TINY, "features": "C5"}),
@@ -126,10 +146,12 @@ _MEAN_STD = {"pytorch": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False), "
 
 class Transform(nn.Module):
     "Normalize, resize (shorter side to `min_size`, longer at most `max_size`) and pad a list of images and their targets."
-    def __init__(self, min_size=(800,), max_size: int = 1333, pixel_norm: str = "pytorch", size_divisibility: int = 32):
+    def __init__(self, min_size=(800,), max_size: int = 1333, pixel_norm: str = "pytorch", size_divisibility: int = 32,
+                 mask_threshold: float | None = 0.5, paste_aligned: bool = False):
         super().__init__()
         if pixel_norm not in _MEAN_STD: raise UserInputError(f"unknown pixel_norm {pixel_norm!r}; choose from {sorted(_MEAN_STD)}")
         self.min_size, self.max_size, self.pixel_norm, self.size_divisibility = tuple(min_size), max_size, pixel_norm, size_divisibility
+        self.mask_threshold, self.paste_aligned = mask_threshold, paste_aligned
 
     def normalize(self, image: Tensor) -> Tensor:
         if image.dtype == torch.uint8: image = image.float() / 255
@@ -163,16 +185,16 @@ class Transform(nn.Module):
         return pad_images(out_images, self.size_divisibility), (None if targets is None else out_targets)
 
     def postprocess(self, detections: list, image_sizes: list, original_sizes: list) -> list:
-        "Boxes, masks and keypoints of each detection dict in the original image's pixels."
+        "Boxes, masks (uint8 0/1, or probabilities when `mask_threshold` is None) and keypoints in the original image's pixels."
         for d, (h, w), (oh, ow) in zip(detections, image_sizes, original_sizes):
             ry, rx = torch.tensor(oh, dtype=torch.float32) / torch.tensor(h, dtype=torch.float32), torch.tensor(ow, dtype=torch.float32) / torch.tensor(w, dtype=torch.float32)
             d["boxes"] = d["boxes"] * torch.stack([rx, ry, rx, ry]).to(d["boxes"])
-            if "masks" in d: d["masks"] = paste_masks(d["masks"], d["boxes"], oh, ow)
+            if "masks" in d: d["masks"] = paste_masks(d["masks"], d["boxes"], oh, ow, threshold=self.mask_threshold, aligned=self.paste_aligned)
             if "keypoints" in d:
                 k = d["keypoints"].clone(); k[..., 0] *= rx.to(k); k[..., 1] *= ry.to(k); d["keypoints"] = k
         return detections
 
-    def extra_repr(self): return f"min_size={self.min_size}, max_size={self.max_size}, pixel_norm={self.pixel_norm!r}"
+    def extra_repr(self): return f"min_size={self.min_size}, max_size={self.max_size}, pixel_norm={self.pixel_norm!r}, mask_threshold={self.mask_threshold}"
 
 # %% ../nbs/11_model.ipynb #1df908c2
 def check_images(images, targets=None, num_classes: int | None = None):
@@ -217,6 +239,13 @@ class MaskRCNN(nn.Module):
         batch, targets = self.transform(images, targets if self.training else None)
         x = batch.tensors.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.tensors
         features = self.backbone(x)
+        if torch.is_autocast_enabled(x.device.type):   # mixed precision covers the backbone; heads, NMS and RoI kernels run in float32
+            with torch.autocast(x.device.type, enabled=False):
+                return self.heads(batch, [f.float() for f in features], targets, original_sizes)
+        return self.heads(batch, features, targets, original_sizes)
+
+    def heads(self, batch, features: list, targets: list | None, original_sizes: list):
+        "RPN -> box branch -> mask / keypoint branches (-> postprocess in eval) on the backbone's `features`."
         proposals, losses = self.rpn(batch, features, targets)
         roi_features = features[:self.roi_levels]
         detections, sampled = self.box(roi_features, proposals, batch.image_sizes, targets)
@@ -293,7 +322,7 @@ def build_model(cfg: Config) -> MaskRCNN:
     if cfg.keypoints:
         kh = KeypointHead(C, cfg.keypoint_convs, cfg.keypoint_dim)
         keypoint = KeypointBranch(_pooler(cfg, roi_strides, cfg.keypoint_resolution, cfg.keypoint_roi), kh, KeypointPredictor(cfg.keypoint_dim, cfg.num_keypoints))
-    transform = Transform(cfg.min_size, cfg.max_size, cfg.pixel_norm, cfg.size_divisibility)
+    transform = Transform(cfg.min_size, cfg.max_size, cfg.pixel_norm, cfg.size_divisibility, cfg.mask_threshold, paste_aligned=cfg.roi_aligned)
     return MaskRCNN(transform, backbone, rpn, box, mask, keypoint, roi_levels, K, cfg.channels_last)
 
 # %% ../nbs/11_model.ipynb #344ed5b6
@@ -319,3 +348,15 @@ def load_torchvision_weights(model: MaskRCNN, source) -> MaskRCNN:
     "Load torchvision `maskrcnn_resnet50_fpn` / `keypointrcnn_resnet50_fpn` weights (a local file or a state dict) into `model`."
     sd = load_state_dict_file(source) if not isinstance(source, dict) else source
     return load_weights(model, torchvision_to_ours(sd), source=str(source) if not isinstance(source, dict) else "torchvision state dict")
+
+def torchvision_model(keypoints: bool = False, trainable_layers: int = 3, **kwargs):
+    """torchvision's R-50-FPN Mask R-CNN (or Keypoint R-CNN) built as for its COCO weights -- frozen BN, stem and stage 1
+    frozen -- but randomly initialized: the reference for parity and speed. (Asked for without weights,
+    `maskrcnn_resnet50_fpn` switches to trainable BatchNorm and trains every stage: a different model.)"""
+    from torchvision.models import resnet50
+    from torchvision.models.detection import KeypointRCNN
+    from torchvision.models.detection import MaskRCNN as TorchvisionMaskRCNN
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops import FrozenBatchNorm2d as TorchvisionFrozenBN
+    backbone = _resnet_fpn_extractor(resnet50(weights=None, norm_layer=TorchvisionFrozenBN), trainable_layers)
+    return (KeypointRCNN if keypoints else TorchvisionMaskRCNN)(backbone, **kwargs)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .anchors import AnchorGenerator, BalancedSampler, Matcher
 from .boxes import BoxCoder, batched_nms, box_iou, clip_boxes, remove_small_boxes
+from .core import distributed_count
 from .data import ImageBatch
 
 # %% auto #0
@@ -96,8 +97,9 @@ def rpn_losses(objectness: Tensor, deltas: Tensor, labels: list, reg_targets: li
     sampled = torch.cat([pos, neg])
     objectness, deltas = objectness.flatten(), deltas.reshape(-1, 4)
     labels, reg_targets = torch.cat(labels), torch.cat(reg_targets)
-    box_loss = F.smooth_l1_loss(deltas[pos], reg_targets[pos], beta=1 / 9, reduction="sum") / max(sampled.numel(), 1)
-    obj_loss = F.binary_cross_entropy_with_logits(objectness[sampled], labels[sampled])
+    norm = max(distributed_count(sampled.numel()), 1.0)   # the batch's count, whatever its split over processes
+    box_loss = F.smooth_l1_loss(deltas[pos], reg_targets[pos], beta=1 / 9, reduction="sum") / norm
+    obj_loss = F.binary_cross_entropy_with_logits(objectness[sampled], labels[sampled], reduction="sum") / norm
     return {"loss_objectness": obj_loss, "loss_rpn_box_reg": box_loss}
 
 # %% ../nbs/06_rpn.ipynb #4c4c67c9

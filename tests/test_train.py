@@ -1,0 +1,100 @@
+"""Training: torchrun data parallel against one process, checkpoints surviving a kill, bad input mid-run, CLI errors."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mrcnn_nb.core import UserInputError
+from mrcnn_nb.model import get_config
+from mrcnn_nb.shapes import make_shapes
+from mrcnn_nb.train import load_checkpoint, train
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def small_root(tmp_path_factory):
+    return make_shapes(tmp_path_factory.mktemp("shapes") / "s", n_train=8, n_val=4, seed=0, progress=False)
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("WORLD_SIZE", None); env.pop("RANK", None)
+    return env
+
+
+def test_torchrun_two_processes_match_one(small_root, tmp_path):
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    two, one = tmp_path / "two", tmp_path / "one"
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(HERE / "ddp_worker.py"), str(small_root), str(two)],
+                       env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = subprocess.run([sys.executable, str(HERE / "ddp_worker.py"), str(small_root), str(one)], env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    w0, w1, w = (torch.load(p, weights_only=True) for p in (two / "rank0.pt", two / "rank1.pt", one / "rank0.pt"))
+    for k in w:
+        assert torch.equal(w0[k], w1[k]), f"ranks disagree on {k}"
+        if w[k].is_floating_point():   # same global batches, split-independent losses: the 1-process result, to rounding
+            torch.testing.assert_close(w0[k], w[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
+    assert len([l for l in (two / "metrics.jsonl").read_text().splitlines() if l]) == 3   # rank 0 alone writes the log
+
+
+def test_kill_during_checkpointing_leaves_a_loadable_checkpoint(small_root, tmp_path):
+    code = ("from mrcnn_nb.model import get_config; from mrcnn_nb.train import train; import sys; "
+            "train(get_config('TINY_FPN', ims_per_batch=2, max_iter=10_000, warmup_iters=1, checkpoint_period=1), "
+            f"{str(small_root)!r}, val_split=None, out_dir=sys.argv[1], progress=False)")
+    for delay in (0.05, 0.3, 0.7):
+        out = tmp_path / f"run{delay}"
+        p = subprocess.Popen([sys.executable, "-c", code, str(out)], env=_env())
+        try:
+            t0 = time.time()
+            while not (out / "last.pth").exists():
+                assert p.poll() is None and time.time() - t0 < 300, "training did not start"
+                time.sleep(0.05)
+            time.sleep(delay)          # checkpoints are being written every iteration now
+            p.send_signal(signal.SIGKILL)
+        finally:
+            p.wait()
+        ck = load_checkpoint(out / "last.pth")
+        assert ck["iteration"] >= 1 and "optimizer" in ck
+
+
+def test_bad_image_mid_run_stops_or_skips(small_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(small_root, root)
+    victim = sorted((root / "train").iterdir())[3]
+    victim.write_bytes(victim.read_bytes()[:40])      # truncated PNG
+    cfg = get_config("TINY_FPN", ims_per_batch=2, max_iter=6, warmup_iters=1, checkpoint_period=100)
+    with pytest.raises(UserInputError, match=victim.name):
+        train(cfg, root, val_split=None, out_dir=tmp_path / "stop", progress=False)
+    s = train(cfg, root, val_split=None, out_dir=tmp_path / "skip", progress=False, on_bad_image="skip")
+    assert s["iterations"] == 6 and s["skipped_images"] and all(victim.name in r for r in s["skipped_images"])
+    victim.unlink()                                    # missing file: the same
+    with pytest.raises(UserInputError, match=victim.name):
+        train(cfg, root, val_split=None, out_dir=tmp_path / "stop2", progress=False)
+
+
+def _cli(*args, env=None):
+    exe = shutil.which("mrcnn_nb") or str(Path(sys.executable).parent / "mrcnn_nb")
+    return subprocess.run([exe, *args], capture_output=True, text=True, env=env or _env(), timeout=300)
+
+
+def test_cli_refuses_unknown_configs_keys_and_paths(small_root, tmp_path):
+    r = _cli("train", "--config", "R_51_FPN", "--data", str(small_root), "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "choose from" in r.stderr and "TINY_FPN" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("train", "--data", str(small_root), "--out", str(tmp_path / "x"), "lr=0.1")
+    assert r.returncode == 2 and "valid keys" in r.stderr and "base_lr" in r.stderr
+    r = _cli("train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "nowhere" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("train", "--data", str(small_root), "--train-split", "training", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "training" in r.stderr
+    r = _cli("train", "--data", str(small_root), "--out", str(tmp_path / "x"), "--resume")
+    assert r.returncode == 2 and "no checkpoint to resume" in r.stderr
+    r = _cli("eval", "--checkpoint", str(tmp_path / "none.pth"), "--data", str(small_root), "--split", "val")
+    assert r.returncode == 2 and "none.pth" in r.stderr
