@@ -92,6 +92,7 @@ def cmd_train(args) -> int:
     from mrcnn_nb.viz import save_figure
     name = args.config or ("TINY_KP_FPN" if args.kind == "keypoints" else "TINY_FPN")
     overrides = _key_values(args.overrides)
+    get_config(name, **overrides)   # refuse unknown presets and keys before any data is made
     if args.iters is not None: overrides["max_iter"] = args.iters
     if args.batch is not None: overrides["ims_per_batch"] = args.batch
     root = Path(args.data) if args.data else default_data_root(args.kind)

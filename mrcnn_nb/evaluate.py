@@ -112,7 +112,7 @@ def format_metrics(result: dict, per_category: bool = True) -> str:
     lines = []
     for t, r in result["metrics"].items():
         st = r["stats"]
-        lines.append(f"{t:9s} " + "  ".join(f"{k} {100 * st[k]:5.1f}" for k in st if not k.startswith("AR")))
+        lines.append(f"{t:9s} " + "  ".join(f"{k} {100 * st[k]:5.1f}" if st[k] >= 0 else f"{k}   n/a" for k in st if not k.startswith("AR")))
     if per_category:
         cats = list(next(iter(result["metrics"].values()))["per_category"])
         w = max(len(c) for c in cats)

@@ -162,10 +162,17 @@ def _plan_arrays(plan: BilinearPlan):
     y, x = plan.y, plan.x
     return tuple(t.numpy() for t in (plan.batch, y.lo, y.hi, y.w_lo, y.w_hi, y.n, x.lo, x.hi, x.w_lo, x.w_hi, x.n))
 
+def _sync_threads() -> int:
+    "Give Numba's kernels torch's thread count, so that `torch.set_num_threads(n)` governs them too."
+    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
+    return n
+
 def _nblocks(C: int) -> int: return max(1, min(C, numba.get_num_threads()))
 
 def bilinear_forward_numba(input: Tensor, plan: BilinearPlan, mode: str = "avg"):
     "RoIAlign / RoIWarp forward on the CPU: `(output (K, C, PH, PW), argmax or None)`."
+    _sync_threads()
     N, C, H, W = input.shape
     K, PH, PW = plan.y.lo.shape[0], plan.y.lo.shape[1], plan.x.lo.shape[1]
     out = torch.empty(K, C, PH, PW, dtype=input.dtype)
@@ -180,6 +187,7 @@ def bilinear_forward_numba(input: Tensor, plan: BilinearPlan, mode: str = "avg")
 
 def bilinear_backward_numba(grad_out: Tensor, plan: BilinearPlan, input_shape, mode: str = "avg", argmax=None) -> Tensor:
     "Gradient of RoIAlign / RoIWarp with respect to the input, (N, C, H, W) in channels_last memory."
+    _sync_threads()
     N, C, H, W = input_shape
     gin = torch.zeros(N, H, W, C, dtype=grad_out.dtype)
     if plan.batch.numel() == 0: return gin.permute(0, 3, 1, 2)
@@ -192,6 +200,7 @@ def bilinear_backward_numba(grad_out: Tensor, plan: BilinearPlan, input_shape, m
 
 def roi_pool_forward_numba(input: Tensor, plan: PoolPlan):
     "RoIPool forward on the CPU: `(output (K, C, PH, PW), argmax (K, PH, PW, C) int32)`."
+    _sync_threads()
     N, C, H, W = input.shape
     K, PH, PW = plan.y0.shape[0], plan.y0.shape[1], plan.x0.shape[1]
     out = torch.empty(K, C, PH, PW, dtype=input.dtype); arg = torch.empty(K, PH, PW, C, dtype=torch.int32)
@@ -200,6 +209,7 @@ def roi_pool_forward_numba(input: Tensor, plan: PoolPlan):
 
 def roi_pool_backward_numba(grad_out: Tensor, plan: PoolPlan, input_shape, argmax: Tensor) -> Tensor:
     "Gradient of RoIPool with respect to the input, (N, C, H, W) in channels_last memory."
+    _sync_threads()
     N, C, H, W = input_shape
     gin = torch.zeros(N, H, W, C, dtype=grad_out.dtype)
     if plan.batch.numel(): _pool_bwd(_nhwc_contiguous(grad_out), argmax.numpy(), plan.batch.numpy(), gin.numpy(), _nblocks(C))

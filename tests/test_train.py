@@ -86,8 +86,9 @@ def _cli(*args, env=None):
 
 
 def test_cli_refuses_unknown_configs_keys_and_paths(small_root, tmp_path):
-    r = _cli("train", "--config", "R_51_FPN", "--data", str(small_root), "--out", str(tmp_path / "x"))
+    r = _cli("train", "--config", "R_51_FPN", "--out", str(tmp_path / "x"), env=dict(_env(), MRCNN_NB_CACHE=str(tmp_path / "cache")))
     assert r.returncode == 2 and "choose from" in r.stderr and "TINY_FPN" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "cache").exists()   # refused before the synthetic data is generated
     r = _cli("train", "--data", str(small_root), "--out", str(tmp_path / "x"), "lr=0.1")
     assert r.returncode == 2 and "valid keys" in r.stderr and "base_lr" in r.stderr
     r = _cli("train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))
