@@ -152,7 +152,7 @@ def cmd_eval(args) -> int:
     from mrcnn_nb.evaluate import evaluate, format_metrics
     from mrcnn_nb.train import model_from_checkpoint
     model, cfg, names = model_from_checkpoint(args.checkpoint)
-    ds = COCODataset(args.data, args.split, kind="keypoints" if cfg.keypoints and not cfg.mask else "instances")
+    ds = COCODataset(args.data, args.split, kind="keypoints" if cfg.keypoints else "instances")
     if ds.num_classes + 1 != cfg.num_classes:
         raise UserInputError(f"{ds.ann_file}: {ds.num_classes} categories (+ background) but {args.checkpoint} was trained with num_classes={cfg.num_classes}")
     r = evaluate(model, ds, batch_size=args.batch)

@@ -99,3 +99,12 @@ def test_cli_refuses_unknown_configs_keys_and_paths(small_root, tmp_path):
     assert r.returncode == 2 and "no checkpoint to resume" in r.stderr
     r = _cli("eval", "--checkpoint", str(tmp_path / "none.pth"), "--data", str(small_root), "--split", "val")
     assert r.returncode == 2 and "none.pth" in r.stderr
+
+
+def test_keypoint_training_and_cli_eval(tmp_path):
+    root = make_shapes(tmp_path / "kp", kind="keypoints", n_train=6, n_val=3, seed=0, progress=False)
+    cfg = get_config("TINY_KP_FPN", ims_per_batch=2, max_iter=3, warmup_iters=1, checkpoint_period=100)
+    s = train(cfg, root, kind="keypoints", out_dir=tmp_path / "run", progress=False)
+    assert set(s["evaluation"]["metrics"]) == {"bbox", "segm", "keypoints"}
+    r = _cli("eval", "--checkpoint", str(tmp_path / "run" / "model_final.pth"), "--data", str(root), "--split", "val")
+    assert r.returncode == 0 and "keypoints" in r.stdout, r.stderr[-2000:]
