@@ -182,8 +182,9 @@ def fold_frozen_bn(module: nn.Module) -> nn.Module:
 
 # %% ../nbs/05_backbone.ipynb #15587689
 def load_imagenet_weights(body: ResNet, path, res5: nn.Module | None = None) -> ResNet:
-    "Load a torchvision ImageNet ResNet / ResNeXt checkpoint into `body` (and `layer4` into `res5`, for C4)."
-    sd = {k: v for k, v in load_state_dict_file(path).items() if not k.startswith("fc.")}
+    "Load a torchvision ImageNet ResNet / ResNeXt checkpoint (a file, or its state dict) into `body` (and `layer4` into `res5`, for C4)."
+    sd = {k: v for k, v in (path if isinstance(path, dict) else load_state_dict_file(path)).items() if not k.startswith("fc.")}
+    if isinstance(path, dict): path = "ImageNet state dict"
     own = set(body.state_dict())
     load_weights(body, {k: v for k, v in sd.items() if k in own or not k.startswith("layer4.")}, source=str(path))
     if res5 is not None:

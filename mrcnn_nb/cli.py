@@ -92,9 +92,9 @@ def cmd_train(args) -> int:
     from mrcnn_nb.viz import save_figure
     name = args.config or ("TINY_KP_FPN" if args.kind == "keypoints" else "TINY_FPN")
     overrides = _key_values(args.overrides)
-    get_config(name, **overrides)   # refuse unknown presets and keys before any data is made
     if args.iters is not None: overrides["max_iter"] = args.iters
     if args.batch is not None: overrides["ims_per_batch"] = args.batch
+    cfg = get_config(name, **overrides)   # refuse unknown presets and keys before any data is made
     root = Path(args.data) if args.data else default_data_root(args.kind)
     if not args.data:
         from mrcnn_nb.shapes import make_shapes
@@ -102,9 +102,8 @@ def cmd_train(args) -> int:
             print(f"using the cached synthetic dataset in {root}")
         else: make_shapes(root, kind=args.kind, seed=0, **MAIN_JOB)
     ds = COCODataset(root, args.train_split, kind=args.kind)
-    overrides.setdefault("num_classes", ds.num_classes + 1)   # + background
-    if args.kind == "keypoints": overrides.setdefault("num_keypoints", len(ds.keypoint_names))
-    cfg = get_config(name, **overrides)
+    from_data = {"num_classes": ds.num_classes + 1} | ({"num_keypoints": len(ds.keypoint_names)} if args.kind == "keypoints" else {})
+    cfg = cfg.replace(**{k: v for k, v in from_data.items() if k not in overrides})   # + background; what the user set stays
     out = Path(args.out or f"runs/{name}")
     val = args.val_split or None
     s = train(cfg, root, args.train_split, val, out, weights=args.weights, resume=args.resume, kind=args.kind,
@@ -170,10 +169,9 @@ def cmd_predict(args) -> int:
     import json
     import matplotlib; matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
     import torch
-    from pycocotools import mask as mask_utils
     from mrcnn_nb.data import read_image
+    from mrcnn_nb.evaluate import encode_masks
     from mrcnn_nb.train import model_from_checkpoint
     from mrcnn_nb.viz import draw_instances, save_figure
     model, cfg, names = model_from_checkpoint(args.checkpoint)
@@ -191,9 +189,7 @@ def cmd_predict(args) -> int:
         for i in range(len(p["boxes"])):
             d = dict(box_xyxy=[round(v, 2) for v in p["boxes"][i].tolist()], score=round(p["scores"][i].item(), 4),
                      label=int(p["labels"][i]), category=names[int(p["labels"][i]) - 1] if names else None)
-            if "masks" in p:
-                rle = mask_utils.encode(np.asfortranarray(p["masks"][i, 0].numpy().astype(np.uint8)))
-                d["mask_rle"] = dict(size=rle["size"], counts=rle["counts"].decode("ascii"))
+            if "masks" in p: d["mask_rle"] = encode_masks(p["masks"][i])[0]
             if "keypoints" in p: d["keypoints"] = [[round(v, 2) for v in k] for k in p["keypoints"][i].tolist()]
             dets.append(d)
         (out / f"{Path(f).stem}.json").write_text(json.dumps(dict(image=str(f), detections=dets), indent=1))

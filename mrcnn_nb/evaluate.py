@@ -18,7 +18,7 @@ from .core import UserInputError
 from .data import COCODataset
 
 # %% auto #0
-__all__ = ['STAT_NAMES', 'predict_dataset', 'to_coco_results', 'coco_evaluate', 'evaluate', 'format_metrics']
+__all__ = ['STAT_NAMES', 'predict_dataset', 'encode_masks', 'to_coco_results', 'coco_evaluate', 'evaluate', 'format_metrics']
 
 # %% ../nbs/13_eval.ipynb #236f8ded
 def predict_dataset(model, dataset: COCODataset, batch_size: int = 2, progress: bool = True, device=None) -> list:
@@ -39,6 +39,14 @@ def predict_dataset(model, dataset: COCODataset, batch_size: int = 2, progress: 
     return out
 
 # %% ../nbs/13_eval.ipynb #5660b024
+def encode_masks(masks) -> list:
+    "COCO compressed RLEs (counts as str, JSON-ready) of masks (N, H, W): uint8/bool, or probabilities binarized at 0.5."
+    m = torch.as_tensor(masks)
+    if m.is_floating_point(): m = m >= 0.5
+    rles = mask_utils.encode(np.asfortranarray(m.to(torch.uint8).permute(1, 2, 0).numpy()))
+    for r in rles: r["counts"] = r["counts"].decode("ascii")
+    return rles
+
 def to_coco_results(predictions: list, cat_ids: list) -> dict:
     "COCO results lists per IoU type ('bbox', 'segm', 'keypoints') from `predict_dataset` output; label l is `cat_ids[l - 1]`."
     res = {"bbox": [], "segm": [], "keypoints": []}
@@ -48,11 +56,7 @@ def to_coco_results(predictions: list, cat_ids: list) -> dict:
         for box, score, cat in zip(b, s, cats):
             res["bbox"].append(dict(image_id=image_id, category_id=cat, bbox=[box[0], box[1], box[2] - box[0], box[3] - box[1]], score=score))
         if "masks" in d:
-            m = d["masks"][:, 0]
-            if m.dtype != torch.uint8: m = (m >= 0.5).to(torch.uint8)
-            rles = mask_utils.encode(np.asfortranarray(m.permute(1, 2, 0).numpy()))
-            for rle, score, cat in zip(rles, s, cats):
-                rle["counts"] = rle["counts"].decode("ascii")
+            for rle, score, cat in zip(encode_masks(d["masks"][:, 0]), s, cats):
                 res["segm"].append(dict(image_id=image_id, category_id=cat, segmentation=rle, score=score))
         if "keypoints" in d:
             for kp, score, cat in zip(d["keypoints"].tolist(), s, cats):

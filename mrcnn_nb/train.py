@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import UserInputError, atomic_write, get_device, load_state_dict_file, load_torch_file, seed_everything
+from .core import UserInputError, atomic_write, get_device, load_torch_file, seed_everything
 from .data import COCODataset, Compose, GroupedBatchSampler, RandomHorizontalFlip, aspect_ratio_groups
 from .model import Config, MaskRCNN, build_model, load_weights
 
@@ -245,12 +245,13 @@ def load_initial_weights(model: MaskRCNN, cfg: Config, path) -> str:
     "Start from `path`: an mrcnn_nb checkpoint, torchvision Mask/Keypoint R-CNN weights, or an ImageNet ResNet; returns which."
     from mrcnn_nb.backbone import load_imagenet_weights
     from mrcnn_nb.model import load_torchvision_weights
-    sd = load_torch_file(path)
+    sd = load_torch_file(path)   # read once; what it holds decides how to load it
     if isinstance(sd, dict) and isinstance(sd.get("model"), dict): load_weights(model, sd["model"], source=str(path)); return "checkpoint"
-    sd = load_state_dict_file(path)
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserInputError(f"{path}: expected a state dict (names to tensors) or an mrcnn_nb checkpoint, got {type(sd).__name__}")
     if any(k.startswith("roi_heads.") for k in sd): load_torchvision_weights(model, sd); return "torchvision detection"
     if any(k.startswith(("rpn.", "box.")) for k in sd): load_weights(model, sd, source=str(path)); return "state dict"
-    load_imagenet_weights(model.backbone.body, path, res5=model.box.head.layer4 if cfg.features == "C4" else None)
+    load_imagenet_weights(model.backbone.body, sd, res5=model.box.head.layer4 if cfg.features == "C4" else None)
     return "imagenet backbone"
 
 def train(cfg: Config, data_root, train_split: str = "train", val_split: str | None = "val", out_dir="runs/train",
@@ -270,6 +271,7 @@ def train(cfg: Config, data_root, train_split: str = "train", val_split: str | N
     if cfg.keypoints and len(ds.keypoint_names) != cfg.num_keypoints:
         raise UserInputError(f"{ds.ann_file}: {len(ds.keypoint_names)} keypoints, config num_keypoints={cfg.num_keypoints}")
     ds.transforms = Compose([RandomHorizontalFlip(0.5, ds.keypoint_flip)])
+    val = COCODataset(data_root, val_split, kind=kind) if (val_split and main) else None   # read once, and checked before training
     seed_everything(cfg.seed + rank)
     model = build_model(cfg).to(dev)
     optimizer = build_optimizer(model, cfg)
@@ -278,10 +280,9 @@ def train(cfg: Config, data_root, train_split: str = "train", val_split: str | N
     if resume:
         if not ckpt_path.exists(): raise UserInputError(f"{ckpt_path}: no checkpoint to resume from (train without --resume first)")
         ck = load_checkpoint(ckpt_path)
-        if config_from_checkpoint(ck, ckpt_path) != cfg:
-            old = config_from_checkpoint(ck, ckpt_path)
-            diff = {k: (getattr(old, k), getattr(cfg, k)) for k in asdict(cfg) if getattr(old, k) != getattr(cfg, k) and k != "max_iter"}
-            if diff: raise UserInputError(f"{ckpt_path}: trained with a different config; differing keys (checkpoint, now): {diff}")
+        old = config_from_checkpoint(ck, ckpt_path)
+        diff = {k: (getattr(old, k), getattr(cfg, k)) for k in asdict(cfg) if getattr(old, k) != getattr(cfg, k) and k != "max_iter"}
+        if diff: raise UserInputError(f"{ckpt_path}: trained with a different config; differing keys (checkpoint, now): {diff}")
         load_weights(model, ck["model"], source=str(ckpt_path))
         optimizer.load_state_dict(ck["optimizer"]); scheduler.load_state_dict(ck["scheduler"])
         start = ck["iteration"]
@@ -334,14 +335,14 @@ def train(cfg: Config, data_root, train_split: str = "train", val_split: str | N
             if it % cfg.checkpoint_period == 0 or it == cfg.max_iter:
                 _checkpoint(ckpt_path, model, optimizer, scheduler, it, cfg, names, rank, world)
             if val_split and cfg.eval_period and it % cfg.eval_period == 0 and it < cfg.max_iter:
-                last_eval = _periodic_eval(model, cfg, data_root, val_split, kind, it, metrics_file, main, world, progress, val_loss)
+                last_eval = _periodic_eval(model, val, it, metrics_file, world, progress, val_loss)
                 net.train()
     finally:
         bar.close()
     summary["train_seconds"] = time.perf_counter() - t_start
     if main: save_checkpoint(out_dir / "model_final.pth", model, iteration=it, cfg=cfg, class_names=names)
     if val_split and evaluate_at_end:
-        last_eval = _periodic_eval(model, cfg, data_root, val_split, kind, it, metrics_file, main, world, progress, val_loss)
+        last_eval = _periodic_eval(model, val, it, metrics_file, world, progress, val_loss)
     summary.update(iterations=it, evaluation=last_eval, model=model)
     return summary
 
@@ -356,16 +357,17 @@ def _checkpoint(path, model, optimizer, scheduler, it, cfg, names, rank, world):
     if rank == 0: save_checkpoint(path, model, optimizer, scheduler, it, cfg, names, **extra)
 
 def validation_loss(model: MaskRCNN, dataset, batch_size: int = 2) -> dict:
-    "The training losses on `dataset` (mean per batch), without gradients; the generators are left as they were."
+    "The training losses on the images of `dataset` that have objects (mean per batch), without gradients; the generators are left as they were."
     was = model.training
     model.train()
     sums, n = {}, 0
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            for s in range(0, len(dataset), batch_size):
-                items = [dataset[i] for i in range(s, min(s + batch_size, len(dataset)))]
-                dev = next(model.parameters()).device
+            dev = next(model.parameters()).device
+            keep = [i for i, r in enumerate(dataset.records) if r["anns"]]   # as training: images without objects are skipped
+            for s in range(0, len(keep), batch_size):
+                items = [dataset[i] for i in keep[s:s + batch_size]]
                 losses = model([_to(i, dev) for i, _ in items], [_to(t, dev) for _, t in items])
                 for k, v in losses.items(): sums[k] = sums.get(k, 0.0) + v.item()
                 sums["loss"] = sums.get("loss", 0.0) + sum(v.item() for v in losses.values()); n += 1
@@ -373,16 +375,15 @@ def validation_loss(model: MaskRCNN, dataset, batch_size: int = 2) -> dict:
         model.train(was)
     return {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
 
-def _periodic_eval(model, cfg, data_root, split, kind, it, metrics_file, main, world, progress, val_loss=False):
-    "Evaluate on `split` (rank 0; the others wait) and log the AP numbers (and the validation loss)."
+def _periodic_eval(model, val, it, metrics_file, world, progress, val_loss=False):
+    "Evaluate on the dataset `val` (rank 0, which alone has it; the others wait) and log the AP numbers (and the validation loss)."
     result = None
-    if main:
+    if val is not None:
         from mrcnn_nb.evaluate import evaluate
-        val = COCODataset(data_root, split, kind=kind)
         result = evaluate(model, val, progress=progress)
         rec = {"iter": it} | {f"{t}_{k}": v for t, r in result["metrics"].items() for k, v in r["stats"].items()}
         if val_loss:
-            result["val_loss"] = validation_loss(model, COCODataset(data_root, split, kind=kind, skip_empty=True))
+            result["val_loss"] = validation_loss(model, val)
             rec |= result["val_loss"]
         with open(metrics_file, "a") as f: f.write(json.dumps(rec) + "\n")
     if world > 1:
