@@ -75,7 +75,8 @@ def coco_evaluate(coco_gt, results: dict, iou_types=("bbox", "segm"), oks_sigmas
     for t in iou_types:
         if t not in STAT_NAMES: raise UserInputError(f"unknown IoU type {t!r}; choose from {sorted(STAT_NAMES)}")
         if not results.get(t):
-            out[t] = dict(stats={k: 0.0 for k in STAT_NAMES[t]}, per_category={names[c]: 0.0 for c in sorted(names)}, summary="no detections")
+            out[t] = dict(stats={k: 0.0 for k in STAT_NAMES[t]}, per_category={names[c]: 0.0 for c in sorted(names)}, summary="no detections",
+                          per_threshold=dict(thresholds=[round(0.5 + 0.05 * i, 2) for i in range(10)], AP=[0.0] * 10))
             continue
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
@@ -88,7 +89,10 @@ def coco_evaluate(coco_gt, results: dict, iou_types=("bbox", "segm"), oks_sigmas
         for k, cat in enumerate(E.params.catIds):
             p = prec[:, :, k, 0, -1]; p = p[p > -1]
             per_cat[names[cat]] = float(p.mean()) if p.size else float("nan")
-        out[t] = dict(stats={k: float(v) for k, v in zip(STAT_NAMES[t], E.stats)}, per_category=per_cat, summary=buf.getvalue())
+        at = [prec[i, :, :, 0, -1] for i in range(len(E.params.iouThrs))]   # AP at each IoU (OKS) threshold, all areas, most detections
+        per_threshold = dict(thresholds=[round(float(x), 2) for x in E.params.iouThrs], AP=[float(p[p > -1].mean()) if (p > -1).any() else -1.0 for p in at])
+        out[t] = dict(stats={k: float(v) for k, v in zip(STAT_NAMES[t], E.stats)}, per_category=per_cat, summary=buf.getvalue(),
+                      per_threshold=per_threshold)
     return out
 
 # %% ../nbs/13_eval.ipynb #a2a0131e
