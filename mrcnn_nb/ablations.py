@@ -17,15 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import UserInputError, atomic_write, in_test
+from .core import UserInputError, atomic_write, cache_dir, in_test
 from .model import Config, get_config
 
 # %% auto #0
 __all__ = ['ABLATION_DATA', 'PROTOCOL', 'SEEDS', 'SMOKE_DATA', 'SMOKE_SCHEDULE', 'EXAMPLE_IMAGES', 'VARIANTS', 'MASK3', 'BOX3',
            'KP3', 'TABLES', 'Variant', 'Row', 'AblationTable', 'ablation_config', 'coco_config', 'get_table',
-           'cache_dir', 'ablation_data', 'default_store', 'run_path', 'git_commit', 'machine_info', 'run_variant',
-           'load_runs', 'missing_runs', 'run_ablations', 'table_runs', 'column_values', 'mean_std', 'difference',
-           'table_markdown', 'plot_table', 'plot_ap_vs_iou', 'example_images', 'plot_examples']
+           'ablation_data', 'default_store', 'run_path', 'git_commit', 'machine_info', 'run_variant', 'load_runs',
+           'missing_runs', 'run_ablations', 'table_runs', 'column_values', 'mean_std', 'difference', 'table_markdown',
+           'plot_table', 'plot_ap_vs_iou', 'example_images', 'plot_examples', 'coco_commands', 'variants_markdown']
 
 # %% ../nbs/21_ablation_backbone.ipynb #1b9af73e
 ABLATION_DATA = {   # the datasets of the ablations (02a_shapes), generated once and cached
@@ -167,10 +167,6 @@ def get_table(key: str) -> AblationTable:
     return TABLES[key]
 
 # %% ../nbs/21_ablation_backbone.ipynb #220c4b29
-def cache_dir() -> Path:
-    "`$MRCNN_NB_CACHE` or `~/.cache/mrcnn_nb`: where generated datasets are kept."
-    return Path(os.environ.get("MRCNN_NB_CACHE", Path.home() / ".cache" / "mrcnn_nb"))
-
 def ablation_data(kind: str = "instances", smoke: bool = False, root=None, progress: bool = True) -> Path:
     "The ablation dataset of `kind` (generated on first use); refuses a folder holding a different dataset."
     from mrcnn_nb.data import annotation_file
@@ -483,3 +479,28 @@ def plot_examples(table: str, store=None, image_ids=(1, 2, 3), seed: int = 0, si
             if j == 0: ax.set_title(r.label, fontsize=7, loc="left")
     fig.tight_layout(pad=0.3)
     return fig
+
+# %% ../nbs/21_ablation_backbone.ipynb #8aecae8f
+def coco_commands(table: str) -> str:
+    "For each row, the full-scale config (the paper's backbone and schedule) and the `torchrun` command that trains it on COCO."
+    t = get_table(table)
+    lines = [f"| row | preset | changes | command (8 GPUs, COCO 2017 in `$COCO`) |", "|---|---|---|---|"]
+    for r in t.rows:
+        preset, changes = r.coco
+        kv = " ".join(f"{k}={v}" for k, v in changes.items())
+        kind = " --kind keypoints" if VARIANTS[r.variant].kind == "keypoints" else ""
+        cmd = (f"torchrun --nproc_per_node 8 --no-python mrcnn_nb train --config {preset}{kind} --data $COCO "
+               f"--train-split train2017 --val-split val2017 --weights $IMAGENET_WEIGHTS --out runs/{t.key}-{r.variant}" + (f" {kv}" if kv else ""))
+        lines.append(f"| {r.label} | `{preset}` | `{kv or '–'}` | `{cmd}` |")
+    return "\n".join(lines)
+
+# %% ../nbs/21_ablation_backbone.ipynb #1a411164
+def variants_markdown(table: str) -> str:
+    "Each row's variant: its preset, what it changes, and what it is."
+    t = get_table(table)
+    lines = ["| row | variant | preset + changes | what it is |", "|---|---|---|---|"]
+    for r in t.rows:
+        v = VARIANTS[r.variant]
+        ch = ", ".join(f"{k}={v_}" for k, v_ in v.changes.items())
+        lines.append(f"| {r.label} | `{v.name}` | `{v.preset}`{' + `' + ch + '`' if ch else ''} | {v.about or '–'} |")
+    return "\n".join(lines)

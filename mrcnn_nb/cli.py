@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .core import UserInputError
+from .core import UserInputError, cache_dir
 
 # %% auto #0
 __all__ = ['MAIN_JOB', 'cmd_shapes', 'cmd_show', 'cmd_bench', 'default_data_root', 'cmd_train', 'cmd_eval', 'cmd_predict',
-           'cmd_configs', 'build_parser', 'main']
+           'cmd_configs', 'cmd_ablate', 'build_parser', 'main']
 
 # %% ../nbs/15_cli.ipynb #40b5d402
 def _instances_range(s: str):
@@ -76,8 +76,7 @@ def _key_values(pairs: list) -> dict:
 
 def default_data_root(kind: str = "instances") -> Path:
     "Where the built-in synthetic dataset is cached: `$MRCNN_NB_CACHE` or `~/.cache/mrcnn_nb`."
-    import os
-    return Path(os.environ.get("MRCNN_NB_CACHE", Path.home() / ".cache" / "mrcnn_nb")) / f"shapes-{kind}"
+    return cache_dir() / f"shapes-{kind}"
 
 MAIN_JOB = dict(n_train=1000, n_val=100)   # the synthetic dataset of `mrcnn_nb train` without --data
 
@@ -206,6 +205,27 @@ def cmd_configs(args) -> int:
               f"{c.max_iter} iters x {c.ims_per_batch} images, lr {c.base_lr * c.ims_per_batch / 16:g}")
     return 0
 
+def cmd_ablate(args) -> int:
+    "Run the missing (variant, seed) runs of the paper's ablation tables into the results store, then print the tables."
+    from mrcnn_nb.ablations import TABLES, get_table, load_runs, missing_runs, run_ablations, table_markdown
+    tables = list(TABLES) if "all" in args.table else [get_table(t).key for t in args.table]
+    seeds = tuple(range(args.seeds))
+    store = Path(args.store) if args.store else None
+    if args.list:
+        for t in tables:
+            tab = get_table(t)
+            print(f"Table {t} ({tab.title}, notebook {tab.notebook}):")
+            for r in tab.rows:
+                cur, stale = load_runs(r.variant, store)
+                print(f"  {r.label:28s} {r.variant:14s} seeds done {sorted(x['seed'] for x in cur)}" + (f", {len(stale)} stale" if stale else ""))
+        todo = missing_runs(tables, seeds, store)
+        print(f"{len(todo)} run(s) missing for seeds {list(seeds)}" + (": " + ", ".join(f"{v}/{s}" for v, s in todo) if todo else ""))
+        return 0
+    run_ablations(tables, seeds, store, smoke=args.smoke, jobs=args.jobs, device=args.device)
+    if not args.smoke:
+        for t in tables: print("\n" + table_markdown(t, store))
+    return 0
+
 # %% ../nbs/15_cli.ipynb #476a0cdb
 def build_parser() -> argparse.ArgumentParser:
     "The `mrcnn_nb` argument parser, one subparser per subcommand."
@@ -285,6 +305,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("configs", help="list the presets", description="The named configs, one line each.")
     s.set_defaults(func=cmd_configs)
+
+    s = sub.add_parser("ablate", help="reproduce the paper's ablation tables at CPU scale",
+                       description="Train and evaluate the variants of the paper's ablation tables (2a-e, 3, 5, 6) under the protocol of "
+                                   "21_ablation_backbone, only the (variant, seed) runs the results store lacks, and print each table "
+                                   "beside the paper's. --smoke runs every variant for a few iterations into a temporary store.")
+    s.add_argument("--table", nargs="+", required=True, metavar="T", help="table(s): 2a 2b 2c 2d 2e 3 5 6, or all")
+    s.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1 per variant (default 3)")
+    s.add_argument("--smoke", action="store_true", help="a few iterations per variant on a few images, into a temporary store")
+    s.add_argument("--jobs", type=_positive_int, default=1, help="runs at once, each on cores/jobs threads (default 1)")
+    s.add_argument("--store", default=None, help="results store (default: $MRCNN_NB_ABLATIONS, or nbs/results/ablations in a clone)")
+    s.add_argument("--list", action="store_true", help="show what the store holds and what is missing; run nothing")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    s.set_defaults(func=cmd_ablate)
     return p
 
 # %% ../nbs/15_cli.ipynb #65e2080a

@@ -17,7 +17,7 @@ import torch
 
 # %% auto #0
 __all__ = ['UserInputError', 'seed_everything', 'get_device', 'log_tensor', 'Timer', 'atomic_write', 'load_torch_file',
-           'load_state_dict_file', 'load_weights', 'in_test', 'distributed_count', 'use_cuda_simulator']
+           'load_state_dict_file', 'load_weights', 'in_test', 'cache_dir', 'distributed_count', 'use_cuda_simulator']
 
 # %% ../nbs/00_core.ipynb #24e13f04
 class UserInputError(ValueError):
@@ -146,6 +146,11 @@ def load_weights(module: torch.nn.Module, state_dict: dict, strict: bool = True,
 def in_test() -> bool:
     "True while `nbdev_test` (or CI) runs the notebooks: use it to pick a small-scale setting."
     return os.environ.get("IN_TEST", "").lower() not in ("", "0", "false", "no")
+
+# %% ../nbs/00_core.ipynb #c023b7e0
+def cache_dir() -> Path:
+    "`$MRCNN_NB_CACHE`, else `~/.cache/mrcnn_nb`: where generated datasets are kept."
+    return Path(os.environ.get("MRCNN_NB_CACHE") or Path.home() / ".cache" / "mrcnn_nb")
 
 # %% ../nbs/00_core.ipynb #48da1c6b
 def distributed_count(n) -> float:
