@@ -25,7 +25,8 @@ __all__ = ['ABLATION_DATA', 'PROTOCOL', 'SEEDS', 'SMOKE_DATA', 'SMOKE_SCHEDULE',
            'KP3', 'TABLES', 'Variant', 'Row', 'AblationTable', 'ablation_config', 'coco_config', 'get_table',
            'ablation_data', 'default_store', 'run_path', 'git_commit', 'machine_info', 'run_variant', 'load_runs',
            'missing_runs', 'run_ablations', 'table_runs', 'column_values', 'mean_std', 'difference', 'table_markdown',
-           'plot_table', 'plot_ap_vs_iou', 'example_images', 'plot_examples', 'coco_commands', 'variants_markdown']
+           'results_markdown', 'plot_table', 'plot_ap_vs_iou', 'example_images', 'plot_examples', 'coco_commands',
+           'variants_markdown']
 
 # %% ../nbs/21_ablation_backbone.ipynb #1b9af73e
 ABLATION_DATA = {   # the datasets of the ablations (02a_shapes), generated once and cached
@@ -94,6 +95,7 @@ class AblationTable:
     rows: tuple
     reference: str             # label of the row the others are compared to
     claim: str                 # the paper's finding, in words
+    headline: tuple = ()       # (row a, row b, column): the difference a - b that sums the table up (README)
 
     def row(self, label: str) -> Row: return next(r for r in self.rows if r.label == label)
     @property
@@ -112,42 +114,45 @@ TABLES = {t.key: t for t in [
         Row("ResNet-50-FPN", "fpn", _p(MASK3, 33.6, 55.2, 35.3), ("R_50_FPN", {})),
         Row("ResNet-101-FPN", "fpn_deep", _p(MASK3, 35.4, 57.3, 37.5), ("R_101_FPN", {})),
         Row("ResNeXt-101-FPN", "fpn_deep_x", _p(MASK3, 36.7, 59.5, 38.9), ("X_101_32x8d_FPN", {}))),
-        "ResNet-50-FPN", "deeper networks do better, FPN beats C4, ResNeXt beats ResNet"),
+        "ResNet-50-FPN", "deeper networks do better, FPN beats C4, ResNeXt beats ResNet", ("ResNet-50-FPN", "ResNet-50-C4", ("segm", "AP"))),
     AblationTable("2b", "Multinomial vs. independent masks (C4)", "22_ablation_mask_loss", MASK3, (
         Row("softmax", "c4_softmax", _p(MASK3, 24.8, 44.1, 25.1), (_C4, dict(mask_loss="softmax"))),
         Row("sigmoid", "c4", _p(MASK3, 30.3, 51.2, 31.5), (_C4, {})),
         Row("sigmoid, class-agnostic", "c4_agnostic", _p(MASK3, 29.7), (_C4, dict(mask_agnostic=True)))),
-        "sigmoid", "per-class sigmoid masks beat a multinomial softmax by 5.5 AP; class-agnostic masks are nearly as good (29.7 vs 30.3)"),
+        "sigmoid", "per-class sigmoid masks beat a multinomial softmax by 5.5 AP; class-agnostic masks are nearly as good (29.7 vs 30.3)",
+        ("sigmoid", "softmax", ("segm", "AP"))),
     AblationTable("2c", "RoI layers on C4 (stride 16)", "23_ablation_roi_layers", MASK3, (
         Row("RoIPool (max)", "c4_roipool", _p(MASK3, 26.9, 48.8, 26.4), (_C4, _ROI("pool"))),
         Row("RoIWarp (max)", "c4_warp_max", _p(MASK3, 27.2, 49.2, 27.1), (_C4, _ROI("warp", "max"))),
         Row("RoIWarp (avg)", "c4_warp_avg", _p(MASK3, 27.1, 48.9, 27.1), (_C4, _ROI("warp"))),
         Row("RoIAlign (max)", "c4_align_max", _p(MASK3, 30.2, 51.0, 31.8), (_C4, _ROI("align", "max"))),
         Row("RoIAlign (avg)", "c4", _p(MASK3, 30.3, 51.2, 31.5), (_C4, {}))),
-        "RoIPool (max)", "RoIAlign beats RoIPool by ~3 AP and ~5 AP75; RoIWarp is on par with RoIPool; max vs average does not matter"),
+        "RoIPool (max)", "RoIAlign beats RoIPool by ~3 AP and ~5 AP75; RoIWarp is on par with RoIPool; max vs average does not matter",
+        ("RoIAlign (avg)", "RoIPool (max)", ("segm", "AP75"))),
     AblationTable("2d", "RoI layers on C5 (stride 32)", "23_ablation_roi_layers", MASK3 + BOX3, (
         Row("RoIPool", "c5_roipool", _p(MASK3 + BOX3, 23.6, 46.5, 21.6, 28.2, 52.7, 26.9), ("R_50_C5", _ROI("pool"))),
         Row("RoIAlign", "c5", _p(MASK3 + BOX3, 30.9, 51.8, 32.1, 34.0, 55.3, 36.4), ("R_50_C5", {}))),
-        "RoIPool", "at stride 32 RoIAlign gains a massive 7.3 mask AP (10.5 AP75) and 5.8 box AP"),
+        "RoIPool", "at stride 32 RoIAlign gains a massive 7.3 mask AP (10.5 AP75) and 5.8 box AP", ("RoIAlign", "RoIPool", ("segm", "AP"))),
     AblationTable("2e", "Mask branch (FPN)", "24_ablation_mask_head", MASK3, (
         Row("MLP fc 1024-1024", "fpn_mlp2", _p(MASK3, 31.5, 53.7, 32.8), ("R_50_FPN", dict(mask_head="mlp2"))),
         Row("MLP fc 1024-1024-1024", "fpn_mlp3", _p(MASK3, 31.5, 54.0, 32.6), ("R_50_FPN", dict(mask_head="mlp3"))),
         Row("FCN 4 conv", "fpn", _p(MASK3, 33.6, 55.2, 35.3), ("R_50_FPN", {}))),
-        "MLP fc 1024-1024", "the FCN mask head beats MLP heads by 2.1 AP"),
+        "MLP fc 1024-1024", "the FCN mask head beats MLP heads by 2.1 AP", ("FCN 4 conv", "MLP fc 1024-1024", ("segm", "AP"))),
     AblationTable("3", "Box detection: multi-task training", "25_box_detection", BOX3, (
         Row("Faster R-CNN, RoIAlign", "fpn_faster", _p(BOX3, 37.3, 59.6, 40.3), ("R_101_FPN", dict(mask=False))),
         Row("Mask R-CNN", "fpn", _p(BOX3, 38.2, 60.3, 41.7), ("R_101_FPN", {}))),
-        "Faster R-CNN, RoIAlign", "the mask branch lifts box AP by 0.9 (multi-task training alone)"),
+        "Faster R-CNN, RoIAlign", "the mask branch lifts box AP by 0.9 (multi-task training alone)", ("Mask R-CNN", "Faster R-CNN, RoIAlign", ("bbox", "AP"))),
     AblationTable("5", "Multi-task learning for people", "26_keypoints_multitask", (("bbox", "AP"), ("segm", "AP"), ("keypoints", "AP")), (
         Row("Faster R-CNN", "kp_box", {("bbox", "AP"): 52.5}, ("KP_R_50_FPN", dict(keypoints=False))),
         Row("Mask R-CNN, mask-only", "kp_mask", {("bbox", "AP"): 53.6, ("segm", "AP"): 45.8}, ("MASK_KP_R_50_FPN", dict(keypoints=False))),
         Row("Mask R-CNN, keypoint-only", "kp_kp", {("bbox", "AP"): 50.7, ("keypoints", "AP"): 64.2}, ("KP_R_50_FPN", {})),
         Row("Mask R-CNN, keypoint & mask", "kp_kp_mask", {("bbox", "AP"): 52.0, ("segm", "AP"): 45.1, ("keypoints", "AP"): 64.7}, ("MASK_KP_R_50_FPN", {}))),
-        "Mask R-CNN, keypoint-only", "adding masks helps boxes and keypoints; adding keypoints costs box and mask AP slightly"),
+        "Mask R-CNN, keypoint-only", "adding masks helps boxes and keypoints; adding keypoints costs box and mask AP slightly",
+        ("Mask R-CNN, keypoint & mask", "Mask R-CNN, keypoint-only", ("keypoints", "AP"))),
     AblationTable("6", "RoI layers for keypoints (FPN)", "27_keypoints_roi", KP3, (
         Row("RoIPool", "kp_kp_roipool", _p(KP3, 59.8, 86.2, 66.7), ("KP_R_50_FPN", dict(box_roi="pool", keypoint_roi="pool"))),
         Row("RoIAlign", "kp_kp", _p(KP3, 64.2, 86.6, 69.7), ("KP_R_50_FPN", {}))),
-        "RoIPool", "RoIAlign gains 4.4 keypoint AP even with FPN's fine strides"),
+        "RoIPool", "RoIAlign gains 4.4 keypoint AP even with FPN's fine strides", ("RoIAlign", "RoIPool", ("keypoints", "AP"))),
 ]}
 
 # %% ../nbs/21_ablation_backbone.ipynb #3930985a
@@ -387,7 +392,23 @@ def table_markdown(table: str, store=None) -> str:
                          f"{two_s} | {noise} | {sign} |")
     return "\n".join(lines)
 
-# %% ../nbs/21_ablation_backbone.ipynb #6476d3c2
+# %% ../nbs/21_ablation_backbone.ipynb #1793c2c6
+def results_markdown(store=None) -> str:
+    "One line per table: the paper's headline difference beside ours (mean over seeds), the seeds behind it, and the noise verdict."
+    lines = ["| table | difference | paper | ours | seeds | beyond seed noise |", "|---|---|---|---|---|---|"]
+    for t in TABLES.values():
+        a, b, col = t.headline
+        ra, rb = t.row(a), t.row(b)
+        runs = table_runs(t.key, store)
+        va, vb = column_values(runs[ra.variant], col), column_values(runs[rb.variant], col)
+        d = difference(va, vb) if va and vb else None
+        ours = "–" if d is None else f"{d['diff']:+.1f}"
+        noise = "–" if d is None else {True: "yes", False: "no", None: "n/a (< 2 seeds)"}[d["beyond_noise"]]
+        lines.append(f"| [{t.key}]({t.notebook}.ipynb) | {a} − {b}, {_col_name(col)} | {ra.paper[col] - rb.paper[col]:+.1f} | {ours} | "
+                     f"{min(len(va), len(vb))} | {noise} |")
+    return "\n".join(lines)
+
+# %% ../nbs/21_ablation_backbone.ipynb #6aab22d4
 def plot_table(table: str, store=None, size=(3.0, 2.6)):
     "One panel per column: the paper's number (grey) beside our mean (colour), with every seed as a dot and ±1 std."
     import matplotlib.pyplot as plt
@@ -431,7 +452,7 @@ def plot_ap_vs_iou(table: str, iou_type: str = "segm", store=None, size=(4.6, 3.
     fig.tight_layout()
     return fig
 
-# %% ../nbs/21_ablation_backbone.ipynb #6aab22d4
+# %% ../nbs/21_ablation_backbone.ipynb #8aecae8f
 def example_images(kind: str = "instances", image_ids=EXAMPLE_IMAGES):
     "The validation images `image_ids` of the ablation dataset with their ground truth, regenerated (the generator is per image)."
     from mrcnn_nb.data import COCODataset
@@ -480,7 +501,7 @@ def plot_examples(table: str, store=None, image_ids=(1, 2, 3), seed: int = 0, si
     fig.tight_layout(pad=0.3)
     return fig
 
-# %% ../nbs/21_ablation_backbone.ipynb #8aecae8f
+# %% ../nbs/21_ablation_backbone.ipynb #1a411164
 def coco_commands(table: str) -> str:
     "For each row, the full-scale config (the paper's backbone and schedule) and the `torchrun` command that trains it on COCO."
     t = get_table(table)
@@ -494,7 +515,7 @@ def coco_commands(table: str) -> str:
         lines.append(f"| {r.label} | `{preset}` | `{kv or '–'}` | `{cmd}` |")
     return "\n".join(lines)
 
-# %% ../nbs/21_ablation_backbone.ipynb #1a411164
+# %% ../nbs/21_ablation_backbone.ipynb #032015c6
 def variants_markdown(table: str) -> str:
     "Each row's variant: its preset, what it changes, and what it is."
     t = get_table(table)
