@@ -4,8 +4,17 @@ from configparser import ConfigParser
 from pathlib import Path
 
 import setuptools
+from setuptools.command.sdist import sdist as _sdist
 
 here = Path(__file__).parent
+
+
+class sdist(_sdist):
+    "The source distribution carries settings.ini, which this setup.py reads (the tests and notebooks stay out)."
+    def make_release_tree(self, base_dir, files):
+        super().make_release_tree(base_dir, files)
+        self.copy_file(str(here / "settings.ini"), str(Path(base_dir) / "settings.ini"))
+
 cfg = ConfigParser(delimiters=["="])
 cfg.read(here / "settings.ini", encoding="utf-8")
 cfg = cfg["DEFAULT"]
@@ -44,6 +53,7 @@ setuptools.setup(
     extras_require={"dev": cfg.get("dev_requirements", "").split()},
     python_requires=f">={min_py}",
     zip_safe=False,
+    cmdclass={"sdist": sdist},
     entry_points={
         "console_scripts": cfg.get("console_scripts", "").split(),
         "nbdev": [f"{cfg['lib_name']}={cfg['lib_name']}._modidx:d"],
