@@ -125,10 +125,11 @@ def test_roi_explorer_responds_to_a_slider(page, lab, shots):
     # a person's move: click the 'x1' slider's handle and press the right arrow key three times (3 px)
     slider = widget.locator(".widget-slider").filter(has=page.locator(".widget-label", has_text=re.compile(r"^x1$"))).first
     value = slider.locator(".widget-readout")
-    x0 = float(value.inner_text())
+    shown0 = value.inner_text(); x0 = float(shown0)
     slider.locator(".noUi-handle").click()
     for _ in range(3): page.keyboard.press("ArrowRight")
-    expect(value).not_to_have_text(f"{x0:g}", timeout=10_000)
+    expect(value).not_to_have_text(shown0, timeout=10_000)            # the slider moved ...
+    # ... and the callback redrew the comparison (a broken callback fails here)
     page.wait_for_function("([img, src]) => img.getAttribute('src') !== src", arg=[image.element_handle(), src0], timeout=30_000)
     widget.screenshot(path=str(shots / "roi_explorer_after.png"))
     assert float(value.inner_text()) > x0
