@@ -490,14 +490,17 @@ def plot_examples(table: str, store=None, image_ids=(1, 2, 3), seed: int = 0, si
     kind = VARIANTS[t.rows[0].variant].kind
     items, names, skeleton = example_images(kind, image_ids)
     fig, axs = plt.subplots(len(t.rows) + 1, len(image_ids), figsize=(size * len(image_ids), size * (len(t.rows) + 1)), squeeze=False)
+    side = lambda ax, text: ax.text(-0.04, 0.5, text, rotation=90, transform=ax.transAxes, ha="right", va="center", fontsize=7)
     for j, (img, target) in enumerate(items):
-        draw_instances(axs[0][j], img, target, names, skeleton, fontsize=5, title="ground truth" if j == 0 else None)
+        draw_instances(axs[0][j], img, target, names, skeleton, fontsize=5)
         for i, r in enumerate(t.rows, 1):
             rec = next((x for x in runs[r.variant] if x["seed"] == seed), None)
-            ax = axs[i][j]
-            if rec is None: ax.axis("off"); ax.set_title(f"{r.label}: no run", fontsize=6); continue
-            draw_instances(ax, img, _instances(rec["examples"], target["image_id"]), names, skeleton, fontsize=5)
-            if j == 0: ax.set_title(r.label, fontsize=7, loc="left")
+            if rec is None: axs[i][j].axis("off"); continue
+            draw_instances(axs[i][j], img, _instances(rec["examples"], target["image_id"]), names, skeleton, fontsize=5)
+    side(axs[0][0], "ground truth")
+    for i, r in enumerate(t.rows, 1):
+        side(axs[i][0], r.label if any(x["seed"] == seed for x in runs[r.variant]) else f"{r.label}: no run yet")
+    fig.suptitle(f"Table {t.key}: predictions (score ≥ 0.5) of the seed-{seed} runs", fontsize=9)
     fig.tight_layout(pad=0.3)
     return fig
 
