@@ -40,7 +40,8 @@ def _free_port() -> int:
 def lab(tmp_path_factory):
     "JupyterLab on localhost with a token, serving a scratch copy of the notebooks; kernels run the small setting (IN_TEST)."
     work = tmp_path_factory.mktemp("lab")
-    for name in ("07d_roi_widgets.ipynb", "12_train.ipynb"): shutil.copy(ROOT / "nbs" / name, work / name)
+    for nb in (ROOT / "nbs").glob("*.ipynb"): shutil.copy(nb, work / nb.name)
+    shutil.copytree(ROOT / "nbs" / "images", work / "images")
     port, token = _free_port(), secrets.token_hex(16)
     settings = work / ".settings"
     # every cell stays in the page (JupyterLab 4 otherwise drops cells scrolled out of view from the DOM)
@@ -154,3 +155,31 @@ def test_training_notebook_shows_a_progress_bar_and_figures(page, lab, shots):
     box = fig.bounding_box()
     assert box and box["width"] > 100 and box["height"] > 50
     fig.screenshot(path=str(shots / "train_figure.png"))
+
+
+def _shutdown_kernels(lab):
+    "Stop the kernels JupyterLab started for the notebooks opened so far (each open starts one)."
+    import json
+    base = f"{lab['url']}/api/sessions"
+    with urllib.request.urlopen(f"{base}?token={lab['token']}", timeout=10) as r: sessions = json.load(r)
+    for sess in sessions:
+        req = urllib.request.Request(f"{base}/{sess['id']}?token={lab['token']}", method="DELETE")
+        urllib.request.urlopen(req, timeout=10).close()
+
+
+def test_every_notebook_opens_without_errors(page, lab):
+    "Each notebook of nbs/ opens in JupyterLab: its cells render, no error dialog, its outputs (figures, tables) display."
+    names = sorted(p.name for p in (ROOT / "nbs").glob("*.ipynb"))
+    assert len(names) > 25
+    problems = {}
+    for name in names:
+        page.goto(f"{lab['url']}/lab/tree/{name}?reset&token={lab['token']}")   # reset: a fresh workspace, one notebook open
+        panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+        cells = panel.locator(".jp-Cell")
+        expect(cells.first).to_be_visible(timeout=60_000)
+        page.wait_for_timeout(500)
+        errors = page.locator(".jp-Dialog").filter(has_text=re.compile("Error|error|Failed|failed")).all_inner_texts()
+        n_cells, n_code = cells.count(), panel.locator(".jp-CodeCell").count()
+        if errors or n_cells < 3 or n_code < 1: problems[name] = dict(errors=errors, cells=n_cells, code=n_code)
+        _shutdown_kernels(lab)
+    assert problems == {}
