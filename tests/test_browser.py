@@ -89,10 +89,11 @@ def shots(tmp_path):
 
 
 def _open_and_run_all(page, lab, name: str, timeout_s: float):
-    page.goto(f"{lab['url']}/lab/tree/{name}?token={lab['token']}")
-    dialog, kernel = page.locator(".jp-Dialog").filter(has_text="Select Kernel"), page.locator(".jp-NotebookPanel-toolbar .jp-KernelName")
+    page.goto(f"{lab['url']}/lab/tree/{name}?reset&token={lab['token']}")   # reset: a fresh workspace, this notebook alone
+    panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+    dialog, kernel = page.locator(".jp-Dialog").filter(has_text="Select Kernel"), panel.locator(".jp-NotebookPanel-toolbar .jp-KernelName")
     deadline = time.time() + 90
-    while "Python 3" not in (kernel.inner_text() if kernel.count() else ""):   # a reader takes the notebook's kernel if asked
+    while "Python 3" not in (kernel.first.inner_text() if kernel.count() else ""):   # a reader takes the notebook's kernel if asked
         if dialog.count() and dialog.is_visible(): dialog.get_by_role("button", name="Select", exact=True).click()
         assert time.time() < deadline, "no kernel started in 90 s"
         page.wait_for_timeout(250)
