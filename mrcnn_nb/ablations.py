@@ -22,11 +22,11 @@ from .model import Config, get_config
 
 # %% auto #0
 __all__ = ['ABLATION_DATA', 'PROTOCOL', 'SEEDS', 'SMOKE_DATA', 'SMOKE_SCHEDULE', 'EXAMPLE_IMAGES', 'VARIANTS', 'MASK3', 'BOX3',
-           'KP3', 'TABLES', 'Variant', 'Row', 'AblationTable', 'ablation_config', 'coco_config', 'get_table',
-           'ablation_data', 'default_store', 'run_path', 'git_commit', 'machine_info', 'run_variant', 'load_runs',
-           'missing_runs', 'run_ablations', 'table_runs', 'column_values', 'mean_std', 'difference', 'table_markdown',
-           'results_markdown', 'plot_table', 'plot_ap_vs_iou', 'example_images', 'plot_examples', 'coco_commands',
-           'variants_markdown']
+           'KP3', 'TABLES', 'Variant', 'Row', 'AblationTable', 'ablation_config', 'config_dict', 'coco_config',
+           'get_table', 'table_variants', 'ablation_data', 'default_store', 'run_path', 'git_commit', 'machine_info',
+           'run_variant', 'load_runs', 'missing_runs', 'run_ablations', 'table_runs', 'column_values', 'mean_std',
+           'difference', 'table_markdown', 'results_markdown', 'plot_table', 'plot_ap_vs_iou', 'example_images',
+           'plot_examples', 'coco_commands', 'variants_markdown']
 
 # %% ../nbs/21_ablation_backbone.ipynb #1b9af73e
 ABLATION_DATA = {   # the datasets of the ablations (02a_shapes), generated once and cached
@@ -162,6 +162,10 @@ def ablation_config(variant: str, seed: int = 0, smoke: bool = False) -> Config:
     v = VARIANTS[variant]
     return get_config(v.preset, **(PROTOCOL | (SMOKE_SCHEDULE if smoke else {}) | v.changes | dict(seed=seed)))
 
+def config_dict(cfg: Config) -> dict:
+    "`cfg` as a run record stores it (JSON types: tuples become lists), so that records compare equal to configs."
+    return json.loads(json.dumps(asdict(cfg)))
+
 def coco_config(table: str, label: str) -> Config:
     "The full-scale config of a row (the paper's backbone and schedule), for `20_coco_training`."
     preset, changes = get_table(table).row(label).coco
@@ -170,6 +174,10 @@ def coco_config(table: str, label: str) -> Config:
 def get_table(key: str) -> AblationTable:
     if key not in TABLES: raise UserInputError(f"unknown table {key!r}; choose from {list(TABLES)}")
     return TABLES[key]
+
+def table_variants(tables) -> list:
+    "The variants of `tables`, each once, in the tables' order."
+    return list(dict.fromkeys(v for t in tables for v in get_table(t).variants))
 
 # %% ../nbs/21_ablation_backbone.ipynb #220c4b29
 def ablation_data(kind: str = "instances", smoke: bool = False, root=None, progress: bool = True) -> Path:
@@ -241,7 +249,7 @@ def run_variant(variant: str, seed: int = 0, store=None, smoke: bool = False, pr
     with tempfile.TemporaryDirectory(prefix=f"ablation-{variant}-") as tmp:
         s = train(cfg, root, out_dir=tmp, kind=kind, progress=progress, device=device)
     ev = s["evaluation"]
-    record = dict(variant=variant, seed=seed, smoke=smoke, config=json.loads(json.dumps(asdict(cfg))),
+    record = dict(variant=variant, seed=seed, smoke=smoke, config=config_dict(cfg),
                   data=dict(SMOKE_DATA if smoke else ABLATION_DATA[kind], kind=kind),
                   metrics={t: r["stats"] for t, r in ev["metrics"].items()},
                   per_threshold={t: r["per_threshold"] for t, r in ev["metrics"].items()},
@@ -256,22 +264,20 @@ def run_variant(variant: str, seed: int = 0, store=None, smoke: bool = False, pr
     return record
 
 # %% ../nbs/21_ablation_backbone.ipynb #eafcb0f0
-def load_runs(variant: str, store=None, seeds=None) -> tuple[list, list]:
+def load_runs(variant: str, store=None) -> tuple[list, list]:
     "(current records, stale files) of `variant` in `store`: a record is current when its config is today's protocol."
     store = Path(store) if store is not None else default_store()
     current, stale = [], []
     for path in sorted((store / variant).glob("seed*.json")):
         try: rec = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e: raise UserInputError(f"{path}: unreadable run record ({e}); remove it to run it again") from None
-        if seeds is not None and rec.get("seed") not in seeds: continue
-        want = json.loads(json.dumps(asdict(ablation_config(variant, rec.get("seed", -1)))))
-        if rec.get("config") == want and not rec.get("smoke"): current.append(rec)
+        if rec.get("config") == config_dict(ablation_config(variant, rec.get("seed", -1))) and not rec.get("smoke"): current.append(rec)
         else: stale.append(path)
     return current, stale
 
 def missing_runs(tables, seeds=SEEDS, store=None) -> list:
     "The (variant, seed) pairs of `tables` that have no current record in `store`, seed by seed (every variant's first seed first)."
-    variants = list(dict.fromkeys(v for t in tables for v in get_table(t).variants))
+    variants = table_variants(tables)
     have = {(v, r["seed"]) for v in variants for r in load_runs(v, store)[0]}
     return [(v, s) for s in seeds for v in variants if (v, s) not in have]
 
@@ -288,18 +294,19 @@ def _run_one(args):
 def run_ablations(tables, seeds=SEEDS, store=None, smoke: bool = False, jobs: int = 1, progress: bool = True,
                   device: str = "auto", log=print) -> list:
     """Run every (variant, seed) of `tables` that `store` lacks; `jobs` runs at once, each on cores/jobs threads.
-    Smoke runs (a few iterations) all run, into `store` (a temporary folder by default), never into the committed store."""
+    Smoke runs (a few iterations) all run, into `store` (by default a temporary folder, removed afterwards), never
+    into the committed store."""
     from tqdm.auto import tqdm
-    if smoke and store is None: store = Path(tempfile.mkdtemp(prefix="ablations-smoke-"))
+    if smoke and store is None:
+        with tempfile.TemporaryDirectory(prefix="ablations-smoke-") as tmp:
+            return run_ablations(tables, seeds, tmp, smoke, jobs, progress, device, log)
     store = Path(store) if store is not None else default_store()
-    seeds = tuple(seeds)
-    if smoke:
-        todo = [(v, s) for s in seeds for v in dict.fromkeys(v for t in tables for v in get_table(t).variants)]
+    seeds, variants = tuple(seeds), table_variants(tables)
+    if smoke: todo = [(v, s) for s in seeds for v in variants]
     else:
         todo = missing_runs(tables, seeds, store)
-        for t in tables:
-            for v in get_table(t).variants:
-                for p in load_runs(v, store)[1]: log(f"stale (older protocol, will be replaced): {p}")
+        for v in variants:
+            for p in load_runs(v, store)[1]: log(f"stale (older protocol, will be replaced): {p}")
     log(f"{len(todo)} run(s) to do in {store}" + (f" with {jobs} at a time" if jobs > 1 else ""))
     if not todo: return []
     for kind in dict.fromkeys(VARIANTS[v].kind for v, _ in todo): ablation_data(kind, smoke, progress=progress)

@@ -6,12 +6,11 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
-from mrcnn_nb.ablations import (SEEDS, TABLES, VARIANTS, ablation_config, default_store, load_runs, missing_runs,
+from mrcnn_nb.ablations import (SEEDS, TABLES, VARIANTS, ablation_config, config_dict, default_store, load_runs, missing_runs,
                                 results_markdown, run_path)
 from mrcnn_nb.evaluate import STAT_NAMES
 
@@ -30,7 +29,7 @@ def test_every_stored_run_is_complete_and_current(path):
     assert rec["variant"] == path.parent.name and path.name == f"seed{rec['seed']}.json"
     assert rec["variant"] in VARIANTS, f"{path}: no such variant"
     assert not rec["smoke"], f"{path}: a smoke run in the committed store"
-    assert rec["config"] == json.loads(json.dumps(asdict(ablation_config(rec["variant"], rec["seed"])))), \
+    assert rec["config"] == config_dict(ablation_config(rec["variant"], rec["seed"])), \
         f"{path}: trained under another protocol (stale): rerun it with mrcnn_nb ablate"
     cfg = rec["config"]
     types = {"bbox"} | ({"segm"} if cfg["mask"] else set()) | ({"keypoints"} if cfg["keypoints"] else set())
