@@ -1,7 +1,7 @@
 """What a reader sees: JupyterLab in headless Chromium (Debian's `chromium`, driven by Playwright; no browser download).
 
-Each test copies a notebook to a scratch folder (JupyterLab autosaves: the repository's notebooks stay as they are),
-opens it in JupyterLab, runs all cells from the menu and checks what is rendered. Screenshots go to
+The notebooks are copied to a scratch folder (JupyterLab autosaves: the repository's notebooks stay as they are); each
+test opens one in JupyterLab, runs all cells from the menu and checks what is rendered. Screenshots go to
 `$MRCNN_NB_ARTIFACTS` (default: the test's temporary folder)."""
 import os
 import re
@@ -81,6 +81,13 @@ def page(tmp_path):
         finally: ctx.close()
 
 
+@pytest.fixture(autouse=True)
+def one_kernel_at_a_time(lab):
+    "Each test opens one notebook, which starts a kernel: stop it afterwards."
+    yield
+    _shutdown_kernels(lab)
+
+
 @pytest.fixture
 def shots(tmp_path):
     out = Path(os.environ.get("MRCNN_NB_ARTIFACTS") or tmp_path) / "screenshots"
@@ -102,11 +109,14 @@ def _open_and_run_all(page, lab, name: str, timeout_s: float):
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)   # the kernel is up
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-    # done: the kernel is idle again and no cell is queued or running ('[*]')
-    page.wait_for_function("""() => {
+    # done: the kernel is idle, no cell is queued or running ('[*]'), and every code cell ran ('[n]') or one failed
+    page.wait_for_function(r"""() => {
         const ind = document.querySelector('.jp-Notebook-ExecutionIndicator');
-        const prompts = [...document.querySelectorAll('.jp-InputArea-prompt')].map(p => p.textContent);
-        return ind && ind.dataset.status === 'idle' && prompts.length > 0 && prompts.every(t => !t.includes('*'));
+        const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+        if (!ind || ind.dataset.status !== 'idle' || !panel) return false;
+        const prompts = [...panel.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')].map(p => p.textContent);
+        if (prompts.length === 0 || prompts.some(t => t.includes('*'))) return false;
+        return prompts.every(t => /\[\d+\]/.test(t)) || panel.querySelector('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]') !== null;
     }""", timeout=timeout_s * 1000)
 
 
@@ -168,19 +178,20 @@ def _shutdown_kernels(lab):
         urllib.request.urlopen(req, timeout=10).close()
 
 
-def test_every_notebook_opens_without_errors(page, lab):
-    "Each notebook of nbs/ opens in JupyterLab: its cells render, no error dialog, its outputs (figures, tables) display."
-    names = sorted(p.name for p in (ROOT / "nbs").glob("*.ipynb"))
-    assert len(names) > 25
-    problems = {}
-    for name in names:
-        page.goto(f"{lab['url']}/lab/tree/{name}?reset&token={lab['token']}")   # reset: a fresh workspace, one notebook open
-        panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
-        cells = panel.locator(".jp-Cell")
-        expect(cells.first).to_be_visible(timeout=60_000)
-        page.wait_for_timeout(500)
-        errors = page.locator(".jp-Dialog").filter(has_text=re.compile("Error|error|Failed|failed")).all_inner_texts()
-        n_cells, n_code = cells.count(), panel.locator(".jp-CodeCell").count()
-        if errors or n_cells < 3 or n_code < 1: problems[name] = dict(errors=errors, cells=n_cells, code=n_code)
-        _shutdown_kernels(lab)
-    assert problems == {}
+NOTEBOOKS = sorted(p.name for p in (ROOT / "nbs").glob("*.ipynb"))
+RUN_ABOVE = {"07d_roi_widgets.ipynb", "12_train.ipynb"}   # run all by the tests above, which check what they show
+assert len(NOTEBOOKS) > 25 and RUN_ABOVE <= set(NOTEBOOKS), NOTEBOOKS
+
+
+@pytest.mark.parametrize("name", [n for n in NOTEBOOKS if n not in RUN_ABOVE])
+def test_notebook_opens_and_runs_all_cells(page, lab, name):
+    """Each notebook opens in JupyterLab (its cells render, no error dialog) and "Run All Cells" runs it top to bottom on
+    the CPU in its small setting (IN_TEST, as under nbdev_test; `#| slow` and `#| cuda` cells run too): every code cell
+    gets its execution number and no output is a traceback."""
+    _open_and_run_all(page, lab, name, timeout_s=600)
+    panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+    assert page.locator(".jp-Dialog").filter(has_text=re.compile("Error|error|Failed|failed")).all_inner_texts() == []
+    assert _errors(page) == []
+    prompts = panel.locator(".jp-CodeCell .jp-InputArea-prompt").all_inner_texts()
+    assert len(prompts) >= 1 and panel.locator(".jp-Cell").count() >= 3
+    assert [p for p in prompts if not re.search(r"\[\d+\]", p)] == [], "cells that did not run"
