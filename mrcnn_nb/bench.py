@@ -149,13 +149,13 @@ def bench_model(repeats: int = 3, size=(800, 1066), train_size=(800, 1066), prog
     from tqdm.auto import tqdm
     from mrcnn_nb.model import build_model, get_config, load_torchvision_weights, torchvision_model
     def resize(hw): return dict(min_size=min(hw), max_size=max(1333, max(hw)))   # an (h, w) image keeps its size
-    def ours_like(tv, hw):   # our model with torchvision's weights and resize
-        r = resize(hw)
-        return load_torchvision_weights(build_model(get_config("R_50_FPN", min_size=(r["min_size"],), max_size=r["max_size"])), tv.state_dict())
+    def ours_like(tv):   # our model with torchvision's weights and resize
+        cfg = get_config("R_50_FPN", min_size=tuple(tv.transform.min_size), max_size=tv.transform.max_size)
+        return load_torchvision_weights(build_model(cfg), tv.state_dict())
     torch.manual_seed(0)
     tv = torchvision_model(num_classes=91, **resize(size))   # frozen BN, stem and stage 1 frozen: as torchvision builds it for its COCO weights
     for p in tv.roi_heads.box_predictor.parameters(): torch.nn.init.normal_(p, std=0.05)   # spread scores: 100 detections to time
-    ours = ours_like(tv, size)
+    ours = ours_like(tv)
     g = torch.Generator().manual_seed(0)
     image = [torch.rand(3, *size, generator=g)]
     def target(h, w):
@@ -172,7 +172,7 @@ def bench_model(repeats: int = 3, size=(800, 1066), train_size=(800, 1066), prog
     # starts at a loss near 70, whose tiny gradients a few steps later are denormal floats that slow convolutions 5-10x.
     torch.manual_seed(1)
     tv_train = torchvision_model(num_classes=91, **resize(train_size))
-    ours_train = ours_like(tv_train, train_size)
+    ours_train = ours_like(tv_train)
     tv.eval(); ours.eval()
     detections = {}
     def infer(name, m):

@@ -26,6 +26,7 @@ except ImportError:
 if CHROMIUM is None or sync_playwright is None:
     pytest.skip("needs Debian's chromium and the playwright package (.ci/run installs both)", allow_module_level=True)
 
+PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"   # the notebook on screen
 # the closed network: no first-run, sync, updates or background requests
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
@@ -97,7 +98,7 @@ def shots(tmp_path):
 
 def _open_and_run_all(page, lab, name: str, timeout_s: float):
     page.goto(f"{lab['url']}/lab/tree/{name}?reset&token={lab['token']}")   # reset: a fresh workspace, this notebook alone
-    panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+    panel = page.locator(PANEL)
     dialog, kernel = page.locator(".jp-Dialog").filter(has_text="Select Kernel"), panel.locator(".jp-NotebookPanel-toolbar .jp-KernelName")
     deadline = time.time() + 90
     while "Python 3" not in (kernel.first.inner_text() if kernel.count() else ""):   # a reader takes the notebook's kernel if asked
@@ -189,7 +190,7 @@ def test_notebook_opens_and_runs_all_cells(page, lab, name):
     the CPU in its small setting (IN_TEST, as under nbdev_test; `#| slow` and `#| cuda` cells run too): every code cell
     gets its execution number and no output is a traceback."""
     _open_and_run_all(page, lab, name, timeout_s=600)
-    panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+    panel = page.locator(PANEL)
     assert page.locator(".jp-Dialog").filter(has_text=re.compile("Error|error|Failed|failed")).all_inner_texts() == []
     assert _errors(page) == []
     prompts = panel.locator(".jp-CodeCell .jp-InputArea-prompt").all_inner_texts()
