@@ -111,14 +111,14 @@ def _open_and_run_all(page, lab, name: str, timeout_s: float):
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
     # done: the kernel is idle, no cell is queued or running ('[*]'), and every code cell ran ('[n]') or one failed
-    page.wait_for_function(r"""() => {
+    page.wait_for_function(r"""(sel) => {
         const ind = document.querySelector('.jp-Notebook-ExecutionIndicator');
-        const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+        const panel = document.querySelector(sel);
         if (!ind || ind.dataset.status !== 'idle' || !panel) return false;
         const prompts = [...panel.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')].map(p => p.textContent);
         if (prompts.length === 0 || prompts.some(t => t.includes('*'))) return false;
         return prompts.every(t => /\[\d+\]/.test(t)) || panel.querySelector('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]') !== null;
-    }""", timeout=timeout_s * 1000)
+    }""", arg=PANEL, timeout=timeout_s * 1000)
 
 
 def _errors(page) -> list:

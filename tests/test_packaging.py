@@ -57,7 +57,8 @@ def test_installed_wheel_works_in_a_clean_environment(dist, tmp_path):
     _run(sys.executable, "-m", "venv", "--without-pip", venv)   # pip (and setuptools, which torch pins) come from ours
     py, exe = venv / "bin" / "python", venv / "bin" / "mrcnn_nb"
     site = Path(_run(py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip())
-    ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    paths = sysconfig.get_paths()
+    ours = {paths["purelib"], paths["platlib"]}
     (site / "_test_env_dependencies.pth").write_text("".join(f"{d}\n" for d in sorted(ours)))   # appended after site
     _run(py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--force-reinstall", dist / f"mrcnn_nb-{v}-py3-none-any.whl")
     _run(py, "-m", "pip", "check")          # the wheel's Requires-Dist is met (it fails naming the package if not)
