@@ -21,20 +21,28 @@ from .core import UserInputError, atomic_write, cache_dir, in_test
 from .model import Config, get_config
 
 # %% auto #0
-__all__ = ['ABLATION_DATA', 'PROTOCOL', 'SEEDS', 'SMOKE_DATA', 'SMOKE_SCHEDULE', 'EXAMPLE_IMAGES', 'VARIANTS', 'MASK3', 'BOX3',
-           'KP3', 'TABLES', 'Variant', 'Row', 'AblationTable', 'ablation_config', 'config_dict', 'coco_config',
-           'get_table', 'table_variants', 'ablation_data', 'default_store', 'run_path', 'git_commit', 'machine_info',
+__all__ = ['PROTOCOL_VERSION', 'ABLATION_DATA', 'PROTOCOL', 'SEEDS', 'SMOKE_DATA', 'SMOKE_SCHEDULE', 'EXAMPLE_IMAGES', 'VARIANTS',
+           'MASK3', 'BOX3', 'KP3', 'TABLES', 'PRETRAINING', 'SMOKE_PRETRAINING', 'TRUNK_FIELDS', 'WORKING_BOX_AP',
+           'VERDICTS', 'Variant', 'Row', 'AblationTable', 'ablation_config', 'config_dict', 'coco_config', 'get_table',
+           'table_variants', 'ablation_data', 'default_store', 'run_path', 'git_commit', 'machine_info',
+           'classification_images', 'trunk_name', 'plot_classification_images', 'pretrain_trunk', 'trunk_weights',
+           'rpn_config', 'rpn_name', 'rpn_path', 'proposals_fingerprint', 'run_rpn', 'stored_rpn', 'rpn_proposals',
            'run_variant', 'load_runs', 'missing_runs', 'run_ablations', 'table_runs', 'column_values', 'mean_std',
-           'difference', 'table_markdown', 'results_markdown', 'plot_table', 'plot_ap_vs_iou', 'example_images',
-           'plot_examples', 'coco_commands', 'variants_markdown']
+           'difference', 'verdict', 'working_detectors', 'compare', 'comparisons', 'table_markdown', 'headlines',
+           'results_markdown', 'results_sentence', 'plot_table', 'plot_ap_vs_iou', 'example_images', 'plot_examples',
+           'coco_commands', 'variants_markdown']
 
 # %% ../nbs/21_ablation_backbone.ipynb #1b9af73e
+PROTOCOL_VERSION = 2   # records of protocol 1 are kept in nbs/results/ablations-v1 and read by no table
 ABLATION_DATA = {   # the datasets of the ablations (02a_shapes), generated once and cached
-    "instances": dict(n_train=1000, n_val=300, size=128, seed=0),
-    "keypoints": dict(n_train=1000, n_val=300, size=128, seed=0),
+    "instances": dict(n_train=1000, n_val=300, size=256, seed=0),
+    "keypoints": dict(n_train=1000, n_val=300, size=256, seed=0),
 }
-PROTOCOL = dict(max_iter=2000, lr_steps=(1600,), warmup_iters=100, ims_per_batch=4, base_lr=0.08,
-                checkpoint_period=10**9, eval_period=0)   # decided on the baseline, see above
+PROTOCOL = dict(max_iter=2000, lr_steps=(1600,), warmup_iters=100, ims_per_batch=4, base_lr=0.08,   # decided on the reference rows, see above
+                min_size=(256,), max_size=448, anchor_sizes=(16, 32, 64, 128, 256),   # 256-px images: C4 sees 16x16, C5 8x8 cells
+                roi_aligned=False,     # the paper's RoIAlign (no half-pixel offset) and its mask pasting
+                rpn="separate",        # the RPN trained separately, its proposals fixed for the heads (§4.2)
+                checkpoint_period=10**9, eval_period=0)
 SEEDS = (0, 1, 2)
 SMOKE_DATA = dict(n_train=12, n_val=6, size=128, seed=0)                       # --smoke: a few iterations on a few images,
 SMOKE_SCHEDULE = dict(max_iter=3, lr_steps=(2,), warmup_iters=1, ims_per_batch=2)  # to check that every variant runs
@@ -61,6 +69,8 @@ VARIANTS = {v.name: v for v in [
     Variant("c4_warp_avg", "TINY_C4", dict(box_roi="warp", mask_roi="warp", roi_mode="avg")),
     Variant("c4_warp_max", "TINY_C4", dict(box_roi="warp", mask_roi="warp", roi_mode="max")),
     Variant("c4_roipool", "TINY_C4", dict(box_roi="pool", mask_roi="pool")),
+    Variant("c4_aligned", "TINY_C4", dict(roi_aligned=True),
+            about="RoIAlign (average) with the half-pixel offset and exact mask pasting (detectron2's ROIAlignV2, 2019): after the paper"),
     Variant("c4_softmax", "TINY_C4", dict(mask_loss="softmax"), about="multinomial masks: a per-pixel softmax over the classes"),
     Variant("c4_agnostic", "TINY_C4", dict(mask_agnostic=True), about="one mask for every class"),
     Variant("c5", "TINY_C5", {}, about="C5: RoIs on the stride-32 res5 map, the FPN-style 2-fc box head, RoIAlign"),
@@ -126,7 +136,8 @@ TABLES = {t.key: t for t in [
         Row("RoIWarp (max)", "c4_warp_max", _p(MASK3, 27.2, 49.2, 27.1), (_C4, _ROI("warp", "max"))),
         Row("RoIWarp (avg)", "c4_warp_avg", _p(MASK3, 27.1, 48.9, 27.1), (_C4, _ROI("warp"))),
         Row("RoIAlign (max)", "c4_align_max", _p(MASK3, 30.2, 51.0, 31.8), (_C4, _ROI("align", "max"))),
-        Row("RoIAlign (avg)", "c4", _p(MASK3, 30.3, 51.2, 31.5), (_C4, {}))),
+        Row("RoIAlign (avg)", "c4", _p(MASK3, 30.3, 51.2, 31.5), (_C4, {})),
+        Row("RoIAlign (avg) + half-pixel offset (after the paper)", "c4_aligned", {}, (_C4, dict(roi_aligned=True)))),
         "RoIPool (max)", "RoIAlign beats RoIPool by ~3 AP and ~5 AP75; RoIWarp is on par with RoIPool; max vs average does not matter",
         ("RoIAlign (avg)", "RoIPool (max)", ("segm", "AP75"))),
     AblationTable("2d", "RoI layers on C5 (stride 32)", "23_ablation_roi_layers", MASK3 + BOX3, (
@@ -233,6 +244,157 @@ def machine_info() -> dict:
     return dict(cpu=cpu, cores=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
                 python=platform.python_version(), gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
 
+# %% ../nbs/21_ablation_backbone.ipynb #11af3dc0
+PRETRAINING = dict(size=64, n_train=20_000, n_val=2_000, iters=3000, batch=64, lr=0.2, seed=0)   # shape classification
+SMOKE_PRETRAINING = dict(size=64, n_train=64, n_val=32, iters=3, batch=8, lr=0.2, seed=0)
+TRUNK_FIELDS = ("blocks", "groups", "width_per_group", "stem_width", "base_planes", "norm")   # what a pre-trained trunk must match
+
+def classification_images(n: int, size: int = 64, seed: int = 0, split: int = 0) -> tuple:
+    "`n` images (n, 3, size, size) uint8, each one shape on a textured background, and its class (n,): the pre-training task."
+    import torch
+    from mrcnn_nb.shapes import render_instances
+    images, labels = np.empty((n, size, size, 3), np.uint8), np.empty(n, np.int64)
+    for i in range(n):
+        img, anns = render_instances(np.random.default_rng([seed, 100 + split, i]), size, size, n_range=(1, 1), min_size=size / 4)
+        images[i], labels[i] = img, anns[0]["category_id"] - 1
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
+
+def trunk_name(cfg: Config) -> str:
+    "A name for `cfg`'s trunk architecture, e.g. 'r1111' (ResNet, 1 block per stage) or 'x2242g4w32' (ResNeXt)."
+    name = ("x" if cfg.groups > 1 else "r") + "".join(str(b) for b in cfg.blocks)
+    if cfg.groups > 1: name += f"g{cfg.groups}w{cfg.width_per_group}"
+    return name + ("" if (cfg.stem_width, cfg.base_planes, cfg.norm) == (16, 16, "gn") else f"-s{cfg.stem_width}b{cfg.base_planes}{cfg.norm}")
+
+def plot_classification_images(images, labels, size: float = 1.2):
+    "A row of pre-training images, each titled with its class."
+    import matplotlib.pyplot as plt
+    from mrcnn_nb.shapes import SHAPE_CLASSES
+    fig, axs = plt.subplots(1, len(images), figsize=(size * len(images), size * 1.3), squeeze=False)
+    for ax, im, l in zip(axs[0], images, labels):
+        ax.imshow(im.permute(1, 2, 0).numpy()); ax.set_title(SHAPE_CLASSES[int(l)], fontsize=9); ax.axis("off")
+    fig.tight_layout(pad=0.3)
+    return fig
+
+# %% ../nbs/21_ablation_backbone.ipynb #7240aa25
+def _classify(body, fc, images, flip=None):
+    "Class logits of uint8 `images`, normalized as the detection models normalize (and mirrored where `flip`)."
+    import torch
+    from mrcnn_nb.data import normalize_image
+    x = normalize_image(images)
+    if flip is not None: x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return fc(body(x.contiguous(memory_format=torch.channels_last), (body.num_stages,))[0].mean((2, 3)))
+
+def pretrain_trunk(cfg: Config, out_dir, spec: dict = PRETRAINING, progress: bool = True) -> dict:
+    """Pre-train `cfg`'s trunk on shape classification (`spec`); write `<trunk_name>.pth` (the trunk's state dict, ResNet names,
+    no classifier) and `<trunk_name>.json` (spec, held-out accuracy, time, machine, code) to `out_dir`; return the record."""
+    import hashlib, torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+    from mrcnn_nb.backbone import ResNet
+    from mrcnn_nb.core import seed_everything
+    from mrcnn_nb.shapes import SHAPE_CLASSES
+    seed_everything(spec["seed"])
+    (x, y), (xv, yv) = (classification_images(spec[n], spec["size"], spec["seed"], i) for i, n in enumerate(("n_train", "n_val")))
+    body = ResNet(tuple(cfg.blocks), cfg.groups, cfg.width_per_group, cfg.stem_width, cfg.base_planes, cfg.norm)
+    fc = torch.nn.Linear(body.stage_channels[-1], len(SHAPE_CLASSES))
+    opt = torch.optim.SGD([*body.parameters(), *fc.parameters()], lr=spec["lr"], momentum=0.9, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, spec["lr"], total_steps=spec["iters"], pct_start=0.1)
+    g, t0 = torch.Generator().manual_seed(spec["seed"]), time.perf_counter()
+    for _ in tqdm(range(spec["iters"]), desc=f"pre-train {trunk_name(cfg)}", disable=not progress, leave=False):
+        idx = torch.randint(len(x), (spec["batch"],), generator=g)
+        loss = F.cross_entropy(_classify(body, fc, x[idx], torch.rand(spec["batch"], generator=g) < 0.5), y[idx])
+        opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+    with torch.no_grad(): acc = torch.cat([_classify(body, fc, xv[i:i + 500]).argmax(1) == yv[i:i + 500] for i in range(0, len(xv), 500)])
+    out, name = Path(out_dir), trunk_name(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / f"{name}.pth", "wb") as f: torch.save(body.state_dict(), f)
+    record = dict(trunk=name, architecture={k: getattr(cfg, k) for k in TRUNK_FIELDS}, spec=spec, val_accuracy=float(acc.float().mean()),
+                  last_loss=loss.item(), seconds=time.perf_counter() - t0, machine=machine_info(), code=git_commit(),
+                  sha256=hashlib.sha256((out / f"{name}.pth").read_bytes()).hexdigest(), finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    with atomic_write(out / f"{name}.json") as f: json.dump(record, f, indent=1)
+    return record
+
+# %% ../nbs/21_ablation_backbone.ipynb #06876fd6
+def trunk_weights(cfg: Config, store=None, smoke: bool = False, progress: bool = True) -> Path:
+    "The pre-trained weights of `cfg`'s trunk, `STORE/_trunks/<trunk_name>.pth` (pre-trained there on first use); checked against their record."
+    import hashlib
+    d = Path(store if store is not None else default_store()) / "_trunks"
+    path, rec = d / f"{trunk_name(cfg)}.pth", d / f"{trunk_name(cfg)}.json"
+    if not path.exists(): pretrain_trunk(cfg, d, SMOKE_PRETRAINING if smoke else PRETRAINING, progress)
+    want = json.loads(rec.read_text())["sha256"] if rec.exists() else None
+    if want != hashlib.sha256(path.read_bytes()).hexdigest():
+        raise UserInputError(f"{path} does not match its record {rec.name} (sha256): restore both from the repository, or remove both to pre-train again")
+    return path
+
+# %% ../nbs/21_ablation_backbone.ipynb #ad9f53d7
+def rpn_config(variant: str, seed: int = 0, smoke: bool = False) -> Config:
+    "The config of the RPN that `variant`'s heads train on: its preset under the protocol with its trunk, `rpn='only'`."
+    ablation_config(variant)   # a known variant
+    v = VARIANTS[variant]
+    trunk = {k: x for k, x in v.changes.items() if k in TRUNK_FIELDS}
+    return get_config(v.preset, **(PROTOCOL | (SMOKE_SCHEDULE if smoke else {}) | trunk | dict(rpn="only", seed=seed)))
+
+def rpn_name(variant: str) -> str:
+    "The name of `variant`'s RPN, e.g. 'tiny_c4-r1111'; variants that differ only in their heads share it."
+    cfg = rpn_config(variant)
+    return f"{cfg.name.lower()}-{trunk_name(cfg)}"
+
+def rpn_path(store, variant: str, seed: int) -> Path: return Path(store) / "_rpn" / rpn_name(variant) / f"seed{seed}.json"
+
+def proposals_fingerprint(proposals: dict) -> str:
+    "sha256 of `{split: {image_id: (K, 4)}}`, image by image in order: equal fingerprints, equal proposals."
+    import hashlib
+    h = hashlib.sha256()
+    for split in sorted(proposals):
+        for i in sorted(proposals[split]): h.update(f"{split}/{i}:".encode()); h.update(proposals[split][i].float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+# %% ../nbs/21_ablation_backbone.ipynb #552d3b0e
+def _read_record(path) -> dict:
+    try: return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e: raise UserInputError(f"{path}: unreadable run record ({e}); remove it to run it again") from None
+
+def run_rpn(variant: str, seed: int = 0, store=None, smoke: bool = False, progress: bool = True, device: str = "auto",
+            runs_at_once: int = 1) -> tuple:
+    """Train `variant`'s RPN alone; compute its proposals (training images: training counts; validation images: test counts);
+    write them and the record (recall, time, fingerprint) to `STORE/_rpn/<rpn_name>/`; return (record, proposals)."""
+    import torch
+    from mrcnn_nb.data import COCODataset
+    from mrcnn_nb.evaluate import dataset_proposals, proposal_recall
+    from mrcnn_nb.train import train
+    store = Path(store if store is not None else default_store())
+    cfg, kind = rpn_config(variant, seed, smoke), VARIANTS[variant].kind
+    root, weights = ablation_data(kind, smoke, progress=progress), trunk_weights(cfg, store, smoke, progress)
+    with tempfile.TemporaryDirectory(prefix=f"rpn-{rpn_name(variant)}-") as tmp:
+        s = train(cfg, root, val_split=None, out_dir=tmp, kind=kind, progress=progress, device=device, weights=weights)
+    sets = {split: COCODataset(root, split, kind=kind) for split in ("train", "val")}
+    props = {split: dataset_proposals(s["model"], ds, "train" if split == "train" else "test", progress=progress) for split, ds in sets.items()}
+    path = rpn_path(store, variant, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path.with_suffix(".pt"), "wb") as f: torch.save(props, f)
+    record = dict(rpn=rpn_name(variant), seed=seed, smoke=smoke, protocol=PROTOCOL_VERSION, config=config_dict(cfg),
+                  data=dict(SMOKE_DATA if smoke else ABLATION_DATA[kind], kind=kind), trunk=weights.stem,
+                  recall={split: proposal_recall(p, sets[split]) for split, p in props.items()}, train_seconds=s["train_seconds"],
+                  machine=machine_info() | dict(runs_at_once=runs_at_once), code=git_commit(), fingerprint=proposals_fingerprint(props),
+                  finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    with atomic_write(path) as f: json.dump(record, f, indent=1)
+    return record, props
+
+def stored_rpn(variant: str, seed: int = 0, store=None, smoke: bool = False):
+    "(record, proposals) of `variant`'s RPN for `seed` when the store holds them, current and matching their fingerprint; else None."
+    import torch
+    path = rpn_path(store if store is not None else default_store(), variant, seed)
+    if not (path.exists() and path.with_suffix(".pt").exists()): return None
+    rec = _read_record(path)
+    if rec.get("config") != config_dict(rpn_config(variant, seed, smoke)) or rec.get("protocol") != PROTOCOL_VERSION: return None
+    props = torch.load(path.with_suffix(".pt"), weights_only=True)
+    return (rec, props) if proposals_fingerprint(props) == rec.get("fingerprint") else None
+
+def rpn_proposals(variant: str, seed: int = 0, store=None, smoke: bool = False, progress: bool = True, device: str = "auto",
+                  runs_at_once: int = 1) -> tuple:
+    "(record, proposals) of `variant`'s RPN for `seed`: from the store (`stored_rpn`), else trained now (`run_rpn`)."
+    return stored_rpn(variant, seed, store, smoke) or run_rpn(variant, seed, store, smoke, progress, device, runs_at_once)
+
 # %% ../nbs/21_ablation_backbone.ipynb #29216e86
 def _examples(results: dict, image_ids=EXAMPLE_IMAGES, min_score: float = 0.5) -> dict:
     "The detections (score >= `min_score`) on `image_ids`, per IoU type, from COCO results lists."
@@ -241,15 +403,19 @@ def _examples(results: dict, image_ids=EXAMPLE_IMAGES, min_score: float = 0.5) -
 
 def run_variant(variant: str, seed: int = 0, store=None, smoke: bool = False, progress: bool = True, device: str = "auto",
                 runs_at_once: int = 1) -> dict:
-    "Train and evaluate `variant` with `seed` under the protocol; write the record to `store` and return it."
+    """Train and evaluate `variant` with `seed` under the protocol — from the pre-trained trunk, on the proposals of its separately
+    trained RPN (trained first if the store lacks it) — write the record to `store` and return it."""
     from mrcnn_nb.train import train
+    store = Path(store if store is not None else default_store())
     cfg = ablation_config(variant, seed, smoke)
     kind = VARIANTS[variant].kind
-    root = ablation_data(kind, smoke, progress=progress)
+    root, weights = ablation_data(kind, smoke, progress=progress), trunk_weights(cfg, store, smoke, progress)
+    rpn, proposals = rpn_proposals(variant, seed, store, smoke, progress, device, runs_at_once)
     with tempfile.TemporaryDirectory(prefix=f"ablation-{variant}-") as tmp:
-        s = train(cfg, root, out_dir=tmp, kind=kind, progress=progress, device=device)
+        s = train(cfg, root, out_dir=tmp, kind=kind, progress=progress, device=device, weights=weights, proposals=proposals)
     ev = s["evaluation"]
-    record = dict(variant=variant, seed=seed, smoke=smoke, config=config_dict(cfg),
+    record = dict(variant=variant, seed=seed, smoke=smoke, protocol=PROTOCOL_VERSION, config=config_dict(cfg), trunk=weights.stem,
+                  rpn=dict(name=rpn["rpn"], fingerprint=rpn["fingerprint"], recall=rpn["recall"]["val"]),
                   data=dict(SMOKE_DATA if smoke else ABLATION_DATA[kind], kind=kind),
                   metrics={t: r["stats"] for t, r in ev["metrics"].items()},
                   per_threshold={t: r["per_threshold"] for t, r in ev["metrics"].items()},
@@ -257,22 +423,23 @@ def run_variant(variant: str, seed: int = 0, store=None, smoke: bool = False, pr
                   train_seconds=s["train_seconds"], iterations=s["iterations"], eval_images_per_s=ev["images_per_s"],
                   machine=machine_info() | dict(runs_at_once=runs_at_once), code=git_commit(), finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   examples=_examples(ev["results"]))
-    if store is not None:
-        path = run_path(store, variant, seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path) as f: json.dump(record, f, indent=1)
+    path = run_path(store, variant, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as f: json.dump(record, f, indent=1)
     return record
 
 # %% ../nbs/21_ablation_backbone.ipynb #eafcb0f0
 def load_runs(variant: str, store=None) -> tuple[list, list]:
-    "(current records, stale files) of `variant` in `store`: a record is current when its config is today's protocol."
+    """(current records, stale files) of `variant` in `store`: a record is current when it is of today's protocol and config and
+    was trained on the proposals of the stored RPN (same fingerprint)."""
     store = Path(store) if store is not None else default_store()
     current, stale = [], []
     for path in sorted((store / variant).glob("seed*.json")):
-        try: rec = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e: raise UserInputError(f"{path}: unreadable run record ({e}); remove it to run it again") from None
-        if rec.get("config") == config_dict(ablation_config(variant, rec.get("seed", -1))) and not rec.get("smoke"): current.append(rec)
-        else: stale.append(path)
+        rec = _read_record(path)
+        seed, rpn = rec.get("seed", -1), rpn_path(store, variant, rec.get("seed", -1))
+        ok = (rec.get("protocol") == PROTOCOL_VERSION and not rec.get("smoke") and rec.get("config") == config_dict(ablation_config(variant, seed))
+              and rpn.exists() and _read_record(rpn).get("fingerprint") == rec.get("rpn", {}).get("fingerprint"))
+        (current if ok else stale).append(rec if ok else path)
     return current, stale
 
 def missing_runs(tables, seeds=SEEDS, store=None) -> list:
@@ -286,56 +453,64 @@ def _worker_init(threads: int):
     import torch
     torch.set_num_threads(threads)
 
-def _run_one(args):
-    variant, seed, store, smoke, device, jobs = args
-    rec = run_variant(variant, seed, store, smoke, progress=False, device=device, runs_at_once=jobs)
-    return variant, seed, rec["metrics"], rec["train_seconds"]
+def _run_one(task) -> str:
+    "Run one task ('rpn' or 'heads', variant, seed, store, smoke, device, jobs, progress); a line that says how it went."
+    stage, v, s, store, smoke, device, jobs, progress = task
+    if stage == "rpn":
+        rec = run_rpn(v, s, store, smoke, progress, device, jobs)[0]
+        r = rec["recall"]["val"]
+        return f"RPN {rec['rpn']} seed {s}: recall {100 * r['recall@0.5']:.1f} / {100 * r['recall@0.7']:.1f} at IoU 0.5 / 0.7 ({rec['train_seconds'] / 60:.1f} min)"
+    rec = run_variant(v, s, store, smoke, progress, device, jobs)
+    return f"{v} seed {s}: " + ", ".join(f"{t} AP {100 * m['AP']:.1f}" for t, m in rec["metrics"].items()) + f" ({rec['train_seconds'] / 60:.1f} min)"
+
+def _in_pool(tasks: list, jobs: int):
+    "`_run_one` of every task: here when `jobs` is 1, else `jobs` at a time in fresh processes of cores/jobs threads each."
+    if jobs <= 1:
+        yield from map(_run_one, tasks)
+        return
+    import multiprocessing as mp
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    os.environ.update({k: str(threads) for k in saved})   # read by the workers' libraries at start: no oversubscription
+    try:
+        with mp.get_context("spawn").Pool(jobs, _worker_init, (threads,), maxtasksperchild=1) as pool:
+            yield from pool.imap_unordered(_run_one, tasks)
+    finally:
+        for k, val in saved.items():
+            if val is None: os.environ.pop(k, None)
+            else: os.environ[k] = val
 
 def run_ablations(tables, seeds=SEEDS, store=None, smoke: bool = False, jobs: int = 1, progress: bool = True,
-                  device: str = "auto", log=print) -> list:
-    """Run every (variant, seed) of `tables` that `store` lacks; `jobs` runs at once, each on cores/jobs threads.
-    Smoke runs (a few iterations) all run, into `store` (by default a temporary folder, removed afterwards), never
-    into the committed store."""
+                  device: str = "auto", log=print, variants=None) -> list:
+    """Run every (variant, seed) of `tables` (only `variants`, if given) that `store` lacks — first the trunks' pre-training and the
+    RPNs they need, then the heads; `jobs` runs at once, each on cores/jobs threads. Smoke runs (a few iterations) all run, into
+    `store` (by default a temporary folder, removed afterwards), never into the committed store. Returns the (variant, seed) pairs run."""
     from tqdm.auto import tqdm
     if smoke and store is None:
         with tempfile.TemporaryDirectory(prefix="ablations-smoke-") as tmp:
-            return run_ablations(tables, seeds, tmp, smoke, jobs, progress, device, log)
+            return run_ablations(tables, seeds, tmp, smoke, jobs, progress, device, log, variants)
     store = Path(store) if store is not None else default_store()
-    seeds, variants = tuple(seeds), table_variants(tables)
+    for v in variants or (): ablation_config(v)   # unknown names are refused
+    seeds, variants = tuple(seeds), [v for v in table_variants(tables) if variants is None or v in variants]
     if smoke: todo = [(v, s) for s in seeds for v in variants]
     else:
-        todo = missing_runs(tables, seeds, store)
+        todo = [(v, s) for v, s in missing_runs(tables, seeds, store) if v in variants]
         for v in variants:
-            for p in load_runs(v, store)[1]: log(f"stale (older protocol, will be replaced): {p}")
-    log(f"{len(todo)} run(s) to do in {store}" + (f" with {jobs} at a time" if jobs > 1 else ""))
+            for p in load_runs(v, store)[1]: log(f"stale (another protocol or RPN, will be replaced): {p}")
+    rpns = list({(rpn_name(v), s): (v, s) for v, s in todo if stored_rpn(v, s, store, smoke) is None}.values())
+    log(f"{len(todo)} run(s) to do in {store}, after {len(rpns)} RPN(s)" + (f", {jobs} at a time" if jobs > 1 else ""))
     if not todo: return []
     for kind in dict.fromkeys(VARIANTS[v].kind for v, _ in todo): ablation_data(kind, smoke, progress=progress)
-    done = []
-    bar = tqdm(total=len(todo), desc="ablation runs", disable=not progress, dynamic_ncols=True)
-    def report(v, s, metrics, seconds):
-        done.append((v, s)); bar.update(1)
-        bar.write(f"{v} seed {s}: " + ", ".join(f"{t} AP {100 * m['AP']:.1f}" for t, m in metrics.items()) + f" ({seconds / 60:.1f} min)")
+    for cfg in {trunk_name(c): c for c in (ablation_config(v, smoke=smoke) for v, _ in todo)}.values(): trunk_weights(cfg, store, smoke, progress)
+    bar = tqdm(total=len(rpns) + len(todo), desc="ablation runs", disable=not progress, dynamic_ncols=True)
     try:
-        if jobs <= 1:
-            for v, s in todo:
-                bar.set_postfix_str(f"{v} seed {s}")
-                rec = run_variant(v, s, store, smoke, progress=progress, device=device)
-                report(v, s, rec["metrics"], rec["train_seconds"])
-        else:
-            import multiprocessing as mp
-            threads = max(1, (os.cpu_count() or 1) // jobs)
-            saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
-            os.environ.update({k: str(threads) for k in saved})   # read by the workers' libraries at start: no oversubscription
-            try:
-                with mp.get_context("spawn").Pool(jobs, _worker_init, (threads,), maxtasksperchild=1) as pool:
-                    for out in pool.imap_unordered(_run_one, [(v, s, store, smoke, device, jobs) for v, s in todo]): report(*out)
-            finally:
-                for k, val in saved.items():
-                    if val is None: os.environ.pop(k, None)
-                    else: os.environ[k] = val
+        for stage, runs in (("rpn", rpns), ("heads", todo)):   # every RPN is done before the heads that train on it start
+            for line in _in_pool([(stage, v, s, store, smoke, device, jobs, progress and jobs <= 1) for v, s in runs], jobs):
+                bar.update(1); bar.write(line)
     finally:
         bar.close()
-    return done
+    return todo
+
 
 # %% ../nbs/21_ablation_backbone.ipynb #f1827d9a
 def table_runs(table: str, store=None) -> dict:
@@ -354,12 +529,35 @@ def mean_std(values: list) -> tuple:
     return (float(np.mean(values)), float(np.std(values, ddof=1)) if n > 1 else math.nan, n)
 
 def difference(a: list, b: list) -> dict:
-    """mean(a) - mean(b), the pooled per-run standard deviation s, and whether |difference| > 2 s (the noise rule).
-    `beyond_noise` is None when either side has fewer than 2 runs."""
+    """mean(a) - mean(b), relative to mean(b); the pooled per-run std s; the resolution 2 s sqrt(1/n_a + 1/n_b) (the smallest
+    difference of means the seeds can detect: two standard errors); `beyond_noise` when |difference| > resolution (None below 2 runs)."""
     (ma, sa, na), (mb, sb, nb) = mean_std(a), mean_std(b)
-    if na < 2 or nb < 2: return dict(diff=ma - mb, pooled_std=math.nan, beyond_noise=None)
+    out = dict(diff=ma - mb, rel=(ma - mb) / mb if mb else math.nan, pooled_std=math.nan, resolution=math.nan, beyond_noise=None)
+    if na < 2 or nb < 2: return out
     s = math.sqrt(((na - 1) * sa**2 + (nb - 1) * sb**2) / (na + nb - 2))
-    return dict(diff=ma - mb, pooled_std=s, beyond_noise=bool(abs(ma - mb) > 2 * s))
+    res = 2 * s * math.sqrt(1 / na + 1 / nb)
+    return out | dict(pooled_std=s, resolution=res, beyond_noise=bool(abs(ma - mb) > res))
+
+# %% ../nbs/21_ablation_backbone.ipynb #4fcc65d4
+WORKING_BOX_AP = 10.0   # box AP x 100 (mean over seeds) below which a model is not a working detector
+VERDICTS = ("reproduces", "direction only", "not reproduced", "not testable")
+
+def verdict(paper_diff: float, paper_ref: float, ours: dict, ref_mean: float, working: bool = True) -> tuple[str, str]:
+    """(verdict, reason) for the paper's difference `paper_diff` (on its reference value `paper_ref`) against ours, `ours` from
+    `difference` on the reference row with mean `ref_mean`; `working`: both models are working detectors."""
+    if not working: return "not testable", f"a model of the pair is not a working detector (box AP < {WORKING_BOX_AP:g})"
+    if ours["beyond_noise"] is None: return "not testable", "fewer than 2 seeds on a side"
+    res, d = ours["resolution"], ours["diff"]
+    rel_p = paper_diff / paper_ref
+    if not ours["beyond_noise"]:
+        expected = rel_p * ref_mean   # the paper's relative effect, in our points
+        if abs(expected) < res: return "not testable", f"below resolution: the paper's {100 * rel_p:+.0f} % is {expected:+.1f} here, our seeds resolve {res:.1f}"
+        return "not reproduced", f"inside our resolution ({res:.1f}) though the paper's {100 * rel_p:+.0f} % would be {expected:+.1f} here"
+    if paper_diff == 0: return "not reproduced", f"the paper finds no difference; ours is {d:+.1f}, beyond our resolution {res:.1f}"
+    if d * paper_diff < 0: return "not reproduced", "the opposite sign, beyond our resolution"
+    ratio = ours["rel"] / rel_p
+    size = f"relative {100 * ours['rel']:+.0f} % vs the paper's {100 * rel_p:+.0f} %"
+    return ("reproduces", size) if 0.5 <= ratio <= 2 else ("direction only", size + f" ({ratio:.1f}x)")
 
 # %% ../nbs/21_ablation_backbone.ipynb #980ef1c6
 def _fmt(m, s=math.nan, n=0) -> str:
@@ -370,50 +568,75 @@ def _col_name(col) -> str:
     t, k = col
     return {"segm": "mask ", "bbox": "box ", "keypoints": "kp "}[t] + k
 
-def table_markdown(table: str, store=None) -> str:
-    """The paper's numbers beside ours (mean ± std over seeds) and, for every row against the reference row, the
-    paper's difference beside ours, whether ours is beyond seed noise and whether it has the paper's sign."""
+def working_detectors(runs: dict) -> dict:
+    "variant -> whether its mean box AP (x 100) over its runs reaches `WORKING_BOX_AP` (False without runs)."
+    return {v: bool(mean_std(column_values(rs, ("bbox", "AP")))[0] >= WORKING_BOX_AP) for v, rs in runs.items()}
+
+def compare(table: str, a: str, b: str, col: tuple, store=None) -> dict | None:
+    """Row `a` against row `b` of `table` in column `col`: the paper's difference and ours (absolute, relative to row `b`), our
+    resolution, whether both are working detectors, and the verdict with its reason; None when a row has no run."""
+    t, runs = get_table(table), table_runs(table, store)
+    ra, rb = t.row(a), t.row(b)
+    va, vb = column_values(runs[ra.variant], col), column_values(runs[rb.variant], col)
+    if not va or not vb: return None
+    working = working_detectors(runs)
+    d, pd = difference(va, vb), (ra.paper[col] - rb.paper[col] if col in ra.paper and col in rb.paper else None)
+    ok = working[ra.variant] and working[rb.variant]
+    v = verdict(pd, rb.paper[col], d, mean_std(vb)[0], ok) if pd is not None else ("–", "no number in the paper (a row after it)")
+    return dict(row=a, versus=b, column=col, paper=pd, paper_rel=None if pd is None else pd / rb.paper[col], ours=d, working=ok,
+                verdict=v[0], reason=v[1], seeds=min(len(va), len(vb)))
+
+def comparisons(table: str, store=None) -> list:
+    "`compare` of every row of `table` against its reference row, column by column (rows without runs left out)."
     t = get_table(table)
-    runs = table_runs(table, store)
+    out = [compare(table, r.label, t.reference, c, store) for r in t.rows if r.label != t.reference for c in t.columns]
+    return [c for c in out if c is not None]
+
+def table_markdown(table: str, store=None) -> str:
+    """The paper's numbers beside ours (mean ± std over seeds, box AP and whether each is a working detector) and every row against
+    the reference: the paper's difference and ours, absolute and relative, our resolution and the verdict."""
+    t, runs = get_table(table), table_runs(table, store)
+    working = working_detectors(runs)
+    cols = t.columns + ((("bbox", "AP"),) if ("bbox", "AP") not in t.columns else ())
     lines = [f"**Table {t.key}: {t.title}** — paper / ours (AP × 100, mean ± std over seeds)", "",
-             "| row | our variant | " + " | ".join(_col_name(c) for c in t.columns) + " | seeds |",
-             "|---|---|" + "---|" * len(t.columns) + "---|"]
+             "| row | our variant | " + " | ".join(_col_name(c) for c in cols) + " | seeds | working detector |", "|---|---|" + "---|" * len(cols) + "---|---|"]
     for r in t.rows:
-        cells = [f"{r.paper[c]:.1f} / {_fmt(*mean_std(column_values(runs[r.variant], c)))}" if c in r.paper
-                 else f"– / {_fmt(*mean_std(column_values(runs[r.variant], c)))}" for c in t.columns]
-        lines.append(f"| {r.label} | `{r.variant}` | " + " | ".join(cells) + f" | {len(runs[r.variant])} |")
-    ref = t.row(t.reference)
-    lines += ["", f"Differences against **{t.reference}** (ours: beyond seed noise when |Δ| > 2 s, s the pooled per-run std):", "",
-              "| row | column | paper Δ | our Δ | 2 s | beyond noise | same sign as paper |", "|---|---|---|---|---|---|---|"]
-    for r in t.rows:
-        if r is ref: continue
-        for c in t.columns:
-            a, b = column_values(runs[r.variant], c), column_values(runs[ref.variant], c)
-            if not a or not b: continue
-            d = difference(a, b)
-            pd = r.paper[c] - ref.paper[c] if c in r.paper and c in ref.paper else None
-            noise = {True: "yes", False: "no", None: "n/a (< 2 seeds)"}[d["beyond_noise"]]
-            two_s = "–" if math.isnan(d["pooled_std"]) else f"{2 * d['pooled_std']:.1f}"
-            sign = "–" if pd is None or pd == 0 else ("yes" if d["diff"] * pd > 0 else "no")
-            lines.append(f"| {r.label} | {_col_name(c)} | {'–' if pd is None else f'{pd:+.1f}'} | {d['diff']:+.1f} | "
-                         f"{two_s} | {noise} | {sign} |")
+        cells = [f"{r.paper[c]:.1f} / " if c in r.paper else "– / " for c in cols]
+        cells = [p + _fmt(*mean_std(column_values(runs[r.variant], c))) for p, c in zip(cells, cols)]
+        lines.append(f"| {r.label} | `{r.variant}` | " + " | ".join(cells) + f" | {len(runs[r.variant])} | {'yes' if working[r.variant] else '**no**'} |")
+    lines += ["", f"Against **{t.reference}** (relative: to the reference row's AP; resolution: 2 s √(1/n₁ + 1/n₂), s the pooled per-run std):", "",
+              "| row | column | paper Δ | our Δ | resolution | verdict | why |", "|---|---|---|---|---|---|---|"]
+    pct = lambda x: "" if x is None or math.isnan(x) else f" ({100 * x:+.0f} %)"
+    for c in comparisons(table, store):
+        p = "–" if c["paper"] is None else f"{c['paper']:+.1f}{pct(c['paper_rel'])}"
+        res = "–" if math.isnan(c["ours"]["resolution"]) else f"{c['ours']['resolution']:.1f}"
+        lines.append(f"| {c['row']} | {_col_name(c['column'])} | {p} | {c['ours']['diff']:+.1f}{pct(c['ours']['rel'])} | {res} | {c['verdict']} | {c['reason']} |")
     return "\n".join(lines)
 
 # %% ../nbs/21_ablation_backbone.ipynb #1793c2c6
+def headlines(store=None) -> list:
+    "Each table's headline difference (`compare`, or {} before its runs), with the table."
+    return [dict(table=t, **(compare(t.key, *t.headline, store) or {})) for t in TABLES.values()]
+
 def results_markdown(store=None) -> str:
-    "One line per table: the paper's headline difference beside ours (mean over seeds), the seeds behind it, and the noise verdict."
-    lines = ["| table | difference | paper | ours | seeds | beyond seed noise |", "|---|---|---|---|---|---|"]
-    for t in TABLES.values():
-        a, b, col = t.headline
-        ra, rb = t.row(a), t.row(b)
-        runs = table_runs(t.key, store)
-        va, vb = column_values(runs[ra.variant], col), column_values(runs[rb.variant], col)
-        d = difference(va, vb) if va and vb else None
-        ours = "–" if d is None else f"{d['diff']:+.1f}"
-        noise = "–" if d is None else {True: "yes", False: "no", None: "n/a (< 2 seeds)"}[d["beyond_noise"]]
-        lines.append(f"| [{t.key}]({t.notebook}.ipynb) | {a} − {b}, {_col_name(col)} | {ra.paper[col] - rb.paper[col]:+.1f} | {ours} | "
-                     f"{min(len(va), len(vb))} | {noise} |")
+    "One line per table: the paper's headline difference beside ours (absolute and relative), the seeds, our resolution and the verdict."
+    lines = ["| table | difference | paper | ours | seeds | resolution | verdict |", "|---|---|---|---|---|---|---|"]
+    for h in headlines(store):
+        t = h["table"]; a, b, col = t.headline
+        n = h.get("seeds", 0)
+        ours = "–" if not h.get("ours") else f"{h['ours']['diff']:+.1f} ({100 * h['ours']['rel']:+.0f} %)"
+        res = "–" if not h.get("ours") or math.isnan(h["ours"]["resolution"]) else f"{h['ours']['resolution']:.1f}"
+        paper = t.row(a).paper[col] - t.row(b).paper[col]
+        lines.append(f"| [{t.key}]({t.notebook}.ipynb) | {a} − {b}, {_col_name(col)} | {paper:+.1f} ({100 * paper / t.row(b).paper[col]:+.0f} %) | "
+                     f"{ours} | {n} | {res} | {h.get('verdict', 'no runs yet')} |")
     return "\n".join(lines)
+
+def results_sentence(store=None) -> str:
+    "How many headline differences got each verdict, in words."
+    from collections import Counter
+    n = Counter(h.get("verdict", "no runs yet") for h in headlines(store))
+    parts = [f"{n[v]} {v}" for v in VERDICTS + ("no runs yet",) if n[v]]
+    return f"Of the {sum(n.values())} headline differences: " + ", ".join(parts) + "."
 
 # %% ../nbs/21_ablation_backbone.ipynb #6aab22d4
 def plot_table(table: str, store=None, size=(3.0, 2.6)):

@@ -221,7 +221,7 @@ def cmd_ablate(args) -> int:
         todo = missing_runs(tables, seeds, store)
         print(f"{len(todo)} run(s) missing for seeds {list(seeds)}" + (": " + ", ".join(f"{v}/{s}" for v, s in todo) if todo else ""))
         return 0
-    run_ablations(tables, seeds, store, smoke=args.smoke, jobs=args.jobs, device=args.device)
+    run_ablations(tables, seeds, store, smoke=args.smoke, jobs=args.jobs, device=args.device, variants=args.variant)
     if not args.smoke:
         for t in tables: print("\n" + table_markdown(t, store))
     return 0
@@ -315,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--smoke", action="store_true", help="a few iterations per variant on a few images, into a temporary store")
     s.add_argument("--jobs", type=_positive_int, default=1, help="runs at once, each on cores/jobs threads (default 1)")
     s.add_argument("--store", default=None, help="results store (default: $MRCNN_NB_ABLATIONS, or nbs/results/ablations in a clone)")
+    s.add_argument("--variant", nargs="+", default=None, metavar="V", help="run only these variants of the tables (e.g. the reference rows first)")
     s.add_argument("--list", action="store_true", help="show what the store holds and what is missing; run nothing")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     s.set_defaults(func=cmd_ablate)

@@ -26,7 +26,7 @@ from .core import UserInputError
 __all__ = ['ANNOTATION_PREFIX', 'PIXEL_STATS', 'annotation_file', 'load_coco_json', 'segmentation_to_rle',
            'compressed_rle_counts', 'check_polygons', 'decode_rles', 'CategoryMap', 'keypoint_flip_indices',
            'read_image', 'COCODataset', 'Compose', 'resized_hw', 'ResizeShortestEdge', 'RandomHorizontalFlip',
-           'normalize_image', 'Normalize', 'build_transforms', 'ImageBatch', 'pad_images', 'collate',
+           'AddProposals', 'normalize_image', 'Normalize', 'build_transforms', 'ImageBatch', 'pad_images', 'collate',
            'aspect_ratio_groups', 'GroupedBatchSampler']
 
 # %% ../nbs/02_data.ipynb #751a7539
@@ -329,7 +329,8 @@ class ResizeShortestEdge:
         if (nh, nw) == (h, w): return image, target
         image = TF.resize(image, [nh, nw], antialias=True)
         t = dict(target); sx, sy = nw / w, nh / h
-        t["boxes"] = target["boxes"] * torch.tensor([sx, sy, sx, sy])
+        for key in ("boxes", "proposals"):
+            if key in t: t[key] = target[key] * torch.tensor([sx, sy, sx, sy])
         if "masks" in t and len(t["masks"]): t["masks"] = F.interpolate(t["masks"][None], size=(nh, nw), mode="nearest")[0]
         elif "masks" in t: t["masks"] = t["masks"].new_zeros(0, nh, nw)
         if "keypoints" in t:
@@ -339,13 +340,14 @@ class ResizeShortestEdge:
     def __repr__(self): return f"ResizeShortestEdge(scales={self.scales}, max_size={self.max_size})"
 
 class RandomHorizontalFlip:
-    "Flip image, boxes, masks and keypoints (swapping left/right with `keypoint_flip`) with probability `p`."
+    "Flip image, boxes (and given proposals), masks and keypoints (swapping left/right with `keypoint_flip`) with probability `p`."
     def __init__(self, p: float = 0.5, keypoint_flip=None): self.p, self.keypoint_flip = p, keypoint_flip
     def __call__(self, image, target):
         if self.p <= 0 or (self.p < 1 and torch.rand(()).item() >= self.p): return image, target
         w = image.shape[-1]
         t = dict(target); image = image.flip(-1)
-        b = target["boxes"]; t["boxes"] = torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1)
+        for key in ("boxes", "proposals"):
+            if key in t: b = t[key]; t[key] = torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1)
         if "masks" in t: t["masks"] = t["masks"].flip(-1)
         if "keypoints" in t:
             if self.keypoint_flip is None: raise ValueError("flipping keypoints needs keypoint_flip (see keypoint_flip_indices)")
@@ -354,6 +356,16 @@ class RandomHorizontalFlip:
             t["keypoints"] = k
         return image, t
     def __repr__(self): return f"RandomHorizontalFlip(p={self.p})"
+
+# %% ../nbs/02_data.ipynb #7dc80044
+class AddProposals:
+    "Attach each image's fixed proposals (a table image_id -> (K, 4) xyxy in the image's pixels) to its target as 'proposals'."
+    def __init__(self, table: dict, source: str = "the proposals table"): self.table, self.source = table, source
+    def __call__(self, image, target):
+        if target["image_id"] not in self.table:
+            raise UserInputError(f"{self.source} has no proposals for image {target['image_id']}: it was computed for other images")
+        return image, dict(target, proposals=self.table[target["image_id"]].float())
+    def __repr__(self): return f"AddProposals({len(self.table)} images)"
 
 # %% ../nbs/02_data.ipynb #800bceb3
 PIXEL_STATS = {  # (channel order, mean, std) on 0-255 pixels

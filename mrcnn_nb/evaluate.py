@@ -18,7 +18,8 @@ from .core import UserInputError
 from .data import COCODataset
 
 # %% auto #0
-__all__ = ['STAT_NAMES', 'predict_dataset', 'encode_masks', 'to_coco_results', 'coco_evaluate', 'evaluate', 'format_metrics']
+__all__ = ['STAT_NAMES', 'predict_dataset', 'dataset_proposals', 'proposal_recall', 'encode_masks', 'to_coco_results',
+           'coco_evaluate', 'evaluate', 'format_metrics']
 
 # %% ../nbs/13_eval.ipynb #236f8ded
 def predict_dataset(model, dataset: COCODataset, batch_size: int = 2, progress: bool = True, device=None) -> list:
@@ -32,11 +33,34 @@ def predict_dataset(model, dataset: COCODataset, batch_size: int = 2, progress: 
         with torch.no_grad():
             for s in tqdm(range(0, len(dataset), batch_size), desc="inference", disable=not progress, leave=False):
                 items = [dataset[i] for i in range(s, min(s + batch_size, len(dataset)))]
-                dets = model([img.to(device) for img, _ in items])
+                given = [dict(proposals=t["proposals"].to(device)) for _, t in items] if "proposals" in items[0][1] else None
+                dets = model([img.to(device) for img, _ in items], given)   # a model without an RPN reads its proposals there
                 out += [(t["image_id"], {k: v.cpu() for k, v in d.items()}) for (_, t), d in zip(items, dets)]
     finally:
         model.train(was_training)
     return out
+
+# %% ../nbs/13_eval.ipynb #ad959985
+def dataset_proposals(rpn_model, dataset: COCODataset, mode: str = "test", batch_size: int = 2, progress: bool = True) -> dict:
+    "`{image_id: (K, 4) xyxy}`: the proposals of an RPN-only model (`rpn='only'`) on `dataset`, with its `mode` ('train' / 'test') counts."
+    import copy
+    if getattr(rpn_model, "box", None) is not None: raise UserInputError("dataset_proposals needs an RPN-only model (build it with rpn='only')")
+    m = copy.deepcopy(rpn_model)
+    m.rpn.pre_nms_top_n["test"], m.rpn.post_nms_top_n["test"] = m.rpn.pre_nms_top_n[mode], m.rpn.post_nms_top_n[mode]
+    return {i: d["boxes"] for i, d in predict_dataset(m, dataset, batch_size, progress)}
+
+def proposal_recall(proposals: dict, dataset: COCODataset, ious=(0.5, 0.7)) -> dict:
+    "Fraction of the ground-truth objects (of `dataset`, on the images of `proposals`) that a proposal overlaps at IoU >= each of `ious`."
+    from mrcnn_nb.boxes import box_iou
+    gt_boxes = {r["id"]: [a[1] for a in r["anns"]] for r in dataset.records}   # xyxy, crowds left out
+    best, counts = [], []
+    for img_id, p in proposals.items():
+        gt = torch.tensor(gt_boxes[img_id], dtype=torch.float32).reshape(-1, 4)
+        counts.append(len(p))
+        if len(gt): best.append(box_iou(gt, p).max(1).values if len(p) else torch.zeros(len(gt)))
+    best = torch.cat(best) if best else torch.zeros(0)
+    return {f"recall@{t}": float((best >= t).float().mean()) if len(best) else float("nan") for t in ious} | dict(
+        proposals_per_image=float(np.mean(counts)) if counts else 0.0, objects=len(best))
 
 # %% ../nbs/13_eval.ipynb #5660b024
 def encode_masks(masks) -> list:

@@ -20,7 +20,7 @@ from .data import ImageBatch, pad_images
 from .keypoint_head import KeypointBranch, KeypointHead, KeypointPredictor
 from .mask_head import FCNMaskHead, MaskBranch, MaskPredictor, MLPMaskHead, paste_masks
 from .poolers import MultiScaleRoIPool
-from .rpn import RPN, RPNHead
+from .rpn import RPN, GivenProposals, RPNHead
 
 # %% auto #0
 __all__ = ['PRESETS', 'Config', 'get_config', 'Transform', 'check_images', 'MaskRCNN', 'SharedRes5', 'build_model',
@@ -58,6 +58,8 @@ class Config:
     rpn_nms: float = 0.7
     rpn_batch_size: int = 256
     rpn_positive_fraction: float = 0.5
+    rpn: str = "joint"                 # 'joint': the RPN shares the backbone and trains with the heads (§3.1); 'separate': no RPN, the
+                                       # heads take fixed proposals given with each image (§4.2's ablations); 'only': the RPN alone
     # RoI layers (§3 "RoIAlign"; Tables 2c, 2d, 6): 'align', 'pool' or 'warp' for each head
     box_roi: str = "align"
     mask_roi: str = "align"
@@ -169,7 +171,8 @@ class Transform(nn.Module):
         t = dict(target)
         nh, nw = image.shape[-2:]
         ry, rx = torch.tensor(nh, dtype=torch.float32) / torch.tensor(h, dtype=torch.float32), torch.tensor(nw, dtype=torch.float32) / torch.tensor(w, dtype=torch.float32)
-        t["boxes"] = target["boxes"] * torch.stack([rx, ry, rx, ry]).to(target["boxes"])
+        for key in ("boxes", "proposals"):   # proposals: given with the image, from a separately trained RPN
+            if key in t: t[key] = target[key] * torch.stack([rx, ry, rx, ry]).to(target[key])
         if "masks" in t:
             t["masks"] = F.interpolate(t["masks"][:, None].float(), scale_factor=scale, recompute_scale_factor=True)[:, 0].byte()
         if "keypoints" in t:
@@ -237,7 +240,7 @@ class MaskRCNN(nn.Module):
         if self.training and targets is None: raise ValueError("in training mode the model needs targets")
         images = check_images(images, targets if self.training else None, self.num_classes)
         original_sizes = [tuple(im.shape[-2:]) for im in images]
-        batch, targets = self.transform(images, targets if self.training else None)
+        batch, targets = self.transform(images, targets)   # at inference only a model without an RPN reads them (its proposals)
         x = batch.tensors.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.tensors
         features = self.backbone(x)
         if torch.is_autocast_enabled(x.device.type):   # mixed precision covers the backbone; heads, NMS and RoI kernels run in float32
@@ -248,6 +251,8 @@ class MaskRCNN(nn.Module):
     def heads(self, batch, features: list, targets: list | None, original_sizes: list):
         "RPN -> box branch -> mask / keypoint branches (-> postprocess in eval) on the backbone's `features`."
         proposals, losses = self.rpn(batch, features, targets)
+        if self.box is None:   # the RPN alone (`rpn='only'`): its losses, or its proposals in the original image's pixels
+            return losses if self.training else self.transform.postprocess([dict(boxes=p) for p in proposals], batch.image_sizes, original_sizes)
         roi_features = features[:self.roi_levels]
         detections, sampled = self.box(roi_features, proposals, batch.image_sizes, targets)
         if self.training:
@@ -282,6 +287,7 @@ def build_model(cfg: Config) -> MaskRCNN:
     if cfg.features not in ("C4", "C5", "FPN"): raise UserInputError(f"unknown features {cfg.features!r}; choose from ['C4', 'C5', 'FPN']")
     if cfg.num_classes < 2: raise UserInputError(f"num_classes counts the background too and must be at least 2, got {cfg.num_classes}")
     if cfg.mask_head not in ("fcn", "mlp2", "mlp3"): raise UserInputError(f"unknown mask_head {cfg.mask_head!r}; choose from ['fcn', 'mlp2', 'mlp3']")
+    if cfg.rpn not in ("joint", "separate", "only"): raise UserInputError(f"unknown rpn {cfg.rpn!r}; choose from ['joint', 'only', 'separate']")
     blocks = cfg.blocks or RESNET_BLOCKS.get(cfg.depth)
     if blocks is None: raise UserInputError(f"unsupported depth {cfg.depth}; choose from [50, 101, 152] or set blocks")
     trunk = dict(blocks=tuple(blocks), groups=cfg.groups, width_per_group=cfg.width_per_group, stem_width=cfg.stem_width,
@@ -297,8 +303,11 @@ def build_model(cfg: Config) -> MaskRCNN:
         backbone = SingleLevelBackbone(freeze_trunk(body, min(cfg.trainable_layers, 4 if cfg.features == "C4" else 5)))
         anchors = AnchorGenerator((tuple(cfg.anchor_sizes),), (tuple(cfg.aspect_ratios),))
         roi_strides, roi_levels, C = backbone.strides, 1, backbone.out_channels
-    rpn = RPN(RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0]), anchors, cfg.rpn_pre_nms_top_n,
-              cfg.rpn_post_nms_top_n, cfg.rpn_nms, batch_size_per_image=cfg.rpn_batch_size, positive_fraction=cfg.rpn_positive_fraction)
+    rpn = GivenProposals() if cfg.rpn == "separate" else RPN(
+        RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0]), anchors, cfg.rpn_pre_nms_top_n,
+        cfg.rpn_post_nms_top_n, cfg.rpn_nms, batch_size_per_image=cfg.rpn_batch_size, positive_fraction=cfg.rpn_positive_fraction)
+    transform = Transform(cfg.min_size, cfg.max_size, cfg.pixel_norm, cfg.size_divisibility, cfg.mask_threshold, paste_aligned=cfg.roi_aligned)
+    if cfg.rpn == "only": return MaskRCNN(transform, backbone, rpn, None, num_classes=K, channels_last=cfg.channels_last)
     if cfg.features == "C4":
         layer4 = ResNet(**trunk).layer4
         box_head = Res5Head(layer4, layer4[-1].conv3.out_channels)
@@ -323,7 +332,6 @@ def build_model(cfg: Config) -> MaskRCNN:
     if cfg.keypoints:
         kh = KeypointHead(C, cfg.keypoint_convs, cfg.keypoint_dim)
         keypoint = KeypointBranch(_pooler(cfg, roi_strides, cfg.keypoint_resolution, cfg.keypoint_roi), kh, KeypointPredictor(cfg.keypoint_dim, cfg.num_keypoints))
-    transform = Transform(cfg.min_size, cfg.max_size, cfg.pixel_norm, cfg.size_divisibility, cfg.mask_threshold, paste_aligned=cfg.roi_aligned)
     return MaskRCNN(transform, backbone, rpn, box, mask, keypoint, roi_levels, K, cfg.channels_last)
 
 # %% ../nbs/11_model.ipynb #344ed5b6

@@ -15,7 +15,7 @@ from .core import distributed_count
 from .data import ImageBatch
 
 # %% auto #0
-__all__ = ['RPNHead', 'flatten_predictions', 'select_proposals', 'rpn_targets', 'rpn_losses', 'RPN']
+__all__ = ['RPNHead', 'flatten_predictions', 'select_proposals', 'rpn_targets', 'rpn_losses', 'RPN', 'GivenProposals']
 
 # %% ../nbs/06_rpn.ipynb #b06ec0d3
 class RPNHead(nn.Module):
@@ -134,3 +134,13 @@ class RPN(nn.Module):
 
     def extra_repr(self):
         return f"pre_nms_top_n={self.pre_nms_top_n}, post_nms_top_n={self.post_nms_top_n}, nms_thresh={self.nms_thresh}"
+
+# %% ../nbs/06_rpn.ipynb #5096ec0c
+class GivenProposals(nn.Module):
+    "Stands in for the RPN when each image comes with fixed proposals (§4.2: the RPN trained separately): no parameters, no loss."
+    def forward(self, images: ImageBatch, features: list, targets: list | None = None):
+        "Each target's 'proposals' (K, 4) xyxy in the resized image's pixels, and no losses."
+        if targets is None or any("proposals" not in t for t in targets):
+            raise ValueError("this model has no RPN of its own: pass targets with 'proposals' (K, 4) xyxy for every image, "
+                             "at inference too (the separately trained RPN's proposals; see AddProposals)")
+        return [t["proposals"].to(features[0].dtype) for t in targets], {}

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .core import UserInputError, atomic_write, get_device, load_torch_file, seed_everything
-from .data import COCODataset, Compose, GroupedBatchSampler, RandomHorizontalFlip, aspect_ratio_groups
+from .data import AddProposals, COCODataset, Compose, GroupedBatchSampler, RandomHorizontalFlip, aspect_ratio_groups
 from .model import Config, MaskRCNN, build_model, load_weights
 
 # %% auto #0
@@ -251,15 +251,25 @@ def load_initial_weights(model: MaskRCNN, cfg: Config, path) -> str:
         raise UserInputError(f"{path}: expected a state dict (names to tensors) or an mrcnn_nb checkpoint, got {type(sd).__name__}")
     if any(k.startswith("roi_heads.") for k in sd): load_torchvision_weights(model, sd); return "torchvision detection"
     if any(k.startswith(("rpn.", "box.")) for k in sd): load_weights(model, sd, source=str(path)); return "state dict"
-    load_imagenet_weights(model.backbone.body, sd, res5=model.box.head.layer4 if cfg.features == "C4" else None)
+    load_imagenet_weights(model.backbone.body, sd, res5=model.box.head.layer4 if cfg.features == "C4" and model.box is not None else None)
     return "imagenet backbone"
+
+def _given_proposals(cfg: Config, proposals: dict | None, splits: list) -> list:
+    "`AddProposals` for each of `splits` when the model has no RPN (`cfg.rpn='separate'`), else []."
+    if cfg.rpn != "separate":
+        if proposals is not None: raise UserInputError(f"proposals were given but the config's rpn is {cfg.rpn!r}: only rpn='separate' takes them")
+        return []
+    missing = [s for s in splits if s not in (proposals or {})]
+    if missing: raise UserInputError(f"rpn='separate' trains on fixed proposals: pass proposals={{split: {{image_id: boxes}}}} for split(s) {missing}")
+    return [AddProposals(proposals[s], f"the proposals of split {s!r}") for s in splits]
 
 def train(cfg: Config, data_root, train_split: str = "train", val_split: str | None = "val", out_dir="runs/train",
           weights=None, resume: bool = False, kind: str = "instances", device: str = "auto", num_workers: int = 0,
           log_period: int = 20, on_bad_image: str = "stop", progress: bool = True, evaluate_at_end: bool = True,
-          val_loss: bool = False) -> dict:
+          val_loss: bool = False, proposals: dict | None = None) -> dict:
     """Train `cfg` on `data_root` (COCO layout) for `cfg.max_iter` iterations, writing checkpoints, `metrics.jsonl` and
-    evaluations to `out_dir`; returns a summary (iterations, time, skipped images, last evaluation, the trained model)."""
+    evaluations to `out_dir`; returns a summary (iterations, time, skipped images, last evaluation, the trained model).
+    A model without an RPN (`cfg.rpn='separate'`) trains and evaluates on fixed `proposals`: `{split: {image_id: (K, 4)}}`."""
     from tqdm.auto import tqdm
     rank, world, dev = setup_distributed(device)
     out_dir = Path(out_dir); main = rank == 0
@@ -270,8 +280,9 @@ def train(cfg: Config, data_root, train_split: str = "train", val_split: str | N
                              f"but the config says num_classes={cfg.num_classes} (pass num_classes={ds.num_classes + 1})")
     if cfg.keypoints and len(ds.keypoint_names) != cfg.num_keypoints:
         raise UserInputError(f"{ds.ann_file}: {len(ds.keypoint_names)} keypoints, config num_keypoints={cfg.num_keypoints}")
-    ds.transforms = Compose([RandomHorizontalFlip(0.5, ds.keypoint_flip)])
-    val = COCODataset(data_root, val_split, kind=kind) if (val_split and main) else None   # read once, and checked before training
+    given = _given_proposals(cfg, proposals, [train_split] + ([val_split] if val_split else []))
+    ds.transforms = Compose(given[:1] + [RandomHorizontalFlip(0.5, ds.keypoint_flip)])
+    val = COCODataset(data_root, val_split, kind=kind, transforms=(given[1:] or [None])[0]) if (val_split and main) else None   # read once, and checked before training
     seed_everything(cfg.seed + rank)
     model = build_model(cfg).to(dev)
     optimizer = build_optimizer(model, cfg)
@@ -341,7 +352,7 @@ def train(cfg: Config, data_root, train_split: str = "train", val_split: str | N
         bar.close()
     summary["train_seconds"] = time.perf_counter() - t_start
     if main: save_checkpoint(out_dir / "model_final.pth", model, iteration=it, cfg=cfg, class_names=names)
-    if val_split and evaluate_at_end:
+    if val_split and evaluate_at_end and cfg.rpn != "only":   # an RPN alone has no detections to evaluate (see proposal_recall)
         last_eval = _periodic_eval(model, val, it, metrics_file, world, progress, val_loss)
     summary.update(iterations=it, evaluation=last_eval, model=model)
     return summary

@@ -1,7 +1,10 @@
-"""The ablation results store (nbs/results/ablations) and `mrcnn_nb ablate`.
+"""The ablation results store (nbs/results/ablations, protocol 2) and `mrcnn_nb ablate`.
 
 The store is committed: every record in it must be a complete, current run of the protocol made
-by committed code, so that the notebooks 21-27 and the README render real, reproducible numbers."""
+by committed code, so that the notebooks 21-27 and the README render real, reproducible numbers.
+Beside the runs it holds the pre-trained trunks (`_trunks/`) and the records of the separately
+trained RPNs (`_rpn/`) whose proposals the runs trained on."""
+import hashlib
 import json
 import os
 import subprocess
@@ -10,12 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from mrcnn_nb.ablations import (SEEDS, TABLES, VARIANTS, ablation_config, config_dict, default_store, load_runs, missing_runs,
-                                results_markdown, run_path)
+from mrcnn_nb.ablations import (PRETRAINING, PROTOCOL_VERSION, SEEDS, TABLES, VARIANTS, WORKING_BOX_AP, ablation_config,
+                                column_values, config_dict, default_store, load_runs, mean_std, missing_runs, results_markdown,
+                                rpn_config, rpn_name, rpn_path, run_path)
 from mrcnn_nb.evaluate import STAT_NAMES
 
 STORE = Path(__file__).resolve().parent.parent / "nbs" / "results" / "ablations"
-RECORDS = sorted(STORE.glob("*/seed*.json"))
+RECORDS = sorted(p for p in STORE.glob("*/seed*.json") if not p.parent.name.startswith("_"))
+RPN_RECORDS = sorted(STORE.glob("_rpn/*/seed*.json"))
+TRUNKS = sorted(STORE.glob("_trunks/*.json"))
+REFERENCE_ROWS = ("fpn", "c4", "c5", "kp_kp")   # the protocol was decided on these alone
 
 
 def test_default_store_is_the_repository_store(monkeypatch):
@@ -23,14 +30,22 @@ def test_default_store_is_the_repository_store(monkeypatch):
     assert default_store() == STORE
 
 
+def _made_by_committed_code(rec, path):
+    assert rec["code"].get("commit") and rec["code"].get("dirty") is False, f"{path}: not made by committed code"
+    assert {"cpu", "cores", "torch_threads", "torch"} <= set(rec["machine"])
+
+
 @pytest.mark.parametrize("path", RECORDS, ids=[f"{p.parent.name}/{p.stem}" for p in RECORDS])
 def test_every_stored_run_is_complete_and_current(path):
     rec = json.loads(path.read_text())
     assert rec["variant"] == path.parent.name and path.name == f"seed{rec['seed']}.json"
     assert rec["variant"] in VARIANTS, f"{path}: no such variant"
-    assert not rec["smoke"], f"{path}: a smoke run in the committed store"
+    assert not rec["smoke"] and rec["protocol"] == PROTOCOL_VERSION, f"{path}: a smoke run, or another protocol"
     assert rec["config"] == config_dict(ablation_config(rec["variant"], rec["seed"])), \
         f"{path}: trained under another protocol (stale): rerun it with mrcnn_nb ablate"
+    rpn = json.loads(rpn_path(STORE, rec["variant"], rec["seed"]).read_text())
+    assert rec["rpn"]["name"] == rpn_name(rec["variant"]) and rec["rpn"]["fingerprint"] == rpn["fingerprint"], \
+        f"{path}: not trained on the stored RPN's proposals"
     cfg = rec["config"]
     types = {"bbox"} | ({"segm"} if cfg["mask"] else set()) | ({"keypoints"} if cfg["keypoints"] else set())
     assert set(rec["metrics"]) == types == set(rec["per_threshold"])
@@ -39,16 +54,41 @@ def test_every_stored_run_is_complete_and_current(path):
         assert all(-1 <= v <= 1 for v in rec["metrics"][t].values())
         assert len(rec["per_threshold"][t]["AP"]) == 10
     assert rec["iterations"] == cfg["max_iter"] and rec["train_seconds"] > 0
-    assert rec["code"].get("commit") and rec["code"].get("dirty") is False, f"{path}: not made by committed code"
-    assert {"cpu", "cores", "torch_threads", "torch"} <= set(rec["machine"])
+    _made_by_committed_code(rec, path)
+
+
+@pytest.mark.parametrize("path", RPN_RECORDS, ids=[f"{p.parent.name}/{p.stem}" for p in RPN_RECORDS])
+def test_every_rpn_record_is_complete_and_current(path):
+    rec = json.loads(path.read_text())
+    users = [v for v in VARIANTS if rpn_name(v) == rec["rpn"] == path.parent.name]
+    assert users, f"{path}: no variant trains on this RPN"
+    assert rec["config"] == config_dict(rpn_config(users[0], rec["seed"])) and rec["protocol"] == PROTOCOL_VERSION and not rec["smoke"]
+    assert len(rec["fingerprint"]) == 64
+    for split in ("train", "val"):
+        r = rec["recall"][split]
+        assert 0 <= r["recall@0.7"] <= r["recall@0.5"] <= 1 and r["proposals_per_image"] > 0
+    _made_by_committed_code(rec, path)
+
+
+@pytest.mark.parametrize("path", TRUNKS, ids=[p.stem for p in TRUNKS])
+def test_every_trunk_matches_its_record_and_learned_its_task(path):
+    rec = json.loads(path.read_text())
+    weights = path.with_suffix(".pth")
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == rec["sha256"], f"{weights} is not the file its record describes"
+    assert rec["spec"] == PRETRAINING and rec["trunk"] == path.stem
+    assert rec["val_accuracy"] > 0.9, f"{path}: the pre-trained trunk does not classify the shapes ({rec['val_accuracy']:.3f})"
+    _made_by_committed_code(rec, path)
 
 
 def test_the_store_has_no_stale_or_stray_files():
     for v in VARIANTS:
         assert load_runs(v, STORE)[1] == [], v
-    stray = [p for p in STORE.rglob("*") if p.is_file() and (p.parent.parent != STORE or p.parent.name not in VARIANTS
-                                                              or not p.name.startswith("seed") or p.suffix != ".json")]
-    assert stray == []
+    def expected(p):
+        rel = p.relative_to(STORE).parts
+        if rel[0] == "_trunks": return len(rel) == 2 and p.suffix in (".json", ".pth")
+        if rel[0] == "_rpn": return len(rel) == 3 and rel[2].startswith("seed") and p.suffix in (".json", ".pt")
+        return len(rel) == 2 and rel[0] in VARIANTS and rel[1].startswith("seed") and p.suffix == ".json"
+    assert [p for p in STORE.rglob("*") if p.is_file() and not expected(p)] == []
 
 
 def test_missing_runs_counts_what_the_store_lacks():
@@ -57,11 +97,27 @@ def test_missing_runs_counts_what_the_store_lacks():
     assert todo == {(v, s) for v in VARIANTS for s in SEEDS} - have
 
 
-def test_the_store_holds_every_seed_of_every_variant():
-    """Every variant of every table has a current run for each of the protocol's (at least three) seeds, so the
-    notebooks and the README report mean and spread, never one run; a new or changed variant lands with its runs."""
-    assert len(SEEDS) >= 3
-    assert missing_runs(list(TABLES), SEEDS, STORE) == [], "run them with: mrcnn_nb ablate --table all --seeds 3 --jobs 2"
+def _box_ap(variant):
+    return mean_std(column_values(load_runs(variant, STORE)[0], ("bbox", "AP")))[0]
+
+
+def test_the_reference_rows_are_working_detectors():
+    """The protocol's acceptance, on its reference rows (three seeds each): every one a working detector (box AP >= 10), the C4
+    model's mask AP at least 70 % of the FPN model's, the C5 model's box AP at least half the FPN model's."""
+    for v in REFERENCE_ROWS:
+        assert sorted(r["seed"] for r in load_runs(v, STORE)[0]) == list(SEEDS), f"{v}: the reference rows need every seed"
+        assert _box_ap(v) >= WORKING_BOX_AP, f"{v}: box AP {_box_ap(v):.1f} < {WORKING_BOX_AP}"
+    mask = {v: mean_std(column_values(load_runs(v, STORE)[0], ("segm", "AP")))[0] for v in ("fpn", "c4")}
+    assert mask["c4"] >= 0.7 * mask["fpn"], mask
+    assert _box_ap("c5") >= 0.5 * _box_ap("fpn"), (_box_ap("c5"), _box_ap("fpn"))
+
+
+def test_the_reference_rows_use_the_papers_roialign_and_2c_shows_the_later_offset():
+    for v in ("fpn", "c4", "c5"):
+        assert ablation_config(v).roi_aligned is False and ablation_config(v).box_roi == "align"
+        assert all(r["config"]["roi_aligned"] is False for r in load_runs(v, STORE)[0])
+    aligned = [r.variant for r in TABLES["2c"].rows if ablation_config(r.variant).roi_aligned]
+    assert aligned and all(ablation_config(v).box_roi == "align" for v in aligned)
 
 
 def _mrcnn_nb(*args, env=None):
@@ -75,12 +131,12 @@ def test_cli_smoke_runs_a_table_without_touching_the_store(tmp_path):
     r = _mrcnn_nb("ablate", "--table", "6", "--smoke", "--seeds", "1", env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "kp_kp_roipool seed 0" in r.stdout and "kp_kp seed 0" in r.stdout
-    assert {p: p.read_bytes() for p in STORE.glob("*/seed*.json")} == before
+    assert {p: p.read_bytes() for p in STORE.glob("*/seed*.json") if not p.parent.name.startswith("_")} == before
 
 
 def test_cli_list_and_errors(tmp_path):
     r = _mrcnn_nb("ablate", "--table", "2c", "2d", "--list", "--store", str(tmp_path))
-    assert r.returncode == 0 and "21 run(s) missing for seeds [0, 1, 2]" in r.stdout, r.stdout
+    assert r.returncode == 0 and "24 run(s) missing for seeds [0, 1, 2]" in r.stdout, r.stdout
     r = _mrcnn_nb("ablate", "--table", "2z", "--list")
     assert r.returncode == 2 and "unknown table '2z'" in r.stderr and "Traceback" not in r.stderr
     (tmp_path / "c5").mkdir(); (tmp_path / "c5" / "seed0.json").write_text("{oops")
