@@ -23,14 +23,14 @@ from .model import Config, get_config
 # %% auto #0
 __all__ = ['PROTOCOL_VERSION', 'ABLATION_DATA', 'PROTOCOL', 'SEEDS', 'SMOKE_DATA', 'SMOKE_SCHEDULE', 'EXAMPLE_IMAGES', 'VARIANTS',
            'MASK3', 'BOX3', 'KP3', 'TABLES', 'PRETRAINING', 'SMOKE_PRETRAINING', 'TRUNK_FIELDS', 'WORKING_BOX_AP',
-           'VERDICTS', 'Variant', 'Row', 'AblationTable', 'ablation_config', 'config_dict', 'coco_config', 'get_table',
-           'table_variants', 'ablation_data', 'default_store', 'run_path', 'git_commit', 'machine_info',
-           'classification_images', 'trunk_name', 'plot_classification_images', 'pretrain_trunk', 'trunk_weights',
-           'rpn_config', 'rpn_name', 'rpn_path', 'proposals_fingerprint', 'run_rpn', 'stored_rpn', 'rpn_proposals',
-           'run_variant', 'load_runs', 'missing_runs', 'run_ablations', 'table_runs', 'column_values', 'mean_std',
-           'difference', 'verdict', 'working_detectors', 'compare', 'comparisons', 'table_markdown', 'headlines',
-           'results_markdown', 'results_sentence', 'plot_table', 'plot_ap_vs_iou', 'example_images', 'plot_examples',
-           'coco_commands', 'variants_markdown']
+           'VERDICTS', 'REFERENCE_ROWS', 'Variant', 'Row', 'AblationTable', 'ablation_config', 'config_dict',
+           'coco_config', 'get_table', 'table_variants', 'ablation_data', 'default_store', 'run_path', 'git_commit',
+           'machine_info', 'classification_images', 'trunk_name', 'plot_classification_images', 'pretrain_trunk',
+           'trunk_weights', 'rpn_config', 'rpn_name', 'rpn_path', 'proposals_fingerprint', 'run_rpn', 'stored_rpn',
+           'rpn_proposals', 'run_variant', 'load_runs', 'missing_runs', 'run_ablations', 'table_runs', 'column_values',
+           'mean_std', 'difference', 'verdict', 'working_detectors', 'compare', 'comparisons', 'table_markdown',
+           'headlines', 'results_markdown', 'results_sentence', 'plot_table', 'plot_ap_vs_iou', 'example_images',
+           'plot_examples', 'coco_commands', 'variants_markdown', 'protocol_acceptance', 'acceptance_markdown']
 
 # %% ../nbs/21_ablation_backbone.ipynb #1b9af73e
 PROTOCOL_VERSION = 2   # records of protocol 1 are kept in nbs/results/ablations-v1 and read by no table
@@ -106,6 +106,7 @@ class AblationTable:
     reference: str             # label of the row the others are compared to
     claim: str                 # the paper's finding, in words
     headline: tuple = ()       # (row a, row b, column): the difference a - b that sums the table up (README)
+    extra: tuple = ()          # (row a, row b) pairs compared besides every row against the reference
 
     def row(self, label: str) -> Row: return next(r for r in self.rows if r.label == label)
     @property
@@ -139,7 +140,8 @@ TABLES = {t.key: t for t in [
         Row("RoIAlign (avg)", "c4", _p(MASK3, 30.3, 51.2, 31.5), (_C4, {})),
         Row("RoIAlign (avg) + half-pixel offset (after the paper)", "c4_aligned", {}, (_C4, dict(roi_aligned=True)))),
         "RoIPool (max)", "RoIAlign beats RoIPool by ~3 AP and ~5 AP75; RoIWarp is on par with RoIPool; max vs average does not matter",
-        ("RoIAlign (avg)", "RoIPool (max)", ("segm", "AP75"))),
+        ("RoIAlign (avg)", "RoIPool (max)", ("segm", "AP75")),
+        extra=(("RoIAlign (avg) + half-pixel offset (after the paper)", "RoIAlign (avg)"), ("RoIAlign (max)", "RoIAlign (avg)"))),
     AblationTable("2d", "RoI layers on C5 (stride 32)", "23_ablation_roi_layers", MASK3 + BOX3, (
         Row("RoIPool", "c5_roipool", _p(MASK3 + BOX3, 23.6, 46.5, 21.6, 28.2, 52.7, 26.9), ("R_50_C5", _ROI("pool"))),
         Row("RoIAlign", "c5", _p(MASK3 + BOX3, 30.9, 51.8, 32.1, 34.0, 55.3, 36.4), ("R_50_C5", {}))),
@@ -244,7 +246,7 @@ def machine_info() -> dict:
     return dict(cpu=cpu, cores=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
                 python=platform.python_version(), gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
 
-# %% ../nbs/21_ablation_backbone.ipynb #11af3dc0
+# %% ../nbs/21_ablation_backbone.ipynb #c65ee266
 PRETRAINING = dict(size=64, n_train=20_000, n_val=2_000, iters=3000, batch=64, lr=0.2, seed=0)   # shape classification
 SMOKE_PRETRAINING = dict(size=64, n_train=64, n_val=32, iters=3, batch=8, lr=0.2, seed=0)
 TRUNK_FIELDS = ("blocks", "groups", "width_per_group", "stem_width", "base_planes", "norm")   # what a pre-trained trunk must match
@@ -275,7 +277,7 @@ def plot_classification_images(images, labels, size: float = 1.2):
     fig.tight_layout(pad=0.3)
     return fig
 
-# %% ../nbs/21_ablation_backbone.ipynb #7240aa25
+# %% ../nbs/21_ablation_backbone.ipynb #8d2ec47f
 def _classify(body, fc, images, flip=None):
     "Class logits of uint8 `images`, normalized as the detection models normalize (and mirrored where `flip`)."
     import torch
@@ -314,7 +316,7 @@ def pretrain_trunk(cfg: Config, out_dir, spec: dict = PRETRAINING, progress: boo
     with atomic_write(out / f"{name}.json") as f: json.dump(record, f, indent=1)
     return record
 
-# %% ../nbs/21_ablation_backbone.ipynb #06876fd6
+# %% ../nbs/21_ablation_backbone.ipynb #839e35a4
 def trunk_weights(cfg: Config, store=None, smoke: bool = False, progress: bool = True) -> Path:
     "The pre-trained weights of `cfg`'s trunk, `STORE/_trunks/<trunk_name>.pth` (pre-trained there on first use); checked against their record."
     import hashlib
@@ -326,7 +328,7 @@ def trunk_weights(cfg: Config, store=None, smoke: bool = False, progress: bool =
         raise UserInputError(f"{path} does not match its record {rec.name} (sha256): restore both from the repository, or remove both to pre-train again")
     return path
 
-# %% ../nbs/21_ablation_backbone.ipynb #ad9f53d7
+# %% ../nbs/21_ablation_backbone.ipynb #9a3bed05
 def rpn_config(variant: str, seed: int = 0, smoke: bool = False) -> Config:
     "The config of the RPN that `variant`'s heads train on: its preset under the protocol with its trunk, `rpn='only'`."
     ablation_config(variant)   # a known variant
@@ -349,7 +351,7 @@ def proposals_fingerprint(proposals: dict) -> str:
         for i in sorted(proposals[split]): h.update(f"{split}/{i}:".encode()); h.update(proposals[split][i].float().contiguous().numpy().tobytes())
     return h.hexdigest()
 
-# %% ../nbs/21_ablation_backbone.ipynb #552d3b0e
+# %% ../nbs/21_ablation_backbone.ipynb #40fa137a
 def _read_record(path) -> dict:
     try: return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e: raise UserInputError(f"{path}: unreadable run record ({e}); remove it to run it again") from None
@@ -538,7 +540,7 @@ def difference(a: list, b: list) -> dict:
     res = 2 * s * math.sqrt(1 / na + 1 / nb)
     return out | dict(pooled_std=s, resolution=res, beyond_noise=bool(abs(ma - mb) > res))
 
-# %% ../nbs/21_ablation_backbone.ipynb #4fcc65d4
+# %% ../nbs/21_ablation_backbone.ipynb #b770a06f
 WORKING_BOX_AP = 10.0   # box AP x 100 (mean over seeds) below which a model is not a working detector
 VERDICTS = ("reproduces", "direction only", "not reproduced", "not testable")
 
@@ -587,9 +589,10 @@ def compare(table: str, a: str, b: str, col: tuple, store=None) -> dict | None:
                 verdict=v[0], reason=v[1], seeds=min(len(va), len(vb)))
 
 def comparisons(table: str, store=None) -> list:
-    "`compare` of every row of `table` against its reference row, column by column (rows without runs left out)."
+    "`compare` of every row of `table` against its reference row, then the table's `extra` pairs, column by column (no runs: left out)."
     t = get_table(table)
-    out = [compare(table, r.label, t.reference, c, store) for r in t.rows if r.label != t.reference for c in t.columns]
+    pairs = [(r.label, t.reference) for r in t.rows if r.label != t.reference] + list(t.extra)
+    out = [compare(table, a, b, c, store) for a, b in pairs for c in t.columns]
     return [c for c in out if c is not None]
 
 def table_markdown(table: str, store=None) -> str:
@@ -603,14 +606,17 @@ def table_markdown(table: str, store=None) -> str:
     for r in t.rows:
         cells = [f"{r.paper[c]:.1f} / " if c in r.paper else "– / " for c in cols]
         cells = [p + _fmt(*mean_std(column_values(runs[r.variant], c))) for p, c in zip(cells, cols)]
-        lines.append(f"| {r.label} | `{r.variant}` | " + " | ".join(cells) + f" | {len(runs[r.variant])} | {'yes' if working[r.variant] else '**no**'} |")
-    lines += ["", f"Against **{t.reference}** (relative: to the reference row's AP; resolution: 2 s √(1/n₁ + 1/n₂), s the pooled per-run std):", "",
-              "| row | column | paper Δ | our Δ | resolution | verdict | why |", "|---|---|---|---|---|---|---|"]
+        ok = "–" if not runs[r.variant] else "yes" if working[r.variant] else "**no**"
+        lines.append(f"| {r.label} | `{r.variant}` | " + " | ".join(cells) + f" | {len(runs[r.variant])} | {ok} |")
+    lines += ["", f"Every row against **{t.reference}**" + (", then " + "; ".join(f"{a} against {b}" for a, b in t.extra) if t.extra else "")
+              + " (relative: to the second row's AP; resolution: 2 s √(1/n₁ + 1/n₂), s the pooled per-run std):", "",
+              "| row | against | column | paper Δ | our Δ | resolution | verdict | why |", "|---|---|---|---|---|---|---|---|"]
     pct = lambda x: "" if x is None or math.isnan(x) else f" ({100 * x:+.0f} %)"
     for c in comparisons(table, store):
         p = "–" if c["paper"] is None else f"{c['paper']:+.1f}{pct(c['paper_rel'])}"
         res = "–" if math.isnan(c["ours"]["resolution"]) else f"{c['ours']['resolution']:.1f}"
-        lines.append(f"| {c['row']} | {_col_name(c['column'])} | {p} | {c['ours']['diff']:+.1f}{pct(c['ours']['rel'])} | {res} | {c['verdict']} | {c['reason']} |")
+        lines.append(f"| {c['row']} | {c['versus']} | {_col_name(c['column'])} | {p} | {c['ours']['diff']:+.1f}{pct(c['ours']['rel'])} | {res} | "
+                     f"{c['verdict']} | {c['reason']} |")
     return "\n".join(lines)
 
 # %% ../nbs/21_ablation_backbone.ipynb #1793c2c6
@@ -629,7 +635,7 @@ def results_markdown(store=None) -> str:
         paper = t.row(a).paper[col] - t.row(b).paper[col]
         lines.append(f"| [{t.key}]({t.notebook}.ipynb) | {a} − {b}, {_col_name(col)} | {paper:+.1f} ({100 * paper / t.row(b).paper[col]:+.0f} %) | "
                      f"{ours} | {n} | {res} | {h.get('verdict', 'no runs yet')} |")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + results_sentence(store)
 
 def results_sentence(store=None) -> str:
     "How many headline differences got each verdict, in words."
@@ -758,3 +764,31 @@ def variants_markdown(table: str) -> str:
         ch = ", ".join(f"{k}={v_}" for k, v_ in v.changes.items())
         lines.append(f"| {r.label} | `{v.name}` | `{v.preset}`{' + `' + ch + '`' if ch else ''} | {v.about or '–'} |")
     return "\n".join(lines)
+
+# %% ../nbs/21_ablation_backbone.ipynb #3f229545
+REFERENCE_ROWS = ("fpn", "c4", "c5", "kp_kp")   # the protocol is decided on these alone
+
+def protocol_acceptance(store=None) -> dict:
+    """The protocol's acceptance rule on the reference rows of `store`: every one a working detector, C4 mask AP >= 70 % of FPN's,
+    C5 box AP >= 50 % of FPN's (means over seeds). `accepted` is None until every reference row has every seed."""
+    runs = {v: load_runs(v, store)[0] for v in REFERENCE_ROWS}
+    ap = lambda v, t: mean_std(column_values(runs[v], (t, "AP")))[0]
+    rules = [(f"{v}: box AP ≥ {WORKING_BOX_AP:g}", ap(v, "bbox"), WORKING_BOX_AP) for v in REFERENCE_ROWS]
+    rules += [("c4 mask AP / fpn mask AP ≥ 70 %", 100 * ap("c4", "segm") / ap("fpn", "segm"), 70.0),
+              ("c5 box AP / fpn box AP ≥ 50 %", 100 * ap("c5", "bbox") / ap("fpn", "bbox"), 50.0)]
+    rules = [dict(rule=r, value=x, target=t, ok=None if math.isnan(x) else bool(x >= t)) for r, x, t in rules]
+    seeds = {v: sorted(r["seed"] for r in rs) for v, rs in runs.items()}
+    complete = all(len(s) >= len(SEEDS) for s in seeds.values())
+    return dict(seeds=seeds, rules=rules, accepted=all(r["ok"] for r in rules) if complete else None)
+
+def acceptance_markdown(store=None) -> str:
+    "`protocol_acceptance` as a table and a sentence."
+    a = protocol_acceptance(store)
+    lines = ["| part of the rule | ours | holds |", "|---|---|---|"]
+    for r in a["rules"]:
+        value = "–" if math.isnan(r["value"]) else f"{r['value']:.1f}"
+        lines.append(f"| {r['rule']} | {value} | {({True: 'yes', False: '**no**', None: '–'})[r['ok']]} |")
+    verdict = {True: "accepted", False: "**not accepted**", None: "not decided yet (fewer than three seeds of a reference row)"}[a["accepted"]]
+    times = ", ".join(f"{r['variant']} seed {r['seed']} {r['train_seconds'] / 60:.1f} min ({r['machine'].get('runs_at_once', 1)} at once, "
+                      f"{r['machine']['torch_threads']} thread)" for v in REFERENCE_ROWS for r in load_runs(v, store)[0] if "machine" in r)
+    return "\n".join(lines) + f"\n\nSeeds per reference row: {a['seeds']}. The protocol: {verdict}." + (f" Training times: {times}." if times else "")

@@ -357,7 +357,7 @@ class RandomHorizontalFlip:
         return image, t
     def __repr__(self): return f"RandomHorizontalFlip(p={self.p})"
 
-# %% ../nbs/02_data.ipynb #7dc80044
+# %% ../nbs/02_data.ipynb #febafb6d
 class AddProposals:
     "Attach each image's fixed proposals (a table image_id -> (K, 4) xyxy in the image's pixels) to its target as 'proposals'."
     def __init__(self, table: dict, source: str = "the proposals table"): self.table, self.source = table, source

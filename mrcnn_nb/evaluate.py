@@ -40,7 +40,7 @@ def predict_dataset(model, dataset: COCODataset, batch_size: int = 2, progress: 
         model.train(was_training)
     return out
 
-# %% ../nbs/13_eval.ipynb #ad959985
+# %% ../nbs/13_eval.ipynb #9cc872da
 def dataset_proposals(rpn_model, dataset: COCODataset, mode: str = "test", batch_size: int = 2, progress: bool = True) -> dict:
     "`{image_id: (K, 4) xyxy}`: the proposals of an RPN-only model (`rpn='only'`) on `dataset`, with its `mode` ('train' / 'test') counts."
     import copy

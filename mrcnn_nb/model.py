@@ -282,6 +282,12 @@ class SharedRes5(nn.Module):
 def _pooler(cfg: Config, strides, resolution: int, layer: str) -> MultiScaleRoIPool:
     return MultiScaleRoIPool(strides, resolution, layer, cfg.roi_sampling_ratio, cfg.roi_aligned, cfg.roi_mode)
 
+def _rpn(cfg: Config, channels: int, anchors: AnchorGenerator) -> nn.Module:
+    "The RPN of `cfg`, or its stand-in when the proposals come with each image (`rpn='separate'`)."
+    if cfg.rpn == "separate": return GivenProposals()
+    return RPN(RPNHead(channels, anchors.num_anchors_per_location()[0]), anchors, cfg.rpn_pre_nms_top_n, cfg.rpn_post_nms_top_n,
+               cfg.rpn_nms, batch_size_per_image=cfg.rpn_batch_size, positive_fraction=cfg.rpn_positive_fraction)
+
 def build_model(cfg: Config) -> MaskRCNN:
     "Build the Mask R-CNN described by `cfg`."
     if cfg.features not in ("C4", "C5", "FPN"): raise UserInputError(f"unknown features {cfg.features!r}; choose from ['C4', 'C5', 'FPN']")
@@ -303,9 +309,7 @@ def build_model(cfg: Config) -> MaskRCNN:
         backbone = SingleLevelBackbone(freeze_trunk(body, min(cfg.trainable_layers, 4 if cfg.features == "C4" else 5)))
         anchors = AnchorGenerator((tuple(cfg.anchor_sizes),), (tuple(cfg.aspect_ratios),))
         roi_strides, roi_levels, C = backbone.strides, 1, backbone.out_channels
-    rpn = GivenProposals() if cfg.rpn == "separate" else RPN(
-        RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0]), anchors, cfg.rpn_pre_nms_top_n,
-        cfg.rpn_post_nms_top_n, cfg.rpn_nms, batch_size_per_image=cfg.rpn_batch_size, positive_fraction=cfg.rpn_positive_fraction)
+    rpn = _rpn(cfg, backbone.out_channels, anchors)
     transform = Transform(cfg.min_size, cfg.max_size, cfg.pixel_norm, cfg.size_divisibility, cfg.mask_threshold, paste_aligned=cfg.roi_aligned)
     if cfg.rpn == "only": return MaskRCNN(transform, backbone, rpn, None, num_classes=K, channels_last=cfg.channels_last)
     if cfg.features == "C4":

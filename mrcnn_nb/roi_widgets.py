@@ -7,23 +7,22 @@ from __future__ import annotations
 
 import io
 
-import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from .mask_head import paste_masks
 from .roi_layers import draw_roi_geometry
 from .roi_ops import roi_align, roi_pool, roi_warp
 
 # %% auto #0
-__all__ = ['LAYERS', 'demo_scene', 'feature_map', 'roi_outputs', 'paste_in_box', 'mask_iou', 'mask_roundtrip', 'shift_response',
-           'plot_roi_comparison', 'RoIExplorer']
+__all__ = ['LAYERS', 'TITLES', 'PASTE_ALIGNED', 'COLORS', 'demo_scene', 'feature_map', 'roi_outputs', 'paste_in_box', 'mask_iou',
+           'roi_truth', 'mask_roundtrip', 'roundtrip_table', 'shift_response', 'figure_png', 'draw_feature_geometry',
+           'draw_shift_response', 'plot_roi_comparison', 'RoIExplorer']
 
 # %% ../nbs/07d_roi_widgets.ipynb #3d2bec76
-LAYERS = ("RoIPool", "RoIWarp", "RoIAlign")
-
 def demo_scene(size: int = 256, seed: int = 0):
     "A (size, size) float image of a star on a dark background and its binary mask, for the explorer."
     from mrcnn_nb.shapes import rasterize_polygons, shape_polygons, place_polygon
@@ -33,9 +32,17 @@ def demo_scene(size: int = 256, seed: int = 0):
     img = 0.15 + 0.8 * mask + rng.normal(0, 0.02, mask.shape)
     return torch.tensor(img, dtype=torch.float32), torch.tensor(mask, dtype=torch.float32)
 
+# %% ../nbs/07d_roi_widgets.ipynb #fb368563
 def feature_map(image: Tensor, stride: int) -> Tensor:
     "Average-pool an (H, W) image by `stride` into a (1, 1, H/s, W/s) feature map: a one-channel stand-in for a backbone."
     return F.avg_pool2d(image[None, None], stride)
+
+# %% ../nbs/07d_roi_widgets.ipynb #555a7726
+LAYERS = ("RoIPool", "RoIWarp", "RoIAlign", "RoIAlign aligned=True")
+TITLES = {"RoIPool": "RoIPool", "RoIWarp": "RoIWarp (avg)", "RoIAlign": "RoIAlign\n(the paper: aligned=False)",
+          "RoIAlign aligned=True": "RoIAlign + half-pixel offset\n(aligned=True, after the paper)"}
+PASTE_ALIGNED = {"RoIPool": False, "RoIWarp": False, "RoIAlign": False, "RoIAlign aligned=True": True}  # each model's paste_masks
+COLORS = {"RoIPool": "tab:red", "RoIWarp": "tab:orange", "RoIAlign": "tab:green", "RoIAlign aligned=True": "tab:blue"}
 
 def roi_outputs(feature: Tensor, roi, stride: int, output_size: int, sampling_ratio: int) -> dict:
     "Each layer's (output_size, output_size) output for `roi` (x1, y1, x2, y2 px) on `feature` of stride `stride`."
@@ -43,35 +50,51 @@ def roi_outputs(feature: Tensor, roi, stride: int, output_size: int, sampling_ra
     s = 1.0 / stride
     return {"RoIPool": roi_pool(feature, boxes, output_size, s)[0, 0],
             "RoIWarp": roi_warp(feature, boxes, output_size, s, sampling_ratio, mode="avg")[0, 0],
-            "RoIAlign": roi_align(feature, boxes, output_size, s, sampling_ratio, aligned=True)[0, 0]}
+            "RoIAlign": roi_align(feature, boxes, output_size, s, sampling_ratio, aligned=False)[0, 0],
+            "RoIAlign aligned=True": roi_align(feature, boxes, output_size, s, sampling_ratio, aligned=True)[0, 0]}
 
-# %% ../nbs/07d_roi_widgets.ipynb #d63ec448
-def paste_in_box(patch: Tensor, box, height: int, width: int) -> Tensor:
-    "Resample a (m, m) patch into the box (x1, y1, x2, y2 px) of an empty (height, width) image, bilinearly."
-    x1, y1, x2, y2 = [float(v) for v in box]
-    if x2 <= x1 or y2 <= y1: return patch.new_zeros(height, width)
-    xs = (torch.arange(width, dtype=patch.dtype) + 0.5 - x1) / (x2 - x1) * 2 - 1   # [-1, 1] across the box
-    ys = (torch.arange(height, dtype=patch.dtype) + 0.5 - y1) / (y2 - y1) * 2 - 1
-    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)[None]
-    return F.grid_sample(patch[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, 0]
+# %% ../nbs/07d_roi_widgets.ipynb #40d38f9d
+def paste_in_box(patch: Tensor, box, height: int, width: int, aligned: bool = True) -> Tensor:
+    "Paste a (m, m) patch into `box` (x1, y1, x2, y2 px) of an empty (height, width) image with the mask head's `paste_masks`."
+    boxes = torch.tensor([[float(v) for v in box]], dtype=patch.dtype)
+    return paste_masks(patch[None, None], boxes, height, width, aligned=aligned)[0, 0]
 
+# %% ../nbs/07d_roi_widgets.ipynb #1fc17c2d
 def mask_iou(a: Tensor, b: Tensor) -> float:
     "IoU of two binary masks."
     a, b = a.bool(), b.bool()
     union = (a | b).sum().item()
     return (a & b).sum().item() / union if union else 1.0
 
+# %% ../nbs/07d_roi_widgets.ipynb #c004086f
+def roi_truth(mask: Tensor, roi) -> Tensor:
+    "The (H, W) bool truth a layer can recover for `roi` (x1, y1, x2, y2 px): `mask` at pixels whose centres are inside it."
+    x1, y1, x2, y2 = [float(v) for v in roi]
+    cy, cx = torch.arange(mask.shape[0]) + 0.5, torch.arange(mask.shape[1]) + 0.5
+    return (mask > 0) & ((cy > y1) & (cy < y2))[:, None] & ((cx > x1) & (cx < x2))[None, :]
+
+# %% ../nbs/07d_roi_widgets.ipynb #9c2c95d0
 def mask_roundtrip(mask: Tensor, roi, stride: int, output_size: int, sampling_ratio: int) -> dict:
-    "Per layer: the mask read through the layer at `stride` and pasted back into `roi`, thresholded at 0.5, and its IoU."
+    "Per layer: the mask read through the layer at `stride`, pasted back into `roi` its model's way, thresholded at 0.5, and its IoU."
     out = roi_outputs(feature_map(mask, stride), roi, stride, output_size, sampling_ratio)
     H, W = mask.shape
-    gt = mask * (paste_in_box(torch.ones(2, 2), roi, H, W) > 0)   # the truth inside the RoI
+    truth = roi_truth(mask, roi)
     res = {}
     for name, patch in out.items():
-        pasted = paste_in_box(patch, roi, H, W) >= 0.5
-        res[name] = (pasted, mask_iou(pasted, gt > 0))
+        pasted = paste_in_box(patch, roi, H, W, PASTE_ALIGNED[name]) >= 0.5
+        res[name] = (pasted, mask_iou(pasted, truth))
     return res
 
+# %% ../nbs/07d_roi_widgets.ipynb #fc0c6860
+def roundtrip_table(mask: Tensor, roi, shifts=(0, 5, 8), stride: int = 16, output_size: int = 7, sampling_ratio: int = 2) -> dict:
+    "Mask round-trip IoU per layer and per shift: {layer: {shift px: IoU}} for `roi` moved right by each shift."
+    table = {n: {} for n in LAYERS}
+    for dx in shifts:
+        r = (roi[0] + dx, roi[1], roi[2] + dx, roi[3])
+        for name, (_, iou) in mask_roundtrip(mask, r, stride, output_size, sampling_ratio).items(): table[name][dx] = iou
+    return table
+
+# %% ../nbs/07d_roi_widgets.ipynb #91d488a3
 def shift_response(feature: Tensor, roi, stride: int, output_size: int, sampling_ratio: int, steps: int = 33):
     "Shifts 0..stride px to the right and, per layer, the horizontal centroid (in output cells) of the output at each shift."
     shifts = np.linspace(0, stride, steps)
@@ -83,44 +106,69 @@ def shift_response(feature: Tensor, roi, stride: int, output_size: int, sampling
             curves[n].append(float((w.sum(0) * torch.arange(o.shape[1])).sum() / w.sum().clamp(min=1e-9)))
     return shifts, {n: np.array(v) for n, v in curves.items()}
 
-# %% ../nbs/07d_roi_widgets.ipynb #6de33178
+# %% ../nbs/07d_roi_widgets.ipynb #4fea2c7d
+def figure_png(fig: Figure, dpi: float | None = None) -> bytes:
+    "The PNG bytes of a matplotlib figure (at its own dpi unless `dpi` is given)."
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi or fig.dpi)
+    return buf.getvalue()
+
+# %% ../nbs/07d_roi_widgets.ipynb #128a8f23
+def draw_feature_geometry(ax, feature: Tensor, roi, stride: int, output_size: int, sampling_ratio: int, margin: float | None = 1.0):
+    "Feature map (1, 1, h, w), `roi` (black), RoIPool's bins (red), aligned=True samples (blue dots), aligned=False samples (green crosses)."
+    h, w = feature.shape[-2:]
+    ax.imshow(feature[0, 0], cmap="gray", extent=(0, w, h, 0), vmin=0, vmax=1)
+    k = min(output_size, 7)                                # at most 7×7 bins drawn
+    draw_roi_geometry(ax, roi, stride, k, sampling_ratio, grid_cells=w)
+    x1, y1, x2, y2 = [float(v) / stride for v in roi]
+    g = (np.arange(k * sampling_ratio) + 0.5) / (k * sampling_ratio)
+    X, Y = np.meshgrid(x1 + g * (x2 - x1) + 0.5, y1 + g * (y2 - y1) + 0.5)   # where aligned=False's samples read, in cells
+    ax.scatter(X.ravel(), Y.ravel(), s=9, marker="x", lw=0.7, color="tab:green", zorder=3)
+    if margin is not None: ax.set_xlim(x1 - margin, x2 + margin + 0.5); ax.set_ylim(y2 + margin + 0.5, y1 - margin)   # cells around the RoI
+    ax.set_title(f"stride {stride}: RoI, RoIPool bins (red)\nsamples: aligned=True •, False ×", fontsize=9)
+    return ax
+
+# %% ../nbs/07d_roi_widgets.ipynb #af77da1f
+def draw_shift_response(ax, shifts, curves: dict, shift: float, stride: int):
+    "Plot `shift_response`'s curves (output centroid against the RoI's shift, in cells), with a marker at `shift` px."
+    for name in LAYERS:
+        ax.plot(shifts / stride, curves[name], color=COLORS[name], label=name, lw=1.3, ls="--" if name == "RoIAlign" else "-")
+    ax.axvline(shift / stride, color="k", lw=0.8, ls=":")
+    ax.set_xlabel("RoI shift (cells)", fontsize=8); ax.set_ylabel("output centroid x (cells)", fontsize=8)
+    ax.tick_params(labelsize=7); ax.legend(fontsize=7); ax.set_title("sliding by < 1 cell", fontsize=9)
+    return ax
+
+# %% ../nbs/07d_roi_widgets.ipynb #58ccce4a
 def plot_roi_comparison(image: Tensor, mask: Tensor, roi, stride: int = 16, output_size: int = 7,
                         sampling_ratio: int = 2, mask_size: int = 14, shift: float = 0.0, fig=None):
     "Draw the RoI layers' comparison for `roi` shifted right by `shift` px; returns (figure, state dict)."
-    fig = fig or Figure(figsize=(10, 4.6), dpi=72)
+    fig = fig or Figure(figsize=(15, 6.2), dpi=100)
     fig.clf()
     r = (roi[0] + shift, roi[1], roi[2] + shift, roi[3])
     feat = feature_map(image, stride)
     outs = roi_outputs(feat, r, stride, output_size, sampling_ratio)
     masks = mask_roundtrip(mask, r, stride, mask_size, sampling_ratio)
-    shifts, curves = shift_response(feature_map(mask, stride), roi, stride, output_size, sampling_ratio, 17)
-    axs = fig.subplots(2, 5)
-    ax = axs[0, 0]
-    ax.imshow(feat[0, 0], cmap="gray", extent=(0, feat.shape[-1], feat.shape[-2], 0), vmin=0, vmax=1)
-    draw_roi_geometry(ax, r, stride, min(output_size, 7), sampling_ratio, grid_cells=feat.shape[-1])
-    ax.set_title(f"stride {stride}: grid, RoI, bins", fontsize=8)
-    for a, name in zip(axs[0, 1:4], LAYERS):
-        a.imshow(outs[name], cmap="gray", vmin=0, vmax=1); a.set_title(f"{name} {output_size}×{output_size}", fontsize=8); a.axis("off")
-    a = axs[0, 4]
-    for name, c in zip(LAYERS, ("tab:red", "tab:orange", "tab:blue")):
-        a.plot(shifts / stride, curves[name], color=c, label=name, lw=1.2)
-    a.axvline(shift / stride, color="k", lw=0.8, ls=":")
-    a.set_xlabel("shift (cells)", fontsize=7); a.set_ylabel("output centroid x", fontsize=7)
-    a.tick_params(labelsize=6); a.legend(fontsize=6); a.set_title("sliding by < 1 cell", fontsize=8)
-    axs[1, 0].imshow(mask, cmap="gray"); axs[1, 0].set_title("ground-truth mask", fontsize=8); axs[1, 0].axis("off")
-    for a, name in zip(axs[1, 1:4], LAYERS):
+    axs = fig.subplots(2, 6, gridspec_kw=dict(width_ratios=(1.25, 1, 1, 1, 1, 1.25)))
+    draw_feature_geometry(axs[0, 0], feat, r, stride, output_size, sampling_ratio)
+    draw_shift_response(axs[0, 5], *shift_response(feature_map(mask, stride), roi, stride, output_size, sampling_ratio, 17), shift, stride)
+    axs[1, 0].imshow(mask, cmap="gray"); axs[1, 0].set_title("ground-truth mask\n(RoI and 16 px around it)", fontsize=9)
+    for a, b, name in zip(axs[0, 1:5], axs[1, 1:5], LAYERS):
+        a.imshow(outs[name], cmap="gray", vmin=0, vmax=1)
+        a.set_title(f"{TITLES[name]}\n{output_size}×{output_size} output", fontsize=9, color=COLORS[name])
         pasted, iou = masks[name]
-        a.imshow(mask * 0.35 + pasted.float() * 0.65, cmap="magma", vmin=0, vmax=1)
-        a.set_title(f"{name} {mask_size}² pasted: IoU {iou:.3f}", fontsize=8); a.axis("off")
-    axs[1, 4].axis("off")
-    axs[1, 4].text(0, 0.5, "\n".join(f"{n}: IoU {masks[n][1]:.3f}" for n in LAYERS), fontsize=9, va="center")
+        b.imshow(mask * 0.35 + pasted.float() * 0.65, cmap="magma", vmin=0, vmax=1)
+        b.set_title(f"{mask_size}×{mask_size}, pasted {'exact' if PASTE_ALIGNED[name] else 'legacy'}:\nIoU {iou:.3f}", fontsize=9)
+    for a in axs[1, :5]: a.set_xlim(r[0] - 16, r[2] + 16); a.set_ylim(r[3] + 16, r[1] - 16)   # the RoI and 16 px around it
+    for a in [*axs[:, 1:5].flat, axs[1, 0], axs[1, 5]]: a.axis("off")
+    lines = [f"{n}: {masks[n][1]:.3f}" for n in LAYERS]
+    key = "pasted mask against the truth:\nyellow both, red pasted only,\npurple truth only"
+    axs[1, 5].text(0, 0.5, "mask IoU after the round trip\n\n" + "\n".join(lines) + "\n\n" + key, fontsize=9, va="center")
     fig.tight_layout()
-    state = dict(roi=r, outputs=outs, ious={n: masks[n][1] for n in LAYERS})
-    return fig, state
+    return fig, dict(roi=r, outputs=outs, ious={n: masks[n][1] for n in LAYERS})
 
-# %% ../nbs/07d_roi_widgets.ipynb #58ccce4a
+# %% ../nbs/07d_roi_widgets.ipynb #daa593d1
 class RoIExplorer:
-    "Interactive comparison of RoIPool, RoIWarp and RoIAlign; `.widget` is the ipywidgets box to display."
+    "Interactive comparison of RoIPool, RoIWarp and the two RoIAligns; `.widget` is the ipywidgets box to display."
     def __init__(self, image: Tensor | None = None, mask: Tensor | None = None, roi=(62.0, 70.0, 190.0, 203.0),
                  stride: int = 16, output_size: int = 7, sampling_ratio: int = 2, mask_size: int = 14):
         import ipywidgets as W
@@ -137,9 +185,9 @@ class RoIExplorer:
             output_size=W.IntSlider(value=output_size, min=2, max=14, description="output", continuous_update=False, layout=W.Layout(width="300px")),
             sampling_ratio=W.IntSlider(value=sampling_ratio, min=1, max=4, description="samples/bin", continuous_update=False, layout=W.Layout(width="300px")),
         )
-        self.image_widget = W.Image(format="png")
+        self.image_widget = W.Image(format="png", layout=W.Layout(max_width="100%"))
         self.label = W.HTML()
-        self.figure = Figure(figsize=(10, 4.6), dpi=72)
+        self.figure = Figure(figsize=(15, 6.2), dpi=100)
         for s in self.sliders.values(): s.observe(lambda change: self.update(), names="value")
         controls = W.VBox([W.HBox([self.sliders["x"], self.sliders["y"], self.sliders["shift"]]),
                            W.HBox([self.sliders["w"], self.sliders["h"], self.sliders["stride"]]),
@@ -157,7 +205,7 @@ class RoIExplorer:
         v = {k: s.value for k, s in self.sliders.items()}
         _, self.state = plot_roi_comparison(self.image, self.mask, self.roi, int(v["stride"]), int(v["output_size"]),
                                             int(v["sampling_ratio"]), self.mask_size, float(v["shift"]), fig=self.figure)
-        buf = io.BytesIO(); self.figure.savefig(buf, format="png"); self.image_widget.value = buf.getvalue()
+        self.image_widget.value = figure_png(self.figure)
         self.label.value = "<b>mask IoU after the round trip</b>: " + ", ".join(f"{n} {self.state['ious'][n]:.3f}" for n in LAYERS)
         return self.state
 

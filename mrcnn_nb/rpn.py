@@ -135,7 +135,7 @@ class RPN(nn.Module):
     def extra_repr(self):
         return f"pre_nms_top_n={self.pre_nms_top_n}, post_nms_top_n={self.post_nms_top_n}, nms_thresh={self.nms_thresh}"
 
-# %% ../nbs/06_rpn.ipynb #5096ec0c
+# %% ../nbs/06_rpn.ipynb #1484bb24
 class GivenProposals(nn.Module):
     "Stands in for the RPN when each image comes with fixed proposals (§4.2: the RPN trained separately): no parameters, no loss."
     def forward(self, images: ImageBatch, features: list, targets: list | None = None):
