@@ -574,10 +574,11 @@ def working_detectors(runs: dict) -> dict:
     "variant -> whether its mean box AP (x 100) over its runs reaches `WORKING_BOX_AP` (False without runs)."
     return {v: bool(mean_std(column_values(rs, ("bbox", "AP")))[0] >= WORKING_BOX_AP) for v, rs in runs.items()}
 
-def compare(table: str, a: str, b: str, col: tuple, store=None) -> dict | None:
+def compare(table: str, a: str, b: str, col: tuple, store=None, runs: dict | None = None) -> dict | None:
     """Row `a` against row `b` of `table` in column `col`: the paper's difference and ours (absolute, relative to row `b`), our
-    resolution, whether both are working detectors, and the verdict with its reason; None when a row has no run."""
-    t, runs = get_table(table), table_runs(table, store)
+    resolution, whether both are working detectors, and the verdict with its reason; None when a row has no run.
+    `runs`: the table's records (`table_runs`), when the caller has them already."""
+    t, runs = get_table(table), runs if runs is not None else table_runs(table, store)
     ra, rb = t.row(a), t.row(b)
     va, vb = column_values(runs[ra.variant], col), column_values(runs[rb.variant], col)
     if not va or not vb: return None
@@ -590,9 +591,9 @@ def compare(table: str, a: str, b: str, col: tuple, store=None) -> dict | None:
 
 def comparisons(table: str, store=None) -> list:
     "`compare` of every row of `table` against its reference row, then the table's `extra` pairs, column by column (no runs: left out)."
-    t = get_table(table)
+    t, runs = get_table(table), table_runs(table, store)   # read once for every pair
     pairs = [(r.label, t.reference) for r in t.rows if r.label != t.reference] + list(t.extra)
-    out = [compare(table, a, b, c, store) for a, b in pairs for c in t.columns]
+    out = [compare(table, a, b, c, runs=runs) for a, b in pairs for c in t.columns]
     return [c for c in out if c is not None]
 
 def table_markdown(table: str, store=None) -> str:
