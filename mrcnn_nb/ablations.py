@@ -24,19 +24,20 @@ from .model import Config, get_config
 __all__ = ['PROTOCOL_VERSION', 'ABLATION_DATA', 'PROTOCOL', 'SEEDS', 'SMOKE_DATA', 'SMOKE_SCHEDULE', 'EXAMPLE_IMAGES', 'VARIANTS',
            'MASK3', 'BOX3', 'KP3', 'TABLES', 'PRETRAINING', 'SMOKE_PRETRAINING', 'TRUNK_FIELDS', 'WORKING_BOX_AP',
            'VERDICTS', 'REFERENCE_ROWS', 'Variant', 'Row', 'AblationTable', 'ablation_config', 'config_dict',
-           'coco_config', 'get_table', 'table_variants', 'ablation_data', 'default_store', 'run_path', 'git_commit',
-           'machine_info', 'classification_images', 'trunk_name', 'plot_classification_images', 'pretrain_trunk',
-           'trunk_weights', 'rpn_config', 'rpn_name', 'rpn_path', 'proposals_fingerprint', 'run_rpn', 'stored_rpn',
-           'rpn_proposals', 'run_variant', 'load_runs', 'missing_runs', 'run_ablations', 'table_runs', 'column_values',
-           'mean_std', 'difference', 'verdict', 'working_detectors', 'compare', 'comparisons', 'table_markdown',
-           'headlines', 'results_markdown', 'results_sentence', 'plot_table', 'plot_ap_vs_iou', 'example_images',
-           'plot_examples', 'coco_commands', 'variants_markdown', 'protocol_acceptance', 'acceptance_markdown']
+           'coco_config', 'get_table', 'table_variants', 'ablation_data', 'data_spec', 'default_store', 'run_path',
+           'git_commit', 'machine_info', 'classification_images', 'trunk_name', 'plot_classification_images',
+           'pretrain_trunk', 'trunk_weights', 'rpn_config', 'rpn_name', 'rpn_path', 'proposals_fingerprint', 'run_rpn',
+           'stored_rpn', 'rpn_proposals', 'run_variant', 'load_runs', 'missing_runs', 'run_ablations', 'table_runs',
+           'column_values', 'mean_std', 'difference', 'verdict', 'working_detectors', 'compare', 'comparisons',
+           'table_markdown', 'headlines', 'results_markdown', 'results_sentence', 'plot_table', 'plot_ap_vs_iou',
+           'example_images', 'plot_examples', 'coco_commands', 'variants_markdown', 'protocol_acceptance',
+           'acceptance_markdown']
 
 # %% ../nbs/21_ablation_backbone.ipynb #1b9af73e
 PROTOCOL_VERSION = 2   # records of protocol 1 are kept in nbs/results/ablations-v1 and read by no table
-ABLATION_DATA = {   # the datasets of the ablations (02a_shapes), generated once and cached
-    "instances": dict(n_train=1000, n_val=300, size=256, seed=0),
-    "keypoints": dict(n_train=1000, n_val=300, size=256, seed=0),
+ABLATION_DATA = {   # the datasets of the ablations (02a_shapes), generated once and cached: the 128-px scenes at twice the
+    "instances": dict(n_train=1000, n_val=300, size=256, seed=0, min_object=16),   # resolution (smallest object 2 x 8 px;
+    "keypoints": dict(n_train=1000, n_val=300, size=256, seed=0, min_object=48),   # 43 % of the shapes are small, COCO 41 %)
 }
 PROTOCOL = dict(max_iter=2000, lr_steps=(1600,), warmup_iters=100, ims_per_batch=4, base_lr=0.08,   # decided on the reference rows, see above
                 min_size=(256,), max_size=448, anchor_sizes=(16, 32, 64, 128, 256),   # 256-px images: C4 sees 16x16, C5 8x8 cells
@@ -195,10 +196,12 @@ def table_variants(tables) -> list:
 # %% ../nbs/21_ablation_backbone.ipynb #220c4b29
 def ablation_data(kind: str = "instances", smoke: bool = False, root=None, progress: bool = True) -> Path:
     "The ablation dataset of `kind` (generated on first use); refuses a folder holding a different dataset."
+    import hashlib
     from mrcnn_nb.data import annotation_file
     from mrcnn_nb.shapes import make_shapes
     spec = SMOKE_DATA if smoke else ABLATION_DATA[kind]
-    root = Path(root) if root else cache_dir() / f"ablation-{kind}{'-smoke' if smoke else ''}"
+    tag = hashlib.sha1(json.dumps(dict(spec, kind=kind), sort_keys=True).encode()).hexdigest()[:8]   # a new spec, a new folder
+    root = Path(root) if root else cache_dir() / f"ablation-{kind}{'-smoke' if smoke else ''}-{tag}"
     stamp = root / "ablation-data.json"
     if stamp.exists():
         have = json.loads(stamp.read_text())
@@ -211,6 +214,11 @@ def ablation_data(kind: str = "instances", smoke: bool = False, root=None, progr
     annotation_file(root, "val", kind)   # the files are there
     with atomic_write(stamp) as f: json.dump(dict(spec, kind=kind), f)
     return root
+
+def data_spec(variant: str, smoke: bool = False) -> dict:
+    "The dataset `variant` trains on, as its records store it."
+    kind = VARIANTS[variant].kind
+    return dict(SMOKE_DATA if smoke else ABLATION_DATA[kind], kind=kind)
 
 # %% ../nbs/21_ablation_backbone.ipynb #c50a4c6d
 def _package_parent() -> Path:
@@ -375,7 +383,7 @@ def run_rpn(variant: str, seed: int = 0, store=None, smoke: bool = False, progre
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path.with_suffix(".pt"), "wb") as f: torch.save(props, f)
     record = dict(rpn=rpn_name(variant), seed=seed, smoke=smoke, protocol=PROTOCOL_VERSION, config=config_dict(cfg),
-                  data=dict(SMOKE_DATA if smoke else ABLATION_DATA[kind], kind=kind), trunk=weights.stem,
+                  data=data_spec(variant, smoke), trunk=weights.stem,
                   recall={split: proposal_recall(p, sets[split]) for split, p in props.items()}, train_seconds=s["train_seconds"],
                   machine=machine_info() | dict(runs_at_once=runs_at_once), code=git_commit(), fingerprint=proposals_fingerprint(props),
                   finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -388,7 +396,8 @@ def stored_rpn(variant: str, seed: int = 0, store=None, smoke: bool = False):
     path = rpn_path(store if store is not None else default_store(), variant, seed)
     if not (path.exists() and path.with_suffix(".pt").exists()): return None
     rec = _read_record(path)
-    if rec.get("config") != config_dict(rpn_config(variant, seed, smoke)) or rec.get("protocol") != PROTOCOL_VERSION: return None
+    if (rec.get("config") != config_dict(rpn_config(variant, seed, smoke)) or rec.get("protocol") != PROTOCOL_VERSION
+        or rec.get("data") != data_spec(variant, smoke)): return None
     props = torch.load(path.with_suffix(".pt"), weights_only=True)
     return (rec, props) if proposals_fingerprint(props) == rec.get("fingerprint") else None
 
@@ -418,7 +427,7 @@ def run_variant(variant: str, seed: int = 0, store=None, smoke: bool = False, pr
     ev = s["evaluation"]
     record = dict(variant=variant, seed=seed, smoke=smoke, protocol=PROTOCOL_VERSION, config=config_dict(cfg), trunk=weights.stem,
                   rpn=dict(name=rpn["rpn"], fingerprint=rpn["fingerprint"], recall=rpn["recall"]["val"]),
-                  data=dict(SMOKE_DATA if smoke else ABLATION_DATA[kind], kind=kind),
+                  data=data_spec(variant, smoke),
                   metrics={t: r["stats"] for t, r in ev["metrics"].items()},
                   per_threshold={t: r["per_threshold"] for t, r in ev["metrics"].items()},
                   per_category={t: r["per_category"] for t, r in ev["metrics"].items()},
@@ -432,15 +441,15 @@ def run_variant(variant: str, seed: int = 0, store=None, smoke: bool = False, pr
 
 # %% ../nbs/21_ablation_backbone.ipynb #eafcb0f0
 def load_runs(variant: str, store=None) -> tuple[list, list]:
-    """(current records, stale files) of `variant` in `store`: a record is current when it is of today's protocol and config and
-    was trained on the proposals of the stored RPN (same fingerprint)."""
+    """(current records, stale files) of `variant` in `store`: a record is current when it is of today's protocol, config and data
+    and was trained on the proposals of the stored RPN (same fingerprint)."""
     store = Path(store) if store is not None else default_store()
     current, stale = [], []
     for path in sorted((store / variant).glob("seed*.json")):
         rec = _read_record(path)
         seed, rpn = rec.get("seed", -1), rpn_path(store, variant, rec.get("seed", -1))
         ok = (rec.get("protocol") == PROTOCOL_VERSION and not rec.get("smoke") and rec.get("config") == config_dict(ablation_config(variant, seed))
-              and rpn.exists() and _read_record(rpn).get("fingerprint") == rec.get("rpn", {}).get("fingerprint"))
+              and rec.get("data") == data_spec(variant) and rpn.exists() and _read_record(rpn).get("fingerprint") == rec.get("rpn", {}).get("fingerprint"))
         (current if ok else stale).append(rec if ok else path)
     return current, stale
 

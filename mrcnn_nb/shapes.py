@@ -228,8 +228,9 @@ def _coco_annotation(ann_id: int, image_id: int, a: dict, rle: dict) -> dict:
                 area=float(mask_utils.area(rle)), bbox=[float(v) for v in mask_utils.toBbox(rle)], iscrowd=0)
 
 def make_shapes(out, kind: str = "instances", n_train: int = 400, n_val: int = 100, size=128, seed: int = 0,
-                image_format: str = "png", instances=None, progress: bool = True) -> Path:
-    "Write a synthetic COCO-layout dataset (`kind` 'instances' or 'keypoints') under `out`; returns `out`."
+                image_format: str = "png", instances=None, min_object: float | None = None, progress: bool = True) -> Path:
+    """Write a synthetic COCO-layout dataset (`kind` 'instances' or 'keypoints') under `out`; returns `out`. `min_object`: the
+    smallest object in px (a shape's size across, a figure's height); None keeps the renderer's (8 and 24 px, made for 128 px)."""
     if kind not in ("instances", "keypoints"): raise UserInputError(f"unknown kind {kind!r}; choose from ['instances', 'keypoints']")
     if image_format not in ("png", "jpg"): raise UserInputError(f"unknown image format {image_format!r}; choose from ['jpg', 'png']")
     for name, n in (("n_train", n_train), ("n_val", n_val), ("seed", seed)):
@@ -238,6 +239,9 @@ def make_shapes(out, kind: str = "instances", n_train: int = 400, n_val: int = 1
     n_range = tuple(instances) if instances else ((1, 6) if kind == "instances" else (1, 3))
     if len(n_range) != 2 or not 1 <= n_range[0] <= n_range[1] <= 50:
         raise UserInputError(f"instances per image {instances!r}: expected (min, max) with 1 <= min <= max <= 50")
+    if min_object is not None and not 1 <= min_object < min(w, h):
+        raise UserInputError(f"min_object {min_object!r}: expected a size in px within 1..{min(w, h) - 1} for {w}x{h} images")
+    size_kw = {} if min_object is None else {("min_size" if kind == "instances" else "min_height"): float(min_object)}
     out = Path(out)
     if kind == "instances":
         cats = [dict(id=i + 1, name=n, supercategory="shape") for i, n in enumerate(SHAPE_CLASSES)]
@@ -251,7 +255,7 @@ def make_shapes(out, kind: str = "instances", n_train: int = 400, n_val: int = 1
         images, anns = [], []
         for i in tqdm(range(n), desc=f"{kind} {split}", disable=not progress, leave=False):
             rng = np.random.default_rng([seed, split_code, i])
-            img, objs = render(rng, h, w, n_range)
+            img, objs = render(rng, h, w, n_range, **size_kw)
             image_id, fname = i + 1, f"{i + 1:012d}.{image_format}"
             with atomic_write(out / split / fname, "wb") as f:
                 Image.fromarray(img).save(f, format="PNG" if image_format == "png" else "JPEG", quality=90)
