@@ -22,16 +22,16 @@ from .model import Config, get_config
 
 # %% auto #0
 __all__ = ['PROTOCOL_VERSION', 'ABLATION_DATA', 'PROTOCOL', 'SEEDS', 'SMOKE_DATA', 'SMOKE_SCHEDULE', 'EXAMPLE_IMAGES', 'VARIANTS',
-           'MASK3', 'BOX3', 'KP3', 'TABLES', 'PRETRAINING', 'SMOKE_PRETRAINING', 'TRUNK_FIELDS', 'WORKING_BOX_AP',
-           'VERDICTS', 'REFERENCE_ROWS', 'Variant', 'Row', 'AblationTable', 'ablation_config', 'config_dict',
-           'coco_config', 'get_table', 'table_variants', 'ablation_data', 'data_spec', 'default_store', 'run_path',
-           'git_commit', 'machine_info', 'classification_images', 'trunk_name', 'plot_classification_images',
-           'pretrain_trunk', 'trunk_weights', 'rpn_config', 'rpn_name', 'rpn_path', 'proposals_fingerprint', 'run_rpn',
-           'stored_rpn', 'rpn_proposals', 'run_variant', 'load_runs', 'missing_runs', 'run_ablations', 'table_runs',
-           'column_values', 'mean_std', 'difference', 'verdict', 'working_detectors', 'compare', 'comparisons',
-           'table_markdown', 'headlines', 'results_markdown', 'results_sentence', 'plot_table', 'plot_ap_vs_iou',
-           'example_images', 'plot_examples', 'coco_commands', 'variants_markdown', 'protocol_acceptance',
-           'acceptance_markdown']
+           'MASK3', 'BOX3', 'KP3', 'TABLES', 'PRETRAINING', 'SMOKE_PRETRAINING', 'TRUNK_FIELDS', 'PRETRAINING_PIXELS',
+           'WORKING_BOX_AP', 'VERDICTS', 'REFERENCE_ROWS', 'Variant', 'Row', 'AblationTable', 'ablation_config',
+           'config_dict', 'coco_config', 'get_table', 'table_variants', 'ablation_data', 'data_spec', 'default_store',
+           'run_path', 'git_commit', 'machine_info', 'classification_images', 'trunk_name',
+           'plot_classification_images', 'pretrain_trunk', 'trunk_weights', 'rpn_config', 'rpn_name', 'rpn_path',
+           'proposals_fingerprint', 'run_rpn', 'stored_rpn', 'rpn_proposals', 'run_variant', 'load_runs',
+           'missing_runs', 'run_ablations', 'table_runs', 'column_values', 'mean_std', 'difference', 'verdict',
+           'working_detectors', 'compare', 'comparisons', 'table_markdown', 'headlines', 'results_markdown',
+           'results_sentence', 'plot_table', 'plot_ap_vs_iou', 'example_images', 'plot_examples', 'coco_commands',
+           'variants_markdown', 'protocol_acceptance', 'acceptance_markdown']
 
 # %% ../nbs/21_ablation_backbone.ipynb #1b9af73e
 PROTOCOL_VERSION = 2   # records of protocol 1 are kept in nbs/results/ablations-v1 and read by no table
@@ -195,25 +195,10 @@ def table_variants(tables) -> list:
 
 # %% ../nbs/21_ablation_backbone.ipynb #220c4b29
 def ablation_data(kind: str = "instances", smoke: bool = False, root=None, progress: bool = True) -> Path:
-    "The ablation dataset of `kind` (generated on first use); refuses a folder holding a different dataset."
-    import hashlib
-    from mrcnn_nb.data import annotation_file
-    from mrcnn_nb.shapes import make_shapes
+    "The ablation dataset of `kind` (generated on first use, a folder per specification); refuses a folder holding another."
+    from mrcnn_nb.shapes import cached_shapes
     spec = SMOKE_DATA if smoke else ABLATION_DATA[kind]
-    tag = hashlib.sha1(json.dumps(dict(spec, kind=kind), sort_keys=True).encode()).hexdigest()[:8]   # a new spec, a new folder
-    root = Path(root) if root else cache_dir() / f"ablation-{kind}{'-smoke' if smoke else ''}-{tag}"
-    stamp = root / "ablation-data.json"
-    if stamp.exists():
-        have = json.loads(stamp.read_text())
-        if have != dict(spec, kind=kind):
-            raise UserInputError(f"{root} holds a different dataset ({have}); expected {dict(spec, kind=kind)}: remove the folder or pass another root")
-        return root
-    if root.exists() and any(root.iterdir()):
-        raise UserInputError(f"{root} exists and is not an ablation dataset (no {stamp.name}): remove it or pass another root")
-    make_shapes(root, kind=kind, progress=progress, **spec)
-    annotation_file(root, "val", kind)   # the files are there
-    with atomic_write(stamp) as f: json.dump(dict(spec, kind=kind), f)
-    return root
+    return cached_shapes(kind, root, f"ablation-{kind}{'-smoke' if smoke else ''}", "ablation-data.json", progress, **spec)
 
 def data_spec(variant: str, smoke: bool = False) -> dict:
     "The dataset `variant` trains on, as its records store it."
@@ -286,11 +271,14 @@ def plot_classification_images(images, labels, size: float = 1.2):
     return fig
 
 # %% ../nbs/21_ablation_backbone.ipynb #8d2ec47f
+PRETRAINING_PIXELS = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))   # the ImageNet mean and std of RGB on 0-255 pixels
+
 def _classify(body, fc, images, flip=None):
-    "Class logits of uint8 `images`, normalized as the detection models normalize (and mirrored where `flip`)."
+    """Class logits of uint8 `images` (and mirrored where `flip`), normalized with the ImageNet statistics as the detection
+    models' `Transform` does ('pytorch'; the same numbers on the 0-255 scale, equal to float rounding, 5e-7)."""
     import torch
-    from mrcnn_nb.data import normalize_image
-    x = normalize_image(images)
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in PRETRAINING_PIXELS)
+    x = (images.float() - mean) / std
     if flip is not None: x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     return fc(body(x.contiguous(memory_format=torch.channels_last), (body.num_stages,))[0].mean((2, 3)))
 

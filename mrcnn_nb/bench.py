@@ -11,32 +11,36 @@ from pathlib import Path
 
 import torch
 
-from .core import Timer
-from .data import COCODataset, build_transforms
+from .core import Timer, peak_memory_rise
+from .data import COCODataset, RandomHorizontalFlip
+from .model import Transform
 from .shapes import make_shapes
 
 # %% auto #0
-__all__ = ['ROI_WORKLOADS', 'time_dataset', 'bench_data', 'format_rows', 'roi_workload', 'peak_memory_rise', 'bench_roi',
-           'bench_model']
+__all__ = ['ROI_WORKLOADS', 'time_dataset', 'bench_data', 'format_rows', 'roi_workload', 'bench_roi', 'bench_model']
 
 # %% ../nbs/30_benchmarks.ipynb #f42f9f0e
-def time_dataset(dataset, n: int | None = None, warmup: int = 2, threads: int | None = 1) -> dict:
-    "Time `dataset[i]` over the first `n` items (after `warmup` untimed ones) with `threads` torch threads."
+def time_dataset(dataset, n: int | None = None, warmup: int = 2, threads: int | None = 1, then=None) -> dict:
+    """Time `dataset[i]` over the first `n` items (after `warmup` untimed ones) with `threads` torch threads, and `then(item)`
+    after each when given (timed apart)."""
     n = len(dataset) if n is None else min(n, len(dataset))
     if n <= 0: raise ValueError("time_dataset needs at least one item")
     old = torch.get_num_threads()
     if threads: torch.set_num_threads(threads)
     try:
-        for i in range(min(warmup, n)): dataset[i]
-        t = Timer("item")
+        for i in range(min(warmup, n)): then(dataset[i]) if then else dataset[i]
+        t, t_then = Timer("item"), Timer("then")
         for i in range(n):
-            with t: dataset[i]
+            with t: item = dataset[i]
+            if then:
+                with t_then: then(item)
     finally: torch.set_num_threads(old)
-    return dict(items=n, ms_per_item=t.mean * 1e3, items_per_s=1.0 / t.mean)
+    out = dict(items=n, ms_per_item=t.mean * 1e3, items_per_s=1.0 / t.mean)
+    return out | (dict(ms_then=t_then.mean * 1e3) if then else {})
 
 # %% ../nbs/30_benchmarks.ipynb #fc1f765d
 def bench_data(work_dir, n: int = 100, threads: int = 1, progress: bool = True) -> list:
-    "Generate (once, cached in `work_dir`) and time the two data workloads; returns one dict per workload."
+    "Generate (once, cached in `work_dir`) and time the two data workloads as training runs them; one dict per workload."
     work_dir = Path(work_dir)
     specs = [("shapes 128 px (native size)", "shapes128", dict(size=128), (128,), 1333),
              ("640x480 JPEG, ~10 objects -> 800 px", "coco_like", dict(size="640x480", image_format="jpg", instances=(10, 14)), (800,), 1333)]
@@ -46,11 +50,14 @@ def bench_data(work_dir, n: int = 100, threads: int = 1, progress: bool = True) 
         ann = root / "annotations" / "instances_val.json"
         if not ann.exists() or len(COCODataset(root, "val")) < n:
             make_shapes(root, n_train=0, n_val=n, seed=0, progress=progress, **kw)
-        ds = COCODataset(root, "val", transforms=build_transforms(True, scales=scales, max_size=max_size))
-        r = time_dataset(ds, n, threads=threads)
-        img, t = ds[0]
+        ds = COCODataset(root, "val", transforms=RandomHorizontalFlip(0.5))   # what a training loader worker does
+        model_input = Transform(scales, max_size).train()                      # what the model does first
+        r = time_dataset(ds, n, threads=threads, then=lambda item: model_input.resize(model_input.normalize(item[0]), item[1]))
+        img = model_input.resize(model_input.normalize(ds[0][0]), None)[0]
         objs = sum(len(ds.records[i]["anns"]) for i in range(min(n, len(ds)))) / min(n, len(ds))
-        rows.append(dict(workload=name, out_size=f"{img.shape[2]}x{img.shape[1]}", objects=round(objs, 1), threads=threads, **r))
+        total = r["ms_per_item"] + r["ms_then"]
+        rows.append(dict(workload=name, out_size=f"{img.shape[2]}x{img.shape[1]}", objects=round(objs, 1), threads=threads, items=n,
+                         ms_load=r["ms_per_item"], ms_model_input=r["ms_then"], ms_total=total, items_per_s=1e3 / total))
     return rows
 
 def format_rows(rows: list, machine: bool = True) -> str:
@@ -80,25 +87,6 @@ def roi_workload(name: str, scale: float = 1.0, seed: int = 0):
     xy = torch.rand(K, 2, generator=g) * (img_wh - wh)
     boxes = torch.cat([torch.randint(0, N, (K, 1), generator=g).float(), xy, xy + wh], 1)
     return feats, boxes, 1.0 / stride, out
-
-def _vm_kib(field: str) -> int | None:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith(field + ":"): return int(line.split()[1])
-    except OSError: return None
-    return None
-
-def peak_memory_rise(fn) -> float | None:
-    "Run `fn()` and return how far the process's peak resident memory rose above its resident memory before, in MiB (Linux)."
-    import ctypes, ctypes.util, gc
-    gc.collect()
-    try: ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)   # hand freed heap pages back, so reuse cannot hide a rise
-    except (OSError, AttributeError, TypeError): pass
-    try:
-        with open("/proc/self/clear_refs", "w") as f: f.write("5")   # reset the peak (VmHWM) to the current RSS
-    except OSError: return None
-    before = _vm_kib("VmRSS"); fn(); peak = _vm_kib("VmHWM")
-    return None if before is None or peak is None else (peak - before) / 1024
 
 def _roi_case(workload: str, impl: str, op: str, backward: bool, repeats: int, scale: float) -> dict:
     "One benchmark case: median seconds of `repeats` runs and the peak-memory rise of one run (MiB)."

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .anchors import BalancedSampler, Matcher
 from .boxes import BoxCoder, batched_nms, box_iou, clip_boxes, remove_small_boxes
+from .backbone import ResNet
 from .core import distributed_count
 
 # %% auto #0

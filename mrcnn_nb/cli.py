@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .core import UserInputError, cache_dir
+from .core import UserInputError
 
 # %% auto #0
-__all__ = ['MAIN_JOB', 'cmd_shapes', 'cmd_show', 'cmd_bench', 'default_data_root', 'cmd_train', 'cmd_eval', 'cmd_predict',
-           'cmd_configs', 'cmd_ablate', 'build_parser', 'main']
+__all__ = ['MAIN_JOB', 'cmd_shapes', 'cmd_show', 'cmd_bench', 'main_job_data', 'cmd_train', 'prediction_figure', 'cmd_eval',
+           'cmd_predict', 'cmd_configs', 'cmd_ablate', 'build_parser', 'main']
 
 # %% ../nbs/15_cli.ipynb #40b5d402
 def _instances_range(s: str):
@@ -74,62 +74,55 @@ def _key_values(pairs: list) -> dict:
         except (ValueError, SyntaxError): out[key] = raw
     return out
 
-def default_data_root(kind: str = "instances") -> Path:
-    "Where the built-in synthetic dataset is cached: `$MRCNN_NB_CACHE` or `~/.cache/mrcnn_nb`."
-    return cache_dir() / f"shapes-{kind}"
+MAIN_JOB = dict(n_train=1000, n_val=100, size=128, seed=0)   # the synthetic dataset of `mrcnn_nb train` without --data
 
-MAIN_JOB = dict(n_train=1000, n_val=100)   # the synthetic dataset of `mrcnn_nb train` without --data
+def main_job_data(kind: str = "instances", progress: bool = True) -> Path:
+    "The built-in synthetic dataset of `mrcnn_nb train` (`MAIN_JOB`), made on first use in the cache (`$MRCNN_NB_CACHE`)."
+    from mrcnn_nb.shapes import cached_shapes
+    return cached_shapes(kind, name=f"shapes-{kind}", progress=progress, **MAIN_JOB)
 
 def cmd_train(args) -> int:
     "Train a preset on a COCO-layout dataset (default: the synthetic shapes), evaluate it, write curves and figures."
+    from mrcnn_nb.model import get_config
+    from mrcnn_nb.train import train
+    name = args.config or ("TINY_KP_FPN" if args.kind == "keypoints" else "TINY_FPN")
+    overrides = _key_values(args.overrides) | {k: v for k, v in (("max_iter", args.iters), ("ims_per_batch", args.batch)) if v is not None}
+    cfg = get_config(name, **overrides)   # every key and value checked before any data is made or read
+    root = Path(args.data) if args.data else main_job_data(args.kind)
+    print(f"training {name} on {root}")
+    out = Path(args.out or f"runs/{name}")
+    s = train(cfg, root, args.train_split, args.val_split or None, out, weights=args.weights, resume=args.resume, kind=args.kind,
+              device=args.device, num_workers=args.workers, on_bad_image=args.on_bad_image, val_loss=args.val_loss,
+              adapt=[k for k in ("num_classes", "num_keypoints") if k not in overrides])   # what the user set stays
+    if s["run"].main: _report_training(s, name, out)
+    return 0
+
+def _report_training(s: dict, name: str, out: Path):
+    "Curves, summary (`metrics.json`) and predictions figure of a finished run, drawn from the model in memory; a line that says what."
     import json
     import matplotlib; matplotlib.use("Agg")
-    from mrcnn_nb.data import COCODataset
     from mrcnn_nb.evaluate import format_metrics
-    from mrcnn_nb.model import get_config
-    from mrcnn_nb.train import plot_metrics, read_metrics, train
+    from mrcnn_nb.train import plot_metrics, read_metrics
     from mrcnn_nb.viz import save_figure
-    name = args.config or ("TINY_KP_FPN" if args.kind == "keypoints" else "TINY_FPN")
-    overrides = _key_values(args.overrides)
-    if args.iters is not None: overrides["max_iter"] = args.iters
-    if args.batch is not None: overrides["ims_per_batch"] = args.batch
-    cfg = get_config(name, **overrides)   # refuse unknown presets and keys before any data is made
-    root = Path(args.data) if args.data else default_data_root(args.kind)
-    if not args.data:
-        from mrcnn_nb.shapes import make_shapes
-        if (root / "annotations").exists() and len(COCODataset(root, args.train_split, kind=args.kind)) == MAIN_JOB["n_train"]:
-            print(f"using the cached synthetic dataset in {root}")
-        else: make_shapes(root, kind=args.kind, seed=0, **MAIN_JOB)
-    ds = COCODataset(root, args.train_split, kind=args.kind)
-    from_data = {"num_classes": ds.num_classes + 1} | ({"num_keypoints": len(ds.keypoint_names)} if args.kind == "keypoints" else {})
-    cfg = cfg.replace(**{k: v for k, v in from_data.items() if k not in overrides})   # + background; what the user set stays
-    out = Path(args.out or f"runs/{name}")
-    val = args.val_split or None
-    s = train(cfg, root, args.train_split, val, out, weights=args.weights, resume=args.resume, kind=args.kind,
-              device=args.device, num_workers=args.workers, on_bad_image=args.on_bad_image, val_loss=args.val_loss)
-    if int(__import__("os").environ.get("RANK", "0")) != 0: return 0
     save_figure(plot_metrics(read_metrics(out / "metrics.jsonl")), out / "curves.png")
-    summary = {k: v for k, v in s.items() if k not in ("evaluation", "model")} | {"config": name}
+    summary = {k: v for k, v in s.items() if k not in ("evaluation", "model", "run")} | {"config": name}
     if s["evaluation"]:
         ev = s["evaluation"]
         summary["metrics"] = {t: r["stats"] for t, r in ev["metrics"].items()}
         summary["per_category_AP"] = {t: r["per_category"] for t, r in ev["metrics"].items()}
         summary |= dict(images_per_s=ev["images_per_s"], peak_mib=ev["peak_mib"])
-        _prediction_figure(out / "model_final.pth", COCODataset(root, val, kind=args.kind), out / "predictions.png")
+        save_figure(prediction_figure(s["model"], s["run"].val_set), out / "predictions.png")
         print(format_metrics(ev))
     (out / "metrics.json").write_text(json.dumps(summary, indent=1))
     skipped = len(s["skipped_images"])
     print(f"trained {s['iterations']} iterations in {s['train_seconds'] / 60:.1f} min" + (f", skipped {skipped} bad images" if skipped else "")
           + f"; wrote {out}/{{model_final.pth, last.pth, metrics.json, metrics.jsonl, curves.png" + (", predictions.png}" if s["evaluation"] else "}"))
-    return 0
 
-def _prediction_figure(checkpoint, dataset, path, n: int = 6):
-    "Ground truth beside predictions for the first `n` images of `dataset`."
+def prediction_figure(model, dataset, n: int = 6):
+    "Ground truth (top) beside the predictions (score >= 0.5) of `model` for the first `n` images of `dataset`."
     import matplotlib.pyplot as plt
     import torch
-    from mrcnn_nb.train import model_from_checkpoint
-    from mrcnn_nb.viz import draw_instances, save_figure
-    model, cfg, names = model_from_checkpoint(checkpoint)
+    from mrcnn_nb.viz import draw_instances
     model = model.for_inference()
     n = min(n, len(dataset))
     fig, axs = plt.subplots(2, n, figsize=(1.6 * n, 3.4), squeeze=False)
@@ -141,7 +134,7 @@ def _prediction_figure(checkpoint, dataset, path, n: int = 6):
         draw_instances(axs[1, j], img, {k: (v[:, 0] if k == "masks" else v) for k, v in p.items()}, dataset.class_names, skeleton,
                        score_thresh=0.5, title="prediction" if j == 0 else None)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 def cmd_eval(args) -> int:
     "COCO evaluation of a checkpoint on a dataset split."

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['UserInputError', 'seed_everything', 'get_device', 'log_tensor', 'Timer', 'atomic_write', 'load_torch_file',
-           'load_state_dict_file', 'load_weights', 'in_test', 'cache_dir', 'distributed_count', 'use_cuda_simulator']
+__all__ = ['UserInputError', 'seed_everything', 'get_device', 'log_tensor', 'Timer', 'peak_memory_rise', 'atomic_write',
+           'load_torch_file', 'load_state_dict_file', 'load_weights', 'in_test', 'cache_dir', 'distributed_count',
+           'use_cuda_simulator']
 
 # %% ../nbs/00_core.ipynb #24e13f04
 class UserInputError(ValueError):
@@ -79,6 +80,26 @@ class Timer:
     @property
     def mean(self) -> float: return self.total / max(self.count, 1)
     def __repr__(self): return f"Timer({self.name!r}: {self.count} runs, mean {self.mean * 1e3:.2f} ms)"
+
+# %% ../nbs/00_core.ipynb #5c619de5
+def _vm_kib(field: str) -> int | None:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"): return int(line.split()[1])
+    except OSError: return None
+    return None
+
+def peak_memory_rise(fn) -> float | None:
+    "Run `fn()` and return how far the process's peak resident memory rose above its resident memory before, in MiB (Linux)."
+    import ctypes, ctypes.util, gc
+    gc.collect()
+    try: ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)   # hand freed heap pages back, so reuse cannot hide a rise
+    except (OSError, AttributeError, TypeError): pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f: f.write("5")   # reset the peak (VmHWM) to the current RSS
+    except OSError: return None
+    before = _vm_kib("VmRSS"); fn(); peak = _vm_kib("VmHWM")
+    return None if before is None or peak is None else (peak - before) / 1024
 
 # %% ../nbs/00_core.ipynb #c5fdcc45
 def _default_file_mode() -> int:

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
 from pycocotools import mask as mask_utils
 from torch import Tensor
 from PIL import Image, UnidentifiedImageError
@@ -23,11 +21,10 @@ from PIL import Image, UnidentifiedImageError
 from .core import UserInputError
 
 # %% auto #0
-__all__ = ['ANNOTATION_PREFIX', 'PIXEL_STATS', 'annotation_file', 'load_coco_json', 'segmentation_to_rle',
-           'compressed_rle_counts', 'check_polygons', 'decode_rles', 'CategoryMap', 'keypoint_flip_indices',
-           'read_image', 'COCODataset', 'Compose', 'resized_hw', 'ResizeShortestEdge', 'RandomHorizontalFlip',
-           'AddProposals', 'normalize_image', 'Normalize', 'build_transforms', 'ImageBatch', 'pad_images', 'collate',
-           'aspect_ratio_groups', 'GroupedBatchSampler']
+__all__ = ['ANNOTATION_PREFIX', 'annotation_file', 'load_coco_json', 'segmentation_to_rle', 'compressed_rle_counts',
+           'check_polygons', 'decode_rles', 'CategoryMap', 'keypoint_flip_indices', 'read_image', 'COCODataset',
+           'Compose', 'RandomHorizontalFlip', 'AddProposals', 'ImageBatch', 'pad_images', 'aspect_ratio_groups',
+           'GroupedBatchSampler']
 
 # %% ../nbs/02_data.ipynb #751a7539
 ANNOTATION_PREFIX = {"instances": "instances", "keypoints": "person_keypoints"}
@@ -313,32 +310,6 @@ class Compose:
         return image, target
     def __repr__(self): return "Compose(\n" + "".join(f"  {t!r},\n" for t in self.transforms) + ")"
 
-def resized_hw(h: int, w: int, scale: int, max_size: int) -> tuple[int, int]:
-    "Size (h, w) with the shorter side `scale` unless the longer side would exceed `max_size`."
-    f = min(scale / min(h, w), max_size / max(h, w))
-    return max(1, round(h * f)), max(1, round(w * f))
-
-class ResizeShortestEdge:
-    "Resize so the shorter side is one of `scales` (chosen at random) and the longer is at most `max_size`."
-    def __init__(self, scales=(800,), max_size: int = 1333):
-        self.scales, self.max_size = tuple(int(s) for s in np.atleast_1d(scales)), int(max_size)
-    def __call__(self, image, target):
-        scale = self.scales[torch.randint(len(self.scales), ()).item()] if len(self.scales) > 1 else self.scales[0]
-        h, w = image.shape[-2:]
-        nh, nw = resized_hw(h, w, scale, self.max_size)
-        if (nh, nw) == (h, w): return image, target
-        image = TF.resize(image, [nh, nw], antialias=True)
-        t = dict(target); sx, sy = nw / w, nh / h
-        for key in ("boxes", "proposals"):
-            if key in t: t[key] = target[key] * torch.tensor([sx, sy, sx, sy])
-        if "masks" in t and len(t["masks"]): t["masks"] = F.interpolate(t["masks"][None], size=(nh, nw), mode="nearest")[0]
-        elif "masks" in t: t["masks"] = t["masks"].new_zeros(0, nh, nw)
-        if "keypoints" in t:
-            k = t["keypoints"].clone(); k[..., 0] *= sx; k[..., 1] *= sy; t["keypoints"] = k
-        t["size"] = torch.tensor([nh, nw])
-        return image, t
-    def __repr__(self): return f"ResizeShortestEdge(scales={self.scales}, max_size={self.max_size})"
-
 class RandomHorizontalFlip:
     "Flip image, boxes (and given proposals), masks and keypoints (swapping left/right with `keypoint_flip`) with probability `p`."
     def __init__(self, p: float = 0.5, keypoint_flip=None): self.p, self.keypoint_flip = p, keypoint_flip
@@ -367,37 +338,6 @@ class AddProposals:
         return image, dict(target, proposals=self.table[target["image_id"]].float())
     def __repr__(self): return f"AddProposals({len(self.table)} images)"
 
-# %% ../nbs/02_data.ipynb #800bceb3
-PIXEL_STATS = {  # (channel order, mean, std) on 0-255 pixels
-    "pytorch": ("RGB", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
-    "caffe": ("BGR", (103.53, 116.28, 123.675), (1.0, 1.0, 1.0)),
-}
-
-def normalize_image(image: Tensor, style: str = "pytorch") -> Tensor:
-    "uint8 RGB (…, 3, H, W) to a float32 normalized tensor in `style`'s channel order."
-    if style not in PIXEL_STATS: raise UserInputError(f"unknown normalization {style!r}; choose from {sorted(PIXEL_STATS)}")
-    order, mean, std = PIXEL_STATS[style]
-    x = image.float()
-    if order == "BGR": x = x.flip(-3)
-    mean, std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
-    return (x - mean) / std
-
-class Normalize:
-    "Transform: `normalize_image` on the image, target unchanged."
-    def __init__(self, style: str = "pytorch"): normalize_image(torch.zeros(3, 1, 1, dtype=torch.uint8), style); self.style = style
-    def __call__(self, image, target): return normalize_image(image, self.style), target
-    def __repr__(self): return f"Normalize(style={self.style!r})"
-
-# %% ../nbs/02_data.ipynb #32284a00
-def build_transforms(train: bool, scales=(800,), max_size: int = 1333, flip_prob: float = 0.5,
-                     keypoint_flip=None, normalize: str | None = None) -> Compose:
-    "Resize (random scale from `scales` in training, the largest at test), flip in training, optional normalization."
-    scales = tuple(np.atleast_1d(scales).tolist())
-    ts = [ResizeShortestEdge(scales if train else (max(scales),), max_size)]
-    if train and flip_prob > 0: ts.append(RandomHorizontalFlip(flip_prob, keypoint_flip))
-    if normalize: ts.append(Normalize(normalize))
-    return Compose(ts)
-
 # %% ../nbs/02_data.ipynb #6fcd1bee
 @dataclass
 class ImageBatch:
@@ -420,10 +360,6 @@ def pad_images(images: list, size_divisibility: int = 32, pad_value: float = 0.0
     for i, im in enumerate(images): out[i, :, :im.shape[1], :im.shape[2]].copy_(im)
     return ImageBatch(out, [tuple(im.shape[1:]) for im in images])
 
-def collate(batch: list, size_divisibility: int = 32):
-    "DataLoader `collate_fn`: `(ImageBatch, [target, ...])` from `[(image, target), ...]`."
-    images, targets = zip(*batch)
-    return pad_images(list(images), size_divisibility), list(targets)
 
 # %% ../nbs/02_data.ipynb #ec7a13ae
 def aspect_ratio_groups(sizes: list) -> list:

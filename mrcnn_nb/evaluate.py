@@ -14,7 +14,7 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
-from .core import UserInputError
+from .core import UserInputError, peak_memory_rise
 from .data import COCODataset
 
 # %% auto #0
@@ -123,7 +123,6 @@ def coco_evaluate(coco_gt, results: dict, iou_types=("bbox", "segm"), oks_sigmas
 def evaluate(model, dataset: COCODataset, batch_size: int = 2, progress: bool = True, cat_ids: list | None = None) -> dict:
     """COCOeval of `model` on `dataset`, with inference images/s and peak memory; `{'metrics', 'images_per_s', 'peak_mib', 'results'}`.
     `cat_ids[l - 1]` is the category of label `l` (default: the dataset's; torchvision's COCO models use `range(1, 91)`)."""
-    from mrcnn_nb.bench import peak_memory_rise
     fast = model.for_inference() if hasattr(model, "for_inference") else model
     device = next(fast.parameters()).device
     if device.type == "cuda": torch.cuda.reset_peak_memory_stats(device)

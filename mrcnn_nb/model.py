@@ -6,7 +6,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import types
 from dataclasses import dataclass, field, fields
+from typing import Literal, Union, get_args, get_origin, get_type_hints
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +17,7 @@ from torch import Tensor, nn
 
 from .anchors import AnchorGenerator
 from .backbone import FPNBackbone, ResNet, SingleLevelBackbone, fold_frozen_bn, freeze_trunk, RESNET_BLOCKS
-from .box_head import BoxBranch, FastRCNNPredictor, Res5Head, TwoMLPHead
+from .box_head import BoxBranch, FastRCNNPredictor, Res5Head, TwoMLPHead, res5_head
 from .core import UserInputError, load_state_dict_file, load_weights
 from .data import ImageBatch, pad_images
 from .keypoint_head import KeypointBranch, KeypointHead, KeypointPredictor
@@ -23,8 +26,8 @@ from .poolers import MultiScaleRoIPool
 from .rpn import RPN, GivenProposals, RPNHead
 
 # %% auto #0
-__all__ = ['PRESETS', 'Config', 'get_config', 'Transform', 'check_images', 'MaskRCNN', 'SharedRes5', 'build_model',
-           'torchvision_to_ours', 'load_torchvision_weights', 'torchvision_model']
+__all__ = ['PRESETS', 'Config', 'check_config', 'get_config', 'rescale_target', 'Transform', 'check_images', 'MaskRCNN',
+           'SharedRes5', 'build_model', 'torchvision_to_ours', 'load_torchvision_weights', 'torchvision_model']
 
 # %% ../nbs/11_model.ipynb #66fa947a
 @dataclass
@@ -39,15 +42,15 @@ class Config:
     width_per_group: int = 64          # ResNeXt bottleneck width (8 for X-101-32x8d)
     stem_width: int = 64               # channels of the 7x7 stem (64 in ResNets; smaller for CPU presets)
     base_planes: int = 64              # bottleneck planes of the first stage (64 in ResNets)
-    norm: str = "frozen_bn"            # 'frozen_bn' (the paper), 'bn' or 'gn'
+    norm: Literal["frozen_bn", "bn", "gn"] = "frozen_bn"  # 'frozen_bn' (the paper), 'bn' or 'gn'
     stride_in_1x1: bool = False        # MSRA/Detectron ResNets stride the 1x1; torchvision's (default) the 3x3
     trainable_layers: int = 3          # top trunk stages that train; the paper freezes the stem and stage 1
-    features: str = "FPN"              # 'C4' (stride 16, res5 head), 'C5' (stride 32, Table 2d) or 'FPN'
+    features: Literal["FPN", "C4", "C5"] = "FPN"  # 'C4' (stride 16, res5 head), 'C5' (stride 32, Table 2d) or 'FPN'
     fpn_channels: int = 256            # channels of every FPN level
     # input (§3.1: shorter side 800, longer at most 1333)
     min_size: tuple = (800,)           # shorter-side sizes; training picks one at random, test uses the last
     max_size: int = 1333               # cap on the longer side
-    pixel_norm: str = "pytorch"        # 'pytorch' (torchvision weights) or 'caffe' (MSRA weights)
+    pixel_norm: Literal["pytorch", "caffe"] = "pytorch"  # 'pytorch' (torchvision weights) or 'caffe' (MSRA weights)
     size_divisibility: int = 32        # batches are padded to a multiple of this
     channels_last: bool = True         # run the convolutions on channels-last tensors (faster on CPUs; our RoI kernels read them without copies)
     # RPN (§3.1; FPN: one anchor scale per level, C4/C5: all scales on one map)
@@ -58,13 +61,13 @@ class Config:
     rpn_nms: float = 0.7
     rpn_batch_size: int = 256
     rpn_positive_fraction: float = 0.5
-    rpn: str = "joint"                 # 'joint': the RPN shares the backbone and trains with the heads (§3.1); 'separate': no RPN, the
+    rpn: Literal["joint", "separate", "only"] = "joint"  # 'joint': the RPN shares the backbone and trains with the heads (§3.1); 'separate': no RPN, the
                                        # heads take fixed proposals given with each image (§4.2's ablations); 'only': the RPN alone
     # RoI layers (§3 "RoIAlign"; Tables 2c, 2d, 6): 'align', 'pool' or 'warp' for each head
-    box_roi: str = "align"
-    mask_roi: str = "align"
-    keypoint_roi: str = "align"
-    roi_mode: str = "avg"              # aggregation of 'align' and 'warp': 'avg' or 'max'
+    box_roi: Literal["align", "pool", "warp"] = "align"
+    mask_roi: Literal["align", "pool", "warp"] = "align"
+    keypoint_roi: Literal["align", "pool", "warp"] = "align"
+    roi_mode: Literal["avg", "max"] = "avg"  # aggregation of 'align' and 'warp': 'avg' or 'max'
     roi_sampling_ratio: int = 2        # samples per bin side (the paper: 4 points per bin)
     roi_aligned: bool = False          # half-pixel offset in RoIAlign and exact mask pasting; False as torchvision's weights (True is more exact)
     # box branch (§3.1)
@@ -77,11 +80,11 @@ class Config:
     detections_per_img: int = 100
     # mask branch (§3 "Mask Representation"; Tables 2b, 2e)
     mask: bool = True                  # False: Faster R-CNN (Table 3)
-    mask_head: str = "fcn"             # 'fcn' (4 convs), 'mlp2' (fc 1024-1024) or 'mlp3' (fc 1024-1024-1024) -- Table 2e
+    mask_head: Literal["fcn", "mlp2", "mlp3"] = "fcn"  # 'fcn' (4 convs), 'mlp2' (fc 1024-1024) or 'mlp3' (fc 1024-1024-1024) -- Table 2e
     mask_resolution: int = 14          # pooled size; masks come out at twice this (28; C4: 14)
     mask_convs: int = 4
     mask_dim: int = 256
-    mask_loss: str = "sigmoid"         # 'sigmoid' (the paper) or 'softmax' (multinomial, Table 2b)
+    mask_loss: Literal["sigmoid", "softmax"] = "sigmoid"  # 'sigmoid' (the paper) or 'softmax' (multinomial, Table 2b)
     mask_agnostic: bool = False        # one mask for all classes (§4.2)
     mask_threshold: float | None = 0.5  # pasted masks binarized at this probability (§3.1, inference: 0.5); None keeps probabilities (torchvision's output)
     # keypoint branch (§5)
@@ -100,11 +103,13 @@ class Config:
     lr_gamma: float = 0.1
     warmup_iters: int = 1000           # linear warmup from warmup_factor x lr (not in the paper; Detectron, torchvision)
     warmup_factor: float = 0.001
-    amp: str | None = None             # mixed precision: None, 'bf16' (CPU or GPU) or 'fp16' (GPU)
+    amp: Literal["bf16", "fp16"] | None = None  # mixed precision: None, 'bf16' (CPU or GPU) or 'fp16' (GPU)
     clip_grad_norm: float | None = None  # clip the gradients' global norm (not in the paper)
     checkpoint_period: int = 5000      # iterations between checkpoints (and one at the end)
     eval_period: int = 0               # iterations between evaluations on the validation split (0: only at the end)
     seed: int = 0
+
+    def __post_init__(self): check_config(self)
 
     def replace(self, **changes) -> "Config":
         "A copy with `changes`; unknown keys are refused with the list of valid ones."
@@ -112,6 +117,35 @@ class Config:
         bad = sorted(set(changes) - valid)
         if bad: raise UserInputError(f"unknown config key(s) {bad}; valid keys: {sorted(valid)}")
         return dataclasses.replace(self, **changes)
+
+# %% ../nbs/11_model.ipynb #11fb6bc3
+@functools.cache
+def _field_types() -> dict: return get_type_hints(Config)
+
+def _allowed(value, hint) -> tuple:
+    "(whether `value` fits type `hint`, the type in words) for the types of `Config`'s fields."
+    origin = get_origin(hint)
+    if origin is Literal: return value in get_args(hint), "one of " + ", ".join(map(repr, get_args(hint)))
+    if origin in (Union, types.UnionType):
+        checks = [_allowed(value, h) for h in get_args(hint)]
+        return any(ok for ok, _ in checks), " or ".join(w for _, w in checks)
+    if hint is type(None): return value is None, "None"
+    if hint is bool: return isinstance(value, bool), "True or False"
+    if hint is int: return isinstance(value, int) and not isinstance(value, bool), "an integer"
+    if hint is float: return isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    if hint is tuple: return isinstance(value, tuple), "a tuple, e.g. (1, 2)"
+    return isinstance(value, hint), hint.__name__
+
+def check_config(cfg: Config) -> None:
+    "Refuse a field whose value is not of its type (or not one of its choices), naming the key, the value and what it may be."
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, list): value = tuple(value); setattr(cfg, f.name, value)
+        ok, want = _allowed(value, _field_types()[f.name])
+        if not ok: raise UserInputError(f"config {f.name}={value!r}: expected {want}")
+    if cfg.num_classes < 2: raise UserInputError(f"config num_classes={cfg.num_classes}: expected at least 2 (the background counts too)")
+    if cfg.blocks is None and not RESNET_BLOCKS.get(cfg.depth):
+        raise UserInputError(f"config depth={cfg.depth}: expected one of {[d for d, b in RESNET_BLOCKS.items() if b]}, or blocks per stage")
 
 # %% ../nbs/11_model.ipynb #43505d97
 _TINY = dict(blocks=(1, 1, 1, 1), stem_width=16, base_planes=16, fpn_channels=64, min_size=(128,), max_size=224,
@@ -145,7 +179,19 @@ def get_config(name: str, **changes) -> Config:
     return PRESETS[name].replace(**changes)
 
 # %% ../nbs/11_model.ipynb #6d6e90b9
-_MEAN_STD = {"pytorch": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False), "caffe": ((0.40788, 0.45603, 0.48501), (1 / 255,) * 3, True)}
+_MEAN_STD = {"pytorch": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False),                # RGB, 0-1 (torchvision)
+             "caffe": ((103.53 / 255, 116.28 / 255, 123.675 / 255), (1 / 255,) * 3, True)}   # BGR, 0-255, mean only (MSRA, detectron2)
+
+def rescale_target(target: dict, size, new_size) -> dict:
+    "A copy of `target` with its boxes, proposals and keypoints moved from an image of `size` (h, w) to one of `new_size`."
+    f32 = lambda v: torch.tensor(v, dtype=torch.float32)
+    ry, rx = f32(new_size[0]) / f32(size[0]), f32(new_size[1]) / f32(size[1])
+    t = dict(target)
+    for key in ("boxes", "proposals"):   # proposals: given with the image, from a separately trained RPN
+        if key in t: t[key] = t[key] * torch.stack([rx, ry, rx, ry]).to(t[key])
+    if "keypoints" in t:
+        k = t["keypoints"].clone(); k[..., 0] *= rx.to(k); k[..., 1] *= ry.to(k); t["keypoints"] = k
+    return t
 
 class Transform(nn.Module):
     "Normalize, resize (shorter side to `min_size`, longer at most `max_size`) and pad a list of images and their targets."
@@ -168,15 +214,9 @@ class Transform(nn.Module):
         scale = min(size / min(h, w), self.max_size / max(h, w))
         image = F.interpolate(image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False)[0]
         if target is None: return image, None
-        t = dict(target)
-        nh, nw = image.shape[-2:]
-        ry, rx = torch.tensor(nh, dtype=torch.float32) / torch.tensor(h, dtype=torch.float32), torch.tensor(nw, dtype=torch.float32) / torch.tensor(w, dtype=torch.float32)
-        for key in ("boxes", "proposals"):   # proposals: given with the image, from a separately trained RPN
-            if key in t: t[key] = target[key] * torch.stack([rx, ry, rx, ry]).to(target[key])
+        t = rescale_target(target, (h, w), image.shape[-2:])
         if "masks" in t:
             t["masks"] = F.interpolate(t["masks"][:, None].float(), scale_factor=scale, recompute_scale_factor=True)[:, 0].byte()
-        if "keypoints" in t:
-            k = t["keypoints"].clone(); k[..., 0] *= rx; k[..., 1] *= ry; t["keypoints"] = k
         return image, t
 
     def forward(self, images: list, targets: list | None = None):
@@ -190,12 +230,9 @@ class Transform(nn.Module):
 
     def postprocess(self, detections: list, image_sizes: list, original_sizes: list) -> list:
         "Boxes, masks (uint8 0/1, or probabilities when `mask_threshold` is None) and keypoints in the original image's pixels."
-        for d, (h, w), (oh, ow) in zip(detections, image_sizes, original_sizes):
-            ry, rx = torch.tensor(oh, dtype=torch.float32) / torch.tensor(h, dtype=torch.float32), torch.tensor(ow, dtype=torch.float32) / torch.tensor(w, dtype=torch.float32)
-            d["boxes"] = d["boxes"] * torch.stack([rx, ry, rx, ry]).to(d["boxes"])
+        for d, size, (oh, ow) in zip(detections, image_sizes, original_sizes):
+            d.update(rescale_target(d, size, (oh, ow)))
             if "masks" in d: d["masks"] = paste_masks(d["masks"], d["boxes"], oh, ow, threshold=self.mask_threshold, aligned=self.paste_aligned)
-            if "keypoints" in d:
-                k = d["keypoints"].clone(); k[..., 0] *= rx.to(k); k[..., 1] *= ry.to(k); d["keypoints"] = k
         return detections
 
     def extra_repr(self): return f"min_size={self.min_size}, max_size={self.max_size}, pixel_norm={self.pixel_norm!r}, mask_threshold={self.mask_threshold}"
@@ -290,12 +327,7 @@ def _rpn(cfg: Config, channels: int, anchors: AnchorGenerator) -> nn.Module:
 
 def build_model(cfg: Config) -> MaskRCNN:
     "Build the Mask R-CNN described by `cfg`."
-    if cfg.features not in ("C4", "C5", "FPN"): raise UserInputError(f"unknown features {cfg.features!r}; choose from ['C4', 'C5', 'FPN']")
-    if cfg.num_classes < 2: raise UserInputError(f"num_classes counts the background too and must be at least 2, got {cfg.num_classes}")
-    if cfg.mask_head not in ("fcn", "mlp2", "mlp3"): raise UserInputError(f"unknown mask_head {cfg.mask_head!r}; choose from ['fcn', 'mlp2', 'mlp3']")
-    if cfg.rpn not in ("joint", "separate", "only"): raise UserInputError(f"unknown rpn {cfg.rpn!r}; choose from ['joint', 'only', 'separate']")
-    blocks = cfg.blocks or RESNET_BLOCKS.get(cfg.depth)
-    if blocks is None: raise UserInputError(f"unsupported depth {cfg.depth}; choose from [50, 101, 152] or set blocks")
+    blocks = cfg.blocks or RESNET_BLOCKS[cfg.depth]
     trunk = dict(blocks=tuple(blocks), groups=cfg.groups, width_per_group=cfg.width_per_group, stem_width=cfg.stem_width,
                  base_planes=cfg.base_planes, norm=cfg.norm, stride_in_1x1=cfg.stride_in_1x1)
     K = cfg.num_classes
@@ -313,8 +345,7 @@ def build_model(cfg: Config) -> MaskRCNN:
     transform = Transform(cfg.min_size, cfg.max_size, cfg.pixel_norm, cfg.size_divisibility, cfg.mask_threshold, paste_aligned=cfg.roi_aligned)
     if cfg.rpn == "only": return MaskRCNN(transform, backbone, rpn, None, num_classes=K, channels_last=cfg.channels_last)
     if cfg.features == "C4":
-        layer4 = ResNet(**trunk).layer4
-        box_head = Res5Head(layer4, layer4[-1].conv3.out_channels)
+        box_head = res5_head(**trunk)
     else:
         box_head = TwoMLPHead(C, cfg.box_resolution, cfg.box_head_dim)
     box = BoxBranch(_pooler(cfg, roi_strides, cfg.box_resolution, cfg.box_roi), box_head, FastRCNNPredictor(box_head.out_features, K),

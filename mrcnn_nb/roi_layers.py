@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from matplotlib.patches import Rectangle
 from torch import Tensor
 
 # %% auto #0
@@ -26,6 +25,7 @@ def round_half_away(x: Tensor) -> Tensor:
 def draw_roi_geometry(ax, roi, stride: float = 16.0, output_size: int = 2, sampling_ratio: int = 2,
                       grid_cells: int | None = None, show_pool: bool = True, show_align: bool = True, show_warp: bool = False):
     "Draw a feature grid (cells of `stride` px), an RoI (x1, y1, x2, y2 in px) and the bins / sample points of the layers."
+    from matplotlib.patches import Rectangle   # here, not at the top: importing the layers does not import matplotlib
     x1, y1, x2, y2 = [float(v) / stride for v in roi]   # continuous feature coordinates: cell j spans [j, j+1)
     n = grid_cells or int(np.ceil(max(x2, y2))) + 2
     for k in range(n + 1):

@@ -5,6 +5,7 @@
 # %% ../nbs/02a_shapes.ipynb #86add595
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -14,12 +15,12 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
-from .core import UserInputError, atomic_write
+from .core import UserInputError, atomic_write, cache_dir
 
 # %% auto #0
 __all__ = ['SHAPE_CLASSES', 'KEYPOINT_NAMES', 'SKELETON', 'OKS_SIGMAS', 'shape_polygons', 'place_polygon', 'rasterize_polygons',
            'textured_background', 'render_instances', 'stick_figure', 'figure_mask', 'render_keypoints', 'parse_size',
-           'make_shapes']
+           'make_shapes', 'cached_shapes']
 
 # %% ../nbs/02a_shapes.ipynb #599a4747
 SHAPE_CLASSES = ["circle", "square", "triangle", "ring", "cross", "star", "crescent"]
@@ -270,3 +271,21 @@ def make_shapes(out, kind: str = "instances", n_train: int = 400, n_val: int = 1
                     licenses=[], images=images, annotations=anns, categories=cats)
         with atomic_write(out / "annotations" / f"{prefix}_{split}.json") as f: json.dump(data, f)
     return out
+
+# %% ../nbs/02a_shapes.ipynb #2e79fc0b
+def cached_shapes(kind: str = "instances", root=None, name: str = "shapes", stamp: str = "shapes.json", progress: bool = True,
+                  **spec) -> Path:
+    """The dataset `make_shapes(kind=kind, **spec)` under `root` (default: the cache, `<name>-<hash of the spec>`), generated on
+    first use; a folder holding another dataset, or something else, is refused."""
+    want = dict(spec, kind=kind)
+    tag = hashlib.sha1(json.dumps(want, sort_keys=True).encode()).hexdigest()[:8]
+    root = Path(root) if root else cache_dir() / f"{name}-{tag}"
+    if (root / stamp).exists():
+        have = json.loads((root / stamp).read_text())
+        if have != want: raise UserInputError(f"{root} holds a different dataset ({have}); expected {want}: remove the folder or pass another root")
+        return root
+    if root.exists() and any(root.iterdir()):
+        raise UserInputError(f"{root} exists and is not a generated dataset (no {stamp}): remove it or pass another root")
+    make_shapes(root, kind=kind, progress=progress, **spec)
+    with atomic_write(root / stamp) as f: json.dump(want, f)
+    return root

@@ -11,7 +11,7 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,9 @@ from .model import Config, MaskRCNN, build_model, load_weights
 __all__ = ['SCHEDULES', 'with_schedule', 'lr_for', 'WarmupMultiStepLR', 'build_optimizer', 'TrainingBatches', 'SeededItems',
            'BadItem', 'collate_lists', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint',
            'config_from_checkpoint', 'model_from_checkpoint', 'setup_distributed', 'read_metrics', 'truncate_metrics',
-           'plot_metrics', 'load_initial_weights', 'train', 'validation_loss']
+           'plot_metrics', 'load_splits', 'fit_config', 'Run', 'load_initial_weights', 'prepare_run', 'resume_run',
+           'training_loader', 'train_step', 'LogMetrics', 'SaveCheckpoints', 'validation_loss', 'evaluate_run',
+           'EvaluateEvery', 'fit', 'train']
 
 # %% ../nbs/12_train.ipynb #3243e43c
 SCHEDULES = {
@@ -229,18 +231,71 @@ def plot_metrics(records: list, size=(7.5, 2.6)):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/12_train.ipynb #4bb36ddc
+# %% ../nbs/12_train.ipynb #88c13b92
+def _given_proposals(cfg: Config, proposals: dict | None, splits: list) -> list:
+    "`AddProposals` for each of `splits` when the model has no RPN (`cfg.rpn='separate'`), else []."
+    if cfg.rpn != "separate":
+        if proposals is not None: raise UserInputError(f"proposals were given but the config's rpn is {cfg.rpn!r}: only rpn='separate' takes them")
+        return []
+    missing = [s for s in splits if s not in (proposals or {})]
+    if missing: raise UserInputError(f"rpn='separate' trains on fixed proposals: pass proposals={{split: {{image_id: boxes}}}} for split(s) {missing}")
+    return [AddProposals(proposals[s], f"the proposals of split {s!r}") for s in splits]
+
+def load_splits(cfg: Config, data_root, train_split: str = "train", val_split: str | None = "val", kind: str = "instances",
+                proposals: dict | None = None, read_val: bool = True) -> tuple:
+    "(training set, validation set or None), each annotation file read once; the training images flip."
+    given = _given_proposals(cfg, proposals, [train_split] + ([val_split] if val_split else []))
+    train_set = COCODataset(data_root, train_split, kind=kind, skip_empty=True)
+    train_set.transforms = Compose(given[:1] + [RandomHorizontalFlip(0.5, train_set.keypoint_flip)])
+    val_set = COCODataset(data_root, val_split, kind=kind, transforms=(given[1:] or [None])[0]) if val_split and read_val else None
+    return train_set, val_set
+
+# %% ../nbs/12_train.ipynb #c69fce36
+def fit_config(cfg: Config, dataset, adapt=()) -> Config:
+    "`cfg` agreeing with `dataset`: keys in `adapt` ('num_classes', 'num_keypoints') are taken from it; other disagreements refused."
+    data = {"num_classes": dataset.num_classes + 1} | ({"num_keypoints": len(dataset.keypoint_names)} if cfg.keypoints else {})
+    cfg = cfg.replace(**{k: v for k, v in data.items() if k in adapt})
+    if cfg.num_classes != data["num_classes"]:
+        raise UserInputError(f"{dataset.ann_file}: {dataset.num_classes} categories + background = {data['num_classes']} classes, "
+                             f"but the config says num_classes={cfg.num_classes} (pass num_classes={data['num_classes']})")
+    if cfg.keypoints and cfg.num_keypoints != data["num_keypoints"]:
+        raise UserInputError(f"{dataset.ann_file}: {data['num_keypoints']} keypoints, config num_keypoints={cfg.num_keypoints}")
+    return cfg
+
+# %% ../nbs/12_train.ipynb #52a9f797
+@dataclass
+class Run:
+    "A training run made ready by `prepare_run`: config (agreeing with the data), data, model, optimizer, schedule, start."
+    cfg: Config
+    train_set: COCODataset
+    val_set: COCODataset | None
+    model: MaskRCNN
+    optimizer: torch.optim.Optimizer
+    scheduler: WarmupMultiStepLR
+    out_dir: Path
+    start: int = 0
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+    net: nn.Module | None = None   # the model as trained: wrapped in DistributedDataParallel when world > 1
+
+    @property
+    def main(self) -> bool: return self.rank == 0
+
+# %% ../nbs/12_train.ipynb #d548ddf4
 def _autocast(cfg: Config, device: torch.device):
+    "The mixed-precision context of `cfg.amp` on `device` (none when None); refuses fp16 without CUDA."
     if cfg.amp is None: return nullcontext()
-    if cfg.amp not in ("bf16", "fp16"): raise UserInputError(f"amp must be None, 'bf16' or 'fp16', got {cfg.amp!r}")
     if cfg.amp == "fp16" and device.type != "cuda": raise UserInputError("amp='fp16' needs a CUDA device; use 'bf16' on CPU")
     return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
 
 def _to(x, device):
+    "Tensors (and dicts of them) moved to `device`."
     if isinstance(x, torch.Tensor): return x.to(device, non_blocking=True)
     if isinstance(x, dict): return {k: _to(v, device) for k, v in x.items()}
     return x
 
+# %% ../nbs/12_train.ipynb #a5575896
 def load_initial_weights(model: MaskRCNN, cfg: Config, path) -> str:
     "Start from `path`: an mrcnn_nb checkpoint, torchvision Mask/Keypoint R-CNN weights, or an ImageNet ResNet; returns which."
     from mrcnn_nb.backbone import load_imagenet_weights
@@ -254,119 +309,98 @@ def load_initial_weights(model: MaskRCNN, cfg: Config, path) -> str:
     load_imagenet_weights(model.backbone.body, sd, res5=model.box.head.layer4 if cfg.features == "C4" and model.box is not None else None)
     return "imagenet backbone"
 
-def _given_proposals(cfg: Config, proposals: dict | None, splits: list) -> list:
-    "`AddProposals` for each of `splits` when the model has no RPN (`cfg.rpn='separate'`), else []."
-    if cfg.rpn != "separate":
-        if proposals is not None: raise UserInputError(f"proposals were given but the config's rpn is {cfg.rpn!r}: only rpn='separate' takes them")
-        return []
-    missing = [s for s in splits if s not in (proposals or {})]
-    if missing: raise UserInputError(f"rpn='separate' trains on fixed proposals: pass proposals={{split: {{image_id: boxes}}}} for split(s) {missing}")
-    return [AddProposals(proposals[s], f"the proposals of split {s!r}") for s in splits]
-
-def train(cfg: Config, data_root, train_split: str = "train", val_split: str | None = "val", out_dir="runs/train",
-          weights=None, resume: bool = False, kind: str = "instances", device: str = "auto", num_workers: int = 0,
-          log_period: int = 20, on_bad_image: str = "stop", progress: bool = True, evaluate_at_end: bool = True,
-          val_loss: bool = False, proposals: dict | None = None) -> dict:
-    """Train `cfg` on `data_root` (COCO layout) for `cfg.max_iter` iterations, writing checkpoints, `metrics.jsonl` and
-    evaluations to `out_dir`; returns a summary (iterations, time, skipped images, last evaluation, the trained model).
-    A model without an RPN (`cfg.rpn='separate'`) trains and evaluates on fixed `proposals`: `{split: {image_id: (K, 4)}}`."""
-    from tqdm.auto import tqdm
+# %% ../nbs/12_train.ipynb #53f01d0c
+def prepare_run(cfg: Config, data_root, train_split: str = "train", val_split: str | None = "val", out_dir="runs/train",
+                weights=None, resume: bool = False, kind: str = "instances", device: str = "auto", proposals: dict | None = None,
+                adapt=()) -> Run:
+    "Everything a run needs, each made once: data, config fitted to it, model, optimizer, schedule, and where it starts."
     rank, world, dev = setup_distributed(device)
-    out_dir = Path(out_dir); main = rank == 0
-    if main: out_dir.mkdir(parents=True, exist_ok=True)
-    ds = COCODataset(data_root, train_split, kind=kind, skip_empty=True)
-    if ds.num_classes + 1 != cfg.num_classes:
-        raise UserInputError(f"{ds.ann_file}: {ds.num_classes} categories + background = {ds.num_classes + 1} classes, "
-                             f"but the config says num_classes={cfg.num_classes} (pass num_classes={ds.num_classes + 1})")
-    if cfg.keypoints and len(ds.keypoint_names) != cfg.num_keypoints:
-        raise UserInputError(f"{ds.ann_file}: {len(ds.keypoint_names)} keypoints, config num_keypoints={cfg.num_keypoints}")
-    given = _given_proposals(cfg, proposals, [train_split] + ([val_split] if val_split else []))
-    ds.transforms = Compose(given[:1] + [RandomHorizontalFlip(0.5, ds.keypoint_flip)])
-    val = COCODataset(data_root, val_split, kind=kind, transforms=(given[1:] or [None])[0]) if (val_split and main) else None   # read once, and checked before training
+    _autocast(cfg, dev)   # refuses fp16 without CUDA before any data is read
+    out_dir = Path(out_dir)
+    if rank == 0: out_dir.mkdir(parents=True, exist_ok=True)
+    train_set, val_set = load_splits(cfg, data_root, train_split, val_split, kind, proposals, read_val=rank == 0)
+    cfg = fit_config(cfg, train_set, adapt)
     seed_everything(cfg.seed + rank)
     model = build_model(cfg).to(dev)
     optimizer = build_optimizer(model, cfg)
     scheduler = WarmupMultiStepLR(optimizer, cfg.lr_steps, cfg.lr_gamma, cfg.warmup_iters, cfg.warmup_factor)
-    ckpt_path, start = out_dir / "last.pth", 0
-    if resume:
-        if not ckpt_path.exists(): raise UserInputError(f"{ckpt_path}: no checkpoint to resume from (train without --resume first)")
-        ck = load_checkpoint(ckpt_path)
-        old = config_from_checkpoint(ck, ckpt_path)
-        diff = {k: (getattr(old, k), getattr(cfg, k)) for k in asdict(cfg) if getattr(old, k) != getattr(cfg, k) and k != "max_iter"}
-        if diff: raise UserInputError(f"{ckpt_path}: trained with a different config; differing keys (checkpoint, now): {diff}")
-        load_weights(model, ck["model"], source=str(ckpt_path))
-        optimizer.load_state_dict(ck["optimizer"]); scheduler.load_state_dict(ck["scheduler"])
-        start = ck["iteration"]
-        if "rng" in ck and world == 1: set_rng_state(ck["rng"])
-        elif f"rng_rank{rank}" in ck: set_rng_state(ck[f"rng_rank{rank}"])
-        if main: truncate_metrics(out_dir / "metrics.jsonl", start)
+    run = Run(cfg, train_set, val_set, model, optimizer, scheduler, out_dir, 0, rank, world, dev)
+    if resume: run.start = resume_run(run)
     elif weights is not None: load_initial_weights(model, cfg, weights)
-    if cfg.channels_last: model = model.to(memory_format=torch.channels_last)
-    net = model
-    if world > 1: net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    batches = TrainingBatches(aspect_ratio_groups(ds.image_sizes()), cfg.ims_per_batch, cfg.seed, start, rank, world)
-    loader = torch.utils.data.DataLoader(SeededItems(ds, on_bad_image), batch_sampler=batches, num_workers=num_workers,
-                                         collate_fn=collate_lists, persistent_workers=num_workers > 0,
-                                         generator=torch.Generator().manual_seed(cfg.seed))   # not the global generator: resume stays exact
-    metrics_file = out_dir / "metrics.jsonl"
-    names = ds.class_names
-    summary = dict(start_iter=start, max_iter=cfg.max_iter, skipped_images=[], out_dir=str(out_dir))
-    bar = tqdm(total=cfg.max_iter, initial=start, desc="train", disable=not (progress and main), dynamic_ncols=True)
-    t_start, it, last_eval = time.perf_counter(), start, None
-    net.train()
-    data_iter = iter(loader)
-    window = []
-    try:
-        while it < cfg.max_iter:
-            t0 = time.perf_counter()
-            images, targets, bad = next(data_iter)
-            for b in bad:
-                summary["skipped_images"].append(b.reason)
-                if main: tqdm.write(f"skipped: {b.reason}")
-            if not images: continue   # every image of this batch was bad: take the next one
-            images, targets = [_to(i, dev) for i in images], [_to(t, dev) for t in targets]
-            with _autocast(cfg, dev): losses = net(images, targets)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-                kept = f"; the last checkpoint ({ckpt_path}) is intact" if ckpt_path.exists() else ""
-                raise FloatingPointError(f"loss is {loss.item()} at iteration {it} ({terms}){kept}. Lower base_lr or raise warmup_iters.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad_norm: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step(); scheduler.step(); it += 1
-            window.append({k: v.item() for k, v in losses.items()} | {"loss": loss.item(), "time": time.perf_counter() - t0})
-            if main and (it % log_period == 0 or it == cfg.max_iter):
-                rec = {"iter": it, "lr": lr} | {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-                with open(metrics_file, "a") as f: f.write(json.dumps(rec) + "\n")
-                bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.2g}")
-                window = []
-            bar.update(1)
-            if it % cfg.checkpoint_period == 0 or it == cfg.max_iter:
-                _checkpoint(ckpt_path, model, optimizer, scheduler, it, cfg, names, rank, world)
-            if val_split and cfg.eval_period and it % cfg.eval_period == 0 and it < cfg.max_iter:
-                last_eval = _periodic_eval(model, val, it, metrics_file, world, progress, val_loss)
-                net.train()
-    finally:
-        bar.close()
-    summary["train_seconds"] = time.perf_counter() - t_start
-    if main: save_checkpoint(out_dir / "model_final.pth", model, iteration=it, cfg=cfg, class_names=names)
-    if val_split and evaluate_at_end and cfg.rpn != "only":   # an RPN alone has no detections to evaluate (see proposal_recall)
-        last_eval = _periodic_eval(model, val, it, metrics_file, world, progress, val_loss)
-    summary.update(iterations=it, evaluation=last_eval, model=model)
-    return summary
+    if cfg.channels_last: model.to(memory_format=torch.channels_last)
+    run.net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None) if world > 1 else model
+    return run
 
-def _checkpoint(path, model, optimizer, scheduler, it, cfg, names, rank, world):
-    "Rank 0 writes the checkpoint, with every rank's generator states (gathered) so that a resume continues each."
-    extra = {}
-    if world > 1:
-        import torch.distributed as dist
-        states = [None] * world
-        dist.all_gather_object(states, rng_state())
-        extra = {f"rng_rank{r}": s for r, s in enumerate(states)}
-    if rank == 0: save_checkpoint(path, model, optimizer, scheduler, it, cfg, names, **extra)
+# %% ../nbs/12_train.ipynb #29783db3
+def resume_run(run: Run) -> int:
+    "Continue `run` from its `last.pth` (weights, optimizer, schedule, generators); returns the iteration to start at."
+    path = run.out_dir / "last.pth"
+    if not path.exists(): raise UserInputError(f"{path}: no checkpoint to resume from (train without --resume first)")
+    ck = load_checkpoint(path)
+    old = config_from_checkpoint(ck, path)
+    diff = {k: (getattr(old, k), getattr(run.cfg, k)) for k in asdict(run.cfg) if getattr(old, k) != getattr(run.cfg, k) and k != "max_iter"}
+    if diff: raise UserInputError(f"{path}: trained with a different config; differing keys (checkpoint, now): {diff}")
+    load_weights(run.model, ck["model"], source=str(path))
+    run.optimizer.load_state_dict(ck["optimizer"]); run.scheduler.load_state_dict(ck["scheduler"])
+    if "rng" in ck and run.world == 1: set_rng_state(ck["rng"])
+    elif f"rng_rank{run.rank}" in ck: set_rng_state(ck[f"rng_rank{run.rank}"])
+    if run.main: truncate_metrics(run.out_dir / "metrics.jsonl", ck["iteration"])
+    return ck["iteration"]
 
+# %% ../nbs/12_train.ipynb #a35e2485
+def training_loader(run: Run, num_workers: int = 0, on_bad_image: str = "stop") -> torch.utils.data.DataLoader:
+    "The endless, deterministic batches of `run` from its start iteration: lists of images and targets, and the bad items."
+    batches = TrainingBatches(aspect_ratio_groups(run.train_set.image_sizes()), run.cfg.ims_per_batch, run.cfg.seed, run.start,
+                              run.rank, run.world)
+    return torch.utils.data.DataLoader(SeededItems(run.train_set, on_bad_image), batch_sampler=batches, num_workers=num_workers,
+                                       collate_fn=collate_lists, persistent_workers=num_workers > 0,
+                                       generator=torch.Generator().manual_seed(run.cfg.seed))   # not the global generator: resume stays exact
+
+def train_step(run: Run, images: list, targets: list, it: int) -> tuple:
+    "One SGD step of `run` on a batch (iteration `it`); returns (the losses as floats, with their sum 'loss'; the learning rate)."
+    images, targets = [_to(i, run.device) for i in images], [_to(t, run.device) for t in targets]
+    with _autocast(run.cfg, run.device): losses = run.net(images, targets)
+    loss = sum(losses.values())
+    if not torch.isfinite(loss):
+        terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+        kept = f"; the last checkpoint ({run.out_dir / 'last.pth'}) is intact" if (run.out_dir / "last.pth").exists() else ""
+        raise FloatingPointError(f"loss is {loss.item()} at iteration {it} ({terms}){kept}. Lower base_lr or raise warmup_iters.")
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if run.cfg.clip_grad_norm: torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip_grad_norm)
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.optimizer.step(); run.scheduler.step()
+    return {k: v.item() for k, v in losses.items()} | {"loss": loss.item()}, lr
+
+# %% ../nbs/12_train.ipynb #54ad8e8a
+class LogMetrics:
+    "Every `period` iterations and at the last: the window's mean losses and step time, and the learning rate, to `metrics.jsonl`."
+    def __init__(self, period: int = 20, bar=None): self.period, self.bar, self.window = period, bar, []
+    def after_step(self, run: Run, it: int, lr: float, stats: dict):
+        self.window.append(stats)
+        if not (it % self.period == 0 or it == run.cfg.max_iter): return
+        rec = {"iter": it, "lr": lr} | {k: float(np.mean([w[k] for w in self.window])) for k in self.window[0]}
+        self.window = []
+        if not run.main: return
+        with open(run.out_dir / "metrics.jsonl", "a") as f: f.write(json.dumps(rec) + "\n")
+        if self.bar is not None: self.bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.2g}")
+
+# %% ../nbs/12_train.ipynb #1ae5e054
+class SaveCheckpoints:
+    "`last.pth` every `period` iterations and at the last; rank 0 writes it, with every rank's generator states."
+    def __init__(self, period: int): self.period = period
+    def after_step(self, run: Run, it: int, lr: float, stats: dict):
+        if it % self.period and it != run.cfg.max_iter: return
+        extra = {}
+        if run.world > 1:
+            import torch.distributed as dist
+            states = [None] * run.world
+            dist.all_gather_object(states, rng_state())
+            extra = {f"rng_rank{r}": s for r, s in enumerate(states)}
+        if run.main: save_checkpoint(run.out_dir / "last.pth", run.model, run.optimizer, run.scheduler, it, run.cfg,
+                                     run.train_set.class_names, **extra)
+
+# %% ../nbs/12_train.ipynb #3ede8474
 def validation_loss(model: MaskRCNN, dataset, batch_size: int = 2) -> dict:
     "The training losses on the images of `dataset` that have objects (mean per batch), without gradients; the generators are left as they were."
     was = model.training
@@ -386,18 +420,73 @@ def validation_loss(model: MaskRCNN, dataset, batch_size: int = 2) -> dict:
         model.train(was)
     return {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
 
-def _periodic_eval(model, val, it, metrics_file, world, progress, val_loss=False):
-    "Evaluate on the dataset `val` (rank 0, which alone has it; the others wait) and log the AP numbers (and the validation loss)."
+def evaluate_run(run: Run, it: int, val_loss: bool = False, progress: bool = True) -> dict | None:
+    "COCO evaluation of `run`'s model on its validation set (rank 0, which alone holds it; the others wait), logged at `it`."
     result = None
-    if val is not None:
+    if run.val_set is not None:
         from mrcnn_nb.evaluate import evaluate
-        result = evaluate(model, val, progress=progress)
+        result = evaluate(run.model, run.val_set, progress=progress)
         rec = {"iter": it} | {f"{t}_{k}": v for t, r in result["metrics"].items() for k, v in r["stats"].items()}
         if val_loss:
-            result["val_loss"] = validation_loss(model, val)
+            result["val_loss"] = validation_loss(run.model, run.val_set)
             rec |= result["val_loss"]
-        with open(metrics_file, "a") as f: f.write(json.dumps(rec) + "\n")
-    if world > 1:
+        with open(run.out_dir / "metrics.jsonl", "a") as f: f.write(json.dumps(rec) + "\n")
+    if run.world > 1:
         import torch.distributed as dist
         dist.barrier()
     return result
+
+class EvaluateEvery:
+    "`evaluate_run` every `period` iterations before the last (0: never); `last` holds the latest result."
+    def __init__(self, period: int, val_loss: bool = False, progress: bool = True):
+        self.period, self.val_loss, self.progress, self.last = period, val_loss, progress, None
+    def after_step(self, run: Run, it: int, lr: float, stats: dict):
+        if not self.period or it % self.period or it >= run.cfg.max_iter: return
+        self.last = evaluate_run(run, it, self.val_loss, self.progress)
+        run.net.train()
+
+# %% ../nbs/12_train.ipynb #afcd7653
+def fit(run: Run, hooks=(), num_workers: int = 0, on_bad_image: str = "stop", progress: bool = True) -> dict:
+    "Train `run` from its start to `cfg.max_iter`: a batch, `train_step`, each hook's `after_step`; returns what happened."
+    from tqdm.auto import tqdm
+    it, skipped = run.start, []
+    bar = tqdm(total=run.cfg.max_iter, initial=it, desc="train", disable=not (progress and run.main), dynamic_ncols=True)
+    for h in hooks:
+        if isinstance(h, LogMetrics) and h.bar is None: h.bar = bar
+    t_start = time.perf_counter()
+    run.net.train()
+    batches = iter(training_loader(run, num_workers, on_bad_image))
+    try:
+        while it < run.cfg.max_iter:
+            t0 = time.perf_counter()
+            images, targets, bad = next(batches)
+            for b in bad:
+                skipped.append(b.reason)
+                if run.main: tqdm.write(f"skipped: {b.reason}")
+            if not images: continue   # every image of this batch was bad: take the next one
+            losses, lr = train_step(run, images, targets, it)
+            it += 1
+            for h in hooks: h.after_step(run, it, lr, losses | {"time": time.perf_counter() - t0})
+            bar.update(1)
+    finally:
+        bar.close()
+    return dict(iterations=it, train_seconds=time.perf_counter() - t_start, skipped_images=skipped)
+
+# %% ../nbs/12_train.ipynb #65bd09bb
+def train(cfg: Config, data_root, train_split: str = "train", val_split: str | None = "val", out_dir="runs/train",
+          weights=None, resume: bool = False, kind: str = "instances", device: str = "auto", num_workers: int = 0,
+          log_period: int = 20, on_bad_image: str = "stop", progress: bool = True, evaluate_at_end: bool = True,
+          val_loss: bool = False, proposals: dict | None = None, adapt=()) -> dict:
+    """Train `cfg` on `data_root` (COCO layout) for `cfg.max_iter` iterations, writing checkpoints, `metrics.jsonl` and
+    evaluations to `out_dir`; returns a summary (iterations, time, skipped images, last evaluation, the trained model and run).
+    A model without an RPN (`cfg.rpn='separate'`) trains and evaluates on fixed `proposals`: `{split: {image_id: (K, 4)}}`."""
+    run = prepare_run(cfg, data_root, train_split, val_split, out_dir, weights, resume, kind, device, proposals, adapt)
+    evaluator = EvaluateEvery(run.cfg.eval_period if val_split else 0, val_loss, progress)
+    done = fit(run, [LogMetrics(log_period), SaveCheckpoints(run.cfg.checkpoint_period), evaluator], num_workers, on_bad_image, progress)
+    if run.main: save_checkpoint(run.out_dir / "model_final.pth", run.model, iteration=done["iterations"], cfg=run.cfg,
+                                 class_names=run.train_set.class_names)
+    last_eval = evaluator.last
+    if val_split and evaluate_at_end and run.cfg.rpn != "only":   # an RPN alone has no detections to evaluate (see proposal_recall)
+        last_eval = evaluate_run(run, done["iterations"], val_loss, progress)
+    return dict(start_iter=run.start, max_iter=run.cfg.max_iter, out_dir=str(run.out_dir), **done, evaluation=last_eval,
+                model=run.model, run=run)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mrcnn_nb.ablations import (PRETRAINING, PROTOCOL_VERSION, REFERENCE_ROWS, SEEDS, TABLES, VARIANTS, ablation_config, config_dict,
+from mrcnn_nb.ablations import (PRETRAINING, PROTOCOL_VERSION, REFERENCE_ROWS, SEEDS, TABLES, VARIANTS, ablation_config, config_dict, data_spec,
                                 default_store, load_runs, missing_runs, protocol_acceptance, results_markdown, rpn_config, rpn_name,
                                 rpn_path, run_path)
 from mrcnn_nb.evaluate import STAT_NAMES
@@ -42,6 +42,7 @@ def test_every_stored_run_is_complete_and_current(path):
     assert not rec["smoke"] and rec["protocol"] == PROTOCOL_VERSION, f"{path}: a smoke run, or another protocol"
     assert rec["config"] == config_dict(ablation_config(rec["variant"], rec["seed"])), \
         f"{path}: trained under another protocol (stale): rerun it with mrcnn_nb ablate"
+    assert rec["data"] == data_spec(rec["variant"]), f"{path}: trained on another dataset (stale): rerun it with mrcnn_nb ablate"
     rpn = json.loads(rpn_path(STORE, rec["variant"], rec["seed"]).read_text())
     assert rec["rpn"]["name"] == rpn_name(rec["variant"]) and rec["rpn"]["fingerprint"] == rpn["fingerprint"], \
         f"{path}: not trained on the stored RPN's proposals"
@@ -62,6 +63,7 @@ def test_every_rpn_record_is_complete_and_current(path):
     users = [v for v in VARIANTS if rpn_name(v) == rec["rpn"] == path.parent.name]
     assert users, f"{path}: no variant trains on this RPN"
     assert rec["config"] == config_dict(rpn_config(users[0], rec["seed"])) and rec["protocol"] == PROTOCOL_VERSION and not rec["smoke"]
+    assert rec["data"] == data_spec(users[0]), f"{path}: trained on another dataset (stale)"
     assert len(rec["fingerprint"]) == 64
     for split in ("train", "val"):
         r = rec["recall"][split]

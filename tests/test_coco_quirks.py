@@ -6,7 +6,8 @@ from pycocotools import mask as mask_utils
 
 from conftest import write_coco
 from mrcnn_nb.core import UserInputError
-from mrcnn_nb.data import COCODataset, RandomHorizontalFlip, ResizeShortestEdge, keypoint_flip_indices
+from mrcnn_nb.data import COCODataset, RandomHorizontalFlip, keypoint_flip_indices
+from mrcnn_nb.model import Transform
 
 H, W = 40, 60
 CATS = [dict(id=1, name="person"), dict(id=18, name="dog"), dict(id=90, name="toothbrush")]
@@ -112,7 +113,7 @@ def test_keypoints_with_visibility_and_flip(tmp_path):
     _, f = RandomHorizontalFlip(1.0, ds.keypoint_flip)(img, t)
     # left_eye (hidden) moved to the right_eye slot, mirrored; the unlabeled one stays all-zero
     assert f["keypoints"][0].tolist() == [[W - 20, 10, 2], [0, 0, 0], [W - 15, 8, 1]]
-    _, r = ResizeShortestEdge(80, 1000)(img, t)
+    _, r = Transform(min_size=(80,), max_size=1000).eval().resize(img.float(), t)
     assert r["keypoints"][0, 0].tolist() == [40, 20, 2]
 
 

@@ -1,31 +1,35 @@
-"""Transforms, batching and the grouped batch sampler on generated data."""
+"""The training input path (the dataset's flip, the model's resize and normalization), batching and the grouped batch sampler."""
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from mrcnn_nb.data import (COCODataset, GroupedBatchSampler, aspect_ratio_groups, build_transforms, collate,
-                           resized_hw)
+from mrcnn_nb.data import COCODataset, GroupedBatchSampler, RandomHorizontalFlip, aspect_ratio_groups
+from mrcnn_nb.model import Transform
 from mrcnn_nb.shapes import make_shapes
+from mrcnn_nb.train import collate_lists
 
 
 def test_training_pipeline_end_to_end(shapes_root):
-    ds = COCODataset(shapes_root, "train", transforms=build_transforms(True, scales=(160, 192), max_size=300, normalize="pytorch"),
-                     skip_empty=True)
+    ds = COCODataset(shapes_root, "train", transforms=RandomHorizontalFlip(0.5), skip_empty=True)
     sampler = GroupedBatchSampler(RandomSampler(ds, generator=torch.Generator().manual_seed(0)), aspect_ratio_groups(ds.image_sizes()), 4)
-    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=2)
+    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate_lists, num_workers=2)
+    model_input = Transform(min_size=(160, 192), max_size=300).train()
     seen = 0
-    for batch, targets in loader:
+    for images, targets, bad in loader:
+        assert not bad
+        batch, targets = model_input(images, targets)
         assert batch.tensors.dtype == torch.float32 and batch.tensors.shape[-1] % 32 == 0 and batch.tensors.shape[-2] % 32 == 0
         for (h, w), t in zip(batch.image_sizes, targets):
-            assert min(h, w) in (160, 192) and tuple(t["size"].tolist()) == (h, w) and t["masks"].shape[-2:] == (h, w)
+            assert min(h, w) in (160, 192) and t["masks"].shape[-2:] == (h, w)
             assert (t["boxes"][:, 2:] <= torch.tensor([w, h])).all() and (t["boxes"] >= 0).all()
         seen += len(targets)
     assert seen == len(ds)
 
 
 def test_resize_keeps_masks_binary_and_boxes_tight(shapes_root):
-    ds = COCODataset(shapes_root, "val", transforms=build_transforms(False, scales=(256,), max_size=1000))
+    ds = COCODataset(shapes_root, "val")
+    model_input = Transform(min_size=(256,), max_size=1000).eval()
     for i in range(8):
-        img, t = ds[i]
+        img, t = model_input.resize(*ds[i])
         assert img.shape[-2:] == (256, 256) and set(t["masks"].unique().tolist()) <= {0, 1}
         for m, b in zip(t["masks"], t["boxes"]):
             ys, xs = torch.where(m > 0)
@@ -33,9 +37,9 @@ def test_resize_keeps_masks_binary_and_boxes_tight(shapes_root):
                 assert abs(xs.min().item() - b[0].item()) <= 2 and abs(xs.max().item() + 1 - b[2].item()) <= 2
 
 
-def test_resized_hw():
-    assert resized_hw(480, 640, 800, 1333) == (800, 1067)
-    assert resized_hw(100, 1000, 800, 1333) == (133, 1333)
+def test_resized_sizes():
+    size = lambda h, w: tuple(Transform(min_size=(800,), max_size=1333).eval().resize(torch.zeros(3, h, w), None)[0].shape[1:])
+    assert size(480, 640) == (800, 1066) and size(100, 1000) == (133, 1333)
 
 
 def test_grouped_sampler_under_distributed_sampler(tmp_path):

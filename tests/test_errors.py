@@ -115,3 +115,23 @@ def test_cli_missing_image_mid_show(tmp_path):
     r = run_cli("show", tmp_path, "--split", "val", "--out", tmp_path / "x.png")
     assert r.returncode == 2 and "a.jpg: image file not found" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def _choice_fields():
+    from dataclasses import fields
+    from typing import get_args, get_type_hints
+    from mrcnn_nb.model import Config
+    hints = get_type_hints(Config)
+    return [f.name for f in fields(Config) if "Literal" in str(hints[f.name])]
+
+
+@pytest.mark.parametrize("pair", [f"{k}=bogus" for k in _choice_fields()] + ["base_lr=abc", "num_classes=1", "mask=maybe"])
+def test_every_bad_config_value_is_refused_before_any_data(tmp_path, monkeypatch, capsys, pair):
+    "Each field with a fixed set of values (and a few typed ones): exit 2, one line naming key, value and choices; no dataset made."
+    from mrcnn_nb.cli import main
+    monkeypatch.setenv("MRCNN_NB_CACHE", str(tmp_path / "cache"))
+    assert main(["train", pair, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    key, value = pair.split("=")
+    assert len(err) == 1 and err[0].startswith(f"mrcnn_nb train: error: config {key}=") and value in err[0] and "expected" in err[0], err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()   # refused before any data was made or read

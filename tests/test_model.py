@@ -53,9 +53,9 @@ def test_variants_of_the_tiny_model(variant):
 def test_config_errors():
     with pytest.raises(UserInputError, match=r"unknown config 'R50'"): get_config("R50")
     with pytest.raises(UserInputError, match=r"unknown config key\(s\) \['backbone'\]; valid keys"): get_config("TINY_FPN", backbone="r50")
-    with pytest.raises(UserInputError, match=r"unknown features 'C3'"): build_model(get_config("TINY_FPN", features="C3"))
-    with pytest.raises(UserInputError, match=r"num_classes counts the background"): build_model(get_config("TINY_FPN", num_classes=1))
-    with pytest.raises(ValueError, match=r"unknown mask loss 'dice'"): build_model(get_config("TINY_FPN", mask_loss="dice"))
+    with pytest.raises(UserInputError, match=r"config features='C3': expected one of 'FPN', 'C4', 'C5'"): get_config("TINY_FPN", features="C3")
+    with pytest.raises(UserInputError, match=r"config num_classes=1: expected at least 2"): get_config("TINY_FPN", num_classes=1)
+    with pytest.raises(UserInputError, match=r"config mask_loss='dice'"): get_config("TINY_FPN", mask_loss="dice")
 
 
 def test_bad_images_and_targets():

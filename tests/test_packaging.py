@@ -72,3 +72,11 @@ def test_installed_wheel_works_in_a_clean_environment(dist, tmp_path):
     _run(exe, "shapes", tmp_path / "shapes", "--n-train", "2", "--n-val", "2", "--quiet", cwd=tmp_path)
     assert len(list((tmp_path / "shapes" / "train").glob("*.png"))) == 2
     assert "TINY_FPN" in _run(exe, "configs").stdout
+
+
+def test_importing_the_model_imports_neither_plotting_nor_torchvision():
+    "The model, its layers and the config import fast: no matplotlib (figures import it where they draw), no torchvision."
+    import subprocess, sys
+    code = "import sys, mrcnn_nb.model, mrcnn_nb.train; bad = {'matplotlib', 'torchvision'} & set(sys.modules); assert not bad, bad"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-500:]

@@ -108,3 +108,16 @@ def test_keypoint_training_and_cli_eval(tmp_path):
     assert set(s["evaluation"]["metrics"]) == {"bbox", "segm", "keypoints"}
     r = _cli("eval", "--checkpoint", str(tmp_path / "run" / "model_final.pth"), "--data", str(root), "--split", "val")
     assert r.returncode == 0 and "keypoints" in r.stdout, r.stderr[-2000:]
+
+
+def test_one_training_run_reads_each_annotation_file_once(small_root, tmp_path, monkeypatch, capsys):
+    "`mrcnn_nb train --data`: the train and val annotation files are each parsed once (COCO's train file is ~450 MB)."
+    import collections
+    from mrcnn_nb import data
+    from mrcnn_nb.cli import main
+    reads, real = collections.Counter(), data.load_coco_json
+    monkeypatch.setattr(data, "load_coco_json", lambda path: reads.update([Path(path).name]) or real(path))
+    assert main(["train", "--data", str(small_root), "--iters", "2", "--batch", "2", "--out", str(tmp_path / "run"),
+                 "warmup_iters=1"]) == 0
+    assert reads == {"instances_train.json": 1, "instances_val.json": 1}, reads
+    assert (tmp_path / "run" / "predictions.png").exists()   # drawn from the model and validation set in memory
