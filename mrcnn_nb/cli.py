@@ -13,10 +13,40 @@ from . import __version__
 from .core import UserInputError
 
 # %% auto #0
-__all__ = ['MAIN_JOB', 'cmd_shapes', 'cmd_show', 'cmd_bench', 'main_job_data', 'cmd_train', 'prediction_figure', 'cmd_eval',
-           'cmd_predict', 'cmd_configs', 'cmd_ablate', 'build_parser', 'main']
+__all__ = ['COMMANDS', 'MAIN_JOB', 'build_parser', 'main', 'cmd_shapes', 'cmd_show', 'main_job_data', 'prediction_figure',
+           'cmd_train', 'cmd_eval', 'cmd_predict', 'cmd_configs', 'cmd_ablate', 'cmd_bench']
 
-# %% ../nbs/15_cli.ipynb #40b5d402
+# %% ../nbs/15_cli.ipynb #6a45b32a
+COMMANDS: dict = {}   # name -> (add its arguments to a parser, run it, help, description); each command's cell below adds itself
+
+def build_parser() -> argparse.ArgumentParser:
+    "The `mrcnn_nb` argument parser, one subparser per command of `COMMANDS`."
+    p = argparse.ArgumentParser(prog="mrcnn_nb", description="Mask R-CNN, notebook by notebook: data, training, evaluation, ablations.")
+    p.add_argument("--version", action="version", version=f"mrcnn_nb {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (add_arguments, run, help, description) in COMMANDS.items():
+        s = sub.add_parser(name, help=help, description=description or help[:1].upper() + help[1:] + ".")
+        add_arguments(s)
+        s.set_defaults(func=run)
+    return p
+
+def main(argv=None) -> int:
+    "Entry point of the `mrcnn_nb` command; returns the exit status."
+    args = build_parser().parse_args(argv)
+    try: return args.func(args)
+    except UserInputError as e:
+        print(f"mrcnn_nb {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the file system said no: permissions, a full disk, a file where a folder should be
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"mrcnn_nb {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mrcnn_nb {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+# %% ../nbs/15_cli.ipynb #b4e91a98
 def _instances_range(s: str):
     try:
         lo, _, hi = s.partition("-")
@@ -29,40 +59,6 @@ def _positive_int(s: str) -> int:
     if v < 1: raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
     return v
 
-def cmd_shapes(args) -> int:
-    "Write a synthetic COCO-layout dataset."
-    from mrcnn_nb.shapes import make_shapes
-    out = make_shapes(args.out, kind=args.kind, n_train=args.n_train, n_val=args.n_val, size=args.size, seed=args.seed,
-                      image_format=args.format, instances=args.instances, progress=not args.quiet)
-    print(f"wrote {args.kind} dataset: {args.n_train} train + {args.n_val} val images under {out}")
-    return 0
-
-def cmd_show(args) -> int:
-    "Draw a grid of samples of a COCO-layout dataset to an image file."
-    import matplotlib; matplotlib.use("Agg")
-    from mrcnn_nb.data import COCODataset
-    from mrcnn_nb.viz import plot_samples, save_figure
-    ds = COCODataset(args.root, args.split, kind=args.kind)
-    out = args.out or f"{Path(args.root).name}_{args.split}.png"
-    save_figure(plot_samples(ds, n=args.n, ncols=args.ncols, seed=args.seed), out)
-    print(f"{len(ds)} images, {ds.num_classes} {'class' if ds.num_classes == 1 else 'classes'}; wrote {min(args.n, len(ds))} samples to {out}")
-    return 0
-
-def cmd_bench(args) -> int:
-    "Run a benchmark and print its table."
-    import tempfile
-    from mrcnn_nb.bench import bench_data, format_rows
-    if args.what == "data":
-        work = Path(args.work) if args.work else Path(tempfile.gettempdir()) / "mrcnn_nb_bench"
-        print(format_rows(bench_data(work, n=args.n, threads=args.threads)))
-    elif args.what == "roi":
-        from mrcnn_nb.bench import bench_roi
-        print(format_rows(bench_roi(repeats=args.repeats)))
-    elif args.what == "model":
-        from mrcnn_nb.bench import bench_model
-        print(format_rows(bench_model(repeats=args.repeats)))
-    return 0
-
 def _key_values(pairs: list) -> dict:
     "Config overrides `KEY=VALUE` (VALUE as a Python literal, else a string)."
     import ast
@@ -74,6 +70,54 @@ def _key_values(pairs: list) -> dict:
         except (ValueError, SyntaxError): out[key] = raw
     return out
 
+# %% ../nbs/15_cli.ipynb #a962feec
+def cmd_shapes(args) -> int:
+    "Write a synthetic COCO-layout dataset."
+    from mrcnn_nb.shapes import make_shapes
+    out = make_shapes(args.out, kind=args.kind, n_train=args.n_train, n_val=args.n_val, size=args.size, seed=args.seed,
+                      image_format=args.format, instances=args.instances, progress=not args.quiet)
+    print(f"wrote {args.kind} dataset: {args.n_train} train + {args.n_val} val images under {out}")
+    return 0
+
+def _shapes_args(s):
+    s.add_argument("out", help="output directory")
+    s.add_argument("--kind", choices=["instances", "keypoints"], default="instances",
+                   help="shapes (7 classes) or stick figures with keypoints")
+    s.add_argument("--n-train", type=int, default=400, help="training images (default 400)")
+    s.add_argument("--n-val", type=int, default=100, help="validation images (default 100)")
+    s.add_argument("--size", default="128", help="image size S or WxH in pixels (default 128)")
+    s.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
+    s.add_argument("--format", choices=["png", "jpg"], default="png", help="image file format (default png)")
+    s.add_argument("--instances", type=_instances_range, default=None,
+                   help="objects per image, MIN-MAX (default 1-6, keypoints 1-3)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+COMMANDS["shapes"] = (_shapes_args, cmd_shapes, "write a synthetic COCO-layout dataset",
+                      "Write a synthetic COCO-2017-layout dataset: OUT/annotations/*.json and OUT/{train,val}/ images.")
+
+# %% ../nbs/15_cli.ipynb #cd36280a
+def cmd_show(args) -> int:
+    "Draw a grid of samples of a COCO-layout dataset to an image file."
+    import matplotlib; matplotlib.use("Agg")
+    from mrcnn_nb.data import COCODataset
+    from mrcnn_nb.viz import plot_samples, save_figure
+    ds = COCODataset(args.root, args.split, kind=args.kind)
+    out = args.out or f"{Path(args.root).name}_{args.split}.png"
+    save_figure(plot_samples(ds, n=args.n, ncols=args.ncols, seed=args.seed), out)
+    print(f"{len(ds)} images, {ds.num_classes} {'class' if ds.num_classes == 1 else 'classes'}; wrote {min(args.n, len(ds))} samples to {out}")
+    return 0
+
+def _show_args(s):
+    s.add_argument("root", help="dataset root (COCO 2017 layout)")
+    s.add_argument("--split", default="val", help="split name, e.g. val or val2017 (default val)")
+    s.add_argument("--kind", choices=["instances", "keypoints"], default="instances", help="annotation file to read")
+    s.add_argument("--n", type=_positive_int, default=8, help="number of images (default 8)")
+    s.add_argument("--ncols", type=_positive_int, default=4, help="images per row (default 4)")
+    s.add_argument("--seed", type=int, default=None, help="pick random images with this seed (default: the first N)")
+    s.add_argument("--out", default=None, help="output image (default ROOTNAME_SPLIT.png)")
+COMMANDS["show"] = (_show_args, cmd_show, "draw samples of a dataset to a PNG",
+                    "Draw a grid of images with their boxes, masks and keypoints.")
+
+# %% ../nbs/15_cli.ipynb #1997c0c6
 MAIN_JOB = dict(n_train=1000, n_val=100, size=128, seed=0)   # the synthetic dataset of `mrcnn_nb train` without --data
 
 def main_job_data(kind: str = "instances", progress: bool = True) -> Path:
@@ -81,6 +125,26 @@ def main_job_data(kind: str = "instances", progress: bool = True) -> Path:
     from mrcnn_nb.shapes import cached_shapes
     return cached_shapes(kind, name=f"shapes-{kind}", progress=progress, **MAIN_JOB)
 
+# %% ../nbs/15_cli.ipynb #55e776dc
+def prediction_figure(model, dataset, n: int = 6):
+    "Ground truth (top) beside the predictions (score >= 0.5) of `model` for the first `n` images of `dataset`."
+    import matplotlib.pyplot as plt
+    import torch
+    from mrcnn_nb.viz import draw_instances
+    model = model.for_inference()
+    n = min(n, len(dataset))
+    fig, axs = plt.subplots(2, n, figsize=(1.6 * n, 3.4), squeeze=False)
+    skeleton = getattr(dataset, "skeleton", None) or None
+    for j in range(n):
+        img, t = dataset[j]
+        with torch.no_grad(): p = model([img])[0]
+        draw_instances(axs[0, j], img, t, dataset.class_names, skeleton, title="ground truth" if j == 0 else None)
+        draw_instances(axs[1, j], img, {k: (v[:, 0] if k == "masks" else v) for k, v in p.items()}, dataset.class_names, skeleton,
+                       score_thresh=0.5, title="prediction" if j == 0 else None)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/15_cli.ipynb #309dfac2
 def cmd_train(args) -> int:
     "Train a preset on a COCO-layout dataset (default: the synthetic shapes), evaluate it, write curves and figures."
     from mrcnn_nb.model import get_config
@@ -118,24 +182,36 @@ def _report_training(s: dict, name: str, out: Path):
     print(f"trained {s['iterations']} iterations in {s['train_seconds'] / 60:.1f} min" + (f", skipped {skipped} bad images" if skipped else "")
           + f"; wrote {out}/{{model_final.pth, last.pth, metrics.json, metrics.jsonl, curves.png" + (", predictions.png}" if s["evaluation"] else "}"))
 
-def prediction_figure(model, dataset, n: int = 6):
-    "Ground truth (top) beside the predictions (score >= 0.5) of `model` for the first `n` images of `dataset`."
-    import matplotlib.pyplot as plt
-    import torch
-    from mrcnn_nb.viz import draw_instances
-    model = model.for_inference()
-    n = min(n, len(dataset))
-    fig, axs = plt.subplots(2, n, figsize=(1.6 * n, 3.4), squeeze=False)
-    skeleton = getattr(dataset, "skeleton", None) or None
-    for j in range(n):
-        img, t = dataset[j]
-        with torch.no_grad(): p = model([img])[0]
-        draw_instances(axs[0, j], img, t, dataset.class_names, skeleton, title="ground truth" if j == 0 else None)
-        draw_instances(axs[1, j], img, {k: (v[:, 0] if k == "masks" else v) for k, v in p.items()}, dataset.class_names, skeleton,
-                       score_thresh=0.5, title="prediction" if j == 0 else None)
-    fig.tight_layout()
-    return fig
+def _train_args(s):
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config changes, e.g. base_lr=0.04 min_size=(112,128)")
+    s.add_argument("--config", default=None,
+                   help="preset name (mrcnn_nb configs lists them; default TINY_FPN, or TINY_KP_FPN for keypoints)")
+    s.add_argument("--data", default=None,
+                   help="dataset root in COCO 2017 layout (default: the built-in synthetic shapes)")
+    s.add_argument("--kind", choices=["instances", "keypoints"], default="instances", help="annotation file kind")
+    s.add_argument("--train-split", default="train", help="training split (default train; COCO: train2017)")
+    s.add_argument("--val-split", default="val", help="validation split, '' for none (default val; COCO: val2017)")
+    s.add_argument("--out", default=None, help="output directory (default runs/CONFIG)")
+    s.add_argument("--iters", type=_positive_int, default=None, help="iterations (default: the preset's max_iter)")
+    s.add_argument("--batch", type=_positive_int, default=None,
+                   help="images per iteration over all processes (default: the preset's)")
+    s.add_argument("--weights", default=None,
+                   help="initial weights: ImageNet ResNet, torchvision Mask R-CNN, or an mrcnn_nb checkpoint")
+    s.add_argument("--resume", action="store_true", help="continue OUT/last.pth exactly where it stopped")
+    s.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    s.add_argument("--on-bad-image", choices=["stop", "skip"], default="stop",
+                   help="a missing or corrupt image: stop (default) or skip and count")
+    s.add_argument("--val-loss", action="store_true",
+                   help="also log the training losses on the validation split at each evaluation")
+COMMANDS["train"] = (_train_args, cmd_train, "train a Mask R-CNN (default: a small one on synthetic shapes)",
+                     "Train a preset on a COCO-layout dataset, evaluate it on the validation split with COCOeval, and "
+                     "write checkpoints, metrics (JSON), curves and a predictions figure. With no arguments: generate "
+                     "(and cache) the synthetic shapes, train TINY_FPN, evaluate. Run under torchrun for several "
+                     "processes: torchrun --nproc_per_node N --no-python mrcnn_nb train ...")
 
+# %% ../nbs/15_cli.ipynb #409abafc
 def cmd_eval(args) -> int:
     "COCO evaluation of a checkpoint on a dataset split."
     import json
@@ -156,6 +232,16 @@ def cmd_eval(args) -> int:
         print(f"wrote {out}/metrics.json and the COCO results files")
     return 0
 
+def _eval_args(s):
+    s.add_argument("--checkpoint", required=True, help="checkpoint file (model_final.pth or last.pth)")
+    s.add_argument("--data", required=True, help="dataset root in COCO 2017 layout")
+    s.add_argument("--split", required=True, help="split, e.g. val or val2017")
+    s.add_argument("--batch", type=_positive_int, default=2, help="images per inference batch (default 2)")
+    s.add_argument("--out", default=None, help="directory for metrics.json and the COCO results files")
+COMMANDS["eval"] = (_eval_args, cmd_eval, "COCO evaluation of a checkpoint",
+                    "COCOeval (bbox, segm, keypoints) of a checkpoint on a split, with images/s and peak memory.")
+
+# %% ../nbs/15_cli.ipynb #f3b77615
 def cmd_predict(args) -> int:
     "Detections on image files: a PNG overlay and a JSON file per image."
     import json
@@ -188,6 +274,16 @@ def cmd_predict(args) -> int:
         print(f"{f}: {len(dets)} detections (score >= {args.score_thresh}) -> {out / Path(f).stem}.png, .json")
     return 0
 
+def _predict_args(s):
+    s.add_argument("images", nargs="+", help="image files")
+    s.add_argument("--checkpoint", required=True, help="checkpoint file")
+    s.add_argument("--out", default="predictions", help="output directory (default predictions)")
+    s.add_argument("--score-thresh", type=float, default=0.5,
+                   help="keep detections with at least this score (default 0.5)")
+COMMANDS["predict"] = (_predict_args, cmd_predict, "detect objects in image files",
+                       "Run a checkpoint on images; write an overlay PNG and a JSON file per image.")
+
+# %% ../nbs/15_cli.ipynb #399c08e2
 def cmd_configs(args) -> int:
     "List the presets, one line each."
     from mrcnn_nb.model import PRESETS
@@ -198,6 +294,11 @@ def cmd_configs(args) -> int:
               f"{c.max_iter} iters x {c.ims_per_batch} images, lr {c.base_lr * c.ims_per_batch / 16:g}")
     return 0
 
+def _configs_args(s):
+    pass
+COMMANDS["configs"] = (_configs_args, cmd_configs, "list the presets", "The named configs, one line each.")
+
+# %% ../nbs/15_cli.ipynb #8016537a
 def cmd_ablate(args) -> int:
     "Run the missing (variant, seed) runs of the paper's ablation tables into the results store, then print the tables."
     from mrcnn_nb.ablations import TABLES, get_table, load_runs, missing_runs, run_ablations, table_markdown
@@ -219,113 +320,47 @@ def cmd_ablate(args) -> int:
         for t in tables: print("\n" + table_markdown(t, store))
     return 0
 
-# %% ../nbs/15_cli.ipynb #476a0cdb
-def build_parser() -> argparse.ArgumentParser:
-    "The `mrcnn_nb` argument parser, one subparser per subcommand."
-    p = argparse.ArgumentParser(prog="mrcnn_nb", description="Mask R-CNN, notebook by notebook: data, training, evaluation, ablations.")
-    p.add_argument("--version", action="version", version=f"mrcnn_nb {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
-    s = sub.add_parser("shapes", help="write a synthetic COCO-layout dataset", description="Write a synthetic COCO-2017-layout dataset: OUT/annotations/*.json and OUT/{train,val}/ images.")
-    s.add_argument("out", help="output directory")
-    s.add_argument("--kind", choices=["instances", "keypoints"], default="instances", help="shapes (7 classes) or stick figures with keypoints")
-    s.add_argument("--n-train", type=int, default=400, help="training images (default 400)")
-    s.add_argument("--n-val", type=int, default=100, help="validation images (default 100)")
-    s.add_argument("--size", default="128", help="image size S or WxH in pixels (default 128)")
-    s.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
-    s.add_argument("--format", choices=["png", "jpg"], default="png", help="image file format (default png)")
-    s.add_argument("--instances", type=_instances_range, default=None, help="objects per image, MIN-MAX (default 1-6, keypoints 1-3)")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=cmd_shapes)
-
-    s = sub.add_parser("show", help="draw samples of a dataset to a PNG", description="Draw a grid of images with their boxes, masks and keypoints.")
-    s.add_argument("root", help="dataset root (COCO 2017 layout)")
-    s.add_argument("--split", default="val", help="split name, e.g. val or val2017 (default val)")
-    s.add_argument("--kind", choices=["instances", "keypoints"], default="instances", help="annotation file to read")
-    s.add_argument("--n", type=_positive_int, default=8, help="number of images (default 8)")
-    s.add_argument("--ncols", type=_positive_int, default=4, help="images per row (default 4)")
-    s.add_argument("--seed", type=int, default=None, help="pick random images with this seed (default: the first N)")
-    s.add_argument("--out", default=None, help="output image (default ROOTNAME_SPLIT.png)")
-    s.set_defaults(func=cmd_show)
-
-    s = sub.add_parser("bench", help="measure speed on this machine",
-                       description="Benchmarks: data loading per worker (data); RoIAlign / RoIPool against torchvision (roi); "
-                                   "R-50-FPN Mask R-CNN inference and training step against torchvision (model).")
-    s.add_argument("what", choices=["data", "roi", "model"], help="what to measure")
-    s.add_argument("--n", type=_positive_int, default=100, help="data: items to time (default 100)")
-    s.add_argument("--repeats", type=_positive_int, default=5, help="roi, model: timed runs per case, the median is reported (default 5)")
-    s.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1: one worker)")
-    s.add_argument("--work", default=None, help="directory for generated benchmark data (cached)")
-    s.set_defaults(func=cmd_bench)
-
-    s = sub.add_parser("train", help="train a Mask R-CNN (default: a small one on synthetic shapes)",
-                       description="Train a preset on a COCO-layout dataset, evaluate it on the validation split with COCOeval, "
-                                   "and write checkpoints, metrics (JSON), curves and a predictions figure. With no arguments: "
-                                   "generate (and cache) the synthetic shapes, train TINY_FPN, evaluate. Run under torchrun for "
-                                   "several processes: torchrun --nproc_per_node N --no-python mrcnn_nb train ...")
-    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config changes, e.g. base_lr=0.04 min_size=(112,128)")
-    s.add_argument("--config", default=None, help="preset name (mrcnn_nb configs lists them; default TINY_FPN, or TINY_KP_FPN for keypoints)")
-    s.add_argument("--data", default=None, help="dataset root in COCO 2017 layout (default: the built-in synthetic shapes)")
-    s.add_argument("--kind", choices=["instances", "keypoints"], default="instances", help="annotation file kind")
-    s.add_argument("--train-split", default="train", help="training split (default train; COCO: train2017)")
-    s.add_argument("--val-split", default="val", help="validation split, '' for none (default val; COCO: val2017)")
-    s.add_argument("--out", default=None, help="output directory (default runs/CONFIG)")
-    s.add_argument("--iters", type=_positive_int, default=None, help="iterations (default: the preset's max_iter)")
-    s.add_argument("--batch", type=_positive_int, default=None, help="images per iteration over all processes (default: the preset's)")
-    s.add_argument("--weights", default=None, help="initial weights: ImageNet ResNet, torchvision Mask R-CNN, or an mrcnn_nb checkpoint")
-    s.add_argument("--resume", action="store_true", help="continue OUT/last.pth exactly where it stopped")
-    s.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
-    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    s.add_argument("--on-bad-image", choices=["stop", "skip"], default="stop", help="a missing or corrupt image: stop (default) or skip and count")
-    s.add_argument("--val-loss", action="store_true", help="also log the training losses on the validation split at each evaluation")
-    s.set_defaults(func=cmd_train)
-
-    s = sub.add_parser("eval", help="COCO evaluation of a checkpoint", description="COCOeval (bbox, segm, keypoints) of a checkpoint on a split, with images/s and peak memory.")
-    s.add_argument("--checkpoint", required=True, help="checkpoint file (model_final.pth or last.pth)")
-    s.add_argument("--data", required=True, help="dataset root in COCO 2017 layout")
-    s.add_argument("--split", required=True, help="split, e.g. val or val2017")
-    s.add_argument("--batch", type=_positive_int, default=2, help="images per inference batch (default 2)")
-    s.add_argument("--out", default=None, help="directory for metrics.json and the COCO results files")
-    s.set_defaults(func=cmd_eval)
-
-    s = sub.add_parser("predict", help="detect objects in image files", description="Run a checkpoint on images; write an overlay PNG and a JSON file per image.")
-    s.add_argument("images", nargs="+", help="image files")
-    s.add_argument("--checkpoint", required=True, help="checkpoint file")
-    s.add_argument("--out", default="predictions", help="output directory (default predictions)")
-    s.add_argument("--score-thresh", type=float, default=0.5, help="keep detections with at least this score (default 0.5)")
-    s.set_defaults(func=cmd_predict)
-
-    s = sub.add_parser("configs", help="list the presets", description="The named configs, one line each.")
-    s.set_defaults(func=cmd_configs)
-
-    s = sub.add_parser("ablate", help="reproduce the paper's ablation tables at CPU scale",
-                       description="Train and evaluate the variants of the paper's ablation tables (2a-e, 3, 5, 6) under the protocol of "
-                                   "21_ablation_backbone, only the (variant, seed) runs the results store lacks, and print each table "
-                                   "beside the paper's. --smoke runs every variant for a few iterations into a temporary store.")
+def _ablate_args(s):
     s.add_argument("--table", nargs="+", required=True, metavar="T", help="table(s): 2a 2b 2c 2d 2e 3 5 6, or all")
     s.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1 per variant (default 3)")
-    s.add_argument("--smoke", action="store_true", help="a few iterations per variant on a few images, into a temporary store")
+    s.add_argument("--smoke", action="store_true",
+                   help="a few iterations per variant on a few images, into a temporary store")
     s.add_argument("--jobs", type=_positive_int, default=1, help="runs at once, each on cores/jobs threads (default 1)")
-    s.add_argument("--store", default=None, help="results store (default: $MRCNN_NB_ABLATIONS, or nbs/results/ablations in a clone)")
-    s.add_argument("--variant", nargs="+", default=None, metavar="V", help="run only these variants of the tables (e.g. the reference rows first)")
+    s.add_argument("--store", default=None,
+                   help="results store (default: $MRCNN_NB_ABLATIONS, or nbs/results/ablations in a clone)")
+    s.add_argument("--variant", nargs="+", default=None, metavar="V",
+                   help="run only these variants of the tables (e.g. the reference rows first)")
     s.add_argument("--list", action="store_true", help="show what the store holds and what is missing; run nothing")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    s.set_defaults(func=cmd_ablate)
-    return p
+COMMANDS["ablate"] = (_ablate_args, cmd_ablate, "reproduce the paper's ablation tables at CPU scale",
+                      "Train and evaluate the variants of the paper's ablation tables (2a-e, 3, 5, 6) under the "
+                      "protocol of 21_ablation_backbone, only the (variant, seed) runs the results store lacks, and "
+                      "print each table beside the paper's. --smoke runs every variant for a few iterations into a "
+                      "temporary store.")
 
-# %% ../nbs/15_cli.ipynb #65e2080a
-def main(argv=None) -> int:
-    "Entry point of the `mrcnn_nb` command; returns the exit status."
-    args = build_parser().parse_args(argv)
-    try: return args.func(args)
-    except UserInputError as e:
-        print(f"mrcnn_nb {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # the file system said no: permissions, a full disk, a file where a folder should be
-        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(f"mrcnn_nb {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"mrcnn_nb {args.command}: interrupted", file=sys.stderr)
-        return 130
+# %% ../nbs/15_cli.ipynb #fccf8bed
+def cmd_bench(args) -> int:
+    "Run a benchmark and print its table."
+    import tempfile
+    from mrcnn_nb.bench import bench_data, format_rows
+    if args.what == "data":
+        work = Path(args.work) if args.work else Path(tempfile.gettempdir()) / "mrcnn_nb_bench"
+        print(format_rows(bench_data(work, n=args.n, threads=args.threads)))
+    elif args.what == "roi":
+        from mrcnn_nb.bench import bench_roi
+        print(format_rows(bench_roi(repeats=args.repeats)))
+    elif args.what == "model":
+        from mrcnn_nb.bench import bench_model
+        print(format_rows(bench_model(repeats=args.repeats)))
+    return 0
+
+def _bench_args(s):
+    s.add_argument("what", choices=["data", "roi", "model"], help="what to measure")
+    s.add_argument("--n", type=_positive_int, default=100, help="data: items to time (default 100)")
+    s.add_argument("--repeats", type=_positive_int, default=5,
+                   help="roi, model: timed runs per case, the median is reported (default 5)")
+    s.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1: one worker)")
+    s.add_argument("--work", default=None, help="directory for generated benchmark data (cached)")
+COMMANDS["bench"] = (_bench_args, cmd_bench, "measure speed on this machine",
+                     "Benchmarks: data loading per worker (data); RoIAlign / RoIPool against torchvision (roi); "
+                     "R-50-FPN Mask R-CNN inference and training step against torchvision (model).")

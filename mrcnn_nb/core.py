@@ -81,7 +81,7 @@ class Timer:
     def mean(self) -> float: return self.total / max(self.count, 1)
     def __repr__(self): return f"Timer({self.name!r}: {self.count} runs, mean {self.mean * 1e3:.2f} ms)"
 
-# %% ../nbs/00_core.ipynb #5c619de5
+# %% ../nbs/00_core.ipynb #114f8b5a
 def _vm_kib(field: str) -> int | None:
     try:
         for line in open("/proc/self/status"):

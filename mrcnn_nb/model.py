@@ -118,7 +118,7 @@ class Config:
         if bad: raise UserInputError(f"unknown config key(s) {bad}; valid keys: {sorted(valid)}")
         return dataclasses.replace(self, **changes)
 
-# %% ../nbs/11_model.ipynb #11fb6bc3
+# %% ../nbs/11_model.ipynb #96b18c0e
 @functools.cache
 def _field_types() -> dict: return get_type_hints(Config)
 

@@ -272,7 +272,7 @@ def make_shapes(out, kind: str = "instances", n_train: int = 400, n_val: int = 1
         with atomic_write(out / "annotations" / f"{prefix}_{split}.json") as f: json.dump(data, f)
     return out
 
-# %% ../nbs/02a_shapes.ipynb #2e79fc0b
+# %% ../nbs/02a_shapes.ipynb #761b0805
 def cached_shapes(kind: str = "instances", root=None, name: str = "shapes", stamp: str = "shapes.json", progress: bool = True,
                   **spec) -> Path:
     """The dataset `make_shapes(kind=kind, **spec)` under `root` (default: the cache, `<name>-<hash of the spec>`), generated on

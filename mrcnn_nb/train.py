@@ -231,7 +231,7 @@ def plot_metrics(records: list, size=(7.5, 2.6)):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/12_train.ipynb #88c13b92
+# %% ../nbs/12_train.ipynb #aeff97a3
 def _given_proposals(cfg: Config, proposals: dict | None, splits: list) -> list:
     "`AddProposals` for each of `splits` when the model has no RPN (`cfg.rpn='separate'`), else []."
     if cfg.rpn != "separate":
@@ -250,7 +250,7 @@ def load_splits(cfg: Config, data_root, train_split: str = "train", val_split: s
     val_set = COCODataset(data_root, val_split, kind=kind, transforms=(given[1:] or [None])[0]) if val_split and read_val else None
     return train_set, val_set
 
-# %% ../nbs/12_train.ipynb #c69fce36
+# %% ../nbs/12_train.ipynb #281d5e57
 def fit_config(cfg: Config, dataset, adapt=()) -> Config:
     "`cfg` agreeing with `dataset`: keys in `adapt` ('num_classes', 'num_keypoints') are taken from it; other disagreements refused."
     data = {"num_classes": dataset.num_classes + 1} | ({"num_keypoints": len(dataset.keypoint_names)} if cfg.keypoints else {})
@@ -262,7 +262,7 @@ def fit_config(cfg: Config, dataset, adapt=()) -> Config:
         raise UserInputError(f"{dataset.ann_file}: {data['num_keypoints']} keypoints, config num_keypoints={cfg.num_keypoints}")
     return cfg
 
-# %% ../nbs/12_train.ipynb #52a9f797
+# %% ../nbs/12_train.ipynb #07a63b03
 @dataclass
 class Run:
     "A training run made ready by `prepare_run`: config (agreeing with the data), data, model, optimizer, schedule, start."
@@ -282,7 +282,7 @@ class Run:
     @property
     def main(self) -> bool: return self.rank == 0
 
-# %% ../nbs/12_train.ipynb #d548ddf4
+# %% ../nbs/12_train.ipynb #b70ac5ea
 def _autocast(cfg: Config, device: torch.device):
     "The mixed-precision context of `cfg.amp` on `device` (none when None); refuses fp16 without CUDA."
     if cfg.amp is None: return nullcontext()
@@ -295,7 +295,7 @@ def _to(x, device):
     if isinstance(x, dict): return {k: _to(v, device) for k, v in x.items()}
     return x
 
-# %% ../nbs/12_train.ipynb #a5575896
+# %% ../nbs/12_train.ipynb #5bcda333
 def load_initial_weights(model: MaskRCNN, cfg: Config, path) -> str:
     "Start from `path`: an mrcnn_nb checkpoint, torchvision Mask/Keypoint R-CNN weights, or an ImageNet ResNet; returns which."
     from mrcnn_nb.backbone import load_imagenet_weights
@@ -309,7 +309,7 @@ def load_initial_weights(model: MaskRCNN, cfg: Config, path) -> str:
     load_imagenet_weights(model.backbone.body, sd, res5=model.box.head.layer4 if cfg.features == "C4" and model.box is not None else None)
     return "imagenet backbone"
 
-# %% ../nbs/12_train.ipynb #53f01d0c
+# %% ../nbs/12_train.ipynb #ffdf25b0
 def prepare_run(cfg: Config, data_root, train_split: str = "train", val_split: str | None = "val", out_dir="runs/train",
                 weights=None, resume: bool = False, kind: str = "instances", device: str = "auto", proposals: dict | None = None,
                 adapt=()) -> Run:
@@ -331,7 +331,7 @@ def prepare_run(cfg: Config, data_root, train_split: str = "train", val_split: s
     run.net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None) if world > 1 else model
     return run
 
-# %% ../nbs/12_train.ipynb #29783db3
+# %% ../nbs/12_train.ipynb #5f84eedd
 def resume_run(run: Run) -> int:
     "Continue `run` from its `last.pth` (weights, optimizer, schedule, generators); returns the iteration to start at."
     path = run.out_dir / "last.pth"
@@ -347,7 +347,7 @@ def resume_run(run: Run) -> int:
     if run.main: truncate_metrics(run.out_dir / "metrics.jsonl", ck["iteration"])
     return ck["iteration"]
 
-# %% ../nbs/12_train.ipynb #a35e2485
+# %% ../nbs/12_train.ipynb #c05c3d25
 def training_loader(run: Run, num_workers: int = 0, on_bad_image: str = "stop") -> torch.utils.data.DataLoader:
     "The endless, deterministic batches of `run` from its start iteration: lists of images and targets, and the bad items."
     batches = TrainingBatches(aspect_ratio_groups(run.train_set.image_sizes()), run.cfg.ims_per_batch, run.cfg.seed, run.start,
@@ -372,7 +372,7 @@ def train_step(run: Run, images: list, targets: list, it: int) -> tuple:
     run.optimizer.step(); run.scheduler.step()
     return {k: v.item() for k, v in losses.items()} | {"loss": loss.item()}, lr
 
-# %% ../nbs/12_train.ipynb #54ad8e8a
+# %% ../nbs/12_train.ipynb #78569089
 class LogMetrics:
     "Every `period` iterations and at the last: the window's mean losses and step time, and the learning rate, to `metrics.jsonl`."
     def __init__(self, period: int = 20, bar=None): self.period, self.bar, self.window = period, bar, []
@@ -385,7 +385,7 @@ class LogMetrics:
         with open(run.out_dir / "metrics.jsonl", "a") as f: f.write(json.dumps(rec) + "\n")
         if self.bar is not None: self.bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.2g}")
 
-# %% ../nbs/12_train.ipynb #1ae5e054
+# %% ../nbs/12_train.ipynb #bf4c0147
 class SaveCheckpoints:
     "`last.pth` every `period` iterations and at the last; rank 0 writes it, with every rank's generator states."
     def __init__(self, period: int): self.period = period
@@ -400,7 +400,7 @@ class SaveCheckpoints:
         if run.main: save_checkpoint(run.out_dir / "last.pth", run.model, run.optimizer, run.scheduler, it, run.cfg,
                                      run.train_set.class_names, **extra)
 
-# %% ../nbs/12_train.ipynb #3ede8474
+# %% ../nbs/12_train.ipynb #bdf980e8
 def validation_loss(model: MaskRCNN, dataset, batch_size: int = 2) -> dict:
     "The training losses on the images of `dataset` that have objects (mean per batch), without gradients; the generators are left as they were."
     was = model.training
@@ -445,7 +445,7 @@ class EvaluateEvery:
         self.last = evaluate_run(run, it, self.val_loss, self.progress)
         run.net.train()
 
-# %% ../nbs/12_train.ipynb #afcd7653
+# %% ../nbs/12_train.ipynb #80b59755
 def fit(run: Run, hooks=(), num_workers: int = 0, on_bad_image: str = "stop", progress: bool = True) -> dict:
     "Train `run` from its start to `cfg.max_iter`: a batch, `train_step`, each hook's `after_step`; returns what happened."
     from tqdm.auto import tqdm
@@ -472,7 +472,7 @@ def fit(run: Run, hooks=(), num_workers: int = 0, on_bad_image: str = "stop", pr
         bar.close()
     return dict(iterations=it, train_seconds=time.perf_counter() - t_start, skipped_images=skipped)
 
-# %% ../nbs/12_train.ipynb #65bd09bb
+# %% ../nbs/12_train.ipynb #ba239d85
 def train(cfg: Config, data_root, train_split: str = "train", val_split: str | None = "val", out_dir="runs/train",
           weights=None, resume: bool = False, kind: str = "instances", device: str = "auto", num_workers: int = 0,
           log_period: int = 20, on_bad_image: str = "stop", progress: bool = True, evaluate_at_end: bool = True,
