@@ -41,6 +41,7 @@ ABLATION_DATA = {   # the datasets of the ablations (02a_shapes), generated once
 }
 PROTOCOL = dict(max_iter=2000, lr_steps=(1600,), warmup_iters=100, ims_per_batch=4, base_lr=0.08,   # decided on the reference rows, see above
                 min_size=(256,), max_size=448, anchor_sizes=(16, 32, 64, 128, 256),   # 256-px images: C4 sees 16x16, C5 8x8 cells
+                blocks=(1, 1, 3, 2),   # res4 and res5 deep enough that a res5 cell sees the largest objects (receptive field ~200 px)
                 roi_aligned=False,     # the paper's RoIAlign (no half-pixel offset) and its mask pasting
                 rpn="separate",        # the RPN trained separately, its proposals fixed for the heads (§4.2)
                 checkpoint_period=10**9, eval_period=0)
@@ -62,8 +63,8 @@ class Variant:
 _KP_ONLY = dict(mask=False, keypoints=True)
 VARIANTS = {v.name: v for v in [
     Variant("fpn", "TINY_FPN", {}, about="the baseline: FPN, RoIAlign (average), per-class sigmoid masks, FCN mask head"),
-    Variant("fpn_deep", "TINY_FPN", dict(blocks=(2, 2, 4, 2)), about="deeper trunk: 2-2-4-2 bottlenecks instead of 1-1-1-1 (as R-101 deepens R-50, mostly in res4)"),
-    Variant("fpn_deep_x", "TINY_FPN", dict(blocks=(2, 2, 4, 2), groups=4, width_per_group=32),
+    Variant("fpn_deep", "TINY_FPN", dict(blocks=(1, 1, 12, 2)), about="deeper trunk: res4 of 12 bottlenecks instead of 3 (as R-101 deepens R-50's res4, 6 to 23)"),
+    Variant("fpn_deep_x", "TINY_FPN", dict(blocks=(1, 1, 12, 2), groups=4, width_per_group=32),
             about="ResNeXt-style deeper trunk: grouped 3x3 convs, 4 groups of twice the width (same 3x3 cost)"),
     Variant("c4", "TINY_C4", {}, about="C4: RoIs on the stride-16 res4 map, res5 as the box head, RoIAlign (average)"),
     Variant("c4_align_max", "TINY_C4", dict(roi_mode="max")),
@@ -255,8 +256,8 @@ def classification_images(n: int, size: int = 64, seed: int = 0, split: int = 0)
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
 
 def trunk_name(cfg: Config) -> str:
-    "A name for `cfg`'s trunk architecture, e.g. 'r1111' (ResNet, 1 block per stage) or 'x2242g4w32' (ResNeXt)."
-    name = ("x" if cfg.groups > 1 else "r") + "".join(str(b) for b in cfg.blocks)
+    "A name for `cfg`'s trunk architecture, e.g. 'r1132' (ResNet, blocks per stage) or 'x1-1-12-2g4w32' (ResNeXt)."
+    name = ("x" if cfg.groups > 1 else "r") + ("-" if max(cfg.blocks) > 9 else "").join(str(b) for b in cfg.blocks)
     if cfg.groups > 1: name += f"g{cfg.groups}w{cfg.width_per_group}"
     return name + ("" if (cfg.stem_width, cfg.base_planes, cfg.norm) == (16, 16, "gn") else f"-s{cfg.stem_width}b{cfg.base_planes}{cfg.norm}")
 
