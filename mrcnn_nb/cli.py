@@ -16,7 +16,7 @@ from .core import UserInputError
 __all__ = ['COMMANDS', 'MAIN_JOB', 'build_parser', 'main', 'cmd_shapes', 'cmd_show', 'main_job_data', 'prediction_figure',
            'cmd_train', 'cmd_eval', 'cmd_predict', 'cmd_configs', 'cmd_ablate', 'cmd_bench']
 
-# %% ../nbs/15_cli.ipynb #6a45b32a
+# %% ../nbs/15_cli.ipynb #90235d09
 COMMANDS: dict = {}   # name -> (add its arguments to a parser, run it, help, description); each command's cell below adds itself
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         print(f"mrcnn_nb {args.command}: interrupted", file=sys.stderr)
         return 130
 
-# %% ../nbs/15_cli.ipynb #b4e91a98
+# %% ../nbs/15_cli.ipynb #0370d5ad
 def _instances_range(s: str):
     try:
         lo, _, hi = s.partition("-")
@@ -70,7 +70,7 @@ def _key_values(pairs: list) -> dict:
         except (ValueError, SyntaxError): out[key] = raw
     return out
 
-# %% ../nbs/15_cli.ipynb #a962feec
+# %% ../nbs/15_cli.ipynb #3e7efb20
 def cmd_shapes(args) -> int:
     "Write a synthetic COCO-layout dataset."
     from mrcnn_nb.shapes import make_shapes
@@ -94,7 +94,7 @@ def _shapes_args(s):
 COMMANDS["shapes"] = (_shapes_args, cmd_shapes, "write a synthetic COCO-layout dataset",
                       "Write a synthetic COCO-2017-layout dataset: OUT/annotations/*.json and OUT/{train,val}/ images.")
 
-# %% ../nbs/15_cli.ipynb #cd36280a
+# %% ../nbs/15_cli.ipynb #830412d2
 def cmd_show(args) -> int:
     "Draw a grid of samples of a COCO-layout dataset to an image file."
     import matplotlib; matplotlib.use("Agg")
@@ -117,7 +117,7 @@ def _show_args(s):
 COMMANDS["show"] = (_show_args, cmd_show, "draw samples of a dataset to a PNG",
                     "Draw a grid of images with their boxes, masks and keypoints.")
 
-# %% ../nbs/15_cli.ipynb #1997c0c6
+# %% ../nbs/15_cli.ipynb #2b49e94a
 MAIN_JOB = dict(n_train=1000, n_val=100, size=128, seed=0)   # the synthetic dataset of `mrcnn_nb train` without --data
 
 def main_job_data(kind: str = "instances", progress: bool = True) -> Path:
@@ -125,7 +125,7 @@ def main_job_data(kind: str = "instances", progress: bool = True) -> Path:
     from mrcnn_nb.shapes import cached_shapes
     return cached_shapes(kind, name=f"shapes-{kind}", progress=progress, **MAIN_JOB)
 
-# %% ../nbs/15_cli.ipynb #55e776dc
+# %% ../nbs/15_cli.ipynb #2cd70c9d
 def prediction_figure(model, dataset, n: int = 6):
     "Ground truth (top) beside the predictions (score >= 0.5) of `model` for the first `n` images of `dataset`."
     import matplotlib.pyplot as plt
@@ -144,7 +144,7 @@ def prediction_figure(model, dataset, n: int = 6):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/15_cli.ipynb #309dfac2
+# %% ../nbs/15_cli.ipynb #8da9ce13
 def cmd_train(args) -> int:
     "Train a preset on a COCO-layout dataset (default: the synthetic shapes), evaluate it, write curves and figures."
     from mrcnn_nb.model import get_config
@@ -211,7 +211,7 @@ COMMANDS["train"] = (_train_args, cmd_train, "train a Mask R-CNN (default: a sma
                      "(and cache) the synthetic shapes, train TINY_FPN, evaluate. Run under torchrun for several "
                      "processes: torchrun --nproc_per_node N --no-python mrcnn_nb train ...")
 
-# %% ../nbs/15_cli.ipynb #409abafc
+# %% ../nbs/15_cli.ipynb #104fc024
 def cmd_eval(args) -> int:
     "COCO evaluation of a checkpoint on a dataset split."
     import json
@@ -241,7 +241,7 @@ def _eval_args(s):
 COMMANDS["eval"] = (_eval_args, cmd_eval, "COCO evaluation of a checkpoint",
                     "COCOeval (bbox, segm, keypoints) of a checkpoint on a split, with images/s and peak memory.")
 
-# %% ../nbs/15_cli.ipynb #f3b77615
+# %% ../nbs/15_cli.ipynb #36134b76
 def cmd_predict(args) -> int:
     "Detections on image files: a PNG overlay and a JSON file per image."
     import json
@@ -283,7 +283,7 @@ def _predict_args(s):
 COMMANDS["predict"] = (_predict_args, cmd_predict, "detect objects in image files",
                        "Run a checkpoint on images; write an overlay PNG and a JSON file per image.")
 
-# %% ../nbs/15_cli.ipynb #399c08e2
+# %% ../nbs/15_cli.ipynb #843278f5
 def cmd_configs(args) -> int:
     "List the presets, one line each."
     from mrcnn_nb.model import PRESETS
@@ -298,7 +298,7 @@ def _configs_args(s):
     pass
 COMMANDS["configs"] = (_configs_args, cmd_configs, "list the presets", "The named configs, one line each.")
 
-# %% ../nbs/15_cli.ipynb #8016537a
+# %% ../nbs/15_cli.ipynb #80d31f65
 def cmd_ablate(args) -> int:
     "Run the missing (variant, seed) runs of the paper's ablation tables into the results store, then print the tables."
     from mrcnn_nb.ablations import TABLES, get_table, load_runs, missing_runs, run_ablations, table_markdown
@@ -338,7 +338,7 @@ COMMANDS["ablate"] = (_ablate_args, cmd_ablate, "reproduce the paper's ablation 
                       "print each table beside the paper's. --smoke runs every variant for a few iterations into a "
                       "temporary store.")
 
-# %% ../nbs/15_cli.ipynb #fccf8bed
+# %% ../nbs/15_cli.ipynb #cb2d836f
 def cmd_bench(args) -> int:
     "Run a benchmark and print its table."
     import tempfile
