@@ -267,7 +267,9 @@ def plot_classification_images(images, labels, size: float = 1.2):
     from mrcnn_nb.shapes import SHAPE_CLASSES
     fig, axs = plt.subplots(1, len(images), figsize=(size * len(images), size * 1.3), squeeze=False)
     for ax, im, l in zip(axs[0], images, labels):
-        ax.imshow(im.permute(1, 2, 0).numpy()); ax.set_title(SHAPE_CLASSES[int(l)], fontsize=9); ax.axis("off")
+        ax.imshow(im.permute(1, 2, 0).numpy())
+        ax.set_title(SHAPE_CLASSES[int(l)], fontsize=9)
+        ax.axis("off")
     fig.tight_layout(pad=0.3)
     return fig
 
@@ -302,7 +304,10 @@ def pretrain_trunk(cfg: Config, out_dir, spec: dict = PRETRAINING, progress: boo
     for _ in tqdm(range(spec["iters"]), desc=f"pre-train {trunk_name(cfg)}", disable=not progress, leave=False):
         idx = torch.randint(len(x), (spec["batch"],), generator=g)
         loss = F.cross_entropy(_classify(body, fc, x[idx], torch.rand(spec["batch"], generator=g) < 0.5), y[idx])
-        opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
     with torch.no_grad(): acc = torch.cat([_classify(body, fc, xv[i:i + 500]).argmax(1) == yv[i:i + 500] for i in range(0, len(xv), 500)])
     out, name = Path(out_dir), trunk_name(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -345,7 +350,9 @@ def proposals_fingerprint(proposals: dict) -> str:
     import hashlib
     h = hashlib.sha256()
     for split in sorted(proposals):
-        for i in sorted(proposals[split]): h.update(f"{split}/{i}:".encode()); h.update(proposals[split][i].float().contiguous().numpy().tobytes())
+        for i in sorted(proposals[split]):
+            h.update(f"{split}/{i}:".encode())
+            h.update(proposals[split][i].float().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 # %% ../nbs/20a_ablations.ipynb #40fa137a
@@ -510,7 +517,8 @@ def run_ablations(tables, seeds=SEEDS, store=None, smoke: bool = False, jobs: in
     try:
         for stage, runs in (("rpn", rpns), ("heads", todo)):   # every RPN is done before the heads that train on it start
             for line in _in_pool([(stage, v, s, store, smoke, device, jobs, progress and jobs <= 1) for v, s in runs], jobs):
-                bar.update(1); bar.write(line)
+                bar.update(1)
+                bar.write(line)
     finally:
         bar.close()
     return todo
@@ -657,7 +665,8 @@ def results_markdown(store=None) -> str:
     "One line per table: the paper's headline difference beside ours (absolute and relative), the seeds, our resolution and the verdict."
     lines = ["| table | difference | paper | ours | seeds | resolution | verdict |", "|---|---|---|---|---|---|---|"]
     for h in headlines(store):
-        t = h["table"]; a, b, col = t.headline
+        t = h["table"]
+        a, b, col = t.headline
         n = h.get("seeds", 0)
         ours = "–" if not h.get("ours") else f"{h['ours']['diff']:+.1f} ({100 * h['ours']['rel']:+.0f} %)"
         res = "–" if not h.get("ours") or math.isnan(h["ours"]["resolution"]) else f"{h['ours']['resolution']:.1f}"
@@ -691,7 +700,8 @@ def plot_table(table: str, store=None, size=(3.0, 2.6)):
             vals = column_values(runs[r.variant], c)
             ax.scatter(np.full(len(vals), i + 0.2) + np.linspace(-0.08, 0.08, len(vals)), vals, s=8, color="k", zorder=3)
         ax.set_xticks(x, [r.label for r in t.rows], rotation=30, ha="right", fontsize=7)
-        ax.set_title(_col_name(c), fontsize=9); ax.tick_params(axis="y", labelsize=7)
+        ax.set_title(_col_name(c), fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
     axs[0][0].legend(fontsize=6, loc="lower left")
     fig.suptitle(f"Table {t.key}: {t.title}", fontsize=10)
     fig.tight_layout()
@@ -706,13 +716,16 @@ def plot_ap_vs_iou(table: str, iou_type: str = "segm", store=None, size=(4.6, 3.
     for i, r in enumerate(t.rows):
         curves = [rec["per_threshold"][iou_type] for rec in runs[r.variant] if iou_type in rec["per_threshold"]]
         if not curves: continue
-        thr = np.array(curves[0]["thresholds"]); ap = 100 * np.array([c["AP"] for c in curves])
+        thr = np.array(curves[0]["thresholds"])
+        ap = 100 * np.array([c["AP"] for c in curves])
         m = ap.mean(0)
         ax.plot(thr, m, marker="o", ms=3, lw=1.3, color=f"C{i}", label=f"{r.label} (n={len(curves)})")
         if len(curves) > 1: ax.fill_between(thr, m - ap.std(0, ddof=1), m + ap.std(0, ddof=1), color=f"C{i}", alpha=0.15)
     ax.set_xlabel({"keypoints": "OKS threshold"}.get(iou_type, "IoU threshold"), fontsize=8)
-    ax.set_ylabel(f"{_col_name((iou_type, 'AP'))}", fontsize=8); ax.tick_params(labelsize=7)
-    ax.legend(fontsize=6); ax.grid(alpha=0.3)
+    ax.set_ylabel(f"{_col_name((iou_type, 'AP'))}", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
     ax.set_title(f"Table {t.key}: AP against the {'OKS' if iou_type == 'keypoints' else 'IoU'} threshold", fontsize=9)
     fig.tight_layout()
     return fig
@@ -760,7 +773,9 @@ def plot_examples(table: str, store=None, image_ids=(1, 2, 3), seed: int = 0, si
         draw_instances(axs[0][j], img, target, names, skeleton, fontsize=5)
         for i, r in enumerate(t.rows, 1):
             rec = next((x for x in runs[r.variant] if x["seed"] == seed), None)
-            if rec is None: axs[i][j].axis("off"); continue
+            if rec is None:
+                axs[i][j].axis("off")
+                continue
             draw_instances(axs[i][j], img, _instances(rec["examples"], target["image_id"]), names, skeleton, fontsize=5)
     side(axs[0][0], "ground truth")
     for i, r in enumerate(t.rows, 1):

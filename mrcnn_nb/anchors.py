@@ -18,7 +18,8 @@ def cell_anchors(sizes, aspect_ratios, dtype=torch.float32) -> Tensor:
     "Zero-centred anchors (len(ratios) * len(sizes), 4) xyxy, rounded, ratio-major as in torchvision."
     scales = torch.as_tensor(sizes, dtype=dtype)
     ratios = torch.as_tensor(aspect_ratios, dtype=dtype)
-    h_ratios = torch.sqrt(ratios); w_ratios = 1 / h_ratios
+    h_ratios = torch.sqrt(ratios)
+    w_ratios = 1 / h_ratios
     ws = (w_ratios[:, None] * scales[None, :]).view(-1)
     hs = (h_ratios[:, None] * scales[None, :]).view(-1)
     return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
@@ -96,14 +97,18 @@ class BalancedSampler:
         "labels: per image (P,) with 1+ positive, 0 negative, -1 ignored. Returns per-image (pos_mask, neg_mask) uint8."
         pos_masks, neg_masks = [], []
         for l in labels:
-            pos = torch.where(l >= 1)[0]; neg = torch.where(l == 0)[0]
+            pos = torch.where(l >= 1)[0]
+            neg = torch.where(l == 0)[0]
             n_pos = min(pos.numel(), int(self.batch_size_per_image * self.positive_fraction))
             n_neg = min(neg.numel(), self.batch_size_per_image - n_pos)
             pos = pos[torch.randperm(pos.numel(), device=pos.device)[:n_pos]]
             neg = neg[torch.randperm(neg.numel(), device=neg.device)[:n_neg]]
-            pm = torch.zeros_like(l, dtype=torch.uint8); nm = torch.zeros_like(l, dtype=torch.uint8)
-            pm[pos] = 1; nm[neg] = 1
-            pos_masks.append(pm); neg_masks.append(nm)
+            pm = torch.zeros_like(l, dtype=torch.uint8)
+            nm = torch.zeros_like(l, dtype=torch.uint8)
+            pm[pos] = 1
+            nm[neg] = 1
+            pos_masks.append(pm)
+            neg_masks.append(nm)
         return pos_masks, neg_masks
 
     def __repr__(self): return f"BalancedSampler(batch_size_per_image={self.batch_size_per_image}, positive_fraction={self.positive_fraction})"

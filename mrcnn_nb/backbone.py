@@ -52,9 +52,12 @@ class Bottleneck(nn.Module):
                  norm: str = "frozen_bn", stride_in_1x1: bool = False):
         super().__init__()
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = nn.Conv2d(in_channels, width, 1, stride=s1, bias=False); self.bn1 = make_norm(norm, width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=s3, padding=1, groups=groups, bias=False); self.bn2 = make_norm(norm, width)
-        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False); self.bn3 = make_norm(norm, out_channels)
+        self.conv1 = nn.Conv2d(in_channels, width, 1, stride=s1, bias=False)
+        self.bn1 = make_norm(norm, width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=s3, padding=1, groups=groups, bias=False)
+        self.bn2 = make_norm(norm, width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = make_norm(norm, out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
@@ -86,7 +89,9 @@ class ResNet(nn.Module):
             layer = [Bottleneck(in_ch if b == 0 else out_ch, width, out_ch, (1 if i == 0 else 2) if b == 0 else 1, groups, norm, stride_in_1x1)
                      for b in range(blocks[i])]
             self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
-            in_ch = out_ch; self.stage_channels.append(out_ch); self.stage_strides.append(4 * 2 ** i)
+            in_ch = out_ch
+            self.stage_channels.append(out_ch)
+            self.stage_strides.append(4 * 2 ** i)
         self.num_stages = num_stages
 
     def forward(self, x: Tensor, return_stages=None) -> list:
@@ -173,7 +178,8 @@ def fold_frozen_bn(module: nn.Module) -> nn.Module:
         if isinstance(m, Bottleneck):
             for i in (1, 2, 3):
                 if isinstance(getattr(m, f"bn{i}"), FrozenBatchNorm2d):
-                    setattr(m, f"conv{i}", _fold(getattr(m, f"conv{i}"), getattr(m, f"bn{i}"))); setattr(m, f"bn{i}", nn.Identity())
+                    setattr(m, f"conv{i}", _fold(getattr(m, f"conv{i}"), getattr(m, f"bn{i}")))
+                    setattr(m, f"bn{i}", nn.Identity())
             if m.downsample is not None and isinstance(m.downsample[1], FrozenBatchNorm2d):
                 m.downsample = nn.Sequential(_fold(m.downsample[0], m.downsample[1]), nn.Identity())
         elif isinstance(m, ResNet) and isinstance(m.bn1, FrozenBatchNorm2d):

@@ -101,19 +101,24 @@ def _roi_case(workload: str, impl: str, op: str, backward: bool, repeats: int, s
     def measured(fn, x):
         "The call to time: the forward, or (backward) the backward of a forward made beforehand."
         if not backward: return lambda: fn(x)
-        y = fn(x); g = torch.ones_like(y)
+        y = fn(x)
+        g = torch.ones_like(y)
         def bwd():
-            y.backward(g, retain_graph=True); x.grad = None
+            y.backward(g, retain_graph=True)
+            x.grad = None
         return bwd
     small = roi_workload(workload, 0.05)   # warm-up on a small case: compiles the kernels
     measured(fn_for(*small), prepare(small[0]).requires_grad_(backward))()
     feats, boxes, s, out = roi_workload(workload, scale)
-    x = prepare(feats).requires_grad_(backward); fn = fn_for(feats, boxes, s, out)
+    x = prepare(feats).requires_grad_(backward)
+    fn = fn_for(feats, boxes, s, out)
     call = measured(fn, x)
     peak = peak_memory_rise(call)
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter(); call(); times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
     return dict(seconds=statistics.median(times), peak_mib=peak)
 
 def bench_roi(workloads=("FPN", "C4"), repeats: int = 5, scale: float = 1.0, progress: bool = True) -> list:
@@ -147,7 +152,8 @@ def bench_model(repeats: int = 3, size=(800, 1066), train_size=(800, 1066), prog
     g = torch.Generator().manual_seed(0)
     image = [torch.rand(3, *size, generator=g)]
     def target(h, w):
-        xy = torch.rand(5, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6]); wh = torch.rand(5, 2, generator=g) * 200 + 40
+        xy = torch.rand(5, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
+        wh = torch.rand(5, 2, generator=g) * 200 + 40
         boxes = torch.cat([xy, xy + wh], 1)
         masks = torch.zeros(5, h, w, dtype=torch.uint8)
         for i, (x1, y1, x2, y2) in enumerate(boxes.long().tolist()): masks[i, y1:y2, x1:x2] = 1
@@ -155,31 +161,39 @@ def bench_model(repeats: int = 3, size=(800, 1066), train_size=(800, 1066), prog
     images2 = [torch.rand(3, *train_size, generator=g) for _ in range(2)]
     targets2 = [target(*train_size) for _ in range(2)]
     fast = ours.for_inference()
-    fast_probs = copy.deepcopy(fast); fast_probs.transform.mask_threshold = None     # torchvision's output: float masks
+    fast_probs = copy.deepcopy(fast)
+    fast_probs.transform.mask_threshold = None     # torchvision's output: float masks
     # Training changes weights, so it gets its own pair, with torchvision's initialization: the spread-out classifier above
     # starts at a loss near 70, whose tiny gradients a few steps later are denormal floats that slow convolutions 5-10x.
     torch.manual_seed(1)
     tv_train = torchvision_model(num_classes=91, **resize(train_size))
     ours_train = ours_like(tv_train)
-    tv.eval(); ours.eval()
+    tv.eval()
+    ours.eval()
     detections = {}
     def infer(name, m):
         with torch.no_grad(): detections[name] = len(m(image)[0]["boxes"])
     def train_step(m, opt):
-        m.train(); opt.zero_grad()
-        loss = sum(m(images2, [dict(t) for t in targets2]).values()); loss.backward(); opt.step()
+        m.train()
+        opt.zero_grad()
+        loss = sum(m(images2, [dict(t) for t in targets2]).values())
+        loss.backward()
+        opt.step()
     opts = {id(m): torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-5, momentum=0.9) for m in (tv_train, ours_train)}
     inference = {"torchvision": tv, "ours": ours, "ours for_inference()": fast, "ours for_inference(), float masks": fast_probs}
     cases = [("inference", n, (lambda n=n, m=m: infer(n, m))) for n, m in inference.items()]
     cases += [("train step (2 images)", "torchvision", lambda: train_step(tv_train, opts[id(tv_train)])),
               ("train step (2 images)", "ours", lambda: train_step(ours_train, opts[id(ours_train)]))]
-    times = {(k, n): [] for k, n, _ in cases}; peaks = {}
+    times = {(k, n): [] for k, n, _ in cases}
+    peaks = {}
     for task in ("inference", "train step (2 images)"):   # one task at a time: a training step's GBs of churn would slow the next inference
         group = [c for c in cases if c[0] == task]
         for k, n, fn in group: peaks[(k, n)] = peak_memory_rise(fn)   # warm-up run, and the memory measurement
         for _ in tqdm(range(repeats), desc=f"model bench: {task}", disable=not progress, leave=False):
             for k, n, fn in group:   # interleaved, so that slow spells of the machine hit every model alike
-                t0 = time.perf_counter(); fn(); times[(k, n)].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                fn()
+                times[(k, n)].append(time.perf_counter() - t0)
     rows = []
     for k, n, _ in cases:
         t, ref = statistics.median(times[(k, n)]), statistics.median(times[(k, "torchvision")])

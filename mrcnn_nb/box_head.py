@@ -62,19 +62,27 @@ def sample_rois(proposals: list, targets: list, matcher: Matcher, sampler: Balan
         gt = t["boxes"].to(p.dtype)
         p = torch.cat([p, gt])
         if gt.numel() == 0:
-            m = torch.zeros(p.shape[0], dtype=torch.int64, device=p.device); l = torch.zeros_like(m)
+            m = torch.zeros(p.shape[0], dtype=torch.int64, device=p.device)
+            l = torch.zeros_like(m)
         else:
-            mm = matcher(box_iou(gt, p)); m = mm.clamp(min=0)
+            mm = matcher(box_iou(gt, p))
+            m = mm.clamp(min=0)
             l = t["labels"][m].to(torch.int64)
-            l[mm == Matcher.BELOW_LOW] = 0; l[mm == Matcher.BETWEEN] = -1
-        props_all.append(p); matched_all.append(m); labels_all.append(l)
+            l[mm == Matcher.BELOW_LOW] = 0
+            l[mm == Matcher.BETWEEN] = -1
+        props_all.append(p)
+        matched_all.append(m)
+        labels_all.append(l)
     pos, neg = sampler(labels_all)
     for p, m, l, ps, ng, t in zip(props_all, matched_all, labels_all, pos, neg, targets):
         keep = torch.where(ps | ng)[0]
         p, m, l = p[keep], m[keep], l[keep]
         gt = t["boxes"].to(p.dtype)
         if gt.numel() == 0: gt = torch.zeros(1, 4, dtype=p.dtype, device=p.device)
-        out_props.append(p); out_idx.append(m); out_labels.append(l); out_reg.append(coder.encode(gt[m], p))
+        out_props.append(p)
+        out_idx.append(m)
+        out_labels.append(l)
+        out_reg.append(coder.encode(gt[m], p))
     return out_props, out_idx, out_labels, out_reg
 
 def fastrcnn_loss(class_logits: Tensor, box_deltas: Tensor, labels: list, reg_targets: list) -> dict:
@@ -100,8 +108,10 @@ def postprocess_detections(class_logits: Tensor, box_deltas: Tensor, proposals: 
         b = clip_boxes(b, size)
         l = torch.arange(num_classes, device=b.device).view(1, -1).expand_as(s)
         b, s, l = b[:, 1:].reshape(-1, 4), s[:, 1:].reshape(-1), l[:, 1:].reshape(-1)   # drop background
-        keep = torch.where(s > score_thresh)[0]; b, s, l = b[keep], s[keep], l[keep]
-        keep = remove_small_boxes(b, min_size); b, s, l = b[keep], s[keep], l[keep]
+        keep = torch.where(s > score_thresh)[0]
+        b, s, l = b[keep], s[keep], l[keep]
+        keep = remove_small_boxes(b, min_size)
+        b, s, l = b[keep], s[keep], l[keep]
         keep = batched_nms(b, s, l, nms_thresh)[:detections_per_img]
         results.append(dict(boxes=b[keep], scores=s[keep], labels=l[keep]))
     return results

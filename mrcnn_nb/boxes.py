@@ -91,7 +91,8 @@ def _nms_sorted(boxes, iou_threshold):
     k = 0
     for i in range(n):
         if suppressed[i]: continue
-        keep[k] = i; k += 1
+        keep[k] = i
+        k += 1
         x1, y1, x2, y2, ai = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3], areas[i]
         for j in range(i + 1, n):
             if suppressed[j]: continue

@@ -97,7 +97,8 @@ COMMANDS["shapes"] = (_shapes_args, cmd_shapes, "write a synthetic COCO-layout d
 # %% ../nbs/15_cli.ipynb #830412d2
 def cmd_show(args) -> int:
     "Draw a grid of samples of a COCO-layout dataset to an image file."
-    import matplotlib; matplotlib.use("Agg")
+    import matplotlib
+    matplotlib.use("Agg")
     from mrcnn_nb.data import COCODataset
     from mrcnn_nb.viz import plot_samples, save_figure
     ds = COCODataset(args.root, args.split, kind=args.kind)
@@ -164,7 +165,8 @@ def cmd_train(args) -> int:
 def _report_training(s: dict, name: str, out: Path):
     "Curves, summary (`metrics.json`) and predictions figure of a finished run, drawn from the model in memory; a line that says what."
     import json
-    import matplotlib; matplotlib.use("Agg")
+    import matplotlib
+    matplotlib.use("Agg")
     from mrcnn_nb.evaluate import format_metrics
     from mrcnn_nb.train import plot_metrics, read_metrics
     from mrcnn_nb.viz import save_figure
@@ -225,7 +227,8 @@ def cmd_eval(args) -> int:
     r = evaluate(model, ds, batch_size=args.batch)
     print(format_metrics(r))
     if args.out:
-        out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps({t: m["stats"] for t, m in r["metrics"].items()} | dict(images_per_s=r["images_per_s"], peak_mib=r["peak_mib"]), indent=1))
         for t, res in r["results"].items():
             if res: (out / f"results_{t}.json").write_text(json.dumps(res))
@@ -245,7 +248,8 @@ COMMANDS["eval"] = (_eval_args, cmd_eval, "COCO evaluation of a checkpoint",
 def cmd_predict(args) -> int:
     "Detections on image files: a PNG overlay and a JSON file per image."
     import json
-    import matplotlib; matplotlib.use("Agg")
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import torch
     from mrcnn_nb.data import read_image
@@ -254,7 +258,8 @@ def cmd_predict(args) -> int:
     from mrcnn_nb.viz import draw_instances, save_figure
     model, cfg, names = model_from_checkpoint(args.checkpoint)
     model = model.for_inference()
-    out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     for f in args.images:
         img = read_image(f)
         with torch.no_grad(): p = model([img])[0]

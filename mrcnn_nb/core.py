@@ -73,10 +73,13 @@ class Timer:
     "Accumulating wall-clock timer: `with t: ...` adds the block's duration to `t.total`."
     def __init__(self, name: str = "timer"): self.name, self.total, self.count, self._t0 = name, 0.0, 0, None
     def __enter__(self):
-        self._t0 = time.perf_counter(); return self
+        self._t0 = time.perf_counter()
+        return self
     def __exit__(self, *exc):
         self.last = time.perf_counter() - self._t0
-        self.total += self.last; self.count += 1; self._t0 = None
+        self.total += self.last
+        self.count += 1
+        self._t0 = None
     @property
     def mean(self) -> float: return self.total / max(self.count, 1)
     def __repr__(self): return f"Timer({self.name!r}: {self.count} runs, mean {self.mean * 1e3:.2f} ms)"
@@ -98,13 +101,16 @@ def peak_memory_rise(fn) -> float | None:
     try:
         with open("/proc/self/clear_refs", "w") as f: f.write("5")   # reset the peak (VmHWM) to the current RSS
     except OSError: return None
-    before = _vm_kib("VmRSS"); fn(); peak = _vm_kib("VmHWM")
+    before = _vm_kib("VmRSS")
+    fn()
+    peak = _vm_kib("VmHWM")
     return None if before is None or peak is None else (peak - before) / 1024
 
 # %% ../nbs/00_core.ipynb #c5fdcc45
 def _default_file_mode() -> int:
     "The mode a new file gets from `open()`: 0o666 less the process's umask."
-    mask = os.umask(0); os.umask(mask)
+    mask = os.umask(0)
+    os.umask(mask)
     return 0o666 & ~mask
 
 @contextlib.contextmanager
@@ -118,7 +124,8 @@ def atomic_write(path, mode: str = "w", **kwargs):
     try:
         with open(tmp, mode, **kwargs) as f:
             yield f
-            f.flush(); os.fsync(f.fileno())
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else _default_file_mode())  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:

@@ -122,7 +122,10 @@ def compressed_rle_counts(counts) -> list | None:
             if p >= len(s): return None
             c = ord(s[p]) - 48
             if not 0 <= c < 64: return None
-            x |= (c & 0x1F) << (5 * k); more = bool(c & 0x20); p += 1; k += 1
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
             if not more and c & 0x10: x |= -1 << (5 * k)
         if len(runs) > 2: x += runs[-2]
         runs.append(x)
@@ -179,7 +182,8 @@ def keypoint_flip_indices(names: list) -> list:
 def _quiet_coco(data: dict):
     "A pycocotools COCO index of `data` without its prints."
     from pycocotools.coco import COCO
-    coco = COCO(); coco.dataset = data
+    coco = COCO()
+    coco.dataset = data
     import contextlib, io
     with contextlib.redirect_stdout(io.StringIO()): coco.createIndex()
     return coco
@@ -232,10 +236,14 @@ class COCODataset(torch.utils.data.Dataset):
             anns = []
             for a in by_image[im["id"]]:
                 self.stats["annotations"] += 1
-                if a.get("iscrowd", 0): self.stats["crowd_skipped"] += 1; continue
+                if a.get("iscrowd", 0):
+                    self.stats["crowd_skipped"] += 1
+                    continue
                 x, y, bw, bh = a["bbox"]
                 box = [max(0.0, x), max(0.0, y), min(float(w), x + bw), min(float(h), y + bh)]
-                if not (box[2] > box[0] and box[3] > box[1]): self.stats["degenerate_boxes_dropped"] += 1; continue
+                if not (box[2] > box[0] and box[3] > box[1]):
+                    self.stats["degenerate_boxes_dropped"] += 1
+                    continue
                 segm = a.get("segmentation")
                 if self.with_masks:
                     if segm is None or segm == []:
@@ -245,7 +253,8 @@ class COCODataset(torch.utils.data.Dataset):
                         except UserInputError as e:
                             if bad_polygons == "error":
                                 raise UserInputError(f"{e} (pass bad_polygons='drop' to skip such annotations)") from None
-                            self.stats["bad_polygons_dropped"] += 1; continue
+                            self.stats["bad_polygons_dropped"] += 1
+                            continue
                 kps = None
                 if K:
                     kps = a.get("keypoints") or [0] * (3 * K)
@@ -254,7 +263,9 @@ class COCODataset(torch.utils.data.Dataset):
                 anns.append((a["id"], box, self.categories.to_label(a["category_id"]), segm, kps))
             if not anns:
                 self.stats["images_without_annotations"] += 1
-                if skip_empty: self.stats["empty_images_skipped"] += 1; continue
+                if skip_empty:
+                    self.stats["empty_images_skipped"] += 1
+                    continue
             records.append(dict(id=im["id"], file_name=im["file_name"], height=h, width=w, anns=anns))
         self.stats["images"] = len(records)
         return records
@@ -316,9 +327,12 @@ class RandomHorizontalFlip:
     def __call__(self, image, target):
         if self.p <= 0 or (self.p < 1 and torch.rand(()).item() >= self.p): return image, target
         w = image.shape[-1]
-        t = dict(target); image = image.flip(-1)
+        t = dict(target)
+        image = image.flip(-1)
         for key in ("boxes", "proposals"):
-            if key in t: b = t[key]; t[key] = torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1)
+            if key in t:
+                b = t[key]
+                t[key] = torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1)
         if "masks" in t: t["masks"] = t["masks"].flip(-1)
         if "keypoints" in t:
             if self.keypoint_flip is None: raise ValueError("flipping keypoints needs keypoint_flip (see keypoint_flip_indices)")
@@ -353,7 +367,8 @@ def pad_images(images: list, size_divisibility: int = 32, pad_value: float = 0.0
     c = images[0].shape[0]
     if any(im.ndim != 3 or im.shape[0] != c for im in images):
         raise ValueError(f"images must all be (C, H, W) with the same C, got {[tuple(im.shape) for im in images]}")
-    h = max(im.shape[1] for im in images); w = max(im.shape[2] for im in images)
+    h = max(im.shape[1] for im in images)
+    w = max(im.shape[2] for im in images)
     d = max(int(size_divisibility), 1)
     hp, wp = math.ceil(h / d) * d, math.ceil(w / d) * d
     out = images[0].new_full((len(images), c, hp, wp), pad_value)
@@ -376,7 +391,9 @@ class GroupedBatchSampler(torch.utils.data.Sampler):
         for idx in self.sampler:
             buf = buffers.setdefault(self.group_ids[idx], [])
             buf.append(idx)
-            if len(buf) == self.batch_size: yield buf[:]; buf.clear()
+            if len(buf) == self.batch_size:
+                yield buf[:]
+                buf.clear()
         for idx in sorted(i for buf in buffers.values() for i in buf): leftovers.append(idx)
         for s in range(0, len(leftovers), self.batch_size):
             chunk = leftovers[s:s + self.batch_size]

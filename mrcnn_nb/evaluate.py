@@ -76,7 +76,9 @@ def to_coco_results(predictions: list, cat_ids: list) -> dict:
     res = {"bbox": [], "segm": [], "keypoints": []}
     for image_id, d in predictions:
         if len(d["boxes"]) == 0: continue
-        b = d["boxes"].tolist(); s = d["scores"].tolist(); cats = [cat_ids[l - 1] for l in d["labels"].tolist()]
+        b = d["boxes"].tolist()
+        s = d["scores"].tolist()
+        cats = [cat_ids[l - 1] for l in d["labels"].tolist()]
         for box, score, cat in zip(b, s, cats):
             res["bbox"].append(dict(image_id=image_id, category_id=cat, bbox=[box[0], box[1], box[2] - box[0], box[3] - box[1]], score=score))
         if "masks" in d:
@@ -107,11 +109,14 @@ def coco_evaluate(coco_gt, results: dict, iou_types=("bbox", "segm"), oks_sigmas
             dt = coco_gt.loadRes([dict(r) for r in results[t]])   # loadRes adds keys to the dicts it gets: give it copies
             E = COCOeval(coco_gt, dt, t)
             if t == "keypoints" and oks_sigmas is not None: E.params.kpt_oks_sigmas = np.asarray(oks_sigmas, dtype=float)
-            E.evaluate(); E.accumulate(); E.summarize()
+            E.evaluate()
+            E.accumulate()
+            E.summarize()
         prec = E.eval["precision"]   # (T IoUs, R recalls, K categories, A areas, M max-dets)
         per_cat = {}
         for k, cat in enumerate(E.params.catIds):
-            p = prec[:, :, k, 0, -1]; p = p[p > -1]
+            p = prec[:, :, k, 0, -1]
+            p = p[p > -1]
             per_cat[names[cat]] = float(p.mean()) if p.size else float("nan")
         at = [prec[i, :, :, 0, -1] for i in range(len(E.params.iouThrs))]   # AP at each IoU (OKS) threshold, all areas, most detections
         per_threshold = dict(thresholds=[round(float(x), 2) for x in E.params.iouThrs], AP=[float(p[p > -1].mean()) if (p > -1).any() else -1.0 for p in at])

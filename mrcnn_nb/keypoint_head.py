@@ -23,14 +23,17 @@ class KeypointHead(nn.Sequential):
         super().__init__(*layers)
         self.out_channels = dim
         for m in self.children():
-            if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu"); nn.init.zeros_(m.bias)
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
 
 class KeypointPredictor(nn.Module):
     "A 4x4 stride-2 deconvolution to one map per keypoint, then 2x bilinear upscaling: 14 -> 28 -> 56."
     def __init__(self, in_channels: int, num_keypoints: int):
         super().__init__()
         self.kps_score_lowres = nn.ConvTranspose2d(in_channels, num_keypoints, 4, stride=2, padding=1)
-        nn.init.kaiming_normal_(self.kps_score_lowres.weight, mode="fan_out", nonlinearity="relu"); nn.init.zeros_(self.kps_score_lowres.bias)
+        nn.init.kaiming_normal_(self.kps_score_lowres.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(self.kps_score_lowres.bias)
         self.num_keypoints = num_keypoints
     def forward(self, x: Tensor) -> Tensor:
         return F.interpolate(self.kps_score_lowres(x), scale_factor=2.0, mode="bilinear", align_corners=False, recompute_scale_factor=False)
@@ -42,8 +45,10 @@ def keypoint_targets(keypoints: Tensor, rois: Tensor, size: int):
     sx, sy = size / (rois[:, 2:3] - x1), size / (rois[:, 3:4] - y1)
     x, y = keypoints[..., 0], keypoints[..., 1]
     on_right, on_bottom = x == rois[:, 2:3], y == rois[:, 3:4]
-    cx = ((x - x1) * sx).floor().long(); cy = ((y - y1) * sy).floor().long()
-    cx[on_right] = size - 1; cy[on_bottom] = size - 1
+    cx = ((x - x1) * sx).floor().long()
+    cy = ((y - y1) * sy).floor().long()
+    cx[on_right] = size - 1
+    cy[on_bottom] = size - 1
     valid = (cx >= 0) & (cy >= 0) & (cx < size) & (cy < size) & (keypoints[..., 2] > 0)
     return (cy * size + cx) * valid, valid
 
@@ -59,14 +64,16 @@ def keypoint_loss(logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
 def heatmaps_to_keypoints(maps: Tensor, rois: Tensor):
     "Keypoints (P, K, 3) = (x, y, 1) and scores (P, K) from heatmaps (P, K, m, m) of RoIs (P, 4)."
     P, K = maps.shape[:2]
-    widths = (rois[:, 2] - rois[:, 0]).clamp(min=1); heights = (rois[:, 3] - rois[:, 1]).clamp(min=1)
+    widths = (rois[:, 2] - rois[:, 0]).clamp(min=1)
+    heights = (rois[:, 3] - rois[:, 1]).clamp(min=1)
     xy = torch.zeros(P, K, 3, dtype=torch.float32, device=maps.device)
     scores = torch.zeros(P, K, dtype=torch.float32, device=maps.device)
     for i in range(P):
         w, h = int(widths[i].ceil().item()), int(heights[i].ceil().item())
         m = F.interpolate(maps[i][:, None], size=(h, w), mode="bicubic", align_corners=False)[:, 0]
         pos = m.reshape(K, -1).argmax(1)
-        xi = pos % w; yi = torch.div(pos - xi, w, rounding_mode="floor")
+        xi = pos % w
+        yi = torch.div(pos - xi, w, rounding_mode="floor")
         xy[i, :, 0] = (xi.float() + 0.5) * (widths[i] / w) + rois[i, 0]
         xy[i, :, 1] = (yi.float() + 0.5) * (heights[i] / h) + rois[i, 1]
         xy[i, :, 2] = 1

@@ -27,7 +27,9 @@ class FCNMaskHead(nn.Sequential):
                            for i in range(num_convs)])
         self.out_channels = dim
         for m in self.modules():
-            if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu"); nn.init.zeros_(m.bias)
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for i in range(len(self)):   # legacy torchvision names: mask_fcn1.weight -> 0.0.weight

@@ -140,7 +140,9 @@ def check_config(cfg: Config) -> None:
     "Refuse a field whose value is not of its type (or not one of its choices), naming the key, the value and what it may be."
     for f in fields(cfg):
         value = getattr(cfg, f.name)
-        if isinstance(value, list): value = tuple(value); setattr(cfg, f.name, value)
+        if isinstance(value, list):
+            value = tuple(value)
+            setattr(cfg, f.name, value)
         ok, want = _allowed(value, _field_types()[f.name])
         if not ok: raise UserInputError(f"config {f.name}={value!r}: expected {want}")
     if cfg.num_classes < 2: raise UserInputError(f"config num_classes={cfg.num_classes}: expected at least 2 (the background counts too)")
@@ -190,7 +192,10 @@ def rescale_target(target: dict, size, new_size) -> dict:
     for key in ("boxes", "proposals"):   # proposals: given with the image, from a separately trained RPN
         if key in t: t[key] = t[key] * torch.stack([rx, ry, rx, ry]).to(t[key])
     if "keypoints" in t:
-        k = t["keypoints"].clone(); k[..., 0] *= rx.to(k); k[..., 1] *= ry.to(k); t["keypoints"] = k
+        k = t["keypoints"].clone()
+        k[..., 0] *= rx.to(k)
+        k[..., 1] *= ry.to(k)
+        t["keypoints"] = k
     return t
 
 class Transform(nn.Module):
@@ -225,7 +230,8 @@ class Transform(nn.Module):
         for i, im in enumerate(images):
             t = None if targets is None else targets[i]
             im, t = self.resize(self.normalize(im), t)
-            out_images.append(im); out_targets.append(t)
+            out_images.append(im)
+            out_targets.append(t)
         return pad_images(out_images, self.size_divisibility), (None if targets is None else out_targets)
 
     def postprocess(self, detections: list, image_sizes: list, original_sizes: list) -> list:
@@ -382,9 +388,11 @@ def torchvision_to_ours(state_dict: dict) -> dict:
         for part in ("inner_blocks", "layer_blocks"):                                                      # legacy FPN convs
             pre = f"backbone.fpn.{part}."
             if k.startswith(pre) and k[len(pre):].count(".") == 1:
-                i, t = k[len(pre):].split("."); k = f"{pre}{i}.0.{t}"
+                i, t = k[len(pre):].split(".")
+                k = f"{pre}{i}.0.{t}"
         if k.startswith("mask.head.mask_fcn"):                                                             # legacy mask head
-            i, t = k[len("mask.head.mask_fcn"):].split("."); k = f"mask.head.{int(i) - 1}.0.{t}"
+            i, t = k[len("mask.head.mask_fcn"):].split(".")
+            k = f"mask.head.{int(i) - 1}.0.{t}"
         out[k] = v
     return out
 

@@ -22,23 +22,41 @@ __all__ = ['cuda_kernels_available', 'bilinear_forward_cuda', 'bilinear_backward
 # %% ../nbs/07b_roi_cuda.ipynb #78b6e258
 @cuda.jit(device=True)
 def _unravel(i, PH, PW, C):
-    c = i % C; t = i // C; pw = t % PW; t = t // PW; ph = t % PH
+    c = i % C
+    t = i // C
+    pw = t % PW
+    t = t // PW
+    ph = t % PH
     return t // PH, ph, pw, c
 
 @cuda.jit(device=True)
 def _sample(x, b, c, k, ph, pw, iy, ix, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi):
     "The bilinear value of sample (iy, ix) of bin (ph, pw) of RoI k, channel c."
-    y0 = ylo[k, ph, iy]; y1 = yhi[k, ph, iy]; wy0 = ywlo[k, ph, iy]; wy1 = ywhi[k, ph, iy]
-    x0 = xlo[k, pw, ix]; x1 = xhi[k, pw, ix]; wx0 = xwlo[k, pw, ix]; wx1 = xwhi[k, pw, ix]
+    y0 = ylo[k, ph, iy]
+    y1 = yhi[k, ph, iy]
+    wy0 = ywlo[k, ph, iy]
+    wy1 = ywhi[k, ph, iy]
+    x0 = xlo[k, pw, ix]
+    x1 = xhi[k, pw, ix]
+    wx0 = xwlo[k, pw, ix]
+    wx1 = xwhi[k, pw, ix]
     return wy0 * wx0 * x[b, y0, x0, c] + wy0 * wx1 * x[b, y0, x1, c] + wy1 * wx0 * x[b, y1, x0, c] + wy1 * wx1 * x[b, y1, x1, c]
 
 @cuda.jit(device=True)
 def _scatter(gin, v, b, c, k, ph, pw, iy, ix, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi):
     "Add `v` times the bilinear weights of sample (iy, ix) to its four neighbours in `gin`, atomically."
-    y0 = ylo[k, ph, iy]; y1 = yhi[k, ph, iy]; wy0 = ywlo[k, ph, iy]; wy1 = ywhi[k, ph, iy]
-    x0 = xlo[k, pw, ix]; x1 = xhi[k, pw, ix]; wx0 = xwlo[k, pw, ix]; wx1 = xwhi[k, pw, ix]
-    cuda.atomic.add(gin, (b, y0, x0, c), v * wy0 * wx0); cuda.atomic.add(gin, (b, y0, x1, c), v * wy0 * wx1)
-    cuda.atomic.add(gin, (b, y1, x0, c), v * wy1 * wx0); cuda.atomic.add(gin, (b, y1, x1, c), v * wy1 * wx1)
+    y0 = ylo[k, ph, iy]
+    y1 = yhi[k, ph, iy]
+    wy0 = ywlo[k, ph, iy]
+    wy1 = ywhi[k, ph, iy]
+    x0 = xlo[k, pw, ix]
+    x1 = xhi[k, pw, ix]
+    wx0 = xwlo[k, pw, ix]
+    wx1 = xwhi[k, pw, ix]
+    cuda.atomic.add(gin, (b, y0, x0, c), v * wy0 * wx0)
+    cuda.atomic.add(gin, (b, y0, x1, c), v * wy0 * wx1)
+    cuda.atomic.add(gin, (b, y1, x0, c), v * wy1 * wx0)
+    cuda.atomic.add(gin, (b, y1, x1, c), v * wy1 * wx1)
 
 @cuda.jit
 def _k_bilinear_avg_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, out):
@@ -46,7 +64,9 @@ def _k_bilinear_avg_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi
     K, C, PH, PW = out.shape
     if i >= K * PH * PW * C: return
     k, ph, pw, c = _unravel(i, PH, PW, C)
-    b = batch[k]; cnt = count[k]; acc = cnt - cnt   # zero in the data's dtype
+    b = batch[k]
+    cnt = count[k]
+    acc = cnt - cnt   # zero in the data's dtype
     for iy in range(yn[k]):
         for ix in range(xn[k]):
             acc += _sample(x, b, c, k, ph, pw, iy, ix, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi)
@@ -58,7 +78,8 @@ def _k_bilinear_avg_bwd(g, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi
     K, C, PH, PW = g.shape
     if i >= K * PH * PW * C: return
     k, ph, pw, c = _unravel(i, PH, PW, C)
-    b = batch[k]; v = g[k, c, ph, pw] / count[k]
+    b = batch[k]
+    v = g[k, c, ph, pw] / count[k]
     for iy in range(yn[k]):
         for ix in range(xn[k]):
             _scatter(gin, v, b, c, k, ph, pw, iy, ix, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi)
@@ -69,13 +90,16 @@ def _k_bilinear_max_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi
     K, C, PH, PW = out.shape
     if i >= K * PH * PW * C: return
     k, ph, pw, c = _unravel(i, PH, PW, C)
-    GW = xlo.shape[2]; b = batch[k]
-    best = -math.inf; best_s = -1
+    GW = xlo.shape[2]
+    b = batch[k]
+    best = -math.inf
+    best_s = -1
     for iy in range(yn[k]):
         for ix in range(xn[k]):
             v = _sample(x, b, c, k, ph, pw, iy, ix, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi)
             if v > best:
-                best = v; best_s = iy * GW + ix
+                best = v
+                best_s = iy * GW + ix
     out[k, c, ph, pw] = best if best_s >= 0 else 0
     arg[k, ph, pw, c] = best_s
 
@@ -87,7 +111,9 @@ def _k_bilinear_max_bwd(g, arg, batch, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwh
     k, ph, pw, c = _unravel(i, PH, PW, C)
     s = arg[k, ph, pw, c]
     if s < 0: return
-    GW = xlo.shape[2]; iy = s // GW; ix = s - iy * GW
+    GW = xlo.shape[2]
+    iy = s // GW
+    ix = s - iy * GW
     _scatter(gin, g[k, c, ph, pw], batch[k], c, k, ph, pw, iy, ix, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi)
 
 @cuda.jit
@@ -96,13 +122,16 @@ def _k_pool_fwd(x, batch, py0, py1, px0, px1, out, arg):
     K, C, PH, PW = out.shape
     if i >= K * PH * PW * C: return
     k, ph, pw, c = _unravel(i, PH, PW, C)
-    W = x.shape[2]; b = batch[k]
-    best = -math.inf; best_i = -1
+    W = x.shape[2]
+    b = batch[k]
+    best = -math.inf
+    best_i = -1
     for h in range(py0[k, ph], py1[k, ph]):
         for w in range(px0[k, pw], px1[k, pw]):
             v = x[b, h, w, c]
             if v > best:
-                best = v; best_i = h * W + w
+                best = v
+                best_i = h * W + w
     out[k, c, ph, pw] = best if best_i >= 0 else 0
     arg[k, ph, pw, c] = best_i
 
@@ -114,7 +143,8 @@ def _k_pool_bwd(g, arg, batch, gin):
     k, ph, pw, c = _unravel(i, PH, PW, C)
     a = arg[k, ph, pw, c]
     if a < 0: return
-    W = gin.shape[2]; h = a // W
+    W = gin.shape[2]
+    h = a // W
     cuda.atomic.add(gin, (batch[k], h, a - h * W, c), g[k, c, ph, pw])
 
 # %% ../nbs/07b_roi_cuda.ipynb #f36750a1

@@ -29,7 +29,8 @@ def draw_roi_geometry(ax, roi, stride: float = 16.0, output_size: int = 2, sampl
     x1, y1, x2, y2 = [float(v) / stride for v in roi]   # continuous feature coordinates: cell j spans [j, j+1)
     n = grid_cells or int(np.ceil(max(x2, y2))) + 2
     for k in range(n + 1):
-        ax.plot([k, k], [0, n], color="0.8", lw=0.6, ls="--", zorder=0); ax.plot([0, n], [k, k], color="0.8", lw=0.6, ls="--", zorder=0)
+        ax.plot([k, k], [0, n], color="0.8", lw=0.6, ls="--", zorder=0)
+        ax.plot([0, n], [k, k], color="0.8", lw=0.6, ls="--", zorder=0)
     if n <= 12:  # cell centres, where the values sit (too cluttered on large grids)
         cx, cy = np.meshgrid(np.arange(n) + 0.5, np.arange(n) + 0.5)
         ax.scatter(cx, cy, s=3, color="0.6", zorder=1)
@@ -48,18 +49,24 @@ def draw_roi_geometry(ax, roi, stride: float = 16.0, output_size: int = 2, sampl
             g = sampling_ratio
             sx = q[0] + (np.arange(output_size * g) + 0.5) * qw / (output_size * g)
             sy = q[1] + (np.arange(output_size * g) + 0.5) * qh / (output_size * g)
-            X, Y = np.meshgrid(sx, sy); ax.scatter(X, Y, s=10, marker="x", color="tab:orange", zorder=3)
+            X, Y = np.meshgrid(sx, sy)
+            ax.scatter(X, Y, s=10, marker="x", color="tab:orange", zorder=3)
     ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="k", lw=1.8, zorder=2))
     if show_align:
         bw, bh = (x2 - x1) / output_size, (y2 - y1) / output_size
         for p in range(1, output_size):
-            ax.plot([x1 + p * bw] * 2, [y1, y2], color="tab:blue", lw=0.9); ax.plot([x1, x2], [y1 + p * bh] * 2, color="tab:blue", lw=0.9)
+            ax.plot([x1 + p * bw] * 2, [y1, y2], color="tab:blue", lw=0.9)
+            ax.plot([x1, x2], [y1 + p * bh] * 2, color="tab:blue", lw=0.9)
         g = sampling_ratio
         sx = x1 + (np.arange(output_size * g) + 0.5) * bw / g
         sy = y1 + (np.arange(output_size * g) + 0.5) * bh / g
         X, Y = np.meshgrid(sx, sy)
         ax.scatter(X, Y, s=max(2.0, 14.0 * min(1.0, 4.0 / (output_size * g))), color="tab:blue", alpha=0.8, zorder=3)
-    ax.set_xlim(0, n); ax.set_ylim(n, 0); ax.set_aspect("equal"); ax.set_xticks([]); ax.set_yticks([])
+    ax.set_xlim(0, n)
+    ax.set_ylim(n, 0)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
     return ax
 
 # %% ../nbs/07_roi_layers.ipynb #8511d756
@@ -98,7 +105,8 @@ def axis_plan(start: Tensor, size: Tensor, n_bins: int, grid: Tensor, length: in
     c = torch.where(edge, lo.to(dtype), c)
     frac = c - lo.to(dtype)
     zero = torch.zeros((), dtype=dtype)
-    w_lo = torch.where(valid, 1 - frac, zero); w_hi = torch.where(valid, frac, zero)
+    w_lo = torch.where(valid, 1 - frac, zero)
+    w_hi = torch.where(valid, frac, zero)
     return AxisPlan(lo, hi.clamp(min=0), w_lo, w_hi, grid.clamp(min=0).long())
 
 # %% ../nbs/07_roi_layers.ipynb #65e2b5c8
@@ -181,7 +189,8 @@ def bilinear_pool_reference(input: Tensor, plan: BilinearPlan, mode: str = "avg"
     "RoIAlign / RoIWarp from a plan: (K, C, out_h, out_w); `mode` 'avg' or 'max'."
     if mode not in ("avg", "max"): raise ValueError(f"mode must be 'avg' or 'max', got {mode!r}")
     N, C, H, W = input.shape
-    K, PH, GH = plan.y.lo.shape; PW, GW = plan.x.lo.shape[1:]
+    K, PH, GH = plan.y.lo.shape
+    PW, GW = plan.x.lo.shape[1:]
     outs = []
     for s, e in _chunks(K, C * PH * GH * PW * GW * 4):
         b = plan.batch[s:e].to(input.device)[:, None, None, None, None]
@@ -189,7 +198,8 @@ def bilinear_pool_reference(input: Tensor, plan: BilinearPlan, mode: str = "avg"
         val = 0
         for yi, wy in ((y.lo, y.w_lo), (y.hi, y.w_hi)):
             for xi, wx in ((x.lo, x.w_lo), (x.hi, x.w_hi)):
-                yy = yi[s:e].to(input.device)[:, :, :, None, None]; xx = xi[s:e].to(input.device)[:, None, None, :, :]
+                yy = yi[s:e].to(input.device)[:, :, :, None, None]
+                xx = xi[s:e].to(input.device)[:, None, None, :, :]
                 w = (wy[s:e].to(input)[:, :, :, None, None] * wx[s:e].to(input)[:, None, None, :, :])
                 val = val + w[..., None] * input[b, :, yy, xx]          # (k, PH, GH, PW, GW, C)
         if mode == "avg":
@@ -204,7 +214,8 @@ def bilinear_pool_reference(input: Tensor, plan: BilinearPlan, mode: str = "avg"
 def roi_pool_reference(input: Tensor, plan: PoolPlan) -> Tensor:
     "RoIPool from a plan: the max of each quantized bin (0 for empty bins); (K, C, out_h, out_w)."
     N, C, H, W = input.shape
-    K, PH = plan.y0.shape; PW = plan.x0.shape[1]
+    K, PH = plan.y0.shape
+    PW = plan.x0.shape[1]
     BH = int((plan.y1 - plan.y0).max().clamp(min=1)) if K else 1
     BW = int((plan.x1 - plan.x0).max().clamp(min=1)) if K else 1
     outs = []

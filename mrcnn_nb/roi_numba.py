@@ -23,7 +23,9 @@ def _bilinear_avg_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, 
     K, PH = ylo.shape[0], ylo.shape[1]
     PW, C = xlo.shape[1], x.shape[3]
     for t in prange(K * PH):
-        k = t // PH; ph = t - k * PH; b = batch[k]
+        k = t // PH
+        ph = t - k * PH
+        b = batch[k]
         o = np.empty(C, dtype=out.dtype)   # one bin's channels, contiguous: the inner loop vectorizes
         for pw in range(PW):
             for c in range(C): o[c] = 0
@@ -45,7 +47,8 @@ def _bilinear_avg_bwd(g, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, 
     PW, C = xlo.shape[1], g.shape[3]
     bs = (C + nblocks - 1) // nblocks
     for blk in prange(nblocks):
-        c0 = blk * bs; c1 = min(C, c0 + bs)
+        c0 = blk * bs
+        c1 = min(C, c0 + bs)
         for k in range(K):
             b, cnt = batch[k], count[k]
             for ph in range(PH):
@@ -60,7 +63,10 @@ def _bilinear_avg_bwd(g, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, 
                             a1, a2, a3, a4 = gin[b, y0, x0], gin[b, y0, x1], gin[b, y1, x0], gin[b, y1, x1]
                             for c in range(c0, c1):
                                 v = gg[c]
-                                a1[c] += v * w1; a2[c] += v * w2; a3[c] += v * w3; a4[c] += v * w4
+                                a1[c] += v * w1
+                                a2[c] += v * w2
+                                a3[c] += v * w3
+                                a4[c] += v * w4
 
 # %% ../nbs/07a_roi_numba.ipynb #f01ed69b
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -68,12 +74,15 @@ def _bilinear_max_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, 
     K, PH = ylo.shape[0], ylo.shape[1]
     PW, GW, C = xlo.shape[1], xlo.shape[2], x.shape[3]
     for t in prange(K * PH):
-        k = t // PH; ph = t - k * PH; b = batch[k]
+        k = t // PH
+        ph = t - k * PH
+        b = batch[k]
         o = np.empty(C, dtype=out.dtype)
         for pw in range(PW):
             a = arg[k, ph, pw]
             for c in range(C):
-                o[c] = -np.inf; a[c] = -1
+                o[c] = -np.inf
+                a[c] = -1
             for iy in range(yn[k]):
                 y0, y1, wy0, wy1 = ylo[k, ph, iy], yhi[k, ph, iy], ywlo[k, ph, iy], ywhi[k, ph, iy]
                 for ix in range(xn[k]):
@@ -84,7 +93,8 @@ def _bilinear_max_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, 
                     for c in range(C):
                         v = w1 * r1[c] + w2 * r2[c] + w3 * r3[c] + w4 * r4[c]
                         if v > o[c]:
-                            o[c] = v; a[c] = s
+                            o[c] = v
+                            a[c] = s
             for c in range(C): out[k, c, ph, pw] = o[c] if a[c] >= 0 else 0
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -93,21 +103,26 @@ def _bilinear_max_bwd(g, arg, batch, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi,
     PW, GW, C = xlo.shape[1], xlo.shape[2], g.shape[3]
     bs = (C + nblocks - 1) // nblocks
     for blk in prange(nblocks):
-        c0 = blk * bs; c1 = min(C, c0 + bs)
+        c0 = blk * bs
+        c1 = min(C, c0 + bs)
         for k in range(K):
             b = batch[k]
             for ph in range(PH):
                 for pw in range(PW):
-                    gg = g[k, ph, pw]; a = arg[k, ph, pw]
+                    gg = g[k, ph, pw]
+                    a = arg[k, ph, pw]
                     for c in range(c0, c1):
                         s = a[c]
                         if s < 0: continue
-                        iy = s // GW; ix = s - iy * GW
+                        iy = s // GW
+                        ix = s - iy * GW
                         y0, y1, wy0, wy1 = ylo[k, ph, iy], yhi[k, ph, iy], ywlo[k, ph, iy], ywhi[k, ph, iy]
                         x0, x1, wx0, wx1 = xlo[k, pw, ix], xhi[k, pw, ix], xwlo[k, pw, ix], xwhi[k, pw, ix]
                         v = gg[c]
-                        gin[b, y0, x0, c] += v * wy0 * wx0; gin[b, y0, x1, c] += v * wy0 * wx1
-                        gin[b, y1, x0, c] += v * wy1 * wx0; gin[b, y1, x1, c] += v * wy1 * wx1
+                        gin[b, y0, x0, c] += v * wy0 * wx0
+                        gin[b, y0, x1, c] += v * wy0 * wx1
+                        gin[b, y1, x0, c] += v * wy1 * wx0
+                        gin[b, y1, x1, c] += v * wy1 * wx1
 
 # %% ../nbs/07a_roi_numba.ipynb #d4dabdcf
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -115,20 +130,25 @@ def _pool_fwd(x, batch, py0, py1, px0, px1, out, arg):
     K, PH = py0.shape[0], py0.shape[1]
     PW, W, C = px0.shape[1], x.shape[2], x.shape[3]
     for t in prange(K * PH):
-        k = t // PH; ph = t - k * PH; b = batch[k]
+        k = t // PH
+        ph = t - k * PH
+        b = batch[k]
         h0, h1 = py0[k, ph], py1[k, ph]
         o = np.empty(C, dtype=out.dtype)
         for pw in range(PW):
             a = arg[k, ph, pw]
             w0, w1 = px0[k, pw], px1[k, pw]
             for c in range(C):
-                o[c] = -np.inf; a[c] = -1
+                o[c] = -np.inf
+                a[c] = -1
             for h in range(h0, h1):
                 for w in range(w0, w1):
-                    r = x[b, h, w]; idx = h * W + w
+                    r = x[b, h, w]
+                    idx = h * W + w
                     for c in range(C):
                         if r[c] > o[c]:
-                            o[c] = r[c]; a[c] = idx
+                            o[c] = r[c]
+                            a[c] = idx
             for c in range(C): out[k, c, ph, pw] = o[c] if a[c] >= 0 else 0   # empty bin: 0
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -137,12 +157,14 @@ def _pool_bwd(g, arg, batch, gin, nblocks):
     W = gin.shape[2]
     bs = (C + nblocks - 1) // nblocks
     for blk in prange(nblocks):
-        c0 = blk * bs; c1 = min(C, c0 + bs)
+        c0 = blk * bs
+        c1 = min(C, c0 + bs)
         for k in range(K):
             b = batch[k]
             for ph in range(PH):
                 for pw in range(PW):
-                    gg = g[k, ph, pw]; a = arg[k, ph, pw]
+                    gg = g[k, ph, pw]
+                    a = arg[k, ph, pw]
                     for c in range(c0, c1):
                         i = a[c]
                         if i >= 0:
@@ -203,7 +225,8 @@ def roi_pool_forward_numba(input: Tensor, plan: PoolPlan):
     _sync_threads()
     N, C, H, W = input.shape
     K, PH, PW = plan.y0.shape[0], plan.y0.shape[1], plan.x0.shape[1]
-    out = torch.empty(K, C, PH, PW, dtype=input.dtype); arg = torch.empty(K, PH, PW, C, dtype=torch.int32)
+    out = torch.empty(K, C, PH, PW, dtype=input.dtype)
+    arg = torch.empty(K, PH, PW, C, dtype=torch.int32)
     if K: _pool_fwd(_nhwc(input), plan.batch.numpy(), plan.y0.numpy(), plan.y1.numpy(), plan.x0.numpy(), plan.x1.numpy(), out.numpy(), arg.numpy())
     return out, arg
 

@@ -36,7 +36,8 @@ def check_rois(input: Tensor, boxes) -> Tensor:
         if boxes.ndim != 2 or boxes.shape[1] != 5:
             raise ValueError(f"boxes must be a (K, 5) tensor of (batch index, x1, y1, x2, y2) or a list of (Ki, 4) tensors, "
                              f"got a tensor of shape {tuple(boxes.shape)}")
-        _same(input, [boxes], "boxes"); rois = boxes
+        _same(input, [boxes], "boxes")
+        rois = boxes
     else: raise TypeError(f"boxes must be a Tensor or a list of Tensors, got {type(boxes).__name__}")
     if rois.shape[0] and min(input.shape[-2:]) == 0:
         raise ValueError(f"input has an empty feature map of shape {tuple(input.shape)}: nothing to pool from")
@@ -156,7 +157,8 @@ class RoIAlign(_RoILayer):
     _fields = ("output_size", "spatial_scale", "sampling_ratio", "aligned", "mode", "backend")
     def __init__(self, output_size, spatial_scale: float, sampling_ratio: int = -1, aligned: bool = False,
                  mode: str = "avg", backend: str = "auto"):
-        super().__init__(); _check_args(spatial_scale, sampling_ratio, mode)
+        super().__init__()
+        _check_args(spatial_scale, sampling_ratio, mode)
         if backend not in BACKENDS: raise ValueError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
         self.output_size, self.spatial_scale, self.sampling_ratio = _output_size(output_size), spatial_scale, sampling_ratio
         self.aligned, self.mode, self.backend = aligned, mode, backend
@@ -167,7 +169,8 @@ class RoIWarp(_RoILayer):
     "Module form of `roi_warp`."
     _fields = ("output_size", "spatial_scale", "sampling_ratio", "mode", "backend")
     def __init__(self, output_size, spatial_scale: float, sampling_ratio: int = -1, mode: str = "max", backend: str = "auto"):
-        super().__init__(); _check_args(spatial_scale, sampling_ratio, mode)
+        super().__init__()
+        _check_args(spatial_scale, sampling_ratio, mode)
         if backend not in BACKENDS: raise ValueError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
         self.output_size, self.spatial_scale, self.sampling_ratio, self.mode, self.backend = _output_size(output_size), spatial_scale, sampling_ratio, mode, backend
     def forward(self, input, boxes):
@@ -177,7 +180,8 @@ class RoIPool(_RoILayer):
     "Module form of `roi_pool`."
     _fields = ("output_size", "spatial_scale", "backend")
     def __init__(self, output_size, spatial_scale: float, backend: str = "auto"):
-        super().__init__(); _check_args(spatial_scale, 0, "max")
+        super().__init__()
+        _check_args(spatial_scale, 0, "max")
         if backend not in BACKENDS: raise ValueError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
         self.output_size, self.spatial_scale, self.backend = _output_size(output_size), spatial_scale, backend
     def forward(self, input, boxes): return roi_pool(input, boxes, self.output_size, self.spatial_scale, self.backend)

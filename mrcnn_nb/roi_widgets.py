@@ -124,7 +124,9 @@ def draw_feature_geometry(ax, feature: Tensor, roi, stride: int, output_size: in
     g = (np.arange(k * sampling_ratio) + 0.5) / (k * sampling_ratio)
     X, Y = np.meshgrid(x1 + g * (x2 - x1) + 0.5, y1 + g * (y2 - y1) + 0.5)   # where aligned=False's samples read, in cells
     ax.scatter(X.ravel(), Y.ravel(), s=9, marker="x", lw=0.7, color="tab:green", zorder=3)
-    if margin is not None: ax.set_xlim(x1 - margin, x2 + margin + 0.5); ax.set_ylim(y2 + margin + 0.5, y1 - margin)   # cells around the RoI
+    if margin is not None:
+        ax.set_xlim(x1 - margin, x2 + margin + 0.5)
+        ax.set_ylim(y2 + margin + 0.5, y1 - margin)   # cells around the RoI
     ax.set_title(f"stride {stride}: RoI, RoIPool bins (red)\nsamples: aligned=True •, False ×", fontsize=9)
     return ax
 
@@ -134,8 +136,11 @@ def draw_shift_response(ax, shifts, curves: dict, shift: float, stride: int):
     for name in LAYERS:
         ax.plot(shifts / stride, curves[name], color=COLORS[name], label=name, lw=1.3, ls="--" if name == "RoIAlign" else "-")
     ax.axvline(shift / stride, color="k", lw=0.8, ls=":")
-    ax.set_xlabel("RoI shift (cells)", fontsize=8); ax.set_ylabel("output centroid x (cells)", fontsize=8)
-    ax.tick_params(labelsize=7); ax.legend(fontsize=7); ax.set_title("sliding by < 1 cell", fontsize=9)
+    ax.set_xlabel("RoI shift (cells)", fontsize=8)
+    ax.set_ylabel("output centroid x (cells)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7)
+    ax.set_title("sliding by < 1 cell", fontsize=9)
     return ax
 
 # %% ../nbs/07d_roi_widgets.ipynb #58ccce4a
@@ -151,14 +156,17 @@ def plot_roi_comparison(image: Tensor, mask: Tensor, roi, stride: int = 16, outp
     axs = fig.subplots(2, 6, gridspec_kw=dict(width_ratios=(1.25, 1, 1, 1, 1, 1.25)))
     draw_feature_geometry(axs[0, 0], feat, r, stride, output_size, sampling_ratio)
     draw_shift_response(axs[0, 5], *shift_response(feature_map(mask, stride), roi, stride, output_size, sampling_ratio, 17), shift, stride)
-    axs[1, 0].imshow(mask, cmap="gray"); axs[1, 0].set_title("ground-truth mask\n(RoI and 16 px around it)", fontsize=9)
+    axs[1, 0].imshow(mask, cmap="gray")
+    axs[1, 0].set_title("ground-truth mask\n(RoI and 16 px around it)", fontsize=9)
     for a, b, name in zip(axs[0, 1:5], axs[1, 1:5], LAYERS):
         a.imshow(outs[name], cmap="gray", vmin=0, vmax=1)
         a.set_title(f"{TITLES[name]}\n{output_size}×{output_size} output", fontsize=9, color=COLORS[name])
         pasted, iou = masks[name]
         b.imshow(mask * 0.35 + pasted.float() * 0.65, cmap="magma", vmin=0, vmax=1)
         b.set_title(f"{mask_size}×{mask_size}, pasted {'exact' if PASTE_ALIGNED[name] else 'legacy'}:\nIoU {iou:.3f}", fontsize=9)
-    for a in axs[1, :5]: a.set_xlim(r[0] - 16, r[2] + 16); a.set_ylim(r[3] + 16, r[1] - 16)   # the RoI and 16 px around it
+    for a in axs[1, :5]:
+        a.set_xlim(r[0] - 16, r[2] + 16)
+        a.set_ylim(r[3] + 16, r[1] - 16)   # the RoI and 16 px around it
     for a in [*axs[:, 1:5].flat, axs[1, 0], axs[1, 5]]: a.axis("off")
     lines = [f"{n}: {masks[n][1]:.3f}" for n in LAYERS]
     key = "pasted mask against the truth:\nyellow both, red pasted only,\npurple truth only"

@@ -27,14 +27,17 @@ class RPNHead(nn.Module):
         self.cls_logits = nn.Conv2d(in_channels, num_anchors, 1)
         self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, 1)
         for m in self.modules():
-            if isinstance(m, nn.Conv2d): nn.init.normal_(m.weight, std=0.01); nn.init.zeros_(m.bias)
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
 
     def forward(self, features: list):
         "Per level: objectness (N, A, H, W) and deltas (N, 4A, H, W)."
         logits, deltas = [], []
         for f in features:
             t = self.conv(f)
-            logits.append(self.cls_logits(t)); deltas.append(self.bbox_pred(t))
+            logits.append(self.cls_logits(t))
+            deltas.append(self.bbox_pred(t))
         return logits, deltas
 
 # %% ../nbs/06_rpn.ipynb #c4d13022
@@ -71,7 +74,8 @@ def select_proposals(anchors: Tensor, objectness: Tensor, deltas: Tensor, image_
         keep = torch.where(s >= score_thresh)[0]
         b, s, lv = b[keep], s[keep], lv[keep]
         keep = batched_nms(b, s, lv, nms_thresh)[:post_nms_top_n]
-        out_boxes.append(b[keep]); out_scores.append(s[keep])
+        out_boxes.append(b[keep])
+        out_scores.append(s[keep])
     return out_boxes, out_scores
 
 # %% ../nbs/06_rpn.ipynb #0e206ce0
@@ -82,18 +86,21 @@ def rpn_targets(anchors: Tensor, targets: list, matcher: Matcher, coder: BoxCode
         gt = t["boxes"]
         if gt.numel() == 0:
             labels.append(torch.zeros(anchors.shape[0], dtype=torch.float32, device=anchors.device))
-            reg.append(torch.zeros_like(anchors)); continue
+            reg.append(torch.zeros_like(anchors))
+            continue
         m = matcher(box_iou(gt, anchors))
         l = (m >= 0).to(torch.float32)
         l[m == Matcher.BELOW_LOW] = 0.0
         l[m == Matcher.BETWEEN] = -1.0
-        labels.append(l); reg.append(coder.encode(gt[m.clamp(min=0)], anchors))
+        labels.append(l)
+        reg.append(coder.encode(gt[m.clamp(min=0)], anchors))
     return labels, reg
 
 def rpn_losses(objectness: Tensor, deltas: Tensor, labels: list, reg_targets: list, sampler: BalancedSampler) -> dict:
     "Objectness BCE and box smooth-L1 (beta 1/9) over a balanced sample of anchors, both per sampled anchor."
     pos, neg = sampler(labels)
-    pos = torch.where(torch.cat(pos))[0]; neg = torch.where(torch.cat(neg))[0]
+    pos = torch.where(torch.cat(pos))[0]
+    neg = torch.where(torch.cat(neg))[0]
     sampled = torch.cat([pos, neg])
     objectness, deltas = objectness.flatten(), deltas.reshape(-1, 4)
     labels, reg_targets = torch.cat(labels), torch.cat(reg_targets)

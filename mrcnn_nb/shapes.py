@@ -32,7 +32,8 @@ def _circle(n=48, r=1.0, cx=0.0, cy=0.0):
 def _crescent():
     # disk A (centre 0, radius 1) minus disk B (centre d, radius r): outer arc of A, inner arc of B
     d, r = 0.55, 0.85
-    x = (d * d + 1 - r * r) / (2 * d); y = math.sqrt(1 - x * x)
+    x = (d * d + 1 - r * r) / (2 * d)
+    y = math.sqrt(1 - x * x)
     ta, tb = math.atan2(y, x), math.atan2(y, x - d)
     outer = np.linspace(ta, 2 * np.pi - ta, 40)
     inner = np.linspace(2 * np.pi - tb, tb, 30)
@@ -95,12 +96,15 @@ def _rle_json(mask: np.ndarray) -> dict:
 
 def _keep_visible(cands: list, h: int, w: int, min_visible: float) -> list:
     "Objects (dicts with a 'mask', in paint order) that stay at least `min_visible` visible under those kept above them."
-    above = np.zeros((h, w), np.uint8); kept = []
+    above = np.zeros((h, w), np.uint8)
+    kept = []
     for c in reversed(cands):  # top-most first
-        area = int(c["mask"].sum()); visible = c["mask"] & (1 - above)
+        area = int(c["mask"].sum())
+        visible = c["mask"] & (1 - above)
         if area == 0 or visible.sum() < max(min_visible * area, 4): continue
         c["visible"], c["above"] = visible, above.copy()   # what is visible, and what covers it
-        above |= c["mask"]; kept.append(c)
+        above |= c["mask"]
+        kept.append(c)
     return kept[::-1]  # paint order, bottom first
 
 def _paint(rng: np.random.Generator, kept: list, h: int, w: int) -> np.ndarray:
@@ -146,7 +150,8 @@ def stick_figure(rng: np.random.Generator, height: float, cx: float, cy: float) 
     "Keypoints (14, 2) of a random pose: a figure `height` px tall centred at (cx, cy)."
     u = height  # all lengths are fractions of the height
     lean = rng.uniform(-0.3, 0.3)
-    down = np.array([math.sin(lean), math.cos(lean)]); right = np.array([down[1], -down[0]]) * -1
+    down = np.array([math.sin(lean), math.cos(lean)])
+    right = np.array([down[1], -down[0]]) * -1
     def limb(start, angle_from_down, length):
         c, s = math.cos(angle_from_down), math.sin(angle_from_down)
         d = np.array([c * down[0] - s * down[1], s * down[0] + c * down[1]])
@@ -158,10 +163,12 @@ def stick_figure(rng: np.random.Generator, height: float, cx: float, cy: float) 
     lh, rh = hip_mid + right * -0.07 * u, hip_mid + right * 0.07 * u
     kp = {"head": head, "neck": neck, "left_shoulder": ls, "right_shoulder": rs, "left_hip": lh, "right_hip": rh}
     for side, sgn in (("left", -1), ("right", 1)):
-        a1 = sgn * rng.uniform(0.1, 2.6); a2 = a1 + sgn * rng.uniform(-0.3, 1.6)
+        a1 = sgn * rng.uniform(0.1, 2.6)
+        a2 = a1 + sgn * rng.uniform(-0.3, 1.6)
         kp[f"{side}_elbow"] = limb(kp[f"{side}_shoulder"], a1, 0.15 * u)
         kp[f"{side}_wrist"] = limb(kp[f"{side}_elbow"], a2, 0.14 * u)
-        l1 = sgn * rng.uniform(0.0, 0.6); l2 = l1 - sgn * rng.uniform(-0.1, 0.8)
+        l1 = sgn * rng.uniform(0.0, 0.6)
+        l2 = l1 - sgn * rng.uniform(-0.1, 0.8)
         kp[f"{side}_knee"] = limb(kp[f"{side}_hip"], l1, 0.23 * u)
         kp[f"{side}_ankle"] = limb(kp[f"{side}_knee"], l2, 0.22 * u)
     return np.stack([kp[n] for n in KEYPOINT_NAMES])
@@ -175,7 +182,8 @@ def _segments_mask(segs, radii, h, w):
         y0, y1 = int(max(0, min(p[1], q[1]) - r - 1)), int(min(h, max(p[1], q[1]) + r + 2))
         if x0 >= x1 or y0 >= y1: continue
         X, Y = xx[y0:y1, x0:x1], yy[y0:y1, x0:x1]
-        d = q - p; L2 = max(float(d @ d), 1e-9)
+        d = q - p
+        L2 = max(float(d @ d), 1e-9)
         t = (((X - p[0]) * d[0] + (Y - p[1]) * d[1]) / L2).clip(0, 1)
         out[y0:y1, x0:x1] |= (X - p[0] - t * d[0]) ** 2 + (Y - p[1] - t * d[1]) ** 2 <= r * r
     return out.astype(np.uint8)
@@ -199,11 +207,14 @@ def render_keypoints(rng: np.random.Generator, h: int, w: int, n_range=(1, 3), m
         kp = stick_figure(rng, fh, cx, cy)
         cands.append(dict(kp=kp, mask=figure_mask(kp, fh, h, w), color=_hsv_color(rng)))
     kept = _keep_visible(cands, h, w, min_visible)
-    img = _paint(rng, kept, h, w); anns = []
+    img = _paint(rng, kept, h, w)
+    anns = []
     for c in kept:
         kps = []
         for x, y in c["kp"]:
-            if not (0 <= x < w and 0 <= y < h): kps += [0, 0, 0]; continue
+            if not (0 <= x < w and 0 <= y < h):
+                kps += [0, 0, 0]
+                continue
             hidden = c["above"][int(y), int(x)]
             kps += [round(float(x), 2), round(float(y), 2), 1 if hidden else 2]
         anns.append(dict(category_id=1, segmentation=_rle_json(c["visible"]), keypoints=kps,

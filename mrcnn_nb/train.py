@@ -142,8 +142,10 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict):
     "Restore the generators saved by `rng_state`."
-    p = state["python"]; random.setstate((p[0], tuple(p[1]), p[2]))
-    n = state["numpy"]; np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    p = state["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
     torch.set_rng_state(state["torch"])
 
 def save_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, iteration: int = 0, cfg: Config | None = None,
@@ -183,7 +185,8 @@ def setup_distributed(device: str = "auto") -> tuple:
     dev = get_device(device)
     if world == 1: return 0, 1, dev
     if dev.type == "cuda":
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))); torch.cuda.set_device(dev)
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
     if not dist.is_initialized(): dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), dev
 
@@ -221,12 +224,18 @@ def plot_metrics(records: list, size=(7.5, 2.6)):
             axs[0].plot(its[w - 1:], sm, lw=2 if k == "loss" else 1, label=k.replace("loss_", "") if k != "loss" else "total")
         vl = [(r["iter"], r["val_loss"]) for r in records if "val_loss" in r]
         if vl: axs[0].plot(*zip(*vl), "ks--", ms=3, lw=1, label="val total")
-        axs[0].set_yscale("log"); axs[0].set_title("losses"); axs[0].legend(fontsize=6); axs[0].set_xlabel("iteration")
-        axs[1].plot(its, [r["lr"] for r in train]); axs[1].set_title("learning rate"); axs[1].set_xlabel("iteration")
+        axs[0].set_yscale("log")
+        axs[0].set_title("losses")
+        axs[0].legend(fontsize=6)
+        axs[0].set_xlabel("iteration")
+        axs[1].plot(its, [r["lr"] for r in train])
+        axs[1].set_title("learning rate")
+        axs[1].set_xlabel("iteration")
     for key in ("bbox_AP", "segm_AP", "keypoints_AP"):
         pts = [(r["iter"], r[key]) for r in evals if key in r]
         if pts: axs[2].plot(*zip(*pts), "o-", label=key.split("_")[0])
-    axs[2].set_title("AP (val)"); axs[2].set_xlabel("iteration")
+    axs[2].set_title("AP (val)")
+    axs[2].set_xlabel("iteration")
     if evals: axs[2].legend(fontsize=6)
     fig.tight_layout()
     return fig
@@ -301,11 +310,17 @@ def load_initial_weights(model: MaskRCNN, cfg: Config, path) -> str:
     from mrcnn_nb.backbone import load_imagenet_weights
     from mrcnn_nb.model import load_torchvision_weights
     sd = load_torch_file(path)   # read once; what it holds decides how to load it
-    if isinstance(sd, dict) and isinstance(sd.get("model"), dict): load_weights(model, sd["model"], source=str(path)); return "checkpoint"
+    if isinstance(sd, dict) and isinstance(sd.get("model"), dict):
+        load_weights(model, sd["model"], source=str(path))
+        return "checkpoint"
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise UserInputError(f"{path}: expected a state dict (names to tensors) or an mrcnn_nb checkpoint, got {type(sd).__name__}")
-    if any(k.startswith("roi_heads.") for k in sd): load_torchvision_weights(model, sd); return "torchvision detection"
-    if any(k.startswith(("rpn.", "box.")) for k in sd): load_weights(model, sd, source=str(path)); return "state dict"
+    if any(k.startswith("roi_heads.") for k in sd):
+        load_torchvision_weights(model, sd)
+        return "torchvision detection"
+    if any(k.startswith(("rpn.", "box.")) for k in sd):
+        load_weights(model, sd, source=str(path))
+        return "state dict"
     load_imagenet_weights(model.backbone.body, sd, res5=model.box.head.layer4 if cfg.features == "C4" and model.box is not None else None)
     return "imagenet backbone"
 
@@ -341,7 +356,8 @@ def resume_run(run: Run) -> int:
     diff = {k: (getattr(old, k), getattr(run.cfg, k)) for k in asdict(run.cfg) if getattr(old, k) != getattr(run.cfg, k) and k != "max_iter"}
     if diff: raise UserInputError(f"{path}: trained with a different config; differing keys (checkpoint, now): {diff}")
     load_weights(run.model, ck["model"], source=str(path))
-    run.optimizer.load_state_dict(ck["optimizer"]); run.scheduler.load_state_dict(ck["scheduler"])
+    run.optimizer.load_state_dict(ck["optimizer"])
+    run.scheduler.load_state_dict(ck["scheduler"])
     if "rng" in ck and run.world == 1: set_rng_state(ck["rng"])
     elif f"rng_rank{run.rank}" in ck: set_rng_state(ck[f"rng_rank{run.rank}"])
     if run.main: truncate_metrics(run.out_dir / "metrics.jsonl", ck["iteration"])
@@ -369,7 +385,8 @@ def train_step(run: Run, images: list, targets: list, it: int) -> tuple:
     loss.backward()
     if run.cfg.clip_grad_norm: torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip_grad_norm)
     lr = run.optimizer.param_groups[0]["lr"]
-    run.optimizer.step(); run.scheduler.step()
+    run.optimizer.step()
+    run.scheduler.step()
     return {k: v.item() for k, v in losses.items()} | {"loss": loss.item()}, lr
 
 # %% ../nbs/12_train.ipynb #78569089
@@ -415,7 +432,8 @@ def validation_loss(model: MaskRCNN, dataset, batch_size: int = 2) -> dict:
                 items = [dataset[i] for i in keep[s:s + batch_size]]
                 losses = model([_to(i, dev) for i, _ in items], [_to(t, dev) for _, t in items])
                 for k, v in losses.items(): sums[k] = sums.get(k, 0.0) + v.item()
-                sums["loss"] = sums.get("loss", 0.0) + sum(v.item() for v in losses.values()); n += 1
+                sums["loss"] = sums.get("loss", 0.0) + sum(v.item() for v in losses.values())
+                n += 1
     finally:
         model.train(was)
     return {f"val_{k}": v / max(n, 1) for k, v in sums.items()}

@@ -61,7 +61,9 @@ def draw_instances(ax, image, instances: dict, class_names=None, skeleton=None, 
     ax.imshow(img)
     kps = instances.get("keypoints")
     for i in idx.tolist():
-        x1, y1, x2, y2 = boxes[i].tolist(); l = int(labels[i]); c = class_color(l)
+        x1, y1, x2, y2 = boxes[i].tolist()
+        l = int(labels[i])
+        c = class_color(l)
         ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.2, edgecolor=c))
         name = class_names[l - 1] if class_names is not None and 1 <= l <= len(class_names) else str(l)
         text = name if scores is None else f"{name} {float(scores[i]):.2f}"
@@ -73,7 +75,9 @@ def draw_instances(ax, image, instances: dict, class_names=None, skeleton=None, 
             vis, hid = k[:, 2] >= 2, (k[:, 2] > 0) & (k[:, 2] < 2)
             ax.scatter(k[vis, 0], k[vis, 1], s=9, color=c, edgecolors="white", linewidths=0.5, zorder=3)
             ax.scatter(k[hid, 0], k[hid, 1], s=9, facecolors="none", edgecolors=c, linewidths=0.8, zorder=3)
-    ax.set_xlim(-0.5, img.shape[1] - 0.5); ax.set_ylim(img.shape[0] - 0.5, -0.5); ax.axis("off")
+    ax.set_xlim(-0.5, img.shape[1] - 0.5)
+    ax.set_ylim(img.shape[0] - 0.5, -0.5)
+    ax.axis("off")
     if title: ax.set_title(title, fontsize=fontsize + 2)
     return ax
 
@@ -95,7 +99,8 @@ def plot_samples(dataset, n: int = 8, ncols: int = 4, indices=None, seed: int | 
     if indices is None:
         n = min(n, len(dataset))
         indices = list(range(n)) if seed is None else sorted(np.random.default_rng(seed).choice(len(dataset), n, replace=False).tolist())
-    nrows = max(1, -(-len(indices) // ncols)); ncols = min(ncols, len(indices))
+    nrows = max(1, -(-len(indices) // ncols))
+    ncols = min(ncols, len(indices))
     fig, axs = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
     for ax in axs.flat: ax.axis("off")
     for ax, i in zip(axs.flat, indices):
