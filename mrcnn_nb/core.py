@@ -133,17 +133,25 @@ def atomic_write(path, mode: str = "w", **kwargs):
         raise
 
 # %% ../nbs/00_core.ipynb #3f8ee982
+def _load_failure(path, e: Exception) -> UserInputError:
+    "One line for a file `torch.load(weights_only=True)` refused or could not read -- never torch's advice to load it unsafely."
+    text = str(e)
+    if "unsupported global" in text.lower() or "not an allowed global" in text.lower():   # it wants to import and run something
+        return UserInputError(f"{path}: refused: the file holds pickled Python objects, not only tensors (reading it would "
+                              f"run code from it). Re-save its state_dict where it was made.")
+    advice = ("weights_only", "Weights only", "documentation", "trusted source")
+    lines = [l.strip().removeprefix("WeightsUnpickler error:").strip() for l in text.splitlines()]
+    why = next((l for l in lines if l and not any(a in l for a in advice)), type(e).__name__)
+    return UserInputError(f"{path}: not a readable PyTorch weight file ({type(e).__name__}: {why[:200]})")
+
 def load_torch_file(path):
     "Read a PyTorch file with `weights_only=True` (tensors, numbers, strings, containers; never code); errors name the file."
     path = Path(path)
     if not path.is_file(): raise UserInputError(f"{path}: weight file not found")
+    if path.stat().st_size == 0: raise UserInputError(f"{path}: empty file (0 bytes), not a PyTorch weight file")
     try: return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle.UnpicklingError and friends, or a file that is no checkpoint at all
-        kind = type(e).__name__
-        if "Unsupported global" in str(e):   # a class or function the file wants to import and run
-            raise UserInputError(f"{path}: refused: the file holds pickled Python objects, not only tensors "
-                                 f"(torch.load(weights_only=True) would have to run code from it). Re-save its state_dict.") from None
-        raise UserInputError(f"{path}: not a readable PyTorch weight file ({kind}: {str(e).splitlines()[0][:200]})") from None
+        raise _load_failure(path, e) from None
 
 def load_state_dict_file(path, key: str | None = None) -> dict:
     "Read a state dict from `path` with `weights_only=True`; `key` picks a nested entry (e.g. 'model')."
