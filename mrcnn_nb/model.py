@@ -136,6 +136,10 @@ def _allowed(value, hint) -> tuple:
     if hint is tuple: return isinstance(value, tuple), "a tuple, e.g. (1, 2)"
     return isinstance(value, hint), hint.__name__
 
+_AT_LEAST_ONE = ("max_iter", "ims_per_batch", "checkpoint_period", "rpn_batch_size", "box_batch_size", "detections_per_img",
+                 "box_resolution", "mask_resolution", "keypoint_resolution")
+_NOT_NEGATIVE = ("warmup_iters", "eval_period", "trainable_layers", "roi_sampling_ratio", "mask_convs", "keypoint_convs")
+
 def check_config(cfg: Config) -> None:
     "Refuse a field whose value is not of its type (or not one of its choices), naming the key, the value and what it may be."
     for f in fields(cfg):
@@ -146,6 +150,10 @@ def check_config(cfg: Config) -> None:
         ok, want = _allowed(value, _field_types()[f.name])
         if not ok: raise UserInputError(f"config {f.name}={value!r}: expected {want}")
     if cfg.num_classes < 2: raise UserInputError(f"config num_classes={cfg.num_classes}: expected at least 2 (the background counts too)")
+    for k in _AT_LEAST_ONE + _NOT_NEGATIVE:
+        low = 1 if k in _AT_LEAST_ONE else 0
+        if getattr(cfg, k) < low: raise UserInputError(f"config {k}={getattr(cfg, k)!r}: expected at least {low}")
+    if not cfg.base_lr > 0: raise UserInputError(f"config base_lr={cfg.base_lr!r}: expected a positive learning rate")
     if cfg.blocks is None and not RESNET_BLOCKS.get(cfg.depth):
         raise UserInputError(f"config depth={cfg.depth}: expected one of {[d for d, b in RESNET_BLOCKS.items() if b]}, or blocks per stage")
 

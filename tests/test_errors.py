@@ -125,7 +125,7 @@ def _choice_fields():
     return [f.name for f in fields(Config) if "Literal" in str(hints[f.name])]
 
 
-@pytest.mark.parametrize("pair", [f"{k}=bogus" for k in _choice_fields()] + ["base_lr=abc", "num_classes=1", "mask=maybe"])
+@pytest.mark.parametrize("pair", [f"{k}=bogus" for k in _choice_fields()] + ["base_lr=abc", "num_classes=1", "mask=maybe", "max_iter=-5"])
 def test_every_bad_config_value_is_refused_before_any_data(tmp_path, monkeypatch, capsys, pair):
     "Each field with a fixed set of values (and a few typed ones): exit 2, one line naming key, value and choices; no dataset made."
     from mrcnn_nb.cli import main
