@@ -17,12 +17,12 @@ from .model import Transform
 from .shapes import make_shapes
 
 # %% auto #0
-__all__ = ['ROI_WORKLOADS', 'time_dataset', 'bench_data', 'format_rows', 'roi_workload', 'bench_roi', 'bench_model']
+__all__ = ['ROI_WORKLOADS', 'time_dataset', 'format_rows', 'bench_data', 'roi_workload', 'bench_roi', 'bench_model']
 
-# %% ../nbs/30_benchmarks.ipynb #f42f9f0e
+# %% ../nbs/30_benchmarks.ipynb #6a6c3444
 def time_dataset(dataset, n: int | None = None, warmup: int = 2, threads: int | None = 1, then=None) -> dict:
-    """Time `dataset[i]` over the first `n` items (after `warmup` untimed ones) with `threads` torch threads, and `then(item)`
-    after each when given (timed apart)."""
+    """Time `dataset[i]` over the first `n` items (after `warmup` untimed ones) with `threads` torch threads, and
+    `then(item)` after each when given (timed apart)."""
     n = len(dataset) if n is None else min(n, len(dataset))
     if n <= 0: raise ValueError("time_dataset needs at least one item")
     old = torch.get_num_threads()
@@ -38,12 +38,27 @@ def time_dataset(dataset, n: int | None = None, warmup: int = 2, threads: int | 
     out = dict(items=n, ms_per_item=t.mean * 1e3, items_per_s=1.0 / t.mean)
     return out | (dict(ms_then=t_then.mean * 1e3) if then else {})
 
-# %% ../nbs/30_benchmarks.ipynb #fc1f765d
+# %% ../nbs/30_benchmarks.ipynb #a46ef216
+def format_rows(rows: list, machine: bool = True) -> str:
+    "A plain-text table of benchmark rows (dicts with the same keys)."
+    keys = list(rows[0])
+    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)
+    widths = [max(len(k), *(len(fmt(r[k])) for r in rows)) for k in keys]
+    lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths))]
+    lines += ["  ".join(fmt(r[k]).ljust(w) for k, w in zip(keys, widths)) for r in rows]
+    if machine:
+        cpu = platform.processor() or platform.machine()
+        lines.append(f"({cpu}, torch {torch.__version__}, {torch.get_num_threads()} threads available)")
+    return "\n".join(lines)
+
+# %% ../nbs/30_benchmarks.ipynb #102b33b0
 def bench_data(work_dir, n: int = 100, threads: int = 1, progress: bool = True) -> list:
-    "Generate (once, cached in `work_dir`) and time the two data workloads as training runs them; one dict per workload."
+    """Generate (once, cached in `work_dir`) and time the two data workloads as training runs them; one dict per
+    workload."""
     work_dir = Path(work_dir)
+    coco_like = dict(size="640x480", image_format="jpg", instances=(10, 14))
     specs = [("shapes 128 px (native size)", "shapes128", dict(size=128), (128,), 1333),
-             ("640x480 JPEG, ~10 objects -> 800 px", "coco_like", dict(size="640x480", image_format="jpg", instances=(10, 14)), (800,), 1333)]
+             ("640x480 JPEG, ~10 objects -> 800 px", "coco_like", coco_like, (800,), 1333)]
     rows = []
     for name, sub, kw, scales, max_size in specs:
         root = work_dir / sub
@@ -52,30 +67,23 @@ def bench_data(work_dir, n: int = 100, threads: int = 1, progress: bool = True) 
             make_shapes(root, n_train=0, n_val=n, seed=0, progress=progress, **kw)
         ds = COCODataset(root, "val", transforms=RandomHorizontalFlip(0.5))   # what a training loader worker does
         model_input = Transform(scales, max_size).train()                      # what the model does first
-        r = time_dataset(ds, n, threads=threads, then=lambda item: model_input.resize(model_input.normalize(item[0]), item[1]))
+        to_model = lambda item: model_input.resize(model_input.normalize(item[0]), item[1])
+        r = time_dataset(ds, n, threads=threads, then=to_model)
         img = model_input.resize(model_input.normalize(ds[0][0]), None)[0]
         objs = sum(len(ds.records[i]["anns"]) for i in range(min(n, len(ds)))) / min(n, len(ds))
         total = r["ms_per_item"] + r["ms_then"]
-        rows.append(dict(workload=name, out_size=f"{img.shape[2]}x{img.shape[1]}", objects=round(objs, 1), threads=threads, items=n,
-                         ms_load=r["ms_per_item"], ms_model_input=r["ms_then"], ms_total=total, items_per_s=1e3 / total))
+        rows.append(dict(workload=name, out_size=f"{img.shape[2]}x{img.shape[1]}", objects=round(objs, 1),
+                         threads=threads, items=n, ms_load=r["ms_per_item"], ms_model_input=r["ms_then"],
+                         ms_total=total, items_per_s=1e3 / total))
     return rows
 
-def format_rows(rows: list, machine: bool = True) -> str:
-    "A plain-text table of benchmark rows (dicts with the same keys)."
-    keys = list(rows[0])
-    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)
-    widths = [max(len(k), *(len(fmt(r[k])) for r in rows)) for k in keys]
-    lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths))]
-    lines += ["  ".join(fmt(r[k]).ljust(w) for k, w in zip(keys, widths)) for r in rows]
-    if machine: lines.append(f"({platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads available)")
-    return "\n".join(lines)
-
-# %% ../nbs/30_benchmarks.ipynb #d09e5fa0
+# %% ../nbs/30_benchmarks.ipynb #f4a5e1c1
 ROI_WORKLOADS = {  # name: (N, C, H, W, stride, K RoIs, output size)
     "FPN": (2, 256, 200, 272, 4, 512, 7),
     "C4": (1, 1024, 50, 68, 16, 128, 14),
 }
 
+# %% ../nbs/30_benchmarks.ipynb #5e20b61a
 def roi_workload(name: str, scale: float = 1.0, seed: int = 0):
     "Features (N, C, H, W) and boxes (K, 5) of a benchmark workload; `scale` < 1 shrinks C and K for quick runs."
     N, C, H, W, stride, K, out = ROI_WORKLOADS[name]
@@ -88,116 +96,183 @@ def roi_workload(name: str, scale: float = 1.0, seed: int = 0):
     boxes = torch.cat([torch.randint(0, N, (K, 1), generator=g).float(), xy, xy + wh], 1)
     return feats, boxes, 1.0 / stride, out
 
-def _roi_case(workload: str, impl: str, op: str, backward: bool, repeats: int, scale: float) -> dict:
-    "One benchmark case: median seconds of `repeats` runs and the peak-memory rise of one run (MiB)."
-    import statistics, torchvision
+# %% ../nbs/30_benchmarks.ipynb #61f97a43
+def _roi_fn(impl: str, op: str, boxes, spatial_scale: float, out: int):
+    "The layer under test, a function of the features: torchvision's or ours, RoIAlign (aligned, 2 samples) or RoIPool."
+    import torchvision
     from mrcnn_nb.roi_ops import roi_align, roi_pool
-    def fn_for(feats, boxes, s, out):
-        if impl == "torchvision":
-            return (lambda x: torchvision.ops.roi_align(x, boxes, out, s, 2, True)) if op == "roi_align" else (lambda x: torchvision.ops.roi_pool(x, boxes, out, s))
-        return (lambda x: roi_align(x, boxes, out, s, 2, True)) if op == "roi_align" else (lambda x: roi_pool(x, boxes, out, s))
-    def prepare(feats):
-        return feats.contiguous(memory_format=torch.channels_last) if impl == "ours (channels_last)" else feats
-    def measured(fn, x):
-        "The call to time: the forward, or (backward) the backward of a forward made beforehand."
-        if not backward: return lambda: fn(x)
-        y = fn(x)
-        g = torch.ones_like(y)
-        def bwd():
-            y.backward(g, retain_graph=True)
-            x.grad = None
-        return bwd
-    small = roi_workload(workload, 0.05)   # warm-up on a small case: compiles the kernels
-    measured(fn_for(*small), prepare(small[0]).requires_grad_(backward))()
-    feats, boxes, s, out = roi_workload(workload, scale)
-    x = prepare(feats).requires_grad_(backward)
-    fn = fn_for(feats, boxes, s, out)
-    call = measured(fn, x)
-    peak = peak_memory_rise(call)
+    if impl == "torchvision":
+        if op == "roi_align": return lambda x: torchvision.ops.roi_align(x, boxes, out, spatial_scale, 2, True)
+        return lambda x: torchvision.ops.roi_pool(x, boxes, out, spatial_scale)
+    if op == "roi_align": return lambda x: roi_align(x, boxes, out, spatial_scale, 2, True)
+    return lambda x: roi_pool(x, boxes, out, spatial_scale)
+
+# %% ../nbs/30_benchmarks.ipynb #f34cfb07
+def _roi_call(fn, x, backward: bool):
+    "The call to time: the forward, or (backward) the backward of a forward made beforehand."
+    if not backward: return lambda: fn(x)
+    y = fn(x)
+    g = torch.ones_like(y)
+    def bwd():
+        y.backward(g, retain_graph=True)
+        x.grad = None
+    return bwd
+
+# %% ../nbs/30_benchmarks.ipynb #012f0ab4
+def _median_seconds(call, repeats: int) -> float:
+    "The median time of `repeats` calls of `call`, in seconds."
+    import statistics
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         call()
         times.append(time.perf_counter() - t0)
-    return dict(seconds=statistics.median(times), peak_mib=peak)
+    return statistics.median(times)
 
+# %% ../nbs/30_benchmarks.ipynb #06538f95
+def _roi_case(workload: str, impl: str, op: str, backward: bool, repeats: int, scale: float) -> dict:
+    "One benchmark case: median seconds of `repeats` runs and the peak-memory rise of one run (MiB)."
+    def prepare(feats):   # the layout the implementation reads
+        return feats.contiguous(memory_format=torch.channels_last) if impl == "ours (channels_last)" else feats
+    small = roi_workload(workload, 0.05)   # warm-up on a small case: compiles the kernels
+    _roi_call(_roi_fn(impl, op, *small[1:]), prepare(small[0]).requires_grad_(backward), backward)()
+    feats, boxes, s, out = roi_workload(workload, scale)
+    call = _roi_call(_roi_fn(impl, op, boxes, s, out), prepare(feats).requires_grad_(backward), backward)
+    peak = peak_memory_rise(call)
+    return dict(seconds=_median_seconds(call, repeats), peak_mib=peak)
+
+# %% ../nbs/30_benchmarks.ipynb #8e364611
 def bench_roi(workloads=("FPN", "C4"), repeats: int = 5, scale: float = 1.0, progress: bool = True) -> list:
     "Time RoIAlign / RoIPool, ours against torchvision, forward and forward + backward, with peak-memory rises."
     from tqdm.auto import tqdm
     impls = ("torchvision", "ours (channels_last)", "ours (NCHW)")
-    cases = [(w, op, bwd, impl) for w in workloads for op in ("roi_align", "roi_pool") for bwd in (False, True) for impl in impls]
-    results = {c: _roi_case(c[0], c[3], c[1], c[2], repeats, scale) for c in tqdm(cases, desc="roi bench", disable=not progress, leave=False)}
+    cases = [(w, op, bwd, impl) for w in workloads for op in ("roi_align", "roi_pool") for bwd in (False, True)
+             for impl in impls]
+    bar = tqdm(cases, desc="roi bench", disable=not progress, leave=False)
+    results = {c: _roi_case(c[0], c[3], c[1], c[2], repeats, scale) for c in bar}
     rows = []
     for (w, op, bwd, impl), r in results.items():
         tv = results[(w, op, bwd, "torchvision")]["seconds"]
+        peak = r["peak_mib"] if r["peak_mib"] is not None else float("nan")
         rows.append({"workload": w, "op": op, "pass": "bwd" if bwd else "fwd", "impl": impl, "ms": r["seconds"] * 1e3,
-                     "vs_torchvision": tv / r["seconds"], "peak_mib": r["peak_mib"] if r["peak_mib"] is not None else float("nan")})
+                     "vs_torchvision": tv / r["seconds"], "peak_mib": peak})
     return rows
 
-# %% ../nbs/30_benchmarks.ipynb #9a16f4b4
-def bench_model(repeats: int = 3, size=(800, 1066), train_size=(800, 1066), progress: bool = True) -> list:
-    """Inference and training-step time (and peak-memory rise) of R-50-FPN Mask R-CNN: ours against torchvision.
-    The models run at the images' own `size` / `train_size` (h, w): their resize keeps that size (shorter side, cap >= 1333)."""
-    import copy, statistics
-    from tqdm.auto import tqdm
-    from mrcnn_nb.model import build_model, get_config, load_torchvision_weights, torchvision_model
-    def resize(hw): return dict(min_size=min(hw), max_size=max(1333, max(hw)))   # an (h, w) image keeps its size
-    def ours_like(tv):   # our model with torchvision's weights and resize
-        cfg = get_config("R_50_FPN", min_size=tuple(tv.transform.min_size), max_size=tv.transform.max_size)
-        return load_torchvision_weights(build_model(cfg), tv.state_dict())
+# %% ../nbs/30_benchmarks.ipynb #2d70e32c
+def _bench_resize(hw) -> dict:
+    "The resize settings under which an (h, w) image keeps its size."
+    return dict(min_size=min(hw), max_size=max(1333, max(hw)))
+
+# %% ../nbs/30_benchmarks.ipynb #0b019a46
+def _ours_like(tv):
+    "Our R-50-FPN with the weights and the resize of torchvision's model `tv`."
+    from mrcnn_nb.model import build_model, get_config, load_torchvision_weights
+    cfg = get_config("R_50_FPN", min_size=tuple(tv.transform.min_size), max_size=tv.transform.max_size)
+    return load_torchvision_weights(build_model(cfg), tv.state_dict())
+
+# %% ../nbs/30_benchmarks.ipynb #52e0868b
+def _inference_models(size) -> dict:
+    """The models the inference benchmark times, for images of `size` (h, w): torchvision's (as built for its COCO
+    weights), ours with its weights, ours after `for_inference()`, and that again returning float masks."""
+    import copy
+    from mrcnn_nb.model import torchvision_model
     torch.manual_seed(0)
-    tv = torchvision_model(num_classes=91, **resize(size))   # frozen BN, stem and stage 1 frozen: as torchvision builds it for its COCO weights
-    for p in tv.roi_heads.box_predictor.parameters(): torch.nn.init.normal_(p, std=0.05)   # spread scores: 100 detections to time
-    ours = ours_like(tv)
-    g = torch.Generator().manual_seed(0)
-    image = [torch.rand(3, *size, generator=g)]
-    def target(h, w):
-        xy = torch.rand(5, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
-        wh = torch.rand(5, 2, generator=g) * 200 + 40
-        boxes = torch.cat([xy, xy + wh], 1)
-        masks = torch.zeros(5, h, w, dtype=torch.uint8)
-        for i, (x1, y1, x2, y2) in enumerate(boxes.long().tolist()): masks[i, y1:y2, x1:x2] = 1
-        return dict(boxes=boxes, labels=torch.randint(1, 91, (5,), generator=g), masks=masks)
-    images2 = [torch.rand(3, *train_size, generator=g) for _ in range(2)]
-    targets2 = [target(*train_size) for _ in range(2)]
+    # frozen BN, stem and stage 1 frozen: as torchvision builds it for its COCO weights
+    tv = torchvision_model(num_classes=91, **_bench_resize(size))
+    for p in tv.roi_heads.box_predictor.parameters(): torch.nn.init.normal_(p, std=0.05)   # spread scores: 100 boxes
+    ours = _ours_like(tv)
     fast = ours.for_inference()
     fast_probs = copy.deepcopy(fast)
     fast_probs.transform.mask_threshold = None     # torchvision's output: float masks
-    # Training changes weights, so it gets its own pair, with torchvision's initialization: the spread-out classifier above
-    # starts at a loss near 70, whose tiny gradients a few steps later are denormal floats that slow convolutions 5-10x.
-    torch.manual_seed(1)
-    tv_train = torchvision_model(num_classes=91, **resize(train_size))
-    ours_train = ours_like(tv_train)
     tv.eval()
     ours.eval()
-    detections = {}
-    def infer(name, m):
-        with torch.no_grad(): detections[name] = len(m(image)[0]["boxes"])
-    def train_step(m, opt):
-        m.train()
-        opt.zero_grad()
-        loss = sum(m(images2, [dict(t) for t in targets2]).values())
-        loss.backward()
-        opt.step()
-    opts = {id(m): torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-5, momentum=0.9) for m in (tv_train, ours_train)}
-    inference = {"torchvision": tv, "ours": ours, "ours for_inference()": fast, "ours for_inference(), float masks": fast_probs}
-    cases = [("inference", n, (lambda n=n, m=m: infer(n, m))) for n, m in inference.items()]
-    cases += [("train step (2 images)", "torchvision", lambda: train_step(tv_train, opts[id(tv_train)])),
-              ("train step (2 images)", "ours", lambda: train_step(ours_train, opts[id(ours_train)]))]
+    return {"torchvision": tv, "ours": ours, "ours for_inference()": fast,
+            "ours for_inference(), float masks": fast_probs}
+
+# %% ../nbs/30_benchmarks.ipynb #ad8aa1f1
+def _training_models(size) -> tuple:
+    """torchvision's model and ours for the training step, for images of `size`, with torchvision's initialization: the
+    spread-out classifier of the inference models starts at a loss near 70, whose tiny gradients a few steps later are
+    denormal floats that slow convolutions 5-10x."""
+    from mrcnn_nb.model import torchvision_model
+    torch.manual_seed(1)
+    tv = torchvision_model(num_classes=91, **_bench_resize(size))
+    return tv, _ours_like(tv)
+
+# %% ../nbs/30_benchmarks.ipynb #c6a4eefb
+def _bench_target(h: int, w: int, g) -> dict:
+    "A training target for an (h, w) image: five random boxes of 40-240 px, box-shaped masks, random labels."
+    xy = torch.rand(5, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
+    wh = torch.rand(5, 2, generator=g) * 200 + 40
+    boxes = torch.cat([xy, xy + wh], 1)
+    masks = torch.zeros(5, h, w, dtype=torch.uint8)
+    for i, (x1, y1, x2, y2) in enumerate(boxes.long().tolist()): masks[i, y1:y2, x1:x2] = 1
+    return dict(boxes=boxes, labels=torch.randint(1, 91, (5,), generator=g), masks=masks)
+
+# %% ../nbs/30_benchmarks.ipynb #d4e4adf3
+def _bench_data(size, train_size) -> tuple:
+    "One image of `size` (h, w) for inference; two of `train_size` and their targets for a training step (fixed seed)."
+    g = torch.Generator().manual_seed(0)
+    image = [torch.rand(3, *size, generator=g)]
+    images2 = [torch.rand(3, *train_size, generator=g) for _ in range(2)]
+    return image, images2, [_bench_target(*train_size, g) for _ in range(2)]
+
+# %% ../nbs/30_benchmarks.ipynb #099faaf4
+def _train_step(m, opt, images, targets):
+    "One training step of model `m`: forward, backward, and an optimizer step."
+    m.train()
+    opt.zero_grad()
+    loss = sum(m(images, [dict(t) for t in targets]).values())
+    loss.backward()
+    opt.step()
+
+# %% ../nbs/30_benchmarks.ipynb #581cb0e6
+def _time_interleaved(cases: list, repeats: int, progress: bool = True) -> tuple:
+    """Seconds of each of `repeats` runs of every case (task, name, fn), and the peak-memory rise (MiB) of a first,
+    warm-up run. One task at a time (a training step's GBs of churn would slow the next inference); its cases
+    interleaved, so that slow spells of the machine hit every model alike."""
+    from tqdm.auto import tqdm
     times = {(k, n): [] for k, n, _ in cases}
     peaks = {}
-    for task in ("inference", "train step (2 images)"):   # one task at a time: a training step's GBs of churn would slow the next inference
+    for task in dict.fromkeys(k for k, _, _ in cases):
         group = [c for c in cases if c[0] == task]
         for k, n, fn in group: peaks[(k, n)] = peak_memory_rise(fn)   # warm-up run, and the memory measurement
         for _ in tqdm(range(repeats), desc=f"model bench: {task}", disable=not progress, leave=False):
-            for k, n, fn in group:   # interleaved, so that slow spells of the machine hit every model alike
+            for k, n, fn in group:
                 t0 = time.perf_counter()
                 fn()
                 times[(k, n)].append(time.perf_counter() - t0)
+    return times, peaks
+
+# %% ../nbs/30_benchmarks.ipynb #57cd270d
+def _model_rows(cases: list, times: dict, peaks: dict, detections: dict) -> list:
+    "A row per case: median, min and max seconds, the time relative to torchvision's on the same task, memory."
+    import statistics
     rows = []
     for k, n, _ in cases:
         t, ref = statistics.median(times[(k, n)]), statistics.median(times[(k, "torchvision")])
+        peak = peaks[(k, n)] if peaks[(k, n)] is not None else float("nan")
         rows.append({"task": k, "model": n, "detections": detections.get(n, "") if k == "inference" else "",
                      "seconds": t, "min_s": min(times[(k, n)]), "max_s": max(times[(k, n)]),
-                     "time_vs_torchvision": t / ref, "peak_mib": peaks[(k, n)] if peaks[(k, n)] is not None else float("nan")})
+                     "time_vs_torchvision": t / ref, "peak_mib": peak})
     return rows
+
+# %% ../nbs/30_benchmarks.ipynb #171e8529
+def bench_model(repeats: int = 3, size=(800, 1066), train_size=(800, 1066), progress: bool = True) -> list:
+    """Inference and training-step time (and peak-memory rise) of R-50-FPN Mask R-CNN: ours against torchvision.
+    The models run at the images' own `size` / `train_size` (h, w): their resize keeps that size (shorter side, cap
+    >= 1333)."""
+    models = _inference_models(size)
+    tv_train, ours_train = _training_models(train_size)
+    image, images2, targets2 = _bench_data(size, train_size)
+    detections = {}
+    def infer(name, m):
+        with torch.no_grad(): detections[name] = len(m(image)[0]["boxes"])
+    def step(m):
+        opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
+        return lambda: _train_step(m, opt, images2, targets2)
+    cases = [("inference", n, (lambda n=n, m=m: infer(n, m))) for n, m in models.items()]
+    cases += [("train step (2 images)", "torchvision", step(tv_train)),
+              ("train step (2 images)", "ours", step(ours_train))]
+    times, peaks = _time_interleaved(cases, repeats, progress)
+    return _model_rows(cases, times, peaks, detections)
