@@ -764,19 +764,20 @@ def compare(table: str, a: str, b: str, col: tuple, store=None, runs: dict | Non
             gates: dict | None = None) -> dict | None:
     """Row `a` against row `b` of `table` in column `col`: the paper's difference and ours (absolute, relative to row
     `b`), our resolution, whether both are working detectors, and the verdict with its reason; None when a row has no
-    run. `runs`, `gates`: the table's records (`table_runs`) and `untestable(store)`, when the caller has them
-    already."""
+    run, unless the protocol's rule failed for one of the two (then the verdict is "not testable", with `ours` None when
+    that row was never run). `runs`, `gates`: the table's records (`table_runs`) and `untestable(store)`, when the caller
+    has them already."""
     t, runs = get_table(table), runs if runs is not None else table_runs(table, store)
     ra, rb = t.row(a), t.row(b)
     va, vb = column_values(runs[ra.variant], col), column_values(runs[rb.variant], col)
-    if not va or not vb: return None
-    working = working_detectors(runs)
-    d, pd = difference(va, vb), (ra.paper[col] - rb.paper[col] if col in ra.paper and col in rb.paper else None)
-    ok = working[ra.variant] and working[rb.variant]
     gates = untestable(store) if gates is None else gates
     gate = next((gates[VARIANTS[r.variant].preset] for r in (ra, rb) if VARIANTS[r.variant].preset in gates), None)
+    if not (va and vb) and not gate: return None
+    working = working_detectors(runs)
+    pd = ra.paper[col] - rb.paper[col] if col in ra.paper and col in rb.paper else None
+    d, ok = (difference(va, vb), working[ra.variant] and working[rb.variant]) if va and vb else (None, None)
     no_paper = ("–", "no number in the paper (a row after it)")
-    v = verdict(pd, rb.paper[col], d, mean_std(vb)[0], ok) if pd is not None else no_paper
+    v = verdict(pd, rb.paper[col], d, mean_std(vb)[0], ok) if pd is not None and d else no_paper
     if gate:
         v = ("not testable",
              f"not testable at CPU scale: the protocol's rule failed ({gate['rule']}: {gate['value']:.0f})")
@@ -811,8 +812,9 @@ def _comparison_line(c: dict) -> str:
     "A row of the markdown table of differences: one `compare`."
     pct = lambda x: "" if x is None or math.isnan(x) else f" ({100 * x:+.0f} %)"
     p = "–" if c["paper"] is None else f"{c['paper']:+.1f}{pct(c['paper_rel'])}"
-    res = "–" if math.isnan(c["ours"]["resolution"]) else f"{c['ours']['resolution']:.1f}"
-    ours = f"{c['ours']['diff']:+.1f}{pct(c['ours']['rel'])}"
+    o = c["ours"]
+    res = "–" if o is None or math.isnan(o["resolution"]) else f"{o['resolution']:.1f}"
+    ours = "–" if o is None else f"{o['diff']:+.1f}{pct(o['rel'])}"
     return (f"| {c['row']} | {c['versus']} | {_col_name(c['column'])} | {p} | {ours} | {res} | "
             f"{c['verdict']} | {c['reason']} |")
 
