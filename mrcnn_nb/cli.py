@@ -17,11 +17,14 @@ __all__ = ['COMMANDS', 'MAIN_JOB', 'build_parser', 'main', 'cmd_shapes', 'cmd_sh
            'cmd_train', 'cmd_eval', 'cmd_predict', 'cmd_configs', 'cmd_ablate', 'cmd_bench']
 
 # %% ../nbs/15_cli.ipynb #90235d09
-COMMANDS: dict = {}   # name -> (add its arguments to a parser, run it, help, description); each command's cell below adds itself
+# name -> (add its arguments to a parser, run it, help, description); each command's section below adds itself
+COMMANDS: dict = {}
 
+# %% ../nbs/15_cli.ipynb #54e1c527
 def build_parser() -> argparse.ArgumentParser:
     "The `mrcnn_nb` argument parser, one subparser per command of `COMMANDS`."
-    p = argparse.ArgumentParser(prog="mrcnn_nb", description="Mask R-CNN, notebook by notebook: data, training, evaluation, ablations.")
+    p = argparse.ArgumentParser(prog="mrcnn_nb",
+                                description="Mask R-CNN, notebook by notebook: data, training, evaluation, ablations.")
     p.add_argument("--version", action="version", version=f"mrcnn_nb {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -31,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(func=run)
     return p
 
+# %% ../nbs/15_cli.ipynb #e9fde0e7
 def main(argv=None) -> int:
     "Entry point of the `mrcnn_nb` command; returns the exit status."
     args = build_parser().parse_args(argv)
@@ -53,12 +57,14 @@ def _instances_range(s: str):
         return (int(lo), int(hi or lo))
     except ValueError: raise argparse.ArgumentTypeError(f"expected MIN-MAX, e.g. 8-12, got {s!r}") from None
 
+# %% ../nbs/15_cli.ipynb #63dce8b6
 def _positive_int(s: str) -> int:
     try: v = int(s)
     except ValueError: v = 0
     if v < 1: raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
     return v
 
+# %% ../nbs/15_cli.ipynb #227a0071
 def _key_values(pairs: list) -> dict:
     "Config overrides `KEY=VALUE` (VALUE as a Python literal, else a string)."
     import ast
@@ -70,15 +76,7 @@ def _key_values(pairs: list) -> dict:
         except (ValueError, SyntaxError): out[key] = raw
     return out
 
-# %% ../nbs/15_cli.ipynb #3e7efb20
-def cmd_shapes(args) -> int:
-    "Write a synthetic COCO-layout dataset."
-    from mrcnn_nb.shapes import make_shapes
-    out = make_shapes(args.out, kind=args.kind, n_train=args.n_train, n_val=args.n_val, size=args.size, seed=args.seed,
-                      image_format=args.format, instances=args.instances, progress=not args.quiet)
-    print(f"wrote {args.kind} dataset: {args.n_train} train + {args.n_val} val images under {out}")
-    return 0
-
+# %% ../nbs/15_cli.ipynb #58517294
 def _shapes_args(s):
     s.add_argument("out", help="output directory")
     s.add_argument("--kind", choices=["instances", "keypoints"], default="instances",
@@ -91,8 +89,27 @@ def _shapes_args(s):
     s.add_argument("--instances", type=_instances_range, default=None,
                    help="objects per image, MIN-MAX (default 1-6, keypoints 1-3)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+# %% ../nbs/15_cli.ipynb #3e7efb20
+def cmd_shapes(args) -> int:
+    "Write a synthetic COCO-layout dataset."
+    from mrcnn_nb.shapes import make_shapes
+    out = make_shapes(args.out, kind=args.kind, n_train=args.n_train, n_val=args.n_val, size=args.size, seed=args.seed,
+                      image_format=args.format, instances=args.instances, progress=not args.quiet)
+    print(f"wrote {args.kind} dataset: {args.n_train} train + {args.n_val} val images under {out}")
+    return 0
 COMMANDS["shapes"] = (_shapes_args, cmd_shapes, "write a synthetic COCO-layout dataset",
                       "Write a synthetic COCO-2017-layout dataset: OUT/annotations/*.json and OUT/{train,val}/ images.")
+
+# %% ../nbs/15_cli.ipynb #ff72fac3
+def _show_args(s):
+    s.add_argument("root", help="dataset root (COCO 2017 layout)")
+    s.add_argument("--split", default="val", help="split name, e.g. val or val2017 (default val)")
+    s.add_argument("--kind", choices=["instances", "keypoints"], default="instances", help="annotation file to read")
+    s.add_argument("--n", type=_positive_int, default=8, help="number of images (default 8)")
+    s.add_argument("--ncols", type=_positive_int, default=4, help="images per row (default 4)")
+    s.add_argument("--seed", type=int, default=None, help="pick random images with this seed (default: the first N)")
+    s.add_argument("--out", default=None, help="output image (default ROOTNAME_SPLIT.png)")
 
 # %% ../nbs/15_cli.ipynb #830412d2
 def cmd_show(args) -> int:
@@ -104,25 +121,19 @@ def cmd_show(args) -> int:
     ds = COCODataset(args.root, args.split, kind=args.kind)
     out = args.out or f"{Path(args.root).name}_{args.split}.png"
     save_figure(plot_samples(ds, n=args.n, ncols=args.ncols, seed=args.seed), out)
-    print(f"{len(ds)} images, {ds.num_classes} {'class' if ds.num_classes == 1 else 'classes'}; wrote {min(args.n, len(ds))} samples to {out}")
+    classes = "class" if ds.num_classes == 1 else "classes"
+    print(f"{len(ds)} images, {ds.num_classes} {classes}; wrote {min(args.n, len(ds))} samples to {out}")
     return 0
-
-def _show_args(s):
-    s.add_argument("root", help="dataset root (COCO 2017 layout)")
-    s.add_argument("--split", default="val", help="split name, e.g. val or val2017 (default val)")
-    s.add_argument("--kind", choices=["instances", "keypoints"], default="instances", help="annotation file to read")
-    s.add_argument("--n", type=_positive_int, default=8, help="number of images (default 8)")
-    s.add_argument("--ncols", type=_positive_int, default=4, help="images per row (default 4)")
-    s.add_argument("--seed", type=int, default=None, help="pick random images with this seed (default: the first N)")
-    s.add_argument("--out", default=None, help="output image (default ROOTNAME_SPLIT.png)")
 COMMANDS["show"] = (_show_args, cmd_show, "draw samples of a dataset to a PNG",
                     "Draw a grid of images with their boxes, masks and keypoints.")
 
 # %% ../nbs/15_cli.ipynb #2b49e94a
 MAIN_JOB = dict(n_train=1000, n_val=100, size=128, seed=0)   # the synthetic dataset of `mrcnn_nb train` without --data
 
+# %% ../nbs/15_cli.ipynb #f3ab9687
 def main_job_data(kind: str = "instances", progress: bool = True) -> Path:
-    "The built-in synthetic dataset of `mrcnn_nb train` (`MAIN_JOB`), made on first use in the cache (`$MRCNN_NB_CACHE`)."
+    """The built-in synthetic dataset of `mrcnn_nb train` (`MAIN_JOB`), made on first use in the cache
+    (`$MRCNN_NB_CACHE`)."""
     from mrcnn_nb.shapes import cached_shapes
     return cached_shapes(kind, name=f"shapes-{kind}", progress=progress, **MAIN_JOB)
 
@@ -140,50 +151,13 @@ def prediction_figure(model, dataset, n: int = 6):
         img, t = dataset[j]
         with torch.no_grad(): p = model([img])[0]
         draw_instances(axs[0, j], img, t, dataset.class_names, skeleton, title="ground truth" if j == 0 else None)
-        draw_instances(axs[1, j], img, {k: (v[:, 0] if k == "masks" else v) for k, v in p.items()}, dataset.class_names, skeleton,
-                       score_thresh=0.5, title="prediction" if j == 0 else None)
+        pred = {k: (v[:, 0] if k == "masks" else v) for k, v in p.items()}
+        draw_instances(axs[1, j], img, pred, dataset.class_names, skeleton, score_thresh=0.5,
+                       title="prediction" if j == 0 else None)
     fig.tight_layout()
     return fig
 
-# %% ../nbs/15_cli.ipynb #8da9ce13
-def cmd_train(args) -> int:
-    "Train a preset on a COCO-layout dataset (default: the synthetic shapes), evaluate it, write curves and figures."
-    from mrcnn_nb.model import get_config
-    from mrcnn_nb.train import train
-    name = args.config or ("TINY_KP_FPN" if args.kind == "keypoints" else "TINY_FPN")
-    overrides = _key_values(args.overrides) | {k: v for k, v in (("max_iter", args.iters), ("ims_per_batch", args.batch)) if v is not None}
-    cfg = get_config(name, **overrides)   # every key and value checked before any data is made or read
-    root = Path(args.data) if args.data else main_job_data(args.kind)
-    print(f"training {name} on {root}")
-    out = Path(args.out or f"runs/{name}")
-    s = train(cfg, root, args.train_split, args.val_split or None, out, weights=args.weights, resume=args.resume, kind=args.kind,
-              device=args.device, num_workers=args.workers, on_bad_image=args.on_bad_image, val_loss=args.val_loss,
-              adapt=[k for k in ("num_classes", "num_keypoints") if k not in overrides])   # what the user set stays
-    if s["run"].main: _report_training(s, name, out)
-    return 0
-
-def _report_training(s: dict, name: str, out: Path):
-    "Curves, summary (`metrics.json`) and predictions figure of a finished run, drawn from the model in memory; a line that says what."
-    import json
-    import matplotlib
-    matplotlib.use("Agg")
-    from mrcnn_nb.evaluate import format_metrics
-    from mrcnn_nb.train import plot_metrics, read_metrics
-    from mrcnn_nb.viz import save_figure
-    save_figure(plot_metrics(read_metrics(out / "metrics.jsonl")), out / "curves.png")
-    summary = {k: v for k, v in s.items() if k not in ("evaluation", "model", "run")} | {"config": name}
-    if s["evaluation"]:
-        ev = s["evaluation"]
-        summary["metrics"] = {t: r["stats"] for t, r in ev["metrics"].items()}
-        summary["per_category_AP"] = {t: r["per_category"] for t, r in ev["metrics"].items()}
-        summary |= dict(images_per_s=ev["images_per_s"], peak_mib=ev["peak_mib"])
-        save_figure(prediction_figure(s["model"], s["run"].val_set), out / "predictions.png")
-        print(format_metrics(ev))
-    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
-    skipped = len(s["skipped_images"])
-    print(f"trained {s['iterations']} iterations in {s['train_seconds'] / 60:.1f} min" + (f", skipped {skipped} bad images" if skipped else "")
-          + f"; wrote {out}/{{model_final.pth, last.pth, metrics.json, metrics.jsonl, curves.png" + (", predictions.png}" if s["evaluation"] else "}"))
-
+# %% ../nbs/15_cli.ipynb #ebd32241
 def _train_args(s):
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config changes, e.g. base_lr=0.04 min_size=(112,128)")
@@ -207,42 +181,129 @@ def _train_args(s):
                    help="a missing or corrupt image: stop (default) or skip and count")
     s.add_argument("--val-loss", action="store_true",
                    help="also log the training losses on the validation split at each evaluation")
+
+# %% ../nbs/15_cli.ipynb #f01c2c78
+def _run_summary(s: dict, name: str) -> dict:
+    "What `metrics.json` says of finished run `s` of preset `name`: its numbers, and COCOeval's if it was evaluated."
+    summary = {k: v for k, v in s.items() if k not in ("evaluation", "model", "run")} | {"config": name}
+    if s["evaluation"]:
+        ev = s["evaluation"]
+        summary["metrics"] = {t: r["stats"] for t, r in ev["metrics"].items()}
+        summary["per_category_AP"] = {t: r["per_category"] for t, r in ev["metrics"].items()}
+        summary |= dict(images_per_s=ev["images_per_s"], peak_mib=ev["peak_mib"])
+    return summary
+
+# %% ../nbs/15_cli.ipynb #155746f1
+def _report_training(s: dict, name: str, out: Path):
+    """Curves, summary (`metrics.json`) and predictions figure of a finished run, drawn from the model in memory;
+    a line that says what."""
+    import json
+    import matplotlib
+    matplotlib.use("Agg")
+    from mrcnn_nb.evaluate import format_metrics
+    from mrcnn_nb.train import plot_metrics, read_metrics
+    from mrcnn_nb.viz import save_figure
+    save_figure(plot_metrics(read_metrics(out / "metrics.jsonl")), out / "curves.png")
+    summary = _run_summary(s, name)
+    if s["evaluation"]:
+        save_figure(prediction_figure(s["model"], s["run"].val_set), out / "predictions.png")
+        print(format_metrics(s["evaluation"]))
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
+    skipped = len(s["skipped_images"])
+    files = "model_final.pth, last.pth, metrics.json, metrics.jsonl, curves.png"
+    if s["evaluation"]: files += ", predictions.png"
+    print(f"trained {s['iterations']} iterations in {s['train_seconds'] / 60:.1f} min"
+          + (f", skipped {skipped} bad images" if skipped else "") + f"; wrote {out}/{{{files}}}")
+
+# %% ../nbs/15_cli.ipynb #8da9ce13
+def cmd_train(args) -> int:
+    "Train a preset on a COCO-layout dataset (default: the synthetic shapes), evaluate it, write curves and figures."
+    from mrcnn_nb.model import get_config
+    from mrcnn_nb.train import train
+    name = args.config or ("TINY_KP_FPN" if args.kind == "keypoints" else "TINY_FPN")
+    overrides = _key_values(args.overrides)
+    overrides |= {k: v for k, v in (("max_iter", args.iters), ("ims_per_batch", args.batch)) if v is not None}
+    cfg = get_config(name, **overrides)   # every key and value checked before any data is made or read
+    root = Path(args.data) if args.data else main_job_data(args.kind)
+    print(f"training {name} on {root}")
+    out = Path(args.out or f"runs/{name}")
+    adapt = [k for k in ("num_classes", "num_keypoints") if k not in overrides]   # what the user set stays
+    s = train(cfg, root, args.train_split, args.val_split or None, out, weights=args.weights, resume=args.resume,
+              kind=args.kind, device=args.device, num_workers=args.workers, on_bad_image=args.on_bad_image,
+              val_loss=args.val_loss, adapt=adapt)
+    if s["run"].main: _report_training(s, name, out)
+    return 0
 COMMANDS["train"] = (_train_args, cmd_train, "train a Mask R-CNN (default: a small one on synthetic shapes)",
                      "Train a preset on a COCO-layout dataset, evaluate it on the validation split with COCOeval, and "
                      "write checkpoints, metrics (JSON), curves and a predictions figure. With no arguments: generate "
                      "(and cache) the synthetic shapes, train TINY_FPN, evaluate. Run under torchrun for several "
                      "processes: torchrun --nproc_per_node N --no-python mrcnn_nb train ...")
 
-# %% ../nbs/15_cli.ipynb #104fc024
-def cmd_eval(args) -> int:
-    "COCO evaluation of a checkpoint on a dataset split."
-    import json
-    from mrcnn_nb.data import COCODataset
-    from mrcnn_nb.evaluate import evaluate, format_metrics
-    from mrcnn_nb.train import model_from_checkpoint
-    model, cfg, names = model_from_checkpoint(args.checkpoint)
-    ds = COCODataset(args.data, args.split, kind="keypoints" if cfg.keypoints else "instances")
-    if ds.num_classes + 1 != cfg.num_classes:
-        raise UserInputError(f"{ds.ann_file}: {ds.num_classes} categories (+ background) but {args.checkpoint} was trained with num_classes={cfg.num_classes}")
-    r = evaluate(model, ds, batch_size=args.batch)
-    print(format_metrics(r))
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps({t: m["stats"] for t, m in r["metrics"].items()} | dict(images_per_s=r["images_per_s"], peak_mib=r["peak_mib"]), indent=1))
-        for t, res in r["results"].items():
-            if res: (out / f"results_{t}.json").write_text(json.dumps(res))
-        print(f"wrote {out}/metrics.json and the COCO results files")
-    return 0
-
+# %% ../nbs/15_cli.ipynb #97c0c0fb
 def _eval_args(s):
     s.add_argument("--checkpoint", required=True, help="checkpoint file (model_final.pth or last.pth)")
     s.add_argument("--data", required=True, help="dataset root in COCO 2017 layout")
     s.add_argument("--split", required=True, help="split, e.g. val or val2017")
     s.add_argument("--batch", type=_positive_int, default=2, help="images per inference batch (default 2)")
     s.add_argument("--out", default=None, help="directory for metrics.json and the COCO results files")
+
+# %% ../nbs/15_cli.ipynb #15da82a9
+def _write_evaluation(out: Path, r: dict):
+    """`metrics.json` (COCOeval's numbers, images/s and peak memory) and the COCO results files of evaluation `r`,
+    under `out`."""
+    import json
+    out.mkdir(parents=True, exist_ok=True)
+    stats = {t: m["stats"] for t, m in r["metrics"].items()}
+    (out / "metrics.json").write_text(json.dumps(stats | dict(images_per_s=r["images_per_s"], peak_mib=r["peak_mib"]),
+                                                 indent=1))
+    for t, res in r["results"].items():
+        if res: (out / f"results_{t}.json").write_text(json.dumps(res))
+    print(f"wrote {out}/metrics.json and the COCO results files")
+
+# %% ../nbs/15_cli.ipynb #104fc024
+def cmd_eval(args) -> int:
+    "COCO evaluation of a checkpoint on a dataset split."
+    from mrcnn_nb.data import COCODataset
+    from mrcnn_nb.evaluate import evaluate, format_metrics
+    from mrcnn_nb.train import model_from_checkpoint
+    model, cfg, names = model_from_checkpoint(args.checkpoint)
+    ds = COCODataset(args.data, args.split, kind="keypoints" if cfg.keypoints else "instances")
+    if ds.num_classes + 1 != cfg.num_classes:
+        raise UserInputError(f"{ds.ann_file}: {ds.num_classes} categories (+ background) but {args.checkpoint} "
+                             f"was trained with num_classes={cfg.num_classes}")
+    r = evaluate(model, ds, batch_size=args.batch)
+    print(format_metrics(r))
+    if args.out: _write_evaluation(Path(args.out), r)
+    return 0
 COMMANDS["eval"] = (_eval_args, cmd_eval, "COCO evaluation of a checkpoint",
                     "COCOeval (bbox, segm, keypoints) of a checkpoint on a split, with images/s and peak memory.")
+
+# %% ../nbs/15_cli.ipynb #ee3e4bd2
+def _predict_args(s):
+    s.add_argument("images", nargs="+", help="image files")
+    s.add_argument("--checkpoint", required=True, help="checkpoint file")
+    s.add_argument("--out", default="predictions", help="output directory (default predictions)")
+    s.add_argument("--score-thresh", type=float, default=0.5,
+                   help="keep detections with at least this score (default 0.5)")
+
+# %% ../nbs/15_cli.ipynb #03ca315b
+def _detection(p: dict, i: int, names) -> dict:
+    "Detection `i` of prediction `p` for a JSON file: box, score, label, category, and mask RLE and keypoints if any."
+    from mrcnn_nb.evaluate import encode_masks
+    d = dict(box_xyxy=[round(v, 2) for v in p["boxes"][i].tolist()], score=round(p["scores"][i].item(), 4),
+             label=int(p["labels"][i]), category=names[int(p["labels"][i]) - 1] if names else None)
+    if "masks" in p: d["mask_rle"] = encode_masks(p["masks"][i])[0]
+    if "keypoints" in p: d["keypoints"] = [[round(v, 2) for v in k] for k in p["keypoints"][i].tolist()]
+    return d
+
+# %% ../nbs/15_cli.ipynb #022eb4ef
+def _prediction_png(img, p: dict, names, path: Path):
+    "Prediction `p` (masks (N, 1, H, W)) drawn on image `img`, saved to `path`."
+    import matplotlib.pyplot as plt
+    from mrcnn_nb.viz import draw_instances, save_figure
+    fig, ax = plt.subplots(figsize=(4, 4 * img.shape[1] / img.shape[2]))
+    draw_instances(ax, img, {k: (v[:, 0] if k == "masks" else v) for k, v in p.items()}, names)
+    save_figure(fig, path)
 
 # %% ../nbs/15_cli.ipynb #36134b76
 def cmd_predict(args) -> int:
@@ -250,12 +311,9 @@ def cmd_predict(args) -> int:
     import json
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import torch
     from mrcnn_nb.data import read_image
-    from mrcnn_nb.evaluate import encode_masks
     from mrcnn_nb.train import model_from_checkpoint
-    from mrcnn_nb.viz import draw_instances, save_figure
     model, cfg, names = model_from_checkpoint(args.checkpoint)
     model = model.for_inference()
     out = Path(args.out)
@@ -265,66 +323,37 @@ def cmd_predict(args) -> int:
         with torch.no_grad(): p = model([img])[0]
         keep = p["scores"] >= args.score_thresh
         p = {k: v[keep] for k, v in p.items()}
-        fig, ax = plt.subplots(figsize=(4, 4 * img.shape[1] / img.shape[2]))
-        draw_instances(ax, img, {k: (v[:, 0] if k == "masks" else v) for k, v in p.items()}, names)
-        save_figure(fig, out / f"{Path(f).stem}.png")
-        dets = []
-        for i in range(len(p["boxes"])):
-            d = dict(box_xyxy=[round(v, 2) for v in p["boxes"][i].tolist()], score=round(p["scores"][i].item(), 4),
-                     label=int(p["labels"][i]), category=names[int(p["labels"][i]) - 1] if names else None)
-            if "masks" in p: d["mask_rle"] = encode_masks(p["masks"][i])[0]
-            if "keypoints" in p: d["keypoints"] = [[round(v, 2) for v in k] for k in p["keypoints"][i].tolist()]
-            dets.append(d)
+        _prediction_png(img, p, names, out / f"{Path(f).stem}.png")
+        dets = [_detection(p, i, names) for i in range(len(p["boxes"]))]
         (out / f"{Path(f).stem}.json").write_text(json.dumps(dict(image=str(f), detections=dets), indent=1))
         print(f"{f}: {len(dets)} detections (score >= {args.score_thresh}) -> {out / Path(f).stem}.png, .json")
     return 0
-
-def _predict_args(s):
-    s.add_argument("images", nargs="+", help="image files")
-    s.add_argument("--checkpoint", required=True, help="checkpoint file")
-    s.add_argument("--out", default="predictions", help="output directory (default predictions)")
-    s.add_argument("--score-thresh", type=float, default=0.5,
-                   help="keep detections with at least this score (default 0.5)")
 COMMANDS["predict"] = (_predict_args, cmd_predict, "detect objects in image files",
                        "Run a checkpoint on images; write an overlay PNG and a JSON file per image.")
+
+# %% ../nbs/15_cli.ipynb #59a21169
+def _configs_args(s):
+    pass
+
+# %% ../nbs/15_cli.ipynb #c5db7dab
+def _preset_line(name: str, c) -> str:
+    "One line on preset `c`: trunk, features, normalization, heads, classes, resolution, schedule, learning rate."
+    groups = f" {c.groups}x{c.width_per_group}d" if c.groups > 1 else ""
+    trunk = f"blocks {c.blocks}" if c.blocks else f"R-{c.depth}" + groups
+    heads = "+".join(h for h, on in (("box", True), ("mask", c.mask), ("keypoints", c.keypoints)) if on)
+    lr = c.base_lr * c.ims_per_batch / 16
+    return (f"{name:18s} {trunk:18s} {c.features:4s} {c.norm:9s} {heads:20s} {c.num_classes:3d} classes, "
+            f"{c.min_size[-1]} px, {c.max_iter} iters x {c.ims_per_batch} images, lr {lr:g}")
 
 # %% ../nbs/15_cli.ipynb #843278f5
 def cmd_configs(args) -> int:
     "List the presets, one line each."
     from mrcnn_nb.model import PRESETS
-    for name, c in PRESETS.items():
-        trunk = f"blocks {c.blocks}" if c.blocks else f"R-{c.depth}" + (f" {c.groups}x{c.width_per_group}d" if c.groups > 1 else "")
-        heads = "+".join(h for h, on in (("box", True), ("mask", c.mask), ("keypoints", c.keypoints)) if on)
-        print(f"{name:18s} {trunk:18s} {c.features:4s} {c.norm:9s} {heads:20s} {c.num_classes:3d} classes, {c.min_size[-1]} px, "
-              f"{c.max_iter} iters x {c.ims_per_batch} images, lr {c.base_lr * c.ims_per_batch / 16:g}")
+    for name, c in PRESETS.items(): print(_preset_line(name, c))
     return 0
-
-def _configs_args(s):
-    pass
 COMMANDS["configs"] = (_configs_args, cmd_configs, "list the presets", "The named configs, one line each.")
 
-# %% ../nbs/15_cli.ipynb #80d31f65
-def cmd_ablate(args) -> int:
-    "Run the missing (variant, seed) runs of the paper's ablation tables into the results store, then print the tables."
-    from mrcnn_nb.ablations import TABLES, get_table, load_runs, missing_runs, run_ablations, table_markdown
-    tables = list(TABLES) if "all" in args.table else [get_table(t).key for t in args.table]
-    seeds = tuple(range(args.seeds))
-    store = Path(args.store) if args.store else None
-    if args.list:
-        for t in tables:
-            tab = get_table(t)
-            print(f"Table {t} ({tab.title}, notebook {tab.notebook}):")
-            for r in tab.rows:
-                cur, stale = load_runs(r.variant, store)
-                print(f"  {r.label:28s} {r.variant:14s} seeds done {sorted(x['seed'] for x in cur)}" + (f", {len(stale)} stale" if stale else ""))
-        todo = missing_runs(tables, seeds, store)
-        print(f"{len(todo)} run(s) missing for seeds {list(seeds)}" + (": " + ", ".join(f"{v}/{s}" for v, s in todo) if todo else ""))
-        return 0
-    run_ablations(tables, seeds, store, smoke=args.smoke, jobs=args.jobs, device=args.device, variants=args.variant)
-    if not args.smoke:
-        for t in tables: print("\n" + table_markdown(t, store))
-    return 0
-
+# %% ../nbs/15_cli.ipynb #9ca2ad18
 def _ablate_args(s):
     s.add_argument("--table", nargs="+", required=True, metavar="T", help="table(s): 2a 2b 2c 2d 2e 3 5 6, or all")
     s.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1 per variant (default 3)")
@@ -337,11 +366,50 @@ def _ablate_args(s):
                    help="run only these variants of the tables (e.g. the reference rows first)")
     s.add_argument("--list", action="store_true", help="show what the store holds and what is missing; run nothing")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+# %% ../nbs/15_cli.ipynb #269da9e9
+def _list_store(tables: list, seeds: tuple, store):
+    "Print what the results store holds for the rows of `tables`, and the (variant, seed) runs it lacks."
+    from mrcnn_nb.ablations import get_table, load_runs, missing_runs
+    for t in tables:
+        tab = get_table(t)
+        print(f"Table {t} ({tab.title}, notebook {tab.notebook}):")
+        for r in tab.rows:
+            cur, stale = load_runs(r.variant, store)
+            done = sorted(x['seed'] for x in cur)
+            print(f"  {r.label:28s} {r.variant:14s} seeds done {done}" + (f", {len(stale)} stale" if stale else ""))
+    todo = missing_runs(tables, seeds, store)
+    listed = ": " + ", ".join(f"{v}/{s}" for v, s in todo) if todo else ""
+    print(f"{len(todo)} run(s) missing for seeds {list(seeds)}" + listed)
+
+# %% ../nbs/15_cli.ipynb #80d31f65
+def cmd_ablate(args) -> int:
+    "Run the missing (variant, seed) runs of the paper's ablation tables into the results store, then print the tables."
+    from mrcnn_nb.ablations import TABLES, get_table, run_ablations, table_markdown
+    tables = list(TABLES) if "all" in args.table else [get_table(t).key for t in args.table]
+    seeds = tuple(range(args.seeds))
+    store = Path(args.store) if args.store else None
+    if args.list:
+        _list_store(tables, seeds, store)
+        return 0
+    run_ablations(tables, seeds, store, smoke=args.smoke, jobs=args.jobs, device=args.device, variants=args.variant)
+    if not args.smoke:
+        for t in tables: print("\n" + table_markdown(t, store))
+    return 0
 COMMANDS["ablate"] = (_ablate_args, cmd_ablate, "reproduce the paper's ablation tables at CPU scale",
                       "Train and evaluate the variants of the paper's ablation tables (2a-e, 3, 5, 6) under the "
                       "protocol of 21_ablation_backbone, only the (variant, seed) runs the results store lacks, and "
                       "print each table beside the paper's. --smoke runs every variant for a few iterations into a "
                       "temporary store.")
+
+# %% ../nbs/15_cli.ipynb #b02af815
+def _bench_args(s):
+    s.add_argument("what", choices=["data", "roi", "model"], help="what to measure")
+    s.add_argument("--n", type=_positive_int, default=100, help="data: items to time (default 100)")
+    s.add_argument("--repeats", type=_positive_int, default=5,
+                   help="roi, model: timed runs per case, the median is reported (default 5)")
+    s.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1: one worker)")
+    s.add_argument("--work", default=None, help="directory for generated benchmark data (cached)")
 
 # %% ../nbs/15_cli.ipynb #cb2d836f
 def cmd_bench(args) -> int:
@@ -358,14 +426,6 @@ def cmd_bench(args) -> int:
         from mrcnn_nb.bench import bench_model
         print(format_rows(bench_model(repeats=args.repeats)))
     return 0
-
-def _bench_args(s):
-    s.add_argument("what", choices=["data", "roi", "model"], help="what to measure")
-    s.add_argument("--n", type=_positive_int, default=100, help="data: items to time (default 100)")
-    s.add_argument("--repeats", type=_positive_int, default=5,
-                   help="roi, model: timed runs per case, the median is reported (default 5)")
-    s.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1: one worker)")
-    s.add_argument("--work", default=None, help="directory for generated benchmark data (cached)")
 COMMANDS["bench"] = (_bench_args, cmd_bench, "measure speed on this machine",
                      "Benchmarks: data loading per worker (data); RoIAlign / RoIPool against torchvision (roi); "
                      "R-50-FPN Mask R-CNN inference and training step against torchvision (model).")

@@ -35,6 +35,14 @@ def seed_everything(seed: int) -> int:
     torch.manual_seed(seed)  # also seeds every CUDA device
     return seed
 
+# %% ../nbs/00_core.ipynb #92a85cc8
+def _check_cuda(dev: torch.device, device) -> None:
+    "Raise `UserInputError` unless this PyTorch sees a CUDA GPU, and the GPU `dev.index` if one is named."
+    if not torch.cuda.is_available():
+        raise UserInputError(f"device {device!r} asked for, but this PyTorch sees no CUDA GPU")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserInputError(f"device {device!r}: only {torch.cuda.device_count()} CUDA GPU(s) present")
+
 # %% ../nbs/00_core.ipynb #a207418e
 def get_device(device: str | torch.device = "auto") -> torch.device:
     "Resolve `'auto'`, `'cpu'`, `'cuda'` or `'cuda:N'` to a `torch.device`, checking it exists."
@@ -44,25 +52,25 @@ def get_device(device: str | torch.device = "auto") -> torch.device:
     try: dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise UserInputError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserInputError(f"device {device!r} asked for, but this PyTorch sees no CUDA GPU")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserInputError(f"device {device!r}: only {torch.cuda.device_count()} CUDA GPU(s) present")
+    if dev.type == "cuda": _check_cuda(dev, device)
     elif dev.type != "cpu":
         raise UserInputError(f"unsupported device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
     return dev
+
+# %% ../nbs/00_core.ipynb #926d073c
+def _value_range(t: torch.Tensor) -> tuple[str, str]:
+    "`t`'s min and max as text: 4 significant digits for floats; '-' for an empty tensor."
+    if t.numel() == 0: return "-", "-"
+    v = t.detach()
+    if v.dtype == torch.bool: v = v.to(torch.uint8)
+    return tuple(f"{x:.4g}" if v.is_floating_point() else f"{x}" for x in (v.min().item(), v.max().item()))
 
 # %% ../nbs/00_core.ipynb #a6436b7c
 def log_tensor(name: str, t, print_fn=print) -> str:
     "Print and return one line with `t`'s shape, dtype, device, min and max."
     if not isinstance(t, torch.Tensor): t = torch.as_tensor(t)
     shape = "(" + ", ".join(str(s) for s in t.shape) + ")"
-    if t.numel() == 0: lo = hi = "-"
-    else:
-        v = t.detach()
-        if v.dtype == torch.bool: v = v.to(torch.uint8)
-        lo, hi = (f"{x:.4g}" if v.is_floating_point() else f"{x}" for x in (v.min().item(), v.max().item()))
+    lo, hi = _value_range(t)
     dev = "" if t.device.type == "cpu" else f" device={t.device}"
     line = f"{name}: shape={shape} dtype={str(t.dtype).replace('torch.', '')}{dev} min={lo} max={hi}"
     if print_fn is not None: print_fn(line)
@@ -86,17 +94,21 @@ class Timer:
 
 # %% ../nbs/00_core.ipynb #114f8b5a
 def _vm_kib(field: str) -> int | None:
+    "A `field` of `/proc/self/status` (`VmRSS`, `VmHWM`, ...) in KiB; None where there is no such file or field."
     try:
         for line in open("/proc/self/status"):
             if line.startswith(field + ":"): return int(line.split()[1])
     except OSError: return None
     return None
 
+# %% ../nbs/00_core.ipynb #dbe4f5ee
 def peak_memory_rise(fn) -> float | None:
-    "Run `fn()` and return how far the process's peak resident memory rose above its resident memory before, in MiB (Linux)."
+    """Run `fn()` and return how far the process's peak resident memory rose above its resident memory before,
+    in MiB (Linux)."""
     import ctypes, ctypes.util, gc
     gc.collect()
-    try: ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)   # hand freed heap pages back, so reuse cannot hide a rise
+    # hand freed heap pages back, so reuse cannot hide a rise
+    try: ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
     except (OSError, AttributeError, TypeError): pass
     try:
         with open("/proc/self/clear_refs", "w") as f: f.write("5")   # reset the peak (VmHWM) to the current RSS
@@ -113,6 +125,7 @@ def _default_file_mode() -> int:
     os.umask(mask)
     return 0o666 & ~mask
 
+# %% ../nbs/00_core.ipynb #44c3cc51
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "w", **kwargs):
     "Open a temporary file beside `path`; on success rename it onto `path`, on error delete it."
@@ -126,7 +139,8 @@ def atomic_write(path, mode: str = "w", **kwargs):
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else _default_file_mode())  # mkstemp makes 0600 files
+        # mkstemp makes 0600 files
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else _default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
@@ -134,18 +148,22 @@ def atomic_write(path, mode: str = "w", **kwargs):
 
 # %% ../nbs/00_core.ipynb #3f8ee982
 def _load_failure(path, e: Exception) -> UserInputError:
-    "One line for a file `torch.load(weights_only=True)` refused or could not read -- never torch's advice to load it unsafely."
+    """One line for a file `torch.load(weights_only=True)` refused or could not read -- never torch's advice
+    to load it unsafely."""
     text = str(e)
-    if "unsupported global" in text.lower() or "not an allowed global" in text.lower():   # it wants to import and run something
-        return UserInputError(f"{path}: refused: the file holds pickled Python objects, not only tensors (reading it would "
-                              f"run code from it). Re-save its state_dict where it was made.")
+    # it wants to import and run something
+    if "unsupported global" in text.lower() or "not an allowed global" in text.lower():
+        return UserInputError(f"{path}: refused: the file holds pickled Python objects, not only tensors "
+                              f"(reading it would run code from it). Re-save its state_dict where it was made.")
     advice = ("weights_only", "Weights only", "documentation", "trusted source")
     lines = [l.strip().removeprefix("WeightsUnpickler error:").strip() for l in text.splitlines()]
     why = next((l for l in lines if l and not any(a in l for a in advice)), type(e).__name__)
     return UserInputError(f"{path}: not a readable PyTorch weight file ({type(e).__name__}: {why[:200]})")
 
+# %% ../nbs/00_core.ipynb #acb3a5db
 def load_torch_file(path):
-    "Read a PyTorch file with `weights_only=True` (tensors, numbers, strings, containers; never code); errors name the file."
+    """Read a PyTorch file with `weights_only=True` (tensors, numbers, strings, containers; never code); errors
+    name the file."""
     path = Path(path)
     if not path.is_file(): raise UserInputError(f"{path}: weight file not found")
     if path.stat().st_size == 0: raise UserInputError(f"{path}: empty file (0 bytes), not a PyTorch weight file")
@@ -153,26 +171,37 @@ def load_torch_file(path):
     except Exception as e:  # pickle.UnpicklingError and friends, or a file that is no checkpoint at all
         raise _load_failure(path, e) from None
 
+# %% ../nbs/00_core.ipynb #e173edcb
 def load_state_dict_file(path, key: str | None = None) -> dict:
     "Read a state dict from `path` with `weights_only=True`; `key` picks a nested entry (e.g. 'model')."
     obj = load_torch_file(path)
     if key is not None:
-        if not isinstance(obj, dict) or key not in obj: raise UserInputError(f"{path}: no entry {key!r} (entries: {sorted(obj)[:20] if isinstance(obj, dict) else type(obj).__name__})")
+        if not isinstance(obj, dict) or key not in obj:
+            entries = sorted(obj)[:20] if isinstance(obj, dict) else type(obj).__name__
+            raise UserInputError(f"{path}: no entry {key!r} (entries: {entries})")
         obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserInputError(f"{path}: expected a state dict (names to tensors), got {type(obj).__name__}")
     return obj
 
-def load_weights(module: torch.nn.Module, state_dict: dict, strict: bool = True, source: str = "state dict") -> torch.nn.Module:
+# %% ../nbs/00_core.ipynb #9f9c429e
+def _listed(keys: list, n: int = 20) -> str:
+    "The first `n` of `keys`, comma-separated, and ' ...' when there are more."
+    return ", ".join(keys[:n]) + (" ..." if len(keys) > n else "")
+
+# %% ../nbs/00_core.ipynb #3bcbdb97
+def load_weights(module: torch.nn.Module, state_dict: dict, strict: bool = True,
+                 source: str = "state dict") -> torch.nn.Module:
     "Load `state_dict` into `module`; on mismatch raise `UserInputError` listing missing and unexpected keys."
     own = module.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
-    shapes = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    shapes = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+              for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
     if shapes or (strict and (missing or unexpected)):
         lines = [f"{source} does not fit {type(module).__name__}:"]
-        if missing: lines.append(f"  missing ({len(missing)}): " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""))
-        if unexpected: lines.append(f"  unexpected ({len(unexpected)}): " + ", ".join(unexpected[:20]) + (" ..." if len(unexpected) > 20 else ""))
+        if missing: lines.append(f"  missing ({len(missing)}): " + _listed(missing))
+        if unexpected: lines.append(f"  unexpected ({len(unexpected)}): " + _listed(unexpected))
         if shapes: lines.append(f"  wrong shape ({len(shapes)}): " + "; ".join(shapes[:10]))
         raise UserInputError("\n".join(lines))
     module.load_state_dict(state_dict, strict=False)
@@ -199,7 +228,8 @@ def distributed_count(n) -> float:
 
 # %% ../nbs/00_core.ipynb #b1f364d6
 def use_cuda_simulator() -> bool:
-    "Enable Numba's CUDA simulator if there is no GPU and `numba.cuda` is not imported yet; True if CUDA kernels can run."
+    """Enable Numba's CUDA simulator if there is no GPU and `numba.cuda` is not imported yet; True if CUDA kernels
+    can run."""
     import sys
     if torch.cuda.is_available(): return True
     if "numba.cuda" not in sys.modules:

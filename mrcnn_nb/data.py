@@ -10,6 +10,7 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,99 +22,130 @@ from PIL import Image, UnidentifiedImageError
 from .core import UserInputError
 
 # %% auto #0
-__all__ = ['ANNOTATION_PREFIX', 'annotation_file', 'load_coco_json', 'segmentation_to_rle', 'compressed_rle_counts',
-           'check_polygons', 'decode_rles', 'CategoryMap', 'keypoint_flip_indices', 'read_image', 'COCODataset',
+__all__ = ['ANNOTATION_PREFIX', 'annotation_file', 'load_coco_json', 'check_polygons', 'compressed_rle_counts',
+           'segmentation_to_rle', 'decode_rles', 'CategoryMap', 'keypoint_flip_indices', 'read_image', 'COCODataset',
            'Compose', 'RandomHorizontalFlip', 'AddProposals', 'ImageBatch', 'pad_images', 'aspect_ratio_groups',
            'GroupedBatchSampler']
 
 # %% ../nbs/02_data.ipynb #751a7539
-ANNOTATION_PREFIX = {"instances": "instances", "keypoints": "person_keypoints"}
+ANNOTATION_PREFIX = {"instances": "instances", "keypoints": "person_keypoints"}   # kind -> file name prefix
 
+# %% ../nbs/02_data.ipynb #0dd1d4b1
+def _no_annotation_file(root: Path, split: str, kind: str, path: Path) -> UserInputError:
+    "The error for a missing annotation file `path`: the splits that exist, and a hint if the other kind has `split`."
+    prefix = ANNOTATION_PREFIX[kind]
+    found = sorted(p.stem[len(prefix) + 1:] for p in (root / "annotations").glob(f"{prefix}_*.json"))
+    hint = ""
+    for other, other_prefix in ANNOTATION_PREFIX.items():
+        if other != kind and (root / "annotations" / f"{other_prefix}_{split}.json").is_file():
+            hint = f"; {other_prefix}_{split}.json exists: use kind {other!r} (--kind {other})"
+    return UserInputError(f"{path}: no such annotation file; unknown split {split!r} "
+                          f"(splits with {prefix}_*.json under {root / 'annotations'}: {found or 'none'}){hint}")
+
+# %% ../nbs/02_data.ipynb #482ec1d9
 def annotation_file(root, split: str, kind: str = "instances") -> Path:
     "The path of `split`'s annotation file under `root`; errors list the splits that exist."
     if kind not in ANNOTATION_PREFIX:
         raise UserInputError(f"unknown dataset kind {kind!r}; choose from {sorted(ANNOTATION_PREFIX)}")
     root = Path(root)
-    if not root.is_dir(): raise UserInputError(f"{root}: dataset root not found (expected ROOT/annotations/ and ROOT/{{split}}/)")
-    prefix = ANNOTATION_PREFIX[kind]
-    path = root / "annotations" / f"{prefix}_{split}.json"
-    if not path.is_file():
-        found = sorted(p.stem[len(prefix) + 1:] for p in (root / "annotations").glob(f"{prefix}_*.json"))
-        hint = ""
-        for other, other_prefix in ANNOTATION_PREFIX.items():
-            if other != kind and (root / "annotations" / f"{other_prefix}_{split}.json").is_file():
-                hint = f"; {other_prefix}_{split}.json exists: use kind {other!r} (--kind {other})"
-        raise UserInputError(f"{path}: no such annotation file; unknown split {split!r} "
-                             f"(splits with {prefix}_*.json under {root / 'annotations'}: {found or 'none'}){hint}")
+    if not root.is_dir():
+        raise UserInputError(f"{root}: dataset root not found (expected ROOT/annotations/ and ROOT/{{split}}/)")
+    path = root / "annotations" / f"{ANNOTATION_PREFIX[kind]}_{split}.json"
+    if not path.is_file(): raise _no_annotation_file(root, split, kind, path)
     return path
 
 # %% ../nbs/02_data.ipynb #6e37ae3d
 def _need(obj: dict, keys, where: str):
+    "Raise `UserInputError` naming the `keys` that `obj` lacks."
     missing = [k for k in keys if k not in obj]
     if missing: raise UserInputError(f"{where}: missing key(s) {missing}")
 
-def load_coco_json(path) -> dict:
-    "Read and check a COCO annotation file; errors name the file and the broken entry."
-    path = Path(path)
-    try: data = json.loads(path.read_bytes())
+# %% ../nbs/02_data.ipynb #0b59b2fe
+def _is_int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
+def _is_number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+# %% ../nbs/02_data.ipynb #96b3d8dc
+def _read_json(path: Path):
+    "The parsed content of annotation file `path`; errors name the file and say what is wrong, and where."
+    try: return json.loads(path.read_bytes())
     except FileNotFoundError: raise UserInputError(f"{path}: annotation file not found") from None
     except json.JSONDecodeError as e:
         raise UserInputError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except UnicodeDecodeError as e: raise UserInputError(f"{path}: not a UTF-8 JSON file ({e.reason})") from None
-    if not isinstance(data, dict): raise UserInputError(f"{path}: expected a JSON object at the top level")
-    _need(data, ["images", "annotations", "categories"], str(path))
+
+# %% ../nbs/02_data.ipynb #2af04656
+def _check_lists(data: dict, path):
+    "Raise unless `images`, `annotations` and `categories` of `data` are lists of objects."
     for key in ("images", "annotations", "categories"):
         if not isinstance(data[key], list): raise UserInputError(f"{path}: {key!r} must be a list")
         for i, entry in enumerate(data[key]):
-            if not isinstance(entry, dict): raise UserInputError(f"{path}: {key}[{i}] must be an object, got {str(entry)[:60]!r}")
-    for im in data["images"]:
+            if not isinstance(entry, dict):
+                raise UserInputError(f"{path}: {key}[{i}] must be an object, got {str(entry)[:60]!r}")
+
+# %% ../nbs/02_data.ipynb #3b3bdfec
+def _check_images(images: list, path):
+    "Raise unless every image has an id, a file name (a string) and a positive integer height and width."
+    for im in images:
         where = f"{path}: image {im.get('id', im)}"
         _need(im, ["id", "file_name", "height", "width"], where)
         if not all(_is_int(im[k]) and im[k] > 0 for k in ("height", "width")):
-            raise UserInputError(f"{where}: height and width must be positive integers, got {im['height']!r} x {im['width']!r}")
-        if not isinstance(im["file_name"], str): raise UserInputError(f"{where}: file_name must be a string, got {im['file_name']!r}")
-    for c in data["categories"]: _need(c, ["id", "name"], f"{path}: category {c}")
+            raise UserInputError(f"{where}: height and width must be positive integers, "
+                                 f"got {im['height']!r} x {im['width']!r}")
+        if not isinstance(im["file_name"], str):
+            raise UserInputError(f"{where}: file_name must be a string, got {im['file_name']!r}")
+
+# %% ../nbs/02_data.ipynb #c0016c01
+def _check_unique_ids(data: dict, path):
+    "Raise if two images, two categories or two annotations of `data` share an id."
     for key, what in (("images", "image"), ("categories", "category"), ("annotations", "annotation")):
         ids = [e.get("id") for e in data[key]]
         dup = next((i for i, n in Counter(map(str, ids)).items() if n > 1), None)
         if dup is not None: raise UserInputError(f"{path}: {what} id {dup} appears more than once in {key!r}")
+
+# %% ../nbs/02_data.ipynb #c4bb1caf
+def _check_annotations(data: dict, path):
+    """Raise unless every annotation of `data` has an id, an image and a category that exist, and a bbox
+    `[x, y, w, h]` of finite numbers."""
     image_ids, cat_ids = {im["id"] for im in data["images"]}, {c["id"] for c in data["categories"]}
     for a in data["annotations"]:
         where = f"{path}: annotation {a.get('id', '?')}"
         _need(a, ["id", "image_id", "category_id", "bbox"], where)
         if a["image_id"] not in image_ids: raise UserInputError(f"{where}: image_id {a['image_id']} is not in 'images'")
-        if a["category_id"] not in cat_ids: raise UserInputError(f"{where}: category_id {a['category_id']} is not in 'categories'")
+        if a["category_id"] not in cat_ids:
+            raise UserInputError(f"{where}: category_id {a['category_id']} is not in 'categories'")
         if not (isinstance(a["bbox"], list) and len(a["bbox"]) == 4 and all(_is_number(v) for v in a["bbox"])):
             raise UserInputError(f"{where}: bbox must be [x, y, w, h] of finite numbers, got {a['bbox']!r}")
+
+# %% ../nbs/02_data.ipynb #c2962fb7
+def load_coco_json(path) -> dict:
+    "Read and check a COCO annotation file; errors name the file and the broken entry."
+    path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data, dict): raise UserInputError(f"{path}: expected a JSON object at the top level")
+    _need(data, ["images", "annotations", "categories"], str(path))
+    _check_lists(data, path)
+    _check_images(data["images"], path)
+    for c in data["categories"]: _need(c, ["id", "name"], f"{path}: category {c}")
+    _check_unique_ids(data, path)
+    _check_annotations(data, path)
     return data
 
-def _is_int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
-def _is_number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
 # %% ../nbs/02_data.ipynb #65f48b07
-def segmentation_to_rle(segm, height: int, width: int, where: str = "segmentation") -> dict:
-    "Compressed RLE of a COCO segmentation (polygons, uncompressed or compressed RLE)."
-    if isinstance(segm, list):
-        check_polygons(segm, where)
-        return mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
-    if isinstance(segm, dict) and "counts" in segm and "size" in segm:
-        if list(segm["size"]) != [height, width]:
-            raise UserInputError(f"{where}: RLE size {segm['size']} differs from the image size {[height, width]}")
-        counts = segm["counts"]
-        if isinstance(counts, list):
-            if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != height * width:
-                raise UserInputError(f"{where}: uncompressed RLE counts must be non-negative integers summing to "
-                                     f"height x width = {height * width}, got {len(counts)} counts summing to {sum(c for c in counts if _is_number(c))}")
-            return mask_utils.frPyObjects(segm, height, width)
-        if not isinstance(counts, (str, bytes)): raise UserInputError(f"{where}: RLE counts must be a string or a list, got {type(counts).__name__}")
-        runs = compressed_rle_counts(counts)
-        if runs is None or min(runs, default=0) < 0 or sum(runs) != height * width:
-            raise UserInputError(f"{where}: corrupt compressed RLE: its runs do not cover the {height} x {width} image")
-        return segm
-    raise UserInputError(f"{where}: unrecognized segmentation {str(segm)[:80]!r} (expected polygons or RLE)")
+def check_polygons(polys: list, where: str = "segmentation") -> None:
+    "Raise `UserInputError` unless every polygon is a flat list of an even number (>= 6) of coordinates."
+    if len(polys) == 0: raise UserInputError(f"{where}: empty polygon list")
+    for i, p in enumerate(polys):
+        if not isinstance(p, (list, tuple)) or len(p) % 2 or len(p) < 6:
+            n = len(p) if isinstance(p, (list, tuple)) else "?"
+            raise UserInputError(f"{where}: polygon {i} has {n} coordinates; a polygon needs an even number, "
+                                 "at least 6 (3 points)")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in p):
+            raise UserInputError(f"{where}: polygon {i} has a coordinate that is not a finite number: {str(p)[:80]}")
 
+# %% ../nbs/02_data.ipynb #1a025a04
 def compressed_rle_counts(counts) -> list | None:
-    "Decode COCO's compressed RLE string into run lengths (pycocotools' format: 5-bit groups, deltas after the 2nd); None if malformed."
+    """Decode COCO's compressed RLE string into run lengths (pycocotools' format: 5-bit groups, deltas after
+    the 2nd); None if malformed."""
     s = counts.decode("ascii", "replace") if isinstance(counts, bytes) else counts
     runs, p = [], 0
     while p < len(s):
@@ -131,17 +163,41 @@ def compressed_rle_counts(counts) -> list | None:
         runs.append(x)
     return runs
 
-def check_polygons(polys: list, where: str = "segmentation") -> None:
-    "Raise `UserInputError` unless every polygon is a flat list of an even number (>= 6) of coordinates."
-    if len(polys) == 0: raise UserInputError(f"{where}: empty polygon list")
-    for i, p in enumerate(polys):
-        if not isinstance(p, (list, tuple)) or len(p) % 2 or len(p) < 6:
-            n = len(p) if isinstance(p, (list, tuple)) else "?"
-            raise UserInputError(f"{where}: polygon {i} has {n} coordinates; a polygon needs an even number, "
-                                 "at least 6 (3 points)")
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in p):
-            raise UserInputError(f"{where}: polygon {i} has a coordinate that is not a finite number: {str(p)[:80]}")
+# %% ../nbs/02_data.ipynb #b6ab13e0
+def _uncompressed_rle(segm: dict, height: int, width: int, where: str) -> dict:
+    "Compressed RLE of an uncompressed one (`counts` a list), once its runs are checked to cover the image."
+    counts = segm["counts"]
+    if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != height * width:
+        total = sum(c for c in counts if _is_number(c))
+        raise UserInputError(f"{where}: uncompressed RLE counts must be non-negative integers summing to "
+                             f"height x width = {height * width}, got {len(counts)} counts summing to {total}")
+    return mask_utils.frPyObjects(segm, height, width)
 
+# %% ../nbs/02_data.ipynb #fb6dd87d
+def _compressed_rle(segm: dict, height: int, width: int, where: str) -> dict:
+    "`segm` itself (`counts` a string), once its runs are checked to cover the image."
+    counts = segm["counts"]
+    if not isinstance(counts, (str, bytes)):
+        raise UserInputError(f"{where}: RLE counts must be a string or a list, got {type(counts).__name__}")
+    runs = compressed_rle_counts(counts)
+    if runs is None or min(runs, default=0) < 0 or sum(runs) != height * width:
+        raise UserInputError(f"{where}: corrupt compressed RLE: its runs do not cover the {height} x {width} image")
+    return segm
+
+# %% ../nbs/02_data.ipynb #51a872ea
+def segmentation_to_rle(segm, height: int, width: int, where: str = "segmentation") -> dict:
+    "Compressed RLE of a COCO segmentation (polygons, uncompressed or compressed RLE)."
+    if isinstance(segm, list):
+        check_polygons(segm, where)
+        return mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
+    if isinstance(segm, dict) and "counts" in segm and "size" in segm:
+        if list(segm["size"]) != [height, width]:
+            raise UserInputError(f"{where}: RLE size {segm['size']} differs from the image size {[height, width]}")
+        if isinstance(segm["counts"], list): return _uncompressed_rle(segm, height, width, where)
+        return _compressed_rle(segm, height, width, where)
+    raise UserInputError(f"{where}: unrecognized segmentation {str(segm)[:80]!r} (expected polygons or RLE)")
+
+# %% ../nbs/02_data.ipynb #e9a9c073
 def decode_rles(rles: list, height: int, width: int) -> Tensor:
     "Decode compressed RLEs into masks (N, height, width) uint8."
     if not rles: return torch.zeros(0, height, width, dtype=torch.uint8)
@@ -188,6 +244,7 @@ def _quiet_coco(data: dict):
     with contextlib.redirect_stdout(io.StringIO()): coco.createIndex()
     return coco
 
+# %% ../nbs/02_data.ipynb #4f2d9b61
 def read_image(path, where: str = "") -> Tensor:
     "Decode an image file (any format Pillow reads) to a uint8 RGB tensor (3, H, W); errors name the file."
     path = Path(path)
@@ -198,77 +255,128 @@ def read_image(path, where: str = "") -> Tensor:
     try:
         with Image.open(io.BytesIO(raw)) as im: rgb = np.array(im.convert("RGB"))  # convert() decodes it all
     except UnidentifiedImageError:
-        raise UserInputError(f"{path}: unreadable or truncated image{where} (not an image format Pillow can read)") from None
+        raise UserInputError(f"{path}: unreadable or truncated image{where} "
+                             "(not an image format Pillow can read)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise UserInputError(f"{path}: unreadable or truncated image{where} ({e})") from None
     return torch.from_numpy(rgb).permute(2, 0, 1)
 
+# %% ../nbs/02_data.ipynb #36b9d5ee
+def _clipped_box(bbox: list, width: int, height: int) -> list | None:
+    "COCO's `[x, y, w, h]` as xyxy clipped to the image; None when no width or height is left."
+    x, y, bw, bh = bbox
+    box = [max(0.0, x), max(0.0, y), min(float(width), x + bw), min(float(height), y + bh)]
+    return box if box[2] > box[0] and box[3] > box[1] else None
+
+# %% ../nbs/02_data.ipynb #bd55607a
+def _segmentation_ok(a: dict, ann_file, bad_polygons: str) -> bool:
+    """Whether annotation `a` has a segmentation to train a mask on. An error when it has none, or when a polygon
+    is broken and `bad_polygons` is 'error'; False when a polygon is broken and `bad_polygons` is 'drop'."""
+    segm = a.get("segmentation")
+    if segm is None or segm == []:
+        raise UserInputError(f"{ann_file}: annotation {a['id']} has no segmentation "
+                             "(use with_masks=False for boxes only)")
+    if isinstance(segm, list):
+        try: check_polygons(segm, f"{ann_file}: annotation {a['id']}")
+        except UserInputError as e:
+            if bad_polygons == "error":
+                raise UserInputError(f"{e} (pass bad_polygons='drop' to skip such annotations)") from None
+            return False
+    return True
+
+# %% ../nbs/02_data.ipynb #aff94b22
+def _keypoint_values(a: dict, num_keypoints: int, ann_file) -> list:
+    "The `3 * num_keypoints` values (x, y, v per keypoint) of annotation `a`; all 0 when it has none."
+    kps = a.get("keypoints") or [0] * (3 * num_keypoints)
+    if not isinstance(kps, list) or len(kps) != 3 * num_keypoints or not all(_is_number(v) for v in kps):
+        raise UserInputError(f"{ann_file}: annotation {a['id']} must have {3 * num_keypoints} numeric keypoint "
+                             "values (x, y, v per keypoint)")
+    return kps
+
+# %% ../nbs/02_data.ipynb #b8866beb
+def _annotation_record(a: dict, im: dict, ann_file, categories: CategoryMap, num_keypoints: int,
+                       with_masks: bool, bad_polygons: str) -> tuple | str:
+    """The record `(id, box, label, segmentation, keypoints)` of annotation `a` of image `im` or, when it is left
+    out, the key of `COCODataset.stats` that counts it."""
+    if a.get("iscrowd", 0): return "crowd_skipped"
+    box = _clipped_box(a["bbox"], im["width"], im["height"])
+    if box is None: return "degenerate_boxes_dropped"
+    if with_masks and not _segmentation_ok(a, ann_file, bad_polygons): return "bad_polygons_dropped"
+    kps = _keypoint_values(a, num_keypoints, ann_file) if num_keypoints else None
+    return (a["id"], box, categories.to_label(a["category_id"]), a.get("segmentation"), kps)
+
+# %% ../nbs/02_data.ipynb #7b70f501
+def _index_records(data: dict, annotation_record, skip_empty: bool, stats: Counter) -> list:
+    """One record per image of `data`, in id order: `id`, `file_name`, `height`, `width` and `anns`, the
+    `annotation_record(a, im)` of its annotations; what is left out is counted in `stats`."""
+    by_image = {im["id"]: [] for im in data["images"]}
+    for a in data["annotations"]: by_image[a["image_id"]].append(a)
+    records = []
+    for im in sorted(data["images"], key=lambda im: im["id"]):
+        anns = []
+        for a in by_image[im["id"]]:
+            stats["annotations"] += 1
+            r = annotation_record(a, im)
+            if isinstance(r, str): stats[r] += 1
+            else: anns.append(r)
+        if not anns:
+            stats["images_without_annotations"] += 1
+            if skip_empty:
+                stats["empty_images_skipped"] += 1
+                continue
+        records.append(dict(id=im["id"], file_name=im["file_name"], height=im["height"], width=im["width"], anns=anns))
+    stats["images"] = len(records)
+    return records
+
+# %% ../nbs/02_data.ipynb #f40845b2
+def _keypoint_category(data: dict, ann_file) -> tuple:
+    """The keypoint names, skeleton and OKS sigmas (a non-standard key written by `mrcnn_nb.shapes`, else None)
+    of the first category of `data` that names keypoints."""
+    kp_cats = [c for c in data["categories"] if c.get("keypoints")]
+    if not kp_cats: raise UserInputError(f"{ann_file}: no category has 'keypoints' names")
+    return list(kp_cats[0]["keypoints"]), list(kp_cats[0].get("skeleton", [])), kp_cats[0].get("oks_sigmas")
+
+# %% ../nbs/02_data.ipynb #2efbf45e
+def _record_target(r: dict, with_masks: bool, num_keypoints: int, ann_file) -> dict:
+    "The untransformed target of image record `r`: the dict described above."
+    h, w, anns = r["height"], r["width"], r["anns"]
+    t = dict(boxes=torch.tensor([a[1] for a in anns], dtype=torch.float32).reshape(-1, 4),
+             labels=torch.tensor([a[2] for a in anns], dtype=torch.int64))
+    if with_masks:
+        rles = [segmentation_to_rle(a[3], h, w, f"{ann_file}: annotation {a[0]}") for a in anns]
+        t["masks"] = decode_rles(rles, h, w)
+    if num_keypoints:
+        kps = torch.tensor([a[4] for a in anns], dtype=torch.float32)
+        t["keypoints"] = kps.reshape(-1, num_keypoints, 3)
+    t["image_id"] = r["id"]
+    t["orig_size"] = t["size"] = torch.tensor([h, w])
+    return t
+
 # %% ../nbs/02_data.ipynb #efd0800b
 class COCODataset(torch.utils.data.Dataset):
-    "A COCO-2017-layout dataset: `ROOT/annotations/{instances|person_keypoints}_{split}.json`, images in `ROOT/{split}/`."
+    """A COCO-2017-layout dataset: `ROOT/annotations/{instances|person_keypoints}_{split}.json`, images in
+    `ROOT/{split}/`."""
     def __init__(self, root, split: str, kind: str = "instances", transforms=None, skip_empty: bool = False,
                  with_masks: bool = True, bad_polygons: str = "error"):
-        if bad_polygons not in ("error", "drop"): raise UserInputError(f"bad_polygons must be 'error' or 'drop', got {bad_polygons!r}")
-        self.root, self.split, self.kind, self.transforms, self.with_masks = Path(root), split, kind, transforms, with_masks
+        if bad_polygons not in ("error", "drop"):
+            raise UserInputError(f"bad_polygons must be 'error' or 'drop', got {bad_polygons!r}")
+        self.root, self.split, self.kind = Path(root), split, kind
+        self.transforms, self.with_masks = transforms, with_masks
         self.ann_file = annotation_file(root, split, kind)
         self.image_dir = self.root / split
-        if not self.image_dir.is_dir(): raise UserInputError(f"{self.image_dir}: image directory for split {split!r} not found")
+        if not self.image_dir.is_dir():
+            raise UserInputError(f"{self.image_dir}: image directory for split {split!r} not found")
         data = load_coco_json(self.ann_file)
         self.coco = _quiet_coco(data)
         self.categories = CategoryMap.from_categories(data["categories"])
         self.keypoint_names, self.skeleton = [], []
         if kind == "keypoints":
-            kp_cats = [c for c in data["categories"] if c.get("keypoints")]
-            if not kp_cats: raise UserInputError(f"{self.ann_file}: no category has 'keypoints' names")
-            self.keypoint_names, self.skeleton = list(kp_cats[0]["keypoints"]), list(kp_cats[0].get("skeleton", []))
-            self.oks_sigmas = kp_cats[0].get("oks_sigmas")  # non-standard key written by mrcnn_nb.shapes
+            self.keypoint_names, self.skeleton, self.oks_sigmas = _keypoint_category(data, self.ann_file)
         self.keypoint_flip = keypoint_flip_indices(self.keypoint_names) if self.keypoint_names else None
         self.stats = Counter()
-        self.records = self._index(data, skip_empty, bad_polygons)
-
-    def _index(self, data, skip_empty, bad_polygons):
-        by_image = {im["id"]: [] for im in data["images"]}
-        for a in data["annotations"]: by_image[a["image_id"]].append(a)
-        K = len(self.keypoint_names)
-        records = []
-        for im in sorted(data["images"], key=lambda im: im["id"]):
-            h, w = im["height"], im["width"]
-            anns = []
-            for a in by_image[im["id"]]:
-                self.stats["annotations"] += 1
-                if a.get("iscrowd", 0):
-                    self.stats["crowd_skipped"] += 1
-                    continue
-                x, y, bw, bh = a["bbox"]
-                box = [max(0.0, x), max(0.0, y), min(float(w), x + bw), min(float(h), y + bh)]
-                if not (box[2] > box[0] and box[3] > box[1]):
-                    self.stats["degenerate_boxes_dropped"] += 1
-                    continue
-                segm = a.get("segmentation")
-                if self.with_masks:
-                    if segm is None or segm == []:
-                        raise UserInputError(f"{self.ann_file}: annotation {a['id']} has no segmentation (use with_masks=False for boxes only)")
-                    if isinstance(segm, list):
-                        try: check_polygons(segm, f"{self.ann_file}: annotation {a['id']}")
-                        except UserInputError as e:
-                            if bad_polygons == "error":
-                                raise UserInputError(f"{e} (pass bad_polygons='drop' to skip such annotations)") from None
-                            self.stats["bad_polygons_dropped"] += 1
-                            continue
-                kps = None
-                if K:
-                    kps = a.get("keypoints") or [0] * (3 * K)
-                    if not isinstance(kps, list) or len(kps) != 3 * K or not all(_is_number(v) for v in kps):
-                        raise UserInputError(f"{self.ann_file}: annotation {a['id']} must have {3 * K} numeric keypoint values (x, y, v per keypoint)")
-                anns.append((a["id"], box, self.categories.to_label(a["category_id"]), segm, kps))
-            if not anns:
-                self.stats["images_without_annotations"] += 1
-                if skip_empty:
-                    self.stats["empty_images_skipped"] += 1
-                    continue
-            records.append(dict(id=im["id"], file_name=im["file_name"], height=h, width=w, anns=anns))
-        self.stats["images"] = len(records)
-        return records
+        record = partial(_annotation_record, ann_file=self.ann_file, categories=self.categories,
+                         num_keypoints=len(self.keypoint_names), with_masks=with_masks, bad_polygons=bad_polygons)
+        self.records = _index_records(data, record, skip_empty, self.stats)
 
     def __len__(self): return len(self.records)
     @property
@@ -281,18 +389,7 @@ class COCODataset(torch.utils.data.Dataset):
 
     def load_target(self, i: int) -> dict:
         "The untransformed target of item `i`."
-        r = self.records[i]
-        h, w, anns = r["height"], r["width"], r["anns"]
-        t = dict(boxes=torch.tensor([a[1] for a in anns], dtype=torch.float32).reshape(-1, 4),
-                 labels=torch.tensor([a[2] for a in anns], dtype=torch.int64))
-        if self.with_masks:
-            rles = [segmentation_to_rle(a[3], h, w, f"{self.ann_file}: annotation {a[0]}") for a in anns]
-            t["masks"] = decode_rles(rles, h, w)
-        if self.keypoint_names:
-            t["keypoints"] = torch.tensor([a[4] for a in anns], dtype=torch.float32).reshape(-1, len(self.keypoint_names), 3)
-        t["image_id"] = r["id"]
-        t["orig_size"] = t["size"] = torch.tensor([h, w])
-        return t
+        return _record_target(self.records[i], self.with_masks, len(self.keypoint_names), self.ann_file)
 
     def load_image(self, i: int) -> Tensor:
         "The decoded image of item `i`, uint8 (3, H, W); its size must match the annotation file."
@@ -321,8 +418,10 @@ class Compose:
         return image, target
     def __repr__(self): return "Compose(\n" + "".join(f"  {t!r},\n" for t in self.transforms) + ")"
 
+# %% ../nbs/02_data.ipynb #83ae8d45
 class RandomHorizontalFlip:
-    "Flip image, boxes (and given proposals), masks and keypoints (swapping left/right with `keypoint_flip`) with probability `p`."
+    """Flip image, boxes (and given proposals), masks and keypoints (swapping left/right with `keypoint_flip`)
+    with probability `p`."""
     def __init__(self, p: float = 0.5, keypoint_flip=None): self.p, self.keypoint_flip = p, keypoint_flip
     def __call__(self, image, target):
         if self.p <= 0 or (self.p < 1 and torch.rand(()).item() >= self.p): return image, target
@@ -335,7 +434,8 @@ class RandomHorizontalFlip:
                 t[key] = torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1)
         if "masks" in t: t["masks"] = t["masks"].flip(-1)
         if "keypoints" in t:
-            if self.keypoint_flip is None: raise ValueError("flipping keypoints needs keypoint_flip (see keypoint_flip_indices)")
+            if self.keypoint_flip is None:
+                raise ValueError("flipping keypoints needs keypoint_flip (see keypoint_flip_indices)")
             k = t["keypoints"][:, self.keypoint_flip].clone()
             k[..., 0] = torch.where(k[..., 2] > 0, w - k[..., 0], k[..., 0])
             t["keypoints"] = k
@@ -344,11 +444,13 @@ class RandomHorizontalFlip:
 
 # %% ../nbs/02_data.ipynb #febafb6d
 class AddProposals:
-    "Attach each image's fixed proposals (a table image_id -> (K, 4) xyxy in the image's pixels) to its target as 'proposals'."
+    """Attach each image's fixed proposals (a table image_id -> (K, 4) xyxy in the image's pixels) to its target
+    as 'proposals'."""
     def __init__(self, table: dict, source: str = "the proposals table"): self.table, self.source = table, source
     def __call__(self, image, target):
         if target["image_id"] not in self.table:
-            raise UserInputError(f"{self.source} has no proposals for image {target['image_id']}: it was computed for other images")
+            raise UserInputError(f"{self.source} has no proposals for image {target['image_id']}: "
+                                 "it was computed for other images")
         return image, dict(target, proposals=self.table[target["image_id"]].float())
     def __repr__(self): return f"AddProposals({len(self.table)} images)"
 
@@ -361,6 +463,7 @@ class ImageBatch:
     def to(self, device): return ImageBatch(self.tensors.to(device), self.image_sizes)
     def __len__(self): return len(self.image_sizes)
 
+# %% ../nbs/02_data.ipynb #e37c22d1
 def pad_images(images: list, size_divisibility: int = 32, pad_value: float = 0.0) -> ImageBatch:
     "Stack (C, H, W) images into one zero-padded (B, C, Hp, Wp) tensor."
     if not images: raise ValueError("pad_images needs at least one image")
@@ -375,12 +478,12 @@ def pad_images(images: list, size_divisibility: int = 32, pad_value: float = 0.0
     for i, im in enumerate(images): out[i, :, :im.shape[1], :im.shape[2]].copy_(im)
     return ImageBatch(out, [tuple(im.shape[1:]) for im in images])
 
-
 # %% ../nbs/02_data.ipynb #ec7a13ae
 def aspect_ratio_groups(sizes: list) -> list:
     "Group id per image: 0 if width >= height (landscape or square), else 1 (portrait). `sizes`: [(h, w), ...]."
     return [0 if w >= h else 1 for h, w in sizes]
 
+# %% ../nbs/02_data.ipynb #a59e4605
 class GroupedBatchSampler(torch.utils.data.Sampler):
     "Batches of indices from `sampler` whose `group_ids` agree (except possibly the last few)."
     def __init__(self, sampler, group_ids: list, batch_size: int, drop_last: bool = False):

@@ -25,10 +25,12 @@ __all__ = ['SHAPE_CLASSES', 'KEYPOINT_NAMES', 'SKELETON', 'OKS_SIGMAS', 'shape_p
 # %% ../nbs/02a_shapes.ipynb #599a4747
 SHAPE_CLASSES = ["circle", "square", "triangle", "ring", "cross", "star", "crescent"]
 
+# %% ../nbs/02a_shapes.ipynb #b353c223
 def _circle(n=48, r=1.0, cx=0.0, cy=0.0):
     a = np.linspace(0, 2 * np.pi, n, endpoint=False)
     return np.stack([cx + r * np.cos(a), cy + r * np.sin(a)], 1)
 
+# %% ../nbs/02a_shapes.ipynb #681ffeb9
 def _crescent():
     # disk A (centre 0, radius 1) minus disk B (centre d, radius r): outer arc of A, inner arc of B
     d, r = 0.55, 0.85
@@ -40,6 +42,7 @@ def _crescent():
     return np.concatenate([np.stack([np.cos(outer), np.sin(outer)], 1),
                            np.stack([d + r * np.cos(inner), r * np.sin(inner)], 1)])
 
+# %% ../nbs/02a_shapes.ipynb #808fc02b
 def shape_polygons(name: str):
     "`(parts, hole)` of class `name` in a unit frame: polygons (n, 2) whose union is the shape, and an optional hole."
     if name == "circle": return [_circle()], None
@@ -63,6 +66,7 @@ def place_polygon(poly: np.ndarray, size: float, angle: float, cx: float, cy: fl
     # rounded to the 2 decimals stored in the JSON, so the stored polygon rasterizes to this very mask
     return np.round(poly @ np.array([[c, s], [-s, c]]) * (size / 2) + np.array([cx, cy]), 2)
 
+# %% ../nbs/02a_shapes.ipynb #605473a3
 def rasterize_polygons(polys: list, h: int, w: int) -> np.ndarray:
     "Union mask (h, w) uint8 of polygons (n, 2), rasterized by pycocotools."
     rle = mask_utils.merge(mask_utils.frPyObjects([p.reshape(-1).tolist() for p in polys], h, w))
@@ -81,7 +85,8 @@ def textured_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     img = base + 0.25 * (smooth - 0.5) * rng.uniform(0.5, 1.0)
     theta, period = rng.uniform(0, np.pi), rng.uniform(4, 16)
     yy, xx = np.mgrid[0:h, 0:w]
-    img = img + rng.uniform(0.02, 0.08) * np.sin((xx * np.cos(theta) + yy * np.sin(theta)) * 2 * np.pi / period)[..., None]
+    stripes = np.sin((xx * np.cos(theta) + yy * np.sin(theta)) * 2 * np.pi / period)
+    img = img + rng.uniform(0.02, 0.08) * stripes[..., None]
     img = img + rng.normal(0, 0.03, (h, w, 3))
     return img.clip(0, 1)
 
@@ -90,12 +95,23 @@ def _hsv_color(rng):
     import colorsys
     return np.array(colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.55, 1.0), rng.uniform(0.55, 1.0)))
 
-def _rle_json(mask: np.ndarray) -> dict:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+# %% ../nbs/02a_shapes.ipynb #9334dbd8
+def _shape_candidate(rng: np.random.Generator, h: int, w: int, min_size: float, max_frac: float) -> dict:
+    "A random shape: class, size (log-uniform), angle, position; its polygons, mask and colour."
+    name_idx = int(rng.integers(len(SHAPE_CLASSES)))
+    size = float(np.exp(rng.uniform(np.log(min_size), np.log(max(min_size + 1, max_frac * min(h, w))))))
+    angle = float(rng.uniform(0, 2 * np.pi))
+    cx, cy = rng.uniform(size / 2, w - size / 2), rng.uniform(size / 2, h - size / 2)
+    parts, hole = shape_polygons(SHAPE_CLASSES[name_idx])
+    parts = [place_polygon(p, size, angle, cx, cy) for p in parts]
+    mask = rasterize_polygons(parts, h, w)
+    if hole is not None: mask &= 1 - rasterize_polygons([place_polygon(hole, size, angle, cx, cy)], h, w)
+    return dict(label=name_idx + 1, parts=parts, holed=hole is not None, mask=mask, color=_hsv_color(rng))
 
+# %% ../nbs/02a_shapes.ipynb #1907670d
 def _keep_visible(cands: list, h: int, w: int, min_visible: float) -> list:
-    "Objects (dicts with a 'mask', in paint order) that stay at least `min_visible` visible under those kept above them."
+    """Objects (dicts with a 'mask', in paint order) that stay at least `min_visible` visible under those kept
+    above them."""
     above = np.zeros((h, w), np.uint8)
     kept = []
     for c in reversed(cands):  # top-most first
@@ -107,35 +123,35 @@ def _keep_visible(cands: list, h: int, w: int, min_visible: float) -> list:
         kept.append(c)
     return kept[::-1]  # paint order, bottom first
 
+# %% ../nbs/02a_shapes.ipynb #97047d8c
 def _paint(rng: np.random.Generator, kept: list, h: int, w: int) -> np.ndarray:
-    "A textured background with the kept objects painted in order, each in its colour with a little grain; float (h, w, 3)."
+    """A textured background with the kept objects painted in order, each in its colour with a little grain;
+    float (h, w, 3)."""
     img = textured_background(rng, h, w)
     for c in kept:
         img = np.where(c["mask"][..., None].astype(bool), (c["color"] + rng.normal(0, 0.02, (h, w, 3))).clip(0, 1), img)
     return img
 
+# %% ../nbs/02a_shapes.ipynb #7760ce8c
+def _rle_json(mask: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+# %% ../nbs/02a_shapes.ipynb #1a17928a
+def _shape_segmentation(c: dict):
+    "What is stored of kept shape `c`: its polygons if it has no hole and nothing covers it, else RLE of what shows."
+    if c["above"][c["mask"] > 0].any() or c["holed"]: return _rle_json(c["visible"])
+    return [p.reshape(-1).tolist() for p in c["parts"]]
+
+# %% ../nbs/02a_shapes.ipynb #92c362d7
 def render_instances(rng: np.random.Generator, h: int, w: int, n_range=(1, 6), min_size: float = 8.0,
                      max_frac: float = 1.0, min_visible: float = 0.35):
     "An image (h, w, 3) uint8 and its annotations: dicts with category_id (1-based) and segmentation."
     n = int(rng.integers(n_range[0], n_range[1] + 1))
-    cands = []
-    for _ in range(n):
-        name_idx = int(rng.integers(len(SHAPE_CLASSES)))
-        size = float(np.exp(rng.uniform(np.log(min_size), np.log(max(min_size + 1, max_frac * min(h, w))))))
-        angle = float(rng.uniform(0, 2 * np.pi))
-        cx, cy = rng.uniform(size / 2, w - size / 2), rng.uniform(size / 2, h - size / 2)
-        parts, hole = shape_polygons(SHAPE_CLASSES[name_idx])
-        parts = [place_polygon(p, size, angle, cx, cy) for p in parts]
-        mask = rasterize_polygons(parts, h, w)
-        if hole is not None: mask &= 1 - rasterize_polygons([place_polygon(hole, size, angle, cx, cy)], h, w)
-        cands.append(dict(label=name_idx + 1, parts=parts, holed=hole is not None, mask=mask, color=_hsv_color(rng)))
+    cands = [_shape_candidate(rng, h, w, min_size, max_frac) for _ in range(n)]
     kept = _keep_visible(cands, h, w, min_visible)
     img = _paint(rng, kept, h, w)
-    anns = []
-    for c in kept:
-        if c["above"][c["mask"] > 0].any() or c["holed"]: segm = _rle_json(c["visible"])
-        else: segm = [p.reshape(-1).tolist() for p in c["parts"]]
-        anns.append(dict(category_id=c["label"], segmentation=segm))
+    anns = [dict(category_id=c["label"], segmentation=_shape_segmentation(c)) for c in kept]
     return (img * 255).round().astype(np.uint8), anns
 
 # %% ../nbs/02a_shapes.ipynb #9cf8b355
@@ -146,16 +162,20 @@ SKELETON = [[1, 2], [2, 3], [2, 4], [3, 5], [5, 7], [4, 6], [6, 8], [3, 9], [4, 
             [9, 11], [11, 13], [10, 12], [12, 14]]  # 1-based, as in COCO
 OKS_SIGMAS = [0.05, 0.06, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089]
 
+# %% ../nbs/02a_shapes.ipynb #9de3465a
+def _limb(start: np.ndarray, down: np.ndarray, angle_from_down: float, length: float) -> np.ndarray:
+    "The end of a limb of `length` px from `start`, at `angle_from_down` from the figure's `down` direction."
+    c, s = math.cos(angle_from_down), math.sin(angle_from_down)
+    d = np.array([c * down[0] - s * down[1], s * down[0] + c * down[1]])
+    return start + d * length
+
+# %% ../nbs/02a_shapes.ipynb #1f4e238f
 def stick_figure(rng: np.random.Generator, height: float, cx: float, cy: float) -> np.ndarray:
     "Keypoints (14, 2) of a random pose: a figure `height` px tall centred at (cx, cy)."
     u = height  # all lengths are fractions of the height
     lean = rng.uniform(-0.3, 0.3)
     down = np.array([math.sin(lean), math.cos(lean)])
     right = np.array([down[1], -down[0]]) * -1
-    def limb(start, angle_from_down, length):
-        c, s = math.cos(angle_from_down), math.sin(angle_from_down)
-        d = np.array([c * down[0] - s * down[1], s * down[0] + c * down[1]])
-        return start + d * length
     hip_mid = np.array([cx, cy]) + down * 0.05 * u
     neck = hip_mid - down * 0.32 * u
     head = neck - down * 0.1 * u
@@ -165,14 +185,15 @@ def stick_figure(rng: np.random.Generator, height: float, cx: float, cy: float) 
     for side, sgn in (("left", -1), ("right", 1)):
         a1 = sgn * rng.uniform(0.1, 2.6)
         a2 = a1 + sgn * rng.uniform(-0.3, 1.6)
-        kp[f"{side}_elbow"] = limb(kp[f"{side}_shoulder"], a1, 0.15 * u)
-        kp[f"{side}_wrist"] = limb(kp[f"{side}_elbow"], a2, 0.14 * u)
+        kp[f"{side}_elbow"] = _limb(kp[f"{side}_shoulder"], down, a1, 0.15 * u)
+        kp[f"{side}_wrist"] = _limb(kp[f"{side}_elbow"], down, a2, 0.14 * u)
         l1 = sgn * rng.uniform(0.0, 0.6)
         l2 = l1 - sgn * rng.uniform(-0.1, 0.8)
-        kp[f"{side}_knee"] = limb(kp[f"{side}_hip"], l1, 0.23 * u)
-        kp[f"{side}_ankle"] = limb(kp[f"{side}_knee"], l2, 0.22 * u)
+        kp[f"{side}_knee"] = _limb(kp[f"{side}_hip"], down, l1, 0.23 * u)
+        kp[f"{side}_ankle"] = _limb(kp[f"{side}_knee"], down, l2, 0.22 * u)
     return np.stack([kp[n] for n in KEYPOINT_NAMES])
 
+# %% ../nbs/02a_shapes.ipynb #18886e47
 def _segments_mask(segs, radii, h, w):
     "Union of capsules (segments with a radius), rasterized at pixel centres."
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
@@ -188,6 +209,7 @@ def _segments_mask(segs, radii, h, w):
         out[y0:y1, x0:x1] |= (X - p[0] - t * d[0]) ** 2 + (Y - p[1] - t * d[1]) ** 2 <= r * r
     return out.astype(np.uint8)
 
+# %% ../nbs/02a_shapes.ipynb #303e7925
 def figure_mask(kp: np.ndarray, height: float, h: int, w: int) -> np.ndarray:
     "Silhouette (h, w) uint8 of a stick figure: limbs, torso and head."
     i = {n: j for j, n in enumerate(KEYPOINT_NAMES)}
@@ -196,27 +218,38 @@ def figure_mask(kp: np.ndarray, height: float, h: int, w: int) -> np.ndarray:
     head = [(kp[i["head"]], kp[i["head"]])]
     return _segments_mask(limbs + torso + head, [0.03 * height] * len(limbs) + [0.08 * height, 0.075 * height], h, w)
 
+# %% ../nbs/02a_shapes.ipynb #c2e0fe24
+def _figure_candidate(rng: np.random.Generator, h: int, w: int, min_height: float, max_frac: float) -> dict:
+    "A random stick figure: height (log-uniform), position and pose; its keypoints, mask and colour."
+    fh = float(np.exp(rng.uniform(np.log(min_height), np.log(max(min_height + 1, max_frac * h)))))
+    cx, cy = rng.uniform(0.1 * w, 0.9 * w), rng.uniform(0.35 * fh, h - 0.3 * fh) if h > 0.65 * fh else h / 2
+    kp = stick_figure(rng, fh, cx, cy)
+    return dict(kp=kp, mask=figure_mask(kp, fh, h, w), color=_hsv_color(rng))
+
+# %% ../nbs/02a_shapes.ipynb #88e7e96b
+def _figure_keypoints(c: dict, h: int, w: int) -> list:
+    """COCO keypoints `[x, y, v, ...]` of kept figure `c`: `v` = 2 visible, 1 hidden by a figure in front, and
+    `0, 0, 0` outside the image."""
+    kps = []
+    for x, y in c["kp"]:
+        if not (0 <= x < w and 0 <= y < h):
+            kps += [0, 0, 0]
+            continue
+        hidden = c["above"][int(y), int(x)]
+        kps += [round(float(x), 2), round(float(y), 2), 1 if hidden else 2]
+    return kps
+
+# %% ../nbs/02a_shapes.ipynb #7ab519c2
 def render_keypoints(rng: np.random.Generator, h: int, w: int, n_range=(1, 3), min_height: float = 24.0,
                      max_frac: float = 0.95, min_visible: float = 0.35):
     "An image (h, w, 3) uint8 of stick figures and annotations with segmentation and keypoints (x, y, v)."
     n = int(rng.integers(n_range[0], n_range[1] + 1))
-    cands = []
-    for _ in range(n):
-        fh = float(np.exp(rng.uniform(np.log(min_height), np.log(max(min_height + 1, max_frac * h)))))
-        cx, cy = rng.uniform(0.1 * w, 0.9 * w), rng.uniform(0.35 * fh, h - 0.3 * fh) if h > 0.65 * fh else h / 2
-        kp = stick_figure(rng, fh, cx, cy)
-        cands.append(dict(kp=kp, mask=figure_mask(kp, fh, h, w), color=_hsv_color(rng)))
+    cands = [_figure_candidate(rng, h, w, min_height, max_frac) for _ in range(n)]
     kept = _keep_visible(cands, h, w, min_visible)
     img = _paint(rng, kept, h, w)
     anns = []
     for c in kept:
-        kps = []
-        for x, y in c["kp"]:
-            if not (0 <= x < w and 0 <= y < h):
-                kps += [0, 0, 0]
-                continue
-            hidden = c["above"][int(y), int(x)]
-            kps += [round(float(x), 2), round(float(y), 2), 1 if hidden else 2]
+        kps = _figure_keypoints(c, h, w)
         anns.append(dict(category_id=1, segmentation=_rle_json(c["visible"]), keypoints=kps,
                          num_keypoints=sum(v > 0 for v in kps[2::3])))
     return (img * 255).round().astype(np.uint8), anns
@@ -230,73 +263,115 @@ def parse_size(size) -> tuple[int, int]:
             w, h = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
         elif isinstance(size, (tuple, list)): w, h = int(size[0]), int(size[1])
         else: w = h = int(size)
-    except (ValueError, IndexError): raise UserInputError(f"image size {size!r}: expected S or WxH, e.g. 128 or 640x480") from None
-    if not (16 <= w <= 4096 and 16 <= h <= 4096): raise UserInputError(f"image size {size!r}: each side must be within 16..4096 px")
+    except (ValueError, IndexError):
+        raise UserInputError(f"image size {size!r}: expected S or WxH, e.g. 128 or 640x480") from None
+    if not (16 <= w <= 4096 and 16 <= h <= 4096):
+        raise UserInputError(f"image size {size!r}: each side must be within 16..4096 px")
     return w, h
 
+# %% ../nbs/02a_shapes.ipynb #ece66288
+def _objects_per_image(kind: str, instances) -> tuple:
+    "`(min, max)` objects per image: `instances` if given, else 1-6 shapes or 1-3 figures."
+    n_range = tuple(instances) if instances else ((1, 6) if kind == "instances" else (1, 3))
+    if len(n_range) != 2 or not 1 <= n_range[0] <= n_range[1] <= 50:
+        raise UserInputError(f"instances per image {instances!r}: expected (min, max) with 1 <= min <= max <= 50")
+    return n_range
+
+# %% ../nbs/02a_shapes.ipynb #7c084931
+def _smallest_object(kind: str, min_object, w: int, h: int) -> dict:
+    "The renderer's keyword for the smallest object (`min_size` of a shape, `min_height` of a figure), if given."
+    if min_object is not None and not 1 <= min_object < min(w, h):
+        raise UserInputError(f"min_object {min_object!r}: expected a size in px within 1..{min(w, h) - 1} "
+                             f"for {w}x{h} images")
+    return {} if min_object is None else {("min_size" if kind == "instances" else "min_height"): float(min_object)}
+
+# %% ../nbs/02a_shapes.ipynb #a19003d4
+def _shapes_kind(kind: str) -> tuple:
+    "The categories, the renderer and the annotation file prefix of a dataset of `kind`."
+    if kind == "instances":
+        cats = [dict(id=i + 1, name=n, supercategory="shape") for i, n in enumerate(SHAPE_CLASSES)]
+        return cats, render_instances, "instances"
+    cats = [dict(id=1, name="person", supercategory="person", keypoints=KEYPOINT_NAMES, skeleton=SKELETON,
+                 oks_sigmas=OKS_SIGMAS)]
+    return cats, render_keypoints, "person_keypoints"
+
+# %% ../nbs/02a_shapes.ipynb #d11dbf3b
+def _write_image(folder: Path, image_id: int, img: np.ndarray, image_format: str) -> dict:
+    "Write `img` to `folder` as `<image_id, 12 digits>.<image_format>`, atomically; its COCO image entry."
+    fname = f"{image_id:012d}.{image_format}"
+    with atomic_write(folder / fname, "wb") as f:
+        Image.fromarray(img).save(f, format="PNG" if image_format == "png" else "JPEG", quality=90)
+    return dict(id=image_id, file_name=fname, height=img.shape[0], width=img.shape[1])
+
+# %% ../nbs/02a_shapes.ipynb #d9cce3e1
+def _stored_rle(segm, h: int, w: int) -> dict:
+    "The pycocotools RLE of a stored segmentation: polygons merged, or our RLE JSON with its counts as bytes."
+    if isinstance(segm, list): return mask_utils.merge(mask_utils.frPyObjects(segm, h, w))
+    return dict(segm, counts=segm["counts"].encode())
+
+# %% ../nbs/02a_shapes.ipynb #5fcfadc9
 def _coco_annotation(ann_id: int, image_id: int, a: dict, rle: dict) -> dict:
     "A COCO annotation for rendered object `a`; area and bbox come from its RLE `rle`."
     return dict(id=ann_id, image_id=image_id, category_id=a["category_id"], segmentation=a["segmentation"],
                 area=float(mask_utils.area(rle)), bbox=[float(v) for v in mask_utils.toBbox(rle)], iscrowd=0)
 
+# %% ../nbs/02a_shapes.ipynb #0a56521b
+def _image_annotations(objs: list, image_id: int, first_id: int, h: int, w: int, keypoints: bool) -> list:
+    "COCO annotations, numbered from `first_id`, of the objects a renderer drew in image `image_id`."
+    anns = []
+    for a in objs:
+        ann = _coco_annotation(first_id + len(anns), image_id, a, _stored_rle(a["segmentation"], h, w))
+        if keypoints: ann.update(keypoints=a["keypoints"], num_keypoints=a["num_keypoints"])
+        anns.append(ann)
+    return anns
+
+# %% ../nbs/02a_shapes.ipynb #bf81cb2e
 def make_shapes(out, kind: str = "instances", n_train: int = 400, n_val: int = 100, size=128, seed: int = 0,
-                image_format: str = "png", instances=None, min_object: float | None = None, progress: bool = True) -> Path:
-    """Write a synthetic COCO-layout dataset (`kind` 'instances' or 'keypoints') under `out`; returns `out`. `min_object`: the
-    smallest object in px (a shape's size across, a figure's height); None keeps the renderer's (8 and 24 px, made for 128 px)."""
-    if kind not in ("instances", "keypoints"): raise UserInputError(f"unknown kind {kind!r}; choose from ['instances', 'keypoints']")
-    if image_format not in ("png", "jpg"): raise UserInputError(f"unknown image format {image_format!r}; choose from ['jpg', 'png']")
+                image_format: str = "png", instances=None, min_object: float | None = None,
+                progress: bool = True) -> Path:
+    """Write a synthetic COCO-layout dataset (`kind` 'instances' or 'keypoints') under `out`; returns `out`.
+    `min_object`: the smallest object in px (a shape's size across, a figure's height); None keeps the
+    renderer's (8 and 24 px, made for 128 px)."""
+    if kind not in ("instances", "keypoints"):
+        raise UserInputError(f"unknown kind {kind!r}; choose from ['instances', 'keypoints']")
+    if image_format not in ("png", "jpg"):
+        raise UserInputError(f"unknown image format {image_format!r}; choose from ['jpg', 'png']")
     for name, n in (("n_train", n_train), ("n_val", n_val), ("seed", seed)):
         if not isinstance(n, int) or n < 0: raise UserInputError(f"{name} must be a non-negative integer, got {n!r}")
     w, h = parse_size(size)
-    n_range = tuple(instances) if instances else ((1, 6) if kind == "instances" else (1, 3))
-    if len(n_range) != 2 or not 1 <= n_range[0] <= n_range[1] <= 50:
-        raise UserInputError(f"instances per image {instances!r}: expected (min, max) with 1 <= min <= max <= 50")
-    if min_object is not None and not 1 <= min_object < min(w, h):
-        raise UserInputError(f"min_object {min_object!r}: expected a size in px within 1..{min(w, h) - 1} for {w}x{h} images")
-    size_kw = {} if min_object is None else {("min_size" if kind == "instances" else "min_height"): float(min_object)}
+    n_range = _objects_per_image(kind, instances)
+    size_kw = _smallest_object(kind, min_object, w, h)
     out = Path(out)
-    if kind == "instances":
-        cats = [dict(id=i + 1, name=n, supercategory="shape") for i, n in enumerate(SHAPE_CLASSES)]
-        render, prefix = render_instances, "instances"
-    else:
-        cats = [dict(id=1, name="person", supercategory="person", keypoints=KEYPOINT_NAMES, skeleton=SKELETON,
-                     oks_sigmas=OKS_SIGMAS)]
-        render, prefix = render_keypoints, "person_keypoints"
+    cats, render, prefix = _shapes_kind(kind)
     for split_code, (split, n) in enumerate((("train", n_train), ("val", n_val))):
         (out / split).mkdir(parents=True, exist_ok=True)
         images, anns = [], []
         for i in tqdm(range(n), desc=f"{kind} {split}", disable=not progress, leave=False):
-            rng = np.random.default_rng([seed, split_code, i])
-            img, objs = render(rng, h, w, n_range, **size_kw)
-            image_id, fname = i + 1, f"{i + 1:012d}.{image_format}"
-            with atomic_write(out / split / fname, "wb") as f:
-                Image.fromarray(img).save(f, format="PNG" if image_format == "png" else "JPEG", quality=90)
-            images.append(dict(id=image_id, file_name=fname, height=h, width=w))
-            for a in objs:
-                segm = a["segmentation"]
-                rle = mask_utils.merge(mask_utils.frPyObjects(segm, h, w)) if isinstance(segm, list) else dict(segm, counts=segm["counts"].encode())
-                ann = _coco_annotation(len(anns) + 1, image_id, a, rle)
-                if kind == "keypoints": ann.update(keypoints=a["keypoints"], num_keypoints=a["num_keypoints"])
-                anns.append(ann)
+            img, objs = render(np.random.default_rng([seed, split_code, i]), h, w, n_range, **size_kw)
+            images.append(_write_image(out / split, i + 1, img, image_format))
+            anns += _image_annotations(objs, i + 1, len(anns) + 1, h, w, kind == "keypoints")
         data = dict(info=dict(description=f"mrcnn_nb synthetic {kind}", seed=seed, size=[w, h], version="1"),
                     licenses=[], images=images, annotations=anns, categories=cats)
         with atomic_write(out / "annotations" / f"{prefix}_{split}.json") as f: json.dump(data, f)
     return out
 
 # %% ../nbs/02a_shapes.ipynb #761b0805
-def cached_shapes(kind: str = "instances", root=None, name: str = "shapes", stamp: str = "shapes.json", progress: bool = True,
-                  **spec) -> Path:
-    """The dataset `make_shapes(kind=kind, **spec)` under `root` (default: the cache, `<name>-<hash of the spec>`), generated on
-    first use; a folder holding another dataset, or something else, is refused."""
+def cached_shapes(kind: str = "instances", root=None, name: str = "shapes", stamp: str = "shapes.json",
+                  progress: bool = True, **spec) -> Path:
+    """The dataset `make_shapes(kind=kind, **spec)` under `root` (default: the cache, `<name>-<hash of the
+    spec>`), generated on first use; a folder holding another dataset, or something else, is refused."""
     want = dict(spec, kind=kind)
     tag = hashlib.sha1(json.dumps(want, sort_keys=True).encode()).hexdigest()[:8]
     root = Path(root) if root else cache_dir() / f"{name}-{tag}"
     if (root / stamp).exists():
         have = json.loads((root / stamp).read_text())
-        if have != want: raise UserInputError(f"{root} holds a different dataset ({have}); expected {want}: remove the folder or pass another root")
+        if have != want:
+            raise UserInputError(f"{root} holds a different dataset ({have}); expected {want}: "
+                                 "remove the folder or pass another root")
         return root
     if root.exists() and any(root.iterdir()):
-        raise UserInputError(f"{root} exists and is not a generated dataset (no {stamp}): remove it or pass another root")
+        raise UserInputError(f"{root} exists and is not a generated dataset (no {stamp}): "
+                             "remove it or pass another root")
     make_shapes(root, kind=kind, progress=progress, **spec)
     with atomic_write(root / stamp) as f: json.dump(want, f)
     return root

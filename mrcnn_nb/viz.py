@@ -26,11 +26,13 @@ def class_color(label: int) -> np.ndarray:
     if label <= 0: return np.array([0.5, 0.5, 0.5])
     return _PALETTE[(label - 1) % len(_PALETTE)]
 
+# %% ../nbs/03_viz.ipynb #9b35b4cb
 def to_rgb_array(image) -> np.ndarray:
     "An (H, W, 3) uint8 array from a (3, H, W) tensor (uint8, or float in [0, 1]) or an (H, W, 3) array."
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu()
-        if image.ndim != 3 or image.shape[0] not in (1, 3): raise ValueError(f"expected a (3, H, W) image tensor, got {tuple(image.shape)}")
+        if image.ndim != 3 or image.shape[0] not in (1, 3):
+            raise ValueError(f"expected a (3, H, W) image tensor, got {tuple(image.shape)}")
         if image.is_floating_point(): image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
         image = image.expand(3, -1, -1).permute(1, 2, 0).numpy()
     image = np.asarray(image)
@@ -47,6 +49,28 @@ def overlay_masks(image: np.ndarray, masks, labels, alpha: float = 0.45) -> np.n
         out[m] = out[m] * (1 - alpha) + class_color(int(l)) * 255 * alpha
     return out.round().astype(np.uint8)
 
+# %% ../nbs/03_viz.ipynb #a2245e39
+def _draw_box(ax, box, label: int, class_names=None, score: float | None = None, fontsize: int = 7):
+    "Box `[x1, y1, x2, y2]` in its class colour, with the class name (and `score`) on top."
+    x1, y1, x2, y2 = box
+    c = class_color(label)
+    ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.2, edgecolor=c))
+    name = class_names[label - 1] if class_names is not None and 1 <= label <= len(class_names) else str(label)
+    text = name if score is None else f"{name} {score:.2f}"
+    ax.text(x1, y1, text, fontsize=fontsize, color="white", va="bottom",
+            bbox=dict(facecolor=c, alpha=0.8, pad=0.5, lw=0))
+
+# %% ../nbs/03_viz.ipynb #736ffb22
+def _draw_keypoints(ax, k: np.ndarray, skeleton, color):
+    "Keypoints `k` (K, 3) of one instance: skeleton lines between labeled ones, visible filled, hidden hollow."
+    for a, b in (skeleton or []):
+        if k[a - 1, 2] > 0 and k[b - 1, 2] > 0:
+            ax.plot(k[[a - 1, b - 1], 0], k[[a - 1, b - 1], 1], color=color, lw=1)
+    vis, hid = k[:, 2] >= 2, (k[:, 2] > 0) & (k[:, 2] < 2)
+    ax.scatter(k[vis, 0], k[vis, 1], s=9, color=color, edgecolors="white", linewidths=0.5, zorder=3)
+    ax.scatter(k[hid, 0], k[hid, 1], s=9, facecolors="none", edgecolors=color, linewidths=0.8, zorder=3)
+
+# %% ../nbs/03_viz.ipynb #1006042c
 def draw_instances(ax, image, instances: dict, class_names=None, skeleton=None, score_thresh: float = 0.0,
                    title: str | None = None, show_masks: bool = True, fontsize: int = 7):
     "Draw boxes, masks, keypoints and labels of `instances` on `image` into matplotlib axes `ax`."
@@ -61,20 +85,9 @@ def draw_instances(ax, image, instances: dict, class_names=None, skeleton=None, 
     ax.imshow(img)
     kps = instances.get("keypoints")
     for i in idx.tolist():
-        x1, y1, x2, y2 = boxes[i].tolist()
-        l = int(labels[i])
-        c = class_color(l)
-        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.2, edgecolor=c))
-        name = class_names[l - 1] if class_names is not None and 1 <= l <= len(class_names) else str(l)
-        text = name if scores is None else f"{name} {float(scores[i]):.2f}"
-        ax.text(x1, y1, text, fontsize=fontsize, color="white", va="bottom", bbox=dict(facecolor=c, alpha=0.8, pad=0.5, lw=0))
-        if kps is not None:
-            k = torch.as_tensor(kps[i]).cpu().numpy()
-            for a, b in (skeleton or []):
-                if k[a - 1, 2] > 0 and k[b - 1, 2] > 0: ax.plot(k[[a - 1, b - 1], 0], k[[a - 1, b - 1], 1], color=c, lw=1)
-            vis, hid = k[:, 2] >= 2, (k[:, 2] > 0) & (k[:, 2] < 2)
-            ax.scatter(k[vis, 0], k[vis, 1], s=9, color=c, edgecolors="white", linewidths=0.5, zorder=3)
-            ax.scatter(k[hid, 0], k[hid, 1], s=9, facecolors="none", edgecolors=c, linewidths=0.8, zorder=3)
+        label = int(labels[i])
+        _draw_box(ax, boxes[i].tolist(), label, class_names, None if scores is None else float(scores[i]), fontsize)
+        if kps is not None: _draw_keypoints(ax, torch.as_tensor(kps[i]).cpu().numpy(), skeleton, class_color(label))
     ax.set_xlim(-0.5, img.shape[1] - 0.5)
     ax.set_ylim(img.shape[0] - 0.5, -0.5)
     ax.axis("off")
@@ -88,7 +101,8 @@ def show_gt_vs_pred(image, target: dict, prediction: dict, class_names=None, ske
     fig, axs = plt.subplots(1, 2, figsize=(2 * size, size))
     draw_instances(axs[0], image, target, class_names, skeleton, title="ground truth")
     n = int((torch.as_tensor(prediction.get("scores", torch.zeros(0))) >= score_thresh).sum())
-    draw_instances(axs[1], image, prediction, class_names, skeleton, score_thresh, title=f"prediction ({n} ≥ {score_thresh})")
+    draw_instances(axs[1], image, prediction, class_names, skeleton, score_thresh,
+                   title=f"prediction ({n} ≥ {score_thresh})")
     fig.tight_layout()
     return fig
 
@@ -98,22 +112,26 @@ def plot_samples(dataset, n: int = 8, ncols: int = 4, indices=None, seed: int | 
     if len(dataset) == 0: raise UserInputError(f"{getattr(dataset, 'ann_file', 'dataset')}: no images to show")
     if indices is None:
         n = min(n, len(dataset))
-        indices = list(range(n)) if seed is None else sorted(np.random.default_rng(seed).choice(len(dataset), n, replace=False).tolist())
+        if seed is None: indices = list(range(n))
+        else: indices = sorted(np.random.default_rng(seed).choice(len(dataset), n, replace=False).tolist())
     nrows = max(1, -(-len(indices) // ncols))
     ncols = min(ncols, len(indices))
     fig, axs = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
     for ax in axs.flat: ax.axis("off")
     for ax, i in zip(axs.flat, indices):
         img, t = dataset[i]
-        draw_instances(ax, img, t, dataset.class_names, getattr(dataset, "skeleton", None), title=f"image {t['image_id']}")
+        skeleton = getattr(dataset, "skeleton", None)
+        draw_instances(ax, img, t, dataset.class_names, skeleton, title=f"image {t['image_id']}")
     fig.tight_layout()
     return fig
 
+# %% ../nbs/03_viz.ipynb #92c49abd
 def save_figure(fig, path, dpi: int = 100) -> Path:
     "Save `fig` to `path` (format from the suffix) atomically, close it, and return the path."
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
-    if fmt not in ("png", "jpg", "jpeg", "pdf", "svg"): raise UserInputError(f"{path}: unsupported figure format {fmt!r} (png, jpg, pdf, svg)")
+    if fmt not in ("png", "jpg", "jpeg", "pdf", "svg"):
+        raise UserInputError(f"{path}: unsupported figure format {fmt!r} (png, jpg, pdf, svg)")
     with atomic_write(path, "wb") as f: fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return path
