@@ -17,15 +17,15 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 from torch import Tensor
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .core import UserInputError
 
 # %% auto #0
 __all__ = ['ANNOTATION_PREFIX', 'annotation_file', 'load_coco_json', 'check_polygons', 'compressed_rle_counts',
-           'segmentation_to_rle', 'decode_rles', 'CategoryMap', 'keypoint_flip_indices', 'read_image', 'COCODataset',
-           'Compose', 'RandomHorizontalFlip', 'AddProposals', 'ImageBatch', 'pad_images', 'aspect_ratio_groups',
-           'GroupedBatchSampler']
+           'segmentation_to_rle', 'decode_rles', 'CategoryMap', 'keypoint_flip_indices', 'to_rgb', 'read_image',
+           'COCODataset', 'Compose', 'RandomHorizontalFlip', 'AddProposals', 'ImageBatch', 'pad_images',
+           'aspect_ratio_groups', 'GroupedBatchSampler']
 
 # %% ../nbs/02_data.ipynb #751a7539
 ANNOTATION_PREFIX = {"instances": "instances", "keypoints": "person_keypoints"}   # kind -> file name prefix
@@ -244,16 +244,31 @@ def _quiet_coco(data: dict):
     with contextlib.redirect_stdout(io.StringIO()): coco.createIndex()
     return coco
 
+# %% ../nbs/02_data.ipynb #5c0c4bfa
+_WIDE_GREY = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0}
+
+def to_rgb(im: Image.Image) -> np.ndarray:
+    """The picture a viewer shows for a decoded Pillow image, as uint8 RGB (H, W, 3): EXIF orientation applied;
+    16-bit grey (`I;16`, and `I`, Pillow's mode for 16-bit TIFF/PNG grey) scaled from 0-65535, float grey (`F`)
+    from 0-1; every other mode through `convert("RGB")`."""
+    im = ImageOps.exif_transpose(im)
+    if im.mode in _WIDE_GREY or im.mode == "F":
+        top = _WIDE_GREY.get(im.mode, 1.0)
+        grey = np.clip(np.asarray(im, dtype=np.float64) / top * 255.0, 0, 255).round().astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.array(im.convert("RGB"))
+
 # %% ../nbs/02_data.ipynb #4f2d9b61
 def read_image(path, where: str = "") -> Tensor:
-    "Decode an image file (any format Pillow reads) to a uint8 RGB tensor (3, H, W); errors name the file."
+    """Decode an image file (any format Pillow reads) to the uint8 RGB tensor (3, H, W) a viewer would show
+    (`to_rgb`); errors name the file."""
     path = Path(path)
     try: raw = path.read_bytes()
     except FileNotFoundError: raise UserInputError(f"{path}: image file not found{where}") from None
     except IsADirectoryError: raise UserInputError(f"{path}: is a directory, not an image{where}") from None
     if not raw: raise UserInputError(f"{path}: empty image file{where}")
     try:
-        with Image.open(io.BytesIO(raw)) as im: rgb = np.array(im.convert("RGB"))  # convert() decodes it all
+        with Image.open(io.BytesIO(raw)) as im: rgb = to_rgb(im)   # decodes it all, inside the try
     except UnidentifiedImageError:
         raise UserInputError(f"{path}: unreadable or truncated image{where} "
                              "(not an image format Pillow can read)") from None

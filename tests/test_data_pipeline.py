@@ -1,4 +1,5 @@
 """The training input path (the dataset's flip, the model's resize and normalization), batching and the grouped batch sampler."""
+from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
@@ -65,3 +66,44 @@ def test_portrait_and_landscape_groups(tmp_path):
     assert aspect_ratio_groups(COCODataset(a, "val").image_sizes()) == [0, 0, 0]
     b = make_shapes(tmp_path / "p", n_train=0, n_val=2, size="64x96", progress=False)
     assert aspect_ratio_groups(COCODataset(b, "val").image_sizes()) == [1, 1]
+
+
+def _mode_files(d: Path) -> dict:
+    "One file per image mode users have, each with the RGB picture a viewer shows for it."
+    import numpy as np
+    from PIL import Image
+    rgb = np.stack([*np.meshgrid(np.arange(0, 240, 20), np.arange(0, 160, 20), indexing="xy"), np.full((8, 12), 90)], -1)
+    rgb = rgb.astype(np.uint8)
+    grey = np.asarray(Image.fromarray(rgb).convert("L"))
+    grey3 = np.repeat(grey[..., None], 3, 2)
+    out = {}
+    def save(name, im, want, **kw):
+        im.save(d / name, **kw)
+        out[name] = want
+    save("rgb.png", Image.fromarray(rgb), rgb)
+    save("rgba.png", Image.fromarray(np.dstack([rgb, np.full((8, 12), 255, np.uint8)])), rgb)
+    save("l.png", Image.fromarray(grey), grey3)
+    save("la.png", Image.fromarray(grey).convert("LA"), grey3)
+    pal = Image.fromarray((np.arange(96) % 3).reshape(8, 12).astype(np.uint8), "P")
+    pal.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 759)
+    save("p.png", pal, np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)[np.arange(96).reshape(8, 12) % 3])
+    bits = (np.indices((8, 12)).sum(0) % 2).astype(bool)
+    save("one.png", Image.fromarray(bits), np.repeat(bits[..., None] * np.uint8(255), 3, 2))
+    save("cmyk.tif", Image.fromarray(rgb).convert("CMYK"), rgb)
+    save("i16.png", Image.fromarray(grey.astype(np.uint16) * 257), grey3)
+    save("i32.tif", Image.fromarray(grey.astype(np.int32) * 257), grey3)
+    save("f.tif", Image.fromarray(grey.astype(np.float32) / 255), grey3)
+    exif = Image.Exif()
+    exif[0x0112] = 8                  # orientation 8: a viewer turns the stored picture 90° counter-clockwise
+    save("phone.jpg", Image.fromarray(rgb), np.rot90(rgb).copy(), exif=exif, quality=100, subsampling=0)
+    return out
+
+
+def test_every_image_mode_reads_as_the_picture_a_viewer_shows(tmp_path):
+    from mrcnn_nb.data import read_image
+    for name, want in _mode_files(tmp_path).items():
+        got = read_image(tmp_path / name).permute(1, 2, 0).numpy()
+        assert got.shape == want.shape, (name, got.shape, want.shape)
+        tol = 3 if name.endswith(".jpg") else 0          # JPEG at quality 100 still rounds a little
+        err = abs(got.astype(int) - want.astype(int)).max()
+        assert err <= tol, f"{name}: off by up to {err}"
