@@ -14,7 +14,7 @@ from .core import UserInputError
 
 # %% auto #0
 __all__ = ['COMMANDS', 'MAIN_JOB', 'build_parser', 'main', 'cmd_shapes', 'cmd_show', 'main_job_data', 'prediction_figure',
-           'cmd_train', 'cmd_eval', 'cmd_predict', 'cmd_configs', 'cmd_ablate', 'cmd_bench']
+           'cmd_train', 'cmd_eval', 'prediction_stems', 'cmd_predict', 'cmd_configs', 'cmd_ablate', 'cmd_bench']
 
 # %% ../nbs/15_cli.ipynb #90235d09
 # name -> (add its arguments to a parser, run it, help, description); each command's section below adds itself
@@ -284,7 +284,7 @@ def _predict_args(s):
     s.add_argument("--checkpoint", required=True, help="checkpoint file")
     s.add_argument("--out", default="predictions", help="output directory (default predictions)")
     s.add_argument("--score-thresh", type=float, default=0.5,
-                   help="keep detections with at least this score (default 0.5)")
+                   help="keep detections scoring above this (default 0.5)")
 
 # %% ../nbs/15_cli.ipynb #03ca315b
 def _detection(p: dict, i: int, names) -> dict:
@@ -305,6 +305,22 @@ def _prediction_png(img, p: dict, names, path: Path):
     draw_instances(ax, img, {k: (v[:, 0] if k == "masks" else v) for k, v in p.items()}, names)
     save_figure(fig, path)
 
+# %% ../nbs/15_cli.ipynb #44007680
+def prediction_stems(images: list, out) -> list:
+    """Per input image, the path (under `out`, without extension) of its outputs: `<file name>.pred`, numbered
+    (`.pred2`, ...) when that name is taken by an earlier input's outputs or its `.png`/`.json` is one of the inputs."""
+    inputs, taken, stems = {Path(f).resolve() for f in images}, set(), []
+    for f in images:
+        name, k = Path(f).name, 1
+        while True:
+            stem = Path(out) / (f"{name}.pred" if k == 1 else f"{name}.pred{k}")
+            files = {Path(f"{stem}.png").resolve(), Path(f"{stem}.json").resolve()}
+            if stem not in taken and not files & inputs: break
+            k += 1
+        taken.add(stem)
+        stems.append(stem)
+    return stems
+
 # %% ../nbs/15_cli.ipynb #36134b76
 def cmd_predict(args) -> int:
     "Detections on image files: a PNG overlay and a JSON file per image."
@@ -313,20 +329,21 @@ def cmd_predict(args) -> int:
     matplotlib.use("Agg")
     import torch
     from mrcnn_nb.data import read_image
+    from mrcnn_nb.box_head import BoxBranch
     from mrcnn_nb.train import model_from_checkpoint
     model, cfg, names = model_from_checkpoint(args.checkpoint)
     model = model.for_inference()
+    for m in model.modules():      # the threshold before the masks are pasted: a few full-size masks, not a hundred
+        if isinstance(m, BoxBranch): m.score_thresh = max(m.score_thresh, args.score_thresh)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for f in args.images:
+    for f, stem in zip(args.images, prediction_stems(args.images, out)):
         img = read_image(f)
         with torch.no_grad(): p = model([img])[0]
-        keep = p["scores"] >= args.score_thresh
-        p = {k: v[keep] for k, v in p.items()}
-        _prediction_png(img, p, names, out / f"{Path(f).stem}.png")
+        _prediction_png(img, p, names, Path(f"{stem}.png"))
         dets = [_detection(p, i, names) for i in range(len(p["boxes"]))]
-        (out / f"{Path(f).stem}.json").write_text(json.dumps(dict(image=str(f), detections=dets), indent=1))
-        print(f"{f}: {len(dets)} detections (score >= {args.score_thresh}) -> {out / Path(f).stem}.png, .json")
+        Path(f"{stem}.json").write_text(json.dumps(dict(image=str(f), detections=dets), indent=1))
+        print(f"{f}: {len(dets)} detections (score > {args.score_thresh}) -> {stem}.png, .json")
     return 0
 COMMANDS["predict"] = (_predict_args, cmd_predict, "detect objects in image files",
                        "Run a checkpoint on images; write an overlay PNG and a JSON file per image.")
