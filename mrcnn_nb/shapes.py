@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -355,6 +357,19 @@ def make_shapes(out, kind: str = "instances", n_train: int = 400, n_val: int = 1
         with atomic_write(out / "annotations" / f"{prefix}_{split}.json") as f: json.dump(data, f)
     return out
 
+# %% ../nbs/02a_shapes.ipynb #25350b4e
+def _pid_alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+def _remove_stale_partials(root: Path):
+    "Delete `<root>.partial-<pid>` folders that a killed run left (their process is gone)."
+    for p in root.parent.glob(f"{root.name}.partial-*"):
+        pid = p.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _pid_alive(int(pid)): shutil.rmtree(p, ignore_errors=True)
+
 # %% ../nbs/02a_shapes.ipynb #761b0805
 def cached_shapes(kind: str = "instances", root=None, name: str = "shapes", stamp: str = "shapes.json",
                   progress: bool = True, **spec) -> Path:
@@ -372,6 +387,11 @@ def cached_shapes(kind: str = "instances", root=None, name: str = "shapes", stam
     if root.exists() and any(root.iterdir()):
         raise UserInputError(f"{root} exists and is not a generated dataset (no {stamp}): "
                              "remove it or pass another root")
-    make_shapes(root, kind=kind, progress=progress, **spec)
-    with atomic_write(root / stamp) as f: json.dump(want, f)
+    _remove_stale_partials(root)
+    partial = root.parent / f"{root.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    make_shapes(partial, kind=kind, progress=progress, **spec)
+    with atomic_write(partial / stamp) as f: json.dump(want, f)
+    if root.exists(): root.rmdir()          # empty, checked above
+    os.replace(partial, root)               # whole, or not there at all
     return root

@@ -2,6 +2,7 @@
 import contextlib
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -122,3 +123,29 @@ def test_deterministic_per_seed(tmp_path):
     img = "train/000000000002.png"
     assert (a / img).read_bytes() == (b / img).read_bytes()
     assert COCODataset(a, "val")[0][0].shape == (3, 64, 96)
+
+
+def test_a_run_killed_while_generating_leaves_nothing_the_next_run_trusts(tmp_path):
+    """Kill -9 while the cached dataset is being generated: no half dataset at the cache's path, and the next call makes the
+    whole one (the old code wrote into the final folder, and every later run refused it until the user deleted it)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from mrcnn_nb.shapes import cached_shapes
+    root = tmp_path / "set"
+    code = ("import sys; from mrcnn_nb.shapes import cached_shapes; "
+            "cached_shapes(root=sys.argv[1], n_train=400, n_val=50, size=64, progress=False)")
+    p = subprocess.Popen([sys.executable, "-c", code, str(root)], env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        t0 = time.time()
+        while not any(any(d.glob("*/*.png")) for d in [*tmp_path.glob("set.partial-*"), root]):
+            assert p.poll() is None and time.time() - t0 < 120, "generation did not start"
+            time.sleep(0.02)
+        p.send_signal(signal.SIGKILL)
+    finally:
+        p.wait()
+    assert not (root / "shapes.json").exists() and not (root.exists() and any(root.iterdir()))
+    got = cached_shapes(root=root, n_train=4, n_val=2, size=64, progress=False)
+    assert len(json.loads((got / "annotations" / "instances_val.json").read_text())["images"]) == 2
+    assert not list(tmp_path.glob("set.partial-*"))
