@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
 import tempfile
@@ -126,9 +127,13 @@ def _default_file_mode() -> int:
     return 0o666 & ~mask
 
 # %% ../nbs/00_core.ipynb #44c3cc51
+_FULL = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "file too large for the file system",
+         errno.EDQUOT: "disk quota exceeded"}
+
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "w", **kwargs):
-    "Open a temporary file beside `path`; on success rename it onto `path`, on error delete it."
+    """Open a temporary file beside `path`; on success rename it onto `path` (and delete temporary files an earlier,
+    killed write of `path` left), on error delete it; a full disk is a one-line error naming `path`."""
     path = Path(path)
     if path.is_dir(): raise UserInputError(f"{path}: is a directory; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,9 +147,14 @@ def atomic_write(path, mode: str = "w", **kwargs):
         # mkstemp makes 0600 files
         os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else _default_file_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in _FULL:
+            raise UserInputError(f"{path}: could not write it ({_FULL[e.errno]}); the previous file is kept") from None
         raise
+    for old in path.parent.iterdir():
+        if old.name.startswith(f".{path.name}.") and old.name.endswith(".tmp"):
+            with contextlib.suppress(FileNotFoundError): old.unlink()
 
 # %% ../nbs/00_core.ipynb #3f8ee982
 def _load_failure(path, e: Exception) -> UserInputError:
