@@ -271,6 +271,9 @@ def cmd_eval(args) -> int:
     if ds.num_classes + 1 != cfg.num_classes:
         raise UserInputError(f"{ds.ann_file}: {ds.num_classes} categories (+ background) but {args.checkpoint} "
                              f"was trained with num_classes={cfg.num_classes}")
+    if names and list(names) != list(ds.class_names):     # label k means category names[k - 1]
+        raise UserInputError(f"{ds.ann_file}: categories {list(ds.class_names)} but {args.checkpoint} was trained "
+                             f"on {list(names)} (names and order must match)")
     r = evaluate(model, ds, batch_size=args.batch)
     print(format_metrics(r))
     if args.out: _write_evaluation(Path(args.out), r)
