@@ -24,7 +24,7 @@ def cell_anchors(sizes, aspect_ratios, dtype=torch.float32) -> Tensor:
     hs = (h_ratios[:, None] * scales[None, :]).view(-1)
     return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
 
-# %% ../nbs/04_anchors.ipynb #2640ee95
+# %% ../nbs/04_anchors.ipynb #7c24f622
 def grid_anchors(cell: Tensor, grid_size: tuple, stride: tuple) -> Tensor:
     "All anchors (H * W * A, 4) of a (H, W) map with `stride` (sh, sw) px, from `cell` (A, 4)."
     (h, w), (sh, sw) = grid_size, stride
@@ -34,12 +34,24 @@ def grid_anchors(cell: Tensor, grid_size: tuple, stride: tuple) -> Tensor:
     shifts = torch.stack([x.reshape(-1), y.reshape(-1), x.reshape(-1), y.reshape(-1)], 1)
     return (shifts.view(-1, 1, 4) + cell.view(1, -1, 4)).reshape(-1, 4)
 
+# %% ../nbs/04_anchors.ipynb #37ac6701
+def _pyramid_anchors(padded_size: tuple, feature_sizes: list, sizes: tuple, aspect_ratios: tuple,
+                     dtype=torch.float32, device="cpu") -> Tensor:
+    "Anchors of all levels, concatenated; level l: `sizes[l]` × `aspect_ratios[l]` at stride padded size // map size."
+    out = []
+    for (h, w), level_sizes, ratios in zip(feature_sizes, sizes, aspect_ratios):
+        stride = (padded_size[0] // h, padded_size[1] // w)
+        out.append(grid_anchors(cell_anchors(level_sizes, ratios, dtype).to(device), (h, w), stride))
+    return torch.cat(out)
+
+# %% ../nbs/04_anchors.ipynb #13f8cba1
 class AnchorGenerator(nn.Module):
     "Anchors for a list of feature maps: one tuple of sizes and one of aspect ratios per map."
     def __init__(self, sizes=((32,), (64,), (128,), (256,), (512,)), aspect_ratios=((0.5, 1.0, 2.0),) * 5):
         super().__init__()
         if len(sizes) != len(aspect_ratios):
-            raise ValueError(f"need one aspect-ratio tuple per level: {len(sizes)} sizes, {len(aspect_ratios)} ratio tuples")
+            raise ValueError(f"need one aspect-ratio tuple per level: "
+                             f"{len(sizes)} sizes, {len(aspect_ratios)} ratio tuples")
         self.sizes, self.aspect_ratios = tuple(tuple(s) for s in sizes), tuple(tuple(r) for r in aspect_ratios)
         self._cache = {}
 
@@ -51,12 +63,9 @@ class AnchorGenerator(nn.Module):
         if len(feature_sizes) != len(self.sizes):
             raise ValueError(f"{len(feature_sizes)} feature maps but anchors for {len(self.sizes)} levels")
         key = (tuple(padded_size), tuple(tuple(f) for f in feature_sizes), dtype, str(device))
-        if key not in self._cache:
-            out = []
-            for (h, w), sizes, ratios in zip(feature_sizes, self.sizes, self.aspect_ratios):
-                stride = (padded_size[0] // h, padded_size[1] // w)
-                out.append(grid_anchors(cell_anchors(sizes, ratios, dtype).to(device), (h, w), stride))
-            self._cache = {key: torch.cat(out)}   # keep only the latest: batches of one shape follow each other
+        if key not in self._cache:   # keep only the latest: batches of one shape follow each other
+            anchors = _pyramid_anchors(padded_size, feature_sizes, self.sizes, self.aspect_ratios, dtype, device)
+            self._cache = {key: anchors}
         return self._cache[key]
 
     def extra_repr(self): return f"sizes={self.sizes}, aspect_ratios={self.aspect_ratios}"
@@ -72,7 +81,8 @@ class Matcher:
     def __call__(self, iou: Tensor) -> Tensor:
         "iou: (G, P) ground truth × predictions. Returns (P,) int64 matches."
         if iou.numel() == 0:
-            if iou.shape[0] == 0: return torch.full((iou.shape[1],), self.BELOW_LOW, dtype=torch.int64, device=iou.device)
+            if iou.shape[0] == 0:
+                return torch.full((iou.shape[1],), self.BELOW_LOW, dtype=torch.int64, device=iou.device)
             raise ValueError("no predictions to match")
         best, matches = iou.max(dim=0)
         original = matches.clone() if self.allow_low_quality_matches else None
@@ -84,31 +94,38 @@ class Matcher:
             matches[pred] = original[pred]
         return matches
 
-    def __repr__(self): return f"Matcher(high={self.high}, low={self.low}, allow_low_quality_matches={self.allow_low_quality_matches})"
+    def __repr__(self):
+        return (f"Matcher(high={self.high}, low={self.low}, "
+                f"allow_low_quality_matches={self.allow_low_quality_matches})")
+
+# %% ../nbs/04_anchors.ipynb #2a84e72f
+def _sample_image(labels: Tensor, batch_size_per_image: int, positive_fraction: float):
+    "One image's sample of `labels` (P,): (pos_mask, neg_mask) uint8, positives drawn first, then negatives."
+    pos = torch.where(labels >= 1)[0]
+    neg = torch.where(labels == 0)[0]
+    n_pos = min(pos.numel(), int(batch_size_per_image * positive_fraction))
+    n_neg = min(neg.numel(), batch_size_per_image - n_pos)
+    pos = pos[torch.randperm(pos.numel(), device=pos.device)[:n_pos]]
+    neg = neg[torch.randperm(neg.numel(), device=neg.device)[:n_neg]]
+    pm = torch.zeros_like(labels, dtype=torch.uint8)
+    nm = torch.zeros_like(labels, dtype=torch.uint8)
+    pm[pos] = 1
+    nm[neg] = 1
+    return pm, nm
 
 # %% ../nbs/04_anchors.ipynb #4e6ee5f2
 class BalancedSampler:
     "Pick at most `batch_size_per_image` labels per image, a `positive_fraction` of them positive."
     def __init__(self, batch_size_per_image: int, positive_fraction: float):
-        if not 0 <= positive_fraction <= 1: raise ValueError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
+        if not 0 <= positive_fraction <= 1:
+            raise ValueError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
         self.batch_size_per_image, self.positive_fraction = batch_size_per_image, positive_fraction
 
     def __call__(self, labels: list) -> tuple:
         "labels: per image (P,) with 1+ positive, 0 negative, -1 ignored. Returns per-image (pos_mask, neg_mask) uint8."
-        pos_masks, neg_masks = [], []
-        for l in labels:
-            pos = torch.where(l >= 1)[0]
-            neg = torch.where(l == 0)[0]
-            n_pos = min(pos.numel(), int(self.batch_size_per_image * self.positive_fraction))
-            n_neg = min(neg.numel(), self.batch_size_per_image - n_pos)
-            pos = pos[torch.randperm(pos.numel(), device=pos.device)[:n_pos]]
-            neg = neg[torch.randperm(neg.numel(), device=neg.device)[:n_neg]]
-            pm = torch.zeros_like(l, dtype=torch.uint8)
-            nm = torch.zeros_like(l, dtype=torch.uint8)
-            pm[pos] = 1
-            nm[neg] = 1
-            pos_masks.append(pm)
-            neg_masks.append(nm)
-        return pos_masks, neg_masks
+        masks = [_sample_image(l, self.batch_size_per_image, self.positive_fraction) for l in labels]
+        return [pm for pm, _ in masks], [nm for _, nm in masks]
 
-    def __repr__(self): return f"BalancedSampler(batch_size_per_image={self.batch_size_per_image}, positive_fraction={self.positive_fraction})"
+    def __repr__(self):
+        return (f"BalancedSampler(batch_size_per_image={self.batch_size_per_image}, "
+                f"positive_fraction={self.positive_fraction})")

@@ -17,13 +17,14 @@ from .core import UserInputError, load_state_dict_file, load_weights
 __all__ = ['RESNET_BLOCKS', 'FrozenBatchNorm2d', 'make_norm', 'Bottleneck', 'ResNet', 'resnet', 'FPN', 'freeze_trunk',
            'FPNBackbone', 'SingleLevelBackbone', 'fold_frozen_bn', 'load_imagenet_weights']
 
-# %% ../nbs/05_backbone.ipynb #04dc8113
+# %% ../nbs/05_backbone.ipynb #aceaf2a5
 class FrozenBatchNorm2d(nn.Module):
     "BatchNorm with fixed statistics and affine parameters: y = (x - mean) / sqrt(var + eps) * weight + bias."
     def __init__(self, num_features: int, eps: float = 1e-5):
         super().__init__()
         self.eps = eps
-        for name, init in (("weight", torch.ones), ("bias", torch.zeros), ("running_mean", torch.zeros), ("running_var", torch.ones)):
+        for name, init in (("weight", torch.ones), ("bias", torch.zeros),
+                           ("running_mean", torch.zeros), ("running_var", torch.ones)):
             self.register_buffer(name, init(num_features))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -37,6 +38,7 @@ class FrozenBatchNorm2d(nn.Module):
 
     def extra_repr(self): return f"{self.weight.shape[0]}, eps={self.eps}"
 
+# %% ../nbs/05_backbone.ipynb #aa27e831
 def make_norm(kind: str, channels: int) -> nn.Module:
     "A normalization layer: 'frozen_bn', 'bn' or 'gn' (GroupNorm with 32 groups, fewer if `channels` needs)."
     if kind == "frozen_bn": return FrozenBatchNorm2d(channels)
@@ -61,7 +63,8 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), make_norm(norm, out_channels))
+            self.downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                            make_norm(norm, out_channels))
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -69,15 +72,14 @@ class Bottleneck(nn.Module):
         out = self.bn3(self.conv3(out))
         return self.relu(out + (x if self.downsample is None else self.downsample(x)))
 
-# %% ../nbs/05_backbone.ipynb #dd9f23e6
-RESNET_BLOCKS = {18: None, 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
-
+# %% ../nbs/05_backbone.ipynb #38ed47c4
 class ResNet(nn.Module):
     "ResNet / ResNeXt trunk; `forward` returns the outputs of the stages in `return_stages` (1-based)."
     def __init__(self, blocks=(3, 4, 6, 3), groups: int = 1, width_per_group: int = 64, stem_width: int = 64,
                  base_planes: int = 64, norm: str = "frozen_bn", stride_in_1x1: bool = False, num_stages: int = 4):
         super().__init__()
-        if not 1 <= num_stages <= len(blocks): raise ValueError(f"num_stages must be in 1..{len(blocks)}, got {num_stages}")
+        if not 1 <= num_stages <= len(blocks):
+            raise ValueError(f"num_stages must be in 1..{len(blocks)}, got {num_stages}")
         self.conv1 = nn.Conv2d(3, stem_width, 7, stride=2, padding=3, bias=False)
         self.bn1 = make_norm(norm, stem_width)
         self.relu = nn.ReLU(inplace=True)
@@ -86,7 +88,8 @@ class ResNet(nn.Module):
         for i in range(num_stages):
             planes = base_planes * 2 ** i
             width, out_ch = int(planes * width_per_group / 64) * groups, planes * Bottleneck.expansion
-            layer = [Bottleneck(in_ch if b == 0 else out_ch, width, out_ch, (1 if i == 0 else 2) if b == 0 else 1, groups, norm, stride_in_1x1)
+            layer = [Bottleneck(in_ch if b == 0 else out_ch, width, out_ch,
+                                (1 if i == 0 else 2) if b == 0 else 1, groups, norm, stride_in_1x1)
                      for b in range(blocks[i])]
             self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
             in_ch = out_ch
@@ -104,15 +107,21 @@ class ResNet(nn.Module):
             if i in return_stages: outs.append(x)
         return outs
 
+# %% ../nbs/05_backbone.ipynb #0bd421ac
+RESNET_BLOCKS = {18: None, 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+
+# %% ../nbs/05_backbone.ipynb #2dfbf16e
 def resnet(depth: int = 50, groups: int = 1, width_per_group: int = 64, **kwargs) -> ResNet:
     "ResNet-50/101/152, or ResNeXt with `groups` × `width_per_group` (e.g. 32, 8 for X-101-32x8d)."
     if RESNET_BLOCKS.get(depth) is None:
-        raise UserInputError(f"unsupported ResNet depth {depth}; choose from {[d for d, b in RESNET_BLOCKS.items() if b]}")
+        raise UserInputError(f"unsupported ResNet depth {depth}; "
+                             f"choose from {[d for d, b in RESNET_BLOCKS.items() if b]}")
     return ResNet(RESNET_BLOCKS[depth], groups, width_per_group, **kwargs)
 
 # %% ../nbs/05_backbone.ipynb #52f0fff5
 class FPN(nn.Module):
-    "Feature Pyramid Network: lateral 1x1 + top-down nearest upsampling + 3x3 output convs, plus a max-pooled top level."
+    """Feature Pyramid Network: lateral 1x1 + top-down nearest upsampling + 3x3 output convs,
+    plus a max-pooled top level."""
     def __init__(self, in_channels: list, out_channels: int = 256, top_pool: bool = True, norm: str | None = None):
         super().__init__()
         def conv(i, o, k):
@@ -138,15 +147,17 @@ class FPN(nn.Module):
         if self.top_pool: outs.append(F.max_pool2d(outs[-1], 1, 2, 0))
         return outs
 
-# %% ../nbs/05_backbone.ipynb #f4563d70
+# %% ../nbs/05_backbone.ipynb #44508996
 def freeze_trunk(body: ResNet, trainable_layers: int) -> ResNet:
     "Freeze all but the top `trainable_layers` of (layer4, layer3, layer2, layer1, conv1) [+ bn1 when 5]."
     if not 0 <= trainable_layers <= 5: raise ValueError(f"trainable_layers must be in 0..5, got {trainable_layers}")
-    train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers] + (["bn1"] if trainable_layers == 5 else [])
+    train = (["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+             + (["bn1"] if trainable_layers == 5 else []))
     for name, p in body.named_parameters():
         p.requires_grad_(any(name.startswith(t) for t in train))
     return body
 
+# %% ../nbs/05_backbone.ipynb #23bcceee
 class FPNBackbone(nn.Module):
     "ResNet + FPN: P2-P5 and P6 (strides 4-64), `out_channels` each."
     def __init__(self, body: ResNet, out_channels: int = 256, fpn_norm: str | None = None):
@@ -155,6 +166,7 @@ class FPNBackbone(nn.Module):
         self.out_channels, self.strides = out_channels, tuple(body.stage_strides) + (body.stage_strides[-1] * 2,)
     def forward(self, x: Tensor) -> list: return self.fpn(self.body(x))
 
+# %% ../nbs/05_backbone.ipynb #7db29ae8
 class SingleLevelBackbone(nn.Module):
     "ResNet features of one stage: C4 (`num_stages=3`, stride 16) or C5 (`num_stages=4`, stride 32)."
     def __init__(self, body: ResNet):
@@ -163,15 +175,17 @@ class SingleLevelBackbone(nn.Module):
         self.out_channels, self.strides = body.stage_channels[-1], (body.stage_strides[-1],)
     def forward(self, x: Tensor) -> list: return self.body(x, (self.body.num_stages,))
 
-# %% ../nbs/05_backbone.ipynb #bf4be8e5
+# %% ../nbs/05_backbone.ipynb #a743b77b
 def _fold(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> nn.Conv2d:
     scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, bias=True)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, bias=True)
     with torch.no_grad():
         fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
         fused.bias.copy_(bn.bias - bn.running_mean * scale + (conv.bias * scale if conv.bias is not None else 0))
     return fused.to(conv.weight.device)
 
+# %% ../nbs/05_backbone.ipynb #6ad1c6c5
 def fold_frozen_bn(module: nn.Module) -> nn.Module:
     "Fold every frozen BN of the ResNet trunks in `module` into the conv before it (in place; for inference only)."
     for m in list(module.modules()):
@@ -188,11 +202,14 @@ def fold_frozen_bn(module: nn.Module) -> nn.Module:
 
 # %% ../nbs/05_backbone.ipynb #15587689
 def load_imagenet_weights(body: ResNet, path, res5: nn.Module | None = None) -> ResNet:
-    "Load a torchvision ImageNet ResNet / ResNeXt checkpoint (a file, or its state dict) into `body` (and `layer4` into `res5`, for C4)."
-    sd = {k: v for k, v in (path if isinstance(path, dict) else load_state_dict_file(path)).items() if not k.startswith("fc.")}
+    """Load a torchvision ImageNet ResNet / ResNeXt checkpoint (a file, or its state dict) into `body`
+    (and `layer4` into `res5`, for C4)."""
+    sd = {k: v for k, v in (path if isinstance(path, dict) else load_state_dict_file(path)).items()
+          if not k.startswith("fc.")}
     if isinstance(path, dict): path = "ImageNet state dict"
     own = set(body.state_dict())
     load_weights(body, {k: v for k, v in sd.items() if k in own or not k.startswith("layer4.")}, source=str(path))
     if res5 is not None:
-        load_weights(res5, {k[len("layer4."):]: v for k, v in sd.items() if k.startswith("layer4.")}, source=f"{path} (layer4)")
+        load_weights(res5, {k[len("layer4."):]: v for k, v in sd.items() if k.startswith("layer4.")},
+                     source=f"{path} (layer4)")
     return body

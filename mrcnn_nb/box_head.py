@@ -18,7 +18,7 @@ from .core import distributed_count
 __all__ = ['TwoMLPHead', 'Res5Head', 'res5_head', 'FastRCNNPredictor', 'sample_rois', 'fastrcnn_loss', 'postprocess_detections',
            'BoxBranch']
 
-# %% ../nbs/08_box_head.ipynb #682e25bf
+# %% ../nbs/08_box_head.ipynb #3e071bf7
 class TwoMLPHead(nn.Module):
     "FPN / C5 box head: flatten, fc 1024, ReLU, fc 1024, ReLU."
     def __init__(self, in_channels: int, resolution: int = 7, dim: int = 1024):
@@ -29,6 +29,7 @@ class TwoMLPHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return F.relu(self.fc7(F.relu(self.fc6(x.flatten(1)))))
 
+# %% ../nbs/08_box_head.ipynb #49e50207
 class Res5Head(nn.Module):
     "C4 box head: ResNet's 5th stage (`layer4`) on the pooled RoI features, then global average pooling."
     def __init__(self, layer4: nn.Module, out_features: int):
@@ -38,11 +39,13 @@ class Res5Head(nn.Module):
         y = self.layer4(x)
         return (y.mean((2, 3)), y) if return_map else y.mean((2, 3))
 
+# %% ../nbs/08_box_head.ipynb #42a941a5
 def res5_head(**resnet_kwargs) -> Res5Head:
     "A C4 box head holding `layer4` of a ResNet built with `resnet_kwargs` (same arguments as `ResNet`)."
     layer4 = ResNet(**resnet_kwargs).layer4
     return Res5Head(layer4, layer4[-1].conv3.out_channels)
 
+# %% ../nbs/08_box_head.ipynb #59727812
 class FastRCNNPredictor(nn.Module):
     "Class scores (K + 1) and class-specific box deltas (4 (K + 1)) from a feature vector."
     def __init__(self, in_features: int, num_classes: int):
@@ -53,38 +56,47 @@ class FastRCNNPredictor(nn.Module):
         x = x.flatten(1)
         return self.cls_score(x), self.bbox_pred(x)
 
-# %% ../nbs/08_box_head.ipynb #72a1f3ba
+# %% ../nbs/08_box_head.ipynb #9561a458
+def _label_rois(proposals: Tensor, target: dict, matcher: Matcher):
+    "One image's RoIs (proposals, then gt boxes), the index of the gt box each matches, its label (class, 0, -1)."
+    gt = target["boxes"].to(proposals.dtype)
+    p = torch.cat([proposals, gt])
+    if gt.numel() == 0:
+        m = torch.zeros(p.shape[0], dtype=torch.int64, device=p.device)
+        l = torch.zeros_like(m)
+    else:
+        mm = matcher(box_iou(gt, p))
+        m = mm.clamp(min=0)
+        l = target["labels"][m].to(torch.int64)
+        l[mm == Matcher.BELOW_LOW] = 0
+        l[mm == Matcher.BETWEEN] = -1
+    return p, m, l
+
+# %% ../nbs/08_box_head.ipynb #b9f07b3d
+def _sampled_rois(rois: Tensor, matched: Tensor, labels: Tensor, keep: Tensor, target: dict, coder: BoxCoder):
+    "One image's sampled RoIs (`keep` a mask): RoIs, matched gt index, labels and regression targets."
+    keep = torch.where(keep)[0]
+    p, m, l = rois[keep], matched[keep], labels[keep]
+    gt = target["boxes"].to(p.dtype)
+    if gt.numel() == 0: gt = torch.zeros(1, 4, dtype=p.dtype, device=p.device)
+    return p, m, l, coder.encode(gt[m], p)
+
+# %% ../nbs/08_box_head.ipynb #00253b37
 def sample_rois(proposals: list, targets: list, matcher: Matcher, sampler: BalancedSampler, coder: BoxCoder):
-    "Add ground truth to the proposals, label them (class, 0 background, -1 ignored), sample; returns proposals, matched gt index, labels, regression targets."
+    """Add ground truth to the proposals, label them (class, 0 background, -1 ignored), sample; returns proposals,
+    matched gt index, labels, regression targets."""
     out_props, out_idx, out_labels, out_reg = [], [], [], []
-    labels_all, matched_all, props_all = [], [], []
-    for p, t in zip(proposals, targets):
-        gt = t["boxes"].to(p.dtype)
-        p = torch.cat([p, gt])
-        if gt.numel() == 0:
-            m = torch.zeros(p.shape[0], dtype=torch.int64, device=p.device)
-            l = torch.zeros_like(m)
-        else:
-            mm = matcher(box_iou(gt, p))
-            m = mm.clamp(min=0)
-            l = t["labels"][m].to(torch.int64)
-            l[mm == Matcher.BELOW_LOW] = 0
-            l[mm == Matcher.BETWEEN] = -1
-        props_all.append(p)
-        matched_all.append(m)
-        labels_all.append(l)
-    pos, neg = sampler(labels_all)
-    for p, m, l, ps, ng, t in zip(props_all, matched_all, labels_all, pos, neg, targets):
-        keep = torch.where(ps | ng)[0]
-        p, m, l = p[keep], m[keep], l[keep]
-        gt = t["boxes"].to(p.dtype)
-        if gt.numel() == 0: gt = torch.zeros(1, 4, dtype=p.dtype, device=p.device)
+    labelled = [_label_rois(p, t, matcher) for p, t in zip(proposals, targets)]
+    pos, neg = sampler([l for _, _, l in labelled])
+    for (p, m, l), ps, ng, t in zip(labelled, pos, neg, targets):
+        p, m, l, reg = _sampled_rois(p, m, l, ps | ng, t, coder)
         out_props.append(p)
         out_idx.append(m)
         out_labels.append(l)
-        out_reg.append(coder.encode(gt[m], p))
+        out_reg.append(reg)
     return out_props, out_idx, out_labels, out_reg
 
+# %% ../nbs/08_box_head.ipynb #dafc2d37
 def fastrcnn_loss(class_logits: Tensor, box_deltas: Tensor, labels: list, reg_targets: list) -> dict:
     "Cross-entropy over classes and smooth-L1 (beta 1/9) on the true class's deltas of positives, per sampled RoI."
     labels, reg_targets = torch.cat(labels), torch.cat(reg_targets)
@@ -96,15 +108,16 @@ def fastrcnn_loss(class_logits: Tensor, box_deltas: Tensor, labels: list, reg_ta
     return {"loss_classifier": cls_loss, "loss_box_reg": box_loss}
 
 # %% ../nbs/08_box_head.ipynb #9e6fe074
-def postprocess_detections(class_logits: Tensor, box_deltas: Tensor, proposals: list, image_sizes: list, coder: BoxCoder,
-                           score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100,
-                           min_size: float = 1e-2) -> list:
+def postprocess_detections(class_logits: Tensor, box_deltas: Tensor, proposals: list, image_sizes: list,
+                           coder: BoxCoder, score_thresh: float = 0.05, nms_thresh: float = 0.5,
+                           detections_per_img: int = 100, min_size: float = 1e-2) -> list:
     "Per image: dict(boxes (D, 4), scores (D,), labels (D,)) after per-class decoding, thresholding and NMS."
     num_classes = class_logits.shape[-1]
     boxes = coder.decode(box_deltas, torch.cat(proposals)).reshape(-1, num_classes, 4)
     scores = F.softmax(class_logits, -1)
     results = []
-    for b, s, size in zip(boxes.split([len(p) for p in proposals]), scores.split([len(p) for p in proposals]), image_sizes):
+    per_image = [len(p) for p in proposals]
+    for b, s, size in zip(boxes.split(per_image), scores.split(per_image), image_sizes):
         b = clip_boxes(b, size)
         l = torch.arange(num_classes, device=b.device).view(1, -1).expand_as(s)
         b, s, l = b[:, 1:].reshape(-1, 4), s[:, 1:].reshape(-1), l[:, 1:].reshape(-1)   # drop background
@@ -119,9 +132,10 @@ def postprocess_detections(class_logits: Tensor, box_deltas: Tensor, proposals: 
 # %% ../nbs/08_box_head.ipynb #4ac058c4
 class BoxBranch(nn.Module):
     "RoI pooling + box head + predictor; training losses or post-processed detections."
-    def __init__(self, pooler: nn.Module, head: nn.Module, predictor: FastRCNNPredictor, fg_iou: float = 0.5, bg_iou: float = 0.5,
-                 batch_size_per_image: int = 512, positive_fraction: float = 0.25, bbox_reg_weights=(10.0, 10.0, 5.0, 5.0),
-                 score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100):
+    def __init__(self, pooler: nn.Module, head: nn.Module, predictor: FastRCNNPredictor, fg_iou: float = 0.5,
+                 bg_iou: float = 0.5, batch_size_per_image: int = 512, positive_fraction: float = 0.25,
+                 bbox_reg_weights=(10.0, 10.0, 5.0, 5.0), score_thresh: float = 0.05, nms_thresh: float = 0.5,
+                 detections_per_img: int = 100):
         super().__init__()
         self.pooler, self.head, self.predictor = pooler, head, predictor
         self.matcher = Matcher(fg_iou, bg_iou, allow_low_quality_matches=False)
@@ -137,6 +151,7 @@ class BoxBranch(nn.Module):
         x = self.head(self.pooler(features, proposals))
         class_logits, box_deltas = self.predictor(x)
         if self.training:
-            return fastrcnn_loss(class_logits, box_deltas, labels, reg), dict(proposals=proposals, labels=labels, matched_idxs=matched)
+            return (fastrcnn_loss(class_logits, box_deltas, labels, reg),
+                    dict(proposals=proposals, labels=labels, matched_idxs=matched))
         return postprocess_detections(class_logits, box_deltas, proposals, image_sizes, self.coder, self.score_thresh,
                                       self.nms_thresh, self.detections_per_img), {}

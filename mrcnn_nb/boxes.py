@@ -30,11 +30,13 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     wh = (rb - lt).clamp(min=0)
     inter = wh[..., 0] * wh[..., 1]
     union = area1[:, None] + area2[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(inter))
+    ratio = inter / union.clamp(min=torch.finfo(union.dtype).tiny)
+    return torch.where(union > 0, ratio, torch.zeros_like(inter))
 
 # %% ../nbs/01_boxes.ipynb #fa9a26f0
 BBOX_XFORM_CLIP = math.log(1000.0 / 16)  # Detectron's clamp on decoded dw, dh
 
+# %% ../nbs/01_boxes.ipynb #7bb2d6ae
 class BoxCoder:
     "Encode boxes as Fast R-CNN deltas relative to reference boxes, and decode them back."
     def __init__(self, weights=(1.0, 1.0, 1.0, 1.0), clip: float = BBOX_XFORM_CLIP):
@@ -75,6 +77,7 @@ def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
     y = boxes[..., 1::2].clamp(min=0, max=h)
     return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
 
+# %% ../nbs/01_boxes.ipynb #c1495bfd
 def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
     "Indices of `boxes` (N, 4) whose width and height are both at least `min_size`."
     wh = boxes[:, 2:] - boxes[:, :2]
@@ -103,10 +106,12 @@ def _nms_sorted(boxes, iou_threshold):
             if inter > iou_threshold * (ai + areas[j] - inter): suppressed[j] = True
     return keep[:k]
 
+# %% ../nbs/01_boxes.ipynb #5bdd27ed
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     "Greedy NMS: indices (int64) of the kept `boxes` (N, 4) xyxy, by decreasing `scores` (N,)."
     if boxes.ndim != 2 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:1]:
-        raise ValueError(f"nms expects boxes (N, 4) and scores (N,), got {tuple(boxes.shape)} and {tuple(scores.shape)}")
+        raise ValueError(f"nms expects boxes (N, 4) and scores (N,), "
+                         f"got {tuple(boxes.shape)} and {tuple(scores.shape)}")
     if boxes.numel() == 0: return torch.zeros(0, dtype=torch.int64, device=boxes.device)
     order = torch.argsort(scores, descending=True, stable=True)
     b = boxes[order].detach().cpu().numpy()

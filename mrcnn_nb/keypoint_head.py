@@ -14,12 +14,13 @@ from .core import distributed_count
 # %% auto #0
 __all__ = ['KeypointHead', 'KeypointPredictor', 'keypoint_targets', 'keypoint_loss', 'heatmaps_to_keypoints', 'KeypointBranch']
 
-# %% ../nbs/10_keypoint_head.ipynb #742d48ba
+# %% ../nbs/10_keypoint_head.ipynb #f23f4f43
 class KeypointHead(nn.Sequential):
     "`num_convs` 3x3 convs of `dim` channels, each followed by ReLU (names as torchvision's KeypointRCNNHeads)."
     def __init__(self, in_channels: int = 256, num_convs: int = 8, dim: int = 512):
         layers = []
-        for i in range(num_convs): layers += [nn.Conv2d(in_channels if i == 0 else dim, dim, 3, padding=1), nn.ReLU(inplace=True)]
+        for i in range(num_convs):
+            layers += [nn.Conv2d(in_channels if i == 0 else dim, dim, 3, padding=1), nn.ReLU(inplace=True)]
         super().__init__(*layers)
         self.out_channels = dim
         for m in self.children():
@@ -27,6 +28,7 @@ class KeypointHead(nn.Sequential):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
+# %% ../nbs/10_keypoint_head.ipynb #4f4d5c9e
 class KeypointPredictor(nn.Module):
     "A 4x4 stride-2 deconvolution to one map per keypoint, then 2x bilinear upscaling: 14 -> 28 -> 56."
     def __init__(self, in_channels: int, num_keypoints: int):
@@ -36,9 +38,10 @@ class KeypointPredictor(nn.Module):
         nn.init.zeros_(self.kps_score_lowres.bias)
         self.num_keypoints = num_keypoints
     def forward(self, x: Tensor) -> Tensor:
-        return F.interpolate(self.kps_score_lowres(x), scale_factor=2.0, mode="bilinear", align_corners=False, recompute_scale_factor=False)
+        return F.interpolate(self.kps_score_lowres(x), scale_factor=2.0, mode="bilinear", align_corners=False,
+                             recompute_scale_factor=False)
 
-# %% ../nbs/10_keypoint_head.ipynb #bf3c4b69
+# %% ../nbs/10_keypoint_head.ipynb #249ca115
 def keypoint_targets(keypoints: Tensor, rois: Tensor, size: int):
     "Flat heatmap index (P, K) of each keypoint (P, K, 3) in its RoI (P, 4), and whether it has a target."
     x1, y1 = rois[:, 0:1], rois[:, 1:2]
@@ -52,6 +55,7 @@ def keypoint_targets(keypoints: Tensor, rois: Tensor, size: int):
     valid = (cx >= 0) & (cy >= 0) & (cx < size) & (cy < size) & (keypoints[..., 2] > 0)
     return (cy * size + cx) * valid, valid
 
+# %% ../nbs/10_keypoint_head.ipynb #6068bcbd
 def keypoint_loss(logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
     "Cross-entropy of each valid keypoint's m²-way softmax (logits (P, K, m, m)) against its one-hot target."
     P, K, H, W = logits.shape
@@ -94,7 +98,8 @@ class KeypointBranch(nn.Module):
         "Training: {'loss_keypoint'}. Eval: per image (keypoints (D, K, 3), scores (D, K))."
         logits = self.logits(features, boxes)
         if self.training:
-            ts, vs = zip(*[keypoint_targets(t["keypoints"][m], b, logits.shape[-1]) for t, b, m in zip(targets, boxes, matched_idxs)]) if boxes else ([], [])
+            ts, vs = (zip(*[keypoint_targets(t["keypoints"][m], b, logits.shape[-1])
+                            for t, b, m in zip(targets, boxes, matched_idxs)]) if boxes else ([], []))
             if not ts: return {"loss_keypoint": logits.sum() * 0}
             return {"loss_keypoint": keypoint_loss(logits, torch.cat(ts), torch.cat(vs))}
         return [heatmaps_to_keypoints(l, b) for l, b in zip(logits.split([len(b) for b in boxes]), boxes)]

@@ -19,11 +19,12 @@ from .roi_ops import roi_align
 __all__ = ['MASK_LOSSES', 'FCNMaskHead', 'MaskPredictor', 'MLPMaskHead', 'mask_targets', 'mask_loss', 'mask_probs', 'paste_masks',
            'paste_masks_aligned', 'MaskBranch']
 
-# %% ../nbs/09_mask_head.ipynb #835ff839
+# %% ../nbs/09_mask_head.ipynb #eb3579a6
 class FCNMaskHead(nn.Sequential):
     "The paper's FCN mask head: `num_convs` 3x3 convs (+ ReLU) of `dim` channels. Names as torchvision's MaskRCNNHeads."
     def __init__(self, in_channels: int = 256, num_convs: int = 4, dim: int = 256):
-        super().__init__(*[nn.Sequential(nn.Conv2d(in_channels if i == 0 else dim, dim, 3, padding=1), nn.ReLU(inplace=True))
+        super().__init__(*[nn.Sequential(nn.Conv2d(in_channels if i == 0 else dim, dim, 3, padding=1),
+                                         nn.ReLU(inplace=True))
                            for i in range(num_convs)])
         self.out_channels = dim
         for m in self.modules():
@@ -34,17 +35,21 @@ class FCNMaskHead(nn.Sequential):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for i in range(len(self)):   # legacy torchvision names: mask_fcn1.weight -> 0.0.weight
             for t in ("weight", "bias"):
-                if f"{prefix}mask_fcn{i + 1}.{t}" in state_dict: state_dict[f"{prefix}{i}.0.{t}"] = state_dict.pop(f"{prefix}mask_fcn{i + 1}.{t}")
+                if f"{prefix}mask_fcn{i + 1}.{t}" in state_dict:
+                    state_dict[f"{prefix}{i}.0.{t}"] = state_dict.pop(f"{prefix}mask_fcn{i + 1}.{t}")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+# %% ../nbs/09_mask_head.ipynb #5da671d1
 class MaskPredictor(nn.Sequential):
     "2x deconvolution + ReLU + 1x1 conv to one mask logit map per class (`num_masks`)."
     def __init__(self, in_channels: int, dim: int, num_masks: int):
-        super().__init__(OrderedDict([("conv5_mask", nn.ConvTranspose2d(in_channels, dim, 2, 2, 0)), ("relu", nn.ReLU(inplace=True)),
+        super().__init__(OrderedDict([("conv5_mask", nn.ConvTranspose2d(in_channels, dim, 2, 2, 0)),
+                                      ("relu", nn.ReLU(inplace=True)),
                                       ("mask_fcn_logits", nn.Conv2d(dim, num_masks, 1))]))
         for n, p in self.named_parameters():
             if "weight" in n: nn.init.kaiming_normal_(p, mode="fan_out", nonlinearity="relu")
 
+# %% ../nbs/09_mask_head.ipynb #d36e3e27
 class MLPMaskHead(nn.Module):
     "Table 2e's MLP mask heads: flatten the RoI features, fc layers of `hidden` units, then `num_masks` × size² logits."
     def __init__(self, in_channels: int, resolution: int, num_masks: int, hidden=(1024, 1024), mask_size: int = 28):
@@ -67,13 +72,15 @@ def mask_targets(gt_masks: Tensor, rois: Tensor, matched_idxs: Tensor, size: int
     t = roi_align(gt_masks[:, None].to(rois), boxes, (size, size), 1.0, -1, aligned)[:, 0]
     return (t >= 0.5).to(t) if binarize else t
 
-# %% ../nbs/09_mask_head.ipynb #9f12b5d1
+# %% ../nbs/09_mask_head.ipynb #6de8366e
 MASK_LOSSES = ("sigmoid", "softmax")
 
+# %% ../nbs/09_mask_head.ipynb #50b356d4
 def mask_loss(logits: Tensor, targets: Tensor, labels: Tensor, kind: str = "sigmoid", agnostic: bool = False) -> Tensor:
     "Mask loss of logits (P, M, S, S) against targets (P, S, S) for RoIs of class `labels` (P,)."
     if kind not in MASK_LOSSES: raise ValueError(f"unknown mask loss {kind!r}; choose from {list(MASK_LOSSES)}")
-    norm = distributed_count(targets.shape[0]) * logits.shape[-2] * logits.shape[-1]   # mean per pixel of every positive RoI
+    # the mean per pixel of every positive RoI
+    norm = distributed_count(targets.shape[0]) * logits.shape[-2] * logits.shape[-1]
     if targets.numel() == 0: return logits.sum() * 0
     if kind == "sigmoid":
         chosen = logits[:, 0] if agnostic else logits[torch.arange(len(labels), device=labels.device), labels]
@@ -81,6 +88,7 @@ def mask_loss(logits: Tensor, targets: Tensor, labels: Tensor, kind: str = "sigm
     pixel_class = torch.where(targets >= 0.5, (torch.ones_like(labels) if agnostic else labels)[:, None, None], 0)
     return F.cross_entropy(logits, pixel_class, reduction="sum") / norm
 
+# %% ../nbs/09_mask_head.ipynb #bac9db04
 def mask_probs(logits: Tensor, labels: Tensor, kind: str = "sigmoid", agnostic: bool = False) -> Tensor:
     "Per detection, the probability map (D, 1, S, S) of its class."
     idx = torch.arange(len(labels), device=logits.device)
@@ -88,12 +96,13 @@ def mask_probs(logits: Tensor, labels: Tensor, kind: str = "sigmoid", agnostic: 
     else: p = logits.softmax(1)[idx, torch.ones_like(labels) if agnostic else labels][:, None]
     return p
 
-# %% ../nbs/09_mask_head.ipynb #6cd6a523
-def paste_masks(probs: Tensor, boxes: Tensor, height: int, width: int, padding: int = 1, threshold: float | None = None,
-                aligned: bool = False) -> Tensor:
+# %% ../nbs/09_mask_head.ipynb #c24fd8ca
+def paste_masks(probs: Tensor, boxes: Tensor, height: int, width: int, padding: int = 1,
+                threshold: float | None = None, aligned: bool = False) -> Tensor:
     """Paste mask probabilities (D, 1, S, S) into (D, 1, height, width) images at `boxes` (D, 4).
-    With `threshold`, uint8 masks (1 where the probability is >= `threshold`), binarized box by box: no float image is made.
-    `aligned=False`: torchvision's pasting (integer box corners); `aligned=True`: exact geometry (`paste_masks_aligned`)."""
+    With `threshold`, uint8 masks (1 where the probability is >= `threshold`), binarized box by box:
+    no float image is made. `aligned=False`: torchvision's pasting (integer box corners);
+    `aligned=True`: exact geometry (`paste_masks_aligned`)."""
     D, S = probs.shape[0], probs.shape[-1]
     out = probs.new_zeros(D, 1, height, width, dtype=probs.dtype if threshold is None else torch.uint8)
     if D == 0: return out
@@ -112,40 +121,49 @@ def paste_masks(probs: Tensor, boxes: Tensor, height: int, width: int, padding: 
             out[i, 0, ay0:ay1, ax0:ax1] = piece if threshold is None else piece >= threshold
     return out
 
+# %% ../nbs/09_mask_head.ipynb #a9bbc77a
 def paste_masks_aligned(probs: Tensor, boxes: Tensor, out: Tensor, threshold: float | None = None) -> Tensor:
     """Paste into `out` (D, 1, H, W) with exact sub-pixel geometry: mask cell j spans [x0 + j w/S, x0 + (j + 1) w/S] of
     its box -- how RoIAlign with `aligned=True` sampled the targets -- read bilinearly at every pixel centre."""
     H, W = out.shape[-2:]
     for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
-        ax0, ay0, ax1, ay1 = max(math.floor(x0), 0), max(math.floor(y0), 0), min(math.ceil(x1), W), min(math.ceil(y1), H)
+        ax0, ay0 = max(math.floor(x0), 0), max(math.floor(y0), 0)
+        ax1, ay1 = min(math.ceil(x1), W), min(math.ceil(y1), H)
         if ax1 <= ax0 or ay1 <= ay0: continue
         xs = (torch.arange(ax0, ax1, dtype=probs.dtype, device=probs.device) + 0.5 - x0) / max(x1 - x0, 1e-6) * 2 - 1
         ys = (torch.arange(ay0, ay1, dtype=probs.dtype, device=probs.device) + 0.5 - y0) / max(y1 - y0, 1e-6) * 2 - 1
-        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)[None]          # (1, h, w, (x, y)) in [-1, 1] over the box
+        # (1, h, w, (x, y)) in [-1, 1] over the box
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)[None]
         piece = F.grid_sample(probs[i:i + 1], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, 0]
         out[i, 0, ay0:ay1, ax0:ax1] = piece if threshold is None else piece >= threshold
     return out
 
 # %% ../nbs/09_mask_head.ipynb #be6e572d
 class MaskBranch(nn.Module):
-    "RoI pooling + mask head (FCN, MLP or shared res5) + predictor; loss on positive RoIs, or pasted-ready probabilities."
+    """RoI pooling + mask head (FCN, MLP or shared res5) + predictor; loss on positive RoIs,
+    or pasted-ready probabilities."""
     def __init__(self, pooler: nn.Module, head: nn.Module, predictor: nn.Module | None, loss: str = "sigmoid",
                  agnostic: bool = False, target_aligned: bool = False, binarize_targets: bool = False):
         super().__init__()
         if loss not in MASK_LOSSES: raise ValueError(f"unknown mask loss {loss!r}; choose from {list(MASK_LOSSES)}")
         self.pooler, self.head, self.predictor = pooler, head, predictor
-        self.loss, self.agnostic, self.target_aligned, self.binarize_targets = loss, agnostic, target_aligned, binarize_targets
+        self.loss, self.agnostic = loss, agnostic
+        self.target_aligned, self.binarize_targets = target_aligned, binarize_targets
 
     def logits(self, features: list, boxes: list) -> Tensor:
         x = self.head(self.pooler(features, boxes))
         return x if self.predictor is None else self.predictor(x)
 
-    def forward(self, features: list, boxes: list, labels: list, targets: list | None = None, matched_idxs: list | None = None):
-        "Training: {'loss_mask'} on the RoIs `boxes` (positives) of classes `labels`. Eval: probabilities (D, 1, S, S) per image."
+    def forward(self, features: list, boxes: list, labels: list, targets: list | None = None,
+                matched_idxs: list | None = None):
+        """Training: {'loss_mask'} on the RoIs `boxes` (positives) of classes `labels`.
+        Eval: probabilities (D, 1, S, S) per image."""
         logits = self.logits(features, boxes)
         lab = torch.cat(labels) if labels else logits.new_zeros(0, dtype=torch.int64)
         if self.training:
             size = logits.shape[-1]
-            tg = [mask_targets(t["masks"], b, m, size, self.target_aligned, self.binarize_targets) for t, b, m in zip(targets, boxes, matched_idxs)]
-            return {"loss_mask": mask_loss(logits, torch.cat(tg) if tg else logits.new_zeros(0, size, size), lab, self.loss, self.agnostic)}
+            tg = [mask_targets(t["masks"], b, m, size, self.target_aligned, self.binarize_targets)
+                  for t, b, m in zip(targets, boxes, matched_idxs)]
+            return {"loss_mask": mask_loss(logits, torch.cat(tg) if tg else logits.new_zeros(0, size, size), lab,
+                                           self.loss, self.agnostic)}
         return list(mask_probs(logits, lab, self.loss, self.agnostic).split([len(b) for b in boxes]))

@@ -25,18 +25,26 @@ def map_levels(boxes: Tensor, k_min: int, k_max: int, canonical_scale: float = 2
     k = torch.nan_to_num(k, nan=float(k_min), neginf=float(k_min), posinf=float(k_max))
     return (k.clamp(k_min, k_max) - k_min).long()
 
-# %% ../nbs/07e_poolers.ipynb #0509ca78
+# %% ../nbs/07e_poolers.ipynb #5f61402f
 _LAYERS = {"align": roi_align, "pool": roi_pool, "warp": roi_warp}
 
+# %% ../nbs/07e_poolers.ipynb #091de17d
+def _pyramid_levels(strides) -> list:
+    "The level, log2(stride), of each of `strides`, which must be consecutive powers of two, finest first."
+    levels = [math.log2(s) for s in strides]
+    if not strides or any(l != round(l) for l in levels) or any(b - a != 1 for a, b in zip(levels, levels[1:])):
+        raise ValueError(f"strides must be consecutive powers of two, finest first (e.g. (4, 8, 16, 32)), "
+                         f"got {strides!r}")
+    return levels
+
+# %% ../nbs/07e_poolers.ipynb #c3a701ca
 class MultiScaleRoIPool(nn.Module):
     "Pool each RoI from its FPN level with RoIAlign, RoIPool or RoIWarp; results in input order."
     def __init__(self, strides, output_size, layer: str = "align", sampling_ratio: int = 2, aligned: bool = False,
                  mode: str = "avg", canonical_scale: float = 224.0, canonical_level: int = 4, backend: str = "auto"):
         super().__init__()
         if layer not in _LAYERS: raise ValueError(f"unknown RoI layer {layer!r}; choose from {sorted(_LAYERS)}")
-        levels = [math.log2(s) for s in strides]
-        if not strides or any(l != round(l) for l in levels) or any(b - a != 1 for a, b in zip(levels, levels[1:])):
-            raise ValueError(f"strides must be consecutive powers of two, finest first (e.g. (4, 8, 16, 32)), got {strides!r}")
+        levels = _pyramid_levels(strides)
         self.strides, self.output_size, self.layer = tuple(strides), output_size, layer
         self.sampling_ratio, self.aligned, self.mode, self.backend = sampling_ratio, aligned, mode, backend
         self.canonical_scale, self.canonical_level = canonical_scale, canonical_level
@@ -45,11 +53,14 @@ class MultiScaleRoIPool(nn.Module):
     def _pool(self, feature, rois, stride):
         scale = 1.0 / stride
         if self.layer == "pool": return roi_pool(feature, rois, self.output_size, scale, self.backend)
-        if self.layer == "warp": return roi_warp(feature, rois, self.output_size, scale, self.sampling_ratio, self.mode, self.backend)
-        return roi_align(feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned, self.mode, self.backend)
+        if self.layer == "warp":
+            return roi_warp(feature, rois, self.output_size, scale, self.sampling_ratio, self.mode, self.backend)
+        return roi_align(feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned, self.mode,
+                         self.backend)
 
     def forward(self, features: list, boxes) -> Tensor:
-        "features: [(N, C, H_l, W_l)] finest first; boxes: list of (Ki, 4) per image, or (K, 5). Returns (K, C, *output_size)."
+        """features: [(N, C, H_l, W_l)] finest first; boxes: list of (Ki, 4) per image, or (K, 5).
+        Returns (K, C, *output_size)."""
         if len(features) != len(self.strides):
             raise ValueError(f"got {len(features)} feature maps for {len(self.strides)} strides {self.strides}")
         rois = check_rois(features[0], boxes)
@@ -63,5 +74,5 @@ class MultiScaleRoIPool(nn.Module):
         return out
 
     def extra_repr(self):
-        return (f"strides={self.strides}, output_size={self.output_size}, layer={self.layer!r}, sampling_ratio={self.sampling_ratio}, "
-                f"aligned={self.aligned}, mode={self.mode!r}")
+        return (f"strides={self.strides}, output_size={self.output_size}, layer={self.layer!r}, "
+                f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}, mode={self.mode!r}")

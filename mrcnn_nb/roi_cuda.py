@@ -19,7 +19,46 @@ from .roi_layers import BilinearPlan, PoolPlan
 __all__ = ['cuda_kernels_available', 'bilinear_forward_cuda', 'bilinear_backward_cuda', 'roi_pool_forward_cuda',
            'roi_pool_backward_cuda']
 
-# %% ../nbs/07b_roi_cuda.ipynb #78b6e258
+# %% ../nbs/07b_roi_cuda.ipynb #34cb8121
+def cuda_kernels_available(t: Tensor | None = None) -> bool:
+    """True if the Numba CUDA kernels can run on tensors like `t`: a CUDA tensor with a GPU,
+    or a CPU tensor under the simulator."""
+    if numba.config.ENABLE_CUDASIM: return t is None or not t.is_cuda
+    return cuda.is_available() and (t is None or t.is_cuda)
+
+# %% ../nbs/07b_roi_cuda.ipynb #d5e22bdb
+def _check(t: Tensor):
+    if not cuda_kernels_available(t):
+        raise RuntimeError("the Numba CUDA kernels need a CUDA tensor on a machine with a GPU "
+                           "(or, for testing on a CPU, NUMBA_ENABLE_CUDASIM=1 set before numba.cuda is imported)")
+
+# %% ../nbs/07b_roi_cuda.ipynb #3a3237f4
+def _view(t: Tensor):
+    t = t.detach()
+    if t.is_cuda: return cuda.as_cuda_array(t)
+    a = t.numpy()   # simulator: it copies arguments in and out as single buffers, so they must be contiguous
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+# %% ../nbs/07b_roi_cuda.ipynb #e20937b8
+def _nhwc(t: Tensor): return _view(t.permute(0, 2, 3, 1))
+
+# %% ../nbs/07b_roi_cuda.ipynb #d2fa9991
+def _launch(kernel, n: int, like: Tensor, *args, threads: int = 256):
+    if n == 0: return
+    if like.is_cuda:
+        with cuda.gpus[like.device.index or 0]:
+            stream = cuda.external_stream(torch.cuda.current_stream(like.device).cuda_stream)
+            kernel[math.ceil(n / threads), threads, stream](*args)
+    else:
+        kernel[math.ceil(n / 32), 32](*args)  # simulator: small blocks
+
+# %% ../nbs/07b_roi_cuda.ipynb #04a7d724
+def _plan_views(plan: BilinearPlan, device):
+    y, x = plan.y, plan.x
+    return tuple(_view(t.to(device))
+                 for t in (plan.batch, y.lo, y.hi, y.w_lo, y.w_hi, y.n, x.lo, x.hi, x.w_lo, x.w_hi, x.n))
+
+# %% ../nbs/07b_roi_cuda.ipynb #046cda92
 @cuda.jit(device=True)
 def _unravel(i, PH, PW, C):
     c = i % C
@@ -29,35 +68,32 @@ def _unravel(i, PH, PW, C):
     ph = t % PH
     return t // PH, ph, pw, c
 
+# %% ../nbs/07b_roi_cuda.ipynb #9575e2df
+@cuda.jit(device=True)
+def _neighbours(k, ph, pw, iy, ix, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi):
+    "Rows y0, y1, weights wy0, wy1, columns x0, x1, weights wx0, wx1 of sample (iy, ix) of bin (ph, pw) of RoI k."
+    return (ylo[k, ph, iy], yhi[k, ph, iy], ywlo[k, ph, iy], ywhi[k, ph, iy],
+            xlo[k, pw, ix], xhi[k, pw, ix], xwlo[k, pw, ix], xwhi[k, pw, ix])
+
+# %% ../nbs/07b_roi_cuda.ipynb #466b10c1
 @cuda.jit(device=True)
 def _sample(x, b, c, k, ph, pw, iy, ix, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi):
     "The bilinear value of sample (iy, ix) of bin (ph, pw) of RoI k, channel c."
-    y0 = ylo[k, ph, iy]
-    y1 = yhi[k, ph, iy]
-    wy0 = ywlo[k, ph, iy]
-    wy1 = ywhi[k, ph, iy]
-    x0 = xlo[k, pw, ix]
-    x1 = xhi[k, pw, ix]
-    wx0 = xwlo[k, pw, ix]
-    wx1 = xwhi[k, pw, ix]
-    return wy0 * wx0 * x[b, y0, x0, c] + wy0 * wx1 * x[b, y0, x1, c] + wy1 * wx0 * x[b, y1, x0, c] + wy1 * wx1 * x[b, y1, x1, c]
+    y0, y1, wy0, wy1, x0, x1, wx0, wx1 = _neighbours(k, ph, pw, iy, ix, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi)
+    return (wy0 * wx0 * x[b, y0, x0, c] + wy0 * wx1 * x[b, y0, x1, c]
+            + wy1 * wx0 * x[b, y1, x0, c] + wy1 * wx1 * x[b, y1, x1, c])
 
+# %% ../nbs/07b_roi_cuda.ipynb #c647af84
 @cuda.jit(device=True)
 def _scatter(gin, v, b, c, k, ph, pw, iy, ix, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi):
     "Add `v` times the bilinear weights of sample (iy, ix) to its four neighbours in `gin`, atomically."
-    y0 = ylo[k, ph, iy]
-    y1 = yhi[k, ph, iy]
-    wy0 = ywlo[k, ph, iy]
-    wy1 = ywhi[k, ph, iy]
-    x0 = xlo[k, pw, ix]
-    x1 = xhi[k, pw, ix]
-    wx0 = xwlo[k, pw, ix]
-    wx1 = xwhi[k, pw, ix]
+    y0, y1, wy0, wy1, x0, x1, wx0, wx1 = _neighbours(k, ph, pw, iy, ix, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi)
     cuda.atomic.add(gin, (b, y0, x0, c), v * wy0 * wx0)
     cuda.atomic.add(gin, (b, y0, x1, c), v * wy0 * wx1)
     cuda.atomic.add(gin, (b, y1, x0, c), v * wy1 * wx0)
     cuda.atomic.add(gin, (b, y1, x1, c), v * wy1 * wx1)
 
+# %% ../nbs/07b_roi_cuda.ipynb #005f7f80
 @cuda.jit
 def _k_bilinear_avg_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, out):
     i = cuda.grid(1)
@@ -72,6 +108,7 @@ def _k_bilinear_avg_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi
             acc += _sample(x, b, c, k, ph, pw, iy, ix, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi)
     out[k, c, ph, pw] = acc / cnt
 
+# %% ../nbs/07b_roi_cuda.ipynb #c406fb69
 @cuda.jit
 def _k_bilinear_avg_bwd(g, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, gin):
     i = cuda.grid(1)
@@ -84,6 +121,7 @@ def _k_bilinear_avg_bwd(g, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi
         for ix in range(xn[k]):
             _scatter(gin, v, b, c, k, ph, pw, iy, ix, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi)
 
+# %% ../nbs/07b_roi_cuda.ipynb #143060a5
 @cuda.jit
 def _k_bilinear_max_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, out, arg):
     i = cuda.grid(1)
@@ -103,6 +141,7 @@ def _k_bilinear_max_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi
     out[k, c, ph, pw] = best if best_s >= 0 else 0
     arg[k, ph, pw, c] = best_s
 
+# %% ../nbs/07b_roi_cuda.ipynb #f2990c66
 @cuda.jit
 def _k_bilinear_max_bwd(g, arg, batch, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi, gin):
     i = cuda.grid(1)
@@ -116,6 +155,7 @@ def _k_bilinear_max_bwd(g, arg, batch, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwh
     ix = s - iy * GW
     _scatter(gin, g[k, c, ph, pw], batch[k], c, k, ph, pw, iy, ix, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi)
 
+# %% ../nbs/07b_roi_cuda.ipynb #6d56f0e1
 @cuda.jit
 def _k_pool_fwd(x, batch, py0, py1, px0, px1, out, arg):
     i = cuda.grid(1)
@@ -135,6 +175,7 @@ def _k_pool_fwd(x, batch, py0, py1, px0, px1, out, arg):
     out[k, c, ph, pw] = best if best_i >= 0 else 0
     arg[k, ph, pw, c] = best_i
 
+# %% ../nbs/07b_roi_cuda.ipynb #990b03ef
 @cuda.jit
 def _k_pool_bwd(g, arg, batch, gin):
     i = cuda.grid(1)
@@ -147,39 +188,7 @@ def _k_pool_bwd(g, arg, batch, gin):
     h = a // W
     cuda.atomic.add(gin, (batch[k], h, a - h * W, c), g[k, c, ph, pw])
 
-# %% ../nbs/07b_roi_cuda.ipynb #f36750a1
-def cuda_kernels_available(t: Tensor | None = None) -> bool:
-    "True if the Numba CUDA kernels can run on tensors like `t`: a CUDA tensor with a GPU, or a CPU tensor under the simulator."
-    if numba.config.ENABLE_CUDASIM: return t is None or not t.is_cuda
-    return cuda.is_available() and (t is None or t.is_cuda)
-
-def _view(t: Tensor):
-    t = t.detach()
-    if t.is_cuda: return cuda.as_cuda_array(t)
-    a = t.numpy()   # simulator: it copies arguments in and out as single buffers, so they must be contiguous
-    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
-
-def _nhwc(t: Tensor): return _view(t.permute(0, 2, 3, 1))
-
-def _launch(kernel, n: int, like: Tensor, *args, threads: int = 256):
-    if n == 0: return
-    if like.is_cuda:
-        with cuda.gpus[like.device.index or 0]:
-            stream = cuda.external_stream(torch.cuda.current_stream(like.device).cuda_stream)
-            kernel[math.ceil(n / threads), threads, stream](*args)
-    else:
-        kernel[math.ceil(n / 32), 32](*args)  # simulator: small blocks
-
-def _plan_views(plan: BilinearPlan, device):
-    y, x = plan.y, plan.x
-    return tuple(_view(t.to(device)) for t in (plan.batch, y.lo, y.hi, y.w_lo, y.w_hi, y.n, x.lo, x.hi, x.w_lo, x.w_hi, x.n))
-
-def _check(t: Tensor):
-    if not cuda_kernels_available(t):
-        raise RuntimeError("the Numba CUDA kernels need a CUDA tensor on a machine with a GPU "
-                           "(or, for testing on a CPU, NUMBA_ENABLE_CUDASIM=1 set before numba.cuda is imported)")
-
-# %% ../nbs/07b_roi_cuda.ipynb #1081c134
+# %% ../nbs/07b_roi_cuda.ipynb #87921c56
 def bilinear_forward_cuda(input: Tensor, plan: BilinearPlan, mode: str = "avg"):
     "RoIAlign / RoIWarp forward with the CUDA kernels: `(output (K, C, PH, PW), argmax or None)`."
     _check(input)
@@ -188,12 +197,14 @@ def bilinear_forward_cuda(input: Tensor, plan: BilinearPlan, mode: str = "avg"):
     out = torch.empty(K, C, PH, PW, dtype=input.dtype, device=input.device)
     p = _plan_views(plan, input.device)
     if mode == "avg":
-        _launch(_k_bilinear_avg_fwd, out.numel(), input, _nhwc(input), *p, _view(plan.count.to(input.device)), _view(out))
+        _launch(_k_bilinear_avg_fwd, out.numel(), input, _nhwc(input), *p, _view(plan.count.to(input.device)),
+                _view(out))
         return out, None
     arg = torch.empty(K, PH, PW, C, dtype=torch.int32, device=input.device)
     _launch(_k_bilinear_max_fwd, out.numel(), input, _nhwc(input), *p, _view(out), _view(arg))
     return out, arg
 
+# %% ../nbs/07b_roi_cuda.ipynb #fe46fbd2
 def bilinear_backward_cuda(grad_out: Tensor, plan: BilinearPlan, input_shape, mode: str = "avg", argmax=None) -> Tensor:
     "Input gradient of RoIAlign / RoIWarp with the CUDA kernels, (N, C, H, W) in channels_last memory."
     _check(grad_out)
@@ -202,12 +213,14 @@ def bilinear_backward_cuda(grad_out: Tensor, plan: BilinearPlan, input_shape, mo
     b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn = _plan_views(plan, grad_out.device)
     n = grad_out.numel()
     if mode == "avg":
-        _launch(_k_bilinear_avg_bwd, n, grad_out, _view(grad_out.contiguous()), b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn,
-                _view(plan.count.to(grad_out.device)), _view(gin))
+        _launch(_k_bilinear_avg_bwd, n, grad_out, _view(grad_out.contiguous()), b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi,
+                xwlo, xwhi, xn, _view(plan.count.to(grad_out.device)), _view(gin))
     else:
-        _launch(_k_bilinear_max_bwd, n, grad_out, _view(grad_out.contiguous()), _view(argmax), b, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi, _view(gin))
+        _launch(_k_bilinear_max_bwd, n, grad_out, _view(grad_out.contiguous()), _view(argmax), b, ylo, yhi, ywlo,
+                ywhi, xlo, xhi, xwlo, xwhi, _view(gin))
     return gin.permute(0, 3, 1, 2)
 
+# %% ../nbs/07b_roi_cuda.ipynb #b8384c9a
 def roi_pool_forward_cuda(input: Tensor, plan: PoolPlan):
     "RoIPool forward with the CUDA kernels: `(output (K, C, PH, PW), argmax (K, PH, PW, C) int32)`."
     _check(input)
@@ -216,14 +229,16 @@ def roi_pool_forward_cuda(input: Tensor, plan: PoolPlan):
     out = torch.empty(K, C, PH, PW, dtype=input.dtype, device=input.device)
     arg = torch.empty(K, PH, PW, C, dtype=torch.int32, device=input.device)
     d = input.device
-    _launch(_k_pool_fwd, out.numel(), input, _nhwc(input), *(_view(t.to(d)) for t in (plan.batch, plan.y0, plan.y1, plan.x0, plan.x1)),
-            _view(out), _view(arg))
+    _launch(_k_pool_fwd, out.numel(), input, _nhwc(input),
+            *(_view(t.to(d)) for t in (plan.batch, plan.y0, plan.y1, plan.x0, plan.x1)), _view(out), _view(arg))
     return out, arg
 
+# %% ../nbs/07b_roi_cuda.ipynb #9b4a1389
 def roi_pool_backward_cuda(grad_out: Tensor, plan: PoolPlan, input_shape, argmax: Tensor) -> Tensor:
     "Input gradient of RoIPool with the CUDA kernels, (N, C, H, W) in channels_last memory."
     _check(grad_out)
     N, C, H, W = input_shape
     gin = torch.zeros(N, H, W, C, dtype=grad_out.dtype, device=grad_out.device)
-    _launch(_k_pool_bwd, grad_out.numel(), grad_out, _view(grad_out.contiguous()), _view(argmax), _view(plan.batch.to(grad_out.device)), _view(gin))
+    _launch(_k_pool_bwd, grad_out.numel(), grad_out, _view(grad_out.contiguous()), _view(argmax),
+            _view(plan.batch.to(grad_out.device)), _view(gin))
     return gin.permute(0, 3, 1, 2)

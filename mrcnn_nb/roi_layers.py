@@ -13,55 +13,76 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['MAX_GRID', 'round_half_away', 'draw_roi_geometry', 'AxisPlan', 'axis_plan', 'BilinearPlan', 'bilinear_plan',
-           'PoolPlan', 'pool_plan', 'bilinear_pool_reference', 'roi_pool_reference', 'roi_align_ref', 'roi_warp_ref',
-           'roi_pool_ref']
+           'PoolPlan', 'pool_plan', 'bilinear_pool_reference', 'roi_pool_reference', 'roi_align_ref', 'roi_pool_ref',
+           'roi_warp_ref']
 
 # %% ../nbs/07_roi_layers.ipynb #138c3f0e
 def round_half_away(x: Tensor) -> Tensor:
     "Round to the nearest integer, halves away from zero (C's `round`), keeping the dtype."
     return torch.sign(x) * torch.floor(x.abs() + 0.5)
 
-# %% ../nbs/07_roi_layers.ipynb #ef142a92
-def draw_roi_geometry(ax, roi, stride: float = 16.0, output_size: int = 2, sampling_ratio: int = 2,
-                      grid_cells: int | None = None, show_pool: bool = True, show_align: bool = True, show_warp: bool = False):
-    "Draw a feature grid (cells of `stride` px), an RoI (x1, y1, x2, y2 in px) and the bins / sample points of the layers."
-    from matplotlib.patches import Rectangle   # here, not at the top: importing the layers does not import matplotlib
-    x1, y1, x2, y2 = [float(v) / stride for v in roi]   # continuous feature coordinates: cell j spans [j, j+1)
-    n = grid_cells or int(np.ceil(max(x2, y2))) + 2
+# %% ../nbs/07_roi_layers.ipynb #25b577ec
+def _draw_grid(ax, n: int):
+    "The dashed cells of an n × n feature grid and, on small grids, their centres (where the values sit)."
     for k in range(n + 1):
         ax.plot([k, k], [0, n], color="0.8", lw=0.6, ls="--", zorder=0)
         ax.plot([0, n], [k, k], color="0.8", lw=0.6, ls="--", zorder=0)
     if n <= 12:  # cell centres, where the values sit (too cluttered on large grids)
         cx, cy = np.meshgrid(np.arange(n) + 0.5, np.arange(n) + 0.5)
         ax.scatter(cx, cy, s=3, color="0.6", zorder=1)
+
+# %% ../nbs/07_roi_layers.ipynb #22175380
+def _draw_pool_bins(ax, q: list, qw: float, qh: float, output_size: int):
+    "RoIPool (red): the quantized RoI (first cell `q[:2]`, `qw` × `qh` cells) and its rounded bin edges."
+    from matplotlib.patches import Rectangle   # here, not at the top: importing the layers does not import matplotlib
+    for p in range(output_size + 1):
+        bx = q[0] + np.floor(p * qw / output_size) if p < output_size else q[0] + qw
+        by = q[1] + np.floor(p * qh / output_size) if p < output_size else q[1] + qh
+        ax.plot([bx, bx], [q[1], q[1] + qh], color="tab:red", lw=1.0, alpha=0.7)
+        ax.plot([q[0], q[0] + qw], [by, by], color="tab:red", lw=1.0, alpha=0.7)
+    ax.add_patch(Rectangle((q[0], q[1]), qw, qh, fill=True, color="tab:red", alpha=0.12, lw=0))
+
+# %% ../nbs/07_roi_layers.ipynb #dcc26d9d
+def _draw_warp_samples(ax, q: list, qw: float, qh: float, output_size: int, sampling_ratio: int):
+    "RoIWarp (orange): the quantized RoI (first cell `q[:2]`, `qw` × `qh` cells) and its sampling points."
+    from matplotlib.patches import Rectangle
+    ax.add_patch(Rectangle((q[0], q[1]), qw, qh, fill=False, ec="tab:orange", lw=1.5, ls="-."))
+    g = sampling_ratio
+    sx = q[0] + (np.arange(output_size * g) + 0.5) * qw / (output_size * g)
+    sy = q[1] + (np.arange(output_size * g) + 0.5) * qh / (output_size * g)
+    X, Y = np.meshgrid(sx, sy)
+    ax.scatter(X, Y, s=10, marker="x", color="tab:orange", zorder=3)
+
+# %% ../nbs/07_roi_layers.ipynb #dd5ae317
+def _draw_align_samples(ax, x1: float, y1: float, x2: float, y2: float, output_size: int, sampling_ratio: int):
+    "RoIAlign (blue): bins that split the RoI (x1, y1, x2, y2 in cells) exactly, and their sampling points."
+    bw, bh = (x2 - x1) / output_size, (y2 - y1) / output_size
+    for p in range(1, output_size):
+        ax.plot([x1 + p * bw] * 2, [y1, y2], color="tab:blue", lw=0.9)
+        ax.plot([x1, x2], [y1 + p * bh] * 2, color="tab:blue", lw=0.9)
+    g = sampling_ratio
+    sx = x1 + (np.arange(output_size * g) + 0.5) * bw / g
+    sy = y1 + (np.arange(output_size * g) + 0.5) * bh / g
+    X, Y = np.meshgrid(sx, sy)
+    ax.scatter(X, Y, s=max(2.0, 14.0 * min(1.0, 4.0 / (output_size * g))), color="tab:blue", alpha=0.8, zorder=3)
+
+# %% ../nbs/07_roi_layers.ipynb #cf969f08
+def draw_roi_geometry(ax, roi, stride: float = 16.0, output_size: int = 2, sampling_ratio: int = 2,
+                      grid_cells: int | None = None, show_pool: bool = True, show_align: bool = True,
+                      show_warp: bool = False):
+    """Draw a feature grid (cells of `stride` px), an RoI (x1, y1, x2, y2 in px) and the bins / sample points
+    of the layers."""
+    from matplotlib.patches import Rectangle   # here, not at the top: importing the layers does not import matplotlib
+    x1, y1, x2, y2 = [float(v) / stride for v in roi]   # continuous feature coordinates: cell j spans [j, j+1)
+    n = grid_cells or int(np.ceil(max(x2, y2))) + 2
+    _draw_grid(ax, n)
     if show_pool or show_warp:  # quantized RoI: cells round(x1/s) .. round(x2/s), inclusive
         q = round_half_away(torch.tensor([x1, y1, x2, y2], dtype=torch.float64)).tolist()
         qw, qh = max(q[2] - q[0] + 1, 1), max(q[3] - q[1] + 1, 1)
-        if show_pool:
-            for p in range(output_size + 1):
-                bx = q[0] + np.floor(p * qw / output_size) if p < output_size else q[0] + qw
-                by = q[1] + np.floor(p * qh / output_size) if p < output_size else q[1] + qh
-                ax.plot([bx, bx], [q[1], q[1] + qh], color="tab:red", lw=1.0, alpha=0.7)
-                ax.plot([q[0], q[0] + qw], [by, by], color="tab:red", lw=1.0, alpha=0.7)
-            ax.add_patch(Rectangle((q[0], q[1]), qw, qh, fill=True, color="tab:red", alpha=0.12, lw=0))
-        if show_warp:
-            ax.add_patch(Rectangle((q[0], q[1]), qw, qh, fill=False, ec="tab:orange", lw=1.5, ls="-."))
-            g = sampling_ratio
-            sx = q[0] + (np.arange(output_size * g) + 0.5) * qw / (output_size * g)
-            sy = q[1] + (np.arange(output_size * g) + 0.5) * qh / (output_size * g)
-            X, Y = np.meshgrid(sx, sy)
-            ax.scatter(X, Y, s=10, marker="x", color="tab:orange", zorder=3)
+        if show_pool: _draw_pool_bins(ax, q, qw, qh, output_size)
+        if show_warp: _draw_warp_samples(ax, q, qw, qh, output_size, sampling_ratio)
     ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="k", lw=1.8, zorder=2))
-    if show_align:
-        bw, bh = (x2 - x1) / output_size, (y2 - y1) / output_size
-        for p in range(1, output_size):
-            ax.plot([x1 + p * bw] * 2, [y1, y2], color="tab:blue", lw=0.9)
-            ax.plot([x1, x2], [y1 + p * bh] * 2, color="tab:blue", lw=0.9)
-        g = sampling_ratio
-        sx = x1 + (np.arange(output_size * g) + 0.5) * bw / g
-        sy = y1 + (np.arange(output_size * g) + 0.5) * bh / g
-        X, Y = np.meshgrid(sx, sy)
-        ax.scatter(X, Y, s=max(2.0, 14.0 * min(1.0, 4.0 / (output_size * g))), color="tab:blue", alpha=0.8, zorder=3)
+    if show_align: _draw_align_samples(ax, x1, y1, x2, y2, output_size, sampling_ratio)
     ax.set_xlim(0, n)
     ax.set_ylim(n, 0)
     ax.set_aspect("equal")
@@ -69,7 +90,7 @@ def draw_roi_geometry(ax, roi, stride: float = 16.0, output_size: int = 2, sampl
     ax.set_yticks([])
     return ax
 
-# %% ../nbs/07_roi_layers.ipynb #8511d756
+# %% ../nbs/07_roi_layers.ipynb #a67ab45b
 @dataclass
 class AxisPlan:
     "Bilinear sampling along one axis for every RoI, bin and sample."
@@ -79,15 +100,19 @@ class AxisPlan:
     w_hi: Tensor   # (K, P, G) weight of `hi`
     n: Tensor      # (K,) int64  samples per bin actually used (<= G); 0 for none
 
-MAX_GRID = 512   # samples per bin and axis: plans are padded to the largest grid, so one absurd RoI must not exhaust memory
+# %% ../nbs/07_roi_layers.ipynb #4dfdc1d2
+MAX_GRID = 512   # samples per bin and axis: plans are padded to the largest grid,
+                 # so one absurd RoI must not exhaust memory
 
+# %% ../nbs/07_roi_layers.ipynb #1d75628b
 def axis_plan(start: Tensor, size: Tensor, n_bins: int, grid: Tensor, length: int) -> AxisPlan:
     "Plan `n_bins` bins of `grid` samples each over [start, start + size) on an axis of `length` cells."
     K, dtype = start.shape[0], start.dtype
     G = max(int(grid.max()), 1) if K else 1
     if G > MAX_GRID:
         k = int(grid.argmax())
-        raise ValueError(f"RoI {k} would need {G} samples per bin and axis (adaptive sampling on a RoI of {float(size[k]):.0f} cells); "
+        raise ValueError(f"RoI {k} would need {G} samples per bin and axis "
+                         f"(adaptive sampling on a RoI of {float(size[k]):.0f} cells); "
                          f"pass a fixed sampling_ratio (e.g. 2), or check the box coordinates and spatial_scale")
     bin_size = size / n_bins
     p = torch.arange(n_bins, dtype=dtype)[None, :, None]
@@ -109,7 +134,7 @@ def axis_plan(start: Tensor, size: Tensor, n_bins: int, grid: Tensor, length: in
     w_hi = torch.where(valid, frac, zero)
     return AxisPlan(lo, hi.clamp(min=0), w_lo, w_hi, grid.clamp(min=0).long())
 
-# %% ../nbs/07_roi_layers.ipynb #65e2b5c8
+# %% ../nbs/07_roi_layers.ipynb #23caf72c
 @dataclass
 class BilinearPlan:
     "Where RoIAlign / RoIWarp sample, for every RoI: row and column plans, batch index, divisor."
@@ -118,14 +143,17 @@ class BilinearPlan:
     x: AxisPlan     # columns: (K, out_w, Gw)
     count: Tensor   # (K,) samples per bin, >= 1: the divisor of average pooling
 
+# %% ../nbs/07_roi_layers.ipynb #48dd9a26
 def _finite_rois(rois: Tensor):
     ok = torch.isfinite(rois[:, 1:]).all(1)
     return torch.where(ok[:, None], rois[:, 1:], torch.zeros_like(rois[:, 1:])), ok
 
+# %% ../nbs/07_roi_layers.ipynb #3d1a14df
 def _grid(size: Tensor, out: int, sampling_ratio: int, ok: Tensor) -> Tensor:
     g = torch.full_like(size, sampling_ratio).long() if sampling_ratio > 0 else torch.ceil(size / out).long()
     return torch.where(ok, g, torch.zeros_like(g))
 
+# %% ../nbs/07_roi_layers.ipynb #2a9528e1
 def bilinear_plan(rois: Tensor, spatial_scale: float, output_size: tuple, sampling_ratio: int,
                   height: int, width: int, aligned: bool = False, quantized: bool = False) -> BilinearPlan:
     "The sampling plan of RoIAlign (`quantized=False`) or RoIWarp (`quantized=True`) for `rois` (K, 5)."
@@ -145,7 +173,7 @@ def bilinear_plan(rois: Tensor, spatial_scale: float, output_size: tuple, sampli
     count = (gh * gw).clamp(min=1).to(rois.dtype)
     return BilinearPlan(rois[:, 0].long(), y, x, count)
 
-# %% ../nbs/07_roi_layers.ipynb #c6f2d010
+# %% ../nbs/07_roi_layers.ipynb #2994d188
 @dataclass
 class PoolPlan:
     "RoIPool's quantized bins: [start, end) cell ranges per RoI and bin, per axis."
@@ -155,6 +183,7 @@ class PoolPlan:
     x0: Tensor      # (K, out_w) int64
     x1: Tensor      # (K, out_w) int64
 
+# %% ../nbs/07_roi_layers.ipynb #295bccc6
 def _pool_axis(start: Tensor, end: Tensor, n_bins: int, length: int, ok: Tensor):
     size = (end - start + 1).clamp(min=1)
     b = size / n_bins
@@ -164,6 +193,7 @@ def _pool_axis(start: Tensor, end: Tensor, n_bins: int, length: int, ok: Tensor)
     s, e = s.long(), e.long()
     return torch.where(ok[:, None], s, 0), torch.where(ok[:, None], e, 0)
 
+# %% ../nbs/07_roi_layers.ipynb #dd675f07
 def pool_plan(rois: Tensor, spatial_scale: float, output_size: tuple, height: int, width: int) -> PoolPlan:
     "RoIPool's bins for `rois` (K, 5) on a `height` × `width` map."
     c, ok = _finite_rois(rois)
@@ -172,19 +202,22 @@ def pool_plan(rois: Tensor, spatial_scale: float, output_size: tuple, height: in
     x0, x1 = _pool_axis(q[:, 0], q[:, 2], output_size[1], width, ok)
     return PoolPlan(rois[:, 0].long(), y0, y1, x0, x1)
 
-# %% ../nbs/07_roi_layers.ipynb #ff3c54e3
+# %% ../nbs/07_roi_layers.ipynb #dfab49d3
 def _chunks(n: int, per_item: int, budget: int = 1 << 24):
     step = max(1, budget // max(per_item, 1))
     return [(s, min(n, s + step)) for s in range(0, n, step)]
 
+# %% ../nbs/07_roi_layers.ipynb #7e1ed705
 def _first_max(v: Tensor) -> Tensor:
-    "Max over dims 2 and 4 of (k, P, G, P, G, C), scanning row-major; the gradient goes to the first maximum only. -inf (nothing) -> 0."
+    """Max over dims 2 and 4 of (k, P, G, P, G, C), scanning row-major; the gradient goes to the first maximum only.
+    -inf (nothing) -> 0."""
     k, PH, GH, PW, GW, C = v.shape
     flat = v.permute(0, 1, 3, 2, 4, 5).reshape(k, PH, PW, GH * GW, C)
     idx = flat.argmax(3, keepdim=True)              # the first of equal maxima, like the kernels' strict '>'
     o = flat.gather(3, idx).squeeze(3)
     return torch.where(torch.isneginf(o), torch.zeros_like(o), o)
 
+# %% ../nbs/07_roi_layers.ipynb #8ace63fc
 def bilinear_pool_reference(input: Tensor, plan: BilinearPlan, mode: str = "avg") -> Tensor:
     "RoIAlign / RoIWarp from a plan: (K, C, out_h, out_w); `mode` 'avg' or 'max'."
     if mode not in ("avg", "max"): raise ValueError(f"mode must be 'avg' or 'max', got {mode!r}")
@@ -211,6 +244,7 @@ def bilinear_pool_reference(input: Tensor, plan: BilinearPlan, mode: str = "avg"
         outs.append(o.permute(0, 3, 1, 2))
     return torch.cat(outs).contiguous() if outs else input.new_zeros(0, C, PH, PW)
 
+# %% ../nbs/07_roi_layers.ipynb #514d6210
 def roi_pool_reference(input: Tensor, plan: PoolPlan) -> Tensor:
     "RoIPool from a plan: the max of each quantized bin (0 for empty bins); (K, C, out_h, out_w)."
     N, C, H, W = input.shape
@@ -230,26 +264,31 @@ def roi_pool_reference(input: Tensor, plan: PoolPlan) -> Tensor:
         outs.append(o.permute(0, 3, 1, 2))
     return torch.cat(outs).contiguous() if outs else input.new_zeros(0, C, PH, PW)
 
-# %% ../nbs/07_roi_layers.ipynb #ee28c34a
-def roi_align_ref(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False, mode="avg"):
-    "Reference RoIAlign (pure PyTorch, autograd to `input`)."
-    out_h, out_w = _pair(output_size)
-    plan = bilinear_plan(rois.detach().cpu(), spatial_scale, (out_h, out_w), sampling_ratio, *input.shape[-2:], aligned=aligned)
-    return bilinear_pool_reference(input, plan, mode)
-
-def roi_warp_ref(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, mode="max"):
-    "Reference RoIWarp (MNC): RoI quantized like RoIPool, then bilinear sampling."
-    out_h, out_w = _pair(output_size)
-    plan = bilinear_plan(rois.detach().cpu(), spatial_scale, (out_h, out_w), sampling_ratio, *input.shape[-2:], quantized=True)
-    return bilinear_pool_reference(input, plan, mode)
-
-def roi_pool_ref(input, rois, output_size, spatial_scale=1.0):
-    "Reference RoIPool (Fast R-CNN): max over quantized bins."
-    out_h, out_w = _pair(output_size)
-    return roi_pool_reference(input, pool_plan(rois.detach().cpu(), spatial_scale, (out_h, out_w), *input.shape[-2:]))
-
+# %% ../nbs/07_roi_layers.ipynb #693ca876
 def _pair(v) -> tuple:
     if isinstance(v, int): return (v, v)
     v = tuple(int(a) for a in v)
     if len(v) != 2: raise ValueError(f"output_size must be an int or a pair, got {v!r}")
     return v
+
+# %% ../nbs/07_roi_layers.ipynb #69a93078
+def roi_align_ref(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False, mode="avg"):
+    "Reference RoIAlign (pure PyTorch, autograd to `input`)."
+    out_h, out_w = _pair(output_size)
+    plan = bilinear_plan(rois.detach().cpu(), spatial_scale, (out_h, out_w), sampling_ratio, *input.shape[-2:],
+                         aligned=aligned)
+    return bilinear_pool_reference(input, plan, mode)
+
+# %% ../nbs/07_roi_layers.ipynb #8aa6b0d6
+def roi_pool_ref(input, rois, output_size, spatial_scale=1.0):
+    "Reference RoIPool (Fast R-CNN): max over quantized bins."
+    out_h, out_w = _pair(output_size)
+    return roi_pool_reference(input, pool_plan(rois.detach().cpu(), spatial_scale, (out_h, out_w), *input.shape[-2:]))
+
+# %% ../nbs/07_roi_layers.ipynb #9580537a
+def roi_warp_ref(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, mode="max"):
+    "Reference RoIWarp (MNC): RoI quantized like RoIPool, then bilinear sampling."
+    out_h, out_w = _pair(output_size)
+    plan = bilinear_plan(rois.detach().cpu(), spatial_scale, (out_h, out_w), sampling_ratio, *input.shape[-2:],
+                         quantized=True)
+    return bilinear_pool_reference(input, plan, mode)

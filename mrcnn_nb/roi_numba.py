@@ -16,7 +16,22 @@ from .roi_layers import BilinearPlan, PoolPlan
 # %% auto #0
 __all__ = ['bilinear_forward_numba', 'bilinear_backward_numba', 'roi_pool_forward_numba', 'roi_pool_backward_numba']
 
-# %% ../nbs/07a_roi_numba.ipynb #0b17ce96
+# %% ../nbs/07a_roi_numba.ipynb #838c819e
+def _nhwc(t: Tensor) -> np.ndarray:
+    "An (N, H, W, C) NumPy view of an (N, C, H, W) CPU tensor: no copy for channels_last tensors."
+    return t.detach().permute(0, 2, 3, 1).numpy()
+
+# %% ../nbs/07a_roi_numba.ipynb #cdd5f332
+def _nhwc_contiguous(t: Tensor) -> np.ndarray:
+    "An (N, H, W, C) contiguous NumPy array of an (N, C, H, W) tensor: a view if it is channels_last, else a copy."
+    return t.detach().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).numpy()
+
+# %% ../nbs/07a_roi_numba.ipynb #3a967a36
+def _plan_arrays(plan: BilinearPlan):
+    y, x = plan.y, plan.x
+    return tuple(t.numpy() for t in (plan.batch, y.lo, y.hi, y.w_lo, y.w_hi, y.n, x.lo, x.hi, x.w_lo, x.w_hi, x.n))
+
+# %% ../nbs/07a_roi_numba.ipynb #6c0a0ab4
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _bilinear_avg_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, out):
     # x (N, H, W, C); plans (K, P, G); out (K, C, PH, PW), as torchvision returns it
@@ -40,6 +55,7 @@ def _bilinear_avg_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, 
             cnt = count[k]
             for c in range(C): out[k, c, ph, pw] = o[c] / cnt
 
+# %% ../nbs/07a_roi_numba.ipynb #c3b9da34
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _bilinear_avg_bwd(g, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, gin, nblocks):
     # g (K, PH, PW, C) -> gin (N, H, W, C), zero-initialized; thread `blk` owns a block of channels
@@ -68,7 +84,7 @@ def _bilinear_avg_bwd(g, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, 
                                 a3[c] += v * w3
                                 a4[c] += v * w4
 
-# %% ../nbs/07a_roi_numba.ipynb #f01ed69b
+# %% ../nbs/07a_roi_numba.ipynb #f15f1701
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _bilinear_max_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, out, arg):
     K, PH = ylo.shape[0], ylo.shape[1]
@@ -97,6 +113,7 @@ def _bilinear_max_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, 
                             a[c] = s
             for c in range(C): out[k, c, ph, pw] = o[c] if a[c] >= 0 else 0
 
+# %% ../nbs/07a_roi_numba.ipynb #f902c92e
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _bilinear_max_bwd(g, arg, batch, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi, gin, nblocks):
     K, PH = ylo.shape[0], ylo.shape[1]
@@ -124,7 +141,7 @@ def _bilinear_max_bwd(g, arg, batch, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi,
                         gin[b, y1, x0, c] += v * wy1 * wx0
                         gin[b, y1, x1, c] += v * wy1 * wx1
 
-# %% ../nbs/07a_roi_numba.ipynb #d4dabdcf
+# %% ../nbs/07a_roi_numba.ipynb #49e0990c
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _pool_fwd(x, batch, py0, py1, px0, px1, out, arg):
     K, PH = py0.shape[0], py0.shape[1]
@@ -151,6 +168,7 @@ def _pool_fwd(x, batch, py0, py1, px0, px1, out, arg):
                             a[c] = idx
             for c in range(C): out[k, c, ph, pw] = o[c] if a[c] >= 0 else 0   # empty bin: 0
 
+# %% ../nbs/07a_roi_numba.ipynb #e66660ce
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _pool_bwd(g, arg, batch, gin, nblocks):
     K, PH, PW, C = g.shape
@@ -171,27 +189,17 @@ def _pool_bwd(g, arg, batch, gin, nblocks):
                             h = i // W
                             gin[b, h, i - h * W, c] += gg[c]
 
-# %% ../nbs/07a_roi_numba.ipynb #a8b65755
-def _nhwc(t: Tensor) -> np.ndarray:
-    "An (N, H, W, C) NumPy view of an (N, C, H, W) CPU tensor: no copy for channels_last tensors."
-    return t.detach().permute(0, 2, 3, 1).numpy()
-
-def _nhwc_contiguous(t: Tensor) -> np.ndarray:
-    "An (N, H, W, C) contiguous NumPy array of an (N, C, H, W) tensor: a view if it is channels_last, else a copy."
-    return t.detach().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).numpy()
-
-def _plan_arrays(plan: BilinearPlan):
-    y, x = plan.y, plan.x
-    return tuple(t.numpy() for t in (plan.batch, y.lo, y.hi, y.w_lo, y.w_hi, y.n, x.lo, x.hi, x.w_lo, x.w_hi, x.n))
-
+# %% ../nbs/07a_roi_numba.ipynb #02a90ba5
 def _sync_threads() -> int:
     "Give Numba's kernels torch's thread count, so that `torch.set_num_threads(n)` governs them too."
     n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
     return n
 
+# %% ../nbs/07a_roi_numba.ipynb #7b87b780
 def _nblocks(C: int) -> int: return max(1, min(C, numba.get_num_threads()))
 
+# %% ../nbs/07a_roi_numba.ipynb #071ba386
 def bilinear_forward_numba(input: Tensor, plan: BilinearPlan, mode: str = "avg"):
     "RoIAlign / RoIWarp forward on the CPU: `(output (K, C, PH, PW), argmax or None)`."
     _sync_threads()
@@ -207,7 +215,9 @@ def bilinear_forward_numba(input: Tensor, plan: BilinearPlan, mode: str = "avg")
     _bilinear_max_fwd(_nhwc(input), *p, out.numpy(), arg.numpy())
     return out, arg
 
-def bilinear_backward_numba(grad_out: Tensor, plan: BilinearPlan, input_shape, mode: str = "avg", argmax=None) -> Tensor:
+# %% ../nbs/07a_roi_numba.ipynb #09c76d8c
+def bilinear_backward_numba(grad_out: Tensor, plan: BilinearPlan, input_shape, mode: str = "avg",
+                            argmax=None) -> Tensor:
     "Gradient of RoIAlign / RoIWarp with respect to the input, (N, C, H, W) in channels_last memory."
     _sync_threads()
     N, C, H, W = input_shape
@@ -215,11 +225,14 @@ def bilinear_backward_numba(grad_out: Tensor, plan: BilinearPlan, input_shape, m
     if plan.batch.numel() == 0: return gin.permute(0, 3, 1, 2)
     b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn = _plan_arrays(plan)
     if mode == "avg":
-        _bilinear_avg_bwd(_nhwc_contiguous(grad_out), b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, plan.count.numpy(), gin.numpy(), _nblocks(C))
+        _bilinear_avg_bwd(_nhwc_contiguous(grad_out), b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn,
+                          plan.count.numpy(), gin.numpy(), _nblocks(C))
     else:
-        _bilinear_max_bwd(_nhwc_contiguous(grad_out), argmax.numpy(), b, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi, gin.numpy(), _nblocks(C))
+        _bilinear_max_bwd(_nhwc_contiguous(grad_out), argmax.numpy(), b, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi,
+                          gin.numpy(), _nblocks(C))
     return gin.permute(0, 3, 1, 2)
 
+# %% ../nbs/07a_roi_numba.ipynb #20af2509
 def roi_pool_forward_numba(input: Tensor, plan: PoolPlan):
     "RoIPool forward on the CPU: `(output (K, C, PH, PW), argmax (K, PH, PW, C) int32)`."
     _sync_threads()
@@ -227,13 +240,17 @@ def roi_pool_forward_numba(input: Tensor, plan: PoolPlan):
     K, PH, PW = plan.y0.shape[0], plan.y0.shape[1], plan.x0.shape[1]
     out = torch.empty(K, C, PH, PW, dtype=input.dtype)
     arg = torch.empty(K, PH, PW, C, dtype=torch.int32)
-    if K: _pool_fwd(_nhwc(input), plan.batch.numpy(), plan.y0.numpy(), plan.y1.numpy(), plan.x0.numpy(), plan.x1.numpy(), out.numpy(), arg.numpy())
+    if K:
+        _pool_fwd(_nhwc(input), plan.batch.numpy(), plan.y0.numpy(), plan.y1.numpy(), plan.x0.numpy(),
+                  plan.x1.numpy(), out.numpy(), arg.numpy())
     return out, arg
 
+# %% ../nbs/07a_roi_numba.ipynb #c5b65987
 def roi_pool_backward_numba(grad_out: Tensor, plan: PoolPlan, input_shape, argmax: Tensor) -> Tensor:
     "Gradient of RoIPool with respect to the input, (N, C, H, W) in channels_last memory."
     _sync_threads()
     N, C, H, W = input_shape
     gin = torch.zeros(N, H, W, C, dtype=grad_out.dtype)
-    if plan.batch.numel(): _pool_bwd(_nhwc_contiguous(grad_out), argmax.numpy(), plan.batch.numpy(), gin.numpy(), _nblocks(C))
+    if plan.batch.numel():
+        _pool_bwd(_nhwc_contiguous(grad_out), argmax.numpy(), plan.batch.numpy(), gin.numpy(), _nblocks(C))
     return gin.permute(0, 3, 1, 2)

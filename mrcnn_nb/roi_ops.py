@@ -18,27 +18,39 @@ from .roi_numba import (bilinear_backward_numba, bilinear_forward_numba, roi_poo
 # %% auto #0
 __all__ = ['BACKENDS', 'check_rois', 'pick_backend', 'roi_align', 'roi_warp', 'roi_pool', 'RoIAlign', 'RoIWarp', 'RoIPool']
 
-# %% ../nbs/07c_roi_ops.ipynb #6492cf18
-BACKENDS = ("auto", "torch", "numba", "cuda")
+# %% ../nbs/07c_roi_ops.ipynb #868fa04e
+def _same(input, boxes, name):
+    for b in boxes:
+        if b.dtype != input.dtype: raise TypeError(f"{name} dtype {b.dtype} differs from input dtype {input.dtype}")
+        if b.device != input.device: raise ValueError(f"{name} are on {b.device} but input is on {input.device}")
 
-def check_rois(input: Tensor, boxes) -> Tensor:
-    "Validate `input` (N, C, H, W) and `boxes`; return rois (K, 5) = (batch index, x1, y1, x2, y2)."
-    if not isinstance(input, Tensor) or input.ndim != 4:
-        raise ValueError(f"input must be a (N, C, H, W) tensor, got {type(input).__name__} of shape {tuple(getattr(input, 'shape', ()))}")
-    if not input.is_floating_point(): raise TypeError(f"input must be a floating-point tensor, got {input.dtype}")
+# %% ../nbs/07c_roi_ops.ipynb #7fb75a33
+def _boxes_to_rois(input: Tensor, boxes) -> Tensor:
+    "rois (K, 5) from `boxes`: a (K, 5) tensor as it is, or a list of (Ki, 4) tensors with their images' indices."
     if isinstance(boxes, (list, tuple)):
         for i, b in enumerate(boxes):
             if not isinstance(b, Tensor) or b.ndim != 2 or b.shape[1] != 4:
-                raise ValueError(f"boxes[{i}] must be a (Ki, 4) tensor of x1, y1, x2, y2, got shape {tuple(getattr(b, 'shape', ()))}")
+                raise ValueError(f"boxes[{i}] must be a (Ki, 4) tensor of x1, y1, x2, y2, "
+                                 f"got shape {tuple(getattr(b, 'shape', ()))}")
         _same(input, boxes, "boxes[i]")
-        rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)]) if boxes else input.new_zeros(0, 5)
-    elif isinstance(boxes, Tensor):
+        return (torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)])
+                if boxes else input.new_zeros(0, 5))
+    if isinstance(boxes, Tensor):
         if boxes.ndim != 2 or boxes.shape[1] != 5:
-            raise ValueError(f"boxes must be a (K, 5) tensor of (batch index, x1, y1, x2, y2) or a list of (Ki, 4) tensors, "
-                             f"got a tensor of shape {tuple(boxes.shape)}")
+            raise ValueError(f"boxes must be a (K, 5) tensor of (batch index, x1, y1, x2, y2) or a list of (Ki, 4) "
+                             f"tensors, got a tensor of shape {tuple(boxes.shape)}")
         _same(input, [boxes], "boxes")
-        rois = boxes
-    else: raise TypeError(f"boxes must be a Tensor or a list of Tensors, got {type(boxes).__name__}")
+        return boxes
+    raise TypeError(f"boxes must be a Tensor or a list of Tensors, got {type(boxes).__name__}")
+
+# %% ../nbs/07c_roi_ops.ipynb #87327a54
+def check_rois(input: Tensor, boxes) -> Tensor:
+    "Validate `input` (N, C, H, W) and `boxes`; return rois (K, 5) = (batch index, x1, y1, x2, y2)."
+    if not isinstance(input, Tensor) or input.ndim != 4:
+        raise ValueError(f"input must be a (N, C, H, W) tensor, "
+                         f"got {type(input).__name__} of shape {tuple(getattr(input, 'shape', ()))}")
+    if not input.is_floating_point(): raise TypeError(f"input must be a floating-point tensor, got {input.dtype}")
+    rois = _boxes_to_rois(input, boxes)
     if rois.shape[0] and min(input.shape[-2:]) == 0:
         raise ValueError(f"input has an empty feature map of shape {tuple(input.shape)}: nothing to pool from")
     b = rois[:, 0].detach()
@@ -49,28 +61,32 @@ def check_rois(input: Tensor, boxes) -> Tensor:
                          f"batch indices must be integers in [0, {input.shape[0] - 1}]")
     return rois
 
-def _same(input, boxes, name):
-    for b in boxes:
-        if b.dtype != input.dtype: raise TypeError(f"{name} dtype {b.dtype} differs from input dtype {input.dtype}")
-        if b.device != input.device: raise ValueError(f"{name} are on {b.device} but input is on {input.device}")
-
+# %% ../nbs/07c_roi_ops.ipynb #827dd924
 def _check_args(spatial_scale, sampling_ratio, mode):
-    try: ok = not isinstance(spatial_scale, (str, bytes)) and math.isfinite(float(spatial_scale)) and float(spatial_scale) > 0
+    try:
+        ok = (not isinstance(spatial_scale, (str, bytes)) and math.isfinite(float(spatial_scale))
+              and float(spatial_scale) > 0)
     except (TypeError, ValueError): ok = False   # Python, NumPy and 0-d tensor numbers are accepted
     if not ok: raise ValueError(f"spatial_scale must be a positive number, got {spatial_scale!r}")
-    if int(sampling_ratio) != sampling_ratio: raise ValueError(f"sampling_ratio must be an integer, got {sampling_ratio!r}")
+    if int(sampling_ratio) != sampling_ratio:
+        raise ValueError(f"sampling_ratio must be an integer, got {sampling_ratio!r}")
     if mode not in ("avg", "max"): raise ValueError(f"mode must be 'avg' or 'max', got {mode!r}")
 
+# %% ../nbs/07c_roi_ops.ipynb #fe227ce2
 def _output_size(output_size):
     size = _pair(output_size)
     if min(size) < 1: raise ValueError(f"output_size must be positive, got {output_size!r}")
     return size
 
-# %% ../nbs/07c_roi_ops.ipynb #9f6f4efb
+# %% ../nbs/07c_roi_ops.ipynb #1b43fb30
+BACKENDS = ("auto", "torch", "numba", "cuda")
+
+# %% ../nbs/07c_roi_ops.ipynb #64a9ab50
 def _cuda_module():
     from mrcnn_nb import roi_cuda  # imported on first use: it imports numba.cuda, which must not happen too early
     return roi_cuda
 
+# %% ../nbs/07c_roi_ops.ipynb #8f20f0db
 def pick_backend(backend: str, input: Tensor) -> str:
     "The backend that will run on `input` for the requested `backend` (see the table above)."
     if backend not in BACKENDS: raise ValueError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
@@ -80,12 +96,13 @@ def pick_backend(backend: str, input: Tensor) -> str:
         return "numba" if fast_dtype else "torch"
     if backend in ("numba", "cuda") and not fast_dtype:
         raise TypeError(f"backend {backend!r} supports float32 and float64, got {input.dtype}; use backend='torch'")
-    if backend == "numba" and input.is_cuda: raise ValueError("backend 'numba' runs on the CPU, but input is a CUDA tensor")
+    if backend == "numba" and input.is_cuda:
+        raise ValueError("backend 'numba' runs on the CPU, but input is a CUDA tensor")
     if backend == "cuda" and not _cuda_module().cuda_kernels_available(input):
         raise ValueError("backend 'cuda' needs a CUDA tensor and a GPU (or NUMBA_ENABLE_CUDASIM=1 for CPU tensors)")
     return backend
 
-# %% ../nbs/07c_roi_ops.ipynb #eecb8b38
+# %% ../nbs/07c_roi_ops.ipynb #8787ec46
 class _BilinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, plan, mode, backend):
@@ -101,6 +118,7 @@ class _BilinearFn(torch.autograd.Function):
         bwd = bilinear_backward_numba if ctx.backend == "numba" else _cuda_module().bilinear_backward_cuda
         return bwd(grad, ctx.plan, ctx.shape, ctx.mode, ctx.arg), None, None, None
 
+# %% ../nbs/07c_roi_ops.ipynb #cb20a725
 class _PoolFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, plan, backend):
@@ -116,7 +134,7 @@ class _PoolFn(torch.autograd.Function):
         bwd = roi_pool_backward_numba if ctx.backend == "numba" else _cuda_module().roi_pool_backward_cuda
         return bwd(grad, ctx.plan, ctx.shape, ctx.arg), None, None
 
-# %% ../nbs/07c_roi_ops.ipynb #e11c8fa4
+# %% ../nbs/07c_roi_ops.ipynb #c9b461d5
 def _bilinear(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, mode, backend, quantized):
     _check_args(spatial_scale, sampling_ratio, mode)
     size = _output_size(output_size)
@@ -127,16 +145,20 @@ def _bilinear(input, boxes, output_size, spatial_scale, sampling_ratio, aligned,
     if backend == "torch": return bilinear_pool_reference(input, plan, mode)
     return _BilinearFn.apply(input, plan, mode, backend)
 
+# %% ../nbs/07c_roi_ops.ipynb #1c3319d3
 def roi_align(input: Tensor, boxes, output_size, spatial_scale: float = 1.0, sampling_ratio: int = -1,
               aligned: bool = False, mode: str = "avg", backend: str = "auto") -> Tensor:
     "RoIAlign (§3): bilinear samples on an unquantized grid, averaged (or max) per bin. Returns (K, C, *output_size)."
     return _bilinear(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, mode, backend, False)
 
+# %% ../nbs/07c_roi_ops.ipynb #f63611e2
 def roi_warp(input: Tensor, boxes, output_size, spatial_scale: float = 1.0, sampling_ratio: int = -1,
              mode: str = "max", backend: str = "auto") -> Tensor:
-    "RoIWarp (MNC): the RoI quantized like RoIPool, then bilinearly resampled; max (default) or avg. Returns (K, C, *output_size)."
+    """RoIWarp (MNC): the RoI quantized like RoIPool, then bilinearly resampled; max (default) or avg.
+    Returns (K, C, *output_size)."""
     return _bilinear(input, boxes, output_size, spatial_scale, sampling_ratio, False, mode, backend, True)
 
+# %% ../nbs/07c_roi_ops.ipynb #6b2ed8de
 def roi_pool(input: Tensor, boxes, output_size, spatial_scale: float = 1.0, backend: str = "auto") -> Tensor:
     "RoIPool (Fast R-CNN): the max over bins of the quantized RoI. Returns (K, C, *output_size)."
     _check_args(spatial_scale, 0, "max")
@@ -147,11 +169,12 @@ def roi_pool(input: Tensor, boxes, output_size, spatial_scale: float = 1.0, back
     if backend == "torch": return roi_pool_reference(input, plan)
     return _PoolFn.apply(input, plan, backend)
 
-# %% ../nbs/07c_roi_ops.ipynb #19c70c85
+# %% ../nbs/07c_roi_ops.ipynb #8d2c1411
 class _RoILayer(nn.Module):
     _fields = ()
     def extra_repr(self): return ", ".join(f"{k}={getattr(self, k)!r}" for k in self._fields)
 
+# %% ../nbs/07c_roi_ops.ipynb #c724b2ec
 class RoIAlign(_RoILayer):
     "Module form of `roi_align`."
     _fields = ("output_size", "spatial_scale", "sampling_ratio", "aligned", "mode", "backend")
@@ -160,22 +183,28 @@ class RoIAlign(_RoILayer):
         super().__init__()
         _check_args(spatial_scale, sampling_ratio, mode)
         if backend not in BACKENDS: raise ValueError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
-        self.output_size, self.spatial_scale, self.sampling_ratio = _output_size(output_size), spatial_scale, sampling_ratio
-        self.aligned, self.mode, self.backend = aligned, mode, backend
+        self.output_size, self.spatial_scale = _output_size(output_size), spatial_scale
+        self.sampling_ratio, self.aligned, self.mode, self.backend = sampling_ratio, aligned, mode, backend
     def forward(self, input, boxes):
-        return roi_align(input, boxes, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned, self.mode, self.backend)
+        return roi_align(input, boxes, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned,
+                         self.mode, self.backend)
 
+# %% ../nbs/07c_roi_ops.ipynb #485da014
 class RoIWarp(_RoILayer):
     "Module form of `roi_warp`."
     _fields = ("output_size", "spatial_scale", "sampling_ratio", "mode", "backend")
-    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int = -1, mode: str = "max", backend: str = "auto"):
+    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int = -1, mode: str = "max",
+                 backend: str = "auto"):
         super().__init__()
         _check_args(spatial_scale, sampling_ratio, mode)
         if backend not in BACKENDS: raise ValueError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
-        self.output_size, self.spatial_scale, self.sampling_ratio, self.mode, self.backend = _output_size(output_size), spatial_scale, sampling_ratio, mode, backend
+        self.output_size, self.spatial_scale = _output_size(output_size), spatial_scale
+        self.sampling_ratio, self.mode, self.backend = sampling_ratio, mode, backend
     def forward(self, input, boxes):
-        return roi_warp(input, boxes, self.output_size, self.spatial_scale, self.sampling_ratio, self.mode, self.backend)
+        return roi_warp(input, boxes, self.output_size, self.spatial_scale, self.sampling_ratio, self.mode,
+                        self.backend)
 
+# %% ../nbs/07c_roi_ops.ipynb #851f381c
 class RoIPool(_RoILayer):
     "Module form of `roi_pool`."
     _fields = ("output_size", "spatial_scale", "backend")

@@ -28,22 +28,26 @@ def demo_scene(size: int = 256, seed: int = 0):
     from mrcnn_nb.shapes import rasterize_polygons, shape_polygons, place_polygon
     rng = np.random.default_rng(seed)
     parts, _ = shape_polygons("star")
-    mask = rasterize_polygons([place_polygon(p, size * 0.55, rng.uniform(0, 6.3), size * 0.48, size * 0.52) for p in parts], size, size)
+    polygons = [place_polygon(p, size * 0.55, rng.uniform(0, 6.3), size * 0.48, size * 0.52) for p in parts]
+    mask = rasterize_polygons(polygons, size, size)
     img = 0.15 + 0.8 * mask + rng.normal(0, 0.02, mask.shape)
     return torch.tensor(img, dtype=torch.float32), torch.tensor(mask, dtype=torch.float32)
 
 # %% ../nbs/07d_roi_widgets.ipynb #fb368563
 def feature_map(image: Tensor, stride: int) -> Tensor:
-    "Average-pool an (H, W) image by `stride` into a (1, 1, H/s, W/s) feature map: a one-channel stand-in for a backbone."
+    """Average-pool an (H, W) image by `stride` into a (1, 1, H/s, W/s) feature map:
+    a one-channel stand-in for a backbone."""
     return F.avg_pool2d(image[None, None], stride)
 
-# %% ../nbs/07d_roi_widgets.ipynb #555a7726
+# %% ../nbs/07d_roi_widgets.ipynb #f2e23697
 LAYERS = ("RoIPool", "RoIWarp", "RoIAlign", "RoIAlign aligned=True")
 TITLES = {"RoIPool": "RoIPool", "RoIWarp": "RoIWarp (avg)", "RoIAlign": "RoIAlign\n(the paper: aligned=False)",
           "RoIAlign aligned=True": "RoIAlign + half-pixel offset\n(aligned=True, after the paper)"}
-PASTE_ALIGNED = {"RoIPool": False, "RoIWarp": False, "RoIAlign": False, "RoIAlign aligned=True": True}  # each model's paste_masks
+PASTE_ALIGNED = {"RoIPool": False, "RoIWarp": False, "RoIAlign": False,   # each model's paste_masks
+                 "RoIAlign aligned=True": True}
 COLORS = {"RoIPool": "tab:red", "RoIWarp": "tab:orange", "RoIAlign": "tab:green", "RoIAlign aligned=True": "tab:blue"}
 
+# %% ../nbs/07d_roi_widgets.ipynb #7bf5f2dc
 def roi_outputs(feature: Tensor, roi, stride: int, output_size: int, sampling_ratio: int) -> dict:
     "Each layer's (output_size, output_size) output for `roi` (x1, y1, x2, y2 px) on `feature` of stride `stride`."
     boxes = torch.tensor([[0.0, *roi]], dtype=feature.dtype)
@@ -55,7 +59,8 @@ def roi_outputs(feature: Tensor, roi, stride: int, output_size: int, sampling_ra
 
 # %% ../nbs/07d_roi_widgets.ipynb #40d38f9d
 def paste_in_box(patch: Tensor, box, height: int, width: int, aligned: bool = True) -> Tensor:
-    "Paste a (m, m) patch into `box` (x1, y1, x2, y2 px) of an empty (height, width) image with the mask head's `paste_masks`."
+    """Paste a (m, m) patch into `box` (x1, y1, x2, y2 px) of an empty (height, width) image
+    with the mask head's `paste_masks`."""
     boxes = torch.tensor([[float(v) for v in box]], dtype=patch.dtype)
     return paste_masks(patch[None, None], boxes, height, width, aligned=aligned)[0, 0]
 
@@ -68,14 +73,16 @@ def mask_iou(a: Tensor, b: Tensor) -> float:
 
 # %% ../nbs/07d_roi_widgets.ipynb #c004086f
 def roi_truth(mask: Tensor, roi) -> Tensor:
-    "The (H, W) bool truth a layer can recover for `roi` (x1, y1, x2, y2 px): `mask` at pixels whose centres are inside it."
+    """The (H, W) bool truth a layer can recover for `roi` (x1, y1, x2, y2 px): `mask` at pixels
+    whose centres are inside it."""
     x1, y1, x2, y2 = [float(v) for v in roi]
     cy, cx = torch.arange(mask.shape[0]) + 0.5, torch.arange(mask.shape[1]) + 0.5
     return (mask > 0) & ((cy > y1) & (cy < y2))[:, None] & ((cx > x1) & (cx < x2))[None, :]
 
 # %% ../nbs/07d_roi_widgets.ipynb #9c2c95d0
 def mask_roundtrip(mask: Tensor, roi, stride: int, output_size: int, sampling_ratio: int) -> dict:
-    "Per layer: the mask read through the layer at `stride`, pasted back into `roi` its model's way, thresholded at 0.5, and its IoU."
+    """Per layer: the mask read through the layer at `stride`, pasted back into `roi` its model's way,
+    thresholded at 0.5, and its IoU."""
     out = roi_outputs(feature_map(mask, stride), roi, stride, output_size, sampling_ratio)
     H, W = mask.shape
     truth = roi_truth(mask, roi)
@@ -86,17 +93,20 @@ def mask_roundtrip(mask: Tensor, roi, stride: int, output_size: int, sampling_ra
     return res
 
 # %% ../nbs/07d_roi_widgets.ipynb #fc0c6860
-def roundtrip_table(mask: Tensor, roi, shifts=(0, 5, 8), stride: int = 16, output_size: int = 7, sampling_ratio: int = 2) -> dict:
+def roundtrip_table(mask: Tensor, roi, shifts=(0, 5, 8), stride: int = 16, output_size: int = 7,
+                    sampling_ratio: int = 2) -> dict:
     "Mask round-trip IoU per layer and per shift: {layer: {shift px: IoU}} for `roi` moved right by each shift."
     table = {n: {} for n in LAYERS}
     for dx in shifts:
         r = (roi[0] + dx, roi[1], roi[2] + dx, roi[3])
-        for name, (_, iou) in mask_roundtrip(mask, r, stride, output_size, sampling_ratio).items(): table[name][dx] = iou
+        for name, (_, iou) in mask_roundtrip(mask, r, stride, output_size, sampling_ratio).items():
+            table[name][dx] = iou
     return table
 
 # %% ../nbs/07d_roi_widgets.ipynb #91d488a3
 def shift_response(feature: Tensor, roi, stride: int, output_size: int, sampling_ratio: int, steps: int = 33):
-    "Shifts 0..stride px to the right and, per layer, the horizontal centroid (in output cells) of the output at each shift."
+    """Shifts 0..stride px to the right and, per layer, the horizontal centroid (in output cells)
+    of the output at each shift."""
     shifts = np.linspace(0, stride, steps)
     curves = {n: [] for n in LAYERS}
     for dx in shifts:
@@ -114,15 +124,18 @@ def figure_png(fig: Figure, dpi: float | None = None) -> bytes:
     return buf.getvalue()
 
 # %% ../nbs/07d_roi_widgets.ipynb #128a8f23
-def draw_feature_geometry(ax, feature: Tensor, roi, stride: int, output_size: int, sampling_ratio: int, margin: float | None = 1.0):
-    "Feature map (1, 1, h, w), `roi` (black), RoIPool's bins (red), aligned=True samples (blue dots), aligned=False samples (green crosses)."
+def draw_feature_geometry(ax, feature: Tensor, roi, stride: int, output_size: int, sampling_ratio: int,
+                          margin: float | None = 1.0):
+    """Feature map (1, 1, h, w), `roi` (black), RoIPool's bins (red), aligned=True samples (blue dots),
+    aligned=False samples (green crosses)."""
     h, w = feature.shape[-2:]
     ax.imshow(feature[0, 0], cmap="gray", extent=(0, w, h, 0), vmin=0, vmax=1)
     k = min(output_size, 7)                                # at most 7×7 bins drawn
     draw_roi_geometry(ax, roi, stride, k, sampling_ratio, grid_cells=w)
     x1, y1, x2, y2 = [float(v) / stride for v in roi]
     g = (np.arange(k * sampling_ratio) + 0.5) / (k * sampling_ratio)
-    X, Y = np.meshgrid(x1 + g * (x2 - x1) + 0.5, y1 + g * (y2 - y1) + 0.5)   # where aligned=False's samples read, in cells
+    # where aligned=False's samples read, in cells
+    X, Y = np.meshgrid(x1 + g * (x2 - x1) + 0.5, y1 + g * (y2 - y1) + 0.5)
     ax.scatter(X.ravel(), Y.ravel(), s=9, marker="x", lw=0.7, color="tab:green", zorder=3)
     if margin is not None:
         ax.set_xlim(x1 - margin, x2 + margin + 0.5)
@@ -134,7 +147,8 @@ def draw_feature_geometry(ax, feature: Tensor, roi, stride: int, output_size: in
 def draw_shift_response(ax, shifts, curves: dict, shift: float, stride: int):
     "Plot `shift_response`'s curves (output centroid against the RoI's shift, in cells), with a marker at `shift` px."
     for name in LAYERS:
-        ax.plot(shifts / stride, curves[name], color=COLORS[name], label=name, lw=1.3, ls="--" if name == "RoIAlign" else "-")
+        ax.plot(shifts / stride, curves[name], color=COLORS[name], label=name, lw=1.3,
+                ls="--" if name == "RoIAlign" else "-")
     ax.axvline(shift / stride, color="k", lw=0.8, ls=":")
     ax.set_xlabel("RoI shift (cells)", fontsize=8)
     ax.set_ylabel("output centroid x (cells)", fontsize=8)
@@ -143,7 +157,25 @@ def draw_shift_response(ax, shifts, curves: dict, shift: float, stride: int):
     ax.set_title("sliding by < 1 cell", fontsize=9)
     return ax
 
-# %% ../nbs/07d_roi_widgets.ipynb #58ccce4a
+# %% ../nbs/07d_roi_widgets.ipynb #48b3a185
+def _draw_layer_panels(top, bottom, mask: Tensor, outs: dict, masks: dict, output_size: int, mask_size: int):
+    "Per layer: its output on an axis of `top`, its mask round trip (against `mask`) and IoU on one of `bottom`."
+    for a, b, name in zip(top, bottom, LAYERS):
+        a.imshow(outs[name], cmap="gray", vmin=0, vmax=1)
+        a.set_title(f"{TITLES[name]}\n{output_size}×{output_size} output", fontsize=9, color=COLORS[name])
+        pasted, iou = masks[name]
+        b.imshow(mask * 0.35 + pasted.float() * 0.65, cmap="magma", vmin=0, vmax=1)
+        pasting = 'exact' if PASTE_ALIGNED[name] else 'legacy'
+        b.set_title(f"{mask_size}×{mask_size}, pasted {pasting}:\nIoU {iou:.3f}", fontsize=9)
+
+# %% ../nbs/07d_roi_widgets.ipynb #d3da1490
+def _draw_iou_key(ax, masks: dict):
+    "The IoU of each layer's round trip, and the colour key of the round-trip panels, as text on `ax`."
+    lines = [f"{n}: {masks[n][1]:.3f}" for n in LAYERS]
+    key = "pasted mask against the truth:\nyellow both, red pasted only,\npurple truth only"
+    ax.text(0, 0.5, "mask IoU after the round trip\n\n" + "\n".join(lines) + "\n\n" + key, fontsize=9, va="center")
+
+# %% ../nbs/07d_roi_widgets.ipynb #988311da
 def plot_roi_comparison(image: Tensor, mask: Tensor, roi, stride: int = 16, output_size: int = 7,
                         sampling_ratio: int = 2, mask_size: int = 14, shift: float = 0.0, fig=None):
     "Draw the RoI layers' comparison for `roi` shifted right by `shift` px; returns (figure, state dict)."
@@ -155,24 +187,44 @@ def plot_roi_comparison(image: Tensor, mask: Tensor, roi, stride: int = 16, outp
     masks = mask_roundtrip(mask, r, stride, mask_size, sampling_ratio)
     axs = fig.subplots(2, 6, gridspec_kw=dict(width_ratios=(1.25, 1, 1, 1, 1, 1.25)))
     draw_feature_geometry(axs[0, 0], feat, r, stride, output_size, sampling_ratio)
-    draw_shift_response(axs[0, 5], *shift_response(feature_map(mask, stride), roi, stride, output_size, sampling_ratio, 17), shift, stride)
+    response = shift_response(feature_map(mask, stride), roi, stride, output_size, sampling_ratio, 17)
+    draw_shift_response(axs[0, 5], *response, shift, stride)
     axs[1, 0].imshow(mask, cmap="gray")
     axs[1, 0].set_title("ground-truth mask\n(RoI and 16 px around it)", fontsize=9)
-    for a, b, name in zip(axs[0, 1:5], axs[1, 1:5], LAYERS):
-        a.imshow(outs[name], cmap="gray", vmin=0, vmax=1)
-        a.set_title(f"{TITLES[name]}\n{output_size}×{output_size} output", fontsize=9, color=COLORS[name])
-        pasted, iou = masks[name]
-        b.imshow(mask * 0.35 + pasted.float() * 0.65, cmap="magma", vmin=0, vmax=1)
-        b.set_title(f"{mask_size}×{mask_size}, pasted {'exact' if PASTE_ALIGNED[name] else 'legacy'}:\nIoU {iou:.3f}", fontsize=9)
+    _draw_layer_panels(axs[0, 1:5], axs[1, 1:5], mask, outs, masks, output_size, mask_size)
     for a in axs[1, :5]:
         a.set_xlim(r[0] - 16, r[2] + 16)
         a.set_ylim(r[3] + 16, r[1] - 16)   # the RoI and 16 px around it
     for a in [*axs[:, 1:5].flat, axs[1, 0], axs[1, 5]]: a.axis("off")
-    lines = [f"{n}: {masks[n][1]:.3f}" for n in LAYERS]
-    key = "pasted mask against the truth:\nyellow both, red pasted only,\npurple truth only"
-    axs[1, 5].text(0, 0.5, "mask IoU after the round trip\n\n" + "\n".join(lines) + "\n\n" + key, fontsize=9, va="center")
+    _draw_iou_key(axs[1, 5], masks)
     fig.tight_layout()
     return fig, dict(roi=r, outputs=outs, ious={n: masks[n][1] for n in LAYERS})
+
+# %% ../nbs/07d_roi_widgets.ipynb #a0f00abf
+def _explorer_sliders(image: Tensor, roi, stride: int, output_size: int, sampling_ratio: int) -> dict:
+    "The explorer's controls: the RoI's x1, y1, width and height (px) on `image`, the shift, stride, output, samples."
+    import ipywidgets as W
+    H, Wd = image.shape
+    sl = lambda d, lo, hi, v, step=1.0: W.FloatSlider(value=v, min=lo, max=hi, step=step, description=d,
+                                                      continuous_update=False, layout=W.Layout(width="300px"))
+    return dict(
+        x=sl("x1", 0, Wd - 8, roi[0]), y=sl("y1", 0, H - 8, roi[1]),
+        w=sl("width", 8, Wd, roi[2] - roi[0]), h=sl("height", 8, H, roi[3] - roi[1]),
+        shift=sl("shift px", 0, 32, 0.0, 0.5),
+        stride=W.Dropdown(options=[8, 16, 32], value=stride, description="stride", layout=W.Layout(width="300px")),
+        output_size=W.IntSlider(value=output_size, min=2, max=14, description="output", continuous_update=False,
+                                layout=W.Layout(width="300px")),
+        sampling_ratio=W.IntSlider(value=sampling_ratio, min=1, max=4, description="samples/bin",
+                                   continuous_update=False, layout=W.Layout(width="300px")),
+    )
+
+# %% ../nbs/07d_roi_widgets.ipynb #9bcd684a
+def _explorer_controls(sliders: dict):
+    "The sliders in three rows: position and shift; size and stride; output size and samples per bin."
+    import ipywidgets as W
+    return W.VBox([W.HBox([sliders["x"], sliders["y"], sliders["shift"]]),
+                   W.HBox([sliders["w"], sliders["h"], sliders["stride"]]),
+                   W.HBox([sliders["output_size"], sliders["sampling_ratio"]])])
 
 # %% ../nbs/07d_roi_widgets.ipynb #daa593d1
 class RoIExplorer:
@@ -182,25 +234,12 @@ class RoIExplorer:
         import ipywidgets as W
         if image is None: image, mask = demo_scene()
         self.image, self.mask, self.mask_size = image, mask, mask_size
-        H, Wd = image.shape
-        sl = lambda d, lo, hi, v, step=1.0: W.FloatSlider(value=v, min=lo, max=hi, step=step, description=d, continuous_update=False,
-                                                          layout=W.Layout(width="300px"))
-        self.sliders = dict(
-            x=sl("x1", 0, Wd - 8, roi[0]), y=sl("y1", 0, H - 8, roi[1]),
-            w=sl("width", 8, Wd, roi[2] - roi[0]), h=sl("height", 8, H, roi[3] - roi[1]),
-            shift=sl("shift px", 0, 32, 0.0, 0.5),
-            stride=W.Dropdown(options=[8, 16, 32], value=stride, description="stride", layout=W.Layout(width="300px")),
-            output_size=W.IntSlider(value=output_size, min=2, max=14, description="output", continuous_update=False, layout=W.Layout(width="300px")),
-            sampling_ratio=W.IntSlider(value=sampling_ratio, min=1, max=4, description="samples/bin", continuous_update=False, layout=W.Layout(width="300px")),
-        )
+        self.sliders = _explorer_sliders(image, roi, stride, output_size, sampling_ratio)
         self.image_widget = W.Image(format="png", layout=W.Layout(max_width="100%"))
         self.label = W.HTML()
         self.figure = Figure(figsize=(15, 6.2), dpi=100)
         for s in self.sliders.values(): s.observe(lambda change: self.update(), names="value")
-        controls = W.VBox([W.HBox([self.sliders["x"], self.sliders["y"], self.sliders["shift"]]),
-                           W.HBox([self.sliders["w"], self.sliders["h"], self.sliders["stride"]]),
-                           W.HBox([self.sliders["output_size"], self.sliders["sampling_ratio"]])])
-        self.widget = W.VBox([controls, self.label, self.image_widget])
+        self.widget = W.VBox([_explorer_controls(self.sliders), self.label, self.image_widget])
         self.update()
 
     @property
@@ -212,9 +251,11 @@ class RoIExplorer:
         "Recompute and redraw from the current slider values; returns the state (RoI, outputs, IoUs)."
         v = {k: s.value for k, s in self.sliders.items()}
         _, self.state = plot_roi_comparison(self.image, self.mask, self.roi, int(v["stride"]), int(v["output_size"]),
-                                            int(v["sampling_ratio"]), self.mask_size, float(v["shift"]), fig=self.figure)
+                                            int(v["sampling_ratio"]), self.mask_size, float(v["shift"]),
+                                            fig=self.figure)
         self.image_widget.value = figure_png(self.figure)
-        self.label.value = "<b>mask IoU after the round trip</b>: " + ", ".join(f"{n} {self.state['ious'][n]:.3f}" for n in LAYERS)
+        ious = ", ".join(f"{n} {self.state['ious'][n]:.3f}" for n in LAYERS)
+        self.label.value = "<b>mask IoU after the round trip</b>: " + ious
         return self.state
 
     def _ipython_display_(self):

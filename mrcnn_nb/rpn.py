@@ -23,7 +23,8 @@ class RPNHead(nn.Module):
     def __init__(self, in_channels: int, num_anchors: int):
         super().__init__()
         # nested Sequentials: parameter names as in torchvision's current RPNHead ("conv.0.0.weight")
-        self.conv = nn.Sequential(nn.Sequential(nn.Conv2d(in_channels, in_channels, 3, padding=1), nn.ReLU(inplace=True)))
+        self.conv = nn.Sequential(nn.Sequential(nn.Conv2d(in_channels, in_channels, 3, padding=1),
+                                                nn.ReLU(inplace=True)))
         self.cls_logits = nn.Conv2d(in_channels, num_anchors, 1)
         self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, 1)
         for m in self.modules():
@@ -48,7 +49,30 @@ def flatten_predictions(logits: list, deltas: list):
         return t.view(N, AC // c, c, H, W).permute(0, 3, 4, 1, 2).reshape(N, -1, c)
     return torch.cat([flat(l, 1) for l in logits], 1)[..., 0], torch.cat([flat(d, 4) for d in deltas], 1)
 
-# %% ../nbs/06_rpn.ipynb #2da93fc8
+# %% ../nbs/06_rpn.ipynb #a98cf575
+def _top_per_level(objectness: Tensor, num_per_level: list, pre_nms_top_n: int):
+    "Indices (N, sum k) of the top `pre_nms_top_n` logits of each level in `objectness` (N, A), and their levels."
+    idx, levels, offset = [], [], 0
+    for lvl, n in enumerate(num_per_level):
+        k = min(pre_nms_top_n, n)
+        idx.append(objectness[:, offset:offset + n].topk(k, dim=1).indices + offset)
+        levels.append(torch.full((k,), lvl, dtype=torch.int64, device=objectness.device))
+        offset += n
+    return torch.cat(idx, 1), torch.cat(levels)
+
+# %% ../nbs/06_rpn.ipynb #7b98c1e5
+def _image_proposals(boxes: Tensor, scores: Tensor, levels: Tensor, size: tuple, min_size: float,
+                     score_thresh: float, nms_thresh: float, post_nms_top_n: int):
+    "One image's candidates (P, 4) clipped to `size`, small and low-scoring ones dropped, NMS per level, the best kept."
+    b = clip_boxes(boxes, size)
+    keep = remove_small_boxes(b, min_size)
+    b, s, lv = b[keep], scores[keep], levels[keep]
+    keep = torch.where(s >= score_thresh)[0]
+    b, s, lv = b[keep], s[keep], lv[keep]
+    keep = batched_nms(b, s, lv, nms_thresh)[:post_nms_top_n]
+    return b[keep], s[keep]
+
+# %% ../nbs/06_rpn.ipynb #84801d41
 def select_proposals(anchors: Tensor, objectness: Tensor, deltas: Tensor, image_sizes: list, num_per_level: list,
                      pre_nms_top_n: int, post_nms_top_n: int, nms_thresh: float = 0.7, min_size: float = 1e-3,
                      score_thresh: float = 0.0, coder: BoxCoder | None = None):
@@ -57,28 +81,17 @@ def select_proposals(anchors: Tensor, objectness: Tensor, deltas: Tensor, image_
     N = objectness.shape[0]
     objectness = objectness.detach()
     boxes = coder.decode(deltas.detach().reshape(-1, 4), anchors.repeat(N, 1)).view(N, -1, 4)
-    idx, levels, offset = [], [], 0
-    for lvl, n in enumerate(num_per_level):
-        k = min(pre_nms_top_n, n)
-        idx.append(objectness[:, offset:offset + n].topk(k, dim=1).indices + offset)
-        levels.append(torch.full((k,), lvl, dtype=torch.int64, device=objectness.device))
-        offset += n
-    idx, levels = torch.cat(idx, 1), torch.cat(levels)
+    idx, levels = _top_per_level(objectness, num_per_level, pre_nms_top_n)
     rows = torch.arange(N, device=idx.device)[:, None]
     scores, boxes = torch.sigmoid(objectness[rows, idx]), boxes[rows, idx]
     out_boxes, out_scores = [], []
     for b, s, size in zip(boxes, scores, image_sizes):
-        b = clip_boxes(b, size)
-        keep = remove_small_boxes(b, min_size)
-        b, s, lv = b[keep], s[keep], levels[keep]
-        keep = torch.where(s >= score_thresh)[0]
-        b, s, lv = b[keep], s[keep], lv[keep]
-        keep = batched_nms(b, s, lv, nms_thresh)[:post_nms_top_n]
-        out_boxes.append(b[keep])
-        out_scores.append(s[keep])
+        b, s = _image_proposals(b, s, levels, size, min_size, score_thresh, nms_thresh, post_nms_top_n)
+        out_boxes.append(b)
+        out_scores.append(s)
     return out_boxes, out_scores
 
-# %% ../nbs/06_rpn.ipynb #0e206ce0
+# %% ../nbs/06_rpn.ipynb #0cafc1a1
 def rpn_targets(anchors: Tensor, targets: list, matcher: Matcher, coder: BoxCoder):
     "Per image: anchor labels (1 object, 0 background, -1 ignored) and regression targets (A, 4)."
     labels, reg = [], []
@@ -96,6 +109,7 @@ def rpn_targets(anchors: Tensor, targets: list, matcher: Matcher, coder: BoxCode
         reg.append(coder.encode(gt[m.clamp(min=0)], anchors))
     return labels, reg
 
+# %% ../nbs/06_rpn.ipynb #169145af
 def rpn_losses(objectness: Tensor, deltas: Tensor, labels: list, reg_targets: list, sampler: BalancedSampler) -> dict:
     "Objectness BCE and box smooth-L1 (beta 1/9) over a balanced sample of anchors, both per sampled anchor."
     pos, neg = sampler(labels)
@@ -112,12 +126,14 @@ def rpn_losses(objectness: Tensor, deltas: Tensor, labels: list, reg_targets: li
 # %% ../nbs/06_rpn.ipynb #4c4c67c9
 class RPN(nn.Module):
     "Region Proposal Network: head + anchors + proposal selection (+ targets and losses in training)."
-    def __init__(self, head: RPNHead, anchor_generator: AnchorGenerator, pre_nms_top_n=(2000, 1000), post_nms_top_n=(2000, 1000),
-                 nms_thresh: float = 0.7, fg_iou: float = 0.7, bg_iou: float = 0.3, batch_size_per_image: int = 256,
-                 positive_fraction: float = 0.5, min_size: float = 1e-3, score_thresh: float = 0.0):
+    def __init__(self, head: RPNHead, anchor_generator: AnchorGenerator, pre_nms_top_n=(2000, 1000),
+                 post_nms_top_n=(2000, 1000), nms_thresh: float = 0.7, fg_iou: float = 0.7, bg_iou: float = 0.3,
+                 batch_size_per_image: int = 256, positive_fraction: float = 0.5, min_size: float = 1e-3,
+                 score_thresh: float = 0.0):
         super().__init__()
         self.head, self.anchor_generator = head, anchor_generator
-        self.pre_nms_top_n, self.post_nms_top_n = dict(zip(("train", "test"), pre_nms_top_n)), dict(zip(("train", "test"), post_nms_top_n))
+        self.pre_nms_top_n = dict(zip(("train", "test"), pre_nms_top_n))
+        self.post_nms_top_n = dict(zip(("train", "test"), post_nms_top_n))
         self.nms_thresh, self.min_size, self.score_thresh = nms_thresh, min_size, score_thresh
         self.matcher = Matcher(fg_iou, bg_iou, allow_low_quality_matches=True)
         self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
@@ -126,12 +142,14 @@ class RPN(nn.Module):
     def forward(self, images: ImageBatch, features: list, targets: list | None = None):
         "Proposals per image, and a dict of losses (empty in eval mode)."
         logits, deltas = self.head(features)
-        anchors = self.anchor_generator(tuple(images.tensors.shape[-2:]), [f.shape[-2:] for f in features], features[0].dtype, features[0].device)
+        anchors = self.anchor_generator(tuple(images.tensors.shape[-2:]), [f.shape[-2:] for f in features],
+                                        features[0].dtype, features[0].device)
         num_per_level = [l.shape[1] * l.shape[2] * l.shape[3] for l in logits]
         objectness, deltas = flatten_predictions(logits, deltas)
         mode = "train" if self.training else "test"
-        boxes, _ = select_proposals(anchors, objectness, deltas, images.image_sizes, num_per_level, self.pre_nms_top_n[mode],
-                                    self.post_nms_top_n[mode], self.nms_thresh, self.min_size, self.score_thresh, self.coder)
+        boxes, _ = select_proposals(anchors, objectness, deltas, images.image_sizes, num_per_level,
+                                    self.pre_nms_top_n[mode], self.post_nms_top_n[mode], self.nms_thresh,
+                                    self.min_size, self.score_thresh, self.coder)
         losses = {}
         if self.training:
             if targets is None: raise ValueError("the RPN needs targets in training mode")
@@ -144,10 +162,12 @@ class RPN(nn.Module):
 
 # %% ../nbs/06_rpn.ipynb #1484bb24
 class GivenProposals(nn.Module):
-    "Stands in for the RPN when each image comes with fixed proposals (§4.2: the RPN trained separately): no parameters, no loss."
+    """Stands in for the RPN when each image comes with fixed proposals (§4.2: the RPN trained separately):
+    no parameters, no loss."""
     def forward(self, images: ImageBatch, features: list, targets: list | None = None):
         "Each target's 'proposals' (K, 4) xyxy in the resized image's pixels, and no losses."
         if targets is None or any("proposals" not in t for t in targets):
-            raise ValueError("this model has no RPN of its own: pass targets with 'proposals' (K, 4) xyxy for every image, "
-                             "at inference too (the separately trained RPN's proposals; see AddProposals)")
+            raise ValueError("this model has no RPN of its own: pass targets with 'proposals' (K, 4) xyxy "
+                             "for every image, at inference too (the separately trained RPN's proposals; "
+                             "see AddProposals)")
         return [t["proposals"].to(features[0].dtype) for t in targets], {}
