@@ -21,7 +21,14 @@ from .data import COCODataset
 __all__ = ['STAT_NAMES', 'predict_dataset', 'dataset_proposals', 'proposal_recall', 'encode_masks', 'to_coco_results',
            'coco_evaluate', 'evaluate', 'format_metrics']
 
-# %% ../nbs/13_eval.ipynb #236f8ded
+# %% ../nbs/13_eval.ipynb #e9bdbf50
+def _predict_batch(model, items: list, device) -> list:
+    "`[(image_id, detections on the CPU), ...]` of dataset `items`; a model without an RPN reads their proposals."
+    given = [dict(proposals=t["proposals"].to(device)) for _, t in items] if "proposals" in items[0][1] else None
+    dets = model([img.to(device) for img, _ in items], given)
+    return [(t["image_id"], {k: v.cpu() for k, v in d.items()}) for (_, t), d in zip(items, dets)]
+
+# %% ../nbs/13_eval.ipynb #b504206d
 def predict_dataset(model, dataset: COCODataset, batch_size: int = 2, progress: bool = True, device=None) -> list:
     "`[(image_id, detections), ...]` for every image of `dataset` (original sizes, masks binarized), in eval mode."
     from tqdm.auto import tqdm
@@ -32,25 +39,27 @@ def predict_dataset(model, dataset: COCODataset, batch_size: int = 2, progress: 
     try:
         with torch.no_grad():
             for s in tqdm(range(0, len(dataset), batch_size), desc="inference", disable=not progress, leave=False):
-                items = [dataset[i] for i in range(s, min(s + batch_size, len(dataset)))]
-                given = [dict(proposals=t["proposals"].to(device)) for _, t in items] if "proposals" in items[0][1] else None
-                dets = model([img.to(device) for img, _ in items], given)   # a model without an RPN reads its proposals there
-                out += [(t["image_id"], {k: v.cpu() for k, v in d.items()}) for (_, t), d in zip(items, dets)]
+                out += _predict_batch(model, [dataset[i] for i in range(s, min(s + batch_size, len(dataset)))], device)
     finally:
         model.train(was_training)
     return out
 
-# %% ../nbs/13_eval.ipynb #9cc872da
-def dataset_proposals(rpn_model, dataset: COCODataset, mode: str = "test", batch_size: int = 2, progress: bool = True) -> dict:
-    "`{image_id: (K, 4) xyxy}`: the proposals of an RPN-only model (`rpn='only'`) on `dataset`, with its `mode` ('train' / 'test') counts."
+# %% ../nbs/13_eval.ipynb #56c599d4
+def dataset_proposals(rpn_model, dataset: COCODataset, mode: str = "test", batch_size: int = 2,
+                      progress: bool = True) -> dict:
+    """`{image_id: (K, 4) xyxy}`: the proposals of an RPN-only model (`rpn='only'`) on `dataset`,
+    with its `mode` ('train' / 'test') counts."""
     import copy
-    if getattr(rpn_model, "box", None) is not None: raise UserInputError("dataset_proposals needs an RPN-only model (build it with rpn='only')")
+    if getattr(rpn_model, "box", None) is not None:
+        raise UserInputError("dataset_proposals needs an RPN-only model (build it with rpn='only')")
     m = copy.deepcopy(rpn_model)
     m.rpn.pre_nms_top_n["test"], m.rpn.post_nms_top_n["test"] = m.rpn.pre_nms_top_n[mode], m.rpn.post_nms_top_n[mode]
     return {i: d["boxes"] for i, d in predict_dataset(m, dataset, batch_size, progress)}
 
+# %% ../nbs/13_eval.ipynb #c89a05e2
 def proposal_recall(proposals: dict, dataset: COCODataset, ious=(0.5, 0.7)) -> dict:
-    "Fraction of the ground-truth objects (of `dataset`, on the images of `proposals`) that a proposal overlaps at IoU >= each of `ious`."
+    """Fraction of the ground-truth objects (of `dataset`, on the images of `proposals`) that a proposal
+    overlaps at IoU >= each of `ious`."""
     from mrcnn_nb.boxes import box_iou
     gt_boxes = {r["id"]: [a[1] for a in r["anns"]] for r in dataset.records}   # xyxy, crowds left out
     best, counts = [], []
@@ -59,20 +68,23 @@ def proposal_recall(proposals: dict, dataset: COCODataset, ious=(0.5, 0.7)) -> d
         counts.append(len(p))
         if len(gt): best.append(box_iou(gt, p).max(1).values if len(p) else torch.zeros(len(gt)))
     best = torch.cat(best) if best else torch.zeros(0)
-    return {f"recall@{t}": float((best >= t).float().mean()) if len(best) else float("nan") for t in ious} | dict(
-        proposals_per_image=float(np.mean(counts)) if counts else 0.0, objects=len(best))
+    recall = {f"recall@{t}": float((best >= t).float().mean()) if len(best) else float("nan") for t in ious}
+    return recall | dict(proposals_per_image=float(np.mean(counts)) if counts else 0.0, objects=len(best))
 
-# %% ../nbs/13_eval.ipynb #5660b024
+# %% ../nbs/13_eval.ipynb #7a7c1e22
 def encode_masks(masks) -> list:
-    "COCO compressed RLEs (counts as str, JSON-ready) of masks (N, H, W): uint8/bool, or probabilities binarized at 0.5."
+    """COCO compressed RLEs (counts as str, JSON-ready) of masks (N, H, W): uint8/bool, or probabilities
+    binarized at 0.5."""
     m = torch.as_tensor(masks)
     if m.is_floating_point(): m = m >= 0.5
     rles = mask_utils.encode(np.asfortranarray(m.to(torch.uint8).permute(1, 2, 0).numpy()))
     for r in rles: r["counts"] = r["counts"].decode("ascii")
     return rles
 
+# %% ../nbs/13_eval.ipynb #5b754846
 def to_coco_results(predictions: list, cat_ids: list) -> dict:
-    "COCO results lists per IoU type ('bbox', 'segm', 'keypoints') from `predict_dataset` output; label l is `cat_ids[l - 1]`."
+    """COCO results lists per IoU type ('bbox', 'segm', 'keypoints') from `predict_dataset` output;
+    label l is `cat_ids[l - 1]`."""
     res = {"bbox": [], "segm": [], "keypoints": []}
     for image_id, d in predictions:
         if len(d["boxes"]) == 0: continue
@@ -80,20 +92,63 @@ def to_coco_results(predictions: list, cat_ids: list) -> dict:
         s = d["scores"].tolist()
         cats = [cat_ids[l - 1] for l in d["labels"].tolist()]
         for box, score, cat in zip(b, s, cats):
-            res["bbox"].append(dict(image_id=image_id, category_id=cat, bbox=[box[0], box[1], box[2] - box[0], box[3] - box[1]], score=score))
+            xywh = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
+            res["bbox"].append(dict(image_id=image_id, category_id=cat, bbox=xywh, score=score))
         if "masks" in d:
             for rle, score, cat in zip(encode_masks(d["masks"][:, 0]), s, cats):
                 res["segm"].append(dict(image_id=image_id, category_id=cat, segmentation=rle, score=score))
         if "keypoints" in d:
             for kp, score, cat in zip(d["keypoints"].tolist(), s, cats):
-                res["keypoints"].append(dict(image_id=image_id, category_id=cat, keypoints=[v for p in kp for v in (p[0], p[1], 1)], score=score))
+                xyv = [v for p in kp for v in (p[0], p[1], 1)]
+                res["keypoints"].append(dict(image_id=image_id, category_id=cat, keypoints=xyv, score=score))
     return res
 
-# %% ../nbs/13_eval.ipynb #0288621b
+# %% ../nbs/13_eval.ipynb #3af3c949
 STAT_NAMES = {"bbox": ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"],
               "keypoints": ["AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"]}
 STAT_NAMES["segm"] = STAT_NAMES["bbox"]
 
+# %% ../nbs/13_eval.ipynb #43f817cb
+def _no_detections(stat_names: list, names: dict) -> dict:
+    "The result of an IoU type without any detection: every number 0 (COCOeval refuses an empty results list)."
+    thresholds = [round(0.5 + 0.05 * i, 2) for i in range(10)]
+    return dict(stats={k: 0.0 for k in stat_names}, per_category={names[c]: 0.0 for c in sorted(names)},
+                summary="no detections", per_threshold=dict(thresholds=thresholds, AP=[0.0] * 10))
+
+# %% ../nbs/13_eval.ipynb #b0b4a12f
+def _cocoeval(coco_gt, results: list, iou_type: str, oks_sigmas=None) -> tuple:
+    "`(COCOeval, the text it printed)` of `results` (one IoU type's list), evaluated, accumulated and summarized."
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        dt = coco_gt.loadRes([dict(r) for r in results])   # loadRes adds keys to the dicts it gets: give it copies
+        E = COCOeval(coco_gt, dt, iou_type)
+        if iou_type == "keypoints" and oks_sigmas is not None:
+            E.params.kpt_oks_sigmas = np.asarray(oks_sigmas, dtype=float)
+        E.evaluate()
+        E.accumulate()
+        E.summarize()
+    return E, buf.getvalue()
+
+# %% ../nbs/13_eval.ipynb #9baada72
+def _per_category(E: COCOeval, names: dict) -> dict:
+    "AP of each category of `E` (all areas, most detections; nan for one without ground truth), by name."
+    prec = E.eval["precision"]   # (T IoUs, R recalls, K categories, A areas, M max-dets)
+    per_cat = {}
+    for k, cat in enumerate(E.params.catIds):
+        p = prec[:, :, k, 0, -1]
+        p = p[p > -1]
+        per_cat[names[cat]] = float(p.mean()) if p.size else float("nan")
+    return per_cat
+
+# %% ../nbs/13_eval.ipynb #2de0a39c
+def _per_threshold(E: COCOeval) -> dict:
+    "AP at each IoU (OKS) threshold of `E`, all areas, most detections: `{thresholds, AP}` (-1: no ground truth)."
+    prec = E.eval["precision"]
+    at = [prec[i, :, :, 0, -1] for i in range(len(E.params.iouThrs))]
+    thresholds = [round(float(x), 2) for x in E.params.iouThrs]
+    return dict(thresholds=thresholds, AP=[float(p[p > -1].mean()) if (p > -1).any() else -1.0 for p in at])
+
+# %% ../nbs/13_eval.ipynb #c6f2d434
 def coco_evaluate(coco_gt, results: dict, iou_types=("bbox", "segm"), oks_sigmas=None) -> dict:
     "COCOeval of `results` (from `to_coco_results`) against the pycocotools `COCO` object `coco_gt`, per IoU type."
     out = {}
@@ -101,62 +156,65 @@ def coco_evaluate(coco_gt, results: dict, iou_types=("bbox", "segm"), oks_sigmas
     for t in iou_types:
         if t not in STAT_NAMES: raise UserInputError(f"unknown IoU type {t!r}; choose from {sorted(STAT_NAMES)}")
         if not results.get(t):
-            out[t] = dict(stats={k: 0.0 for k in STAT_NAMES[t]}, per_category={names[c]: 0.0 for c in sorted(names)}, summary="no detections",
-                          per_threshold=dict(thresholds=[round(0.5 + 0.05 * i, 2) for i in range(10)], AP=[0.0] * 10))
+            out[t] = _no_detections(STAT_NAMES[t], names)
             continue
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            dt = coco_gt.loadRes([dict(r) for r in results[t]])   # loadRes adds keys to the dicts it gets: give it copies
-            E = COCOeval(coco_gt, dt, t)
-            if t == "keypoints" and oks_sigmas is not None: E.params.kpt_oks_sigmas = np.asarray(oks_sigmas, dtype=float)
-            E.evaluate()
-            E.accumulate()
-            E.summarize()
-        prec = E.eval["precision"]   # (T IoUs, R recalls, K categories, A areas, M max-dets)
-        per_cat = {}
-        for k, cat in enumerate(E.params.catIds):
-            p = prec[:, :, k, 0, -1]
-            p = p[p > -1]
-            per_cat[names[cat]] = float(p.mean()) if p.size else float("nan")
-        at = [prec[i, :, :, 0, -1] for i in range(len(E.params.iouThrs))]   # AP at each IoU (OKS) threshold, all areas, most detections
-        per_threshold = dict(thresholds=[round(float(x), 2) for x in E.params.iouThrs], AP=[float(p[p > -1].mean()) if (p > -1).any() else -1.0 for p in at])
-        out[t] = dict(stats={k: float(v) for k, v in zip(STAT_NAMES[t], E.stats)}, per_category=per_cat, summary=buf.getvalue(),
-                      per_threshold=per_threshold)
+        E, summary = _cocoeval(coco_gt, results[t], t, oks_sigmas)
+        out[t] = dict(stats={k: float(v) for k, v in zip(STAT_NAMES[t], E.stats)}, per_category=_per_category(E, names),
+                      summary=summary, per_threshold=_per_threshold(E))
     return out
 
-# %% ../nbs/13_eval.ipynb #a2a0131e
-def evaluate(model, dataset: COCODataset, batch_size: int = 2, progress: bool = True, cat_ids: list | None = None) -> dict:
-    """COCOeval of `model` on `dataset`, with inference images/s and peak memory; `{'metrics', 'images_per_s', 'peak_mib', 'results'}`.
-    `cat_ids[l - 1]` is the category of label `l` (default: the dataset's; torchvision's COCO models use `range(1, 91)`)."""
-    fast = model.for_inference() if hasattr(model, "for_inference") else model
-    device = next(fast.parameters()).device
+# %% ../nbs/13_eval.ipynb #aa8bf008
+def _timed(fn, device: torch.device) -> tuple:
+    "`(fn(), seconds, peak memory rise in MiB)`: the rise of resident memory, or the peak of CUDA memory on a GPU."
     if device.type == "cuda": torch.cuda.reset_peak_memory_stats(device)
     box = {}
-    def run(): box["preds"] = predict_dataset(fast, dataset, batch_size, progress)
+    def run(): box["out"] = fn()
     t0 = time.perf_counter()
-    peak = peak_memory_rise(run) if device.type != "cuda" else (run(), torch.cuda.max_memory_allocated(device) / 2**20)[1]
-    seconds = time.perf_counter() - t0
-    preds = box["preds"]
-    types = ["bbox"] + (["segm"] if getattr(model, "mask", None) is not None else []) + (["keypoints"] if getattr(model, "keypoint", None) is not None else [])
+    if device.type != "cuda": peak = peak_memory_rise(run)
+    else: peak = (run(), torch.cuda.max_memory_allocated(device) / 2**20)[1]
+    return box["out"], time.perf_counter() - t0, peak
+
+# %% ../nbs/13_eval.ipynb #a950a662
+def _iou_types(model) -> list:
+    "The IoU types of what `model` outputs: 'bbox', and 'segm' and 'keypoints' when it has those branches."
+    return (["bbox"] + (["segm"] if getattr(model, "mask", None) is not None else [])
+            + (["keypoints"] if getattr(model, "keypoint", None) is not None else []))
+
+# %% ../nbs/13_eval.ipynb #9a0a7c7d
+def evaluate(model, dataset: COCODataset, batch_size: int = 2, progress: bool = True,
+             cat_ids: list | None = None) -> dict:
+    """COCOeval of `model` on `dataset`, with inference images/s and peak memory;
+    `{'metrics', 'images_per_s', 'peak_mib', 'results'}`. `cat_ids[l - 1]` is the category of label `l`
+    (default: the dataset's; torchvision's COCO models use `range(1, 91)`)."""
+    fast = model.for_inference() if hasattr(model, "for_inference") else model
+    device = next(fast.parameters()).device
+    preds, seconds, peak = _timed(lambda: predict_dataset(fast, dataset, batch_size, progress), device)
     results = to_coco_results(preds, cat_ids or dataset.categories.cat_ids)
-    metrics = coco_evaluate(dataset.coco, results, types, getattr(dataset, "oks_sigmas", None))
+    metrics = coco_evaluate(dataset.coco, results, _iou_types(model), getattr(dataset, "oks_sigmas", None))
     return dict(metrics=metrics, images_per_s=len(dataset) / seconds, peak_mib=peak, images=len(dataset),
                 detections=sum(len(d["boxes"]) for _, d in preds), results=results)
 
+# %% ../nbs/13_eval.ipynb #ae40cfa3
+def _summary_line(iou_type: str, stats: dict) -> str:
+    "One IoU type's AP numbers (the ARs left out), in percent; 'n/a' where COCOeval had no ground truth (-1)."
+    numbers = [f"{k} {100 * stats[k]:5.1f}" if stats[k] >= 0 else f"{k}   n/a" for k in stats if not k.startswith("AR")]
+    return f"{iou_type:9s} " + "  ".join(numbers)
+
+# %% ../nbs/13_eval.ipynb #9a871f4b
+def _category_table(metrics: dict) -> list:
+    "Lines of a table of the per-category AP (percent), one column per IoU type."
+    cats = list(next(iter(metrics.values()))["per_category"])
+    w = max(len(c) for c in cats)
+    lines = [f"{'category':{w}s}  " + "  ".join(f"{t:>9s}" for t in metrics)]
+    for c in cats:
+        lines.append(f"{c:{w}s}  " + "  ".join(f"{100 * r['per_category'][c]:9.1f}" for r in metrics.values()))
+    return lines
+
+# %% ../nbs/13_eval.ipynb #f7082bf9
 def format_metrics(result: dict, per_category: bool = True) -> str:
     "The COCO summary (AP, AP50, AP75, APs/m/l) per IoU type, the per-category AP, and the inference speed, as text."
-    lines = []
-    for t, r in result["metrics"].items():
-        st = r["stats"]
-        lines.append(f"{t:9s} " + "  ".join(f"{k} {100 * st[k]:5.1f}" if st[k] >= 0 else f"{k}   n/a" for k in st if not k.startswith("AR")))
-    if per_category:
-        cats = list(next(iter(result["metrics"].values()))["per_category"])
-        w = max(len(c) for c in cats)
-        lines.append("")
-        lines.append(f"{'category':{w}s}  " + "  ".join(f"{t:>9s}" for t in result["metrics"]))
-        for c in cats: lines.append(f"{c:{w}s}  " + "  ".join(f"{100 * r['per_category'][c]:9.1f}" for r in result["metrics"].values()))
-    lines.append("")
+    lines = [_summary_line(t, r["stats"]) for t, r in result["metrics"].items()]
+    if per_category: lines += [""] + _category_table(result["metrics"])
     peak = result.get("peak_mib")
-    lines.append(f"{result['images']} images, {result['detections']} detections, {result['images_per_s']:.1f} images/s"
-                 + (f", peak memory +{peak:.0f} MiB" if peak is not None else ""))
-    return "\n".join(lines)
+    speed = f"{result['images']} images, {result['detections']} detections, {result['images_per_s']:.1f} images/s"
+    return "\n".join(lines + ["", speed + (f", peak memory +{peak:.0f} MiB" if peak is not None else "")])

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .anchors import AnchorGenerator
-from .backbone import FPNBackbone, ResNet, SingleLevelBackbone, fold_frozen_bn, freeze_trunk, RESNET_BLOCKS
+from .backbone import (
+    FPNBackbone, ResNet, SingleLevelBackbone, fold_frozen_bn, freeze_trunk, RESNET_BLOCKS)
 from .box_head import BoxBranch, FastRCNNPredictor, Res5Head, TwoMLPHead, res5_head
 from .core import UserInputError, load_state_dict_file, load_weights
 from .data import ImageBatch, pad_images
@@ -27,14 +28,15 @@ from .rpn import RPN, GivenProposals, RPNHead
 
 # %% auto #0
 __all__ = ['PRESETS', 'Config', 'check_config', 'get_config', 'rescale_target', 'Transform', 'check_images', 'MaskRCNN',
-           'SharedRes5', 'build_model', 'torchvision_to_ours', 'load_torchvision_weights', 'torchvision_model']
+           'SharedRes5', 'build_model', 'torchvision_to_ours', 'torchvision_model', 'load_torchvision_weights']
 
 # %% ../nbs/11_model.ipynb #66fa947a
 @dataclass
 class Config:
     "Everything that defines a Mask R-CNN; `build_model(cfg)` turns it into modules."
     name: str = "R_50_FPN"
-    num_classes: int = 91              # classes including background (COCO: 80 used ids in 1..90, torchvision keeps 91 slots)
+    num_classes: int = 91              # classes including background (COCO: 80 used ids in 1..90, torchvision
+                                       # keeps 91 slots)
     # backbone (§3 "Network Architecture")
     depth: int = 50                    # ResNet depth: 50, 101 or 152
     blocks: tuple | None = None        # blocks per stage; overrides `depth` (small CPU trunks)
@@ -52,24 +54,28 @@ class Config:
     max_size: int = 1333               # cap on the longer side
     pixel_norm: Literal["pytorch", "caffe"] = "pytorch"  # 'pytorch' (torchvision weights) or 'caffe' (MSRA weights)
     size_divisibility: int = 32        # batches are padded to a multiple of this
-    channels_last: bool = True         # run the convolutions on channels-last tensors (faster on CPUs; our RoI kernels read them without copies)
+    channels_last: bool = True         # run the convolutions on channels-last tensors (faster on CPUs; our RoI
+                                       # kernels read them without copies)
     # RPN (§3.1; FPN: one anchor scale per level, C4/C5: all scales on one map)
     anchor_sizes: tuple = (32, 64, 128, 256, 512)
     aspect_ratios: tuple = (0.5, 1.0, 2.0)
     rpn_pre_nms_top_n: tuple = (2000, 1000)   # per level: (train, test)
-    rpn_post_nms_top_n: tuple = (2000, 1000)  # per image: (train, test); the paper: 1000 proposals at test for FPN, 300 for C4
+    rpn_post_nms_top_n: tuple = (2000, 1000)  # per image: (train, test); the paper: 1000 proposals at test for
+                                              # FPN, 300 for C4
     rpn_nms: float = 0.7
     rpn_batch_size: int = 256
     rpn_positive_fraction: float = 0.5
-    rpn: Literal["joint", "separate", "only"] = "joint"  # 'joint': the RPN shares the backbone and trains with the heads (§3.1); 'separate': no RPN, the
-                                       # heads take fixed proposals given with each image (§4.2's ablations); 'only': the RPN alone
+    # 'joint': the RPN shares the backbone and trains with the heads (§3.1); 'separate': no RPN, the heads take
+    # fixed proposals given with each image (§4.2's ablations); 'only': the RPN alone
+    rpn: Literal["joint", "separate", "only"] = "joint"
     # RoI layers (§3 "RoIAlign"; Tables 2c, 2d, 6): 'align', 'pool' or 'warp' for each head
     box_roi: Literal["align", "pool", "warp"] = "align"
     mask_roi: Literal["align", "pool", "warp"] = "align"
     keypoint_roi: Literal["align", "pool", "warp"] = "align"
     roi_mode: Literal["avg", "max"] = "avg"  # aggregation of 'align' and 'warp': 'avg' or 'max'
     roi_sampling_ratio: int = 2        # samples per bin side (the paper: 4 points per bin)
-    roi_aligned: bool = False          # half-pixel offset in RoIAlign and exact mask pasting; False as torchvision's weights (True is more exact)
+    roi_aligned: bool = False          # half-pixel offset in RoIAlign and exact mask pasting; False as
+                                       # torchvision's weights (True is more exact)
     # box branch (§3.1)
     box_resolution: int = 7            # pooled size (C4: 14, then res5 with stride 2)
     box_head_dim: int = 1024           # fc width of the FPN/C5 head
@@ -80,13 +86,15 @@ class Config:
     detections_per_img: int = 100
     # mask branch (§3 "Mask Representation"; Tables 2b, 2e)
     mask: bool = True                  # False: Faster R-CNN (Table 3)
-    mask_head: Literal["fcn", "mlp2", "mlp3"] = "fcn"  # 'fcn' (4 convs), 'mlp2' (fc 1024-1024) or 'mlp3' (fc 1024-1024-1024) -- Table 2e
+    mask_head: Literal["fcn", "mlp2", "mlp3"] = "fcn"  # 'fcn' (4 convs), 'mlp2' (fc 1024-1024) or 'mlp3'
+                                                       # (fc 1024-1024-1024) -- Table 2e
     mask_resolution: int = 14          # pooled size; masks come out at twice this (28; C4: 14)
     mask_convs: int = 4
     mask_dim: int = 256
     mask_loss: Literal["sigmoid", "softmax"] = "sigmoid"  # 'sigmoid' (the paper) or 'softmax' (multinomial, Table 2b)
     mask_agnostic: bool = False        # one mask for all classes (§4.2)
-    mask_threshold: float | None = 0.5  # pasted masks binarized at this probability (§3.1, inference: 0.5); None keeps probabilities (torchvision's output)
+    mask_threshold: float | None = 0.5  # pasted masks binarized at this probability (§3.1, inference: 0.5);
+                                        # None keeps probabilities (torchvision's output)
     # keypoint branch (§5)
     keypoints: bool = False
     num_keypoints: int = 17
@@ -101,7 +109,8 @@ class Config:
     max_iter: int = 160_000            # the paper's COCO schedule: 160k iterations ...
     lr_steps: tuple = (120_000,)       # ... learning rate / 10 at 120k
     lr_gamma: float = 0.1
-    warmup_iters: int = 1000           # linear warmup from warmup_factor x lr (not in the paper; Detectron, torchvision)
+    warmup_iters: int = 1000           # linear warmup from warmup_factor x lr (not in the paper; Detectron,
+                                       # torchvision)
     warmup_factor: float = 0.001
     amp: Literal["bf16", "fp16"] | None = None  # mixed precision: None, 'bf16' (CPU or GPU) or 'fp16' (GPU)
     clip_grad_norm: float | None = None  # clip the gradients' global norm (not in the paper)
@@ -118,10 +127,11 @@ class Config:
         if bad: raise UserInputError(f"unknown config key(s) {bad}; valid keys: {sorted(valid)}")
         return dataclasses.replace(self, **changes)
 
-# %% ../nbs/11_model.ipynb #96b18c0e
+# %% ../nbs/11_model.ipynb #ea6b34de
 @functools.cache
 def _field_types() -> dict: return get_type_hints(Config)
 
+# %% ../nbs/11_model.ipynb #f3b2beed
 def _allowed(value, hint) -> tuple:
     "(whether `value` fits type `hint`, the type in words) for the types of `Config`'s fields."
     origin = get_origin(hint)
@@ -136,28 +146,43 @@ def _allowed(value, hint) -> tuple:
     if hint is tuple: return isinstance(value, tuple), "a tuple, e.g. (1, 2)"
     return isinstance(value, hint), hint.__name__
 
-_AT_LEAST_ONE = ("max_iter", "ims_per_batch", "checkpoint_period", "rpn_batch_size", "box_batch_size", "detections_per_img",
-                 "box_resolution", "mask_resolution", "keypoint_resolution")
-_NOT_NEGATIVE = ("warmup_iters", "eval_period", "trainable_layers", "roi_sampling_ratio", "mask_convs", "keypoint_convs")
+# %% ../nbs/11_model.ipynb #d84f5eda
+def _check_field(cfg: Config, name: str) -> None:
+    "Refuse field `name` of `cfg` if its value is not of its type (or not one of its choices); a list becomes a tuple."
+    value = getattr(cfg, name)
+    if isinstance(value, list):
+        value = tuple(value)
+        setattr(cfg, name, value)
+    ok, want = _allowed(value, _field_types()[name])
+    if not ok: raise UserInputError(f"config {name}={value!r}: expected {want}")
 
-def check_config(cfg: Config) -> None:
-    "Refuse a field whose value is not of its type (or not one of its choices), naming the key, the value and what it may be."
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        if isinstance(value, list):
-            value = tuple(value)
-            setattr(cfg, f.name, value)
-        ok, want = _allowed(value, _field_types()[f.name])
-        if not ok: raise UserInputError(f"config {f.name}={value!r}: expected {want}")
-    if cfg.num_classes < 2: raise UserInputError(f"config num_classes={cfg.num_classes}: expected at least 2 (the background counts too)")
+# %% ../nbs/11_model.ipynb #77f4a201
+_AT_LEAST_ONE = ("max_iter", "ims_per_batch", "checkpoint_period", "rpn_batch_size", "box_batch_size",
+                 "detections_per_img", "box_resolution", "mask_resolution", "keypoint_resolution")
+_NOT_NEGATIVE = ("warmup_iters", "eval_period", "trainable_layers", "roi_sampling_ratio", "mask_convs",
+                 "keypoint_convs")
+
+# %% ../nbs/11_model.ipynb #4bbba8d6
+def _check_ranges(cfg: Config) -> None:
+    "Refuse a value out of its range: counts, periods, the learning rate, the ResNet depth."
+    if cfg.num_classes < 2:
+        raise UserInputError(f"config num_classes={cfg.num_classes}: expected at least 2 (the background counts too)")
     for k in _AT_LEAST_ONE + _NOT_NEGATIVE:
         low = 1 if k in _AT_LEAST_ONE else 0
         if getattr(cfg, k) < low: raise UserInputError(f"config {k}={getattr(cfg, k)!r}: expected at least {low}")
     if not cfg.base_lr > 0: raise UserInputError(f"config base_lr={cfg.base_lr!r}: expected a positive learning rate")
     if cfg.blocks is None and not RESNET_BLOCKS.get(cfg.depth):
-        raise UserInputError(f"config depth={cfg.depth}: expected one of {[d for d, b in RESNET_BLOCKS.items() if b]}, or blocks per stage")
+        depths = [d for d, b in RESNET_BLOCKS.items() if b]
+        raise UserInputError(f"config depth={cfg.depth}: expected one of {depths}, or blocks per stage")
 
-# %% ../nbs/11_model.ipynb #43505d97
+# %% ../nbs/11_model.ipynb #8219b0aa
+def check_config(cfg: Config) -> None:
+    """Refuse a field whose value is not of its type (or not one of its choices), naming the key, the value and
+    what it may be."""
+    for f in fields(cfg): _check_field(cfg, f.name)
+    _check_ranges(cfg)
+
+# %% ../nbs/11_model.ipynb #211aac93
 _TINY = dict(blocks=(1, 1, 1, 1), stem_width=16, base_planes=16, fpn_channels=64, min_size=(128,), max_size=224,
              anchor_sizes=(8, 16, 32, 64, 128), rpn_pre_nms_top_n=(600, 300), rpn_post_nms_top_n=(300, 100),
              rpn_batch_size=128, box_head_dim=256, box_batch_size=128, mask_dim=64, keypoint_dim=64, keypoint_convs=4,
@@ -167,6 +192,7 @@ _TINY = dict(blocks=(1, 1, 1, 1), stem_width=16, base_planes=16, fpn_channels=64
              ims_per_batch=4, base_lr=0.08, max_iter=3000, lr_steps=(2400,), warmup_iters=100, checkpoint_period=500)
 _KP_SCHEDULE = dict(max_iter=90_000, lr_steps=(60_000, 80_000))   # §5: 90k iterations, lr / 10 at 60k and 80k
 
+# %% ../nbs/11_model.ipynb #f47ceda4
 PRESETS = {
     "R_50_FPN": Config(),
     "R_101_FPN": Config(name="R_101_FPN", depth=101),
@@ -174,26 +200,35 @@ PRESETS = {
     "R_50_C4": Config(name="R_50_C4", features="C4", box_resolution=14, mask_resolution=14, box_batch_size=64,
                       rpn_pre_nms_top_n=(12000, 6000), rpn_post_nms_top_n=(2000, 300)),
     "R_50_C5": Config(name="R_50_C5", features="C5", rpn_pre_nms_top_n=(12000, 6000), rpn_post_nms_top_n=(2000, 1000)),
-    "KP_R_50_FPN": Config(name="KP_R_50_FPN", num_classes=2, mask=False, keypoints=True, min_size=(640, 672, 704, 736, 768, 800), **_KP_SCHEDULE),
-    "MASK_KP_R_50_FPN": Config(name="MASK_KP_R_50_FPN", num_classes=2, mask=True, keypoints=True, min_size=(640, 672, 704, 736, 768, 800), **_KP_SCHEDULE),
+    "KP_R_50_FPN": Config(name="KP_R_50_FPN", num_classes=2, mask=False, keypoints=True,
+                          min_size=(640, 672, 704, 736, 768, 800), **_KP_SCHEDULE),
+    "MASK_KP_R_50_FPN": Config(name="MASK_KP_R_50_FPN", num_classes=2, mask=True, keypoints=True,
+                               min_size=(640, 672, 704, 736, 768, 800), **_KP_SCHEDULE),
     "TINY_FPN": Config(name="TINY_FPN", **_TINY),
-    # single-level models sample 1/8 of FPN's RoIs per image, as the paper (§3.1: 64 for C4, 512 for FPN); the res5 head is costly
-    "TINY_C4": Config(name="TINY_C4", **{**_TINY, "features": "C4", "box_resolution": 14, "mask_resolution": 14, "box_batch_size": 16}),
+    # single-level models sample 1/8 of FPN's RoIs per image, as the paper (§3.1: 64 for C4, 512 for FPN);
+    # the res5 head is costly
+    "TINY_C4": Config(name="TINY_C4", **{**_TINY, "features": "C4", "box_resolution": 14, "mask_resolution": 14,
+                                         "box_batch_size": 16}),
     "TINY_C5": Config(name="TINY_C5", **{**_TINY, "features": "C5", "box_batch_size": 16}),
     "TINY_KP_FPN": Config(name="TINY_KP_FPN", **{**_TINY, "num_classes": 2, "keypoints": True, "num_keypoints": 14}),
 }
 
+# %% ../nbs/11_model.ipynb #944d1ce4
 def get_config(name: str, **changes) -> Config:
     "A copy of preset `name` with `changes` applied; unknown names and keys are refused with the valid choices."
     if name not in PRESETS: raise UserInputError(f"unknown config {name!r}; choose from {sorted(PRESETS)}")
     return PRESETS[name].replace(**changes)
 
-# %% ../nbs/11_model.ipynb #6d6e90b9
-_MEAN_STD = {"pytorch": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False),                # RGB, 0-1 (torchvision)
-             "caffe": ((103.53 / 255, 116.28 / 255, 123.675 / 255), (1 / 255,) * 3, True)}   # BGR, 0-255, mean only (MSRA, detectron2)
+# %% ../nbs/11_model.ipynb #ab2bd2bf
+# (mean, std, whether to flip RGB to BGR) of each `pixel_norm`, on images scaled to 0-1:
+# 'pytorch': RGB, 0-1 (torchvision); 'caffe': BGR, 0-255, mean only (MSRA, detectron2)
+_MEAN_STD = {"pytorch": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False),
+             "caffe": ((103.53 / 255, 116.28 / 255, 123.675 / 255), (1 / 255,) * 3, True)}
 
+# %% ../nbs/11_model.ipynb #bdc58542
 def rescale_target(target: dict, size, new_size) -> dict:
-    "A copy of `target` with its boxes, proposals and keypoints moved from an image of `size` (h, w) to one of `new_size`."
+    """A copy of `target` with its boxes, proposals and keypoints moved from an image of `size` (h, w) to one of
+    `new_size`."""
     f32 = lambda v: torch.tensor(v, dtype=torch.float32)
     ry, rx = f32(new_size[0]) / f32(size[0]), f32(new_size[1]) / f32(size[1])
     t = dict(target)
@@ -206,14 +241,18 @@ def rescale_target(target: dict, size, new_size) -> dict:
         t["keypoints"] = k
     return t
 
+# %% ../nbs/11_model.ipynb #6b3b9ac9
 class Transform(nn.Module):
-    "Normalize, resize (shorter side to `min_size`, longer at most `max_size`) and pad a list of images and their targets."
+    """Normalize, resize (shorter side to `min_size`, longer at most `max_size`) and pad a list of images and their
+    targets."""
     def __init__(self, min_size=(800,), max_size: int = 1333, pixel_norm: str = "pytorch", size_divisibility: int = 32,
                  mask_threshold: float | None = 0.5, paste_aligned: bool = False):
         super().__init__()
-        if pixel_norm not in _MEAN_STD: raise UserInputError(f"unknown pixel_norm {pixel_norm!r}; choose from {sorted(_MEAN_STD)}")
-        self.min_size, self.max_size, self.pixel_norm, self.size_divisibility = tuple(min_size), max_size, pixel_norm, size_divisibility
-        self.mask_threshold, self.paste_aligned = mask_threshold, paste_aligned
+        if pixel_norm not in _MEAN_STD:
+            raise UserInputError(f"unknown pixel_norm {pixel_norm!r}; choose from {sorted(_MEAN_STD)}")
+        self.min_size, self.max_size, self.pixel_norm = tuple(min_size), max_size, pixel_norm
+        self.size_divisibility, self.mask_threshold = size_divisibility, mask_threshold
+        self.paste_aligned = paste_aligned
 
     def normalize(self, image: Tensor) -> Tensor:
         if image.dtype == torch.uint8: image = image.float() / 255
@@ -223,13 +262,16 @@ class Transform(nn.Module):
 
     def resize(self, image: Tensor, target: dict | None):
         h, w = image.shape[-2:]
-        size = self.min_size[int(torch.empty(1).uniform_(0.0, float(len(self.min_size))).item())] if self.training else self.min_size[-1]
+        if self.training: size = self.min_size[int(torch.empty(1).uniform_(0.0, float(len(self.min_size))).item())]
+        else: size = self.min_size[-1]
         scale = min(size / min(h, w), self.max_size / max(h, w))
-        image = F.interpolate(image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False)[0]
+        image = F.interpolate(image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True,
+                              align_corners=False)[0]
         if target is None: return image, None
         t = rescale_target(target, (h, w), image.shape[-2:])
         if "masks" in t:
-            t["masks"] = F.interpolate(t["masks"][:, None].float(), scale_factor=scale, recompute_scale_factor=True)[:, 0].byte()
+            masks = F.interpolate(t["masks"][:, None].float(), scale_factor=scale, recompute_scale_factor=True)
+            t["masks"] = masks[:, 0].byte()
         return image, t
 
     def forward(self, images: list, targets: list | None = None):
@@ -243,46 +285,77 @@ class Transform(nn.Module):
         return pad_images(out_images, self.size_divisibility), (None if targets is None else out_targets)
 
     def postprocess(self, detections: list, image_sizes: list, original_sizes: list) -> list:
-        "Boxes, masks (uint8 0/1, or probabilities when `mask_threshold` is None) and keypoints in the original image's pixels."
+        """Boxes, masks (uint8 0/1, or probabilities when `mask_threshold` is None) and keypoints in the original
+        image's pixels."""
         for d, size, (oh, ow) in zip(detections, image_sizes, original_sizes):
             d.update(rescale_target(d, size, (oh, ow)))
-            if "masks" in d: d["masks"] = paste_masks(d["masks"], d["boxes"], oh, ow, threshold=self.mask_threshold, aligned=self.paste_aligned)
+            if "masks" in d:
+                d["masks"] = paste_masks(d["masks"], d["boxes"], oh, ow, threshold=self.mask_threshold,
+                                         aligned=self.paste_aligned)
         return detections
 
-    def extra_repr(self): return f"min_size={self.min_size}, max_size={self.max_size}, pixel_norm={self.pixel_norm!r}, mask_threshold={self.mask_threshold}"
+    def extra_repr(self):
+        return (f"min_size={self.min_size}, max_size={self.max_size}, pixel_norm={self.pixel_norm!r}, "
+                f"mask_threshold={self.mask_threshold}")
 
-# %% ../nbs/11_model.ipynb #1df908c2
+# %% ../nbs/11_model.ipynb #9d5a065b
+def _check_image(i: int, im) -> None:
+    "Refuse `images[i]` unless it is a non-empty (3, H, W) tensor, uint8 or floating point."
+    if not isinstance(im, Tensor) or im.ndim != 3 or im.shape[0] != 3:
+        shape = tuple(getattr(im, 'shape', ()))
+        raise ValueError(f"images[{i}] must be a (3, H, W) tensor, got {type(im).__name__} of shape {shape}")
+    if not (im.dtype == torch.uint8 or im.is_floating_point()):
+        raise TypeError(f"images[{i}] must be uint8 (0-255) or floating point (0-1), got {im.dtype}")
+    if min(im.shape[-2:]) < 1: raise ValueError(f"images[{i}] is empty: shape {tuple(im.shape)}")
+
+# %% ../nbs/11_model.ipynb #71b8caa4
+def _check_target(i: int, t: dict, num_classes: int | None) -> None:
+    "Refuse `targets[i]` without 'boxes' (N, 4) and 'labels', or with labels outside 1..num_classes - 1."
+    if "boxes" not in t or "labels" not in t:
+        raise ValueError(f"targets[{i}] needs 'boxes' and 'labels', got keys {sorted(t)}")
+    b, labels = t["boxes"], t["labels"]
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise ValueError(f"targets[{i}]['boxes'] must be (N, 4) xyxy, got {tuple(b.shape)}")
+    if num_classes is not None and len(labels) and (labels.min() < 1 or labels.max() >= num_classes):
+        raise ValueError(f"targets[{i}]['labels'] must be in 1..{num_classes - 1} for a model with "
+                         f"num_classes={num_classes} (background included), "
+                         f"got {labels.min().item()}..{labels.max().item()}")
+
+# %% ../nbs/11_model.ipynb #bd3d2c9d
 def check_images(images, targets=None, num_classes: int | None = None):
     "Refuse inputs the model cannot take, with a message that says what is wrong."
     if isinstance(images, Tensor) and images.ndim == 4: images = list(images)
-    if not isinstance(images, (list, tuple)) or not images: raise ValueError("images must be a non-empty list of (3, H, W) tensors")
-    for i, im in enumerate(images):
-        if not isinstance(im, Tensor) or im.ndim != 3 or im.shape[0] != 3:
-            raise ValueError(f"images[{i}] must be a (3, H, W) tensor, got {type(im).__name__} of shape {tuple(getattr(im, 'shape', ()))}")
-        if not (im.dtype == torch.uint8 or im.is_floating_point()):
-            raise TypeError(f"images[{i}] must be uint8 (0-255) or floating point (0-1), got {im.dtype}")
-        if min(im.shape[-2:]) < 1: raise ValueError(f"images[{i}] is empty: shape {tuple(im.shape)}")
+    if not isinstance(images, (list, tuple)) or not images:
+        raise ValueError("images must be a non-empty list of (3, H, W) tensors")
+    for i, im in enumerate(images): _check_image(i, im)
     if targets is not None:
         if len(targets) != len(images): raise ValueError(f"{len(images)} images but {len(targets)} targets")
-        for i, t in enumerate(targets):
-            if "boxes" not in t or "labels" not in t: raise ValueError(f"targets[{i}] needs 'boxes' and 'labels', got keys {sorted(t)}")
-            b = t["boxes"]
-            if b.ndim != 2 or b.shape[1] != 4: raise ValueError(f"targets[{i}]['boxes'] must be (N, 4) xyxy, got {tuple(b.shape)}")
-            if num_classes is not None and len(t["labels"]) and (t["labels"].min() < 1 or t["labels"].max() >= num_classes):
-                raise ValueError(f"targets[{i}]['labels'] must be in 1..{num_classes - 1} for a model with num_classes={num_classes} "
-                                 f"(background included), got {t['labels'].min().item()}..{t['labels'].max().item()}")
+        for i, t in enumerate(targets): _check_target(i, t, num_classes)
     return list(images)
 
+# %% ../nbs/11_model.ipynb #932a2354
+def _positive_rois(sampled: dict) -> tuple:
+    "`(boxes, labels, matched_idxs)` per image of the sampled RoIs with a class (label > 0)."
+    pos = [torch.where(l > 0)[0] for l in sampled["labels"]]
+    boxes = [p[i] for p, i in zip(sampled["proposals"], pos)]
+    labels = [l[i] for l, i in zip(sampled["labels"], pos)]
+    matched = [m[i] for m, i in zip(sampled["matched_idxs"], pos)]
+    return boxes, labels, matched
+
+# %% ../nbs/11_model.ipynb #ea6dbf9e
 class MaskRCNN(nn.Module):
     "Mask R-CNN: transform -> backbone -> RPN -> box branch -> mask / keypoint branches -> postprocess."
-    def __init__(self, transform: Transform, backbone: nn.Module, rpn: RPN, box: BoxBranch, mask: MaskBranch | None = None,
-                 keypoint: KeypointBranch | None = None, roi_levels: int = 4, num_classes: int = 91, channels_last: bool = True):
+    def __init__(self, transform: Transform, backbone: nn.Module, rpn: RPN, box: BoxBranch,
+                 mask: MaskBranch | None = None, keypoint: KeypointBranch | None = None, roi_levels: int = 4,
+                 num_classes: int = 91, channels_last: bool = True):
         super().__init__()
-        self.transform, self.backbone, self.rpn, self.box, self.mask, self.keypoint = transform, backbone, rpn, box, mask, keypoint
+        self.transform, self.backbone, self.rpn = transform, backbone, rpn
+        self.box, self.mask, self.keypoint = box, mask, keypoint
         self.roi_levels, self.num_classes, self.channels_last = roi_levels, num_classes, channels_last
 
     def for_inference(self) -> "MaskRCNN":
-        "A copy in eval mode with frozen BN folded into the convolutions: same outputs (to rounding), one pass less per conv."
+        """A copy in eval mode with frozen BN folded into the convolutions: same outputs (to rounding), one pass
+        less per conv."""
         import copy
         return fold_frozen_bn(copy.deepcopy(self)).eval()
 
@@ -291,10 +364,12 @@ class MaskRCNN(nn.Module):
         if self.training and targets is None: raise ValueError("in training mode the model needs targets")
         images = check_images(images, targets if self.training else None, self.num_classes)
         original_sizes = [tuple(im.shape[-2:]) for im in images]
-        batch, targets = self.transform(images, targets)   # at inference only a model without an RPN reads them (its proposals)
+        # at inference only a model without an RPN reads the targets (its proposals)
+        batch, targets = self.transform(images, targets)
         x = batch.tensors.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.tensors
         features = self.backbone(x)
-        if torch.is_autocast_enabled(x.device.type):   # mixed precision covers the backbone; heads, NMS and RoI kernels run in float32
+        # mixed precision covers the backbone; heads, NMS and RoI kernels run in float32
+        if torch.is_autocast_enabled(x.device.type):
             with torch.autocast(x.device.type, enabled=False):
                 return self.heads(batch, [f.float() for f in features], targets, original_sizes)
         return self.heads(batch, features, targets, original_sizes)
@@ -302,27 +377,77 @@ class MaskRCNN(nn.Module):
     def heads(self, batch, features: list, targets: list | None, original_sizes: list):
         "RPN -> box branch -> mask / keypoint branches (-> postprocess in eval) on the backbone's `features`."
         proposals, losses = self.rpn(batch, features, targets)
-        if self.box is None:   # the RPN alone (`rpn='only'`): its losses, or its proposals in the original image's pixels
-            return losses if self.training else self.transform.postprocess([dict(boxes=p) for p in proposals], batch.image_sizes, original_sizes)
+        if self.box is None:   # the RPN alone (`rpn='only'`): its losses, or its proposals in the original pixels
+            if self.training: return losses
+            return self.transform.postprocess([dict(boxes=p) for p in proposals], batch.image_sizes, original_sizes)
         roi_features = features[:self.roi_levels]
         detections, sampled = self.box(roi_features, proposals, batch.image_sizes, targets)
         if self.training:
             losses.update(detections)
-            pos = [torch.where(l > 0)[0] for l in sampled["labels"]]
-            boxes = [p[i] for p, i in zip(sampled["proposals"], pos)]
-            labels = [l[i] for l, i in zip(sampled["labels"], pos)]
-            matched = [m[i] for m, i in zip(sampled["matched_idxs"], pos)]
+            boxes, labels, matched = _positive_rois(sampled)
             if self.mask is not None: losses.update(self.mask(roi_features, boxes, labels, targets, matched))
             if self.keypoint is not None: losses.update(self.keypoint(roi_features, boxes, targets, matched))
             return losses
         boxes = [d["boxes"] for d in detections]
         if self.mask is not None:
-            for d, m in zip(detections, self.mask(roi_features, boxes, [d["labels"] for d in detections])): d["masks"] = m
+            masks = self.mask(roi_features, boxes, [d["labels"] for d in detections])
+            for d, m in zip(detections, masks): d["masks"] = m
         if self.keypoint is not None:
-            for d, (k, s) in zip(detections, self.keypoint(roi_features, boxes)): d["keypoints"], d["keypoints_scores"] = k, s
+            for d, (k, s) in zip(detections, self.keypoint(roi_features, boxes)):
+                d["keypoints"], d["keypoints_scores"] = k, s
         return self.transform.postprocess(detections, batch.image_sizes, original_sizes)
 
-# %% ../nbs/11_model.ipynb #7fcde422
+# %% ../nbs/11_model.ipynb #cf1fdd72
+def _pooler(cfg: Config, strides, resolution: int, layer: str) -> MultiScaleRoIPool:
+    return MultiScaleRoIPool(strides, resolution, layer, cfg.roi_sampling_ratio, cfg.roi_aligned, cfg.roi_mode)
+
+# %% ../nbs/11_model.ipynb #e4ac5b70
+def _rpn(cfg: Config, channels: int, anchors: AnchorGenerator) -> nn.Module:
+    "The RPN of `cfg`, or its stand-in when the proposals come with each image (`rpn='separate'`)."
+    if cfg.rpn == "separate": return GivenProposals()
+    return RPN(RPNHead(channels, anchors.num_anchors_per_location()[0]), anchors, cfg.rpn_pre_nms_top_n,
+               cfg.rpn_post_nms_top_n, cfg.rpn_nms, batch_size_per_image=cfg.rpn_batch_size,
+               positive_fraction=cfg.rpn_positive_fraction)
+
+# %% ../nbs/11_model.ipynb #fb2c4aff
+def _trunk_args(cfg: Config) -> dict:
+    "The arguments of the config's `ResNet` (blocks per stage from `depth`, unless `blocks` says)."
+    blocks = cfg.blocks or RESNET_BLOCKS[cfg.depth]
+    return dict(blocks=tuple(blocks), groups=cfg.groups, width_per_group=cfg.width_per_group,
+                stem_width=cfg.stem_width, base_planes=cfg.base_planes, norm=cfg.norm, stride_in_1x1=cfg.stride_in_1x1)
+
+# %% ../nbs/11_model.ipynb #f0ffd702
+def _backbone(cfg: Config, trunk: dict) -> nn.Module:
+    "The trunk, frozen below `trainable_layers`, and FPN on it, or its last stage alone: res4 (C4) or res5 (C5)."
+    if cfg.features == "FPN": return FPNBackbone(freeze_trunk(ResNet(**trunk), cfg.trainable_layers), cfg.fpn_channels)
+    body = ResNet(**trunk, num_stages=3 if cfg.features == "C4" else 4)
+    return SingleLevelBackbone(freeze_trunk(body, min(cfg.trainable_layers, 4 if cfg.features == "C4" else 5)))
+
+# %% ../nbs/11_model.ipynb #67cd4234
+def _anchors(cfg: Config) -> AnchorGenerator:
+    "FPN: one anchor size per level; C4 and C5: every size on the one map. Each with all the aspect ratios."
+    ratios = tuple(cfg.aspect_ratios)
+    if cfg.features == "FPN":
+        return AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), (ratios,) * len(cfg.anchor_sizes))
+    return AnchorGenerator((tuple(cfg.anchor_sizes),), (ratios,))
+
+# %% ../nbs/11_model.ipynb #9596a2f5
+def _roi_inputs(cfg: Config, backbone: nn.Module) -> tuple:
+    "(strides, number of levels, channels) of the features the RoI heads pool from: FPN's P2-P5, or the one map."
+    if cfg.features == "FPN": return backbone.strides[:4], 4, cfg.fpn_channels
+    return backbone.strides, 1, backbone.out_channels
+
+# %% ../nbs/11_model.ipynb #49b44a91
+def _box_branch(cfg: Config, trunk: dict, strides, channels: int) -> BoxBranch:
+    "The box branch: res5 (C4) or two fc layers (FPN, C5) on the pooled RoIs, then class scores and box deltas."
+    head = res5_head(**trunk) if cfg.features == "C4" else TwoMLPHead(channels, cfg.box_resolution, cfg.box_head_dim)
+    return BoxBranch(_pooler(cfg, strides, cfg.box_resolution, cfg.box_roi), head,
+                     FastRCNNPredictor(head.out_features, cfg.num_classes),
+                     batch_size_per_image=cfg.box_batch_size, positive_fraction=cfg.box_positive_fraction,
+                     score_thresh=cfg.box_score_thresh, nms_thresh=cfg.box_nms,
+                     detections_per_img=cfg.detections_per_img)
+
+# %% ../nbs/11_model.ipynb #b1a5cc93
 class SharedRes5(nn.Module):
     "The box head's res5, reused by the C4 mask branch: returns the 7x7 feature map (not registered twice)."
     def __init__(self, res5: Res5Head):
@@ -330,60 +455,50 @@ class SharedRes5(nn.Module):
         self._res5 = [res5]
     def forward(self, x: Tensor) -> Tensor: return self._res5[0].layer4(x)
 
-def _pooler(cfg: Config, strides, resolution: int, layer: str) -> MultiScaleRoIPool:
-    return MultiScaleRoIPool(strides, resolution, layer, cfg.roi_sampling_ratio, cfg.roi_aligned, cfg.roi_mode)
+# %% ../nbs/11_model.ipynb #82dbb959
+def _mask_head(cfg: Config, channels: int, num_masks: int, box_head: nn.Module) -> tuple:
+    "(head, predictor) of the mask branch: an MLP (Table 2e), res5 shared with the C4 box head, or the FCN (Figure 4)."
+    if cfg.mask_head != "fcn":
+        hidden = (1024, 1024) if cfg.mask_head == "mlp2" else (1024, 1024, 1024)
+        return MLPMaskHead(channels, cfg.mask_resolution, num_masks, hidden, 2 * cfg.mask_resolution), None
+    if cfg.features == "C4":
+        return SharedRes5(box_head), MaskPredictor(box_head.out_features, cfg.mask_dim, num_masks)
+    head = FCNMaskHead(channels, cfg.mask_convs, cfg.mask_dim)
+    return head, MaskPredictor(cfg.mask_dim, cfg.mask_dim, num_masks)
 
-def _rpn(cfg: Config, channels: int, anchors: AnchorGenerator) -> nn.Module:
-    "The RPN of `cfg`, or its stand-in when the proposals come with each image (`rpn='separate'`)."
-    if cfg.rpn == "separate": return GivenProposals()
-    return RPN(RPNHead(channels, anchors.num_anchors_per_location()[0]), anchors, cfg.rpn_pre_nms_top_n, cfg.rpn_post_nms_top_n,
-               cfg.rpn_nms, batch_size_per_image=cfg.rpn_batch_size, positive_fraction=cfg.rpn_positive_fraction)
+# %% ../nbs/11_model.ipynb #51a48601
+def _mask_branch(cfg: Config, strides, channels: int, box_head: nn.Module) -> MaskBranch:
+    "The mask branch: one mask per class, or class-agnostic (one logit map, two for softmax, §4.2)."
+    num_masks = (2 if cfg.mask_loss == "softmax" else 1) if cfg.mask_agnostic else cfg.num_classes
+    pooler = _pooler(cfg, strides, cfg.mask_resolution, cfg.mask_roi)
+    head, predictor = _mask_head(cfg, channels, num_masks, box_head)
+    return MaskBranch(pooler, head, predictor, cfg.mask_loss, cfg.mask_agnostic, cfg.roi_aligned)
 
+# %% ../nbs/11_model.ipynb #daf45a56
+def _keypoint_branch(cfg: Config, strides, channels: int) -> KeypointBranch:
+    "The keypoint branch (§5): a stack of convs, then one heatmap per keypoint."
+    head = KeypointHead(channels, cfg.keypoint_convs, cfg.keypoint_dim)
+    pooler = _pooler(cfg, strides, cfg.keypoint_resolution, cfg.keypoint_roi)
+    return KeypointBranch(pooler, head, KeypointPredictor(cfg.keypoint_dim, cfg.num_keypoints))
+
+# %% ../nbs/11_model.ipynb #cf608c42
 def build_model(cfg: Config) -> MaskRCNN:
     "Build the Mask R-CNN described by `cfg`."
-    blocks = cfg.blocks or RESNET_BLOCKS[cfg.depth]
-    trunk = dict(blocks=tuple(blocks), groups=cfg.groups, width_per_group=cfg.width_per_group, stem_width=cfg.stem_width,
-                 base_planes=cfg.base_planes, norm=cfg.norm, stride_in_1x1=cfg.stride_in_1x1)
+    trunk = _trunk_args(cfg)
+    backbone = _backbone(cfg, trunk)
+    rpn = _rpn(cfg, backbone.out_channels, _anchors(cfg))
+    transform = Transform(cfg.min_size, cfg.max_size, cfg.pixel_norm, cfg.size_divisibility, cfg.mask_threshold,
+                          paste_aligned=cfg.roi_aligned)
     K = cfg.num_classes
-    num_masks = (2 if cfg.mask_loss == "softmax" else 1) if cfg.mask_agnostic else K
-    if cfg.features == "FPN":
-        backbone = FPNBackbone(freeze_trunk(ResNet(**trunk), cfg.trainable_layers), cfg.fpn_channels)
-        anchors = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), (tuple(cfg.aspect_ratios),) * len(cfg.anchor_sizes))
-        roi_strides, roi_levels, C = backbone.strides[:4], 4, cfg.fpn_channels
-    else:
-        body = ResNet(**trunk, num_stages=3 if cfg.features == "C4" else 4)
-        backbone = SingleLevelBackbone(freeze_trunk(body, min(cfg.trainable_layers, 4 if cfg.features == "C4" else 5)))
-        anchors = AnchorGenerator((tuple(cfg.anchor_sizes),), (tuple(cfg.aspect_ratios),))
-        roi_strides, roi_levels, C = backbone.strides, 1, backbone.out_channels
-    rpn = _rpn(cfg, backbone.out_channels, anchors)
-    transform = Transform(cfg.min_size, cfg.max_size, cfg.pixel_norm, cfg.size_divisibility, cfg.mask_threshold, paste_aligned=cfg.roi_aligned)
-    if cfg.rpn == "only": return MaskRCNN(transform, backbone, rpn, None, num_classes=K, channels_last=cfg.channels_last)
-    if cfg.features == "C4":
-        box_head = res5_head(**trunk)
-    else:
-        box_head = TwoMLPHead(C, cfg.box_resolution, cfg.box_head_dim)
-    box = BoxBranch(_pooler(cfg, roi_strides, cfg.box_resolution, cfg.box_roi), box_head, FastRCNNPredictor(box_head.out_features, K),
-                    batch_size_per_image=cfg.box_batch_size, positive_fraction=cfg.box_positive_fraction,
-                    score_thresh=cfg.box_score_thresh, nms_thresh=cfg.box_nms, detections_per_img=cfg.detections_per_img)
-    mask = None
-    if cfg.mask:
-        pooler = _pooler(cfg, roi_strides, cfg.mask_resolution, cfg.mask_roi)
-        if cfg.mask_head != "fcn":
-            hidden = (1024, 1024) if cfg.mask_head == "mlp2" else (1024, 1024, 1024)
-            head, predictor = MLPMaskHead(C, cfg.mask_resolution, num_masks, hidden, 2 * cfg.mask_resolution), None
-        elif cfg.features == "C4":
-            head, predictor = SharedRes5(box_head), MaskPredictor(box_head.out_features, cfg.mask_dim, num_masks)
-        else:
-            head = FCNMaskHead(C, cfg.mask_convs, cfg.mask_dim)
-            predictor = MaskPredictor(cfg.mask_dim, cfg.mask_dim, num_masks)
-        mask = MaskBranch(pooler, head, predictor, cfg.mask_loss, cfg.mask_agnostic, cfg.roi_aligned)
-    keypoint = None
-    if cfg.keypoints:
-        kh = KeypointHead(C, cfg.keypoint_convs, cfg.keypoint_dim)
-        keypoint = KeypointBranch(_pooler(cfg, roi_strides, cfg.keypoint_resolution, cfg.keypoint_roi), kh, KeypointPredictor(cfg.keypoint_dim, cfg.num_keypoints))
-    return MaskRCNN(transform, backbone, rpn, box, mask, keypoint, roi_levels, K, cfg.channels_last)
+    if cfg.rpn == "only":
+        return MaskRCNN(transform, backbone, rpn, None, num_classes=K, channels_last=cfg.channels_last)
+    strides, levels, C = _roi_inputs(cfg, backbone)
+    box = _box_branch(cfg, trunk, strides, C)
+    mask = _mask_branch(cfg, strides, C, box.head) if cfg.mask else None
+    keypoint = _keypoint_branch(cfg, strides, C) if cfg.keypoints else None
+    return MaskRCNN(transform, backbone, rpn, box, mask, keypoint, levels, K, cfg.channels_last)
 
-# %% ../nbs/11_model.ipynb #344ed5b6
+# %% ../nbs/11_model.ipynb #4757b289
 def torchvision_to_ours(state_dict: dict) -> dict:
     "Rename a torchvision Mask / Keypoint R-CNN state dict (current or legacy names) to this model's names."
     out = {}
@@ -391,27 +506,24 @@ def torchvision_to_ours(state_dict: dict) -> dict:
         if k.endswith("num_batches_tracked"): continue
         k = (k.replace("roi_heads.box_head.", "box.head.").replace("roi_heads.box_predictor.", "box.predictor.")
                .replace("roi_heads.mask_head.", "mask.head.").replace("roi_heads.mask_predictor.", "mask.predictor.")
-               .replace("roi_heads.keypoint_head.", "keypoint.head.").replace("roi_heads.keypoint_predictor.", "keypoint.predictor."))
-        if k in ("rpn.head.conv.weight", "rpn.head.conv.bias"): k = k.replace("conv.", "conv.0.0.")          # legacy RPN conv
-        for part in ("inner_blocks", "layer_blocks"):                                                      # legacy FPN convs
+               .replace("roi_heads.keypoint_head.", "keypoint.head.")
+               .replace("roi_heads.keypoint_predictor.", "keypoint.predictor."))
+        if k in ("rpn.head.conv.weight", "rpn.head.conv.bias"): k = k.replace("conv.", "conv.0.0.")   # legacy RPN conv
+        for part in ("inner_blocks", "layer_blocks"):                                                # legacy FPN convs
             pre = f"backbone.fpn.{part}."
             if k.startswith(pre) and k[len(pre):].count(".") == 1:
                 i, t = k[len(pre):].split(".")
                 k = f"{pre}{i}.0.{t}"
-        if k.startswith("mask.head.mask_fcn"):                                                             # legacy mask head
+        if k.startswith("mask.head.mask_fcn"):                                                       # legacy mask head
             i, t = k[len("mask.head.mask_fcn"):].split(".")
             k = f"mask.head.{int(i) - 1}.0.{t}"
         out[k] = v
     return out
 
-def load_torchvision_weights(model: MaskRCNN, source) -> MaskRCNN:
-    "Load torchvision `maskrcnn_resnet50_fpn` / `keypointrcnn_resnet50_fpn` weights (a local file or a state dict) into `model`."
-    sd = load_state_dict_file(source) if not isinstance(source, dict) else source
-    return load_weights(model, torchvision_to_ours(sd), source=str(source) if not isinstance(source, dict) else "torchvision state dict")
-
+# %% ../nbs/11_model.ipynb #c79d0a11
 def torchvision_model(keypoints: bool = False, trainable_layers: int = 3, **kwargs):
-    """torchvision's R-50-FPN Mask R-CNN (or Keypoint R-CNN) built as for its COCO weights -- frozen BN, stem and stage 1
-    frozen -- but randomly initialized: the reference for parity and speed. (Asked for without weights,
+    """torchvision's R-50-FPN Mask R-CNN (or Keypoint R-CNN) built as for its COCO weights -- frozen BN, stem and
+    stage 1 frozen -- but randomly initialized: the reference for parity and speed. (Asked for without weights,
     `maskrcnn_resnet50_fpn` switches to trainable BatchNorm and trains every stage: a different model.)"""
     from torchvision.models import resnet50
     from torchvision.models.detection import KeypointRCNN
@@ -420,3 +532,11 @@ def torchvision_model(keypoints: bool = False, trainable_layers: int = 3, **kwar
     from torchvision.ops import FrozenBatchNorm2d as TorchvisionFrozenBN
     backbone = _resnet_fpn_extractor(resnet50(weights=None, norm_layer=TorchvisionFrozenBN), trainable_layers)
     return (KeypointRCNN if keypoints else TorchvisionMaskRCNN)(backbone, **kwargs)
+
+# %% ../nbs/11_model.ipynb #a736179a
+def load_torchvision_weights(model: MaskRCNN, source) -> MaskRCNN:
+    """Load torchvision `maskrcnn_resnet50_fpn` / `keypointrcnn_resnet50_fpn` weights (a local file or a state dict)
+    into `model`."""
+    sd = load_state_dict_file(source) if not isinstance(source, dict) else source
+    name = str(source) if not isinstance(source, dict) else "torchvision state dict"
+    return load_weights(model, torchvision_to_ours(sd), source=name)

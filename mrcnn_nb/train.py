@@ -19,44 +19,50 @@ import torch
 from torch import nn
 
 from .core import UserInputError, atomic_write, get_device, load_torch_file, seed_everything
-from .data import AddProposals, COCODataset, Compose, GroupedBatchSampler, RandomHorizontalFlip, aspect_ratio_groups
+from .data import (
+    AddProposals, COCODataset, Compose, GroupedBatchSampler, RandomHorizontalFlip, aspect_ratio_groups)
 from .model import Config, MaskRCNN, build_model, load_weights
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'with_schedule', 'lr_for', 'WarmupMultiStepLR', 'build_optimizer', 'TrainingBatches', 'SeededItems',
-           'BadItem', 'collate_lists', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint',
+__all__ = ['SCHEDULES', 'lr_for', 'with_schedule', 'WarmupMultiStepLR', 'build_optimizer', 'TrainingBatches', 'BadItem',
+           'SeededItems', 'collate_lists', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint',
            'config_from_checkpoint', 'model_from_checkpoint', 'setup_distributed', 'read_metrics', 'truncate_metrics',
-           'plot_metrics', 'load_splits', 'fit_config', 'Run', 'load_initial_weights', 'prepare_run', 'resume_run',
+           'plot_metrics', 'load_splits', 'fit_config', 'Run', 'load_initial_weights', 'resume_run', 'prepare_run',
            'training_loader', 'train_step', 'LogMetrics', 'SaveCheckpoints', 'validation_loss', 'evaluate_run',
            'EvaluateEvery', 'fit', 'train']
 
-# %% ../nbs/12_train.ipynb #3243e43c
+# %% ../nbs/12_train.ipynb #ca2b0c47
 SCHEDULES = {
     "paper": dict(max_iter=160_000, lr_steps=(120_000,)),          # §3.1: 0.02, ÷10 at 120k, 160k iterations
     "1x": dict(max_iter=90_000, lr_steps=(60_000, 80_000)),         # Detectron's 1x; the paper's keypoint schedule (§5)
     "2x": dict(max_iter=180_000, lr_steps=(120_000, 160_000)),
 }
 
+# %% ../nbs/12_train.ipynb #4e834560
+def lr_for(cfg: Config) -> float:
+    "The learning rate at `cfg.ims_per_batch` images per iteration: `base_lr` is for 16 (linear scaling rule)."
+    return cfg.base_lr * cfg.ims_per_batch / 16
+
+# %% ../nbs/12_train.ipynb #0eefc5e7
 def with_schedule(cfg: Config, name: str | None = None, ims_per_batch: int | None = None) -> Config:
-    """`cfg` with schedule `name` (iterations at 16 images per batch) and/or batch size `ims_per_batch`: iterations, steps
-    and warmup are scaled by 16 / batch; the learning rate follows the batch at optimizer time (`lr_for`)."""
-    if name is not None and name not in SCHEDULES: raise UserInputError(f"unknown schedule {name!r}; choose from {sorted(SCHEDULES)}")
+    """`cfg` with schedule `name` (iterations at 16 images per batch) and/or batch size `ims_per_batch`: iterations,
+    steps and warmup are scaled by 16 / batch; the learning rate follows the batch at optimizer time (`lr_for`)."""
+    if name is not None and name not in SCHEDULES:
+        raise UserInputError(f"unknown schedule {name!r}; choose from {sorted(SCHEDULES)}")
     base = dict(SCHEDULES[name], warmup_iters=1000, ims_per_batch=16) if name else dict(
         max_iter=cfg.max_iter, lr_steps=cfg.lr_steps, warmup_iters=cfg.warmup_iters, ims_per_batch=cfg.ims_per_batch)
     ims = ims_per_batch or base["ims_per_batch"]
     if ims < 1: raise UserInputError(f"ims_per_batch must be >= 1, got {ims}")
     f = base["ims_per_batch"] / ims
     return cfg.replace(ims_per_batch=ims, max_iter=max(1, round(base["max_iter"] * f)),
-                       lr_steps=tuple(round(s * f) for s in base["lr_steps"]), warmup_iters=round(base["warmup_iters"] * f))
-
-def lr_for(cfg: Config) -> float:
-    "The learning rate at `cfg.ims_per_batch` images per iteration: `base_lr` is for 16 (linear scaling rule)."
-    return cfg.base_lr * cfg.ims_per_batch / 16
+                       lr_steps=tuple(round(s * f) for s in base["lr_steps"]),
+                       warmup_iters=round(base["warmup_iters"] * f))
 
 # %% ../nbs/12_train.ipynb #79a8da44
 class WarmupMultiStepLR(torch.optim.lr_scheduler.LRScheduler):
     "Linear warmup over `warmup_iters`, then the learning rate times `gamma` at each of `steps` (iterations)."
-    def __init__(self, optimizer, steps, gamma: float = 0.1, warmup_iters: int = 1000, warmup_factor: float = 1e-3, last_epoch: int = -1):
+    def __init__(self, optimizer, steps, gamma: float = 0.1, warmup_iters: int = 1000, warmup_factor: float = 1e-3,
+                 last_epoch: int = -1):
         if list(steps) != sorted(steps): raise UserInputError(f"lr_steps must be increasing, got {tuple(steps)}")
         self.steps, self.gamma, self.warmup_iters, self.warmup_factor = tuple(steps), gamma, warmup_iters, warmup_factor
         super().__init__(optimizer, last_epoch)
@@ -81,21 +87,26 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.SGD:
     groups = [dict(params=decay, weight_decay=cfg.weight_decay), dict(params=no_decay, weight_decay=0.0)]
     return torch.optim.SGD([g for g in groups if g["params"]], lr=lr_for(cfg), momentum=cfg.momentum)
 
-# %% ../nbs/12_train.ipynb #ad5c5fd2
+# %% ../nbs/12_train.ipynb #f68b3004
 class TrainingBatches(torch.utils.data.Sampler):
-    "Endless batches of `(index, item_seed)` for process `rank` of `world`, global batch `batch_size`, from iteration `start`."
+    """Endless batches of `(index, item_seed)` for process `rank` of `world`, global batch `batch_size`, from
+    iteration `start`."""
     def __init__(self, group_ids: list, batch_size: int, seed: int = 0, start: int = 0, rank: int = 0, world: int = 1):
-        if batch_size % world: raise UserInputError(f"ims_per_batch={batch_size} must be a multiple of the number of processes ({world})")
+        if batch_size % world:
+            raise UserInputError(f"ims_per_batch={batch_size} must be a multiple of the number of processes ({world})")
         if not group_ids: raise UserInputError("the training split has no images")
-        self.group_ids, self.batch_size, self.seed, self.start, self.rank, self.world = list(group_ids), batch_size, seed, start, rank, world
+        self.group_ids, self.batch_size, self.seed = list(group_ids), batch_size, seed
+        self.start, self.rank, self.world = start, rank, world
 
     def global_batches(self):
         epoch = 0
         while True:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             perm = torch.randperm(len(self.group_ids), generator=g).tolist()
-            yield from GroupedBatchSampler(perm, self.group_ids, self.batch_size, drop_last=True) if len(perm) >= self.batch_size \
-                else [perm * (self.batch_size // len(perm)) + perm[:self.batch_size % len(perm)]]
+            if len(perm) >= self.batch_size:
+                yield from GroupedBatchSampler(perm, self.group_ids, self.batch_size, drop_last=True)
+            else:   # fewer images than a batch: the batch repeats them
+                yield perm * (self.batch_size // len(perm)) + perm[:self.batch_size % len(perm)]
             epoch += 1
 
     def __iter__(self):
@@ -107,11 +118,17 @@ class TrainingBatches(torch.utils.data.Sampler):
 
     def __len__(self): return 2**62   # endless
 
-# %% ../nbs/12_train.ipynb #44887ce4
+# %% ../nbs/12_train.ipynb #c7e5f312
+class BadItem:
+    "A placeholder for an item that could not be loaded: its index and the reason."
+    def __init__(self, index: int, reason: str): self.index, self.reason = index, reason
+
+# %% ../nbs/12_train.ipynb #0716340a
 class SeededItems(torch.utils.data.Dataset):
     "Items `(index, seed)` of `dataset`, augmented with generators seeded by `seed`; bad images stop or are skipped."
     def __init__(self, dataset, on_bad_image: str = "stop"):
-        if on_bad_image not in ("stop", "skip"): raise UserInputError(f"on_bad_image must be 'stop' or 'skip', got {on_bad_image!r}")
+        if on_bad_image not in ("stop", "skip"):
+            raise UserInputError(f"on_bad_image must be 'stop' or 'skip', got {on_bad_image!r}")
         self.dataset, self.on_bad_image = dataset, on_bad_image
     def __len__(self): return len(self.dataset)
     def __getitem__(self, item):
@@ -123,23 +140,22 @@ class SeededItems(torch.utils.data.Dataset):
                 if self.on_bad_image == "stop": raise
                 return BadItem(index, str(e))
 
-class BadItem:
-    "A placeholder for an item that could not be loaded: its index and the reason."
-    def __init__(self, index: int, reason: str): self.index, self.reason = index, reason
-
+# %% ../nbs/12_train.ipynb #423468be
 def collate_lists(batch: list):
     "`(images, targets, bad)`: lists of the loaded items and the `BadItem`s of a batch."
     good = [b for b in batch if not isinstance(b, BadItem)]
     return [b[0] for b in good], [b[1] for b in good], [b for b in batch if isinstance(b, BadItem)]
 
-# %% ../nbs/12_train.ipynb #6f265f3e
+# %% ../nbs/12_train.ipynb #aa512913
 def rng_state() -> dict:
     "The states of Python's, NumPy's and torch's CPU generators, as tensors and plain values."
     py = random.getstate()
     npst = np.random.get_state()
-    return {"python": [py[0], list(py[1]), py[2]], "numpy": [npst[0], torch.from_numpy(npst[1].astype(np.int64)), *npst[2:]],
+    return {"python": [py[0], list(py[1]), py[2]],
+            "numpy": [npst[0], torch.from_numpy(npst[1].astype(np.int64)), *npst[2:]],
             "torch": torch.get_rng_state()}
 
+# %% ../nbs/12_train.ipynb #89547d2e
 def set_rng_state(state: dict):
     "Restore the generators saved by `rng_state`."
     p = state["python"]
@@ -148,8 +164,9 @@ def set_rng_state(state: dict):
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
     torch.set_rng_state(state["torch"])
 
-def save_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, iteration: int = 0, cfg: Config | None = None,
-                    class_names: list | None = None, **extra) -> Path:
+# %% ../nbs/12_train.ipynb #870a3cac
+def save_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, iteration: int = 0,
+                    cfg: Config | None = None, class_names: list | None = None, **extra) -> Path:
     "Write a checkpoint atomically (temporary file, then rename)."
     state = {"model": model.state_dict(), "iteration": iteration, "rng": rng_state(),
              "config": asdict(cfg) if cfg is not None else None, "class_names": class_names, **extra}
@@ -158,19 +175,25 @@ def save_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, iter
     with atomic_write(path, "wb") as f: torch.save(state, f)
     return Path(path)
 
+# %% ../nbs/12_train.ipynb #1b838259
 def load_checkpoint(path) -> dict:
     "Read a checkpoint with `weights_only=True`; errors name the file and what is missing."
     ckpt = load_torch_file(path)
-    if not isinstance(ckpt, dict): raise UserInputError(f"{path}: not an mrcnn_nb checkpoint (a {type(ckpt).__name__}, not a dict)")
+    if not isinstance(ckpt, dict):
+        raise UserInputError(f"{path}: not an mrcnn_nb checkpoint (a {type(ckpt).__name__}, not a dict)")
     missing = [k for k in ("model", "iteration", "config") if k not in ckpt]
-    if missing: raise UserInputError(f"{path}: not an mrcnn_nb checkpoint (missing {missing}; found {sorted(ckpt)[:10]})")
+    if missing:
+        raise UserInputError(f"{path}: not an mrcnn_nb checkpoint (missing {missing}; found {sorted(ckpt)[:10]})")
     return ckpt
 
+# %% ../nbs/12_train.ipynb #36abae85
 def config_from_checkpoint(ckpt: dict, path="checkpoint") -> Config:
     "The `Config` a checkpoint was trained with."
     try: return Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()})
-    except TypeError as e: raise UserInputError(f"{path}: config does not match this version of mrcnn_nb ({e})") from None
+    except TypeError as e:
+        raise UserInputError(f"{path}: config does not match this version of mrcnn_nb ({e})") from None
 
+# %% ../nbs/12_train.ipynb #8e5e6773
 def model_from_checkpoint(path) -> tuple:
     "`(model, config, class_names)` rebuilt from a checkpoint file."
     ckpt = load_checkpoint(path)
@@ -190,7 +213,7 @@ def setup_distributed(device: str = "auto") -> tuple:
     if not dist.is_initialized(): dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), dev
 
-# %% ../nbs/12_train.ipynb #4504d2ae
+# %% ../nbs/12_train.ipynb #ae505c2f
 def read_metrics(path) -> list:
     "The records of a `metrics.jsonl` file (an empty list when it does not exist)."
     path = Path(path)
@@ -202,6 +225,7 @@ def read_metrics(path) -> list:
         except json.JSONDecodeError as e: raise UserInputError(f"{path}: line {n} is not JSON ({e.msg})") from None
     return out
 
+# %% ../nbs/12_train.ipynb #18888014
 def truncate_metrics(path, iteration: int):
     "Drop the records after `iteration` (resuming from a checkpoint taken there)."
     path = Path(path)
@@ -209,6 +233,33 @@ def truncate_metrics(path, iteration: int):
     keep = [r for r in read_metrics(path) if r.get("iter", 0) <= iteration]
     with atomic_write(path) as f: f.writelines(json.dumps(r) + "\n" for r in keep)
 
+# %% ../nbs/12_train.ipynb #b714e510
+def _plot_losses(ax, train: list, records: list):
+    "Each loss term and the total, smoothed over 1/25 of the run, and the validation loss, on a log scale."
+    its = [r["iter"] for r in train]
+    for k in sorted({k for r in train for k in r if k.startswith("loss")}):
+        v = np.array([r.get(k, np.nan) for r in train], dtype=float)
+        w = max(1, len(v) // 25)
+        sm = np.convolve(np.nan_to_num(v), np.ones(w) / w, mode="valid")
+        ax.plot(its[w - 1:], sm, lw=2 if k == "loss" else 1, label=k.replace("loss_", "") if k != "loss" else "total")
+    vl = [(r["iter"], r["val_loss"]) for r in records if "val_loss" in r]
+    if vl: ax.plot(*zip(*vl), "ks--", ms=3, lw=1, label="val total")
+    ax.set_yscale("log")
+    ax.set_title("losses")
+    ax.legend(fontsize=6)
+    ax.set_xlabel("iteration")
+
+# %% ../nbs/12_train.ipynb #3d4cfc38
+def _plot_ap(ax, evals: list):
+    "Box, mask and keypoint AP at each evaluation."
+    for key in ("bbox_AP", "segm_AP", "keypoints_AP"):
+        pts = [(r["iter"], r[key]) for r in evals if key in r]
+        if pts: ax.plot(*zip(*pts), "o-", label=key.split("_")[0])
+    ax.set_title("AP (val)")
+    ax.set_xlabel("iteration")
+    if evals: ax.legend(fontsize=6)
+
+# %% ../nbs/12_train.ipynb #7a89f725
 def plot_metrics(records: list, size=(7.5, 2.6)):
     "Loss curves (total and each term, smoothed), the learning rate, and AP at each evaluation."
     import matplotlib.pyplot as plt
@@ -216,65 +267,59 @@ def plot_metrics(records: list, size=(7.5, 2.6)):
     evals = [r for r in records if "segm_AP" in r or "bbox_AP" in r]
     fig, axs = plt.subplots(1, 3, figsize=size)
     if train:
-        its = [r["iter"] for r in train]
-        for k in sorted({k for r in train for k in r if k.startswith("loss")}):
-            v = np.array([r.get(k, np.nan) for r in train], dtype=float)
-            w = max(1, len(v) // 25)
-            sm = np.convolve(np.nan_to_num(v), np.ones(w) / w, mode="valid")
-            axs[0].plot(its[w - 1:], sm, lw=2 if k == "loss" else 1, label=k.replace("loss_", "") if k != "loss" else "total")
-        vl = [(r["iter"], r["val_loss"]) for r in records if "val_loss" in r]
-        if vl: axs[0].plot(*zip(*vl), "ks--", ms=3, lw=1, label="val total")
-        axs[0].set_yscale("log")
-        axs[0].set_title("losses")
-        axs[0].legend(fontsize=6)
-        axs[0].set_xlabel("iteration")
-        axs[1].plot(its, [r["lr"] for r in train])
+        _plot_losses(axs[0], train, records)
+        axs[1].plot([r["iter"] for r in train], [r["lr"] for r in train])
         axs[1].set_title("learning rate")
         axs[1].set_xlabel("iteration")
-    for key in ("bbox_AP", "segm_AP", "keypoints_AP"):
-        pts = [(r["iter"], r[key]) for r in evals if key in r]
-        if pts: axs[2].plot(*zip(*pts), "o-", label=key.split("_")[0])
-    axs[2].set_title("AP (val)")
-    axs[2].set_xlabel("iteration")
-    if evals: axs[2].legend(fontsize=6)
+    _plot_ap(axs[2], evals)
     fig.tight_layout()
     return fig
 
-# %% ../nbs/12_train.ipynb #aeff97a3
+# %% ../nbs/12_train.ipynb #4b0ba2df
 def _given_proposals(cfg: Config, proposals: dict | None, splits: list) -> list:
     "`AddProposals` for each of `splits` when the model has no RPN (`cfg.rpn='separate'`), else []."
     if cfg.rpn != "separate":
-        if proposals is not None: raise UserInputError(f"proposals were given but the config's rpn is {cfg.rpn!r}: only rpn='separate' takes them")
+        if proposals is not None:
+            raise UserInputError(f"proposals were given but the config's rpn is {cfg.rpn!r}: "
+                                 "only rpn='separate' takes them")
         return []
     missing = [s for s in splits if s not in (proposals or {})]
-    if missing: raise UserInputError(f"rpn='separate' trains on fixed proposals: pass proposals={{split: {{image_id: boxes}}}} for split(s) {missing}")
+    if missing:
+        raise UserInputError("rpn='separate' trains on fixed proposals: pass proposals={split: {image_id: boxes}} "
+                             f"for split(s) {missing}")
     return [AddProposals(proposals[s], f"the proposals of split {s!r}") for s in splits]
 
-def load_splits(cfg: Config, data_root, train_split: str = "train", val_split: str | None = "val", kind: str = "instances",
-                proposals: dict | None = None, read_val: bool = True) -> tuple:
+# %% ../nbs/12_train.ipynb #425553e3
+def load_splits(cfg: Config, data_root, train_split: str = "train", val_split: str | None = "val",
+                kind: str = "instances", proposals: dict | None = None, read_val: bool = True) -> tuple:
     "(training set, validation set or None), each annotation file read once; the training images flip."
     given = _given_proposals(cfg, proposals, [train_split] + ([val_split] if val_split else []))
     train_set = COCODataset(data_root, train_split, kind=kind, skip_empty=True)
     train_set.transforms = Compose(given[:1] + [RandomHorizontalFlip(0.5, train_set.keypoint_flip)])
-    val_set = COCODataset(data_root, val_split, kind=kind, transforms=(given[1:] or [None])[0]) if val_split and read_val else None
-    return train_set, val_set
+    if not (val_split and read_val): return train_set, None
+    return train_set, COCODataset(data_root, val_split, kind=kind, transforms=(given[1:] or [None])[0])
 
-# %% ../nbs/12_train.ipynb #281d5e57
+# %% ../nbs/12_train.ipynb #2edbdb47
 def fit_config(cfg: Config, dataset, adapt=()) -> Config:
-    "`cfg` agreeing with `dataset`: keys in `adapt` ('num_classes', 'num_keypoints') are taken from it; other disagreements refused."
-    data = {"num_classes": dataset.num_classes + 1} | ({"num_keypoints": len(dataset.keypoint_names)} if cfg.keypoints else {})
+    """`cfg` agreeing with `dataset`: keys in `adapt` ('num_classes', 'num_keypoints') are taken from it; other
+    disagreements refused."""
+    data = {"num_classes": dataset.num_classes + 1}
+    if cfg.keypoints: data["num_keypoints"] = len(dataset.keypoint_names)
     cfg = cfg.replace(**{k: v for k, v in data.items() if k in adapt})
     if cfg.num_classes != data["num_classes"]:
-        raise UserInputError(f"{dataset.ann_file}: {dataset.num_classes} categories + background = {data['num_classes']} classes, "
-                             f"but the config says num_classes={cfg.num_classes} (pass num_classes={data['num_classes']})")
+        raise UserInputError(f"{dataset.ann_file}: {dataset.num_classes} categories + background = "
+                             f"{data['num_classes']} classes, but the config says num_classes={cfg.num_classes} "
+                             f"(pass num_classes={data['num_classes']})")
     if cfg.keypoints and cfg.num_keypoints != data["num_keypoints"]:
-        raise UserInputError(f"{dataset.ann_file}: {data['num_keypoints']} keypoints, config num_keypoints={cfg.num_keypoints}")
+        raise UserInputError(f"{dataset.ann_file}: {data['num_keypoints']} keypoints, "
+                             f"config num_keypoints={cfg.num_keypoints}")
     return cfg
 
-# %% ../nbs/12_train.ipynb #07a63b03
+# %% ../nbs/12_train.ipynb #4f560290
 @dataclass
 class Run:
-    "A training run made ready by `prepare_run`: config (agreeing with the data), data, model, optimizer, schedule, start."
+    """A training run made ready by `prepare_run`: config (agreeing with the data), data, model, optimizer, schedule,
+    start."""
     cfg: Config
     train_set: COCODataset
     val_set: COCODataset | None
@@ -291,22 +336,25 @@ class Run:
     @property
     def main(self) -> bool: return self.rank == 0
 
-# %% ../nbs/12_train.ipynb #b70ac5ea
+# %% ../nbs/12_train.ipynb #48c112d2
 def _autocast(cfg: Config, device: torch.device):
     "The mixed-precision context of `cfg.amp` on `device` (none when None); refuses fp16 without CUDA."
     if cfg.amp is None: return nullcontext()
-    if cfg.amp == "fp16" and device.type != "cuda": raise UserInputError("amp='fp16' needs a CUDA device; use 'bf16' on CPU")
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise UserInputError("amp='fp16' needs a CUDA device; use 'bf16' on CPU")
     return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
 
+# %% ../nbs/12_train.ipynb #97f9abca
 def _to(x, device):
     "Tensors (and dicts of them) moved to `device`."
     if isinstance(x, torch.Tensor): return x.to(device, non_blocking=True)
     if isinstance(x, dict): return {k: _to(v, device) for k, v in x.items()}
     return x
 
-# %% ../nbs/12_train.ipynb #5bcda333
+# %% ../nbs/12_train.ipynb #3abba497
 def load_initial_weights(model: MaskRCNN, cfg: Config, path) -> str:
-    "Start from `path`: an mrcnn_nb checkpoint, torchvision Mask/Keypoint R-CNN weights, or an ImageNet ResNet; returns which."
+    """Start from `path`: an mrcnn_nb checkpoint, torchvision Mask/Keypoint R-CNN weights, or an ImageNet ResNet;
+    returns which."""
     from mrcnn_nb.backbone import load_imagenet_weights
     from mrcnn_nb.model import load_torchvision_weights
     sd = load_torch_file(path)   # read once; what it holds decides how to load it
@@ -314,21 +362,48 @@ def load_initial_weights(model: MaskRCNN, cfg: Config, path) -> str:
         load_weights(model, sd["model"], source=str(path))
         return "checkpoint"
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise UserInputError(f"{path}: expected a state dict (names to tensors) or an mrcnn_nb checkpoint, got {type(sd).__name__}")
+        raise UserInputError(f"{path}: expected a state dict (names to tensors) or an mrcnn_nb checkpoint, "
+                             f"got {type(sd).__name__}")
     if any(k.startswith("roi_heads.") for k in sd):
         load_torchvision_weights(model, sd)
         return "torchvision detection"
     if any(k.startswith(("rpn.", "box.")) for k in sd):
         load_weights(model, sd, source=str(path))
         return "state dict"
-    load_imagenet_weights(model.backbone.body, sd, res5=model.box.head.layer4 if cfg.features == "C4" and model.box is not None else None)
+    res5 = model.box.head.layer4 if cfg.features == "C4" and model.box is not None else None
+    load_imagenet_weights(model.backbone.body, sd, res5=res5)
     return "imagenet backbone"
 
-# %% ../nbs/12_train.ipynb #ffdf25b0
+# %% ../nbs/12_train.ipynb #dea15cc9
+def resume_run(run: Run) -> int:
+    "Continue `run` from its `last.pth` (weights, optimizer, schedule, generators); returns the iteration to start at."
+    path = run.out_dir / "last.pth"
+    if not path.exists(): raise UserInputError(f"{path}: no checkpoint to resume from (train without --resume first)")
+    ck = load_checkpoint(path)
+    old = config_from_checkpoint(ck, path)
+    diff = {k: (getattr(old, k), getattr(run.cfg, k)) for k in asdict(run.cfg)
+            if getattr(old, k) != getattr(run.cfg, k) and k != "max_iter"}
+    if diff: raise UserInputError(f"{path}: trained with a different config; differing keys (checkpoint, now): {diff}")
+    load_weights(run.model, ck["model"], source=str(path))
+    run.optimizer.load_state_dict(ck["optimizer"])
+    run.scheduler.load_state_dict(ck["scheduler"])
+    if "rng" in ck and run.world == 1: set_rng_state(ck["rng"])
+    elif f"rng_rank{run.rank}" in ck: set_rng_state(ck[f"rng_rank{run.rank}"])
+    if run.main: truncate_metrics(run.out_dir / "metrics.jsonl", ck["iteration"])
+    return ck["iteration"]
+
+# %% ../nbs/12_train.ipynb #5ca63b70
+def _for_training(model: MaskRCNN, cfg: Config, world: int, dev: torch.device) -> nn.Module:
+    "The model as the loop runs it: channels-last if `cfg` says so, in DistributedDataParallel when `world` > 1."
+    if cfg.channels_last: model.to(memory_format=torch.channels_last)
+    if world == 1: return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+# %% ../nbs/12_train.ipynb #af0d0e01
 def prepare_run(cfg: Config, data_root, train_split: str = "train", val_split: str | None = "val", out_dir="runs/train",
-                weights=None, resume: bool = False, kind: str = "instances", device: str = "auto", proposals: dict | None = None,
-                adapt=()) -> Run:
-    "Everything a run needs, each made once: data, config fitted to it, model, optimizer, schedule, and where it starts."
+                weights=None, resume: bool = False, kind: str = "instances", device: str = "auto",
+                proposals: dict | None = None, adapt=()) -> Run:
+    "Everything a run needs, each made once: data, config fitted to it, model, optimizer, schedule, where it starts."
     rank, world, dev = setup_distributed(device)
     _autocast(cfg, dev)   # refuses fp16 without CUDA before any data is read
     out_dir = Path(out_dir)
@@ -342,45 +417,38 @@ def prepare_run(cfg: Config, data_root, train_split: str = "train", val_split: s
     run = Run(cfg, train_set, val_set, model, optimizer, scheduler, out_dir, 0, rank, world, dev)
     if resume: run.start = resume_run(run)
     elif weights is not None: load_initial_weights(model, cfg, weights)
-    if cfg.channels_last: model.to(memory_format=torch.channels_last)
-    run.net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None) if world > 1 else model
+    run.net = _for_training(model, cfg, world, dev)
     return run
 
-# %% ../nbs/12_train.ipynb #5f84eedd
-def resume_run(run: Run) -> int:
-    "Continue `run` from its `last.pth` (weights, optimizer, schedule, generators); returns the iteration to start at."
-    path = run.out_dir / "last.pth"
-    if not path.exists(): raise UserInputError(f"{path}: no checkpoint to resume from (train without --resume first)")
-    ck = load_checkpoint(path)
-    old = config_from_checkpoint(ck, path)
-    diff = {k: (getattr(old, k), getattr(run.cfg, k)) for k in asdict(run.cfg) if getattr(old, k) != getattr(run.cfg, k) and k != "max_iter"}
-    if diff: raise UserInputError(f"{path}: trained with a different config; differing keys (checkpoint, now): {diff}")
-    load_weights(run.model, ck["model"], source=str(path))
-    run.optimizer.load_state_dict(ck["optimizer"])
-    run.scheduler.load_state_dict(ck["scheduler"])
-    if "rng" in ck and run.world == 1: set_rng_state(ck["rng"])
-    elif f"rng_rank{run.rank}" in ck: set_rng_state(ck[f"rng_rank{run.rank}"])
-    if run.main: truncate_metrics(run.out_dir / "metrics.jsonl", ck["iteration"])
-    return ck["iteration"]
-
-# %% ../nbs/12_train.ipynb #c05c3d25
+# %% ../nbs/12_train.ipynb #ea41ec7b
 def training_loader(run: Run, num_workers: int = 0, on_bad_image: str = "stop") -> torch.utils.data.DataLoader:
-    "The endless, deterministic batches of `run` from its start iteration: lists of images and targets, and the bad items."
-    batches = TrainingBatches(aspect_ratio_groups(run.train_set.image_sizes()), run.cfg.ims_per_batch, run.cfg.seed, run.start,
-                              run.rank, run.world)
-    return torch.utils.data.DataLoader(SeededItems(run.train_set, on_bad_image), batch_sampler=batches, num_workers=num_workers,
-                                       collate_fn=collate_lists, persistent_workers=num_workers > 0,
-                                       generator=torch.Generator().manual_seed(run.cfg.seed))   # not the global generator: resume stays exact
+    """The endless, deterministic batches of `run` from its start iteration: lists of images and targets, and the
+    bad items."""
+    batches = TrainingBatches(aspect_ratio_groups(run.train_set.image_sizes()), run.cfg.ims_per_batch, run.cfg.seed,
+                              run.start, run.rank, run.world)
+    return torch.utils.data.DataLoader(SeededItems(run.train_set, on_bad_image), batch_sampler=batches,
+                                       num_workers=num_workers, collate_fn=collate_lists,
+                                       persistent_workers=num_workers > 0,
+                                       # not the global generator: resume stays exact
+                                       generator=torch.Generator().manual_seed(run.cfg.seed))
 
+# %% ../nbs/12_train.ipynb #c12bfb23
+def _non_finite(run: Run, losses: dict, loss: torch.Tensor, it: int) -> FloatingPointError:
+    "The error for a loss that is not finite at iteration `it`: each term's value, and whether `last.pth` is there."
+    terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+    last = run.out_dir / "last.pth"
+    kept = f"; the last checkpoint ({last}) is intact" if last.exists() else ""
+    return FloatingPointError(f"loss is {loss.item()} at iteration {it} ({terms}){kept}. "
+                              "Lower base_lr or raise warmup_iters.")
+
+# %% ../nbs/12_train.ipynb #a80888a8
 def train_step(run: Run, images: list, targets: list, it: int) -> tuple:
-    "One SGD step of `run` on a batch (iteration `it`); returns (the losses as floats, with their sum 'loss'; the learning rate)."
+    """One SGD step of `run` on a batch (iteration `it`); returns (the losses as floats, with their sum 'loss';
+    the learning rate)."""
     images, targets = [_to(i, run.device) for i in images], [_to(t, run.device) for t in targets]
     with _autocast(run.cfg, run.device): losses = run.net(images, targets)
     loss = sum(losses.values())
-    if not torch.isfinite(loss):
-        terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-        kept = f"; the last checkpoint ({run.out_dir / 'last.pth'}) is intact" if (run.out_dir / "last.pth").exists() else ""
-        raise FloatingPointError(f"loss is {loss.item()} at iteration {it} ({terms}){kept}. Lower base_lr or raise warmup_iters.")
+    if not torch.isfinite(loss): raise _non_finite(run, losses, loss, it)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if run.cfg.clip_grad_norm: torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip_grad_norm)
@@ -391,7 +459,8 @@ def train_step(run: Run, images: list, targets: list, it: int) -> tuple:
 
 # %% ../nbs/12_train.ipynb #78569089
 class LogMetrics:
-    "Every `period` iterations and at the last: the window's mean losses and step time, and the learning rate, to `metrics.jsonl`."
+    """Every `period` iterations and at the last: the window's mean losses and step time, and the learning rate, to
+    `metrics.jsonl`."""
     def __init__(self, period: int = 20, bar=None): self.period, self.bar, self.window = period, bar, []
     def after_step(self, run: Run, it: int, lr: float, stats: dict):
         self.window.append(stats)
@@ -417,9 +486,10 @@ class SaveCheckpoints:
         if run.main: save_checkpoint(run.out_dir / "last.pth", run.model, run.optimizer, run.scheduler, it, run.cfg,
                                      run.train_set.class_names, **extra)
 
-# %% ../nbs/12_train.ipynb #bdf980e8
+# %% ../nbs/12_train.ipynb #d3440a38
 def validation_loss(model: MaskRCNN, dataset, batch_size: int = 2) -> dict:
-    "The training losses on the images of `dataset` that have objects (mean per batch), without gradients; the generators are left as they were."
+    """The training losses on the images of `dataset` that have objects (mean per batch), without gradients; the
+    generators are left as they were."""
     was = model.training
     model.train()
     sums, n = {}, 0
@@ -427,7 +497,8 @@ def validation_loss(model: MaskRCNN, dataset, batch_size: int = 2) -> dict:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             dev = next(model.parameters()).device
-            keep = [i for i, r in enumerate(dataset.records) if r["anns"]]   # as training: images without objects are skipped
+            # as training: images without objects are skipped
+            keep = [i for i, r in enumerate(dataset.records) if r["anns"]]
             for s in range(0, len(keep), batch_size):
                 items = [dataset[i] for i in keep[s:s + batch_size]]
                 losses = model([_to(i, dev) for i, _ in items], [_to(t, dev) for _, t in items])
@@ -438,8 +509,10 @@ def validation_loss(model: MaskRCNN, dataset, batch_size: int = 2) -> dict:
         model.train(was)
     return {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
 
+# %% ../nbs/12_train.ipynb #bb824f27
 def evaluate_run(run: Run, it: int, val_loss: bool = False, progress: bool = True) -> dict | None:
-    "COCO evaluation of `run`'s model on its validation set (rank 0, which alone holds it; the others wait), logged at `it`."
+    """COCO evaluation of `run`'s model on its validation set (rank 0, which alone holds it; the others wait),
+    logged at `it`."""
     result = None
     if run.val_set is not None:
         from mrcnn_nb.evaluate import evaluate
@@ -454,6 +527,7 @@ def evaluate_run(run: Run, it: int, val_loss: bool = False, progress: bool = Tru
         dist.barrier()
     return result
 
+# %% ../nbs/12_train.ipynb #06fa9995
 class EvaluateEvery:
     "`evaluate_run` every `period` iterations before the last (0: never); `last` holds the latest result."
     def __init__(self, period: int, val_loss: bool = False, progress: bool = True):
@@ -463,14 +537,23 @@ class EvaluateEvery:
         self.last = evaluate_run(run, it, self.val_loss, self.progress)
         run.net.train()
 
-# %% ../nbs/12_train.ipynb #80b59755
-def fit(run: Run, hooks=(), num_workers: int = 0, on_bad_image: str = "stop", progress: bool = True) -> dict:
-    "Train `run` from its start to `cfg.max_iter`: a batch, `train_step`, each hook's `after_step`; returns what happened."
+# %% ../nbs/12_train.ipynb #631dd82a
+def _progress_bar(run: Run, hooks, progress: bool):
+    "A progress bar over the run's iterations (shown by rank 0 when `progress`), shared with the `LogMetrics` hooks."
     from tqdm.auto import tqdm
-    it, skipped = run.start, []
-    bar = tqdm(total=run.cfg.max_iter, initial=it, desc="train", disable=not (progress and run.main), dynamic_ncols=True)
+    bar = tqdm(total=run.cfg.max_iter, initial=run.start, desc="train", disable=not (progress and run.main),
+               dynamic_ncols=True)
     for h in hooks:
         if isinstance(h, LogMetrics) and h.bar is None: h.bar = bar
+    return bar
+
+# %% ../nbs/12_train.ipynb #f476a390
+def fit(run: Run, hooks=(), num_workers: int = 0, on_bad_image: str = "stop", progress: bool = True) -> dict:
+    """Train `run` from its start to `cfg.max_iter`: a batch, `train_step`, each hook's `after_step`; returns what
+    happened."""
+    from tqdm.auto import tqdm
+    it, skipped = run.start, []
+    bar = _progress_bar(run, hooks, progress)
     t_start = time.perf_counter()
     run.net.train()
     batches = iter(training_loader(run, num_workers, on_bad_image))
@@ -490,21 +573,24 @@ def fit(run: Run, hooks=(), num_workers: int = 0, on_bad_image: str = "stop", pr
         bar.close()
     return dict(iterations=it, train_seconds=time.perf_counter() - t_start, skipped_images=skipped)
 
-# %% ../nbs/12_train.ipynb #ba239d85
+# %% ../nbs/12_train.ipynb #a2225923
 def train(cfg: Config, data_root, train_split: str = "train", val_split: str | None = "val", out_dir="runs/train",
           weights=None, resume: bool = False, kind: str = "instances", device: str = "auto", num_workers: int = 0,
           log_period: int = 20, on_bad_image: str = "stop", progress: bool = True, evaluate_at_end: bool = True,
           val_loss: bool = False, proposals: dict | None = None, adapt=()) -> dict:
-    """Train `cfg` on `data_root` (COCO layout) for `cfg.max_iter` iterations, writing checkpoints, `metrics.jsonl` and
-    evaluations to `out_dir`; returns a summary (iterations, time, skipped images, last evaluation, the trained model and run).
-    A model without an RPN (`cfg.rpn='separate'`) trains and evaluates on fixed `proposals`: `{split: {image_id: (K, 4)}}`."""
+    """Train `cfg` on `data_root` (COCO layout) for `cfg.max_iter` iterations, writing checkpoints, `metrics.jsonl`
+    and evaluations to `out_dir`; returns a summary (iterations, time, skipped images, last evaluation, the trained
+    model and run). A model without an RPN (`cfg.rpn='separate'`) trains and evaluates on fixed `proposals`:
+    `{split: {image_id: (K, 4)}}`."""
     run = prepare_run(cfg, data_root, train_split, val_split, out_dir, weights, resume, kind, device, proposals, adapt)
     evaluator = EvaluateEvery(run.cfg.eval_period if val_split else 0, val_loss, progress)
-    done = fit(run, [LogMetrics(log_period), SaveCheckpoints(run.cfg.checkpoint_period), evaluator], num_workers, on_bad_image, progress)
+    hooks = [LogMetrics(log_period), SaveCheckpoints(run.cfg.checkpoint_period), evaluator]
+    done = fit(run, hooks, num_workers, on_bad_image, progress)
     if run.main: save_checkpoint(run.out_dir / "model_final.pth", run.model, iteration=done["iterations"], cfg=run.cfg,
                                  class_names=run.train_set.class_names)
     last_eval = evaluator.last
-    if val_split and evaluate_at_end and run.cfg.rpn != "only":   # an RPN alone has no detections to evaluate (see proposal_recall)
+    # an RPN alone has no detections to evaluate (see proposal_recall)
+    if val_split and evaluate_at_end and run.cfg.rpn != "only":
         last_eval = evaluate_run(run, done["iterations"], val_loss, progress)
     return dict(start_iter=run.start, max_iter=run.cfg.max_iter, out_dir=str(run.out_dir), **done, evaluation=last_eval,
                 model=run.model, run=run)
