@@ -764,9 +764,9 @@ def compare(table: str, a: str, b: str, col: tuple, store=None, runs: dict | Non
             gates: dict | None = None) -> dict | None:
     """Row `a` against row `b` of `table` in column `col`: the paper's difference and ours (absolute, relative to row
     `b`), our resolution, whether both are working detectors, and the verdict with its reason; None when a row has no
-    run, unless the protocol's rule failed for one of the two (then the verdict is "not testable", with `ours` None when
-    that row was never run). `runs`, `gates`: the table's records (`table_runs`) and `untestable(store)`, when the caller
-    has them already."""
+    run, unless the protocol's rule failed for one of the two (then the verdict is "not testable", with `ours` None
+    when that row was never run). `runs`, `gates`: the table's records (`table_runs`) and `untestable(store)`, when
+    the caller has them already."""
     t, runs = get_table(table), runs if runs is not None else table_runs(table, store)
     ra, rb = t.row(a), t.row(b)
     va, vb = column_values(runs[ra.variant], col), column_values(runs[rb.variant], col)
