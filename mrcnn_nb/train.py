@@ -11,7 +11,7 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -332,6 +332,8 @@ class Run:
     world: int = 1
     device: torch.device = torch.device("cpu")
     net: nn.Module | None = None   # the model as trained: wrapped in DistributedDataParallel when world > 1
+    batches: int = 0               # batches drawn, with those skipped because every image was bad (>= iterations)
+    log_window: list = field(default_factory=list)   # per-iteration stats since the last line of metrics.jsonl
 
     @property
     def main(self) -> bool: return self.rank == 0
@@ -390,6 +392,7 @@ def resume_run(run: Run) -> int:
     if "rng" in ck and run.world == 1: set_rng_state(ck["rng"])
     elif f"rng_rank{run.rank}" in ck: set_rng_state(ck[f"rng_rank{run.rank}"])
     if run.main: truncate_metrics(run.out_dir / "metrics.jsonl", ck["iteration"])
+    run.batches, run.log_window = ck.get("batches", ck["iteration"]), list(ck.get("log_window", []))
     return ck["iteration"]
 
 # %% ../nbs/12_train.ipynb #5ca63b70
@@ -425,7 +428,7 @@ def training_loader(run: Run, num_workers: int = 0, on_bad_image: str = "stop") 
     """The endless, deterministic batches of `run` from its start iteration: lists of images and targets, and the
     bad items."""
     batches = TrainingBatches(aspect_ratio_groups(run.train_set.image_sizes()), run.cfg.ims_per_batch, run.cfg.seed,
-                              run.start, run.rank, run.world)
+                              run.batches, run.rank, run.world)
     return torch.utils.data.DataLoader(SeededItems(run.train_set, on_bad_image), batch_sampler=batches,
                                        num_workers=num_workers, collate_fn=collate_lists,
                                        persistent_workers=num_workers > 0,
@@ -461,12 +464,13 @@ def train_step(run: Run, images: list, targets: list, it: int) -> tuple:
 class LogMetrics:
     """Every `period` iterations and at the last: the window's mean losses and step time, and the learning rate, to
     `metrics.jsonl`."""
-    def __init__(self, period: int = 20, bar=None): self.period, self.bar, self.window = period, bar, []
+    def __init__(self, period: int = 20, bar=None): self.period, self.bar = period, bar
     def after_step(self, run: Run, it: int, lr: float, stats: dict):
-        self.window.append(stats)
+        window = run.log_window          # on the run, so a checkpoint keeps it and a resumed run logs the same lines
+        window.append(stats)
         if not (it % self.period == 0 or it == run.cfg.max_iter): return
-        rec = {"iter": it, "lr": lr} | {k: float(np.mean([w[k] for w in self.window])) for k in self.window[0]}
-        self.window = []
+        rec = {"iter": it, "lr": lr} | {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+        window.clear()
         if not run.main: return
         with open(run.out_dir / "metrics.jsonl", "a") as f: f.write(json.dumps(rec) + "\n")
         if self.bar is not None: self.bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.2g}")
@@ -483,6 +487,7 @@ class SaveCheckpoints:
             states = [None] * run.world
             dist.all_gather_object(states, rng_state())
             extra = {f"rng_rank{r}": s for r, s in enumerate(states)}
+        extra |= dict(batches=run.batches, log_window=list(run.log_window))
         if run.main: save_checkpoint(run.out_dir / "last.pth", run.model, run.optimizer, run.scheduler, it, run.cfg,
                                      run.train_set.class_names, **extra)
 
@@ -561,6 +566,7 @@ def fit(run: Run, hooks=(), num_workers: int = 0, on_bad_image: str = "stop", pr
         while it < run.cfg.max_iter:
             t0 = time.perf_counter()
             images, targets, bad = next(batches)
+            run.batches += 1
             for b in bad:
                 skipped.append(b.reason)
                 if run.main: tqdm.write(f"skipped: {b.reason}")
