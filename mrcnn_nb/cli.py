@@ -13,8 +13,9 @@ from . import __version__
 from .core import UserInputError
 
 # %% auto #0
-__all__ = ['COMMANDS', 'MAIN_JOB', 'build_parser', 'main', 'cmd_shapes', 'cmd_show', 'main_job_data', 'prediction_figure',
-           'cmd_train', 'cmd_eval', 'prediction_stems', 'cmd_predict', 'cmd_configs', 'cmd_ablate', 'cmd_bench']
+__all__ = ['COMMANDS', 'MAIN_JOB', 'build_parser', 'parse_args', 'main', 'cmd_shapes', 'cmd_show', 'main_job_data',
+           'prediction_figure', 'cmd_train', 'cmd_eval', 'prediction_stems', 'cmd_predict', 'cmd_configs', 'cmd_ablate',
+           'cmd_bench']
 
 # %% ../nbs/15_cli.ipynb #90235d09
 # name -> (add its arguments to a parser, run it, help, description); each command's section below adds itself
@@ -34,10 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(func=run)
     return p
 
+# %% ../nbs/15_cli.ipynb #003c5580
+def parse_args(argv=None) -> argparse.Namespace:
+    "The command line parsed; `KEY=VALUE` pairs after options join the command's config changes."
+    p = build_parser()
+    args, extra = p.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides += extra
+    elif extra: p.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
 # %% ../nbs/15_cli.ipynb #e9fde0e7
 def main(argv=None) -> int:
     "Entry point of the `mrcnn_nb` command; returns the exit status."
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try: return args.func(args)
     except UserInputError as e:
         print(f"mrcnn_nb {args.command}: error: {e}", file=sys.stderr)
@@ -46,6 +57,9 @@ def main(argv=None) -> int:
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         print(f"mrcnn_nb {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:   # a run that diverged: the message names the last good checkpoint
+        print(f"mrcnn_nb {args.command}: stopped: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"mrcnn_nb {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -102,6 +116,11 @@ COMMANDS["shapes"] = (_shapes_args, cmd_shapes, "write a synthetic COCO-layout d
                       "Write a synthetic COCO-2017-layout dataset: OUT/annotations/*.json and OUT/{train,val}/ images.")
 
 # %% ../nbs/15_cli.ipynb #ff72fac3
+def _bad_polygons_arg(s):
+    s.add_argument("--bad-polygons", choices=["error", "drop"], default="error",
+                   help="a polygon with fewer than 3 points or non-numbers: stop, naming it (default), or leave its "
+                        "annotation out and count it")
+
 def _show_args(s):
     s.add_argument("root", help="dataset root (COCO 2017 layout)")
     s.add_argument("--split", default="val", help="split name, e.g. val or val2017 (default val)")
@@ -110,6 +129,7 @@ def _show_args(s):
     s.add_argument("--ncols", type=_positive_int, default=4, help="images per row (default 4)")
     s.add_argument("--seed", type=int, default=None, help="pick random images with this seed (default: the first N)")
     s.add_argument("--out", default=None, help="output image (default ROOTNAME_SPLIT.png)")
+    _bad_polygons_arg(s)
 
 # %% ../nbs/15_cli.ipynb #830412d2
 def cmd_show(args) -> int:
@@ -118,7 +138,7 @@ def cmd_show(args) -> int:
     matplotlib.use("Agg")
     from mrcnn_nb.data import COCODataset
     from mrcnn_nb.viz import plot_samples, save_figure
-    ds = COCODataset(args.root, args.split, kind=args.kind)
+    ds = COCODataset(args.root, args.split, kind=args.kind, bad_polygons=args.bad_polygons)
     out = args.out or f"{Path(args.root).name}_{args.split}.png"
     save_figure(plot_samples(ds, n=args.n, ncols=args.ncols, seed=args.seed), out)
     classes = "class" if ds.num_classes == 1 else "classes"
@@ -175,12 +195,23 @@ def _train_args(s):
     s.add_argument("--weights", default=None,
                    help="initial weights: ImageNet ResNet, torchvision Mask R-CNN, or an mrcnn_nb checkpoint")
     s.add_argument("--resume", action="store_true", help="continue OUT/last.pth exactly where it stopped")
+    s.add_argument("--allow-changed", type=lambda v: [k for k in v.split(",") if k], default=[], metavar="KEYS",
+                   help="with --resume: config keys that may differ from the checkpoint's, comma-separated, e.g. "
+                        "base_lr (after a run diverged), or 'data'")
     s.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     s.add_argument("--on-bad-image", choices=["stop", "skip"], default="stop",
                    help="a missing or corrupt image: stop (default) or skip and count")
     s.add_argument("--val-loss", action="store_true",
                    help="also log the training losses on the validation split at each evaluation")
+    _bad_polygons_arg(s)
+
+# %% ../nbs/15_cli.ipynb #d98f1efa
+def _refuse_earlier_run(out: Path):
+    "Refuse to start a new run in `out` if an earlier one left its checkpoints or log there."
+    if found := [n for n in ("last.pth", "model_final.pth", "metrics.jsonl") if (out / n).exists()]:
+        raise UserInputError(f"{out} already holds a run ({', '.join(found)}); --resume continues it, or choose "
+                             "another --out (or delete it) to start over")
 
 # %% ../nbs/15_cli.ipynb #f01c2c78
 def _run_summary(s: dict, name: str) -> dict:
@@ -224,13 +255,14 @@ def cmd_train(args) -> int:
     overrides = _key_values(args.overrides)
     overrides |= {k: v for k, v in (("max_iter", args.iters), ("ims_per_batch", args.batch)) if v is not None}
     cfg = get_config(name, **overrides)   # every key and value checked before any data is made or read
+    out = Path(args.out or f"runs/{name}")
+    if not args.resume: _refuse_earlier_run(out)
     root = Path(args.data) if args.data else main_job_data(args.kind)
     print(f"training {name} on {root}")
-    out = Path(args.out or f"runs/{name}")
     adapt = [k for k in ("num_classes", "num_keypoints") if k not in overrides]   # what the user set stays
     s = train(cfg, root, args.train_split, args.val_split or None, out, weights=args.weights, resume=args.resume,
               kind=args.kind, device=args.device, num_workers=args.workers, on_bad_image=args.on_bad_image,
-              val_loss=args.val_loss, adapt=adapt)
+              val_loss=args.val_loss, adapt=adapt, allow_changed=args.allow_changed, bad_polygons=args.bad_polygons)
     if s["run"].main: _report_training(s, name, out)
     return 0
 COMMANDS["train"] = (_train_args, cmd_train, "train a Mask R-CNN (default: a small one on synthetic shapes)",
@@ -246,6 +278,7 @@ def _eval_args(s):
     s.add_argument("--split", required=True, help="split, e.g. val or val2017")
     s.add_argument("--batch", type=_positive_int, default=2, help="images per inference batch (default 2)")
     s.add_argument("--out", default=None, help="directory for metrics.json and the COCO results files")
+    _bad_polygons_arg(s)
 
 # %% ../nbs/15_cli.ipynb #15da82a9
 def _write_evaluation(out: Path, r: dict):
@@ -267,7 +300,8 @@ def cmd_eval(args) -> int:
     from mrcnn_nb.evaluate import evaluate, format_metrics
     from mrcnn_nb.train import model_from_checkpoint
     model, cfg, names = model_from_checkpoint(args.checkpoint)
-    ds = COCODataset(args.data, args.split, kind="keypoints" if cfg.keypoints else "instances")
+    ds = COCODataset(args.data, args.split, kind="keypoints" if cfg.keypoints else "instances",
+                     bad_polygons=args.bad_polygons)
     if ds.num_classes + 1 != cfg.num_classes:
         raise UserInputError(f"{ds.ann_file}: {ds.num_classes} categories (+ background) but {args.checkpoint} "
                              f"was trained with num_classes={cfg.num_classes}")

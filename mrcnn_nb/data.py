@@ -24,8 +24,8 @@ from .core import UserInputError
 # %% auto #0
 __all__ = ['ANNOTATION_PREFIX', 'annotation_file', 'load_coco_json', 'check_polygons', 'compressed_rle_counts',
            'segmentation_to_rle', 'decode_rles', 'CategoryMap', 'keypoint_flip_indices', 'to_rgb', 'read_image',
-           'COCODataset', 'Compose', 'RandomHorizontalFlip', 'AddProposals', 'ImageBatch', 'pad_images',
-           'aspect_ratio_groups', 'GroupedBatchSampler']
+           'COCODataset', 'describe_split', 'check_image_files', 'Compose', 'RandomHorizontalFlip', 'AddProposals',
+           'ImageBatch', 'pad_images', 'aspect_ratio_groups', 'GroupedBatchSampler']
 
 # %% ../nbs/02_data.ipynb #751a7539
 ANNOTATION_PREFIX = {"instances": "instances", "keypoints": "person_keypoints"}   # kind -> file name prefix
@@ -295,7 +295,8 @@ def _segmentation_ok(a: dict, ann_file, bad_polygons: str) -> bool:
         try: check_polygons(segm, f"{ann_file}: annotation {a['id']}")
         except UserInputError as e:
             if bad_polygons == "error":
-                raise UserInputError(f"{e} (pass bad_polygons='drop' to skip such annotations)") from None
+                raise UserInputError(f"{e} (to leave such annotations out: --bad-polygons drop, "
+                                     "or bad_polygons='drop' in Python)") from None
             return False
     return True
 
@@ -423,6 +424,42 @@ class COCODataset(torch.utils.data.Dataset):
     def __repr__(self):
         return (f"COCODataset({str(self.root)!r}, split={self.split!r}, kind={self.kind!r}: {len(self)} images, "
                 f"{self.num_classes} classes, stats={dict(self.stats)})")
+
+# %% ../nbs/02_data.ipynb #c32c74cc
+_LEFT_OUT = {"crowd_skipped": "crowd regions (ignored, as in COCO)", "degenerate_boxes_dropped":
+             "boxes of zero width or height", "bad_polygons_dropped": "broken polygons (bad_polygons='drop')",
+             "empty_images_skipped": "images without annotations"}
+
+def describe_split(ds: COCODataset) -> str:
+    "One line on what `ds` read from its annotation file, and what it left out, per cause."
+    s = ds.stats
+    kept = s["annotations"] - sum(s[k] for k in _LEFT_OUT if k != "empty_images_skipped")
+    left = ", ".join(f"{s[k]} {why}" for k, why in _LEFT_OUT.items() if s[k])
+    return (f"{ds.split}: {len(ds)} images, {kept} of {s['annotations']} annotations used"
+            + (f"; left out: {left}" if left else "") + f" ({ds.ann_file})")
+
+# %% ../nbs/02_data.ipynb #296b5a62
+def _image_file_problem(ds: COCODataset, r: dict) -> str | None:
+    "What is wrong with the image file of record `r` of `ds` (missing, empty, not an image, another size), or None."
+    path = ds.image_dir / r["file_name"]
+    if not path.is_file(): return f"{path}: image file not found"
+    if path.stat().st_size == 0: return f"{path}: empty image file"
+    try:
+        with Image.open(path) as im:   # the header only; EXIF orientations 5-8 turn the picture by 90 degrees
+            w, h = im.size[::-1] if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError): return f"{path}: not an image Pillow can read"
+    if (h, w) != (r["height"], r["width"]):
+        return f"{path}: image is {w}x{h} (w x h) but {ds.ann_file.name} says {r['width']}x{r['height']}"
+    return None
+
+# %% ../nbs/02_data.ipynb #ba53e5a5
+def check_image_files(ds: COCODataset, show: int = 5):
+    "Raise `UserInputError` naming the first `show` images of `ds` that are missing, unreadable or of another size."
+    bad = [p for p in (_image_file_problem(ds, r) for r in ds.records) if p]
+    if bad:
+        more = f" (and {len(bad) - show} more)" if len(bad) > show else ""
+        raise UserInputError(f"{len(bad)} of the {len(ds)} images of split {ds.split!r} can not be used{more}: "
+                             + "; ".join(bad[:show]))
 
 # %% ../nbs/02_data.ipynb #0208b7c3
 class Compose:

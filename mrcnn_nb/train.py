@@ -5,6 +5,8 @@
 # %% ../nbs/12_train.ipynb #4d4892b8
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import math
 import os
@@ -20,16 +22,17 @@ from torch import nn
 
 from .core import UserInputError, atomic_write, get_device, load_torch_file, seed_everything
 from .data import (
-    AddProposals, COCODataset, Compose, GroupedBatchSampler, RandomHorizontalFlip, aspect_ratio_groups)
+    AddProposals, COCODataset, Compose, GroupedBatchSampler, RandomHorizontalFlip, aspect_ratio_groups,
+    check_image_files, describe_split)
 from .model import Config, MaskRCNN, build_model, load_weights
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'lr_for', 'with_schedule', 'WarmupMultiStepLR', 'build_optimizer', 'TrainingBatches', 'BadItem',
-           'SeededItems', 'collate_lists', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint',
-           'config_from_checkpoint', 'model_from_checkpoint', 'setup_distributed', 'read_metrics', 'truncate_metrics',
-           'plot_metrics', 'load_splits', 'fit_config', 'Run', 'load_initial_weights', 'resume_run', 'prepare_run',
-           'training_loader', 'train_step', 'LogMetrics', 'SaveCheckpoints', 'validation_loss', 'evaluate_run',
-           'EvaluateEvery', 'fit', 'train']
+__all__ = ['SCHEDULES', 'RESUME_CHANGEABLE', 'lr_for', 'with_schedule', 'WarmupMultiStepLR', 'build_optimizer', 'TrainingBatches',
+           'BadItem', 'SeededItems', 'collate_lists', 'rng_state', 'set_rng_state', 'save_checkpoint',
+           'load_checkpoint', 'config_from_checkpoint', 'model_from_checkpoint', 'weights_problem', 'data_fingerprint',
+           'setup_distributed', 'read_metrics', 'truncate_metrics', 'plot_metrics', 'load_splits', 'fit_config', 'Run',
+           'load_initial_weights', 'resume_run', 'prepare_run', 'training_loader', 'train_step', 'LogMetrics',
+           'SaveCheckpoints', 'validation_loss', 'evaluate_run', 'EvaluateEvery', 'fit', 'train']
 
 # %% ../nbs/12_train.ipynb #ca2b0c47
 SCHEDULES = {
@@ -125,20 +128,16 @@ class BadItem:
 
 # %% ../nbs/12_train.ipynb #0716340a
 class SeededItems(torch.utils.data.Dataset):
-    "Items `(index, seed)` of `dataset`, augmented with generators seeded by `seed`; bad images stop or are skipped."
-    def __init__(self, dataset, on_bad_image: str = "stop"):
-        if on_bad_image not in ("stop", "skip"):
-            raise UserInputError(f"on_bad_image must be 'stop' or 'skip', got {on_bad_image!r}")
-        self.dataset, self.on_bad_image = dataset, on_bad_image
+    """Items `(index, seed)` of `dataset`, augmented with generators seeded by `seed`; a `BadItem` for an image that
+    can not be read (the loop, in the main process, stops or skips: one line even from a worker process)."""
+    def __init__(self, dataset): self.dataset = dataset
     def __len__(self): return len(self.dataset)
     def __getitem__(self, item):
         index, seed = item
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             try: return self.dataset[index]
-            except UserInputError as e:
-                if self.on_bad_image == "stop": raise
-                return BadItem(index, str(e))
+            except UserInputError as e: return BadItem(index, str(e))
 
 # %% ../nbs/12_train.ipynb #423468be
 def collate_lists(batch: list):
@@ -199,6 +198,23 @@ def model_from_checkpoint(path) -> tuple:
     ckpt = load_checkpoint(path)
     cfg = config_from_checkpoint(ckpt, path)
     return load_weights(build_model(cfg), ckpt["model"], source=str(path)), cfg, ckpt.get("class_names")
+
+# %% ../nbs/12_train.ipynb #3718350f
+def weights_problem(model: nn.Module, limit: float = 1e4) -> str | None:
+    """What makes `model` unfit to checkpoint, or None: a parameter or buffer that is not finite, or a parameter
+    larger than `limit` in magnitude (the training diverged)."""
+    for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+        if not t.is_floating_point() or not t.numel(): continue
+        if not torch.isfinite(t).all(): return f"{name} is not finite"
+        if isinstance(t, nn.Parameter) and (big := t.detach().abs().max().item()) > limit:
+            return f"{name} reaches {big:.3g} (more than {limit:g}: the training diverged)"
+    return None
+
+# %% ../nbs/12_train.ipynb #6ad9a7e5
+def data_fingerprint(ds: COCODataset) -> dict:
+    "Where `ds` was read from, its image count, and a digest of its image ids and file names."
+    ids = "\n".join(f"{r['id']} {r['file_name']}" for r in ds.records)
+    return dict(ann_file=str(ds.ann_file), images=len(ds), sha1=hashlib.sha1(ids.encode()).hexdigest())
 
 # %% ../nbs/12_train.ipynb #72c8d7bf
 def setup_distributed(device: str = "auto") -> tuple:
@@ -291,13 +307,17 @@ def _given_proposals(cfg: Config, proposals: dict | None, splits: list) -> list:
 
 # %% ../nbs/12_train.ipynb #425553e3
 def load_splits(cfg: Config, data_root, train_split: str = "train", val_split: str | None = "val",
-                kind: str = "instances", proposals: dict | None = None, read_val: bool = True) -> tuple:
-    "(training set, validation set or None), each annotation file read once; the training images flip."
+                kind: str = "instances", proposals: dict | None = None, read_val: bool = True,
+                bad_polygons: str = "error") -> tuple:
+    """(training set, validation set or None), each annotation file read once; the training images flip; the
+    validation images are checked now (`check_image_files`), not after all of training."""
     given = _given_proposals(cfg, proposals, [train_split] + ([val_split] if val_split else []))
-    train_set = COCODataset(data_root, train_split, kind=kind, skip_empty=True)
+    train_set = COCODataset(data_root, train_split, kind=kind, skip_empty=True, bad_polygons=bad_polygons)
     train_set.transforms = Compose(given[:1] + [RandomHorizontalFlip(0.5, train_set.keypoint_flip)])
     if not (val_split and read_val): return train_set, None
-    return train_set, COCODataset(data_root, val_split, kind=kind, transforms=(given[1:] or [None])[0])
+    val_set = COCODataset(data_root, val_split, kind=kind, transforms=(given[1:] or [None])[0], bad_polygons=bad_polygons)
+    check_image_files(val_set)
+    return train_set, val_set
 
 # %% ../nbs/12_train.ipynb #2edbdb47
 def fit_config(cfg: Config, dataset, adapt=()) -> Config:
@@ -334,6 +354,7 @@ class Run:
     net: nn.Module | None = None   # the model as trained: wrapped in DistributedDataParallel when world > 1
     batches: int = 0               # batches drawn, with those skipped because every image was bad (>= iterations)
     log_window: list = field(default_factory=list)   # per-iteration stats since the last line of metrics.jsonl
+    saved_at: int | None = None    # the iteration of the last checkpoint written (or resumed from)
 
     @property
     def main(self) -> bool: return self.rank == 0
@@ -376,23 +397,57 @@ def load_initial_weights(model: MaskRCNN, cfg: Config, path) -> str:
     load_imagenet_weights(model.backbone.body, sd, res5=res5)
     return "imagenet backbone"
 
+# %% ../nbs/12_train.ipynb #2342b2ff
+RESUME_CHANGEABLE = ("base_lr", "lr_steps", "lr_gamma", "warmup_iters", "warmup_factor", "clip_grad_norm",
+                     "checkpoint_period", "eval_period", "data")   # and max_iter, always
+
+def _check_resumable(ck: dict, run: Run, path: Path, allow_changed=()):
+    "Refuse to resume checkpoint `ck` (read from `path`) with another config or data, but for what `allow_changed` names."
+    if wrong := [k for k in allow_changed if k not in RESUME_CHANGEABLE]:
+        raise UserInputError(f"--allow-changed {wrong[0]}: only {', '.join(RESUME_CHANGEABLE)} may change on resume")
+    old = config_from_checkpoint(ck, path)
+    diff = {k: (getattr(old, k), getattr(run.cfg, k)) for k in asdict(run.cfg)
+            if getattr(old, k) != getattr(run.cfg, k) and k not in ("max_iter", *allow_changed)}
+    if diff:
+        hint = f" (to resume with them changed: --allow-changed {','.join(diff)})" if set(diff) <= set(RESUME_CHANGEABLE) else ""
+        raise UserInputError(f"{path}: trained with a different config; differing keys (checkpoint, now): {diff}{hint}")
+    was, now = ck.get("data"), data_fingerprint(run.train_set)
+    if was and was["sha1"] != now["sha1"] and "data" not in allow_changed:
+        raise UserInputError(f"{path}: trained on {was['ann_file']} ({was['images']} images), now on {now['ann_file']} "
+                             f"({now['images']} images); to continue on other data: --allow-changed data")
+
+# %% ../nbs/12_train.ipynb #94bd3f66
+_SCHEDULE = ("base_lrs", "steps", "gamma", "warmup_iters", "warmup_factor")   # what the config sets on the scheduler
+
+def _set_schedule(run: Run, schedule: dict):
+    """Put `schedule` (values of `_SCHEDULE`) on `run`'s scheduler, and each parameter group's learning rate where
+    the schedule has reached; a no-op when the values are the checkpoint's."""
+    for k, v in schedule.items(): setattr(run.scheduler, k, v)
+    for g, base, lr in zip(run.optimizer.param_groups, run.scheduler.base_lrs, run.scheduler.get_lr()):
+        g["initial_lr"], g["lr"] = base, lr
+    run.scheduler._last_lr = [g["lr"] for g in run.optimizer.param_groups]
+
 # %% ../nbs/12_train.ipynb #dea15cc9
-def resume_run(run: Run) -> int:
-    "Continue `run` from its `last.pth` (weights, optimizer, schedule, generators); returns the iteration to start at."
+def resume_run(run: Run, allow_changed=()) -> int:
+    """Continue `run` from its `last.pth` (weights, optimizer, schedule, generators); returns the iteration to start
+    at. Only `max_iter` and the keys named in `allow_changed` (of `RESUME_CHANGEABLE`) may differ from the
+    checkpoint's; a changed learning rate or schedule applies from the iteration reached."""
     path = run.out_dir / "last.pth"
     if not path.exists(): raise UserInputError(f"{path}: no checkpoint to resume from (train without --resume first)")
     ck = load_checkpoint(path)
-    old = config_from_checkpoint(ck, path)
-    diff = {k: (getattr(old, k), getattr(run.cfg, k)) for k in asdict(run.cfg)
-            if getattr(old, k) != getattr(run.cfg, k) and k != "max_iter"}
-    if diff: raise UserInputError(f"{path}: trained with a different config; differing keys (checkpoint, now): {diff}")
+    _check_resumable(ck, run, path, allow_changed)
     load_weights(run.model, ck["model"], source=str(path))
+    if problem := weights_problem(run.model):
+        raise UserInputError(f"{path}: {problem}; a run that diverged wrote it, so it can not be resumed")
+    schedule = {k: getattr(run.scheduler, k) for k in _SCHEDULE}   # from the config now
     run.optimizer.load_state_dict(ck["optimizer"])
     run.scheduler.load_state_dict(ck["scheduler"])
+    _set_schedule(run, schedule)
     if "rng" in ck and run.world == 1: set_rng_state(ck["rng"])
     elif f"rng_rank{run.rank}" in ck: set_rng_state(ck[f"rng_rank{run.rank}"])
     if run.main: truncate_metrics(run.out_dir / "metrics.jsonl", ck["iteration"])
     run.batches, run.log_window = ck.get("batches", ck["iteration"]), list(ck.get("log_window", []))
+    run.saved_at = ck["iteration"]
     return ck["iteration"]
 
 # %% ../nbs/12_train.ipynb #5ca63b70
@@ -405,44 +460,49 @@ def _for_training(model: MaskRCNN, cfg: Config, world: int, dev: torch.device) -
 # %% ../nbs/12_train.ipynb #af0d0e01
 def prepare_run(cfg: Config, data_root, train_split: str = "train", val_split: str | None = "val", out_dir="runs/train",
                 weights=None, resume: bool = False, kind: str = "instances", device: str = "auto",
-                proposals: dict | None = None, adapt=()) -> Run:
-    "Everything a run needs, each made once: data, config fitted to it, model, optimizer, schedule, where it starts."
+                proposals: dict | None = None, adapt=(), allow_changed=(), bad_polygons: str = "error") -> Run:
+    """Everything a run needs, each made once: data, config fitted to it, model, optimizer, schedule, where it starts
+    (a new run starts a new `metrics.jsonl`)."""
     rank, world, dev = setup_distributed(device)
     _autocast(cfg, dev)   # refuses fp16 without CUDA before any data is read
     out_dir = Path(out_dir)
+    train_set, val_set = load_splits(cfg, data_root, train_split, val_split, kind, proposals, rank == 0, bad_polygons)
     if rank == 0: out_dir.mkdir(parents=True, exist_ok=True)
-    train_set, val_set = load_splits(cfg, data_root, train_split, val_split, kind, proposals, read_val=rank == 0)
+    if rank == 0 and not resume: truncate_metrics(out_dir / "metrics.jsonl", 0)
     cfg = fit_config(cfg, train_set, adapt)
     seed_everything(cfg.seed + rank)
     model = build_model(cfg).to(dev)
     optimizer = build_optimizer(model, cfg)
     scheduler = WarmupMultiStepLR(optimizer, cfg.lr_steps, cfg.lr_gamma, cfg.warmup_iters, cfg.warmup_factor)
     run = Run(cfg, train_set, val_set, model, optimizer, scheduler, out_dir, 0, rank, world, dev)
-    if resume: run.start = resume_run(run)
+    if resume: run.start = resume_run(run, allow_changed)
     elif weights is not None: load_initial_weights(model, cfg, weights)
     run.net = _for_training(model, cfg, world, dev)
     return run
 
 # %% ../nbs/12_train.ipynb #ea41ec7b
-def training_loader(run: Run, num_workers: int = 0, on_bad_image: str = "stop") -> torch.utils.data.DataLoader:
+def training_loader(run: Run, num_workers: int = 0) -> torch.utils.data.DataLoader:
     """The endless, deterministic batches of `run` from its start iteration: lists of images and targets, and the
     bad items."""
     batches = TrainingBatches(aspect_ratio_groups(run.train_set.image_sizes()), run.cfg.ims_per_batch, run.cfg.seed,
                               run.batches, run.rank, run.world)
-    return torch.utils.data.DataLoader(SeededItems(run.train_set, on_bad_image), batch_sampler=batches,
+    return torch.utils.data.DataLoader(SeededItems(run.train_set), batch_sampler=batches,
                                        num_workers=num_workers, collate_fn=collate_lists,
                                        persistent_workers=num_workers > 0,
                                        # not the global generator: resume stays exact
                                        generator=torch.Generator().manual_seed(run.cfg.seed))
 
 # %% ../nbs/12_train.ipynb #c12bfb23
-def _non_finite(run: Run, losses: dict, loss: torch.Tensor, it: int) -> FloatingPointError:
-    "The error for a loss that is not finite at iteration `it`: each term's value, and whether `last.pth` is there."
-    terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-    last = run.out_dir / "last.pth"
-    kept = f"; the last checkpoint ({last}) is intact" if last.exists() else ""
-    return FloatingPointError(f"loss is {loss.item()} at iteration {it} ({terms}){kept}. "
-                              "Lower base_lr or raise warmup_iters.")
+def _diverged(run: Run, it: int, what: str) -> FloatingPointError:
+    """The error for a run that diverged at iteration `it` (`what` happened): the last good checkpoint, and how to
+    continue from it with a lower learning rate."""
+    lower = f"base_lr={run.cfg.base_lr / 10:g}"
+    if run.saved_at is None:
+        return FloatingPointError(f"iteration {it}: {what}; no checkpoint was written before. "
+                                  f"Train again with a lower learning rate ({lower}) or a longer warmup.")
+    return FloatingPointError(f"iteration {it}: {what}. The last good checkpoint is {run.out_dir / 'last.pth'} "
+                              f"(iteration {run.saved_at}); continue it with a lower learning rate, e.g. "
+                              f"--resume --allow-changed base_lr {lower}")
 
 # %% ../nbs/12_train.ipynb #a80888a8
 def train_step(run: Run, images: list, targets: list, it: int) -> tuple:
@@ -451,7 +511,9 @@ def train_step(run: Run, images: list, targets: list, it: int) -> tuple:
     images, targets = [_to(i, run.device) for i in images], [_to(t, run.device) for t in targets]
     with _autocast(run.cfg, run.device): losses = run.net(images, targets)
     loss = sum(losses.values())
-    if not torch.isfinite(loss): raise _non_finite(run, losses, loss, it)
+    if not torch.isfinite(loss):
+        terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+        raise _diverged(run, it + 1, f"the loss is {loss.item()} ({terms})")
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if run.cfg.clip_grad_norm: torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip_grad_norm)
@@ -477,19 +539,22 @@ class LogMetrics:
 
 # %% ../nbs/12_train.ipynb #bf4c0147
 class SaveCheckpoints:
-    "`last.pth` every `period` iterations and at the last; rank 0 writes it, with every rank's generator states."
+    """`last.pth` every `period` iterations and at the last; rank 0 writes it, with every rank's generator states.
+    A model whose weights diverged is not saved: the run stops, and the last good checkpoint stays."""
     def __init__(self, period: int): self.period = period
     def after_step(self, run: Run, it: int, lr: float, stats: dict):
         if it % self.period and it != run.cfg.max_iter: return
+        if problem := weights_problem(run.model): raise _diverged(run, it, f"{problem}; not checkpointed")
         extra = {}
         if run.world > 1:
             import torch.distributed as dist
             states = [None] * run.world
             dist.all_gather_object(states, rng_state())
             extra = {f"rng_rank{r}": s for r, s in enumerate(states)}
-        extra |= dict(batches=run.batches, log_window=list(run.log_window))
+        extra |= dict(batches=run.batches, log_window=list(run.log_window), data=data_fingerprint(run.train_set))
         if run.main: save_checkpoint(run.out_dir / "last.pth", run.model, run.optimizer, run.scheduler, it, run.cfg,
                                      run.train_set.class_names, **extra)
+        run.saved_at = it
 
 # %% ../nbs/12_train.ipynb #d3440a38
 def validation_loss(model: MaskRCNN, dataset, batch_size: int = 2) -> dict:
@@ -557,17 +622,19 @@ def fit(run: Run, hooks=(), num_workers: int = 0, on_bad_image: str = "stop", pr
     """Train `run` from its start to `cfg.max_iter`: a batch, `train_step`, each hook's `after_step`; returns what
     happened."""
     from tqdm.auto import tqdm
+    if on_bad_image not in ("stop", "skip"): raise UserInputError(f"on_bad_image must be 'stop' or 'skip', got {on_bad_image!r}")
     it, skipped = run.start, []
     bar = _progress_bar(run, hooks, progress)
     t_start = time.perf_counter()
     run.net.train()
-    batches = iter(training_loader(run, num_workers, on_bad_image))
+    batches = iter(training_loader(run, num_workers))
     try:
         while it < run.cfg.max_iter:
             t0 = time.perf_counter()
             images, targets, bad = next(batches)
             run.batches += 1
             for b in bad:
+                if on_bad_image == "stop": raise UserInputError(b.reason)
                 skipped.append(b.reason)
                 if run.main: tqdm.write(f"skipped: {b.reason}")
             if not images: continue   # every image of this batch was bad: take the next one
@@ -583,12 +650,15 @@ def fit(run: Run, hooks=(), num_workers: int = 0, on_bad_image: str = "stop", pr
 def train(cfg: Config, data_root, train_split: str = "train", val_split: str | None = "val", out_dir="runs/train",
           weights=None, resume: bool = False, kind: str = "instances", device: str = "auto", num_workers: int = 0,
           log_period: int = 20, on_bad_image: str = "stop", progress: bool = True, evaluate_at_end: bool = True,
-          val_loss: bool = False, proposals: dict | None = None, adapt=()) -> dict:
+          val_loss: bool = False, proposals: dict | None = None, adapt=(), allow_changed=(),
+          bad_polygons: str = "error") -> dict:
     """Train `cfg` on `data_root` (COCO layout) for `cfg.max_iter` iterations, writing checkpoints, `metrics.jsonl`
     and evaluations to `out_dir`; returns a summary (iterations, time, skipped images, last evaluation, the trained
     model and run). A model without an RPN (`cfg.rpn='separate'`) trains and evaluates on fixed `proposals`:
-    `{split: {image_id: (K, 4)}}`."""
-    run = prepare_run(cfg, data_root, train_split, val_split, out_dir, weights, resume, kind, device, proposals, adapt)
+    `{split: {image_id: (K, 4)}}`. `allow_changed`: the keys that may differ from the checkpoint's on resume."""
+    run = prepare_run(cfg, data_root, train_split, val_split, out_dir, weights, resume, kind, device, proposals, adapt,
+                      allow_changed, bad_polygons)
+    if progress and run.main: print("\n".join(describe_split(d) for d in (run.train_set, run.val_set) if d))
     evaluator = EvaluateEvery(run.cfg.eval_period if val_split else 0, val_loss, progress)
     hooks = [LogMetrics(log_period), SaveCheckpoints(run.cfg.checkpoint_period), evaluator]
     done = fit(run, hooks, num_workers, on_bad_image, progress)
