@@ -11,6 +11,7 @@ import os
 import random
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -177,7 +178,10 @@ def load_torch_file(path):
     path = Path(path)
     if not path.is_file(): raise UserInputError(f"{path}: weight file not found")
     if path.stat().st_size == 0: raise UserInputError(f"{path}: empty file (0 bytes), not a PyTorch weight file")
-    try: return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with warnings.catch_warnings():   # torch warns of pickles it did not write; the error below says it in one line
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle.UnpicklingError and friends, or a file that is no checkpoint at all
         raise _load_failure(path, e) from None
 

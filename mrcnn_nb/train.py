@@ -660,7 +660,8 @@ def train(cfg: Config, data_root, train_split: str = "train", val_split: str | N
                       allow_changed, bad_polygons)
     if progress and run.main: print("\n".join(describe_split(d) for d in (run.train_set, run.val_set) if d))
     evaluator = EvaluateEvery(run.cfg.eval_period if val_split else 0, val_loss, progress)
-    hooks = [LogMetrics(log_period), SaveCheckpoints(run.cfg.checkpoint_period), evaluator]
+    # the evaluation at iteration k before the checkpoint of k: a run killed between them redoes both on resume
+    hooks = [LogMetrics(log_period), evaluator, SaveCheckpoints(run.cfg.checkpoint_period)]
     done = fit(run, hooks, num_workers, on_bad_image, progress)
     if run.main: save_checkpoint(run.out_dir / "model_final.pth", run.model, iteration=done["iterations"], cfg=run.cfg,
                                  class_names=run.train_set.class_names)

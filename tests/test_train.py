@@ -82,7 +82,7 @@ def test_bad_image_mid_run_stops_or_skips(small_root, tmp_path):
 
 
 _RESUMABLE = ("import sys; from mrcnn_nb.model import get_config; from mrcnn_nb.train import train; "
-              "train(get_config('TINY_FPN', ims_per_batch=1, max_iter=12, warmup_iters=1, checkpoint_period=1), "
+              "train(get_config('TINY_FPN', ims_per_batch=1, max_iter=12, warmup_iters=1, checkpoint_period=1, eval_period=4), "
               "sys.argv[1], out_dir=sys.argv[2], progress=False, log_period=5, on_bad_image='skip', "
               "resume=sys.argv[3] == 'resume')")
 
@@ -95,7 +95,7 @@ def _lines(out):
 @pytest.mark.parametrize("bad_image", [False, True])
 def test_kill_9_and_resume_in_a_fresh_process_is_bitwise_exact(small_root, tmp_path, bad_image):
     """An uninterrupted run against one killed (SIGKILL) after iteration 8 and resumed in a new process: identical final
-    weights and metrics.jsonl (with the final evaluation on the validation split) (a log line's window spans the kill), with and without a batch skipped for a bad image
+    weights and metrics.jsonl (with the evaluations on the validation split at 4, 8 and the end) (a log line's window spans the kill), with and without a batch skipped for a bad image
     before the kill (one image per batch, so a bad image is a whole batch)."""
     root = tmp_path / "data"
     shutil.copytree(small_root, root)
