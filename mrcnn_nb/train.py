@@ -27,12 +27,13 @@ from .data import (
 from .model import Config, MaskRCNN, build_model, load_weights
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'RESUME_CHANGEABLE', 'lr_for', 'with_schedule', 'WarmupMultiStepLR', 'build_optimizer', 'TrainingBatches',
-           'BadItem', 'SeededItems', 'collate_lists', 'rng_state', 'set_rng_state', 'save_checkpoint',
-           'load_checkpoint', 'config_from_checkpoint', 'model_from_checkpoint', 'weights_problem', 'data_fingerprint',
-           'setup_distributed', 'read_metrics', 'truncate_metrics', 'plot_metrics', 'load_splits', 'fit_config', 'Run',
-           'load_initial_weights', 'resume_run', 'prepare_run', 'training_loader', 'train_step', 'LogMetrics',
-           'SaveCheckpoints', 'validation_loss', 'evaluate_run', 'EvaluateEvery', 'fit', 'train']
+__all__ = ['SCHEDULES', 'DEMO_MODELS', 'RESUME_CHANGEABLE', 'lr_for', 'with_schedule', 'WarmupMultiStepLR', 'build_optimizer',
+           'TrainingBatches', 'BadItem', 'SeededItems', 'collate_lists', 'rng_state', 'set_rng_state',
+           'save_checkpoint', 'load_checkpoint', 'config_from_checkpoint', 'model_from_checkpoint', 'half_checkpoint',
+           'demo_checkpoint', 'weights_problem', 'data_fingerprint', 'setup_distributed', 'read_metrics',
+           'truncate_metrics', 'plot_metrics', 'load_splits', 'fit_config', 'Run', 'load_initial_weights', 'resume_run',
+           'prepare_run', 'training_loader', 'train_step', 'LogMetrics', 'SaveCheckpoints', 'validation_loss',
+           'evaluate_run', 'EvaluateEvery', 'fit', 'train']
 
 # %% ../nbs/12_train.ipynb #ca2b0c47
 SCHEDULES = {
@@ -198,6 +199,27 @@ def model_from_checkpoint(path) -> tuple:
     ckpt = load_checkpoint(path)
     cfg = config_from_checkpoint(ckpt, path)
     return load_weights(build_model(cfg), ckpt["model"], source=str(path)), cfg, ckpt.get("class_names")
+
+# %% ../nbs/12_train.ipynb #b684a2a9
+def half_checkpoint(src, dst) -> Path:
+    """A copy of checkpoint `src` to read, not to train: the model's floating-point weights in float16, with the
+    config, class names and iteration; no optimizer or generators."""
+    ck = load_checkpoint(src)
+    model = {k: v.half() if v.is_floating_point() else v for k, v in ck["model"].items()}
+    keep = {k: ck.get(k) for k in ("iteration", "config", "class_names")}
+    with atomic_write(dst, "wb") as f: torch.save({"model": model, **keep}, f)
+    return Path(dst)
+
+# %% ../nbs/12_train.ipynb #6c2220f9
+DEMO_MODELS = Path(__file__).resolve().parents[1] / "nbs" / "results" / "models"   # in a clone of the repository
+
+def demo_checkpoint(name: str = "tiny_fpn_shapes") -> Path:
+    "The path of trained checkpoint `name` kept in the repository for the notebooks (`DEMO_MODELS`)."
+    path = DEMO_MODELS / f"{name}.pth"
+    if not path.exists():
+        raise UserInputError(f"{path}: not found; the notebooks' trained models come with the repository (git "
+                             "clone), not with the installed package -- or train one: mrcnn_nb train")
+    return path
 
 # %% ../nbs/12_train.ipynb #3718350f
 def weights_problem(model: nn.Module, limit: float = 1e4) -> str | None:
