@@ -200,7 +200,7 @@ def model_from_checkpoint(path) -> tuple:
     cfg = config_from_checkpoint(ckpt, path)
     return load_weights(build_model(cfg), ckpt["model"], source=str(path)), cfg, ckpt.get("class_names")
 
-# %% ../nbs/12_train.ipynb #b684a2a9
+# %% ../nbs/12_train.ipynb #122a6182
 def half_checkpoint(src, dst) -> Path:
     """A copy of checkpoint `src` to read, not to train: the model's floating-point weights in float16, with the
     config, class names and iteration; no optimizer or generators."""
@@ -210,8 +210,9 @@ def half_checkpoint(src, dst) -> Path:
     with atomic_write(dst, "wb") as f: torch.save({"model": model, **keep}, f)
     return Path(dst)
 
-# %% ../nbs/12_train.ipynb #6c2220f9
-DEMO_MODELS = Path(__file__).resolve().parents[1] / "nbs" / "results" / "models"   # in a clone of the repository
+# %% ../nbs/12_train.ipynb #cd720593
+import mrcnn_nb
+DEMO_MODELS = Path(mrcnn_nb.__file__).resolve().parents[1] / "nbs" / "results" / "models"   # in a clone of the repository
 
 def demo_checkpoint(name: str = "tiny_fpn_shapes") -> Path:
     "The path of trained checkpoint `name` kept in the repository for the notebooks (`DEMO_MODELS`)."
