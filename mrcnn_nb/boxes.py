@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['BBOX_XFORM_CLIP', 'box_area', 'box_iou', 'BoxCoder', 'clip_boxes', 'remove_small_boxes', 'nms', 'batched_nms']
+__all__ = ['BBOX_XFORM_CLIP', 'box_area', 'box_iou', 'BoxCoder', 'plot_box_coding', 'clip_boxes', 'remove_small_boxes', 'nms',
+           'nms_steps', 'plot_nms', 'batched_nms']
 
 # %% ../nbs/01_boxes.ipynb #e88431da
 def box_area(boxes: Tensor) -> Tensor:
@@ -69,6 +70,34 @@ class BoxCoder:
 
     def __repr__(self): return f"BoxCoder(weights={self.weights}, clip={self.clip:.4f})"
 
+# %% ../nbs/01_boxes.ipynb #c25403f8
+def _draw_xyxy(ax, box, color, label=None, **kw):
+    "One box `[x1, y1, x2, y2]` as an unfilled rectangle in `color` on matplotlib axes `ax`, with an optional label."
+    import matplotlib.pyplot as plt
+    x1, y1, x2, y2 = [float(v) for v in box]
+    ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, **kw))
+    if label: ax.text(x1 + 1, y1 + 1, label, fontsize=8, color=color, va="top", ha="left")
+
+# %% ../nbs/01_boxes.ipynb #1e1f83fd
+def plot_box_coding(reference: Tensor, box: Tensor, decoded: Tensor, deltas: Tensor, size: float = 4.5):
+    """One panel: a `reference` box (4,) (a proposal or an anchor), the target `box` (4,), the box `decoded` from
+    `deltas` (4,), and the arrow between the centres that (dx, dy) encodes."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(size, size))
+    _draw_xyxy(ax, reference, "tab:blue", "reference", lw=1.5, ls="--")
+    _draw_xyxy(ax, box, "tab:green", "ground truth", lw=3, alpha=0.6)
+    _draw_xyxy(ax, decoded, "tab:red", None, lw=1.2)
+    (rx, ry), (bx, by) = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in (reference.tolist(), box.tolist())]
+    ax.annotate("", (bx, by), (rx, ry), arrowprops=dict(arrowstyle="->", color="k"))
+    ax.plot([rx, bx], [ry, by], "k.", ms=6)
+    corners = torch.stack([reference, box, decoded])
+    lo, hi = corners.min().item() - 8, corners.max().item() + 8
+    ax.set(xlim=(lo, hi), ylim=(hi, lo), aspect="equal")
+    dx, dy, dw, dh = deltas.tolist()
+    ax.set_title(f"dx={dx:.2f}  dy={dy:.2f}  dw={dw:.2f}  dh={dh:.2f}\n"
+                 "decoded (red) lies on the ground truth (green)", fontsize=9)
+    return fig
+
 # %% ../nbs/01_boxes.ipynb #e6c7a7a4
 def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
     "Clip `boxes` (N, 4) xyxy to an image of `size` (height, width)."
@@ -117,6 +146,43 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     b = boxes[order].detach().cpu().numpy()
     kept = _nms_sorted(b, b.dtype.type(iou_threshold))
     return order[torch.from_numpy(kept).to(boxes.device)]
+
+# %% ../nbs/01_boxes.ipynb #c625e53b
+def nms_steps(boxes: Tensor, scores: Tensor, iou_threshold: float) -> list:
+    """Greedy NMS told step by step: one dict per box of `boxes` (N, 4), by decreasing `scores`, with its `index`,
+    `score` and whether it is `kept`; a suppressed box also names the kept box `by` that removed it, and their `iou`."""
+    order = torch.argsort(scores, descending=True, stable=True).tolist()
+    iou = box_iou(boxes, boxes)
+    kept, steps = [], []
+    for i in order:
+        by = next((k for k in kept if iou[k, i] > iou_threshold), None)
+        step = dict(index=i, score=float(scores[i]), kept=by is None)
+        if by is None: kept.append(i)
+        else: step.update(by=by, iou=float(iou[by, i]))
+        steps.append(step)
+    return steps
+
+# %% ../nbs/01_boxes.ipynb #27f1973d
+def plot_nms(boxes: Tensor, scores: Tensor, keep: Tensor, iou_threshold: float, annotate: bool = False,
+             size: float = 3.6):
+    "Two panels: `boxes` (N, 4) coloured by `scores` (N,) before NMS, and the `keep` ones after; a score colour bar."
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    cmap = ListedColormap(plt.get_cmap("viridis")(np.linspace(0, 0.8, 256)))   # no pale yellow on white
+    norm = plt.Normalize(float(scores.min()), float(scores.max()) + 1e-6)
+    b = boxes.detach().cpu().float()
+    (x0, y0), (x1, y1) = b[:, :2].min(0).values - 8, b[:, 2:].max(0).values + 8
+    fig, axs = plt.subplots(1, 2, figsize=(2 * size + 1, size))
+    panels = [(axs[0], range(len(b)), f"before: {len(b)} boxes"),
+              (axs[1], keep.tolist(), f"after NMS (IoU > {iou_threshold}): {len(keep)}")]
+    for ax, idx, title in panels:
+        for i in idx:
+            label = f"{i}: {float(scores[i]):.2f}" if annotate else None
+            _draw_xyxy(ax, b[i], cmap(norm(float(scores[i]))), label, lw=1.5)
+        ax.set(xlim=(x0, x1), ylim=(y1, y0), aspect="equal", xticks=[], yticks=[])
+        ax.set_title(title, fontsize=10)
+    fig.colorbar(plt.cm.ScalarMappable(cmap=cmap, norm=norm), ax=axs, label="score", shrink=0.8)
+    return fig
 
 # %% ../nbs/01_boxes.ipynb #667f1dcd
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
