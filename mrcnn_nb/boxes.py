@@ -70,7 +70,7 @@ class BoxCoder:
 
     def __repr__(self): return f"BoxCoder(weights={self.weights}, clip={self.clip:.4f})"
 
-# %% ../nbs/01_boxes.ipynb #c25403f8
+# %% ../nbs/01_boxes.ipynb #4fcfc26e
 def _draw_xyxy(ax, box, color, label=None, **kw):
     "One box `[x1, y1, x2, y2]` as an unfilled rectangle in `color` on matplotlib axes `ax`, with an optional label."
     import matplotlib.pyplot as plt
@@ -78,7 +78,7 @@ def _draw_xyxy(ax, box, color, label=None, **kw):
     ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, **kw))
     if label: ax.text(x1 + 1, y1 + 1, label, fontsize=8, color=color, va="top", ha="left")
 
-# %% ../nbs/01_boxes.ipynb #1e1f83fd
+# %% ../nbs/01_boxes.ipynb #1a3ac8a9
 def plot_box_coding(reference: Tensor, box: Tensor, decoded: Tensor, deltas: Tensor, size: float = 4.5):
     """One panel: a `reference` box (4,) (a proposal or an anchor), the target `box` (4,), the box `decoded` from
     `deltas` (4,), and the arrow between the centres that (dx, dy) encodes."""
@@ -147,7 +147,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     kept = _nms_sorted(b, b.dtype.type(iou_threshold))
     return order[torch.from_numpy(kept).to(boxes.device)]
 
-# %% ../nbs/01_boxes.ipynb #c625e53b
+# %% ../nbs/01_boxes.ipynb #7d308697
 def nms_steps(boxes: Tensor, scores: Tensor, iou_threshold: float) -> list:
     """Greedy NMS told step by step: one dict per box of `boxes` (N, 4), by decreasing `scores`, with its `index`,
     `score` and whether it is `kept`; a suppressed box also names the kept box `by` that removed it, and their `iou`."""
@@ -162,7 +162,7 @@ def nms_steps(boxes: Tensor, scores: Tensor, iou_threshold: float) -> list:
         steps.append(step)
     return steps
 
-# %% ../nbs/01_boxes.ipynb #27f1973d
+# %% ../nbs/01_boxes.ipynb #b3e113d3
 def plot_nms(boxes: Tensor, scores: Tensor, keep: Tensor, iou_threshold: float, annotate: bool = False,
              size: float = 3.6):
     "Two panels: `boxes` (N, 4) coloured by `scores` (N,) before NMS, and the `keep` ones after; a score colour bar."

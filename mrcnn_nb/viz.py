@@ -50,7 +50,7 @@ def overlay_masks(image: np.ndarray, masks, labels, alpha: float = 0.45) -> np.n
     return out.round().astype(np.uint8)
 
 # %% ../nbs/03_viz.ipynb #a2245e39
-def _draw_box(ax, box, label: int, class_names=None, score: float | None = None, fontsize: int = 7):
+def _draw_box(ax, box, label: int, class_names=None, score: float | None = None, fontsize: int = 8):
     "Box `[x1, y1, x2, y2]` in its class colour, with the class name (and `score`) on top."
     x1, y1, x2, y2 = box
     c = class_color(label)
@@ -72,7 +72,7 @@ def _draw_keypoints(ax, k: np.ndarray, skeleton, color):
 
 # %% ../nbs/03_viz.ipynb #1006042c
 def draw_instances(ax, image, instances: dict, class_names=None, skeleton=None, score_thresh: float = 0.0,
-                   title: str | None = None, show_masks: bool = True, fontsize: int = 7):
+                   title: str | None = None, show_masks: bool = True, fontsize: int = 8):
     "Draw boxes, masks, keypoints and labels of `instances` on `image` into matplotlib axes `ax`."
     img = to_rgb_array(image)
     boxes = torch.as_tensor(instances.get("boxes", torch.zeros(0, 4))).detach().cpu().reshape(-1, 4)
