@@ -20,9 +20,9 @@ from tqdm.auto import tqdm
 from .core import UserInputError, atomic_write, cache_dir
 
 # %% auto #0
-__all__ = ['SHAPE_CLASSES', 'KEYPOINT_NAMES', 'SKELETON', 'OKS_SIGMAS', 'shape_polygons', 'place_polygon', 'rasterize_polygons',
-           'textured_background', 'render_instances', 'stick_figure', 'figure_mask', 'render_keypoints', 'parse_size',
-           'make_shapes', 'cached_shapes']
+__all__ = ['SHAPE_CLASSES', 'KEYPOINT_NAMES', 'SKELETON', 'OKS_SIGMAS', 'COCO_SIZE_LIMITS', 'shape_polygons', 'place_polygon',
+           'rasterize_polygons', 'textured_background', 'render_instances', 'stick_figure', 'figure_mask',
+           'render_keypoints', 'parse_size', 'make_shapes', 'cached_shapes', 'plot_size_histogram']
 
 # %% ../nbs/02a_shapes.ipynb #599a4747
 SHAPE_CLASSES = ["circle", "square", "triangle", "ring", "cross", "star", "crescent"]
@@ -395,3 +395,22 @@ def cached_shapes(kind: str = "instances", root=None, name: str = "shapes", stam
     if root.exists(): root.rmdir()          # empty, checked above
     os.replace(partial, root)               # whole, or not there at all
     return root
+
+# %% ../nbs/02a_shapes.ipynb #a784e619
+COCO_SIZE_LIMITS = (32, 96)   # §4 / COCO: small < 32² px of area <= medium < 96² <= large
+
+def plot_size_histogram(annotations: list, bins: int = 32, size=(7, 3)):
+    "Histogram of the objects' sizes, the square root of each COCO annotation's `area`, with COCO's ranges marked."
+    import matplotlib.pyplot as plt
+    sides = np.sqrt(np.array([a["area"] for a in annotations], dtype=float))
+    fig, ax = plt.subplots(figsize=size)
+    ax.hist(sides, bins=bins, range=(0, max(128.0, float(sides.max()))), color="tab:blue", alpha=0.8)
+    lo, hi = COCO_SIZE_LIMITS
+    for x in (lo, hi): ax.axvline(x, color="k", ls="--", lw=1)
+    parts = [("small", sides < lo, lo / 2), ("medium", (sides >= lo) & (sides < hi), (lo + hi) / 2),
+             ("large", sides >= hi, hi + 4)]
+    for name, inside, x in parts:
+        ax.text(x, 0.95, f"{name}\n{inside.mean():.0%}", transform=ax.get_xaxis_transform(), fontsize=9,
+                ha="left" if name == "large" else "center", va="top", bbox=dict(fc="white", alpha=0.8, lw=0))
+    ax.set(xlabel="object size: √area (px)", ylabel="objects", title=f"{len(sides)} objects")
+    return fig
