@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from .boxes import box_iou
 
 # %% auto #0
-__all__ = ['cell_anchors', 'grid_anchors', 'AnchorGenerator', 'Matcher', 'BalancedSampler']
+__all__ = ['cell_anchors', 'grid_anchors', 'AnchorGenerator', 'Matcher', 'BalancedSampler', 'split_levels', 'plot_level_anchors',
+           'plot_anchor_labels', 'plot_iou_matrix']
 
 # %% ../nbs/04_anchors.ipynb #b5a9b75a
 def cell_anchors(sizes, aspect_ratios, dtype=torch.float32) -> Tensor:
@@ -129,3 +130,88 @@ class BalancedSampler:
     def __repr__(self):
         return (f"BalancedSampler(batch_size_per_image={self.batch_size_per_image}, "
                 f"positive_fraction={self.positive_fraction})")
+
+# %% ../nbs/04_anchors.ipynb #9be2f34a
+def split_levels(anchors: Tensor, feature_sizes: list, num_per_location: list) -> list:
+    "`anchors` (sum of H * W * A, 4) of all levels, cut into one (H * W * A, 4) tensor per level."
+    counts = [h * w * a for (h, w), a in zip(feature_sizes, num_per_location)]
+    if sum(counts) != len(anchors): raise ValueError(f"{len(anchors)} anchors but the levels hold {counts}")
+    return list(anchors.split(counts))
+
+# %% ../nbs/04_anchors.ipynb #f3c60cb9
+def plot_level_anchors(image: Tensor, level_anchors: list, num_per_location: list, point: tuple, first_level: int = 2,
+                       size: float = 2.0):
+    """One panel per level: `image` (3, H, W), a dot at each of the level's anchor centres, and the anchors of
+    the position nearest `point` (x, y), drawn in full even where they leave the image; levels are named from
+    P`first_level`."""
+    import matplotlib.pyplot as plt
+    fig, axs = plt.subplots(1, len(level_anchors), figsize=(size * len(level_anchors), size + 0.7), squeeze=False)
+    h, w = image.shape[-2:]
+    for l, (ax, a, k) in enumerate(zip(axs[0], level_anchors, num_per_location)):
+        centres = (a[::k, :2] + a[::k, 2:]) / 2                        # one per position
+        i = int(((centres - torch.tensor(point, dtype=a.dtype)) ** 2).sum(1).argmin())
+        here = a[i * k:(i + 1) * k]
+        ax.imshow(image.permute(1, 2, 0).cpu())
+        ax.plot(centres[:, 0], centres[:, 1], ".", color="white", ms=2 if len(centres) < 300 else 1)
+        for b, c in zip(here.tolist(), ["#ff4040", "#ffd000", "#40c0ff"] * k):
+            ax.add_patch(plt.Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, edgecolor=c, lw=1.5))
+        lo, hi = min(0.0, here.min().item()) - 2, max(float(max(h, w)), here.max().item()) + 2
+        ax.set(xlim=(lo, hi), ylim=(hi, lo)); ax.axis("off")
+        side = int(round(float((here[:, 2:] - here[:, :2]).prod(1).sqrt().max())))
+        ax.set_title(f"P{l + first_level}: {len(centres)} positions\n{k} anchors of ~{side} px", fontsize=8)
+    return fig
+
+# %% ../nbs/04_anchors.ipynb #b820e601
+def plot_anchor_labels(image: Tensor, anchors: Tensor, gt_box: Tensor, matches: Tensor, max_negatives: int = 12,
+                       size: float = 4.0):
+    """`image` (3, H, W) with one ground-truth box `gt_box` (4,) and the anchors (P, 4) as the matcher labelled them
+    (`matches` (P,)): positives, ignored ones, and the `max_negatives` negatives that overlap the box most."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    iou = box_iou(gt_box[None], anchors)[0]
+    pos, ign = torch.where(matches >= 0)[0], torch.where(matches == -2)[0]
+    neg = torch.where((matches == -1) & (iou > 0))[0]
+    neg = neg[iou[neg].argsort(descending=True)[:max_negatives]]
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(image.permute(1, 2, 0).cpu())
+    styles = [(neg, "#40c0ff", 0.8, ":"), (ign, "orange", 1.2, "--"), (pos, "lime", 2.0, "-")]
+    for idx, color, lw, ls in styles:
+        for b in anchors[idx].tolist():
+            ax.add_patch(plt.Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, edgecolor=color, lw=lw, ls=ls))
+    x1, y1, x2, y2 = gt_box.tolist()
+    ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="white", lw=2.5))
+    n_neg = int((matches == -1).sum())
+    labels = [f"negative ({len(neg)} of {n_neg} shown)", f"ignored ({len(ign)})", f"positive ({len(pos)})",
+              "ground truth"]
+    handles = [Line2D([], [], color=c, lw=lw, ls=ls) for _, c, lw, ls in styles + [(None, "white", 2.5, "-")]]
+    ax.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), facecolor="0.6")
+    h, w = image.shape[-2:]
+    ax.set(xlim=(-0.5, w - 0.5), ylim=(h - 0.5, -0.5)); ax.axis("off")
+    return fig
+
+# %% ../nbs/04_anchors.ipynb #27c9d5f0
+def plot_iou_matrix(iou: Tensor, matches: Tensor, min_iou: float = 0.1, size=(9, 3.0)):
+    """The matcher's input `iou` (G, P) as an image: ground-truth boxes in rows; in columns the anchors whose best IoU
+    is at least `min_iou`, grouped by that best box, best overlaps first. Beneath it, each anchor's label in
+    `matches` (P,): positive, ignored or negative."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+    best, arg = iou.max(0)
+    cols = torch.where(best >= min_iou)[0]
+    cols = cols[torch.argsort(arg[cols] * 2.0 - best[cols], stable=True)]    # by box, then by decreasing IoU
+    kind = torch.where(matches[cols] >= 0, 2, torch.where(matches[cols] == -2, 1, 0))   # 2 pos, 1 ignored, 0 neg
+    fig, axs = plt.subplots(2, 1, figsize=size, sharex=True, gridspec_kw=dict(height_ratios=[len(iou), 1]))
+    im = axs[0].imshow(iou[:, cols], aspect="auto", cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+    axs[1].imshow(kind[None], aspect="auto", interpolation="nearest", vmin=0, vmax=2,
+                  cmap=ListedColormap(["0.8", "orange", "limegreen"]))
+    for x in torch.where(arg[cols][1:] != arg[cols][:-1])[0].tolist(): axs[0].axvline(x + 0.5, color="white", lw=0.8)
+    pos = torch.where(kind == 2)[0]
+    axs[1].plot(pos, torch.zeros(len(pos)), "^", color="darkgreen", ms=6)      # a positive is one column: marked
+    axs[0].set_yticks(range(len(iou)), [f"gt {g}" for g in range(len(iou))], fontsize=8)
+    axs[1].set_yticks([0], ["label"], fontsize=8)
+    axs[1].set_xlabel(f"the {len(cols)} anchors (of {iou.shape[1]}) with IoU ≥ {min_iou} for some box", fontsize=9)
+    fig.colorbar(im, ax=list(axs), label="IoU", pad=0.01)
+    axs[1].legend([Patch(color=c) for c in ("limegreen", "orange", "0.8")], ["positive", "ignored", "negative"],
+                  fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -1.6), frameon=False)
+    return fig
