@@ -24,8 +24,9 @@ from .core import UserInputError
 # %% auto #0
 __all__ = ['ANNOTATION_PREFIX', 'annotation_file', 'load_coco_json', 'check_polygons', 'compressed_rle_counts',
            'segmentation_to_rle', 'decode_rles', 'CategoryMap', 'keypoint_flip_indices', 'to_rgb', 'read_image',
-           'COCODataset', 'describe_split', 'check_image_files', 'Compose', 'RandomHorizontalFlip', 'AddProposals',
-           'ImageBatch', 'pad_images', 'aspect_ratio_groups', 'GroupedBatchSampler']
+           'COCODataset', 'plot_coco_annotations', 'describe_split', 'check_image_files', 'Compose',
+           'RandomHorizontalFlip', 'AddProposals', 'ImageBatch', 'pad_images', 'aspect_ratio_groups',
+           'GroupedBatchSampler']
 
 # %% ../nbs/02_data.ipynb #751a7539
 ANNOTATION_PREFIX = {"instances": "instances", "keypoints": "person_keypoints"}   # kind -> file name prefix
@@ -424,6 +425,59 @@ class COCODataset(torch.utils.data.Dataset):
     def __repr__(self):
         return (f"COCODataset({str(self.root)!r}, split={self.split!r}, kind={self.kind!r}: {len(self)} images, "
                 f"{self.num_classes} classes, stats={dict(self.stats)})")
+
+# %% ../nbs/02_data.ipynb #2b6f7348
+def _annotation_caption(a: dict, kept: bool, width: int, height: int) -> str:
+    "How annotation `a` of a `width` x `height` image is stored, and whether the dataset trains on it (`kept`)."
+    s = a["segmentation"]
+    if isinstance(s, list): how = f"polygon, {len(s)} part{'s' if len(s) > 1 else ''}"
+    else: how = ("compressed" if isinstance(s.get("counts"), str) else "uncompressed") + " RLE"
+    if kept: fate = "kept"
+    elif a.get("iscrowd"): fate = "crowd, left out"
+    elif _clipped_box(a["bbox"], width, height) is None: fate = "empty box, left out"
+    else: fate = "left out"
+    return f"ann {a['id']}: {how}; {fate}"
+
+# %% ../nbs/02_data.ipynb #61bff5ca
+def _draw_coco_annotation(ax, coco, a: dict, kept: bool, color):
+    """Annotation `a` of pycocotools' `coco` on matplotlib axes `ax` in `color`: its mask (filled if `kept`, striped
+    if left out), each polygon part outlined, its bbox (dashed if left out) and its id."""
+    import matplotlib.pyplot as plt
+    m = coco.annToMask(a).astype(bool)
+    h, w = m.shape
+    yy, xx = np.mgrid[:h, :w]
+    paint = m if kept else m & ((xx + yy) // 2 % 2 == 0)           # stripes two pixels wide
+    overlay = np.zeros((h, w, 4)); overlay[paint] = (*color, 0.55 if kept else 0.35)
+    ax.imshow(overlay, extent=(0, w, h, 0), interpolation="nearest")
+    for part in a["segmentation"] if isinstance(a["segmentation"], list) else []:
+        ax.add_patch(plt.Polygon(np.reshape(part, (-1, 2)), closed=True, fill=False, edgecolor=color, lw=1.5))
+    x, y, bw, bh = a["bbox"]
+    ax.add_patch(plt.Rectangle((x, y), bw, bh, fill=False, edgecolor=color, lw=1 if kept else 2, ls="-" if kept else "--"))
+    ax.text(x + 0.3, y + 0.3, str(a["id"]), color="white", fontsize=8, va="top", bbox=dict(fc=color, lw=0, pad=0.5))
+
+# %% ../nbs/02_data.ipynb #8066400c
+def plot_coco_annotations(ds, image_ids: list, size: float = 3.2):
+    """One panel per image id of `ds` (a `COCODataset`) with every annotation of its file as stored, crowd and
+    degenerate ones included: what the dataset trains on is filled, what it leaves out striped; a caption each."""
+    import matplotlib.pyplot as plt
+    from mrcnn_nb.viz import class_color
+    kept = {r["id"]: {a[0] for a in r["anns"]} for r in ds.records}
+    fig, axs = plt.subplots(1, len(image_ids), figsize=(size * len(image_ids), size), squeeze=False)
+    for ax, i in zip(axs[0], image_ids):
+        im = ds.coco.imgs[i]
+        h, w = im["height"], im["width"]
+        ax.imshow(read_image(ds.image_dir / im["file_name"]).permute(1, 2, 0), extent=(0, w, h, 0))
+        anns = ds.coco.loadAnns(ds.coco.getAnnIds(imgIds=[i], iscrowd=None))
+        used = {a["id"]: a["id"] in kept.get(i, ()) for a in anns}
+        for a in sorted(anns, key=lambda a: used[a["id"]]):            # what is left out first, beneath the rest
+            _draw_coco_annotation(ax, ds.coco, a, used[a["id"]], class_color(ds.categories.to_label(a["category_id"])))
+        notes = [_annotation_caption(a, used[a["id"]], w, h) for a in anns]
+        ax.set_xlabel("\n".join(notes or ["no annotations: kept for evaluation;", "skip_empty=True drops it"]),
+                      fontsize=8, loc="left")
+        ax.set_title(f"image {i} ({im['file_name']})", fontsize=9)
+        ax.set(xlim=(0, w), ylim=(h, 0), xticks=[], yticks=[])
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/02_data.ipynb #c32c74cc
 _LEFT_OUT = {"crowd_skipped": "crowd regions (ignored, as in COCO)", "degenerate_boxes_dropped":
