@@ -35,11 +35,11 @@ def _draw_grid(ax, n: int):
 
 # %% ../nbs/07_roi_layers.ipynb #22175380
 def _pool_bin_cells(first: float, n_cells: float, n_bins: int) -> list:
-    "RoIPool's bins along one axis: [start, end) cells of bin p = first + floor(p·b), first + ceil((p+1)·b), b = n/bins."
+    "RoIPool's bins on one axis: bin p takes cells [first + floor(p·b), first + ceil((p+1)·b)), b = n_cells / n_bins."
     b = n_cells / n_bins
     return [(first + math.floor(p * b), first + math.ceil((p + 1) * b)) for p in range(n_bins)]
 
-# %% ../nbs/07_roi_layers.ipynb #9e8c2810
+# %% ../nbs/07_roi_layers.ipynb #ee100e67
 def _draw_pool_bins(ax, q: list, qw: float, qh: float, output_size: int):
     "RoIPool (red): each bin of the quantized RoI (first cell `q[:2]`, `qw` × `qh` cells) as the cells it takes."
     from matplotlib.patches import Rectangle   # here, not at the top: importing the layers does not import matplotlib
@@ -140,7 +140,7 @@ def axis_plan(start: Tensor, size: Tensor, n_bins: int, grid: Tensor, length: in
     w_hi = torch.where(valid, frac, zero)
     return AxisPlan(lo, hi.clamp(min=0), w_lo, w_hi, grid.clamp(min=0).long())
 
-# %% ../nbs/07_roi_layers.ipynb #590f5820
+# %% ../nbs/07_roi_layers.ipynb #db240fa4
 def bilinear_neighbours(y: float, x: float, height: int, width: int) -> list:
     "The (row, column, weight) of the four cells bilinear interpolation reads at (y, x), index coordinates."
     def one(c, n):   # one bin of one cell centred on c, one sample: the sample is at c
@@ -150,7 +150,7 @@ def bilinear_neighbours(y: float, x: float, height: int, width: int) -> list:
     return [(int(r[0, 0, 0]), int(c[0, 0, 0]), float(wr[0, 0, 0] * wc[0, 0, 0]))
             for r, wr in ((py.lo, py.w_lo), (py.hi, py.w_hi)) for c, wc in ((px.lo, px.w_lo), (px.hi, px.w_hi))]
 
-# %% ../nbs/07_roi_layers.ipynb #a09d0d5c
+# %% ../nbs/07_roi_layers.ipynb #46b31fe5
 def draw_bilinear_sample(ax, values: Tensor, y: float, x: float):
     "Values at their index positions, a sample (y, x), its four neighbours and their weights (opposite areas)."
     from matplotlib.patches import Rectangle
@@ -340,7 +340,7 @@ def roi_warp_ref(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
                          quantized=True)
     return bilinear_pool_reference(input, plan, mode)
 
-# %% ../nbs/07_roi_layers.ipynb #68017f39
+# %% ../nbs/07_roi_layers.ipynb #e57553db
 def tiny_case_outputs(values: Tensor, roi, output_size: int = 2) -> dict:
     "The four layers on an (H, W) map for one RoI (x1, y1, x2, y2 in cells: scale 1), one sample per bin."
     x = values[None, None].double()
@@ -350,7 +350,7 @@ def tiny_case_outputs(values: Tensor, roi, output_size: int = 2) -> dict:
             "RoIAlign aligned=False": roi_align_ref(x, r, output_size, 1.0, 1, aligned=False)[0, 0],
             "RoIAlign aligned=True": roi_align_ref(x, r, output_size, 1.0, 1, aligned=True)[0, 0]}
 
-# %% ../nbs/07_roi_layers.ipynb #070f57c2
+# %% ../nbs/07_roi_layers.ipynb #87ab7984
 def plot_tiny_case(values: Tensor, roi, output_size: int = 2) -> Figure:
     "One panel per layer: where it reads on `values` (H, W) for `roi` (in cells) and its output in the title."
     from matplotlib.figure import Figure
