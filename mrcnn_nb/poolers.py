@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -14,7 +15,7 @@ from .boxes import box_area
 from .roi_ops import check_rois, roi_align, roi_pool, roi_warp
 
 # %% auto #0
-__all__ = ['map_levels', 'MultiScaleRoIPool']
+__all__ = ['map_levels', 'level_counts', 'draw_level_assignment', 'MultiScaleRoIPool']
 
 # %% ../nbs/07e_poolers.ipynb #7471cdef
 def map_levels(boxes: Tensor, k_min: int, k_max: int, canonical_scale: float = 224.0, canonical_level: int = 4,
@@ -24,6 +25,42 @@ def map_levels(boxes: Tensor, k_min: int, k_max: int, canonical_scale: float = 2
     k = torch.floor(canonical_level + torch.log2(s / canonical_scale) + eps)
     k = torch.nan_to_num(k, nan=float(k_min), neginf=float(k_min), posinf=float(k_max))
     return (k.clamp(k_min, k_max) - k_min).long()
+
+# %% ../nbs/07e_poolers.ipynb #44e5c068
+def level_counts(boxes: Tensor, k_min: int = 2, k_max: int = 5, canonical_scale: float = 224.0,
+                 canonical_level: int = 4) -> dict:
+    "How many of `boxes` (K, 4) xyxy each level k_min..k_max receives under `map_levels`."
+    lv = map_levels(boxes, k_min, k_max, canonical_scale, canonical_level) + k_min
+    return {k: int((lv == k).sum()) for k in range(k_min, k_max + 1)}
+
+# %% ../nbs/07e_poolers.ipynb #f3fd19cc
+def draw_level_assignment(ax, boxes: Tensor, k_min: int = 2, k_max: int = 5, canonical_scale: float = 224.0,
+                          canonical_level: int = 4, label: str = "RoIs"):
+    "Each box's FPN level against its size √(wh) (log axis), Eq. (1) before the floor, boundaries and counts."
+    s = torch.sqrt(box_area(boxes)).clamp(min=1.0)
+    lv = map_levels(boxes, k_min, k_max, canonical_scale, canonical_level) + k_min
+    wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1e-3)
+    spread = 0.3 * torch.tanh(torch.log(wh[:, 0] / wh[:, 1]))              # wide boxes up, tall ones down
+    ax.scatter(s.numpy(), (lv + spread).numpy(), s=7, alpha=0.5, color="tab:blue", label=label, zorder=3)
+    x = np.geomspace(min(float(s.min()), 8.0), max(float(s.max()), 1024.0), 300)
+    ax.plot(x, canonical_level + np.log2(x / canonical_scale), color="0.4", ls="--", lw=1,
+            label=f"{canonical_level} + log2(√(wh) / {canonical_scale:g})")
+    for k in range(k_min + 1, k_max + 1):                                    # where the floor steps up
+        edge = canonical_scale * 2.0 ** (k - canonical_level)
+        ax.axvline(edge, color="0.6", ls=":", lw=1)
+        ax.text(edge, k_max + 0.55, f"{edge:.3g}", fontsize=8, ha="center", va="bottom", color="0.3")
+    for k, n in level_counts(boxes, k_min, k_max, canonical_scale, canonical_level).items():
+        ax.text(1.01, (k - k_min + 0.5) / (k_max - k_min + 1), f"P{k}: {n}", transform=ax.transAxes, fontsize=8,
+                va="center")
+    ax.set_xscale("log")
+    ax.set_xlim(x[0], x[-1])
+    ax.set_ylim(k_min - 0.5, k_max + 0.5)
+    ax.set_yticks(range(k_min, k_max + 1), [f"P{k}" for k in range(k_min, k_max + 1)])
+    ax.tick_params(labelsize=8)
+    ax.set_xlabel("RoI size √(wh), px", fontsize=8)
+    ax.set_title(f"level of each RoI: canonical {canonical_scale:g} px → P{canonical_level}", fontsize=9, pad=14)
+    ax.legend(fontsize=8, loc="upper left")
+    return ax
 
 # %% ../nbs/07e_poolers.ipynb #5f61402f
 _LAYERS = {"align": roi_align, "pool": roi_pool, "warp": roi_warp}

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['MAX_GRID', 'round_half_away', 'draw_roi_geometry', 'AxisPlan', 'axis_plan', 'BilinearPlan', 'bilinear_plan',
-           'PoolPlan', 'pool_plan', 'bilinear_pool_reference', 'roi_pool_reference', 'roi_align_ref', 'roi_pool_ref',
-           'roi_warp_ref']
+__all__ = ['MAX_GRID', 'round_half_away', 'draw_roi_geometry', 'AxisPlan', 'axis_plan', 'bilinear_neighbours',
+           'draw_bilinear_sample', 'BilinearPlan', 'bilinear_plan', 'PoolPlan', 'pool_plan', 'bilinear_pool_reference',
+           'roi_pool_reference', 'roi_align_ref', 'roi_pool_ref', 'roi_warp_ref', 'tiny_case_outputs', 'plot_tiny_case']
 
 # %% ../nbs/07_roi_layers.ipynb #138c3f0e
 def round_half_away(x: Tensor) -> Tensor:
@@ -32,15 +34,18 @@ def _draw_grid(ax, n: int):
         ax.scatter(cx, cy, s=3, color="0.6", zorder=1)
 
 # %% ../nbs/07_roi_layers.ipynb #22175380
+def _pool_bin_cells(first: float, n_cells: float, n_bins: int) -> list:
+    "RoIPool's bins on one axis: bin p takes cells [first + floor(p·b), first + ceil((p+1)·b)), b = n_cells / n_bins."
+    b = n_cells / n_bins
+    return [(first + math.floor(p * b), first + math.ceil((p + 1) * b)) for p in range(n_bins)]
+
+# %% ../nbs/07_roi_layers.ipynb #ee100e67
 def _draw_pool_bins(ax, q: list, qw: float, qh: float, output_size: int):
-    "RoIPool (red): the quantized RoI (first cell `q[:2]`, `qw` × `qh` cells) and its rounded bin edges."
+    "RoIPool (red): each bin of the quantized RoI (first cell `q[:2]`, `qw` × `qh` cells) as the cells it takes."
     from matplotlib.patches import Rectangle   # here, not at the top: importing the layers does not import matplotlib
-    for p in range(output_size + 1):
-        bx = q[0] + np.floor(p * qw / output_size) if p < output_size else q[0] + qw
-        by = q[1] + np.floor(p * qh / output_size) if p < output_size else q[1] + qh
-        ax.plot([bx, bx], [q[1], q[1] + qh], color="tab:red", lw=1.0, alpha=0.7)
-        ax.plot([q[0], q[0] + qw], [by, by], color="tab:red", lw=1.0, alpha=0.7)
-    ax.add_patch(Rectangle((q[0], q[1]), qw, qh, fill=True, color="tab:red", alpha=0.12, lw=0))
+    for y0, y1 in _pool_bin_cells(q[1], qh, output_size):
+        for x0, x1 in _pool_bin_cells(q[0], qw, output_size):
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fc=(0.84, 0.15, 0.16, 0.14), ec="tab:red", lw=1.0))
 
 # %% ../nbs/07_roi_layers.ipynb #dcc26d9d
 def _draw_warp_samples(ax, q: list, qw: float, qh: float, output_size: int, sampling_ratio: int):
@@ -54,17 +59,18 @@ def _draw_warp_samples(ax, q: list, qw: float, qh: float, output_size: int, samp
     ax.scatter(X, Y, s=10, marker="x", color="tab:orange", zorder=3)
 
 # %% ../nbs/07_roi_layers.ipynb #dd5ae317
-def _draw_align_samples(ax, x1: float, y1: float, x2: float, y2: float, output_size: int, sampling_ratio: int):
+def _draw_align_samples(ax, x1: float, y1: float, x2: float, y2: float, output_size: int, sampling_ratio: int,
+                        color: str = "tab:blue"):
     "RoIAlign (blue): bins that split the RoI (x1, y1, x2, y2 in cells) exactly, and their sampling points."
     bw, bh = (x2 - x1) / output_size, (y2 - y1) / output_size
     for p in range(1, output_size):
-        ax.plot([x1 + p * bw] * 2, [y1, y2], color="tab:blue", lw=0.9)
-        ax.plot([x1, x2], [y1 + p * bh] * 2, color="tab:blue", lw=0.9)
+        ax.plot([x1 + p * bw] * 2, [y1, y2], color=color, lw=0.9)
+        ax.plot([x1, x2], [y1 + p * bh] * 2, color=color, lw=0.9)
     g = sampling_ratio
     sx = x1 + (np.arange(output_size * g) + 0.5) * bw / g
     sy = y1 + (np.arange(output_size * g) + 0.5) * bh / g
     X, Y = np.meshgrid(sx, sy)
-    ax.scatter(X, Y, s=max(2.0, 14.0 * min(1.0, 4.0 / (output_size * g))), color="tab:blue", alpha=0.8, zorder=3)
+    ax.scatter(X, Y, s=max(2.0, 14.0 * min(1.0, 4.0 / (output_size * g))), color=color, alpha=0.8, zorder=3)
 
 # %% ../nbs/07_roi_layers.ipynb #cf969f08
 def draw_roi_geometry(ax, roi, stride: float = 16.0, output_size: int = 2, sampling_ratio: int = 2,
@@ -133,6 +139,47 @@ def axis_plan(start: Tensor, size: Tensor, n_bins: int, grid: Tensor, length: in
     w_lo = torch.where(valid, 1 - frac, zero)
     w_hi = torch.where(valid, frac, zero)
     return AxisPlan(lo, hi.clamp(min=0), w_lo, w_hi, grid.clamp(min=0).long())
+
+# %% ../nbs/07_roi_layers.ipynb #db240fa4
+def bilinear_neighbours(y: float, x: float, height: int, width: int) -> list:
+    "The (row, column, weight) of the four cells bilinear interpolation reads at (y, x), index coordinates."
+    def one(c, n):   # one bin of one cell centred on c, one sample: the sample is at c
+        f64 = dict(dtype=torch.float64)
+        return axis_plan(torch.tensor([c - 0.5], **f64), torch.ones(1, **f64), 1, torch.ones(1, dtype=torch.long), n)
+    py, px = one(y, height), one(x, width)
+    return [(int(r[0, 0, 0]), int(c[0, 0, 0]), float(wr[0, 0, 0] * wc[0, 0, 0]))
+            for r, wr in ((py.lo, py.w_lo), (py.hi, py.w_hi)) for c, wc in ((px.lo, px.w_lo), (px.hi, px.w_hi))]
+
+# %% ../nbs/07_roi_layers.ipynb #46b31fe5
+def draw_bilinear_sample(ax, values: Tensor, y: float, x: float):
+    "Values at their index positions, a sample (y, x), its four neighbours and their weights (opposite areas)."
+    from matplotlib.patches import Rectangle
+    H, W = values.shape
+    for i in range(H): ax.plot([0, W - 1], [i, i], color="0.85", lw=0.8, zorder=0)
+    for j in range(W): ax.plot([j, j], [0, H - 1], color="0.85", lw=0.8, zorder=0)
+    for (i, j), v in np.ndenumerate(values.numpy()):
+        ax.text(j - 0.08, i - 0.08, f"{v:g}", ha="right", va="bottom", fontsize=9, color="0.3")
+    nbrs = bilinear_neighbours(y, x, H, W)
+    rows, cols = sorted({r for r, _, _ in nbrs}), sorted({c for _, c, _ in nbrs})
+    total = 0.0
+    for (r, c, w), color in zip(nbrs, ("tab:blue", "tab:orange", "tab:green", "tab:purple")):
+        ro, co = rows[-1] if r == rows[0] else rows[0], cols[-1] if c == cols[0] else cols[0]   # the opposite corner
+        ax.add_patch(Rectangle((min(x, co), min(y, ro)), abs(co - x), abs(ro - y), color=color, alpha=0.3, lw=0))
+        ax.text((x + co) / 2, (y + ro) / 2, f"{w:.2f}", ha="center", va="center", fontsize=9, color=color)
+        ax.scatter([c], [r], s=90, color=color, zorder=3)
+        total += w * float(values[r, c])
+    ax.scatter([x], [y], s=140, marker="*", color="k", zorder=4)
+    ax.set_xlim(-0.6, W - 0.4)
+    ax.set_ylim(H - 0.4, -0.6)
+    ax.set_aspect("equal")
+    ax.set_xticks(range(W))
+    ax.set_yticks(range(H))
+    ax.tick_params(labelsize=8)
+    ax.set_xlabel("column j", fontsize=8)
+    ax.set_ylabel("row i", fontsize=8)
+    ax.set_title(f"bilinear sample at (y, x) = ({y:g}, {x:g}): value {total:.2f}\n"
+                 "weight of a neighbour = area of the rectangle opposite it", fontsize=9)
+    return ax
 
 # %% ../nbs/07_roi_layers.ipynb #23caf72c
 @dataclass
@@ -292,3 +339,32 @@ def roi_warp_ref(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
     plan = bilinear_plan(rois.detach().cpu(), spatial_scale, (out_h, out_w), sampling_ratio, *input.shape[-2:],
                          quantized=True)
     return bilinear_pool_reference(input, plan, mode)
+
+# %% ../nbs/07_roi_layers.ipynb #e57553db
+def tiny_case_outputs(values: Tensor, roi, output_size: int = 2) -> dict:
+    "The four layers on an (H, W) map for one RoI (x1, y1, x2, y2 in cells: scale 1), one sample per bin."
+    x = values[None, None].double()
+    r = torch.tensor([[0.0, *roi]], dtype=torch.float64)
+    return {"RoIPool": roi_pool_ref(x, r, output_size)[0, 0],
+            "RoIWarp": roi_warp_ref(x, r, output_size, 1.0, 1)[0, 0],
+            "RoIAlign aligned=False": roi_align_ref(x, r, output_size, 1.0, 1, aligned=False)[0, 0],
+            "RoIAlign aligned=True": roi_align_ref(x, r, output_size, 1.0, 1, aligned=True)[0, 0]}
+
+# %% ../nbs/07_roi_layers.ipynb #87ab7984
+def plot_tiny_case(values: Tensor, roi, output_size: int = 2) -> Figure:
+    "One panel per layer: where it reads on `values` (H, W) for `roi` (in cells) and its output in the title."
+    from matplotlib.figure import Figure
+    outs = tiny_case_outputs(values, roi, output_size)
+    H, W = values.shape
+    fig = Figure(figsize=(10, 3.4), dpi=100)
+    for ax, (name, out) in zip(fig.subplots(1, 4), outs.items()):
+        draw_roi_geometry(ax, roi, 1.0, output_size, 1, grid_cells=max(H, W), show_pool=name == "RoIPool",
+                          show_warp=name == "RoIWarp", show_align=name == "RoIAlign aligned=True")
+        if name == "RoIAlign aligned=False":   # index coordinate = x, drawn at x + ½
+            _draw_align_samples(ax, *[v + 0.5 for v in roi], output_size, 1, color="tab:green")
+        for (i, j), v in np.ndenumerate(values.numpy()):
+            ax.text(j + 0.5, i + 0.3, f"{v:g}", ha="center", va="center", fontsize=8, color="0.4")
+        rows = "  ".join(" ".join(f"{v:g}" for v in row) for row in out.tolist())
+        ax.set_title(f"{name}\noutput: {rows}", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -5,6 +5,8 @@
 # %% ../nbs/07a_roi_numba.ipynb #6f458b31
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numba
 import numpy as np
 import torch
@@ -14,7 +16,8 @@ from torch import Tensor
 from .roi_layers import BilinearPlan, PoolPlan
 
 # %% auto #0
-__all__ = ['bilinear_forward_numba', 'bilinear_backward_numba', 'roi_pool_forward_numba', 'roi_pool_backward_numba']
+__all__ = ['bilinear_forward_numba', 'bilinear_backward_numba', 'roi_pool_forward_numba', 'roi_pool_backward_numba',
+           'parallel_split', 'split_dependence']
 
 # %% ../nbs/07a_roi_numba.ipynb #838c819e
 def _nhwc(t: Tensor) -> np.ndarray:
@@ -197,7 +200,11 @@ def _sync_threads() -> int:
     return n
 
 # %% ../nbs/07a_roi_numba.ipynb #7b87b780
-def _nblocks(C: int) -> int: return max(1, min(C, numba.get_num_threads()))
+_SPLIT = {"blocks": None}   # set by `parallel_split` (below) to run the kernels n ways; None: one block per thread
+
+def _nblocks(C: int) -> int:
+    "Channel blocks of the backward kernels: one per thread (or as `parallel_split` says), never more than C."
+    return max(1, min(C, _SPLIT["blocks"] or numba.get_num_threads()))
 
 # %% ../nbs/07a_roi_numba.ipynb #071ba386
 def bilinear_forward_numba(input: Tensor, plan: BilinearPlan, mode: str = "avg"):
@@ -254,3 +261,24 @@ def roi_pool_backward_numba(grad_out: Tensor, plan: PoolPlan, input_shape, argma
     if plan.batch.numel():
         _pool_bwd(_nhwc_contiguous(grad_out), argmax.numpy(), plan.batch.numpy(), gin.numpy(), _nblocks(C))
     return gin.permute(0, 3, 1, 2)
+
+# %% ../nbs/07a_roi_numba.ipynb #aa73cecb
+@contextmanager
+def parallel_split(n: int):
+    "Within the block, the CPU kernels split their work `n` ways: n channel blocks, on up to n threads."
+    old_threads, old_blocks = torch.get_num_threads(), _SPLIT["blocks"]
+    torch.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    _SPLIT["blocks"] = n
+    try: yield n
+    finally:
+        torch.set_num_threads(old_threads)
+        _SPLIT["blocks"] = old_blocks
+        _sync_threads()
+
+# %% ../nbs/07a_roi_numba.ipynb #69258827
+def split_dependence(fn, splits=(1, 2, 3, 8)) -> list:
+    "The splits n (after the first) for which `fn()` run under `parallel_split(n)` differs, bitwise, from the first."
+    results = []
+    for n in splits:
+        with parallel_split(n): results.append(fn())
+    return [n for n, r in zip(splits[1:], results[1:]) if not torch.equal(r, results[0])]

@@ -258,6 +258,11 @@ class RoIExplorer:
         self.label.value = "<b>mask IoU after the round trip</b>: " + ious
         return self.state
 
+    def snapshot(self):
+        "The current view as a static PNG image: a saved notebook keeps images, not live widgets."
+        from IPython.display import Image
+        return Image(self.image_widget.value)
+
     def _ipython_display_(self):
         from IPython.display import display
         display(self.widget)
