@@ -215,7 +215,7 @@ def load_imagenet_weights(body: ResNet, path, res5: nn.Module | None = None) -> 
                      source=f"{path} (layer4)")
     return body
 
-# %% ../nbs/05_backbone.ipynb #cf4bde1d
+# %% ../nbs/05_backbone.ipynb #49b24194
 def backbone_features(model: nn.Module, image: Tensor) -> dict:
     """The network input ('input', (3, H, W)), the trunk's stages ('C2'...'C5') and the pyramid's levels
     ('P2'...'P6') of `model` (a Mask R-CNN with an FPN backbone, in eval mode) on one image, each (C, h, w)."""
@@ -228,12 +228,12 @@ def backbone_features(model: nn.Module, image: Tensor) -> dict:
     out.update({f"P{i + 2}": t[0] for i, t in enumerate(p)})
     return out
 
-# %% ../nbs/05_backbone.ipynb #a455f0e2
+# %% ../nbs/05_backbone.ipynb #b535ef05
 def _level_title(name: str, f: Tensor, input_width: int) -> str:
     "'C3 · stride 8' over '128×16×16': a level's name, its stride in input pixels and its shape."
     return f"{name} · stride {round(input_width / f.shape[-1])}\n{'×'.join(map(str, f.shape))}"
 
-# %% ../nbs/05_backbone.ipynb #2f4aa4b8
+# %% ../nbs/05_backbone.ipynb #35e14d43
 def show_feature_maps(feats: dict, size: float = 1.7):
     """One panel per level of `backbone_features`: the mean |activation| over channels, each level on its own
     colour scale; C levels on the top row, P levels below, columns aligned by stride."""
@@ -254,7 +254,7 @@ def show_feature_maps(feats: dict, size: float = 1.7):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/05_backbone.ipynb #d78c6d0b
+# %% ../nbs/05_backbone.ipynb #90959ba9
 def show_channels(f: Tensor, name: str, n: int = 8, size: float = 1.5):
     "The `n` channels of one level `f` (C, h, w) with the largest mean activation, each on its own colour scale."
     import matplotlib.pyplot as plt
