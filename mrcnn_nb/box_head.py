@@ -156,13 +156,13 @@ class BoxBranch(nn.Module):
         return postprocess_detections(class_logits, box_deltas, proposals, image_sizes, self.coder, self.score_thresh,
                                       self.nms_thresh, self.detections_per_img), {}
 
-# %% ../nbs/08_box_head.ipynb #a64437d7
+# %% ../nbs/08_box_head.ipynb #229e15ff
 def _picture(image: Tensor, size: tuple) -> Tensor:
     "`image` (3, H, W), uint8 or 0-1 float, resized to `size` (h, w) as a displayable (h, w, 3) float in 0-1."
     pic = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
     return (pic / 255 if image.dtype == torch.uint8 else pic).clamp(0, 1).permute(1, 2, 0)
 
-# %% ../nbs/08_box_head.ipynb #16aaa31c
+# %% ../nbs/08_box_head.ipynb #c0599761
 def box_training_sample(model: nn.Module, image: Tensor, target: dict, seed: int = 0) -> dict:
     """The box branch's training RoIs for one image: `model`'s RPN proposals (training settings), then
     `sample_rois` with the branch's matcher, sampler (seeded) and coder. Boxes in the network input's pixels."""
@@ -180,14 +180,14 @@ def box_training_sample(model: nn.Module, image: Tensor, target: dict, seed: int
                 matched=matched[0], labels=labels[0], reg=reg[0], gt=targets[0]["boxes"],
                 gt_labels=targets[0]["labels"], coder=b.coder)
 
-# %% ../nbs/08_box_head.ipynb #dac10701
+# %% ../nbs/08_box_head.ipynb #b311917d
 def _box_panel(ax, boxes: Tensor, colors: list, lw: float = 1.0, ls: str = "-", alpha: float = 1.0):
     "Outline `boxes` (N, 4) xyxy on `ax`, box i in colour `colors[i]`."
     import matplotlib.pyplot as plt
     for (x1, y1, x2, y2), c in zip(boxes.tolist(), colors):
         ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=c, lw=lw, ls=ls, alpha=alpha))
 
-# %% ../nbs/08_box_head.ipynb #ecf8524b
+# %% ../nbs/08_box_head.ipynb #e3a13210
 def show_sampled_rois(sample: dict, size: float = 4.0):
     """Two panels of `box_training_sample`: the positive RoIs, coloured by class, and the negatives; the
     ground-truth boxes in black."""
@@ -204,7 +204,7 @@ def show_sampled_rois(sample: dict, size: float = 4.0):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/08_box_head.ipynb #1a2794d6
+# %% ../nbs/08_box_head.ipynb #90e30005
 def _spread_positives(sample: dict, n: int) -> Tensor:
     "Indices of `n` positive RoIs that are not gt boxes themselves, spread from the lowest IoU to the highest."
     pos = torch.where(sample["labels"] > 0)[0]
@@ -214,7 +214,7 @@ def _spread_positives(sample: dict, n: int) -> Tensor:
     order = pos[iou.argsort()]
     return order[torch.linspace(0, len(order) - 1, min(n, len(order))).round().long()]
 
-# %% ../nbs/08_box_head.ipynb #2f136079
+# %% ../nbs/08_box_head.ipynb #73ce7723
 def show_regression_targets(sample: dict, n: int = 4, size: float = 2.4):
     """`n` positive RoIs (dashed), each with its ground-truth box (solid), a centre-to-centre arrow and the
     target deltas (tx, ty, tw, th) in the title, zoomed on the pair."""
