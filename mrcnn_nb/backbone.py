@@ -15,7 +15,8 @@ from .core import UserInputError, load_state_dict_file, load_weights
 
 # %% auto #0
 __all__ = ['RESNET_BLOCKS', 'FrozenBatchNorm2d', 'make_norm', 'Bottleneck', 'ResNet', 'resnet', 'FPN', 'freeze_trunk',
-           'FPNBackbone', 'SingleLevelBackbone', 'fold_frozen_bn', 'load_imagenet_weights']
+           'FPNBackbone', 'SingleLevelBackbone', 'fold_frozen_bn', 'load_imagenet_weights', 'backbone_features',
+           'show_feature_maps', 'show_channels']
 
 # %% ../nbs/05_backbone.ipynb #aceaf2a5
 class FrozenBatchNorm2d(nn.Module):
@@ -213,3 +214,57 @@ def load_imagenet_weights(body: ResNet, path, res5: nn.Module | None = None) -> 
         load_weights(res5, {k[len("layer4."):]: v for k, v in sd.items() if k.startswith("layer4.")},
                      source=f"{path} (layer4)")
     return body
+
+# %% ../nbs/05_backbone.ipynb #49b24194
+def backbone_features(model: nn.Module, image: Tensor) -> dict:
+    """The network input ('input', (3, H, W)), the trunk's stages ('C2'...'C5') and the pyramid's levels
+    ('P2'...'P6') of `model` (a Mask R-CNN with an FPN backbone, in eval mode) on one image, each (C, h, w)."""
+    with torch.no_grad():
+        batch, _ = model.transform([image])
+        c = model.backbone.body(batch.tensors)
+        p = model.backbone.fpn(c)
+    out = {"input": batch.tensors[0]}
+    out.update({f"C{i + 2}": t[0] for i, t in enumerate(c)})
+    out.update({f"P{i + 2}": t[0] for i, t in enumerate(p)})
+    return out
+
+# %% ../nbs/05_backbone.ipynb #b535ef05
+def _level_title(name: str, f: Tensor, input_width: int) -> str:
+    "'C3 · stride 8' over '128×16×16': a level's name, its stride in input pixels and its shape."
+    return f"{name} · stride {round(input_width / f.shape[-1])}\n{'×'.join(map(str, f.shape))}"
+
+# %% ../nbs/05_backbone.ipynb #35e14d43
+def show_feature_maps(feats: dict, size: float = 1.7):
+    """One panel per level of `backbone_features`: the mean |activation| over channels, each level on its own
+    colour scale; C levels on the top row, P levels below, columns aligned by stride."""
+    import matplotlib.pyplot as plt
+    x = feats["input"]
+    cs, ps = [k for k in feats if k[0] == "C"], [k for k in feats if k[0] == "P"]
+    ncols = max(len(cs), len(ps)) + 1
+    fig, axes = plt.subplots(2, ncols, figsize=(size * ncols, size * 2.3))
+    for ax in axes.flat: ax.axis("off")
+    axes[0, 0].imshow(((x - x.min()) / (x.max() - x.min())).permute(1, 2, 0).numpy())
+    axes[0, 0].set_title(f"input\n{'×'.join(map(str, x.shape))}", fontsize=9)
+    for row, keys in ((0, cs), (1, ps)):
+        for j, k in enumerate(keys):
+            ax = axes[row, j + 1]
+            ax.imshow(feats[k].abs().mean(0).numpy(), cmap="magma")
+            ax.set_title(_level_title(k, feats[k], x.shape[-1]), fontsize=9)
+    fig.suptitle("Mean |activation| per level: trunk (C, top) and FPN (P, bottom)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/05_backbone.ipynb #90959ba9
+def show_channels(f: Tensor, name: str, n: int = 8, size: float = 1.5):
+    "The `n` channels of one level `f` (C, h, w) with the largest mean activation, each on its own colour scale."
+    import matplotlib.pyplot as plt
+    top = f.mean((1, 2)).argsort(descending=True)[:n]
+    ncols = (n + 1) // 2
+    fig, axes = plt.subplots(2, ncols, figsize=(size * ncols, size * 2 + 0.4))
+    for ax in axes.flat: ax.axis("off")
+    for ax, c in zip(axes.flat, top.tolist()):
+        ax.imshow(f[c].numpy(), cmap="viridis")
+        ax.set_title(f"{name} channel {c}", fontsize=8)
+    fig.suptitle(f"{name}: the {n} most active of {f.shape[0]} channels ({f.shape[1]}×{f.shape[2]})", fontsize=10)
+    fig.tight_layout()
+    return fig

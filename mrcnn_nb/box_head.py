@@ -16,7 +16,7 @@ from .core import distributed_count
 
 # %% auto #0
 __all__ = ['TwoMLPHead', 'Res5Head', 'res5_head', 'FastRCNNPredictor', 'sample_rois', 'fastrcnn_loss', 'postprocess_detections',
-           'BoxBranch']
+           'BoxBranch', 'box_training_sample', 'show_sampled_rois', 'show_regression_targets']
 
 # %% ../nbs/08_box_head.ipynb #3e071bf7
 class TwoMLPHead(nn.Module):
@@ -155,3 +155,83 @@ class BoxBranch(nn.Module):
                     dict(proposals=proposals, labels=labels, matched_idxs=matched))
         return postprocess_detections(class_logits, box_deltas, proposals, image_sizes, self.coder, self.score_thresh,
                                       self.nms_thresh, self.detections_per_img), {}
+
+# %% ../nbs/08_box_head.ipynb #229e15ff
+def _picture(image: Tensor, size: tuple) -> Tensor:
+    "`image` (3, H, W), uint8 or 0-1 float, resized to `size` (h, w) as a displayable (h, w, 3) float in 0-1."
+    pic = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    return (pic / 255 if image.dtype == torch.uint8 else pic).clamp(0, 1).permute(1, 2, 0)
+
+# %% ../nbs/08_box_head.ipynb #c0599761
+def box_training_sample(model: nn.Module, image: Tensor, target: dict, seed: int = 0) -> dict:
+    """The box branch's training RoIs for one image: `model`'s RPN proposals (training settings), then
+    `sample_rois` with the branch's matcher, sampler (seeded) and coder. Boxes in the network input's pixels."""
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        batch, targets = model.transform([image], [target])
+        feats = model.backbone(batch.tensors)
+        was_training = model.rpn.training
+        model.rpn.train()
+        try: proposals, _ = model.rpn(batch, feats, targets)
+        finally: model.rpn.train(was_training)
+        b = model.box
+        rois, matched, labels, reg = sample_rois(proposals, targets, b.matcher, b.sampler, b.coder)
+    return dict(picture=_picture(image, batch.image_sizes[0]), proposals=proposals[0], rois=rois[0],
+                matched=matched[0], labels=labels[0], reg=reg[0], gt=targets[0]["boxes"],
+                gt_labels=targets[0]["labels"], coder=b.coder)
+
+# %% ../nbs/08_box_head.ipynb #b311917d
+def _box_panel(ax, boxes: Tensor, colors: list, lw: float = 1.0, ls: str = "-", alpha: float = 1.0):
+    "Outline `boxes` (N, 4) xyxy on `ax`, box i in colour `colors[i]`."
+    import matplotlib.pyplot as plt
+    for (x1, y1, x2, y2), c in zip(boxes.tolist(), colors):
+        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=c, lw=lw, ls=ls, alpha=alpha))
+
+# %% ../nbs/08_box_head.ipynb #e3a13210
+def show_sampled_rois(sample: dict, size: float = 4.0):
+    """Two panels of `box_training_sample`: the positive RoIs, coloured by class, and the negatives; the
+    ground-truth boxes in black."""
+    import matplotlib.pyplot as plt
+    from mrcnn_nb.viz import class_color
+    lab = sample["labels"]
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size, size + 0.3))
+    for ax, keep, kind in ((axes[0], lab > 0, "positive"), (axes[1], lab == 0, "negative")):
+        ax.imshow((sample["picture"] * 0.5 + 0.5).numpy()); ax.axis("off")
+        ax.set_title(f"{int(keep.sum())} {kind} RoIs (IoU {'≥' if kind == 'positive' else '<'} 0.5)", fontsize=10)
+        _box_panel(ax, sample["rois"][keep], [class_color(int(l)) for l in lab[keep]] if kind == "positive"
+                   else ["tab:red"] * int(keep.sum()), lw=0.9, alpha=0.8)
+        _box_panel(ax, sample["gt"], ["k"] * len(sample["gt"]), lw=2.0)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/08_box_head.ipynb #90e30005
+def _spread_positives(sample: dict, n: int) -> Tensor:
+    "Indices of `n` positive RoIs that are not gt boxes themselves, spread from the lowest IoU to the highest."
+    pos = torch.where(sample["labels"] > 0)[0]
+    gt = sample["gt"][sample["matched"][pos]]
+    iou = box_iou(sample["rois"][pos], gt).diagonal()
+    pos, iou = pos[iou < 0.999], iou[iou < 0.999]
+    order = pos[iou.argsort()]
+    return order[torch.linspace(0, len(order) - 1, min(n, len(order))).round().long()]
+
+# %% ../nbs/08_box_head.ipynb #73ce7723
+def show_regression_targets(sample: dict, n: int = 4, size: float = 2.4):
+    """`n` positive RoIs (dashed), each with its ground-truth box (solid), a centre-to-centre arrow and the
+    target deltas (tx, ty, tw, th) in the title, zoomed on the pair."""
+    import matplotlib.pyplot as plt
+    idx = _spread_positives(sample, n)
+    fig, axes = plt.subplots(1, len(idx), figsize=(size * len(idx), size + 0.8), squeeze=False)
+    for ax, i in zip(axes[0], idx.tolist()):
+        roi, gt, t = sample["rois"][i], sample["gt"][sample["matched"][i]], sample["reg"][i]
+        ax.imshow(sample["picture"].numpy()); ax.axis("off")
+        _box_panel(ax, roi[None], ["tab:orange"], lw=2, ls="--")
+        _box_panel(ax, gt[None], ["k"], lw=2)
+        (rx, ry), (gx, gy) = ((roi[:2] + roi[2:]) / 2).tolist(), ((gt[:2] + gt[2:]) / 2).tolist()
+        ax.annotate("", (gx, gy), (rx, ry), arrowprops=dict(arrowstyle="->", color="tab:orange", lw=1.5))
+        lo, hi = torch.minimum(roi[:2], gt[:2]) - 4, torch.maximum(roi[2:], gt[2:]) + 4
+        ax.set_xlim(lo[0].item(), hi[0].item()); ax.set_ylim(hi[1].item(), lo[1].item())
+        iou = box_iou(roi[None], gt[None]).item()
+        ax.set_title(f"IoU {iou:.2f}\ntx {t[0]:+.2f}  ty {t[1]:+.2f}\ntw {t[2]:+.2f}  th {t[3]:+.2f}", fontsize=9)
+    fig.suptitle("RoI (dashed) → its ground truth (solid): the regression targets", fontsize=10)
+    fig.tight_layout()
+    return fig

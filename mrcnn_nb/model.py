@@ -28,7 +28,8 @@ from .rpn import RPN, GivenProposals, RPNHead
 
 # %% auto #0
 __all__ = ['PRESETS', 'Config', 'check_config', 'get_config', 'rescale_target', 'Transform', 'check_images', 'MaskRCNN',
-           'SharedRes5', 'build_model', 'torchvision_to_ours', 'torchvision_model', 'load_torchvision_weights']
+           'SharedRes5', 'build_model', 'torchvision_to_ours', 'torchvision_model', 'load_torchvision_weights',
+           'stage_of', 'count_parameters', 'count_macs', 'model_costs', 'costs_table', 'plot_costs', 'plot_cost_shares']
 
 # %% ../nbs/11_model.ipynb #66fa947a
 @dataclass
@@ -540,3 +541,112 @@ def load_torchvision_weights(model: MaskRCNN, source) -> MaskRCNN:
     sd = load_state_dict_file(source) if not isinstance(source, dict) else source
     name = str(source) if not isinstance(source, dict) else "torchvision state dict"
     return load_weights(model, torchvision_to_ours(sd), source=name)
+
+# %% ../nbs/11_model.ipynb #983c06f1
+_STAGES = (("backbone.body", "backbone body"), ("backbone.fpn", "FPN"), ("rpn", "RPN"), ("box", "box head"),
+           ("mask", "mask head"), ("keypoint", "keypoint head"))
+
+def stage_of(name: str) -> str:
+    "The stage of a parameter or module `name` of `MaskRCNN`: 'backbone body', 'FPN', 'RPN', 'box head', ..."
+    for prefix, stage in _STAGES:
+        if name == prefix or name.startswith(prefix + "."): return stage
+    return "other"
+
+# %% ../nbs/11_model.ipynb #4cd76bbe
+def count_parameters(model: nn.Module) -> dict:
+    "The number of parameters of each stage (`stage_of`) of `model`, each shared parameter counted once."
+    counts = {}
+    for name, p in model.named_parameters():
+        counts[stage_of(name)] = counts.get(stage_of(name), 0) + p.numel()
+    return counts
+
+# %% ../nbs/11_model.ipynb #60fbf71f
+def _macs(module: nn.Module, x: Tensor, out: Tensor) -> int:
+    "Multiply-adds of one call of a Conv2d, ConvTranspose2d or Linear `module` on input `x` giving `out`."
+    if isinstance(module, nn.Linear): return out.numel() * module.in_features
+    k = module.kernel_size[0] * module.kernel_size[1]
+    if isinstance(module, nn.ConvTranspose2d): return x.numel() * module.out_channels // module.groups * k
+    return out.numel() * module.in_channels // module.groups * k
+
+# %% ../nbs/11_model.ipynb #50799486
+def count_macs(model: nn.Module, run) -> dict:
+    "Multiply-adds per stage of `model`'s Conv2d, ConvTranspose2d and Linear layers while `run()` executes."
+    counts = {}
+    def hook(name):
+        def f(m, inputs, out): counts[stage_of(name)] = counts.get(stage_of(name), 0) + _macs(m, inputs[0], out)
+        return f
+    layers = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, layers)]
+    try:
+        with torch.no_grad(): run()
+    finally:
+        for h in handles: h.remove()
+    return counts
+
+# %% ../nbs/11_model.ipynb #246fded4
+def model_costs(model: MaskRCNN, size: int, num_rois: int, num_masks: int, seed: int = 0) -> dict:
+    """{stage: (parameters, multiply-adds)} of an FPN `model` (put in eval mode): backbone and RPN on one
+    `size`x`size` image, box head on `num_rois` random RoIs, mask head on `num_masks` of them."""
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, 3, size, size, generator=g)
+    xy = torch.rand(num_rois, 2, generator=g) * size * 0.7
+    rois = torch.cat([xy, xy + 8 + torch.rand(num_rois, 2, generator=g) * size * 0.3], 1)
+    def run():
+        feats = model.backbone(x)
+        model.rpn(ImageBatch(x, [(size, size)]), feats)
+        f = feats[:model.roi_levels]
+        model.box.predictor(model.box.head(model.box.pooler(f, [rois])))
+        if model.mask is not None: model.mask.logits(f, [rois[:num_masks]])
+    macs, params = count_macs(model, run), count_parameters(model)
+    return {s: (params.get(s, 0), macs.get(s, 0)) for s in params}
+
+# %% ../nbs/11_model.ipynb #233f2238
+def costs_table(costs: dict) -> str:
+    "A text table of `model_costs` results ({column name: costs}): parameters (M) and GMACs per stage, and totals."
+    names = list(costs)
+    stages = [s for _, s in _STAGES if any(s in c for c in costs.values())]
+    w = max(20, *(len(n) + 2 for n in names))
+    lines = [f"{'':15s}" + "".join(f"{n:>{w}s}" for n in names),
+             f"{'stage':15s}" + "".join(f"{'params (M)   GMACs':>{w}s}" for _ in names)]
+    for s in stages + ["total"]:
+        vals = [(sum(p for p, _ in c.values()), sum(m for _, m in c.values())) if s == "total" else c.get(s, (0, 0))
+                for c in costs.values()]
+        lines.append(f"{s:15s}" + "".join(f"{p / 1e6:>{w - 8}.2f}{m / 1e9:8.2f}" for p, m in vals))
+    return "\n".join(lines)
+
+# %% ../nbs/11_model.ipynb #671ec454
+def plot_costs(costs: dict, size: float = 4.5):
+    "Bars of parameters and multiply-adds per stage (log scale), one bar per column of `costs`."
+    import matplotlib.pyplot as plt
+    import numpy as np
+    stages = [s for _, s in _STAGES if any(s in c for c in costs.values())]
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size, size * 0.8), sharey=True)
+    y, h = np.arange(len(stages)), 0.8 / len(costs)
+    for ax, k, label in ((axes[0], 0, "parameters"), (axes[1], 1, "multiply-adds")):
+        for i, (name, c) in enumerate(costs.items()):
+            ax.barh(y + (i - (len(costs) - 1) / 2) * h, [max(c.get(s, (0, 0))[k], 1) for s in stages], h, label=name)
+        ax.set_xscale("log"); ax.set_title(label, fontsize=10); ax.tick_params(labelsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, stages); axes[0].invert_yaxis()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(costs), fontsize=8)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig
+
+# %% ../nbs/11_model.ipynb #3574600e
+def plot_cost_shares(costs: dict, size: float = 4.5):
+    "Stacked bars: each stage's share of the parameters and of the multiply-adds, one bar per column of `costs`."
+    import matplotlib.pyplot as plt
+    stages = [s for _, s in _STAGES if any(s in c for c in costs.values())]
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size, 0.6 * len(costs) + 1.6), sharey=True)
+    for ax, k, label in ((axes[0], 0, "share of parameters"), (axes[1], 1, "share of multiply-adds")):
+        left = [0.0] * len(costs)
+        for j, s in enumerate(stages):
+            part = [c.get(s, (0, 0))[k] / sum(v[k] for v in c.values()) for c in costs.values()]
+            ax.barh(list(costs), part, left=left, color=plt.cm.tab10(j), label=s)
+            left = [a + b for a, b in zip(left, part)]
+        ax.set_xlim(0, 1); ax.set_title(label, fontsize=10); ax.tick_params(labelsize=9)
+    axes[0].invert_yaxis()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(stages), fontsize=8)
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
+    return fig

@@ -15,7 +15,8 @@ from .core import distributed_count
 from .data import ImageBatch
 
 # %% auto #0
-__all__ = ['RPNHead', 'flatten_predictions', 'select_proposals', 'rpn_targets', 'rpn_losses', 'RPN', 'GivenProposals']
+__all__ = ['RPNHead', 'flatten_predictions', 'select_proposals', 'rpn_targets', 'rpn_losses', 'RPN', 'rpn_stages',
+           'show_objectness', 'show_proposals', 'show_refinement', 'GivenProposals']
 
 # %% ../nbs/06_rpn.ipynb #b06ec0d3
 class RPNHead(nn.Module):
@@ -159,6 +160,100 @@ class RPN(nn.Module):
 
     def extra_repr(self):
         return f"pre_nms_top_n={self.pre_nms_top_n}, post_nms_top_n={self.post_nms_top_n}, nms_thresh={self.nms_thresh}"
+
+# %% ../nbs/06_rpn.ipynb #a65b543a
+def _candidates(rpn: RPN, logits: list, deltas: list, anchors: Tensor, size: tuple) -> dict:
+    """One image's candidates, as `select_proposals` makes them: the top `pre_nms_top_n` anchors of each level,
+    their decoded and clipped boxes, scores (probabilities) and levels, and `keep`, the indices NMS leaves."""
+    num = [l.shape[1] * l.shape[2] * l.shape[3] for l in logits]
+    obj, dl = flatten_predictions(logits, deltas)
+    idx, levels = _top_per_level(obj, num, rpn.pre_nms_top_n["test"])
+    idx = idx[0]
+    boxes = clip_boxes(rpn.coder.decode(dl[0, idx], anchors[idx]), size)
+    scores = torch.sigmoid(obj[0, idx])
+    keep = remove_small_boxes(boxes, rpn.min_size)
+    keep = keep[scores[keep] >= rpn.score_thresh]
+    keep = keep[batched_nms(boxes[keep], scores[keep], levels[keep], rpn.nms_thresh)[:rpn.post_nms_top_n["test"]]]
+    return dict(anchors=anchors[idx], boxes=boxes, scores=scores, levels=levels, keep=keep)
+
+# %% ../nbs/06_rpn.ipynb #32dcd92e
+def rpn_stages(model: nn.Module, image: Tensor) -> dict:
+    """The RPN of `model` (a Mask R-CNN in eval mode) on one image, step by step: the image as the network sees
+    it ('picture', (H, W, 3) in 0-1), objectness logits per level ('logits', (A, h, w) each), and the candidates
+    before and after NMS (`_candidates`)."""
+    rpn = model.rpn
+    with torch.no_grad():
+        batch, _ = model.transform([image])
+        feats = model.backbone(batch.tensors)
+        logits, deltas = rpn.head(feats)
+        anchors = rpn.anchor_generator(tuple(batch.tensors.shape[-2:]), [f.shape[-2:] for f in feats])
+        out = _candidates(rpn, logits, deltas, anchors, batch.image_sizes[0])
+    h, w = batch.image_sizes[0]
+    pic = F.interpolate(image[None].float(), size=(h, w), mode="bilinear", align_corners=False)[0]
+    pic = (pic / 255 if image.dtype == torch.uint8 else pic).clamp(0, 1).permute(1, 2, 0)
+    strides = [batch.tensors.shape[-1] // f.shape[-1] for f in feats]
+    return dict(out, picture=pic, logits=[l[0] for l in logits], strides=strides)
+
+# %% ../nbs/06_rpn.ipynb #40238d19
+def _show_picture(ax, pic: Tensor, title: str, fontsize: int = 9, fade: float = 0.0):
+    "The image (H, W, 3) on `ax`, faded towards white by `fade` (0-1) so drawings stand out; no ticks; a title."
+    ax.imshow((pic * (1 - fade) + fade).numpy())
+    ax.set_title(title, fontsize=fontsize)
+    ax.axis("off")
+
+# %% ../nbs/06_rpn.ipynb #59fa6039
+def show_objectness(stages: dict, size: float = 1.8):
+    "The image and, per level, the highest objectness probability among each position's anchors (0-1 scale)."
+    import matplotlib.pyplot as plt
+    n = len(stages["logits"])
+    fig, axes = plt.subplots(1, n + 1, figsize=(size * (n + 1), size + 0.7))
+    _show_picture(axes[0], stages["picture"], "input")
+    for l, (ax, lg, s) in enumerate(zip(axes[1:], stages["logits"], stages["strides"])):
+        im = ax.imshow(torch.sigmoid(lg).amax(0).numpy(), cmap="inferno", vmin=0, vmax=1)
+        ax.set_title(f"P{l + 2} · stride {s}\n{lg.shape[-2]}×{lg.shape[-1]}", fontsize=9)
+        ax.axis("off")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="objectness")
+    fig.suptitle("RPN objectness, max over the 3 anchors of each position", fontsize=10)
+    return fig
+
+# %% ../nbs/06_rpn.ipynb #82441cf5
+def _draw_boxes(ax, boxes: Tensor, color, lw: float = 1.0, alpha=1.0, ls: str = "-"):
+    "Outline `boxes` (N, 4) xyxy on `ax`; `alpha` one value or one per box."
+    import matplotlib.pyplot as plt
+    alphas = alpha.tolist() if isinstance(alpha, Tensor) else [alpha] * len(boxes)
+    for (x1, y1, x2, y2), a in zip(boxes.tolist(), alphas):
+        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=color, lw=lw, alpha=a, ls=ls))
+
+# %% ../nbs/06_rpn.ipynb #00446124
+def show_proposals(stages: dict, size: float = 4.0):
+    "Two panels: the RPN's candidates before NMS, and the proposals after it; opacity grows with objectness."
+    import matplotlib.pyplot as plt
+    b, s, keep = stages["boxes"], stages["scores"], stages["keep"]
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size, size + 0.3))
+    for ax, idx, title in ((axes[0], torch.arange(len(b)), f"before NMS: {len(b)} candidates"),
+                           (axes[1], keep, f"after NMS: {len(keep)} proposals")):
+        _show_picture(ax, stages["picture"], title, fontsize=10, fade=0.55)
+        _draw_boxes(ax, b[idx], "tab:red", lw=0.8, alpha=(0.05 + 0.6 * s[idx] / s.max()))
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/06_rpn.ipynb #96af12a5
+def show_refinement(stages: dict, n: int = 6, size: float = 5.0):
+    "The top `n` proposals after NMS: their anchors (dashed), the refined boxes (solid), centre-to-centre arrows."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(size, size))
+    _show_picture(ax, stages["picture"], f"anchors (dashed) → proposals (solid), top {n}", fontsize=10, fade=0.5)
+    keep = stages["keep"][:n]
+    for i, (a, b, s) in enumerate(zip(stages["anchors"][keep], stages["boxes"][keep], stages["scores"][keep])):
+        color = plt.cm.tab10(i % 10)
+        _draw_boxes(ax, a[None], color, lw=1.2, ls="--")
+        _draw_boxes(ax, b[None], color, lw=2.0)
+        (ax0, ay0), (bx0, by0) = ((a[:2] + a[2:]) / 2).tolist(), ((b[:2] + b[2:]) / 2).tolist()
+        ax.annotate("", (bx0, by0), (ax0, ay0), arrowprops=dict(arrowstyle="->", color=color, lw=1.5))
+        ax.text(b[0].item() + 1, b[1].item() + 1, f"{i + 1}: {s:.2f}", color=color, fontsize=8, weight="bold",
+                va="top", bbox=dict(facecolor="white", edgecolor="none", alpha=0.7, pad=0.5))
+    ax.set_xlim(-0.5, stages["picture"].shape[1] - 0.5); ax.set_ylim(stages["picture"].shape[0] - 0.5, -0.5)
+    return fig
 
 # %% ../nbs/06_rpn.ipynb #1484bb24
 class GivenProposals(nn.Module):
