@@ -48,7 +48,8 @@ def measure_shapes(model: nn.Module, image_size: tuple = (800, 1066), seed: int 
         for h in hooks: h.remove()
         model.train(was); model.box.score_thresh = thresh
     out = dict(image=(3, *image_size), input=seen["input"])
-    out |= {f"C{i + 2}": s[1:] for i, s in enumerate(seen["body"])} | {f"P{i + 2}": s[1:] for i, s in enumerate(seen["fpn"])}
+    out |= {f"C{i + 2}": s[1:] for i, s in enumerate(seen["body"])}
+    out |= {f"P{i + 2}": s[1:] for i, s in enumerate(seen["fpn"])}
     logits, deltas = seen["rpn_head"]
     out |= dict(rpn=(logits[0][1], deltas[0][1]), proposals=seen["rpn"][0][0], box_roi=seen["box_roi"],
                 box_head=seen["box_head"], box_cls=seen["box_pred"][0], box_reg=seen["box_pred"][1],
@@ -62,7 +63,8 @@ def _fmt(shape) -> str:
 
 def _block(ax, x, y, w, h, title: str, lines: list, colors: list, face: str = "#f2f2f2"):
     "A rounded block at (x, y) of size (w, h) with a bold title and one coloured line per model."
-    ax.add_patch(plt.matplotlib.patches.FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.3", fc=face, ec="0.35", lw=0.8))
+    ax.add_patch(plt.matplotlib.patches.FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.3", fc=face, ec="0.35",
+                                                       lw=0.8))
     ax.text(x + w / 2, y + h - 1.2, title, ha="center", va="top", fontsize=8, fontweight="bold")
     for i, (line, c) in enumerate(zip(lines, colors)):
         ax.text(x + w / 2, y + h - 4.0 - 2.6 * i, line, ha="center", va="top", fontsize=8, color=c)
@@ -70,7 +72,8 @@ def _block(ax, x, y, w, h, title: str, lines: list, colors: list, face: str = "#
 def _arrow(ax, p, q, label: str | None = None):
     "An arrow from point `p` to point `q`, with an optional small label at its middle."
     ax.annotate("", q, p, arrowprops=dict(arrowstyle="-|>", color="0.3", lw=0.9, shrinkA=0, shrinkB=0))
-    if label: ax.text((p[0] + q[0]) / 2, (p[1] + q[1]) / 2 + 0.6, label, ha="center", va="bottom", fontsize=8, color="0.3")
+    if label:
+        ax.text((p[0] + q[0]) / 2, (p[1] + q[1]) / 2 + 0.6, label, ha="center", va="bottom", fontsize=8, color="0.3")
 
 # %% ../nbs/14_inspect.ipynb #09f0c6bf
 def _backbone_blocks(ax, rows: list, colors: list, cols=(13, 33), w=14, h=8.5):
@@ -83,7 +86,8 @@ def _backbone_blocks(ax, rows: list, colors: list, cols=(13, 33), w=14, h=8.5):
             _block(ax, cols[0], y, w, h, f"C{i + 2}  (/{2 ** (i + 2)})", [_fmt(r[f"C{i + 2}"]) for r in rows], colors)
             _arrow(ax, (cols[0] + w + 0.3, y + h / 2), (cols[1] - 0.3, y + h / 2), "1×1")
             if i: _arrow(ax, (cols[0] + w / 2, y - 1.8), (cols[0] + w / 2, y - 0.3))
-        _block(ax, cols[1], y, w, h, f"P{i + 2}  (/{2 ** (i + 2)})", [_fmt(r[f"P{i + 2}"]) for r in rows], colors, "#e6f0fa")
+        _block(ax, cols[1], y, w, h, f"P{i + 2}  (/{2 ** (i + 2)})", [_fmt(r[f"P{i + 2}"]) for r in rows], colors,
+               "#e6f0fa")
         if 0 < i < 4: _arrow(ax, (cols[1] + w / 2, y - 0.3), (cols[1] + w / 2, y - 1.8))   # top-down pathway
     _arrow(ax, (cols[1] + w / 2, 39.7), (cols[1] + w / 2, 40.7), None)   # P6: a subsampled P5
 
