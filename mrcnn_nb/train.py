@@ -285,7 +285,7 @@ def _plot_losses(ax, train: list, records: list):
     if vl: ax.plot(*zip(*vl), "ks--", ms=3, lw=1, label="val total")
     ax.set_yscale("log")
     ax.set_title("losses")
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=8)
     ax.set_xlabel("iteration")
 
 # %% ../nbs/12_train.ipynb #3d4cfc38
@@ -296,7 +296,7 @@ def _plot_ap(ax, evals: list):
         if pts: ax.plot(*zip(*pts), "o-", label=key.split("_")[0])
     ax.set_title("AP (val)")
     ax.set_xlabel("iteration")
-    if evals: ax.legend(fontsize=6)
+    if evals: ax.legend(fontsize=8)
 
 # %% ../nbs/12_train.ipynb #7a89f725
 def plot_metrics(records: list, size=(7.5, 2.6)):
