@@ -15,7 +15,6 @@ from torch import Tensor, nn
 from .core import distributed_count
 from .roi_ops import roi_align
 from .boxes import box_iou
-import matplotlib.pyplot as plt
 
 # %% auto #0
 __all__ = ['MASK_LOSSES', 'FCNMaskHead', 'MaskPredictor', 'MLPMaskHead', 'mask_targets', 'mask_loss', 'mask_probs', 'paste_masks',
@@ -191,6 +190,7 @@ def positive_roi_masks(model, image: Tensor, target: dict, iou: float = 0.5) -> 
 # %% ../nbs/09_mask_head.ipynb #7a920e69
 def plot_targets_vs_masks(image: Tensor, views: dict, class_names: list, n: int = 4, size: float = 1.05):
     "Per positive RoI (rows): the RoI's crop of the image, its 28x28 target, and the predicted mask of every class."
+    import matplotlib.pyplot as plt   # here: importing the heads does not import matplotlib
     n = min(n, len(views["rois"]))
     K = views["logits"].shape[1] - 1
     fig, axs = plt.subplots(n, K + 2, figsize=((K + 2) * size, n * size + 0.4), squeeze=False)
@@ -224,6 +224,7 @@ def mask_loss_grads(logits: Tensor, target: Tensor, label: int) -> dict:
 # %% ../nbs/09_mask_head.ipynb #e5c93bae
 def plot_loss_grads(grads: dict, label: int, class_names: list, size: float = 1.1):
     "Each class's gradient map (columns) under each loss (rows), on one colour scale."
+    import matplotlib.pyplot as plt   # here: importing the heads does not import matplotlib
     K = next(iter(grads.values())).shape[0]
     names = ["bg"] + list(class_names)
     vmax = max(float(g.abs().max()) for g in grads.values())
@@ -257,6 +258,7 @@ def overlapping_pair(target: dict) -> tuple:
 # %% ../nbs/09_mask_head.ipynb #ece1dc8d
 def plot_competition(image: Tensor, roi: Tensor, logits: Tensor, classes: tuple, class_names: list, size=1.6):
     "Masks of two classes (`classes`, labels) in one RoI, read as independent sigmoids (top) or one softmax (bottom)."
+    import matplotlib.pyplot as plt   # here: importing the heads does not import matplotlib
     la, lb = classes
     two = logits[[la, lb]]
     rows = {"sigmoid": two.sigmoid(), "softmax": softmax_with_background(two)}
