@@ -220,7 +220,7 @@ def format_metrics(result: dict, per_category: bool = True) -> str:
     speed = f"{result['images']} images, {result['detections']} detections, {result['images_per_s']:.1f} images/s"
     return "\n".join(lines + ["", speed + (f", peak memory +{peak:.0f} MiB" if peak is not None else "")])
 
-# %% ../nbs/13_eval.ipynb #feedac9b
+# %% ../nbs/13_eval.ipynb #f7d09cf6
 def pr_curves(E: COCOeval, area: str = "all", max_dets: int | None = None) -> dict:
     """Precision (T thresholds, R recall points) of `E` averaged over the categories that have ground truth, in area
     range `area`, at `max_dets` detections per image (default: the most): `{recall, thresholds, precision}`."""
@@ -230,7 +230,7 @@ def pr_curves(E: COCOeval, area: str = "all", max_dets: int | None = None) -> di
     has_gt = (p > -1).all((0, 1))
     return dict(recall=E.params.recThrs, thresholds=E.params.iouThrs, precision=p[:, :, has_gt].mean(2))
 
-# %% ../nbs/13_eval.ipynb #ab6242d0
+# %% ../nbs/13_eval.ipynb #b673d9bd
 def plot_pr_curves(E: COCOeval, title: str = "", area: str = "all", size=(8, 4)):
     "Precision-recall curves of `E`, one per IoU threshold, with each curve's AP (its mean over the 101 recalls)."
     import matplotlib.pyplot as plt   # here: importing the evaluation does not import matplotlib
@@ -245,7 +245,7 @@ def plot_pr_curves(E: COCOeval, title: str = "", area: str = "all", size=(8, 4))
     fig.tight_layout()
     return fig
 
-# %% ../nbs/13_eval.ipynb #02b9f5e5
+# %% ../nbs/13_eval.ipynb #65b26f81
 def plot_ap_vs_iou(metrics: dict, size=(6, 3.2)):
     "AP at each IoU threshold (`per_threshold` of `coco_evaluate`), one line per IoU type; AP is their mean."
     import matplotlib.pyplot as plt
@@ -260,7 +260,7 @@ def plot_ap_vs_iou(metrics: dict, size=(6, 3.2)):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/13_eval.ipynb #6d036d8c
+# %% ../nbs/13_eval.ipynb #d11cf6c9
 def interpolated_ap(is_tp, n_gt: int, rec_thrs=np.linspace(0, 1, 101)) -> dict:
     """COCOeval's AP of one category at one IoU threshold: detections sorted by score (`is_tp`: 1 matched, 0 not),
     precision made monotone from the right, then read at the 101 recall points (0 past the last recall reached)."""
@@ -272,7 +272,7 @@ def interpolated_ap(is_tp, n_gt: int, rec_thrs=np.linspace(0, 1, 101)) -> dict:
     return dict(recall=recall, precision=precision, envelope=envelope, rec_thrs=rec_thrs, sampled=sampled,
                 ap=float(sampled.mean()))
 
-# %% ../nbs/13_eval.ipynb #55bceeda
+# %% ../nbs/13_eval.ipynb #8aaf862d
 def plot_interpolation(r: dict, size=(6, 3.4)):
     "Raw precision-recall of a ranked list, its monotone envelope, and the 101 points COCOeval averages."
     import matplotlib.pyplot as plt
@@ -285,12 +285,12 @@ def plot_interpolation(r: dict, size=(6, 3.4)):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/13_eval.ipynb #3b5daab7
+# %% ../nbs/13_eval.ipynb #37e6c72a
 def area_labels(area: float, params) -> list:
     "The COCOeval area ranges (`params.areaRng`, both ends included) that an object of `area` pixels falls in."
     return [l for l, (lo, hi) in zip(params.areaRngLbl, params.areaRng) if lo <= area <= hi]
 
-# %% ../nbs/13_eval.ipynb #5adf3d9a
+# %% ../nbs/13_eval.ipynb #97044543
 def plot_object_areas(coco, size=(6.5, 3)):
     "Histogram of the ground-truth areas (the annotations' `area`: mask pixels) with COCO's 32² and 96² limits."
     import matplotlib.pyplot as plt
@@ -306,7 +306,7 @@ def plot_object_areas(coco, size=(6.5, 3)):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/13_eval.ipynb #c0c17679
+# %% ../nbs/13_eval.ipynb #881beceb
 def plot_per_class_ap(metrics: dict, size=(7, 3)):
     "Bars of the AP of each category (`per_category` of `coco_evaluate`), one colour per IoU type."
     import matplotlib.pyplot as plt
