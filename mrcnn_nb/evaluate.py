@@ -19,7 +19,8 @@ from .data import COCODataset
 
 # %% auto #0
 __all__ = ['STAT_NAMES', 'predict_dataset', 'dataset_proposals', 'proposal_recall', 'encode_masks', 'to_coco_results',
-           'coco_evaluate', 'evaluate', 'format_metrics']
+           'coco_evaluate', 'evaluate', 'format_metrics', 'pr_curves', 'plot_pr_curves', 'plot_ap_vs_iou',
+           'interpolated_ap', 'plot_interpolation', 'area_labels', 'plot_object_areas', 'plot_per_class_ap']
 
 # %% ../nbs/13_eval.ipynb #e9bdbf50
 def _predict_batch(model, items: list, device) -> list:
@@ -218,3 +219,105 @@ def format_metrics(result: dict, per_category: bool = True) -> str:
     peak = result.get("peak_mib")
     speed = f"{result['images']} images, {result['detections']} detections, {result['images_per_s']:.1f} images/s"
     return "\n".join(lines + ["", speed + (f", peak memory +{peak:.0f} MiB" if peak is not None else "")])
+
+# %% ../nbs/13_eval.ipynb #f7d09cf6
+def pr_curves(E: COCOeval, area: str = "all", max_dets: int | None = None) -> dict:
+    """Precision (T thresholds, R recall points) of `E` averaged over the categories that have ground truth, in area
+    range `area`, at `max_dets` detections per image (default: the most): `{recall, thresholds, precision}`."""
+    a = E.params.areaRngLbl.index(area)
+    m = -1 if max_dets is None else E.params.maxDets.index(max_dets)
+    p = E.eval["precision"][:, :, :, a, m]                       # (T, R, K); -1: a category without ground truth
+    has_gt = (p > -1).all((0, 1))
+    return dict(recall=E.params.recThrs, thresholds=E.params.iouThrs, precision=p[:, :, has_gt].mean(2))
+
+# %% ../nbs/13_eval.ipynb #b673d9bd
+def plot_pr_curves(E: COCOeval, title: str = "", area: str = "all", size=(8, 4)):
+    "Precision-recall curves of `E`, one per IoU threshold, with each curve's AP (its mean over the 101 recalls)."
+    import matplotlib.pyplot as plt   # here: importing the evaluation does not import matplotlib
+    pr = pr_curves(E, area)
+    fig, ax = plt.subplots(figsize=size)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(pr["thresholds"])))
+    for t, p, c in zip(pr["thresholds"], pr["precision"], colors):
+        ax.plot(pr["recall"], p, color=c, lw=1.5, label=f"IoU {t:.2f}: AP {100 * p.mean():.1f}")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/13_eval.ipynb #65b26f81
+def plot_ap_vs_iou(metrics: dict, size=(6, 3.2)):
+    "AP at each IoU threshold (`per_threshold` of `coco_evaluate`), one line per IoU type; AP is their mean."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=size)
+    for t, m in metrics.items():
+        pt = m["per_threshold"]
+        line, = ax.plot(pt["thresholds"], 100 * np.array(pt["AP"]), "o-",
+                        label=f"{t} (AP {100 * m['stats']['AP']:.1f})")
+        ax.axhline(100 * m["stats"]["AP"], color=line.get_color(), lw=0.8, ls="--")
+    ax.set(xlabel="IoU threshold", ylabel="AP (%)", ylim=(0, 100), xticks=pt["thresholds"])
+    ax.tick_params(labelsize=8); ax.legend(fontsize=8); ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/13_eval.ipynb #d11cf6c9
+def interpolated_ap(is_tp, n_gt: int, rec_thrs=np.linspace(0, 1, 101)) -> dict:
+    """COCOeval's AP of one category at one IoU threshold: detections sorted by score (`is_tp`: 1 matched, 0 not),
+    precision made monotone from the right, then read at the 101 recall points (0 past the last recall reached)."""
+    tp = np.cumsum(is_tp, dtype=float); fp = np.cumsum(1 - np.asarray(is_tp), dtype=float)
+    recall, precision = tp / n_gt, tp / (tp + fp + np.spacing(1))
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]     # the best precision at this recall or beyond
+    idx = np.searchsorted(recall, rec_thrs, side="left")
+    sampled = np.array([envelope[i] if i < len(envelope) else 0.0 for i in idx])
+    return dict(recall=recall, precision=precision, envelope=envelope, rec_thrs=rec_thrs, sampled=sampled,
+                ap=float(sampled.mean()))
+
+# %% ../nbs/13_eval.ipynb #8aaf862d
+def plot_interpolation(r: dict, size=(6, 3.4)):
+    "Raw precision-recall of a ranked list, its monotone envelope, and the 101 points COCOeval averages."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=size)
+    ax.plot(r["recall"], r["precision"], "o:", color="gray", label="precision after each detection")
+    ax.step(r["recall"], r["envelope"], where="post", color="tab:blue", lw=1, alpha=0.6)
+    ax.plot(r["rec_thrs"], r["sampled"], ".", color="tab:red", ms=4, label=f"101 interpolated points: AP {r['ap']:.3f}")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(-0.02, 1.02), ylim=(-0.02, 1.05))
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/13_eval.ipynb #37e6c72a
+def area_labels(area: float, params) -> list:
+    "The COCOeval area ranges (`params.areaRng`, both ends included) that an object of `area` pixels falls in."
+    return [l for l, (lo, hi) in zip(params.areaRngLbl, params.areaRng) if lo <= area <= hi]
+
+# %% ../nbs/13_eval.ipynb #97044543
+def plot_object_areas(coco, size=(6.5, 3)):
+    "Histogram of the ground-truth areas (the annotations' `area`: mask pixels) with COCO's 32² and 96² limits."
+    import matplotlib.pyplot as plt
+    areas = np.array([a["area"] for a in coco.dataset["annotations"]])
+    fig, ax = plt.subplots(figsize=size)
+    ax.hist(areas, bins=np.geomspace(max(areas.min(), 1), areas.max() * 1.01, 30), color="tab:gray")
+    for edge, name in ((32 ** 2, "32²"), (96 ** 2, "96²")):
+        ax.axvline(edge, color="tab:red", lw=1)
+        ax.text(edge, ax.get_ylim()[1] * 0.92, f" {name}", color="tab:red", fontsize=8)
+    n = [(areas < 32 ** 2).sum(), ((areas >= 32 ** 2) & (areas < 96 ** 2)).sum(), (areas >= 96 ** 2).sum()]
+    ax.set(xscale="log", xlabel="object area (pixels)", ylabel="objects",
+           title=f"small (< 32²) {n[0]}, medium {n[1]}, large (≥ 96²) {n[2]}")
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/13_eval.ipynb #881beceb
+def plot_per_class_ap(metrics: dict, size=(7, 3)):
+    "Bars of the AP of each category (`per_category` of `coco_evaluate`), one colour per IoU type."
+    import matplotlib.pyplot as plt
+    cats = list(next(iter(metrics.values()))["per_category"])
+    width = 0.8 / len(metrics)
+    fig, ax = plt.subplots(figsize=size)
+    for i, (t, m) in enumerate(metrics.items()):
+        ap = [100 * m["per_category"][c] for c in cats]
+        bars = ax.bar(np.arange(len(cats)) + (i - (len(metrics) - 1) / 2) * width, ap, width, label=t)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks(np.arange(len(cats)), cats, fontsize=8)
+    ax.set(ylabel="AP (%)", ylim=(0, 100)); ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from .core import distributed_count
 
 # %% auto #0
-__all__ = ['KeypointHead', 'KeypointPredictor', 'keypoint_targets', 'keypoint_loss', 'heatmaps_to_keypoints', 'KeypointBranch']
+__all__ = ['KeypointHead', 'KeypointPredictor', 'keypoint_targets', 'keypoint_loss', 'heatmaps_to_keypoints', 'KeypointBranch',
+           'keypoint_roi_maps', 'keypoint_onehot', 'plot_heatmaps', 'plot_decoded_keypoints']
 
 # %% ../nbs/10_keypoint_head.ipynb #f23f4f43
 class KeypointHead(nn.Sequential):
@@ -103,3 +104,56 @@ class KeypointBranch(nn.Module):
             if not ts: return {"loss_keypoint": logits.sum() * 0}
             return {"loss_keypoint": keypoint_loss(logits, torch.cat(ts), torch.cat(vs))}
         return [heatmaps_to_keypoints(l, b) for l, b in zip(logits.split([len(b) for b in boxes]), boxes)]
+
+# %% ../nbs/10_keypoint_head.ipynb #b3c245c7
+@torch.no_grad()
+def keypoint_roi_maps(model, image: Tensor, target: dict) -> dict:
+    """The keypoint branch of `model` on the ground-truth boxes of `target` used as RoIs: heatmap `logits`
+    (P, K, m, m), the one-hot `targets` (P, K) (flat cell index) and `valid` (P, K), and the `rois` (P, 4)."""
+    model.eval()
+    batch, (t,) = model.transform([image], [dict(target)])
+    features = model.backbone(batch.tensors)[:model.roi_levels]
+    logits = model.keypoint.logits(features, [t["boxes"]])
+    targets, valid = keypoint_targets(t["keypoints"], t["boxes"], logits.shape[-1])
+    return dict(rois=t["boxes"], logits=logits, targets=targets, valid=valid)
+
+# %% ../nbs/10_keypoint_head.ipynb #0ade0f2f
+def keypoint_onehot(targets: Tensor, valid: Tensor, size: int) -> Tensor:
+    "The one-hot target maps (P, K, size, size) of flat cell indices `targets` (P, K); all zero where not `valid`."
+    maps = torch.zeros(*targets.shape, size * size)
+    maps.scatter_(-1, targets[..., None], 1.0)
+    return (maps * valid[..., None]).reshape(*targets.shape, size, size)
+
+# %% ../nbs/10_keypoint_head.ipynb #bc56166a
+def plot_heatmaps(logits: Tensor, targets: Tensor, valid: Tensor, names: list, ncols: int = 7, size: float = 1.3):
+    """One RoI's heatmaps (K, m, m), each as its m²-way softmax, with the one-hot target cell (green circle; none if
+    the keypoint has no target) and the argmax (red cross)."""
+    import matplotlib.pyplot as plt   # here: importing the head does not import matplotlib
+    from matplotlib.colors import PowerNorm
+    K, m = logits.shape[0], logits.shape[-1]
+    probs = logits.reshape(K, -1).softmax(1).reshape(K, m, m)
+    nrows = -(-K // ncols)
+    fig, axs = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + 0.45)), squeeze=False)
+    for k, a in enumerate(axs.flat):
+        a.set_xticks([]); a.set_yticks([])
+        if k >= K: a.axis("off"); continue
+        a.imshow(probs[k], cmap="viridis", norm=PowerNorm(0.4, 0, float(probs[k].max())))   # gamma: see the tails
+        if valid[k]: a.plot(int(targets[k]) % m, int(targets[k]) // m, "o", mfc="none", mec="lime", ms=9, mew=1.5)
+        py, px = divmod(int(probs[k].argmax()), m)
+        a.plot(px, py, "x", color="red", ms=7, mew=1.5)
+        a.set_title(f"{names[k]}\nmax p {float(probs[k].max()):.2f}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/10_keypoint_head.ipynb #d896d5e5
+def plot_decoded_keypoints(image: Tensor, gt_keypoints: Tensor, keypoints: Tensor, skeleton: list, size: float = 3.6):
+    "Ground-truth keypoints (left) and keypoints decoded from the heatmaps (right), with the skeleton, on `image`."
+    import matplotlib.pyplot as plt
+    from mrcnn_nb.viz import _draw_keypoints, class_color
+    fig, axs = plt.subplots(1, 2, figsize=(2 * size, size))
+    for a, kps, title in zip(axs, (gt_keypoints, keypoints), ("ground truth", "decoded from the heatmaps")):
+        a.imshow(image.permute(1, 2, 0).numpy())
+        for i, k in enumerate(kps): _draw_keypoints(a, k.numpy(), skeleton, class_color(i + 1))
+        a.set_title(title, fontsize=9); a.axis("off")
+    fig.tight_layout()
+    return fig

@@ -14,10 +14,12 @@ from torch import Tensor, nn
 
 from .core import distributed_count
 from .roi_ops import roi_align
+from .boxes import box_iou
 
 # %% auto #0
 __all__ = ['MASK_LOSSES', 'FCNMaskHead', 'MaskPredictor', 'MLPMaskHead', 'mask_targets', 'mask_loss', 'mask_probs', 'paste_masks',
-           'paste_masks_aligned', 'MaskBranch']
+           'paste_masks_aligned', 'MaskBranch', 'positive_roi_masks', 'plot_targets_vs_masks', 'mask_loss_grads',
+           'plot_loss_grads', 'softmax_with_background', 'overlapping_pair', 'plot_competition']
 
 # %% ../nbs/09_mask_head.ipynb #eb3579a6
 class FCNMaskHead(nn.Sequential):
@@ -167,3 +169,110 @@ class MaskBranch(nn.Module):
             return {"loss_mask": mask_loss(logits, torch.cat(tg) if tg else logits.new_zeros(0, size, size), lab,
                                            self.loss, self.agnostic)}
         return list(mask_probs(logits, lab, self.loss, self.agnostic).split([len(b) for b in boxes]))
+
+# %% ../nbs/09_mask_head.ipynb #c73ed7bb
+@torch.no_grad()
+def positive_roi_masks(model, image: Tensor, target: dict, iou: float = 0.5) -> dict:
+    """For each object of `target`, the trained `model`'s best-overlapping RPN proposal (IoU >= `iou`): a positive
+    RoI as in training. Returns `rois` (P, 4), `labels` (P,), `targets` (P, S, S) and mask `logits` (P, K, S, S)."""
+    model.eval()
+    batch, (t,) = model.transform([image], [dict(target)])
+    features = model.backbone(batch.tensors)
+    (props,), _ = model.rpn(batch, features, None)
+    features = features[:model.roi_levels]
+    best_iou, best = box_iou(t["boxes"], props).max(1)
+    keep = torch.where(best_iou >= iou)[0]
+    rois, labels = props[best[keep]], t["labels"][keep]
+    logits = model.mask.logits(features, [rois])
+    tg = mask_targets(t["masks"], rois, keep, logits.shape[-1], model.mask.target_aligned)
+    return dict(rois=rois, labels=labels, targets=tg, logits=logits, iou=best_iou[keep], objects=keep)
+
+# %% ../nbs/09_mask_head.ipynb #7a920e69
+def plot_targets_vs_masks(image: Tensor, views: dict, class_names: list, n: int = 4, size: float = 1.05):
+    "Per positive RoI (rows): the RoI's crop of the image, its 28x28 target, and the predicted mask of every class."
+    import matplotlib.pyplot as plt   # here: importing the heads does not import matplotlib
+    n = min(n, len(views["rois"]))
+    K = views["logits"].shape[1] - 1
+    fig, axs = plt.subplots(n, K + 2, figsize=((K + 2) * size, n * size + 0.4), squeeze=False)
+    img = image.permute(1, 2, 0).numpy()
+    for r in range(n):
+        x0, y0, x1, y1 = views["rois"][r].round().int().tolist()
+        lab = int(views["labels"][r])
+        probs = views["logits"][r, 1:].sigmoid()
+        panels = [(img[max(y0, 0):y1, max(x0, 0):x1], "RoI"), (views["targets"][r], "target")]
+        panels += [(probs[k], class_names[k]) for k in range(K)]
+        for c, (a, (p, name)) in enumerate(zip(axs[r], panels)):
+            a.imshow(p, cmap=None if c == 0 else "gray", vmin=0, vmax=1)
+            a.set_xticks([]); a.set_yticks([])
+            if c == lab + 1: [s.set(color="tab:red", lw=2) for s in a.spines.values()]
+            if r == 0: a.set_title(name, fontsize=8)
+        axs[r, 0].set_ylabel(class_names[lab - 1], fontsize=8)
+    fig.suptitle("28×28 targets and the sigmoid of each class's logits (red frame: the RoI's class)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/09_mask_head.ipynb #5449170d
+def mask_loss_grads(logits: Tensor, target: Tensor, label: int) -> dict:
+    "Gradient (K, S, S) of the mask loss of one RoI with respect to its logits (K, S, S), per loss kind."
+    out = {}
+    for kind in ("sigmoid", "softmax"):
+        x = logits.detach().clone().requires_grad_(True)
+        mask_loss(x[None], target[None], torch.tensor([label]), kind).backward()
+        out[kind] = x.grad
+    return out
+
+# %% ../nbs/09_mask_head.ipynb #e5c93bae
+def plot_loss_grads(grads: dict, label: int, class_names: list, size: float = 1.1):
+    "Each class's gradient map (columns) under each loss (rows), on one colour scale."
+    import matplotlib.pyplot as plt   # here: importing the heads does not import matplotlib
+    K = next(iter(grads.values())).shape[0]
+    names = ["bg"] + list(class_names)
+    vmax = max(float(g.abs().max()) for g in grads.values())
+    fig, axs = plt.subplots(len(grads), K, figsize=(K * size, len(grads) * (size + 0.5) + 0.5), squeeze=False)
+    for r, (kind, g) in enumerate(grads.items()):
+        for k in range(K):
+            a = axs[r, k]
+            a.imshow(g[k], cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+            a.set_xticks([]); a.set_yticks([])
+            a.set_title(f"{names[k]}\nΣ|g| {float(g[k].abs().sum()):.2g}", fontsize=8,
+                        color="tab:red" if k == label else "black")
+        axs[r, 0].set_ylabel(kind, fontsize=9)
+    fig.suptitle("∂ loss / ∂ logits of one RoI (red: its class)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/09_mask_head.ipynb #47140b29
+def softmax_with_background(logits: Tensor) -> Tensor:
+    "Per-pixel softmax over a background logit fixed at 0 and the given class logits (C, ...): (C, ...) probabilities."
+    return torch.cat([torch.zeros_like(logits[:1]), logits]).softmax(0)[1:]
+
+# %% ../nbs/09_mask_head.ipynb #c57076aa
+def overlapping_pair(target: dict) -> tuple:
+    "Indices `(a, b)` of the two objects of different classes whose boxes overlap most (IoU), or None."
+    iou = box_iou(target["boxes"], target["boxes"])
+    iou[target["labels"][:, None] == target["labels"][None]] = 0
+    if float(iou.max()) <= 0: return None
+    a, b = divmod(int(iou.argmax()), len(iou))
+    return a, b
+
+# %% ../nbs/09_mask_head.ipynb #ece1dc8d
+def plot_competition(image: Tensor, roi: Tensor, logits: Tensor, classes: tuple, class_names: list, size=1.6):
+    "Masks of two classes (`classes`, labels) in one RoI, read as independent sigmoids (top) or one softmax (bottom)."
+    import matplotlib.pyplot as plt   # here: importing the heads does not import matplotlib
+    la, lb = classes
+    two = logits[[la, lb]]
+    rows = {"sigmoid": two.sigmoid(), "softmax": softmax_with_background(two)}
+    fig, axs = plt.subplots(2, 4, figsize=(4 * size, 2 * size + 0.5))
+    x0, y0, x1, y1 = roi.round().int().tolist()
+    axs[0, 0].imshow(image.permute(1, 2, 0).numpy()[max(y0, 0):y1, max(x0, 0):x1])
+    axs[0, 0].set_title("RoI", fontsize=8)
+    axs[1, 0].imshow(rows["sigmoid"].ge(0.5).all(0), cmap="gray", vmin=0, vmax=1)   # pixels both sigmoids claim
+    axs[1, 0].set_title("both ≥ 0.5 (sigmoid)", fontsize=8)
+    for r, (kind, p) in enumerate(rows.items()):
+        panels = [(p[0], f"p({class_names[la - 1]})"), (p[1], f"p({class_names[lb - 1]})"), (p.sum(0), "sum")]
+        for c, (img, title) in enumerate(panels, 1):
+            axs[r, c].imshow(img, cmap="magma", vmin=0, vmax=2 if c == 3 else 1)   # the sum of two sigmoids reaches 2
+            axs[r, c].set_title(f"{kind}: {title}", fontsize=8)
+    for a in axs.flat: a.set_xticks([]); a.set_yticks([])
+    fig.tight_layout()
+    return fig
