@@ -186,8 +186,10 @@ def _train_args(s):
     s.add_argument("--data", default=None,
                    help="dataset root in COCO 2017 layout (default: the built-in synthetic shapes)")
     s.add_argument("--kind", choices=["instances", "keypoints"], default="instances", help="annotation file kind")
-    s.add_argument("--train-split", default="train", help="training split (default train; COCO: train2017)")
-    s.add_argument("--val-split", default="val", help="validation split, '' for none (default val; COCO: val2017)")
+    s.add_argument("--train-split", default=None,
+                   help="training split (default: the one of train, train2017 that exists)")
+    s.add_argument("--val-split", default=None,
+                   help="validation split, '' for none (default: the one of val, val2017, valid that exists)")
     s.add_argument("--out", default=None, help="output directory (default runs/CONFIG)")
     s.add_argument("--iters", type=_positive_int, default=None, help="iterations (default: the preset's max_iter)")
     s.add_argument("--batch", type=_positive_int, default=None,
@@ -249,6 +251,7 @@ def _report_training(s: dict, name: str, out: Path):
 # %% ../nbs/15_cli.ipynb #8da9ce13
 def cmd_train(args) -> int:
     "Train a preset on a COCO-layout dataset (default: the synthetic shapes), evaluate it, write curves and figures."
+    from mrcnn_nb.data import find_split
     from mrcnn_nb.model import get_config
     from mrcnn_nb.train import train
     name = args.config or ("TINY_KP_FPN" if args.kind == "keypoints" else "TINY_FPN")
@@ -258,9 +261,11 @@ def cmd_train(args) -> int:
     out = Path(args.out or f"runs/{name}")
     if not args.resume: _refuse_earlier_run(out)
     root = Path(args.data) if args.data else main_job_data(args.kind)
-    print(f"training {name} on {root}")
+    train_split = args.train_split or find_split(root, "train", args.kind)
+    val_split = find_split(root, "val", args.kind) if args.val_split is None else args.val_split or None
+    print(f"training {name} on {root} ({train_split}" + (f", evaluated on {val_split})" if val_split else ")"))
     adapt = [k for k in ("num_classes", "num_keypoints") if k not in overrides]   # what the user set stays
-    s = train(cfg, root, args.train_split, args.val_split or None, out, weights=args.weights, resume=args.resume,
+    s = train(cfg, root, train_split, val_split, out, weights=args.weights, resume=args.resume,
               kind=args.kind, device=args.device, num_workers=args.workers, on_bad_image=args.on_bad_image,
               val_loss=args.val_loss, adapt=adapt, allow_changed=args.allow_changed, bad_polygons=args.bad_polygons)
     if s["run"].main: _report_training(s, name, out)

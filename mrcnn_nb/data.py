@@ -22,10 +22,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .core import UserInputError
 
 # %% auto #0
-__all__ = ['ANNOTATION_PREFIX', 'annotation_file', 'load_coco_json', 'check_polygons', 'compressed_rle_counts',
-           'segmentation_to_rle', 'decode_rles', 'CategoryMap', 'keypoint_flip_indices', 'to_rgb', 'read_image',
-           'COCODataset', 'plot_coco_annotations', 'describe_split', 'check_image_files', 'Compose',
-           'RandomHorizontalFlip', 'AddProposals', 'ImageBatch', 'pad_images', 'aspect_ratio_groups',
+__all__ = ['ANNOTATION_PREFIX', 'SPLIT_NAMES', 'annotation_file', 'find_split', 'load_coco_json', 'check_polygons',
+           'compressed_rle_counts', 'segmentation_to_rle', 'decode_rles', 'CategoryMap', 'keypoint_flip_indices',
+           'to_rgb', 'read_image', 'COCODataset', 'plot_coco_annotations', 'describe_split', 'check_image_files',
+           'Compose', 'RandomHorizontalFlip', 'AddProposals', 'ImageBatch', 'pad_images', 'aspect_ratio_groups',
            'GroupedBatchSampler']
 
 # %% ../nbs/02_data.ipynb #751a7539
@@ -54,6 +54,18 @@ def annotation_file(root, split: str, kind: str = "instances") -> Path:
     path = root / "annotations" / f"{ANNOTATION_PREFIX[kind]}_{split}.json"
     if not path.is_file(): raise _no_annotation_file(root, split, kind, path)
     return path
+
+# %% ../nbs/02_data.ipynb #4f2e8da7
+SPLIT_NAMES = {"train": ("train", "train2017"), "val": ("val", "val2017", "valid")}   # the usual names, by role
+
+def find_split(root, role: str, kind: str = "instances") -> str:
+    "The one split of `root` with an annotation file under a usual name for `role` ('train' or 'val')."
+    names = SPLIT_NAMES[role]
+    found = [s for s in names if (Path(root) / "annotations" / f"{ANNOTATION_PREFIX[kind]}_{s}.json").is_file()]
+    if len(found) == 1: return found[0]
+    if not found: annotation_file(root, names[0], kind)   # raises, listing the splits that exist
+    raise UserInputError(f"{root}: several {role} splits ({', '.join(found)}); "
+                         f"name one with --{role}-split")
 
 # %% ../nbs/02_data.ipynb #6e37ae3d
 def _need(obj: dict, keys, where: str):

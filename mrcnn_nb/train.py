@@ -27,13 +27,14 @@ from .data import (
 from .model import Config, MaskRCNN, build_model, load_weights
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'DEMO_MODELS', 'RESUME_CHANGEABLE', 'lr_for', 'with_schedule', 'WarmupMultiStepLR', 'build_optimizer',
-           'TrainingBatches', 'BadItem', 'SeededItems', 'collate_lists', 'rng_state', 'set_rng_state',
-           'save_checkpoint', 'load_checkpoint', 'config_from_checkpoint', 'model_from_checkpoint', 'half_checkpoint',
-           'demo_checkpoint', 'weights_problem', 'data_fingerprint', 'setup_distributed', 'read_metrics',
-           'truncate_metrics', 'plot_metrics', 'load_splits', 'fit_config', 'Run', 'load_initial_weights', 'resume_run',
-           'prepare_run', 'training_loader', 'train_step', 'LogMetrics', 'SaveCheckpoints', 'validation_loss',
-           'evaluate_run', 'EvaluateEvery', 'fit', 'train']
+__all__ = ['SCHEDULES', 'DEMO_MODELS', 'CLASS_SPECIFIC', 'RESUME_CHANGEABLE', 'lr_for', 'with_schedule', 'WarmupMultiStepLR',
+           'build_optimizer', 'TrainingBatches', 'BadItem', 'SeededItems', 'collate_lists', 'rng_state',
+           'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'config_from_checkpoint', 'model_from_checkpoint',
+           'half_checkpoint', 'demo_checkpoint', 'weights_problem', 'data_fingerprint', 'setup_distributed',
+           'read_metrics', 'truncate_metrics', 'plot_metrics', 'load_splits', 'fit_config', 'Run',
+           'load_finetuning_weights', 'load_initial_weights', 'resume_run', 'prepare_run', 'training_loader',
+           'train_step', 'LogMetrics', 'SaveCheckpoints', 'validation_loss', 'evaluate_run', 'EvaluateEvery', 'fit',
+           'train']
 
 # %% ../nbs/12_train.ipynb #ca2b0c47
 SCHEDULES = {
@@ -378,6 +379,7 @@ class Run:
     batches: int = 0               # batches drawn, with those skipped because every image was bad (>= iterations)
     log_window: list = field(default_factory=list)   # per-iteration stats since the last line of metrics.jsonl
     saved_at: int | None = None    # the iteration of the last checkpoint written (or resumed from)
+    weights_from: str = ""         # what the initial weights were (`load_initial_weights`), if any
 
     @property
     def main(self) -> bool: return self.rank == 0
@@ -397,25 +399,35 @@ def _to(x, device):
     if isinstance(x, dict): return {k: _to(v, device) for k, v in x.items()}
     return x
 
+# %% ../nbs/12_train.ipynb #e933d843
+CLASS_SPECIFIC = ("box.predictor.cls_score.", "box.predictor.bbox_pred.", "mask.predictor.mask_fcn_logits.",
+                  "keypoint.predictor.kps_score_lowres.")   # their shapes follow the class (or keypoint) count
+
+def load_finetuning_weights(model: nn.Module, sd: dict, source: str = "state dict") -> list:
+    """Load `sd` into `model`, but leave freshly initialized each class-specific predictor (`CLASS_SPECIFIC`) whose
+    shape differs (another class or keypoint count); returns their names. Any other difference is an error."""
+    own = model.state_dict()
+    fresh = [k for k in own if k.startswith(CLASS_SPECIFIC) and k in sd and sd[k].shape != own[k].shape]
+    load_weights(model, {k: own[k] if k in fresh else v for k, v in sd.items()}, source=source)
+    return fresh
+
 # %% ../nbs/12_train.ipynb #3abba497
 def load_initial_weights(model: MaskRCNN, cfg: Config, path) -> str:
-    """Start from `path`: an mrcnn_nb checkpoint, torchvision Mask/Keypoint R-CNN weights, or an ImageNet ResNet;
-    returns which."""
+    """Start from `path`: an mrcnn_nb checkpoint, torchvision Mask/Keypoint R-CNN weights, or an ImageNet ResNet, for
+    the same or another class count (`load_finetuning_weights`); returns which, and what was left initialized."""
     from mrcnn_nb.backbone import load_imagenet_weights
-    from mrcnn_nb.model import load_torchvision_weights
+    from mrcnn_nb.model import torchvision_to_ours
     sd = load_torch_file(path)   # read once; what it holds decides how to load it
+    said = lambda kind, fresh: kind + (f"; left initialized for this class count: {', '.join(fresh)}" if fresh else "")
     if isinstance(sd, dict) and isinstance(sd.get("model"), dict):
-        load_weights(model, sd["model"], source=str(path))
-        return "checkpoint"
+        return said("checkpoint", load_finetuning_weights(model, sd["model"], str(path)))
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise UserInputError(f"{path}: expected a state dict (names to tensors) or an mrcnn_nb checkpoint, "
                              f"got {type(sd).__name__}")
     if any(k.startswith("roi_heads.") for k in sd):
-        load_torchvision_weights(model, sd)
-        return "torchvision detection"
+        return said("torchvision detection", load_finetuning_weights(model, torchvision_to_ours(sd), str(path)))
     if any(k.startswith(("rpn.", "box.")) for k in sd):
-        load_weights(model, sd, source=str(path))
-        return "state dict"
+        return said("state dict", load_finetuning_weights(model, sd, str(path)))
     res5 = model.box.head.layer4 if cfg.features == "C4" and model.box is not None else None
     load_imagenet_weights(model.backbone.body, sd, res5=res5)
     return "imagenet backbone"
@@ -499,7 +511,7 @@ def prepare_run(cfg: Config, data_root, train_split: str = "train", val_split: s
     scheduler = WarmupMultiStepLR(optimizer, cfg.lr_steps, cfg.lr_gamma, cfg.warmup_iters, cfg.warmup_factor)
     run = Run(cfg, train_set, val_set, model, optimizer, scheduler, out_dir, 0, rank, world, dev)
     if resume: run.start = resume_run(run, allow_changed)
-    elif weights is not None: load_initial_weights(model, cfg, weights)
+    elif weights is not None: run.weights_from = f"{weights}: {load_initial_weights(model, cfg, weights)}"
     run.net = _for_training(model, cfg, world, dev)
     return run
 
@@ -681,7 +693,9 @@ def train(cfg: Config, data_root, train_split: str = "train", val_split: str | N
     `{split: {image_id: (K, 4)}}`. `allow_changed`: the keys that may differ from the checkpoint's on resume."""
     run = prepare_run(cfg, data_root, train_split, val_split, out_dir, weights, resume, kind, device, proposals, adapt,
                       allow_changed, bad_polygons)
-    if progress and run.main: print("\n".join(describe_split(d) for d in (run.train_set, run.val_set) if d))
+    if progress and run.main:   # what the run reads, and what it starts from
+        for line in [describe_split(d) for d in (run.train_set, run.val_set) if d] + [run.weights_from]:
+            if line: print(line)
     evaluator = EvaluateEvery(run.cfg.eval_period if val_split else 0, val_loss, progress)
     # the evaluation at iteration k before the checkpoint of k: a run killed between them redoes both on resume
     hooks = [LogMetrics(log_period), evaluator, SaveCheckpoints(run.cfg.checkpoint_period)]

@@ -67,7 +67,8 @@ def test_a_checkpoint_of_a_diverged_run_is_refused_on_resume(root, tmp_path, cap
     ck = load_checkpoint(out / "last.pth")
     ck["model"]["rpn.head.conv.0.0.weight"].fill_(1.3e20)   # as an older version could leave one
     torch.save(ck, out / "last.pth")
-    status, _, said = _train(capsys, "--data", root, "--out", out, "--iters", "4", "--val-split", "", *SMALL, "--resume")
+    status, _, said = _train(capsys, "--data", root, "--out", out, "--iters", "4", "--val-split", "", *SMALL,
+                             "--resume")
     assert status == 2 and "reaches 1.3e+20" in said[0] and "can not be resumed" in said[0], said
 
 
@@ -128,7 +129,8 @@ def test_resume_on_other_data_and_a_new_run_into_an_old_folder_are_refused(root,
     ann["images"] = ann["images"][:-1]
     ann["annotations"] = [a for a in ann["annotations"] if a["image_id"] in {im["id"] for im in ann["images"]}]
     ann_file.write_text(json.dumps(ann))
-    status, _, said = _train(capsys, "--data", other, "--out", out, "--iters", "4", "--val-split", "", *SMALL, "--resume")
+    status, _, said = _train(capsys, "--data", other, "--out", out, "--iters", "4", "--val-split", "", *SMALL,
+                             "--resume")
     assert status == 2 and "trained on" in said[0] and "--allow-changed data" in said[0], said
     moved = tmp_path / "moved"                                            # the same data elsewhere: the same run
     shutil.copytree(root, moved)
