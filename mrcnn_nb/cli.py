@@ -123,7 +123,7 @@ def _bad_polygons_arg(s):
 
 def _show_args(s):
     s.add_argument("root", help="dataset root (COCO 2017 layout)")
-    s.add_argument("--split", default="val", help="split name, e.g. val or val2017 (default val)")
+    s.add_argument("--split", default=None, help="split name (default: the one of val, val2017, valid that exists)")
     s.add_argument("--kind", choices=["instances", "keypoints"], default="instances", help="annotation file to read")
     s.add_argument("--n", type=_positive_int, default=8, help="number of images (default 8)")
     s.add_argument("--ncols", type=_positive_int, default=4, help="images per row (default 4)")
@@ -136,10 +136,11 @@ def cmd_show(args) -> int:
     "Draw a grid of samples of a COCO-layout dataset to an image file."
     import matplotlib
     matplotlib.use("Agg")
-    from mrcnn_nb.data import COCODataset
+    from mrcnn_nb.data import COCODataset, find_split
     from mrcnn_nb.viz import plot_samples, save_figure
-    ds = COCODataset(args.root, args.split, kind=args.kind, bad_polygons=args.bad_polygons)
-    out = args.out or f"{Path(args.root).name}_{args.split}.png"
+    split = args.split or find_split(args.root, "val", args.kind)
+    ds = COCODataset(args.root, split, kind=args.kind, bad_polygons=args.bad_polygons)
+    out = args.out or f"{Path(args.root).name}_{split}.png"
     save_figure(plot_samples(ds, n=args.n, ncols=args.ncols, seed=args.seed), out)
     classes = "class" if ds.num_classes == 1 else "classes"
     print(f"{len(ds)} images, {ds.num_classes} {classes}; wrote {min(args.n, len(ds))} samples to {out}")
@@ -280,7 +281,7 @@ COMMANDS["train"] = (_train_args, cmd_train, "train a Mask R-CNN (default: a sma
 def _eval_args(s):
     s.add_argument("--checkpoint", required=True, help="checkpoint file (model_final.pth or last.pth)")
     s.add_argument("--data", required=True, help="dataset root in COCO 2017 layout")
-    s.add_argument("--split", required=True, help="split, e.g. val or val2017")
+    s.add_argument("--split", default=None, help="split (default: the one of val, val2017, valid that exists)")
     s.add_argument("--batch", type=_positive_int, default=2, help="images per inference batch (default 2)")
     s.add_argument("--out", default=None, help="directory for metrics.json and the COCO results files")
     _bad_polygons_arg(s)
@@ -301,11 +302,12 @@ def _write_evaluation(out: Path, r: dict):
 # %% ../nbs/15_cli.ipynb #104fc024
 def cmd_eval(args) -> int:
     "COCO evaluation of a checkpoint on a dataset split."
-    from mrcnn_nb.data import COCODataset
+    from mrcnn_nb.data import COCODataset, find_split
     from mrcnn_nb.evaluate import evaluate, format_metrics
     from mrcnn_nb.train import model_from_checkpoint
     model, cfg, names = model_from_checkpoint(args.checkpoint)
-    ds = COCODataset(args.data, args.split, kind="keypoints" if cfg.keypoints else "instances",
+    kind = "keypoints" if cfg.keypoints else "instances"
+    ds = COCODataset(args.data, args.split or find_split(args.data, "val", kind), kind=kind,
                      bad_polygons=args.bad_polygons)
     if ds.num_classes + 1 != cfg.num_classes:
         raise UserInputError(f"{ds.ann_file}: {ds.num_classes} categories (+ background) but {args.checkpoint} "
