@@ -194,10 +194,13 @@ def _pool_bwd(g, arg, batch, gin, nblocks):
 
 # %% ../nbs/07a_roi_numba.ipynb #02a90ba5
 def _sync_threads() -> int:
-    "Give Numba's kernels torch's thread count, so that `torch.set_num_threads(n)` governs them too."
-    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    """Give Numba's kernels torch's thread count, so that `torch.set_num_threads(n)` governs them too -- and keep
+    torch's: the first call starts Numba's pool, whose OpenMP layer resets the process's thread count to Numba's."""
+    t = torch.get_num_threads()
+    n = max(1, min(t, numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
-    return n
+    if torch.get_num_threads() != t: torch.set_num_threads(t)   # else a fresh process computes its first steps
+    return n                                                    # on other thread counts than a warm one
 
 # %% ../nbs/07a_roi_numba.ipynb #7b87b780
 _SPLIT = {"blocks": None}   # set by `parallel_split` (below) to run the kernels n ways; None: one block per thread

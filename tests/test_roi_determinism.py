@@ -77,3 +77,17 @@ def test_numba_backward_kernels_give_the_same_bits_for_every_split():
                lambda: bilinear_backward_numba(g, plan, x.shape, "max", arg),
                lambda: roi_pool_backward_numba(g, pplan, x.shape, parg)):
         assert split_dependence(fn) == []
+
+
+def test_the_first_kernel_keeps_torchs_thread_count():
+    """Numba's OpenMP pool, started by the first kernel, used to reset the process's thread count to Numba's: a fresh
+    process then ran its first steps on another thread count than a warm one (a resumed run drifted by ~1e-7)."""
+    import os, subprocess, sys
+    code = ("import torch; from mrcnn_nb.roi_ops import roi_align; "
+            "x = torch.randn(1, 8, 16, 16).contiguous(memory_format=torch.channels_last); "
+            "roi_align(x, torch.tensor([[0, 1., 1, 9, 9]]), (2, 2), 1.0, 2, backend='numba'); "
+            "print(torch.get_num_threads())")
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="2")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-1] == "1", r.stdout
