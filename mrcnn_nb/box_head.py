@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .anchors import BalancedSampler, Matcher
-from .boxes import BoxCoder, batched_nms, box_iou, clip_boxes, remove_small_boxes
+from .boxes import BoxCoder, batched_nms, box_iou, clip_boxes, draw_boxes, remove_small_boxes
 from .backbone import ResNet
 from .core import distributed_count
 
@@ -180,13 +180,6 @@ def box_training_sample(model: nn.Module, image: Tensor, target: dict, seed: int
                 matched=matched[0], labels=labels[0], reg=reg[0], gt=targets[0]["boxes"],
                 gt_labels=targets[0]["labels"], coder=b.coder)
 
-# %% ../nbs/08_box_head.ipynb #b311917d
-def _box_panel(ax, boxes: Tensor, colors: list, lw: float = 1.0, ls: str = "-", alpha: float = 1.0):
-    "Outline `boxes` (N, 4) xyxy on `ax`, box i in colour `colors[i]`."
-    import matplotlib.pyplot as plt
-    for (x1, y1, x2, y2), c in zip(boxes.tolist(), colors):
-        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=c, lw=lw, ls=ls, alpha=alpha))
-
 # %% ../nbs/08_box_head.ipynb #e3a13210
 def show_sampled_rois(sample: dict, size: float = 4.0):
     """Two panels of `box_training_sample`: the positive RoIs, coloured by class, and the negatives; the
@@ -198,9 +191,9 @@ def show_sampled_rois(sample: dict, size: float = 4.0):
     for ax, keep, kind in ((axes[0], lab > 0, "positive"), (axes[1], lab == 0, "negative")):
         ax.imshow((sample["picture"] * 0.5 + 0.5).numpy()); ax.axis("off")
         ax.set_title(f"{int(keep.sum())} {kind} RoIs (IoU {'≥' if kind == 'positive' else '<'} 0.5)", fontsize=10)
-        _box_panel(ax, sample["rois"][keep], [class_color(int(l)) for l in lab[keep]] if kind == "positive"
+        draw_boxes(ax, sample["rois"][keep], [class_color(int(l)) for l in lab[keep]] if kind == "positive"
                    else ["tab:red"] * int(keep.sum()), lw=0.9, alpha=0.8)
-        _box_panel(ax, sample["gt"], ["k"] * len(sample["gt"]), lw=2.0)
+        draw_boxes(ax, sample["gt"], "k", lw=2.0)
     fig.tight_layout()
     return fig
 
@@ -224,8 +217,8 @@ def show_regression_targets(sample: dict, n: int = 4, size: float = 2.4):
     for ax, i in zip(axes[0], idx.tolist()):
         roi, gt, t = sample["rois"][i], sample["gt"][sample["matched"][i]], sample["reg"][i]
         ax.imshow(sample["picture"].numpy()); ax.axis("off")
-        _box_panel(ax, roi[None], ["tab:orange"], lw=2, ls="--")
-        _box_panel(ax, gt[None], ["k"], lw=2)
+        draw_boxes(ax, roi[None], "tab:orange", lw=2, ls="--")
+        draw_boxes(ax, gt[None], "k", lw=2)
         (rx, ry), (gx, gy) = ((roi[:2] + roi[2:]) / 2).tolist(), ((gt[:2] + gt[2:]) / 2).tolist()
         ax.annotate("", (gx, gy), (rx, ry), arrowprops=dict(arrowstyle="->", color="tab:orange", lw=1.5))
         lo, hi = torch.minimum(roi[:2], gt[:2]) - 4, torch.maximum(roi[2:], gt[2:]) + 4

@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['BBOX_XFORM_CLIP', 'box_area', 'box_iou', 'BoxCoder', 'plot_box_coding', 'clip_boxes', 'remove_small_boxes', 'nms',
-           'nms_steps', 'plot_nms', 'batched_nms']
+__all__ = ['BBOX_XFORM_CLIP', 'box_area', 'box_iou', 'BoxCoder', 'draw_boxes', 'plot_box_coding', 'clip_boxes',
+           'remove_small_boxes', 'nms', 'nms_steps', 'plot_nms', 'batched_nms']
 
 # %% ../nbs/01_boxes.ipynb #e88431da
 def box_area(boxes: Tensor) -> Tensor:
@@ -71,12 +71,22 @@ class BoxCoder:
     def __repr__(self): return f"BoxCoder(weights={self.weights}, clip={self.clip:.4f})"
 
 # %% ../nbs/01_boxes.ipynb #4fcfc26e
-def _draw_xyxy(ax, box, color, label=None, **kw):
-    "One box `[x1, y1, x2, y2]` as an unfilled rectangle in `color` on matplotlib axes `ax`, with an optional label."
+def draw_boxes(ax, boxes, color="tab:red", lw: float = 1.0, ls: str = "-", alpha=1.0, labels=None):
+    """Outline `boxes` (N, 4) xyxy -- a tensor, an array or a list of 4-lists; one box may be a single 4-list -- on
+    matplotlib axes `ax`. `color` and `alpha` are one value for every box or one per box; `labels`, if given, one
+    text (or None) per box, written inside its top-left corner in its colour."""
     import matplotlib.pyplot as plt
-    x1, y1, x2, y2 = [float(v) for v in box]
-    ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, **kw))
-    if label: ax.text(x1 + 1, y1 + 1, label, fontsize=8, color=color, va="top", ha="left")
+    from matplotlib.colors import is_color_like
+    xyxy = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4).tolist()
+    n = len(xyxy)
+    colors = [color] * n if is_color_like(color) else list(color)
+    alphas = torch.as_tensor(alpha, dtype=torch.float64).expand(n).tolist()
+    labels = [None] * n if labels is None else list(labels)
+    for name, values in (("colors", colors), ("labels", labels)):
+        if len(values) != n: raise ValueError(f"draw_boxes: {n} boxes but {len(values)} {name}")
+    for (x1, y1, x2, y2), c, a, text in zip(xyxy, colors, alphas, labels):
+        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=c, lw=lw, ls=ls, alpha=a))
+        if text: ax.text(x1 + 1, y1 + 1, text, fontsize=8, color=c, va="top", ha="left")
 
 # %% ../nbs/01_boxes.ipynb #1a3ac8a9
 def plot_box_coding(reference: Tensor, box: Tensor, decoded: Tensor, deltas: Tensor, size: float = 4.5):
@@ -84,9 +94,9 @@ def plot_box_coding(reference: Tensor, box: Tensor, decoded: Tensor, deltas: Ten
     `deltas` (4,), and the arrow between the centres that (dx, dy) encodes."""
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(size, size))
-    _draw_xyxy(ax, reference, "tab:blue", "reference", lw=1.5, ls="--")
-    _draw_xyxy(ax, box, "tab:green", "ground truth", lw=3, alpha=0.6)
-    _draw_xyxy(ax, decoded, "tab:red", None, lw=1.2)
+    draw_boxes(ax, reference, "tab:blue", lw=1.5, ls="--", labels=["reference"])
+    draw_boxes(ax, box, "tab:green", lw=3, alpha=0.6, labels=["ground truth"])
+    draw_boxes(ax, decoded, "tab:red", lw=1.2)
     (rx, ry), (bx, by) = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in (reference.tolist(), box.tolist())]
     ax.annotate("", (bx, by), (rx, ry), arrowprops=dict(arrowstyle="->", color="k"))
     ax.plot([rx, bx], [ry, by], "k.", ms=6)
@@ -178,7 +188,7 @@ def plot_nms(boxes: Tensor, scores: Tensor, keep: Tensor, iou_threshold: float, 
     for ax, idx, title in panels:
         for i in idx:
             label = f"{i}: {float(scores[i]):.2f}" if annotate else None
-            _draw_xyxy(ax, b[i], cmap(norm(float(scores[i]))), label, lw=1.5)
+            draw_boxes(ax, b[i], cmap(norm(float(scores[i]))), lw=1.5, labels=[label])
         ax.set(xlim=(x0, x1), ylim=(y1, y0), aspect="equal", xticks=[], yticks=[])
         ax.set_title(title, fontsize=10)
     fig.colorbar(plt.cm.ScalarMappable(cmap=cmap, norm=norm), ax=axs, label="score", shrink=0.8)

@@ -12,8 +12,7 @@ from torch import nn
 from .viz import class_color, to_rgb_array
 
 # %% auto #0
-__all__ = ['measure_shapes', 'architecture_figure', 'centre_anchors', 'draw_boxes', 'plot_box_panels', 'plot_mask_pairs',
-           'plot_class_masks']
+__all__ = ['measure_shapes', 'architecture_figure', 'centre_anchors', 'plot_box_panels', 'plot_mask_pairs', 'plot_class_masks']
 
 # %% ../nbs/14_inspect.ipynb #048d22ac
 def _shapes(o):
@@ -139,11 +138,6 @@ def centre_anchors(anchors: torch.Tensor, feature_sizes: list, per_position: int
     return out
 
 # %% ../nbs/14_inspect.ipynb #c70ba152
-def draw_boxes(ax, boxes, color, lw: float = 1.0, ls: str = "-"):
-    "Draw `boxes` (N, 4) xyxy as rectangles on `ax`."
-    for x1, y1, x2, y2 in torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).tolist():
-        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=color, lw=lw, ls=ls))
-
 def plot_box_panels(image, panels: list, size: float = 4.2, margin: float = 0.0):
     """One panel per `(title, [(boxes, color, line width), ...])` of `panels`: the image and its box sets, the view
     widened by `margin` (a fraction of the image) to show boxes that reach outside it."""

@@ -31,14 +31,18 @@ __all__ = ['PRESETS', 'Config', 'check_config', 'get_config', 'rescale_target', 
            'SharedRes5', 'build_model', 'torchvision_to_ours', 'torchvision_model', 'load_torchvision_weights',
            'stage_of', 'count_parameters', 'count_macs', 'model_costs', 'costs_table', 'plot_costs', 'plot_cost_shares']
 
-# %% ../nbs/11_model.ipynb #66fa947a
+# %% ../nbs/11_model.ipynb #54e1abef
 @dataclass
-class Config:
-    "Everything that defines a Mask R-CNN; `build_model(cfg)` turns it into modules."
+class _Task:
+    "What the model detects."
     name: str = "R_50_FPN"
     num_classes: int = 91              # classes including background (COCO: 80 used ids in 1..90, torchvision
                                        # keeps 91 slots)
-    # backbone (§3 "Network Architecture")
+
+# %% ../nbs/11_model.ipynb #44026267
+@dataclass
+class _Backbone:
+    """The convolutional trunk and its features (§3 "Network Architecture")."""
     depth: int = 50                    # ResNet depth: 50, 101 or 152
     blocks: tuple | None = None        # blocks per stage; overrides `depth` (small CPU trunks)
     groups: int = 1                    # ResNeXt cardinality (32 for X-101-32x8d)
@@ -50,14 +54,22 @@ class Config:
     trainable_layers: int = 3          # top trunk stages that train; the paper freezes the stem and stage 1
     features: Literal["FPN", "C4", "C5"] = "FPN"  # 'C4' (stride 16, res5 head), 'C5' (stride 32, Table 2d) or 'FPN'
     fpn_channels: int = 256            # channels of every FPN level
-    # input (§3.1: shorter side 800, longer at most 1333)
+
+# %% ../nbs/11_model.ipynb #370c58c7
+@dataclass
+class _Input:
+    "How images are resized, normalized and batched (§3.1)."
     min_size: tuple = (800,)           # shorter-side sizes; training picks one at random, test uses the last
     max_size: int = 1333               # cap on the longer side
     pixel_norm: Literal["pytorch", "caffe"] = "pytorch"  # 'pytorch' (torchvision weights) or 'caffe' (MSRA weights)
     size_divisibility: int = 32        # batches are padded to a multiple of this
     channels_last: bool = True         # run the convolutions on channels-last tensors (faster on CPUs; our RoI
                                        # kernels read them without copies)
-    # RPN (§3.1; FPN: one anchor scale per level, C4/C5: all scales on one map)
+
+# %% ../nbs/11_model.ipynb #0b6631e7
+@dataclass
+class _RPN:
+    "The region proposal network (§3.1; FPN: one anchor scale per level, C4/C5: all scales on one map)."
     anchor_sizes: tuple = (32, 64, 128, 256, 512)
     aspect_ratios: tuple = (0.5, 1.0, 2.0)
     rpn_pre_nms_top_n: tuple = (2000, 1000)   # per level: (train, test)
@@ -69,7 +81,11 @@ class Config:
     # 'joint': the RPN shares the backbone and trains with the heads (§3.1); 'separate': no RPN, the heads take
     # fixed proposals given with each image (§4.2's ablations); 'only': the RPN alone
     rpn: Literal["joint", "separate", "only"] = "joint"
-    # RoI layers (§3 "RoIAlign"; Tables 2c, 2d, 6): 'align', 'pool' or 'warp' for each head
+
+# %% ../nbs/11_model.ipynb #e11c59c2
+@dataclass
+class _RoILayers:
+    """The RoI layers of each head (§3 "RoIAlign"; Tables 2c, 2d, 6)."""
     box_roi: Literal["align", "pool", "warp"] = "align"
     mask_roi: Literal["align", "pool", "warp"] = "align"
     keypoint_roi: Literal["align", "pool", "warp"] = "align"
@@ -77,7 +93,11 @@ class Config:
     roi_sampling_ratio: int = 2        # samples per bin side (the paper: 4 points per bin)
     roi_aligned: bool = False          # half-pixel offset in RoIAlign and exact mask pasting; False as
                                        # torchvision's weights (True is more exact)
-    # box branch (§3.1)
+
+# %% ../nbs/11_model.ipynb #f9ebced1
+@dataclass
+class _BoxBranch:
+    "The classification and box regression branch (§3.1)."
     box_resolution: int = 7            # pooled size (C4: 14, then res5 with stride 2)
     box_head_dim: int = 1024           # fc width of the FPN/C5 head
     box_batch_size: int = 512          # RoIs sampled per image (C4: 64)
@@ -85,7 +105,11 @@ class Config:
     box_score_thresh: float = 0.05
     box_nms: float = 0.5
     detections_per_img: int = 100
-    # mask branch (§3 "Mask Representation"; Tables 2b, 2e)
+
+# %% ../nbs/11_model.ipynb #e1e70997
+@dataclass
+class _MaskBranch:
+    """The mask branch (§3 "Mask Representation"; Tables 2b, 2e)."""
     mask: bool = True                  # False: Faster R-CNN (Table 3)
     mask_head: Literal["fcn", "mlp2", "mlp3"] = "fcn"  # 'fcn' (4 convs), 'mlp2' (fc 1024-1024) or 'mlp3'
                                                        # (fc 1024-1024-1024) -- Table 2e
@@ -96,13 +120,21 @@ class Config:
     mask_agnostic: bool = False        # one mask for all classes (§4.2)
     mask_threshold: float | None = 0.5  # pasted masks binarized at this probability (§3.1, inference: 0.5);
                                         # None keeps probabilities (torchvision's output)
-    # keypoint branch (§5)
+
+# %% ../nbs/11_model.ipynb #4a3d74fd
+@dataclass
+class _KeypointBranch:
+    "The keypoint branch (§5)."
     keypoints: bool = False
     num_keypoints: int = 17
     keypoint_convs: int = 8
     keypoint_dim: int = 512
     keypoint_resolution: int = 14      # pooled size; heatmaps are 4x (56)
-    # training (§3.1 "Training"): image-centric SGD; see 12_train for schedules and the linear scaling rule
+
+# %% ../nbs/11_model.ipynb #36409712
+@dataclass
+class _Training:
+    """The optimization (§3.1 "Training"): image-centric SGD; see 12_train for schedules and the linear scaling rule."""
     ims_per_batch: int = 16            # images per iteration, over all processes (the paper: 2 per GPU x 8 GPUs)
     base_lr: float = 0.02              # learning rate at 16 images per iteration; scaled linearly to ims_per_batch
     momentum: float = 0.9
@@ -119,6 +151,10 @@ class Config:
     eval_period: int = 0               # iterations between evaluations on the validation split (0: only at the end)
     seed: int = 0
 
+# %% ../nbs/11_model.ipynb #db0efa32
+@dataclass
+class Config(_Training, _KeypointBranch, _MaskBranch, _BoxBranch, _RoILayers, _RPN, _Input, _Backbone, _Task):
+    "Everything that defines a Mask R-CNN, the groups above in one; `build_model(cfg)` turns it into modules."
     def __post_init__(self): check_config(self)
 
     def replace(self, **changes) -> "Config":

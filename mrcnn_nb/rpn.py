@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .anchors import AnchorGenerator, BalancedSampler, Matcher
-from .boxes import BoxCoder, batched_nms, box_iou, clip_boxes, remove_small_boxes
+from .boxes import BoxCoder, batched_nms, box_iou, clip_boxes, draw_boxes, remove_small_boxes
 from .core import distributed_count
 from .data import ImageBatch
 
@@ -216,14 +216,6 @@ def show_objectness(stages: dict, size: float = 1.8):
     fig.suptitle("RPN objectness, max over the 3 anchors of each position", fontsize=10)
     return fig
 
-# %% ../nbs/06_rpn.ipynb #82441cf5
-def _draw_boxes(ax, boxes: Tensor, color, lw: float = 1.0, alpha=1.0, ls: str = "-"):
-    "Outline `boxes` (N, 4) xyxy on `ax`; `alpha` one value or one per box."
-    import matplotlib.pyplot as plt
-    alphas = alpha.tolist() if isinstance(alpha, Tensor) else [alpha] * len(boxes)
-    for (x1, y1, x2, y2), a in zip(boxes.tolist(), alphas):
-        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=color, lw=lw, alpha=a, ls=ls))
-
 # %% ../nbs/06_rpn.ipynb #00446124
 def show_proposals(stages: dict, size: float = 4.0):
     "Two panels: the RPN's candidates before NMS, and the proposals after it; opacity grows with objectness."
@@ -233,7 +225,7 @@ def show_proposals(stages: dict, size: float = 4.0):
     for ax, idx, title in ((axes[0], torch.arange(len(b)), f"before NMS: {len(b)} candidates"),
                            (axes[1], keep, f"after NMS: {len(keep)} proposals")):
         _show_picture(ax, stages["picture"], title, fontsize=10, fade=0.55)
-        _draw_boxes(ax, b[idx], "tab:red", lw=0.8, alpha=(0.05 + 0.6 * s[idx] / s.max()))
+        draw_boxes(ax, b[idx], "tab:red", lw=0.8, alpha=(0.05 + 0.6 * s[idx] / s.max()))
     fig.tight_layout()
     return fig
 
@@ -246,8 +238,8 @@ def show_refinement(stages: dict, n: int = 6, size: float = 5.0):
     keep = stages["keep"][:n]
     for i, (a, b, s) in enumerate(zip(stages["anchors"][keep], stages["boxes"][keep], stages["scores"][keep])):
         color = plt.cm.tab10(i % 10)
-        _draw_boxes(ax, a[None], color, lw=1.2, ls="--")
-        _draw_boxes(ax, b[None], color, lw=2.0)
+        draw_boxes(ax, a[None], color, lw=1.2, ls="--")
+        draw_boxes(ax, b[None], color, lw=2.0)
         (ax0, ay0), (bx0, by0) = ((a[:2] + a[2:]) / 2).tolist(), ((b[:2] + b[2:]) / 2).tolist()
         ax.annotate("", (bx0, by0), (ax0, ay0), arrowprops=dict(arrowstyle="->", color=color, lw=1.5))
         ax.text(b[0].item() + 1, b[1].item() + 1, f"{i + 1}: {s:.2f}", color=color, fontsize=8, weight="bold",
