@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
@@ -18,9 +19,10 @@ from .core import UserInputError, peak_memory_rise
 from .data import COCODataset
 
 # %% auto #0
-__all__ = ['STAT_NAMES', 'predict_dataset', 'dataset_proposals', 'proposal_recall', 'encode_masks', 'to_coco_results',
-           'coco_evaluate', 'evaluate', 'format_metrics', 'pr_curves', 'plot_pr_curves', 'plot_ap_vs_iou',
-           'interpolated_ap', 'plot_interpolation', 'area_labels', 'plot_object_areas', 'plot_per_class_ap']
+__all__ = ['STAT_NAMES', 'shard_batches', 'predict_dataset', 'dataset_proposals', 'proposal_recall', 'encode_masks',
+           'to_coco_results', 'coco_evaluate', 'merge_shards', 'raise_if_any_failed', 'sharded_predictions', 'evaluate',
+           'format_metrics', 'pr_curves', 'plot_pr_curves', 'plot_ap_vs_iou', 'interpolated_ap', 'plot_interpolation',
+           'area_labels', 'plot_object_areas', 'plot_per_class_ap']
 
 # %% ../nbs/13_eval.ipynb #e9bdbf50
 def _predict_batch(model, items: list, device) -> list:
@@ -29,18 +31,27 @@ def _predict_batch(model, items: list, device) -> list:
     dets = model([img.to(device) for img, _ in items], given)
     return [(t["image_id"], {k: v.cpu() for k, v in d.items()}) for (_, t), d in zip(items, dets)]
 
+# %% ../nbs/13_eval.ipynb #d3e76ff3
+def shard_batches(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list:
+    """The batches (lists of item indices of a dataset of `n`) that process `rank` of `world` predicts: every
+    `world`-th batch of the one-process order, so each image shares its batch with the same images as in one process."""
+    return [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)][rank::world]
+
 # %% ../nbs/13_eval.ipynb #b504206d
-def predict_dataset(model, dataset: COCODataset, batch_size: int = 2, progress: bool = True, device=None) -> list:
-    "`[(image_id, detections), ...]` for every image of `dataset` (original sizes, masks binarized), in eval mode."
+def predict_dataset(model, dataset: COCODataset, batch_size: int = 2, progress: bool = True, device=None,
+                    batches: list | None = None) -> list:
+    """`[(image_id, detections), ...]` for the images of `dataset` (original sizes, masks binarized), in eval mode:
+    `batches` of item indices (default: all items in order, `batch_size` at a time; see `shard_batches`)."""
     from tqdm.auto import tqdm
     device = device or next(model.parameters()).device
+    batches = shard_batches(len(dataset), batch_size) if batches is None else batches
     was_training = model.training
     model.eval()
     out = []
     try:
         with torch.no_grad():
-            for s in tqdm(range(0, len(dataset), batch_size), desc="inference", disable=not progress, leave=False):
-                out += _predict_batch(model, [dataset[i] for i in range(s, min(s + batch_size, len(dataset)))], device)
+            for b in tqdm(batches, desc="inference", disable=not progress, leave=False):
+                out += _predict_batch(model, [dataset[i] for i in b], device)
     finally:
         model.train(was_training)
     return out
@@ -181,15 +192,57 @@ def _iou_types(model) -> list:
     return (["bbox"] + (["segm"] if getattr(model, "mask", None) is not None else [])
             + (["keypoints"] if getattr(model, "keypoint", None) is not None else []))
 
+# %% ../nbs/13_eval.ipynb #45976a43
+def merge_shards(shards: list, n: int, batch_size: int) -> list:
+    """The predictions of `len(shards)` processes (`shards[r]`: rank r's, from its `shard_batches`) in the
+    one-process order of a dataset of `n` items."""
+    by_index = {}
+    for rank, preds in enumerate(shards):
+        mine = [i for b in shard_batches(n, batch_size, rank, len(shards)) for i in b]
+        if len(mine) != len(preds): raise ValueError(f"rank {rank} sent {len(preds)} predictions for {len(mine)} items")
+        by_index.update(zip(mine, preds))
+    return [by_index[i] for i in range(n)]
+
+# %% ../nbs/13_eval.ipynb #55efaecb
+def raise_if_any_failed(error: Exception | None, world: int):
+    "Every rank says whether it failed (`error`); if any did, all ranks raise, naming the failed ranks and errors."
+    import torch.distributed as dist
+    said = [None] * world
+    dist.all_gather_object(said, None if error is None else (isinstance(error, UserInputError), f"{error}"))
+    failed = [(r, s) for r, s in enumerate(said) if s is not None]
+    if not failed: return
+    kind = UserInputError if all(user for _, (user, _) in failed) else RuntimeError
+    raise kind("evaluation failed on " + "; ".join(f"rank {r}: {m}" for r, (_, m) in failed)) from error
+
+# %% ../nbs/13_eval.ipynb #ca833ce9
+def sharded_predictions(model, dataset: COCODataset, batch_size: int = 2, progress: bool = True,
+                        rank: int = 0, world: int = 1) -> list | None:
+    """`predict_dataset` shared by the `world` processes of a process group: each predicts its `shard_batches`;
+    rank 0 gets all predictions in the one-process order, the others None. A failure on any rank raises on all."""
+    if world == 1: return predict_dataset(model, dataset, batch_size, progress)
+    import torch.distributed as dist
+    preds, error = None, None
+    try:
+        preds = predict_dataset(model, dataset, batch_size, progress and rank == 0,
+                                batches=shard_batches(len(dataset), batch_size, rank, world))
+    except Exception as e: error = e
+    raise_if_any_failed(error, world)
+    shards = [None] * world if rank == 0 else None
+    dist.gather_object(preds, shards, dst=0)
+    return merge_shards(shards, len(dataset), batch_size) if rank == 0 else None
+
 # %% ../nbs/13_eval.ipynb #9a0a7c7d
 def evaluate(model, dataset: COCODataset, batch_size: int = 2, progress: bool = True,
              cat_ids: list | None = None) -> dict:
     """COCOeval of `model` on `dataset`, with inference images/s and peak memory;
     `{'metrics', 'images_per_s', 'peak_mib', 'results'}`. `cat_ids[l - 1]` is the category of label `l`
-    (default: the dataset's; torchvision's COCO models use `range(1, 91)`)."""
+    (default: the dataset's; torchvision's COCO models use `range(1, 91)`). In a process group (`torchrun`), every
+    rank predicts its share and rank 0 evaluates; the other ranks return None."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
     fast = model.for_inference() if hasattr(model, "for_inference") else model
     device = next(fast.parameters()).device
-    preds, seconds, peak = _timed(lambda: predict_dataset(fast, dataset, batch_size, progress), device)
+    preds, seconds, peak = _timed(lambda: sharded_predictions(fast, dataset, batch_size, progress, rank, world), device)
+    if preds is None: return None   # not rank 0: rank 0 evaluates
     results = to_coco_results(preds, cat_ids or dataset.categories.cat_ids)
     metrics = coco_evaluate(dataset.coco, results, _iou_types(model), getattr(dataset, "oks_sigmas", None))
     return dict(metrics=metrics, images_per_s=len(dataset) / seconds, peak_mib=peak, images=len(dataset),

@@ -31,7 +31,7 @@ __all__ = ['PRESETS', 'Config', 'check_config', 'get_config', 'rescale_target', 
            'SharedRes5', 'build_model', 'torchvision_to_ours', 'torchvision_model', 'load_torchvision_weights',
            'stage_of', 'count_parameters', 'count_macs', 'model_costs', 'costs_table', 'plot_costs', 'plot_cost_shares']
 
-# %% ../nbs/11_model.ipynb #54e1abef
+# %% ../nbs/11_model.ipynb #691947d6
 @dataclass
 class _Task:
     "What the model detects."
@@ -39,7 +39,7 @@ class _Task:
     num_classes: int = 91              # classes including background (COCO: 80 used ids in 1..90, torchvision
                                        # keeps 91 slots)
 
-# %% ../nbs/11_model.ipynb #44026267
+# %% ../nbs/11_model.ipynb #b6bc96f0
 @dataclass
 class _Backbone:
     """The convolutional trunk and its features (§3 "Network Architecture")."""
@@ -55,7 +55,7 @@ class _Backbone:
     features: Literal["FPN", "C4", "C5"] = "FPN"  # 'C4' (stride 16, res5 head), 'C5' (stride 32, Table 2d) or 'FPN'
     fpn_channels: int = 256            # channels of every FPN level
 
-# %% ../nbs/11_model.ipynb #370c58c7
+# %% ../nbs/11_model.ipynb #1d1825c9
 @dataclass
 class _Input:
     "How images are resized, normalized and batched (§3.1)."
@@ -66,7 +66,7 @@ class _Input:
     channels_last: bool = True         # run the convolutions on channels-last tensors (faster on CPUs; our RoI
                                        # kernels read them without copies)
 
-# %% ../nbs/11_model.ipynb #0b6631e7
+# %% ../nbs/11_model.ipynb #6a84dc09
 @dataclass
 class _RPN:
     "The region proposal network (§3.1; FPN: one anchor scale per level, C4/C5: all scales on one map)."
@@ -82,7 +82,7 @@ class _RPN:
     # fixed proposals given with each image (§4.2's ablations); 'only': the RPN alone
     rpn: Literal["joint", "separate", "only"] = "joint"
 
-# %% ../nbs/11_model.ipynb #e11c59c2
+# %% ../nbs/11_model.ipynb #1d9c7175
 @dataclass
 class _RoILayers:
     """The RoI layers of each head (§3 "RoIAlign"; Tables 2c, 2d, 6)."""
@@ -94,7 +94,7 @@ class _RoILayers:
     roi_aligned: bool = False          # half-pixel offset in RoIAlign and exact mask pasting; False as
                                        # torchvision's weights (True is more exact)
 
-# %% ../nbs/11_model.ipynb #f9ebced1
+# %% ../nbs/11_model.ipynb #0423762e
 @dataclass
 class _BoxBranch:
     "The classification and box regression branch (§3.1)."
@@ -106,7 +106,7 @@ class _BoxBranch:
     box_nms: float = 0.5
     detections_per_img: int = 100
 
-# %% ../nbs/11_model.ipynb #e1e70997
+# %% ../nbs/11_model.ipynb #d8f26310
 @dataclass
 class _MaskBranch:
     """The mask branch (§3 "Mask Representation"; Tables 2b, 2e)."""
@@ -121,7 +121,7 @@ class _MaskBranch:
     mask_threshold: float | None = 0.5  # pasted masks binarized at this probability (§3.1, inference: 0.5);
                                         # None keeps probabilities (torchvision's output)
 
-# %% ../nbs/11_model.ipynb #4a3d74fd
+# %% ../nbs/11_model.ipynb #1c846189
 @dataclass
 class _KeypointBranch:
     "The keypoint branch (§5)."
@@ -131,7 +131,7 @@ class _KeypointBranch:
     keypoint_dim: int = 512
     keypoint_resolution: int = 14      # pooled size; heatmaps are 4x (56)
 
-# %% ../nbs/11_model.ipynb #36409712
+# %% ../nbs/11_model.ipynb #570d5f1b
 @dataclass
 class _Training:
     """The optimization (§3.1 "Training"): image-centric SGD; see 12_train for schedules and the linear scaling rule."""
@@ -151,7 +151,7 @@ class _Training:
     eval_period: int = 0               # iterations between evaluations on the validation split (0: only at the end)
     seed: int = 0
 
-# %% ../nbs/11_model.ipynb #db0efa32
+# %% ../nbs/11_model.ipynb #4965b846
 @dataclass
 class Config(_Training, _KeypointBranch, _MaskBranch, _BoxBranch, _RoILayers, _RPN, _Input, _Backbone, _Task):
     "Everything that defines a Mask R-CNN, the groups above in one; `build_model(cfg)` turns it into modules."

@@ -1,0 +1,51 @@
+"""Evaluation under torchrun: two processes share the inference and rank 0 evaluates; the metrics equal one
+process's, and an error on one rank ends every rank at once, with its message."""
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mrcnn_nb.data import COCODataset
+from mrcnn_nb.evaluate import evaluate
+from mrcnn_nb.shapes import make_shapes
+from mrcnn_nb.train import demo_checkpoint, model_from_checkpoint
+
+HERE = Path(__file__).parent
+
+
+def _torchrun(root, out, mode):
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    env = dict(__import__("os").environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    t0 = time.time()
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(HERE / "eval_worker.py"), str(root),
+                        str(out), mode], env=env, capture_output=True, text=True, timeout=300)
+    return r, time.time() - t0
+
+
+@pytest.fixture(scope="module")
+def val_root(tmp_path_factory):
+    return make_shapes(tmp_path_factory.mktemp("s") / "s", n_train=0, n_val=9, seed=1, progress=False)
+
+
+def test_two_processes_give_the_metrics_of_one(val_root, tmp_path):
+    r, _ = _torchrun(val_root, tmp_path, "ok")
+    assert r.returncode == 0, r.stderr[-3000:]
+    torch.set_num_threads(1)
+    one = evaluate(model_from_checkpoint(demo_checkpoint())[0].eval(), COCODataset(val_root, "val"), progress=False)
+    two = json.loads((tmp_path / "metrics.json").read_text())
+    for m in (one["metrics"], two):   # pycocotools' printed summary holds its timings; every number is compared
+        for t in m.values(): t.pop("summary")
+    assert two == json.loads(json.dumps(one["metrics"]))   # 9 images, batches of 2: rank 0 has 3 batches, rank 1 two
+    assert one["metrics"]["segm"]["stats"]["AP"] > 0.3   # a trained model: the comparison is between real detections
+
+
+def test_an_error_on_rank_1_ends_both_processes_with_its_message(val_root, tmp_path):
+    r, seconds = _torchrun(val_root, tmp_path, "fail-on-rank-1")
+    assert r.returncode != 0
+    assert "evaluation failed on rank 1: planted: cannot read item" in r.stderr, r.stderr[-3000:]
+    assert not (tmp_path / "metrics.json").exists()
