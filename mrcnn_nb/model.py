@@ -250,6 +250,11 @@ PRESETS = {
     "TINY_KP_FPN": Config(name="TINY_KP_FPN", **{**_TINY, "num_classes": 2, "keypoints": True, "num_keypoints": 14}),
 }
 
+# %% ../nbs/11_model.ipynb #12e8b771
+_FINETUNE = dict(ims_per_batch=4, max_iter=600, lr_steps=(480,), warmup_iters=50, checkpoint_period=600)
+PRESETS |= {"FINETUNE": Config(name="FINETUNE", **_FINETUNE),
+            "TINY_FINETUNE": Config(name="TINY_FINETUNE", **{**_TINY, **_FINETUNE})}
+
 # %% ../nbs/11_model.ipynb #944d1ce4
 def get_config(name: str, **changes) -> Config:
     "A copy of preset `name` with `changes` applied; unknown names and keys are refused with the valid choices."
