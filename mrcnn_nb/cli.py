@@ -148,7 +148,7 @@ def cmd_show(args) -> int:
 COMMANDS["show"] = (_show_args, cmd_show, "draw samples of a dataset to a PNG",
                     "Draw a grid of images with their boxes, masks and keypoints.")
 
-# %% ../nbs/15_cli.ipynb #4acf701d
+# %% ../nbs/15_cli.ipynb #e709271d
 from .convert import cmd_convert, convert_args   # the command lives with its notebook, 16_custom_data
 COMMANDS["convert"] = (convert_args, cmd_convert, "convert VIA, labelme, mask PNG or COCO-export annotations",
                        "Convert the annotations of another tool (a VIA project, labelme files, one mask PNG per "

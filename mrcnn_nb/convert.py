@@ -54,7 +54,7 @@ def custom_polygon(name: str) -> np.ndarray:
 def _custom_object(rng: np.random.Generator, h: int, w: int, min_size: float, max_frac: float) -> dict:
     "A random object of the new task: class name, outline (n, 2) placed in an h x w image, and its mask."
     name = CUSTOM_CLASSES[int(rng.integers(len(CUSTOM_CLASSES)))]
-    size = float(np.exp(rng.uniform(np.log(min_size), np.log(max_frac * min(h, w)))))
+    size = float(np.exp(rng.uniform(np.log(min_size), np.log(max(min_size, max_frac * min(h, w))))))
     angle = float(rng.uniform(0, 2 * np.pi))
     cx, cy = rng.uniform(size / 2, w - size / 2), rng.uniform(size / 2, h - size / 2)
     poly = np.clip(place_polygon(custom_polygon(name), size, angle, cx, cy), 0, [w, h])
@@ -602,7 +602,7 @@ def annotation_agreement(truth: dict, converted: dict) -> dict:
         res["bbox"].append(dict(det, bbox=a["bbox"]))
         rle = _stored_rle(a["segmentation"], *sizes[a["image_id"]])
         res["segm"].append(dict(det, segmentation=dict(size=rle["size"], counts=rle["counts"])))
-    r = coco_evaluate(_quiet_coco(truth), res)
+    r = coco_evaluate(_quiet_coco(json.loads(json.dumps(truth))), res)   # COCOeval turns the polygons it reads to RLE
     return {t: r[t]["stats"]["AP"] for t in ("bbox", "segm")}
 
 # %% ../nbs/16_custom_data.ipynb #2df58e4a
