@@ -349,8 +349,8 @@ class ConvertReport:
     dropped: Counter = field(default_factory=Counter)
 
     def __str__(self):
-        lines = [f"{self.fmt} -> {self.out}: {len(self.classes)} classes (ids 1..{len(self.classes)}: "
-                 f"{', '.join(self.classes)})"]
+        k = len(self.classes)
+        lines = [f"{self.fmt} -> {self.out}: {k} class{'es' if k != 1 else ''} (ids 1..{k}: {', '.join(self.classes)})"]
         for split, n in self.images.items():
             per = ", ".join(f"{c} {self.instances[split][c]}" for c in self.classes)
             lines.append(f"  {split}: {n} images, {sum(self.instances[split].values())} instances ({per})")

@@ -129,6 +129,18 @@ def test_coco_export_rle_and_crowd_pass_through(samples, tmp_path):
     assert ann["iscrowd"] == 1 and ann["area"] == 40 and ann["segmentation"]["size"] == [64, 64]
 
 
+def test_cvat_layout_images_folder_beside_annotations(samples, tmp_path):
+    "CVAT: annotations/instances_default.json and images/ side by side."
+    path = cv.write_coco_export(samples[:2], tmp_path / "rf")
+    root = tmp_path / "cvat"
+    (root / "annotations").mkdir(parents=True)
+    path.rename(root / "annotations" / "instances_default.json")
+    path.parent.rename(root / "images")
+    report = cv.convert("coco", root / "annotations", tmp_path / "out", progress=False)
+    assert report.images == {"train": 2} and sorted(p.name for p in (tmp_path / "out" / "train").iterdir()) == [
+        "photo_000.png", "photo_001.png"]
+
+
 # --- the drop policy ----------------------------------------------------------------------------------------------
 def test_bad_polygons_drop_counts_per_cause(samples, tmp_path, capsys):
     src = cv.write_labelme(samples[:2], tmp_path / "lm")
