@@ -477,7 +477,7 @@ def plot_mask_files(folder, stem: str, size: float = 2.2):
 def _mask_object(p: Path, im: dict, bad_polygons: str, dropped: Counter) -> dict | None:
     "The object of mask PNG `p` (`<k>_<class>.png`) of image entry `im`: its class and its RLE."
     k, sep, name = p.stem.partition("_")
-    if not (sep and k.isdigit() and name):
+    if not (sep and k.isdigit() and name and p.suffix.lower() == ".png"):
         raise UserInputError(f"{p}: a mask file must be named <k>_<class>.png (k = 0, 1, ...), e.g. 0_heart.png")
     m = read_image(p, f" (a mask of {im['path'].name})").amax(0) > 0
     if tuple(m.shape) != (im["height"], im["width"]):
@@ -493,11 +493,22 @@ def _mask_folders(src: Path) -> tuple:
     if not (src / "images").is_dir():
         raise UserInputError(f"{src}: no images/ folder (masks layout: images/<stem>.<ext>, "
                              "masks/<stem>/<k>_<class>.png)")
-    pictures = {p.stem: p for p in sorted((src / "images").iterdir()) if p.is_file()}
+    pictures = {}
+    for p in sorted((src / "images").iterdir()):
+        if not p.is_file() or p.name.startswith("."): continue       # hidden files: .DS_Store and the like
+        if p.stem in pictures: raise UserInputError(f"{p}: two pictures named {p.stem} ({pictures[p.stem].name})")
+        pictures[p.stem] = p
     folders = sorted(p for p in (src / "masks").iterdir() if p.is_dir()) if (src / "masks").is_dir() else []
     for f in folders:
         if f.name not in pictures: raise UserInputError(f"{f}: mask folder without a picture images/{f.name}.*")
     return pictures, folders
+
+def _mask_files(folder: Path) -> list:
+    "The mask files of `folder` (none if it does not exist) in the order of their numbers `k`; hidden files skipped."
+    if not folder.is_dir(): return []
+    files = [f for f in folder.iterdir() if not f.name.startswith(".")]
+    number = lambda f: int(f.name.split("_")[0]) if f.name.split("_")[0].isdigit() else -1
+    return sorted(files, key=lambda f: (number(f), f.name))
 
 def read_masks(src, bad_polygons: str = "error", dropped: Counter | None = None,
                progress: bool | None = None) -> list:
@@ -506,7 +517,7 @@ def read_masks(src, bad_polygons: str = "error", dropped: Counter | None = None,
     dropped, images = Counter() if dropped is None else dropped, []
     for stem, p in tqdm(pictures.items(), desc="masks", disable=not _show_progress(progress), leave=False):
         im = image_entry(p, Path(src) / "images")
-        files = sorted((Path(src) / "masks" / stem).glob("*.png"), key=lambda f: (len(f.name), f.name))
+        files = _mask_files(Path(src) / "masks" / stem)
         im["objects"] = [o for o in (_mask_object(f, im, bad_polygons, dropped) for f in files) if o is not None]
         images.append(im)
     return images

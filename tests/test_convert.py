@@ -155,6 +155,22 @@ def test_bad_polygons_drop_counts_per_cause(samples, tmp_path, capsys):
     assert len(json.loads((tmp_path / "out" / "annotations" / "instances_train.json").read_text())["annotations"]) == n
 
 
+def test_masks_in_the_order_of_their_numbers_hidden_files_skipped(tmp_path):
+    s = cv.make_custom(1, size=64, seed=1, n_range=(1, 1))
+    names = [f"{k}_{n}" for k, n in [(0, "hexagon"), (1, "arrow"), (2, "hexagon"), (10, "heart")]]
+    s[0]["objects"] = [dict(name=n.split("_")[1], polygon=np.array([[x, 2], [x + 4, 2], [x, 9]], float))
+                       for x, n in zip((1, 10, 20, 30), names)]
+    src = cv.write_masks(s, tmp_path / "m")
+    assert sorted(p.stem for p in (src / "masks" / "photo_000").iterdir()) == ["0_hexagon", "1_arrow", "2_hexagon",
+                                                                               "3_heart"]
+    (src / "masks" / "photo_000" / "3_heart.png").rename(src / "masks" / "photo_000" / "10_heart.png")
+    (src / "images" / ".DS_Store").write_bytes(b"\0\1")
+    (src / "masks" / "photo_000" / ".DS_Store").write_bytes(b"\0\1")
+    cv.convert("masks", src, tmp_path / "out", progress=False)
+    anns = json.loads((tmp_path / "out" / "annotations" / "instances_train.json").read_text())["annotations"]
+    assert [a["bbox"][0] for a in anns] == [1, 10, 20, 30]
+
+
 def test_blank_mask_png_is_dropped_on_request(samples, tmp_path):
     src = cv.write_masks(samples[:1], tmp_path / "m")
     p = next((src / "masks" / "photo_000").glob("0_*.png"))
@@ -215,6 +231,10 @@ def _masks_fault(fault):
             p = src / "masks" / "photo_009"
             p.mkdir()
         elif fault == "truncated": p.write_bytes(p.read_bytes()[:40])
+        elif fault == "jpeg": p = p.rename(p.with_suffix(".jpg"))
+        elif fault == "two pictures":
+            Image.open(src / "images" / "photo_000.png").save(src / "images" / "photo_000.jpg")
+            p = src / "images" / "photo_000.png"
         return "masks", p
     return plant
 
@@ -255,6 +275,8 @@ MALFORMED = [  # (plant a fault, what the one line must say)
     (_masks_fault("blank"), "blank mask"),
     (_masks_fault("no picture"), "mask folder without a picture"),
     (_masks_fault("truncated"), "unreadable or truncated image"),
+    (_masks_fault("jpeg"), "a mask file must be named <k>_<class>.png"),
+    (_masks_fault("two pictures"), "two pictures named photo_000 (photo_000.jpg)"),
     (_coco_fault("missing image"), "image file not found"),
     (_coco_fault("category"), "category_id 7 is not in 'categories'"),
     (_coco_fault("size"), "image is 64x64 (w x h) but _annotations.coco.json says 65x64"),
