@@ -60,7 +60,7 @@ def _custom_object(rng: np.random.Generator, h: int, w: int, min_size: float, ma
     poly = np.clip(place_polygon(custom_polygon(name), size, angle, cx, cy), 0, [w, h])
     return dict(name=name, polygon=poly, mask=rasterize_polygons([poly], h, w))
 
-# %% ../nbs/16_custom_data.ipynb #299bc6ed
+# %% ../nbs/16_custom_data.ipynb #b4ec09d5
 def render_custom(rng: np.random.Generator, h: int, w: int, n_range=(1, 4), min_size: float = 16.0,
                   max_frac: float = 0.45, tries: int = 20):
     """An image (h, w, 3) uint8 of the new task and its objects, dicts `name`, `polygon` (n, 2): between
@@ -79,7 +79,7 @@ def render_custom(rng: np.random.Generator, h: int, w: int, n_range=(1, 4), min_
         img = np.where(o["mask"][..., None] > 0, paint, img)
     return (img * 255).round().astype(np.uint8), [dict(name=o["name"], polygon=o["polygon"]) for o in objs]
 
-# %% ../nbs/16_custom_data.ipynb #e5ffa7d0
+# %% ../nbs/16_custom_data.ipynb #6ece3dd9
 def make_custom(n: int, size=128, seed: int = 0, n_range=(1, 4)) -> list:
     """`n` images of the new task in memory, the same for the same seed: dicts `file_name` ('photo_000.png', ...),
     `image` (h, w, 3) uint8 and `objects` (`name`, `polygon` (n, 2) in pixels)."""
@@ -90,7 +90,7 @@ def make_custom(n: int, size=128, seed: int = 0, n_range=(1, 4)) -> list:
         samples.append(dict(file_name=f"photo_{i:03d}.png", image=img, objects=objs))
     return samples
 
-# %% ../nbs/16_custom_data.ipynb #95628096
+# %% ../nbs/16_custom_data.ipynb #269c70d2
 def plot_custom(samples: list, n: int = 4, size: float = 2.4):
     "The first `n` samples of `make_custom` with their outlines in their class colours and their class names."
     import matplotlib.pyplot as plt
@@ -109,7 +109,7 @@ def plot_custom(samples: list, n: int = 4, size: float = 2.4):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/16_custom_data.ipynb #5f1026cf
+# %% ../nbs/16_custom_data.ipynb #c7324d8a
 DROP_CAUSES = {"few_points": "polygon(s) with fewer than 3 points", "empty": "region(s) covering no pixel"}
 
 def _recoverable(e: UserInputError, cause: str, bad_polygons: str, dropped: Counter):
@@ -119,7 +119,7 @@ def _recoverable(e: UserInputError, cause: str, bad_polygons: str, dropped: Coun
     dropped[cause] += 1
     return None
 
-# %% ../nbs/16_custom_data.ipynb #4743aa89
+# %% ../nbs/16_custom_data.ipynb #ba4c96e6
 def _check_inside(parts: list, h: int, w: int, where: str):
     "Raise unless every point of the polygons `parts` (flat lists) lies in the w x h image, edges included."
     for p in parts:
@@ -127,7 +127,7 @@ def _check_inside(parts: list, h: int, w: int, where: str):
             if not (0 <= x <= w and 0 <= y <= h):
                 raise UserInputError(f"{where}: point ({x}, {y}) lies outside the {w}x{h} image")
 
-# %% ../nbs/16_custom_data.ipynb #41130129
+# %% ../nbs/16_custom_data.ipynb #4060e53f
 def polygon_object(name: str, parts: list, h: int, w: int, where: str, bad_polygons: str = "error",
                    dropped: Counter | None = None) -> dict | None:
     """An object of class `name` from polygons `parts` (flat lists x0, y0, x1, ...) of an h x w image, checked;
@@ -143,13 +143,13 @@ def polygon_object(name: str, parts: list, h: int, w: int, where: str, bad_polyg
         return _recoverable(UserInputError(f"{where}: the polygon covers no pixel"), "empty", bad_polygons, dropped)
     return dict(name=name, segmentation=[[float(v) for v in p] for p in parts])
 
-# %% ../nbs/16_custom_data.ipynb #89298d59
+# %% ../nbs/16_custom_data.ipynb #6c02ae36
 def image_entry(path: Path, where: str) -> dict:
     "The reader's entry of image file `path`: its size from the decoded picture; errors name `where` it was named."
     img = read_image(path, f" (named by {where})")
     return dict(path=Path(path), file_name=Path(path).name, height=int(img.shape[1]), width=int(img.shape[2]))
 
-# %% ../nbs/16_custom_data.ipynb #9518405b
+# %% ../nbs/16_custom_data.ipynb #d12ea1dd
 def _one_json(src, fmt: str, hint: str) -> Path:
     "The annotation file `src`, or the one .json file in folder `src`; errors say what `fmt` expects (`hint`)."
     src = Path(src)
@@ -161,7 +161,7 @@ def _one_json(src, fmt: str, hint: str) -> Path:
                              "give the file itself")
     return found[0]
 
-# %% ../nbs/16_custom_data.ipynb #ac19f8ed
+# %% ../nbs/16_custom_data.ipynb #ecca4c29
 def _write_images(samples: list, folder: Path):
     folder.mkdir(parents=True, exist_ok=True)
     for s in samples: Image.fromarray(s["image"]).save(folder / s["file_name"])
@@ -181,7 +181,7 @@ def write_via(samples: list, folder, class_attr: str = "class") -> Path:
     (folder / "via_region_data.json").write_text(json.dumps(project))
     return folder / "via_region_data.json"
 
-# %% ../nbs/16_custom_data.ipynb #8a6e4611
+# %% ../nbs/16_custom_data.ipynb #4a40c397
 def _region_class(attrs, class_attr: str, category: str | None, where: str) -> str:
     "The class of a VIA region: its attribute `class_attr`, else `category`; errors say which attributes it has."
     if not isinstance(attrs, dict): raise UserInputError(f"{where}: region_attributes must be an object")
@@ -193,7 +193,7 @@ def _region_class(attrs, class_attr: str, category: str | None, where: str) -> s
         raise UserInputError(f"{where}: class attribute {class_attr!r} must be a non-empty string, got {name!r}")
     return name
 
-# %% ../nbs/16_custom_data.ipynb #2cb9097d
+# %% ../nbs/16_custom_data.ipynb #84822c93
 def _rect_polygon(x, y, w, h) -> list:
     "The 4 corners of a rectangle as one flat polygon."
     return [x, y, x + w, y, x + w, y + h, x, y + h]
@@ -213,7 +213,7 @@ def _via_polygon(shape: dict, where: str) -> list:
     raise UserInputError(f"{where}: unsupported shape {kind!r}; the reader takes 'polygon' and 'rect' "
                          "(draw other shapes as polygons)")
 
-# %% ../nbs/16_custom_data.ipynb #1f52471b
+# %% ../nbs/16_custom_data.ipynb #76f99ce4
 def _via_entries(project, path: Path) -> dict:
     "The image entries of a VIA export or saved project (`_via_img_metadata`), checked to be objects."
     if isinstance(project, dict) and "_via_img_metadata" in project: project = project["_via_img_metadata"]
@@ -240,7 +240,7 @@ def _via_image(key: str, entry: dict, path: Path, class_attr, category, bad_poly
         if o is not None: im["objects"].append(o)
     return im
 
-# %% ../nbs/16_custom_data.ipynb #5907f7fc
+# %% ../nbs/16_custom_data.ipynb #5a3da432
 def read_via(src, class_attr: str = "class", category: str | None = None, bad_polygons: str = "error",
              dropped: Counter | None = None, progress: bool | None = None) -> list:
     "Read a VIA project (the JSON, or the folder holding it, images beside it) into the readers' image entries."
@@ -254,7 +254,7 @@ def _show_progress(progress: bool | None) -> bool:
     "Whether to draw progress bars: `progress`, or when None, whether stderr is a terminal."
     return sys.stderr.isatty() if progress is None else progress
 
-# %% ../nbs/16_custom_data.ipynb #d087b933
+# %% ../nbs/16_custom_data.ipynb #f98309f3
 def class_list(images: list, classes=None) -> list:
     """The class names in label order: `classes` (a list, or a string 'a,b,c') checked against the names found in
     `images`, else the sorted names found."""
@@ -269,7 +269,7 @@ def class_list(images: list, classes=None) -> list:
         raise UserInputError(f"{where}: class {missing[0]!r} is not in --classes {','.join(names)}")
     return names
 
-# %% ../nbs/16_custom_data.ipynb #bcb88327
+# %% ../nbs/16_custom_data.ipynb #de25a384
 def split_images(images: list, val_fraction: float = 0.0, seed: int = 0) -> dict:
     """`{'train': [...], 'val': [...]}`: a seeded random `val_fraction` of `images` (at least one) in 'val', the
     rest in 'train', each in file-name order; no 'val' when `val_fraction` is 0."""
@@ -283,7 +283,7 @@ def split_images(images: list, val_fraction: float = 0.0, seed: int = 0) -> dict
     return {"train": [im for i, im in enumerate(images) if i not in val],
             "val": [im for i, im in enumerate(images) if i in val]}
 
-# %% ../nbs/16_custom_data.ipynb #b1408a4e
+# %% ../nbs/16_custom_data.ipynb #2a68c7b7
 def _coco_split(images: list, names: list, image_id: int, ann_id: int) -> dict:
     "Our COCO dict of reader entries `images`, ids from `image_id` and `ann_id`; bbox and area from the masks."
     cat = {n: i + 1 for i, n in enumerate(names)}
@@ -299,7 +299,7 @@ def _coco_split(images: list, names: list, image_id: int, ann_id: int) -> dict:
         image_id += 1
     return out
 
-# %% ../nbs/16_custom_data.ipynb #22720913
+# %% ../nbs/16_custom_data.ipynb #d9c8a961
 def _free_output(out) -> Path:
     "`out` as a Path, refused if it is a file or a non-empty folder."
     out = Path(out)
@@ -315,7 +315,7 @@ def _check_unique_files(images: list):
             raise UserInputError(f"{im['path']}: another image has the same file name ({seen[im['file_name']]})")
         seen[im["file_name"]] = im["path"]
 
-# %% ../nbs/16_custom_data.ipynb #7428482b
+# %% ../nbs/16_custom_data.ipynb #79ae1d12
 def write_layout(splits: dict, names: list, out: Path, description: str):
     """Write `splits` (split -> reader entries) as our COCO layout under `out`: built in a temporary folder beside
     it, renamed into place at the end, removed on any error."""
@@ -337,7 +337,7 @@ def write_layout(splits: dict, names: list, out: Path, description: str):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-# %% ../nbs/16_custom_data.ipynb #c149ae43
+# %% ../nbs/16_custom_data.ipynb #190b41a0
 @dataclass
 class ConvertReport:
     "What `convert` wrote: per split its images and its instances per class; the regions dropped, per cause."
@@ -358,7 +358,7 @@ class ConvertReport:
         lines.append(f"  dropped: {left or 'nothing'}")
         return "\n".join(lines)
 
-# %% ../nbs/16_custom_data.ipynb #7797cbd0
+# %% ../nbs/16_custom_data.ipynb #9c17ccfc
 READERS = {"via": read_via}   # format -> reader; each section adds its own
 
 def convert(fmt: str, src, out, val_fraction: float = 0.0, seed: int = 0, classes=None, class_attr: str = "class",
@@ -378,7 +378,7 @@ def convert(fmt: str, src, out, val_fraction: float = 0.0, seed: int = 0, classe
     return ConvertReport(fmt, out, names, {s: len(v) for s, v in splits.items()},
                          {s: Counter(o["name"] for im in v for o in im["objects"]) for s, v in splits.items()}, dropped)
 
-# %% ../nbs/16_custom_data.ipynb #e78f19aa
+# %% ../nbs/16_custom_data.ipynb #792db5b3
 def write_labelme(samples: list, folder, embed_images: bool = False) -> Path:
     "Save `make_custom` samples as labelme files: `folder/<stem>.json` beside each image (base64 inside if asked)."
     folder = Path(folder)
@@ -393,7 +393,7 @@ def write_labelme(samples: list, folder, embed_images: bool = False) -> Path:
         (folder / f"{Path(s['file_name']).stem}.json").write_text(json.dumps(doc, indent=2))
     return folder
 
-# %% ../nbs/16_custom_data.ipynb #6681a5c9
+# %% ../nbs/16_custom_data.ipynb #42212e1f
 def _labelme_polygon(s: dict, where: str) -> list:
     "The flat polygon of labelme shape `s` (polygon, or rectangle given by two corners)."
     pts = s["points"]
@@ -407,7 +407,7 @@ def _labelme_polygon(s: dict, where: str) -> list:
         return _rect_polygon(min(x0, x1), min(y0, y1), abs(x1 - x0), abs(y1 - y0))
     raise UserInputError(f"{where}: unsupported shape_type {kind!r}; the reader takes 'polygon' and 'rectangle'")
 
-# %% ../nbs/16_custom_data.ipynb #b4e38d9a
+# %% ../nbs/16_custom_data.ipynb #9ceaa7f0
 def _labelme_image(path: Path, bad_polygons: str, dropped: Counter) -> dict:
     "The reader's entry of labelme file `path`, its picture read from `imagePath` and checked against the sizes."
     doc = _read_json(path)
@@ -431,7 +431,7 @@ def _labelme_image(path: Path, bad_polygons: str, dropped: Counter) -> dict:
         if o is not None: im["objects"].append(o)
     return im
 
-# %% ../nbs/16_custom_data.ipynb #a4c54073
+# %% ../nbs/16_custom_data.ipynb #cd5a9653
 def read_labelme(src, bad_polygons: str = "error", dropped: Counter | None = None,
                  progress: bool | None = None) -> list:
     "Read labelme files (a folder: every .json below it; or one file) into the readers' image entries."
@@ -444,7 +444,7 @@ def read_labelme(src, bad_polygons: str = "error", dropped: Counter | None = Non
 
 READERS["labelme"] = read_labelme
 
-# %% ../nbs/16_custom_data.ipynb #cbc758e0
+# %% ../nbs/16_custom_data.ipynb #e74f1e58
 def write_masks(samples: list, folder) -> Path:
     "Save `make_custom` samples in the masks layout: `folder/images/`, `folder/masks/<stem>/<k>_<class>.png`."
     folder = Path(folder)
@@ -458,7 +458,7 @@ def write_masks(samples: list, folder) -> Path:
             Image.fromarray(m.astype(np.uint8)).save(stem / f"{k}_{o['name']}.png")
     return folder
 
-# %% ../nbs/16_custom_data.ipynb #b3d70a3c
+# %% ../nbs/16_custom_data.ipynb #296b49ea
 def plot_mask_files(folder, stem: str, size: float = 2.2):
     "The picture `stem` of a masks-layout `folder` beside each of its mask PNGs, titled by their file names."
     import matplotlib.pyplot as plt
@@ -473,7 +473,7 @@ def plot_mask_files(folder, stem: str, size: float = 2.2):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/16_custom_data.ipynb #7a103b1f
+# %% ../nbs/16_custom_data.ipynb #681910b1
 def _mask_object(p: Path, im: dict, bad_polygons: str, dropped: Counter) -> dict | None:
     "The object of mask PNG `p` (`<k>_<class>.png`) of image entry `im`: its class and its RLE."
     k, sep, name = p.stem.partition("_")
@@ -487,7 +487,7 @@ def _mask_object(p: Path, im: dict, bad_polygons: str, dropped: Counter) -> dict
         return _recoverable(UserInputError(f"{p}: blank mask (no pixel above 0)"), "empty", bad_polygons, dropped)
     return dict(name=name, segmentation=_rle_json(m.numpy()))
 
-# %% ../nbs/16_custom_data.ipynb #23db8e00
+# %% ../nbs/16_custom_data.ipynb #3282a383
 def _mask_folders(src: Path) -> tuple:
     "The pictures of a masks-layout `src` by stem, and its mask folders; errors name what is missing."
     if not (src / "images").is_dir():
@@ -524,7 +524,7 @@ def read_masks(src, bad_polygons: str = "error", dropped: Counter | None = None,
 
 READERS["masks"] = read_masks
 
-# %% ../nbs/16_custom_data.ipynb #5f9502c6
+# %% ../nbs/16_custom_data.ipynb #cc1470b1
 def write_coco_export(samples: list, folder) -> Path:
     """Save `make_custom` samples as Roboflow exports COCO: `folder/train/_annotations.coco.json` beside the images,
     ids from 0, a parent category 0, classes in reverse order; the JSON's path."""
@@ -546,7 +546,7 @@ def write_coco_export(samples: list, folder) -> Path:
     (folder / "_annotations.coco.json").write_text(json.dumps(data))
     return folder / "_annotations.coco.json"
 
-# %% ../nbs/16_custom_data.ipynb #08c3a6c3
+# %% ../nbs/16_custom_data.ipynb #eaa78008
 def _coco_object(a: dict, name: str, im: dict, where: str, bad_polygons: str, dropped: Counter) -> dict | None:
     "The object of COCO annotation `a` (polygons or RLE) of image entry `im`; iscrowd kept."
     segm = a.get("segmentation")
@@ -560,7 +560,7 @@ def _coco_object(a: dict, name: str, im: dict, where: str, bad_polygons: str, dr
     if o is not None and a.get("iscrowd"): o["iscrowd"] = 1
     return o
 
-# %% ../nbs/16_custom_data.ipynb #1a7d0be4
+# %% ../nbs/16_custom_data.ipynb #478bc1a8
 def _coco_picture(path: Path, im: dict) -> Path:
     "Where the picture of COCO image `im` of annotation file `path` is: beside the JSON, or in images/ there."
     for base in (path.parent, path.parent / "images", path.parent.parent / "images"):
@@ -588,7 +588,7 @@ def read_coco(src, bad_polygons: str = "error", dropped: Counter | None = None, 
 
 READERS["coco"] = read_coco
 
-# %% ../nbs/16_custom_data.ipynb #6fd8003e
+# %% ../nbs/16_custom_data.ipynb #ad223efd
 def custom_coco(samples: list) -> dict:
     "The ground truth of `make_custom` samples as a COCO dict (images 1..n, categories 1..3 of `CUSTOM_CLASSES`)."
     images = [dict(file_name=s["file_name"], height=s["image"].shape[0], width=s["image"].shape[1],
@@ -596,7 +596,7 @@ def custom_coco(samples: list) -> dict:
                             for o in s["objects"]]) for s in samples]
     return _coco_split(images, CUSTOM_CLASSES, 1, 1)
 
-# %% ../nbs/16_custom_data.ipynb #6f50ef5a
+# %% ../nbs/16_custom_data.ipynb #f50ee84c
 def annotation_agreement(truth: dict, converted: dict) -> dict:
     """AP (bbox, segm) of COCO dict `converted`'s annotations as detections of score 1 against COCO dict `truth`,
     images matched by file name and categories by name: 1.0 when they are the same annotations."""
@@ -616,7 +616,7 @@ def annotation_agreement(truth: dict, converted: dict) -> dict:
     r = coco_evaluate(_quiet_coco(json.loads(json.dumps(truth))), res)   # COCOeval turns the polygons it reads to RLE
     return {t: r[t]["stats"]["AP"] for t in ("bbox", "segm")}
 
-# %% ../nbs/16_custom_data.ipynb #2df58e4a
+# %% ../nbs/16_custom_data.ipynb #8cc6d0e4
 WRITERS = {"via": write_via, "labelme": write_labelme, "masks": write_masks, "coco": write_coco_export}
 
 def round_trip(fmt: str, samples: list, folder) -> dict:
@@ -627,7 +627,7 @@ def round_trip(fmt: str, samples: list, folder) -> dict:
     back = json.loads((folder / f"{fmt}_back" / "annotations" / "instances_train.json").read_text())
     return annotation_agreement(custom_coco(samples), back)
 
-# %% ../nbs/16_custom_data.ipynb #012d4a72
+# %% ../nbs/16_custom_data.ipynb #049e2106
 def convert_args(s):
     "The arguments of `mrcnn_nb convert` on argparse parser `s`."
     s.add_argument("format", choices=sorted(READERS), help="the annotation format of SRC")
