@@ -21,7 +21,7 @@ from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
 from .core import UserInputError
-from .data import _need, _read_json, check_polygons, load_coco_json, read_image, segmentation_to_rle
+from .data import _is_number, _need, _read_json, check_polygons, load_coco_json, read_image, segmentation_to_rle
 from .shapes import (_coco_annotation, _hsv_color, _rle_json, _stored_rle, parse_size, place_polygon,
                              rasterize_polygons, textured_background)
 
@@ -200,6 +200,7 @@ def _rect_polygon(x, y, w, h) -> list:
 
 def _via_polygon(shape: dict, where: str) -> list:
     "The flat polygon of a VIA `shape_attributes` (polygon or rect)."
+    if not isinstance(shape, dict): raise UserInputError(f"{where}: shape_attributes must be an object")
     kind = shape.get("name")
     if kind == "polygon":
         _need(shape, ["all_points_x", "all_points_y"], where)
@@ -209,7 +210,10 @@ def _via_polygon(shape: dict, where: str) -> list:
         return [v for xy in zip(xs, ys) for v in xy]
     if kind == "rect":
         _need(shape, ["x", "y", "width", "height"], where)
-        return _rect_polygon(*(shape[k] for k in ("x", "y", "width", "height")))
+        xywh = [shape[k] for k in ("x", "y", "width", "height")]
+        if not all(_is_number(v) for v in xywh): raise UserInputError(f"{where}: rect x, y, width, height must be "
+                                                                      f"numbers, got {xywh}")
+        return _rect_polygon(*xywh)
     raise UserInputError(f"{where}: unsupported shape {kind!r}; the reader takes 'polygon' and 'rect' "
                          "(draw other shapes as polygons)")
 
@@ -225,6 +229,7 @@ def _via_image(key: str, entry: dict, path: Path, class_attr, category, bad_poly
     "The reader's entry of VIA image entry `entry` with its objects."
     where = f"{path}: image {key!r}"
     _need(entry, ["filename", "regions"], where)
+    if not isinstance(entry["filename"], str): raise UserInputError(f"{where}: filename must be a string")
     im = image_entry(path.parent / entry["filename"], where)
     regions = entry["regions"]
     regions = list(regions.values()) if isinstance(regions, dict) else regions
@@ -397,8 +402,9 @@ def write_labelme(samples: list, folder, embed_images: bool = False) -> Path:
 def _labelme_polygon(s: dict, where: str) -> list:
     "The flat polygon of labelme shape `s` (polygon, or rectangle given by two corners)."
     pts = s["points"]
-    if not (isinstance(pts, list) and all(isinstance(p, list) and len(p) == 2 for p in pts)):
-        raise UserInputError(f"{where}: points must be a list of [x, y] pairs")
+    if not (isinstance(pts, list) and all(isinstance(p, list) and len(p) == 2 for p in pts)
+            and all(_is_number(v) for p in pts for v in p)):
+        raise UserInputError(f"{where}: points must be a list of [x, y] pairs of numbers, got {str(pts)[:60]}")
     kind = s.get("shape_type") or "polygon"
     if kind == "polygon": return [v for p in pts for v in p]
     if kind == "rectangle":
@@ -572,6 +578,8 @@ def read_coco(src, bad_polygons: str = "error", dropped: Counter | None = None, 
     path = _one_json(src, "coco", "a COCO JSON such as _annotations.coco.json")
     data, dropped, images = load_coco_json(path), Counter() if dropped is None else dropped, []
     names = {c["id"]: c["name"] for c in data["categories"]}
+    bad = next((c for c in data["categories"] if not isinstance(c["name"], str) or not c["name"].strip()), None)
+    if bad: raise UserInputError(f"{path}: category {bad['id']}: name must be a non-empty string, got {bad['name']!r}")
     by_image = {im["id"]: [] for im in data["images"]}
     for a in data["annotations"]: by_image[a["image_id"]].append(a)
     for coco_im in tqdm(data["images"], desc="coco", disable=not _show_progress(progress), leave=False):

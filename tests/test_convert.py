@@ -204,6 +204,9 @@ def _via_fault(fault):
         elif fault == "no class": _edit_json(path, lambda d: _set(_first_via_region(d), region_attributes={"t": "x"}))
         elif fault == "lengths": _edit_json(path, lambda d: _set(_first_via_region(d)["shape_attributes"],
                                                                   all_points_x=[1, 5, 9]))
+        elif fault == "rect": _edit_json(path, lambda d: _set(_first_via_region(d), shape_attributes=dict(
+            name="rect", x="2", y=3, width=4, height=5)))
+        elif fault == "shape list": _edit_json(path, lambda d: _set(_first_via_region(d), shape_attributes=[1, 2]))
         return "via", path
     return plant
 
@@ -215,6 +218,8 @@ def _labelme_fault(fault):
         elif fault == "circle": _edit_json(path, lambda d: _set(d["shapes"][0], shape_type="circle"))
         elif fault == "label": _edit_json(path, lambda d: _set(d["shapes"][0], label=""))
         elif fault == "points": _edit_json(path, lambda d: _set(d["shapes"][0], points=[1, 2, 3]))
+        elif fault == "rectangle": _edit_json(path, lambda d: _set(d["shapes"][0], shape_type="rectangle",
+                                                                    points=[[1, 2], [None, 9]]))
         elif fault == "missing image": _edit_json(path, lambda d: _set(d, imagePath="gone.png"))
         return "labelme", path
     return plant
@@ -246,6 +251,7 @@ def _coco_fault(fault):
             _drop_image(src, "photo_000.png")
             return "coco", src / "photo_000.png"
         if fault == "category": _edit_json(path, lambda d: _set(d["annotations"][0], category_id=7))
+        elif fault == "name": _edit_json(path, lambda d: _set(d["categories"][1], name=None))
         elif fault == "size":
             _edit_json(path, lambda d: _set(d["images"][0], width=65))
             return "coco", src / "photo_000.png"
@@ -265,10 +271,13 @@ MALFORMED = [  # (plant a fault, what the one line must say)
     (_via_fault("ellipse"), "region 0: unsupported shape 'ellipse'"),
     (_via_fault("no class"), "region 0: no region attribute 'class' (it has ['t'])"),
     (_via_fault("lengths"), "all_points_x and all_points_y must be lists of the same length"),
+    (_via_fault("rect"), "region 0: rect x, y, width, height must be numbers, got ['2', 3, 4, 5]"),
+    (_via_fault("shape list"), "region 0: shape_attributes must be an object"),
     (_labelme_fault("size"), "imageHeight x imageWidth is 100x64 but photo_000.png is 64x64"),
     (_labelme_fault("circle"), "shape 0: unsupported shape_type 'circle'"),
     (_labelme_fault("label"), "shape 0: label must be a non-empty string"),
     (_labelme_fault("points"), "shape 0: points must be a list of [x, y] pairs"),
+    (_labelme_fault("rectangle"), "shape 0: points must be a list of [x, y] pairs of numbers"),
     (_labelme_fault("missing image"), "gone.png: image file not found"),
     (_masks_fault("size"), "mask is 32x32 (w x h) but photo_000.png is 64x64"),
     (_masks_fault("name"), "a mask file must be named <k>_<class>.png"),
@@ -279,6 +288,7 @@ MALFORMED = [  # (plant a fault, what the one line must say)
     (_masks_fault("two pictures"), "two pictures named photo_000 (photo_000.jpg)"),
     (_coco_fault("missing image"), "image file not found"),
     (_coco_fault("category"), "category_id 7 is not in 'categories'"),
+    (_coco_fault("name"), "category 1: name must be a non-empty string, got None"),
     (_coco_fault("size"), "image is 64x64 (w x h) but _annotations.coco.json says 65x64"),
     (_coco_fault("outside"), "point (99, 0) lies outside the 64x64 image"),
 ]
