@@ -148,6 +148,13 @@ def cmd_show(args) -> int:
 COMMANDS["show"] = (_show_args, cmd_show, "draw samples of a dataset to a PNG",
                     "Draw a grid of images with their boxes, masks and keypoints.")
 
+# %% ../nbs/15_cli.ipynb #e709271d
+from .convert import cmd_convert, convert_args   # the command lives with its notebook, 16_custom_data
+COMMANDS["convert"] = (convert_args, cmd_convert, "convert VIA, labelme, mask PNG or COCO-export annotations",
+                       "Convert the annotations of another tool (a VIA project, labelme files, one mask PNG per "
+                       "object, a CVAT or Roboflow COCO export) into the COCO 2017 layout: "
+                       "OUT/annotations/instances_{train,val}.json and the images in OUT/{train,val}/.")
+
 # %% ../nbs/15_cli.ipynb #2b49e94a
 MAIN_JOB = dict(n_train=1000, n_val=100, size=128, seed=0)   # the synthetic dataset of `mrcnn_nb train` without --data
 
