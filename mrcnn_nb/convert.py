@@ -26,11 +26,12 @@ from .shapes import (_coco_annotation, _hsv_color, _rle_json, _stored_rle, parse
                              rasterize_polygons, textured_background)
 
 # %% auto #0
-__all__ = ['CUSTOM_CLASSES', 'DROP_CAUSES', 'READERS', 'WRITERS', 'custom_polygon', 'render_custom', 'make_custom', 'plot_custom',
-           'polygon_object', 'image_entry', 'write_via', 'read_via', 'class_list', 'split_images', 'write_layout',
-           'ConvertReport', 'convert', 'write_labelme', 'read_labelme', 'write_masks', 'plot_mask_files', 'read_masks',
-           'write_coco_export', 'read_coco', 'custom_coco', 'annotation_agreement', 'round_trip', 'convert_args',
-           'cmd_convert']
+__all__ = ['CUSTOM_CLASSES', 'DROP_CAUSES', 'READERS', 'WRITERS', 'FINETUNE_STARTS', 'custom_polygon', 'render_custom',
+           'make_custom', 'plot_custom', 'polygon_object', 'image_entry', 'write_via', 'read_via', 'class_list',
+           'split_images', 'write_layout', 'ConvertReport', 'convert', 'write_labelme', 'read_labelme', 'write_masks',
+           'plot_mask_files', 'read_masks', 'write_coco_export', 'read_coco', 'custom_coco', 'annotation_agreement',
+           'round_trip', 'convert_args', 'cmd_convert', 'finetune_comparison', 'finetune_summary', 'finetune_sentence',
+           'plot_finetune_comparison']
 
 # %% ../nbs/16_custom_data.ipynb #d34b8249
 CUSTOM_CLASSES = ["arrow", "heart", "hexagon"]   # the new task's classes, in their label order (sorted names)
@@ -657,3 +658,87 @@ def cmd_convert(args) -> int:
                 args.category, args.bad_polygons, progress=False if args.quiet else None)
     print(r)
     return 0
+
+# %% ../nbs/16_custom_data.ipynb #f5b630eb
+FINETUNE_STARTS = ("fine-tuned", "scratch")
+
+def _finetune_run(data_root, start: str, seed: int, work: Path, weights, iters: int | None) -> dict:
+    "Train and evaluate one `TINY_FINETUNE` run of the comparison (`start` from `weights` or from scratch); its record."
+    from dataclasses import asdict
+    from mrcnn_nb.ablations import git_commit, machine_info
+    from mrcnn_nb.model import get_config
+    from mrcnn_nb.train import train
+    short = {} if iters is None else dict(max_iter=iters, lr_steps=(max(1, int(0.8 * iters)),),
+                                          warmup_iters=min(50, iters), checkpoint_period=iters)
+    cfg = get_config("TINY_FINETUNE", seed=seed, **short)
+    s = train(cfg, data_root, "train", "val", work / f"{start}_{seed}", progress=False, adapt=("num_classes",),
+              weights=weights if start == "fine-tuned" else None)
+    run = s["run"]
+    return dict(start=start, seed=seed, weights=Path(weights).name if start == "fine-tuned" else None,
+                metrics={t: s["evaluation"]["metrics"][t]["stats"] for t in ("bbox", "segm")},
+                train_seconds=s["train_seconds"], data=dict(root=Path(data_root).name, train_images=len(run.train_set),
+                                                            val_images=len(run.val_set)),
+                config=asdict(run.cfg), machine=machine_info(), code=git_commit())
+
+# %% ../nbs/16_custom_data.ipynb #c6bff4ef
+def finetune_comparison(data_root, store, seeds=(0, 1, 2), weights=None, iters: int | None = None,
+                        progress: bool = True) -> list:
+    """Fine-tuned (from `weights`, default the trained TINY_FPN) against from-scratch `TINY_FINETUNE` runs on
+    `data_root` (splits train, val), at equal iterations and recipe: a record per start and seed, read from `store`
+    (`<start>_seed<seed>.json`) or trained and written there. `iters`: shorter runs, for a smoke test."""
+    from mrcnn_nb.core import atomic_write
+    from mrcnn_nb.train import demo_checkpoint
+    store, weights, work, records = Path(store), weights or demo_checkpoint(), Path(tempfile.mkdtemp()), []
+    for seed in seeds:
+        for start in FINETUNE_STARTS:
+            f = store / f"{start}_seed{seed}.json"
+            if not f.exists():
+                if progress: print(f"training {start} seed {seed} ...", flush=True)
+                with atomic_write(f) as out: json.dump(_finetune_run(data_root, start, seed, work, weights, iters), out)
+            records.append(json.loads(f.read_text()))
+    return records
+
+# %% ../nbs/16_custom_data.ipynb #2a40e13f
+def finetune_summary(records: list) -> dict:
+    """Per IoU type ('bbox', 'segm'): AP x 100 as (mean, std, n) of each start, and the difference fine-tuned -
+    scratch with its resolution (`ablations.difference`)."""
+    from mrcnn_nb.ablations import difference, mean_std
+    ap = lambda start, t: [100 * r["metrics"][t]["AP"] for r in records if r["start"] == start]
+    return {t: dict(starts={s: mean_std(ap(s, t)) for s in FINETUNE_STARTS}, **difference(ap("fine-tuned", t),
+                                                                                          ap("scratch", t)))
+            for t in ("bbox", "segm")}
+
+# %% ../nbs/16_custom_data.ipynb #ef4dd9c8
+def finetune_sentence(summary: dict) -> str:
+    "What the comparison says, in one sentence per IoU type, from `finetune_summary`."
+    lines = []
+    for t, name in (("bbox", "box AP"), ("segm", "mask AP")):
+        s = summary[t]
+        (mf, sf, n), (ms, ss, _) = s["starts"]["fine-tuned"], s["starts"]["scratch"]
+        head = f"{name}: fine-tuned {mf:.1f} ± {sf:.1f}, from scratch {ms:.1f} ± {ss:.1f} ({n} seeds each): "
+        if s["beyond_noise"] is None: lines.append(head + f"{s['diff']:+.1f} points; too few seeds to judge")
+        elif s["beyond_noise"]:
+            lines.append(head + f"{s['diff']:+.1f} points ({100 * s['rel']:+.0f} %), beyond the "
+                         f"{s['resolution']:.1f} points the seeds can resolve")
+        else: lines.append(head + f"{s['diff']:+.1f} points, within the {s['resolution']:.1f} the seeds can resolve: "
+                           "no difference shown")
+    return "\n".join(lines)
+
+# %% ../nbs/16_custom_data.ipynb #660a448f
+def plot_finetune_comparison(records: list, size=(8, 3.2)):
+    "AP of each run, fine-tuned and from scratch side by side (a line joins the runs of one seed), means as bars."
+    import matplotlib.pyplot as plt
+    s = finetune_summary(records)
+    fig, axes = plt.subplots(1, 2, figsize=size)
+    for ax, (t, name) in zip(axes, (("bbox", "box AP"), ("segm", "mask AP"))):
+        for seed in sorted({r["seed"] for r in records}):
+            y = [100 * r["metrics"][t]["AP"] for st in FINETUNE_STARTS for r in records
+                 if r["start"] == st and r["seed"] == seed]
+            ax.plot(range(len(y)), y, "o-", color="0.6", ms=5, zorder=3)
+        means = [s[t]["starts"][st][0] for st in FINETUNE_STARTS]
+        ax.bar(range(2), means, width=0.5, color=["tab:green", "tab:gray"], alpha=0.5)
+        ax.set_xticks(range(2), [f"{st}\n{m:.1f}" for st, m in zip(FINETUNE_STARTS, means)])
+        ax.set_ylabel(f"{name} (x 100)"); ax.set_xlim(-0.6, 1.6)
+        ax.set_title(f"{name}: {s[t]['diff']:+.1f}, resolution {s[t]['resolution']:.1f}", fontsize=10)
+    fig.tight_layout()
+    return fig
