@@ -31,7 +31,7 @@ __all__ = ['CUSTOM_CLASSES', 'DROP_CAUSES', 'READERS', 'WRITERS', 'FINETUNE_STAR
            'split_images', 'write_layout', 'ConvertReport', 'convert', 'write_labelme', 'read_labelme', 'write_masks',
            'plot_mask_files', 'read_masks', 'write_coco_export', 'read_coco', 'custom_coco', 'annotation_agreement',
            'round_trip', 'convert_args', 'cmd_convert', 'finetune_comparison', 'finetune_summary', 'finetune_sentence',
-           'plot_finetune_comparison']
+           'plot_finetune_comparison', 'finetune_markdown']
 
 # %% ../nbs/16_custom_data.ipynb #d34b8249
 CUSTOM_CLASSES = ["arrow", "heart", "hexagon"]   # the new task's classes, in their label order (sorted names)
@@ -742,3 +742,18 @@ def plot_finetune_comparison(records: list, size=(8, 3.2)):
         ax.set_title(f"{name}: {s[t]['diff']:+.1f}, resolution {s[t]['resolution']:.1f}", fontsize=10)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/16_custom_data.ipynb #ce889a20
+def finetune_markdown(store=None) -> str:
+    """The comparison of the committed records (default store: `nbs/results/finetune`) for the README: what was
+    compared, the sentences of `finetune_sentence`, and where the runs ran."""
+    from mrcnn_nb.train import DEMO_MODELS
+    records = [json.loads(f.read_text()) for f in sorted(Path(store or DEMO_MODELS.parent / "finetune").glob("*.json"))]
+    if not records: return "(no fine-tuning records yet)"
+    r, m = records[0], records[0]["machine"]
+    lines = finetune_sentence(finetune_summary(records)).splitlines()
+    return (f"`TINY_FINETUNE`, {r['config']['max_iter']} iterations of {r['config']['ims_per_batch']} images, "
+            f"{r['data']['train_images']} training and {r['data']['val_images']} validation images of the "
+            f"arrows-hearts-hexagons task of `16_custom_data`:\n\n" + "\n".join(f"- {l}" for l in lines) +
+            f"\n\nEach run on {m['torch_threads']} thread of a {m['cores']}-core {m['cpu']} "
+            f"(records: `nbs/results/finetune/`).")
