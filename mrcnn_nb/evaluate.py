@@ -128,14 +128,16 @@ def _no_detections(stat_names: list, names: dict) -> dict:
                 summary="no detections", per_threshold=dict(thresholds=thresholds, AP=[0.0] * 10))
 
 # %% ../nbs/13_eval.ipynb #b0b4a12f
-def _cocoeval(coco_gt, results: list, iou_type: str, oks_sigmas=None) -> tuple:
-    "`(COCOeval, the text it printed)` of `results` (one IoU type's list), evaluated, accumulated and summarized."
+def _cocoeval(coco_gt, results: list, iou_type: str, oks_sigmas=None, image_ids=None) -> tuple:
+    """`(COCOeval, the text it printed)` of `results` (one IoU type's list), evaluated, accumulated and summarized;
+    on the images `image_ids` only, when given (default: every image of `coco_gt`)."""
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         dt = coco_gt.loadRes([dict(r) for r in results])   # loadRes adds keys to the dicts it gets: give it copies
         E = COCOeval(coco_gt, dt, iou_type)
         if iou_type == "keypoints" and oks_sigmas is not None:
             E.params.kpt_oks_sigmas = np.asarray(oks_sigmas, dtype=float)
+        if image_ids is not None: E.params.imgIds = sorted(image_ids)
         E.evaluate()
         E.accumulate()
         E.summarize()
@@ -161,8 +163,9 @@ def _per_threshold(E: COCOeval) -> dict:
     return dict(thresholds=thresholds, AP=[float(p[p > -1].mean()) if (p > -1).any() else -1.0 for p in at])
 
 # %% ../nbs/13_eval.ipynb #c6f2d434
-def coco_evaluate(coco_gt, results: dict, iou_types=("bbox", "segm"), oks_sigmas=None) -> dict:
-    "COCOeval of `results` (from `to_coco_results`) against the pycocotools `COCO` object `coco_gt`, per IoU type."
+def coco_evaluate(coco_gt, results: dict, iou_types=("bbox", "segm"), oks_sigmas=None, image_ids=None) -> dict:
+    """COCOeval of `results` (from `to_coco_results`) against the pycocotools `COCO` object `coco_gt`, per IoU type;
+    `image_ids`: evaluate on those images only (default: all of `coco_gt`'s)."""
     out = {}
     names = {c["id"]: c["name"] for c in coco_gt.loadCats(coco_gt.getCatIds())}
     for t in iou_types:
@@ -170,7 +173,7 @@ def coco_evaluate(coco_gt, results: dict, iou_types=("bbox", "segm"), oks_sigmas
         if not results.get(t):
             out[t] = _no_detections(STAT_NAMES[t], names)
             continue
-        E, summary = _cocoeval(coco_gt, results[t], t, oks_sigmas)
+        E, summary = _cocoeval(coco_gt, results[t], t, oks_sigmas, image_ids)
         out[t] = dict(stats={k: float(v) for k, v in zip(STAT_NAMES[t], E.stats)}, per_category=_per_category(E, names),
                       summary=summary, per_threshold=_per_threshold(E))
     return out
