@@ -13,8 +13,9 @@ from . import __version__
 from .core import UserInputError
 
 # %% auto #0
-__all__ = ['COMMANDS', 'MAIN_JOB', 'build_parser', 'parse_args', 'main', 'cmd_shapes', 'cmd_show', 'main_job_data',
-           'prediction_figure', 'cmd_train', 'cmd_eval', 'prediction_stems', 'cmd_predict', 'cmd_configs', 'cmd_ablate',
+__all__ = ['COMMANDS', 'MAIN_JOB', 'IMAGE_SUFFIXES', 'build_parser', 'parse_args', 'main', 'cmd_shapes', 'cmd_show',
+           'main_job_data', 'prediction_figure', 'cmd_train', 'cmd_eval', 'image_files', 'coco_image_ids',
+           'result_category_ids', 'coco_results', 'prediction_stems', 'cmd_predict', 'cmd_configs', 'cmd_ablate',
            'cmd_bench']
 
 # %% ../nbs/15_cli.ipynb #90235d09
@@ -76,6 +77,13 @@ def _positive_int(s: str) -> int:
     try: v = int(s)
     except ValueError: v = 0
     if v < 1: raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+# %% ../nbs/15_cli.ipynb #d182c630
+def _positive_float(s: str) -> float:
+    try: v = float(s)
+    except ValueError: v = 0.0
+    if not 0 < v < float("inf"): raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
     return v
 
 # %% ../nbs/15_cli.ipynb #227a0071
@@ -200,10 +208,18 @@ def _train_args(s):
                    help="validation split, '' for none (default: the one of val, val2017, valid that exists)")
     s.add_argument("--out", default=None, help="output directory (default runs/CONFIG)")
     s.add_argument("--iters", type=_positive_int, default=None, help="iterations (default: the preset's max_iter)")
+    s.add_argument("--epochs", type=_positive_float, default=None,
+                   help="the run's length in passes over the training split instead: ceil(E * images / batch) "
+                        "iterations (not with --iters)")
     s.add_argument("--batch", type=_positive_int, default=None,
                    help="images per iteration over all processes (default: the preset's)")
     s.add_argument("--weights", default=None,
                    help="initial weights: ImageNet ResNet, torchvision Mask R-CNN, or an mrcnn_nb checkpoint")
+    s.add_argument("--freeze-trunk", action="store_true",
+                   help="keep the whole ResNet trunk frozen (trainable_layers=0); FPN, RPN and heads train")
+    s.add_argument("--heads-iters", type=_positive_int, default=None, metavar="N",
+                   help="train only the heads (RPN, box, mask, keypoint) for the first N iterations, then all the "
+                        "config lets train")
     s.add_argument("--resume", action="store_true", help="continue OUT/last.pth exactly where it stopped")
     s.add_argument("--allow-changed", type=lambda v: [k for k in v.split(",") if k], default=[], metavar="KEYS",
                    help="with --resume: config keys that may differ from the checkpoint's, comma-separated, e.g. "
@@ -222,6 +238,17 @@ def _refuse_earlier_run(out: Path):
     if found := [n for n in ("last.pth", "model_final.pth", "metrics.jsonl") if (out / n).exists()]:
         raise UserInputError(f"{out} already holds a run ({', '.join(found)}); --resume continues it, or choose "
                              "another --out (or delete it) to start over")
+
+# %% ../nbs/15_cli.ipynb #42b62bc9
+def _config_changes(args, overrides: dict) -> dict:
+    """The config changes of a `train` command line: `KEY=VALUE` pairs, then --iters, --batch, --freeze-trunk;
+    refuses --epochs beside another run length, and --freeze-trunk beside trainable_layers=."""
+    if args.epochs is not None and (args.iters is not None or "max_iter" in overrides):
+        raise UserInputError("--epochs sets the run's length: give it without --iters (or max_iter=)")
+    if args.freeze_trunk and "trainable_layers" in overrides:
+        raise UserInputError("--freeze-trunk means trainable_layers=0: give one or the other")
+    new = {k: v for k, v in (("max_iter", args.iters), ("ims_per_batch", args.batch)) if v is not None}
+    return overrides | new | ({"trainable_layers": 0} if args.freeze_trunk else {})
 
 # %% ../nbs/15_cli.ipynb #f01c2c78
 def _run_summary(s: dict, name: str) -> dict:
@@ -264,8 +291,7 @@ def cmd_train(args) -> int:
     from mrcnn_nb.train import train
     name = args.config or ("TINY_KP_FPN" if args.kind == "keypoints" else "TINY_FPN")
     overrides = _key_values(args.overrides)
-    overrides |= {k: v for k, v in (("max_iter", args.iters), ("ims_per_batch", args.batch)) if v is not None}
-    cfg = get_config(name, **overrides)   # every key and value checked before any data is made or read
+    cfg = get_config(name, **_config_changes(args, overrides))   # every key and value checked before any data is read
     out = Path(args.out or f"runs/{name}")
     if not args.resume: _refuse_earlier_run(out)
     root = Path(args.data) if args.data else main_job_data(args.kind)
@@ -275,7 +301,8 @@ def cmd_train(args) -> int:
     adapt = [k for k in ("num_classes", "num_keypoints") if k not in overrides]   # what the user set stays
     s = train(cfg, root, train_split, val_split, out, weights=args.weights, resume=args.resume,
               kind=args.kind, device=args.device, num_workers=args.workers, on_bad_image=args.on_bad_image,
-              val_loss=args.val_loss, adapt=adapt, allow_changed=args.allow_changed, bad_polygons=args.bad_polygons)
+              val_loss=args.val_loss, adapt=adapt, allow_changed=args.allow_changed, bad_polygons=args.bad_polygons,
+              epochs=args.epochs, heads_iters=args.heads_iters)
     if s["run"].main: _report_training(s, name, out)
     return 0
 COMMANDS["train"] = (_train_args, cmd_train, "train a Mask R-CNN (default: a small one on synthetic shapes)",
@@ -331,11 +358,92 @@ COMMANDS["eval"] = (_eval_args, cmd_eval, "COCO evaluation of a checkpoint",
 
 # %% ../nbs/15_cli.ipynb #ee3e4bd2
 def _predict_args(s):
-    s.add_argument("images", nargs="+", help="image files")
+    s.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them")
     s.add_argument("--checkpoint", required=True, help="checkpoint file")
+    s.add_argument("--recursive", action="store_true", help="also the images in the folders' subfolders")
     s.add_argument("--out", default="predictions", help="output directory (default predictions)")
     s.add_argument("--score-thresh", type=float, default=0.5,
                    help="keep detections scoring above this (default 0.5)")
+    s.add_argument("--coco", default=None, metavar="ANNOTATION_JSON",
+                   help="take image and category ids from this COCO annotation file (by file and class name), so "
+                        "that COCOeval can score results.json against it")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+# %% ../nbs/15_cli.ipynb #1cbf39f2
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")   # what a folder's images end with
+
+def image_files(paths: list, recursive: bool = False) -> list:
+    """The image files named by `paths`: a file as given, a folder as its image files (`IMAGE_SUFFIXES`, any case)
+    sorted, those of its subfolders too when `recursive`."""
+    files = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            files.append(p)
+            continue
+        found = sorted(f for f in (p.rglob("*") if recursive else p.iterdir())
+                       if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            where = "in this folder or its subfolders" if recursive else "in this folder (--recursive: subfolders too)"
+            raise UserInputError(f"{p}: no image files ({', '.join(IMAGE_SUFFIXES)}) {where}")
+        files += found
+    return files
+
+# %% ../nbs/15_cli.ipynb #9ac20b24
+def coco_image_ids(files: list, coco: dict | None = None, where="the annotation file") -> list:
+    "The image id of each of `files`: 1, 2, ... in order, or, given a COCO file's content `coco`, its id by file name."
+    if coco is None: return list(range(1, len(files) + 1))
+    by_name = {Path(im["file_name"]).name: im["id"] for im in coco.get("images", [])}
+    if missing := [str(f) for f in files if Path(f).name not in by_name]:
+        raise UserInputError(f"{missing[0]}: no image of that file name in {where}"
+                             + (f" ({len(missing)} images are missing)" if len(missing) > 1 else ""))
+    return [by_name[Path(f).name] for f in files]
+
+# %% ../nbs/15_cli.ipynb #6c7e508a
+def result_category_ids(names, stored=None, categories=None, num_classes: int = 0, where="the annotation file") -> list:
+    """The category id of each label 1..K: by class name in a COCO file's `categories` when given, else the training
+    data's ids the checkpoint `stored`, else the labels themselves (1..`num_classes` - 1)."""
+    if categories is not None and names:
+        by_name = {c["name"]: c["id"] for c in categories}
+        if missing := [n for n in names if n not in by_name]:
+            raise UserInputError(f"{where}: no category named {missing[0]!r}; the model's classes are {list(names)}")
+        return [by_name[n] for n in names]
+    return list(stored) if stored else list(range(1, num_classes))
+
+# %% ../nbs/15_cli.ipynb #4fccb5c7
+def coco_results(p: dict, image_id: int, cat_ids: list) -> list:
+    """COCO results entries of prediction `p` of one image: `image_id`, `category_id` (label l is `cat_ids[l - 1]`),
+    `bbox` [x, y, w, h], `score`, and `segmentation` (RLE) and `keypoints` [x, y, v]*K when `p` has them."""
+    from mrcnn_nb.evaluate import to_coco_results
+    per_type = to_coco_results([(image_id, p)], cat_ids)
+    entries = per_type["bbox"]
+    for iou_type, key in (("segm", "segmentation"), ("keypoints", "keypoints")):
+        for e, r in zip(entries, per_type[iou_type]): e[key] = r[key]
+    return entries
+
+# %% ../nbs/15_cli.ipynb #541680d9
+def _refuse_overwriting_inputs(out: Path, files: list):
+    "Refuse a run whose `results.json` or `images.json` under `out` would be one of the input `files`."
+    inputs = {Path(f).resolve() for f in files}
+    for name in ("results.json", "images.json"):
+        if (out / name).resolve() in inputs:
+            raise UserInputError(f"{out / name} is one of the inputs and would be overwritten; choose another --out")
+
+# %% ../nbs/15_cli.ipynb #38fffd0c
+def _predictor(args, files: list) -> tuple:
+    """`(model, class names, category ids, image ids)` of a `predict` command line: the checkpoint's model for
+    inference at `--score-thresh`, the ids from `--coco` or numbered."""
+    from mrcnn_nb.box_head import BoxBranch
+    from mrcnn_nb.data import _read_json
+    from mrcnn_nb.train import load_checkpoint, model_from_checkpoint
+    coco = _read_json(Path(args.coco)) if args.coco else None
+    image_ids = coco_image_ids(files, coco, args.coco)   # a file the annotations lack: refused before the model loads
+    model, cfg, names = model_from_checkpoint(args.checkpoint)
+    model = model.for_inference()
+    for m in model.modules():      # the threshold before the masks are pasted: a few full-size masks, not a hundred
+        if isinstance(m, BoxBranch): m.score_thresh = max(m.score_thresh, args.score_thresh)
+    stored = load_checkpoint(args.checkpoint).get("category_ids")
+    cat_ids = result_category_ids(names, stored, coco and coco.get("categories", []), cfg.num_classes, args.coco)
+    return model, names, cat_ids, image_ids
 
 # %% ../nbs/15_cli.ipynb #03ca315b
 def _detection(p: dict, i: int, names) -> dict:
@@ -374,30 +482,37 @@ def prediction_stems(images: list, out) -> list:
 
 # %% ../nbs/15_cli.ipynb #36134b76
 def cmd_predict(args) -> int:
-    "Detections on image files: a PNG overlay and a JSON file per image."
+    """Detections on image files and folders: a PNG overlay and a JSON file per image; COCO `results.json` and
+    `images.json` for all."""
     import json
     import matplotlib
     matplotlib.use("Agg")
     import torch
+    from tqdm.auto import tqdm
     from mrcnn_nb.data import read_image
-    from mrcnn_nb.box_head import BoxBranch
-    from mrcnn_nb.train import model_from_checkpoint
-    model, cfg, names = model_from_checkpoint(args.checkpoint)
-    model = model.for_inference()
-    for m in model.modules():      # the threshold before the masks are pasted: a few full-size masks, not a hundred
-        if isinstance(m, BoxBranch): m.score_thresh = max(m.score_thresh, args.score_thresh)
-    out = Path(args.out)
+    files, out = image_files(args.images, args.recursive), Path(args.out)
+    _refuse_overwriting_inputs(out, files)
+    model, names, cat_ids, image_ids = _predictor(args, files)
     out.mkdir(parents=True, exist_ok=True)
-    for f, stem in zip(args.images, prediction_stems(args.images, out)):
+    images, results = [], []
+    for f, stem, image_id in zip(tqdm(files, desc="predict", unit="image", disable=args.quiet),
+                                 prediction_stems(files, out), image_ids):
         img = read_image(f)
         with torch.no_grad(): p = model([img])[0]
         _prediction_png(img, p, names, Path(f"{stem}.png"))
         dets = [_detection(p, i, names) for i in range(len(p["boxes"]))]
         Path(f"{stem}.json").write_text(json.dumps(dict(image=str(f), detections=dets), indent=1))
-        print(f"{f}: {len(dets)} detections (score > {args.score_thresh}) -> {stem}.png, .json")
+        images.append(dict(id=image_id, file_name=f.name, width=img.shape[2], height=img.shape[1]))
+        results += coco_results(p, image_id, cat_ids)
+    (out / "results.json").write_text(json.dumps(results))
+    (out / "images.json").write_text(json.dumps(images, indent=1))
+    print(f"{len(files)} images, {len(results)} detections (score > {args.score_thresh}); wrote an overlay (.pred.png) "
+          f"and a JSON file (.pred.json) per image, results.json and images.json to {out}")
     return 0
-COMMANDS["predict"] = (_predict_args, cmd_predict, "detect objects in image files",
-                       "Run a checkpoint on images; write an overlay PNG and a JSON file per image.")
+COMMANDS["predict"] = (_predict_args, cmd_predict, "detect objects in image files and folders",
+                       "Run a checkpoint on images (files, or folders of them); write an overlay PNG and a JSON file "
+                       "per image, and the detections of all in COCO's results format (results.json, with "
+                       "images.json; --coco takes the ids from an annotation file).")
 
 # %% ../nbs/15_cli.ipynb #59a21169
 def _configs_args(s):

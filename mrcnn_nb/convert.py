@@ -743,7 +743,7 @@ def plot_finetune_comparison(records: list, size=(8, 3.2)):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/16_custom_data.ipynb #ce889a20
+# %% ../nbs/16_custom_data.ipynb #f9450611
 def finetune_markdown(store=None) -> str:
     """The comparison of the committed records (default store: `nbs/results/finetune`) for the README: what was
     compared, the sentences of `finetune_sentence`, and where the runs ran."""

@@ -27,14 +27,16 @@ from .data import (
 from .model import Config, MaskRCNN, build_model, load_weights
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'DEMO_MODELS', 'CLASS_SPECIFIC', 'RESUME_CHANGEABLE', 'lr_for', 'with_schedule', 'WarmupMultiStepLR',
-           'build_optimizer', 'TrainingBatches', 'BadItem', 'SeededItems', 'collate_lists', 'rng_state',
-           'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'config_from_checkpoint', 'model_from_checkpoint',
-           'half_checkpoint', 'demo_checkpoint', 'weights_problem', 'data_fingerprint', 'setup_distributed',
-           'read_metrics', 'truncate_metrics', 'plot_metrics', 'load_splits', 'fit_config', 'Run',
-           'load_finetuning_weights', 'load_initial_weights', 'resume_run', 'prepare_run', 'training_loader',
-           'train_step', 'LogMetrics', 'SaveCheckpoints', 'validation_loss', 'evaluate_run', 'EvaluateEvery', 'fit',
-           'train']
+__all__ = ['SCHEDULES', 'DEMO_MODELS', 'CLASS_SPECIFIC', 'RESUME_CHANGEABLE', 'PARTS', 'HEADS', 'lr_for', 'with_schedule',
+           'WarmupMultiStepLR', 'build_optimizer', 'TrainingBatches', 'BadItem', 'SeededItems', 'collate_lists',
+           'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'config_from_checkpoint',
+           'model_from_checkpoint', 'half_checkpoint', 'demo_checkpoint', 'weights_problem', 'data_fingerprint',
+           'setup_distributed', 'read_metrics', 'truncate_metrics', 'plot_metrics', 'load_splits', 'fit_config', 'Run',
+           'load_finetuning_weights', 'load_initial_weights', 'resume_run', 'prepare_run', 'part_of',
+           'parameter_counts', 'trainable_parameters', 'describe_trainable', 'set_heads_only', 'enter_phase',
+           'plot_trainable', 'iters_for_epochs', 'training_plan', 'training_loader', 'train_step', 'LogMetrics',
+           'SaveCheckpoints', 'validation_loss', 'evaluate_run', 'EvaluateEvery', 'fit', 'train', 'TrackParts',
+           'plot_part_change']
 
 # %% ../nbs/12_train.ipynb #ca2b0c47
 SCHEDULES = {
@@ -380,6 +382,8 @@ class Run:
     log_window: list = field(default_factory=list)   # per-iteration stats since the last line of metrics.jsonl
     saved_at: int | None = None    # the iteration of the last checkpoint written (or resumed from)
     weights_from: str = ""         # what the initial weights were (`load_initial_weights`), if any
+    heads_iters: int | None = 0    # iterations of the heads-first phase (`enter_phase`); None: the checkpoint's
+    allowed: frozenset = frozenset()   # names of the parameters the config lets train (`set_heads_only`)
 
     @property
     def main(self) -> bool: return self.rank == 0
@@ -462,6 +466,14 @@ def _set_schedule(run: Run, schedule: dict):
         g["initial_lr"], g["lr"] = base, lr
     run.scheduler._last_lr = [g["lr"] for g in run.optimizer.param_groups]
 
+# %% ../nbs/12_train.ipynb #831613a3
+def _resumed_heads_iters(was: int, asked: int | None, path) -> int:
+    "The heads-first iterations of a resumed run: the checkpoint's (`was`); `asked`, when given, must agree."
+    if asked is not None and asked != was:
+        raise UserInputError(f"{path}: trained with --heads-iters {was}, not {asked}; resume with the same value "
+                             "(or leave it out)")
+    return was
+
 # %% ../nbs/12_train.ipynb #dea15cc9
 def resume_run(run: Run, allow_changed=()) -> int:
     """Continue `run` from its `last.pth` (weights, optimizer, schedule, generators); returns the iteration to start
@@ -471,6 +483,7 @@ def resume_run(run: Run, allow_changed=()) -> int:
     if not path.exists(): raise UserInputError(f"{path}: no checkpoint to resume from (train without --resume first)")
     ck = load_checkpoint(path)
     _check_resumable(ck, run, path, allow_changed)
+    run.heads_iters = _resumed_heads_iters(ck.get("heads_iters", 0), run.heads_iters, path)
     load_weights(run.model, ck["model"], source=str(path))
     if problem := weights_problem(run.model):
         raise UserInputError(f"{path}: {problem}; a run that diverged wrote it, so it can not be resumed")
@@ -495,9 +508,11 @@ def _for_training(model: MaskRCNN, cfg: Config, world: int, dev: torch.device) -
 # %% ../nbs/12_train.ipynb #af0d0e01
 def prepare_run(cfg: Config, data_root, train_split: str = "train", val_split: str | None = "val", out_dir="runs/train",
                 weights=None, resume: bool = False, kind: str = "instances", device: str = "auto",
-                proposals: dict | None = None, adapt=(), allow_changed=(), bad_polygons: str = "error") -> Run:
+                proposals: dict | None = None, adapt=(), allow_changed=(), bad_polygons: str = "error",
+                epochs: float | None = None, heads_iters: int | None = None) -> Run:
     """Everything a run needs, each made once: data, config fitted to it, model, optimizer, schedule, where it starts
-    (a new run starts a new `metrics.jsonl`)."""
+    (a new run starts a new `metrics.jsonl`). `epochs`: the run's length in passes over the training split
+    (`iters_for_epochs`); `heads_iters`: a heads-first phase (`enter_phase`; None on resume: the checkpoint's)."""
     rank, world, dev = setup_distributed(device)
     _autocast(cfg, dev)   # refuses fp16 without CUDA before any data is read
     out_dir = Path(out_dir)
@@ -505,15 +520,108 @@ def prepare_run(cfg: Config, data_root, train_split: str = "train", val_split: s
     if rank == 0: out_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0 and not resume: truncate_metrics(out_dir / "metrics.jsonl", 0)
     cfg = fit_config(cfg, train_set, adapt)
+    if epochs is not None: cfg = cfg.replace(max_iter=iters_for_epochs(epochs, len(train_set), cfg.ims_per_batch))
+    if heads_iters and world > 1:
+        raise UserInputError("a heads-first phase (--heads-iters) runs on one process; train without torchrun")
     seed_everything(cfg.seed + rank)
     model = build_model(cfg).to(dev)
     optimizer = build_optimizer(model, cfg)
     scheduler = WarmupMultiStepLR(optimizer, cfg.lr_steps, cfg.lr_gamma, cfg.warmup_iters, cfg.warmup_factor)
-    run = Run(cfg, train_set, val_set, model, optimizer, scheduler, out_dir, 0, rank, world, dev)
+    run = Run(cfg, train_set, val_set, model, optimizer, scheduler, out_dir, 0, rank, world, dev,
+              heads_iters=heads_iters if resume else heads_iters or 0,
+              allowed=frozenset(n for n, p in model.named_parameters() if p.requires_grad))
     if resume: run.start = resume_run(run, allow_changed)
     elif weights is not None: run.weights_from = f"{weights}: {load_initial_weights(model, cfg, weights)}"
     run.net = _for_training(model, cfg, world, dev)
     return run
+
+# %% ../nbs/12_train.ipynb #886f31a6
+PARTS = ("trunk", "fpn", "rpn", "box", "mask", "keypoint")   # the model's parts, in the order an image meets them
+HEADS = ("rpn", "box", "mask", "keypoint")                    # what trains in a heads-first phase
+
+def part_of(name: str) -> str:
+    "The part (of `PARTS`) of `MaskRCNN` parameter `name`: the ResNet trunk is `backbone.body`, the FPN the rest of it."
+    if name.startswith("backbone.body."): return "trunk"
+    if name.startswith("backbone."): return "fpn"
+    part = name.split(".", 1)[0]
+    if part not in PARTS: raise ValueError(f"parameter {name!r} is in no part of {PARTS}")
+    return part
+
+# %% ../nbs/12_train.ipynb #34ec20b2
+def parameter_counts(model: nn.Module) -> dict:
+    "`{part: (trainable, total)}`: numbers of parameters of each part of `model`, in the order of `PARTS`."
+    counts = {}
+    for n, p in model.named_parameters():
+        t, a = counts.get(part_of(n), (0, 0))
+        counts[part_of(n)] = (t + p.numel() * p.requires_grad, a + p.numel())
+    return {k: counts[k] for k in PARTS if k in counts}
+
+def trainable_parameters(model: nn.Module, part: str | None = None) -> list:
+    "The parameters of `model` that train (`requires_grad`), of one part (`PARTS`) when `part` is given."
+    if part is not None and part not in PARTS: raise UserInputError(f"unknown part {part!r}; choose from {PARTS}")
+    return [p for n, p in model.named_parameters() if p.requires_grad and part in (None, part_of(n))]
+
+# %% ../nbs/12_train.ipynb #3867054c
+def describe_trainable(model: nn.Module) -> str:
+    "One line: how many parameters of `model` train, of how many, and which parts are frozen or partly frozen."
+    counts = parameter_counts(model)
+    t, a = sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())
+    frozen = [k for k, (x, y) in counts.items() if x == 0]
+    partly = [f"{k} {x:,} of {y:,}" for k, (x, y) in counts.items() if 0 < x < y]
+    notes = ([f"frozen: {', '.join(frozen)}"] if frozen else []) + ([f"partly: {', '.join(partly)}"] if partly else [])
+    return f"trainable: {t:,} of {a:,} parameters" + (f" ({'; '.join(notes)})" if notes else "")
+
+# %% ../nbs/12_train.ipynb #4060f462
+def set_heads_only(model: nn.Module, heads_only: bool, allowed) -> None:
+    """Each parameter of `model` trains when its name is in `allowed` (what the config lets train) and, when
+    `heads_only`, it belongs to one of `HEADS`."""
+    for n, p in model.named_parameters(): p.requires_grad_(n in allowed and (not heads_only or part_of(n) in HEADS))
+
+def enter_phase(run, it: int) -> None:
+    """Set what trains at iteration `it` of `run`: with a heads-first phase (`run.heads_iters`), the heads alone
+    before it ends, all the config allows after; nothing changes without one."""
+    if run.heads_iters: set_heads_only(run.model, it < run.heads_iters, run.allowed)
+
+# %% ../nbs/12_train.ipynb #e5df48d4
+def plot_trainable(settings: dict, size=(9, 2.6)):
+    """One panel per setting (`{name: parameter_counts(...)}`): per part, the parameters that train (blue)
+    and those frozen (grey), on a log scale."""
+    import matplotlib.pyplot as plt
+    fig, axs = plt.subplots(1, len(settings), figsize=size, sharey=True, squeeze=False)
+    top = 2 * max(a for counts in settings.values() for _, a in counts.values())
+    for ax, (name, counts) in zip(axs[0], settings.items()):
+        parts = list(counts)[::-1]
+        ax.barh(parts, [counts[k][0] for k in parts], color="tab:blue", label="trains")
+        ax.barh(parts, [counts[k][1] - counts[k][0] for k in parts], left=[counts[k][0] for k in parts],
+                color="0.75", label="frozen")
+        t, a = sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())
+        ax.set_xscale("log"); ax.set_xlim(1, top); ax.set_xlabel("parameters", fontsize=8)
+        ax.set_title(f"{name}\n{t:,} of {a:,} train", fontsize=9); ax.tick_params(labelsize=8)
+    fig.legend(*axs[0, 0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig
+
+# %% ../nbs/12_train.ipynb #ceeb5d47
+def iters_for_epochs(epochs: float, n_images: int, ims_per_batch: int) -> int:
+    "Iterations of `ims_per_batch` images that pass over `n_images` images `epochs` times: ceil(E * n / batch)."
+    from fractions import Fraction
+    if not epochs > 0: raise UserInputError(f"epochs must be positive, got {epochs}")
+    if n_images < 1: raise UserInputError("the training split has no images")
+    return max(1, math.ceil(Fraction(str(epochs)) * n_images / ims_per_batch))
+
+# %% ../nbs/12_train.ipynb #47295ef4
+def training_plan(run, epochs: float | None = None) -> list:
+    """Lines for a run's printout: its length when given in `epochs`, and what trains (in each phase of a heads-first
+    run)."""
+    lines = [f"{epochs:g} epochs of {len(run.train_set)} images, {run.cfg.ims_per_batch} per iteration: "
+             f"{run.cfg.max_iter} iterations"] if epochs else []
+    if not run.heads_iters: return lines + [describe_trainable(run.model)]
+    enter_phase(run, 0)
+    lines.append(f"iterations 1-{run.heads_iters}, heads first: {describe_trainable(run.model)}")
+    enter_phase(run, run.heads_iters)
+    lines.append(f"then: {describe_trainable(run.model)}")
+    enter_phase(run, run.start)
+    return lines
 
 # %% ../nbs/12_train.ipynb #ea41ec7b
 def training_loader(run: Run, num_workers: int = 0) -> torch.utils.data.DataLoader:
@@ -586,7 +694,8 @@ class SaveCheckpoints:
             states = [None] * run.world
             dist.all_gather_object(states, rng_state())
             extra = {f"rng_rank{r}": s for r, s in enumerate(states)}
-        extra |= dict(batches=run.batches, log_window=list(run.log_window), data=data_fingerprint(run.train_set))
+        extra |= dict(batches=run.batches, log_window=list(run.log_window), data=data_fingerprint(run.train_set),
+                      heads_iters=run.heads_iters, category_ids=list(run.train_set.categories.cat_ids))
         if run.main: save_checkpoint(run.out_dir / "last.pth", run.model, run.optimizer, run.scheduler, it, run.cfg,
                                      run.train_set.class_names, **extra)
         run.saved_at = it
@@ -662,6 +771,7 @@ def fit(run: Run, hooks=(), num_workers: int = 0, on_bad_image: str = "stop", pr
     bar = _progress_bar(run, hooks, progress)
     t_start = time.perf_counter()
     run.net.train()
+    enter_phase(run, it)   # a heads-first run: which parameters train now
     batches = iter(training_loader(run, num_workers))
     try:
         while it < run.cfg.max_iter:
@@ -675,6 +785,10 @@ def fit(run: Run, hooks=(), num_workers: int = 0, on_bad_image: str = "stop", pr
             if not images: continue   # every image of this batch was bad: take the next one
             losses, lr = train_step(run, images, targets, it)
             it += 1
+            if it == run.heads_iters and it < run.cfg.max_iter:
+                enter_phase(run, it)
+                if progress and run.main:
+                    tqdm.write(f"iteration {it}: heads-first phase over; {describe_trainable(run.model)}")
             for h in hooks: h.after_step(run, it, lr, losses | {"time": time.perf_counter() - t0})
             bar.update(1)
     finally:
@@ -686,25 +800,58 @@ def train(cfg: Config, data_root, train_split: str = "train", val_split: str | N
           weights=None, resume: bool = False, kind: str = "instances", device: str = "auto", num_workers: int = 0,
           log_period: int = 20, on_bad_image: str = "stop", progress: bool = True, evaluate_at_end: bool = True,
           val_loss: bool = False, proposals: dict | None = None, adapt=(), allow_changed=(),
-          bad_polygons: str = "error") -> dict:
+          bad_polygons: str = "error", epochs: float | None = None, heads_iters: int | None = None) -> dict:
     """Train `cfg` on `data_root` (COCO layout) for `cfg.max_iter` iterations, writing checkpoints, `metrics.jsonl`
     and evaluations to `out_dir`; returns a summary (iterations, time, skipped images, last evaluation, the trained
     model and run). A model without an RPN (`cfg.rpn='separate'`) trains and evaluates on fixed `proposals`:
-    `{split: {image_id: (K, 4)}}`. `allow_changed`: the keys that may differ from the checkpoint's on resume."""
+    `{split: {image_id: (K, 4)}}`. `allow_changed`: the keys that may differ from the checkpoint's on resume.
+    `epochs`, `heads_iters`: see `prepare_run`."""
     run = prepare_run(cfg, data_root, train_split, val_split, out_dir, weights, resume, kind, device, proposals, adapt,
-                      allow_changed, bad_polygons)
-    if progress and run.main:   # what the run reads, and what it starts from
-        for line in [describe_split(d) for d in (run.train_set, run.val_set) if d] + [run.weights_from]:
+                      allow_changed, bad_polygons, epochs, heads_iters)
+    if progress and run.main:   # what the run reads, what it starts from, what trains
+        lines = [describe_split(d) for d in (run.train_set, run.val_set) if d] + [run.weights_from]
+        for line in lines + training_plan(run, epochs):
             if line: print(line)
     evaluator = EvaluateEvery(run.cfg.eval_period if val_split else 0, val_loss, progress)
     # the evaluation at iteration k before the checkpoint of k: a run killed between them redoes both on resume
     hooks = [LogMetrics(log_period), evaluator, SaveCheckpoints(run.cfg.checkpoint_period)]
     done = fit(run, hooks, num_workers, on_bad_image, progress)
     if run.main: save_checkpoint(run.out_dir / "model_final.pth", run.model, iteration=done["iterations"], cfg=run.cfg,
-                                 class_names=run.train_set.class_names)
+                                 class_names=run.train_set.class_names,
+                                 category_ids=list(run.train_set.categories.cat_ids))
     last_eval = evaluator.last
     # an RPN alone has no detections to evaluate (see proposal_recall)
     if val_split and evaluate_at_end and run.cfg.rpn != "only":
         last_eval = evaluate_run(run, done["iterations"], val_loss, progress)
     return dict(start_iter=run.start, max_iter=run.cfg.max_iter, out_dir=str(run.out_dir), **done, evaluation=last_eval,
                 model=run.model, run=run)
+
+# %% ../nbs/12_train.ipynb #beb327fc
+class TrackParts:
+    "A hook: after each step, how far each part of the model is from its weights at the start, ‖w − w₀‖ / ‖w₀‖."
+    def __init__(self, model: nn.Module):
+        self.start, self.records = {n: p.detach().clone() for n, p in model.named_parameters()}, []
+
+    def after_step(self, run: Run, it: int, lr: float, stats: dict):
+        moved, size = {}, {}
+        for n, p in run.model.named_parameters():
+            k = part_of(n)
+            moved[k] = moved.get(k, 0.0) + (p.detach() - self.start[n]).double().pow(2).sum().item()
+            size[k] = size.get(k, 0.0) + self.start[n].double().pow(2).sum().item()
+        self.records.append({"iter": it} | {k: math.sqrt(moved[k] / size[k]) for k in moved})
+
+# %% ../nbs/12_train.ipynb #b3b92ae6
+def plot_part_change(runs: dict, heads_iters: dict | None = None, size=(10, 2.8)):
+    """One panel per run (`{name: TrackParts.records}`): each part's relative change from its start weights over
+    the iterations; a dashed line where a heads-first phase ends (`heads_iters`: `{name: N}`)."""
+    import matplotlib.pyplot as plt
+    fig, axs = plt.subplots(1, len(runs), figsize=size, sharey=True, squeeze=False)
+    for ax, (name, recs) in zip(axs[0], runs.items()):
+        its = [r["iter"] for r in recs]
+        for part in [k for k in PARTS if k in recs[0]]: ax.plot(its, [r[part] for r in recs], label=part)
+        if (heads_iters or {}).get(name): ax.axvline(heads_iters[name], color="0.4", ls="--", lw=1)
+        ax.set_title(name, fontsize=9); ax.set_xlabel("iteration", fontsize=8); ax.tick_params(labelsize=8)
+    axs[0, 0].set_ylabel("‖w − w₀‖ / ‖w₀‖", fontsize=9)
+    axs[0, -1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
