@@ -27,16 +27,16 @@ from .data import (
 from .model import Config, MaskRCNN, build_model, load_weights
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'DEMO_MODELS', 'CLASS_SPECIFIC', 'RESUME_CHANGEABLE', 'PARTS', 'HEADS', 'lr_for', 'with_schedule',
-           'WarmupMultiStepLR', 'build_optimizer', 'TrainingBatches', 'BadItem', 'SeededItems', 'collate_lists',
-           'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'config_from_checkpoint',
-           'model_from_checkpoint', 'half_checkpoint', 'demo_checkpoint', 'weights_problem', 'data_fingerprint',
-           'setup_distributed', 'read_metrics', 'truncate_metrics', 'plot_metrics', 'load_splits', 'fit_config', 'Run',
-           'load_finetuning_weights', 'load_initial_weights', 'resume_run', 'prepare_run', 'part_of',
-           'parameter_counts', 'trainable_parameters', 'describe_trainable', 'set_heads_only', 'enter_phase',
-           'plot_trainable', 'iters_for_epochs', 'training_plan', 'training_loader', 'train_step', 'LogMetrics',
-           'SaveCheckpoints', 'validation_loss', 'evaluate_run', 'EvaluateEvery', 'fit', 'train', 'TrackParts',
-           'plot_part_change']
+__all__ = ['SCHEDULES', 'DEMO_MODELS', 'DIST_TIMEOUT_MINUTES', 'CLASS_SPECIFIC', 'RESUME_CHANGEABLE', 'PARTS', 'HEADS', 'lr_for',
+           'with_schedule', 'WarmupMultiStepLR', 'build_optimizer', 'TrainingBatches', 'BadItem', 'SeededItems',
+           'collate_lists', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint',
+           'config_from_checkpoint', 'model_from_checkpoint', 'half_checkpoint', 'demo_checkpoint', 'weights_problem',
+           'data_fingerprint', 'setup_distributed', 'read_metrics', 'truncate_metrics', 'plot_metrics', 'load_splits',
+           'fit_config', 'Run', 'load_finetuning_weights', 'load_initial_weights', 'check_initialization', 'resume_run',
+           'prepare_run', 'part_of', 'parameter_counts', 'trainable_parameters', 'describe_trainable', 'set_heads_only',
+           'enter_phase', 'plot_trainable', 'iters_for_epochs', 'scaled_schedule', 'training_plan', 'training_loader',
+           'train_step', 'LogMetrics', 'SaveCheckpoints', 'validation_loss', 'evaluate_run', 'EvaluateEvery', 'fit',
+           'train', 'TrackParts', 'plot_part_change', 'projected_hours', 'dry_run', 'format_dry_run']
 
 # %% ../nbs/12_train.ipynb #ca2b0c47
 SCHEDULES = {
@@ -215,7 +215,7 @@ def half_checkpoint(src, dst) -> Path:
 
 # %% ../nbs/12_train.ipynb #cd720593
 import mrcnn_nb
-DEMO_MODELS = Path(mrcnn_nb.__file__).resolve().parents[1] / "nbs" / "results" / "models"   # in a clone of the repository
+DEMO_MODELS = Path(mrcnn_nb.__file__).resolve().parents[1] / "nbs" / "results" / "models"   # in a clone
 
 def demo_checkpoint(name: str = "tiny_fpn_shapes") -> Path:
     "The path of trained checkpoint `name` kept in the repository for the notebooks (`DEMO_MODELS`)."
@@ -243,6 +243,8 @@ def data_fingerprint(ds: COCODataset) -> dict:
     return dict(ann_file=str(ds.ann_file), images=len(ds), sha1=hashlib.sha1(ids.encode()).hexdigest())
 
 # %% ../nbs/12_train.ipynb #72c8d7bf
+DIST_TIMEOUT_MINUTES = 120   # collectives wait this long (NCCL's default, 10 min, is shorter than an evaluation)
+
 def setup_distributed(device: str = "auto") -> tuple:
     "`(rank, world_size, device)`: joins the `torchrun` process group when `WORLD_SIZE` > 1."
     import torch.distributed as dist
@@ -252,7 +254,10 @@ def setup_distributed(device: str = "auto") -> tuple:
     if dev.type == "cuda":
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(dev)
-    if not dist.is_initialized(): dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if not dist.is_initialized():
+        import datetime
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(minutes=DIST_TIMEOUT_MINUTES))
     return dist.get_rank(), dist.get_world_size(), dev
 
 # %% ../nbs/12_train.ipynb #ae505c2f
@@ -341,7 +346,8 @@ def load_splits(cfg: Config, data_root, train_split: str = "train", val_split: s
     train_set = COCODataset(data_root, train_split, kind=kind, skip_empty=True, bad_polygons=bad_polygons)
     train_set.transforms = Compose(given[:1] + [RandomHorizontalFlip(0.5, train_set.keypoint_flip)])
     if not (val_split and read_val): return train_set, None
-    val_set = COCODataset(data_root, val_split, kind=kind, transforms=(given[1:] or [None])[0], bad_polygons=bad_polygons)
+    val_set = COCODataset(data_root, val_split, kind=kind, transforms=(given[1:] or [None])[0],
+                          bad_polygons=bad_polygons)
     check_image_files(val_set)
     return train_set, val_set
 
@@ -436,19 +442,30 @@ def load_initial_weights(model: MaskRCNN, cfg: Config, path) -> str:
     load_imagenet_weights(model.backbone.body, sd, res5=res5)
     return "imagenet backbone"
 
+# %% ../nbs/12_train.ipynb #0a3a6ae5
+def check_initialization(cfg: Config, weights, resume: bool = False, from_scratch: bool = False):
+    "Refuse a frozen-BN model (`cfg.norm == 'frozen_bn'`) that would start from random weights, unless `from_scratch`."
+    if cfg.norm != "frozen_bn" or weights is not None or resume or from_scratch: return
+    frozen = "its BatchNorm statistics" + (" and its stem and first stages" if cfg.trainable_layers < 5 else "")
+    raise UserInputError(f"{cfg.name} freezes {frozen} (norm='frozen_bn'): without pre-trained weights they stay "
+                         "random. Give --weights (an ImageNet ResNet or a detection checkpoint), or train from scratch "
+                         "with norm=gn trainable_layers=5, or say --from-scratch to run it anyway")
+
 # %% ../nbs/12_train.ipynb #2342b2ff
 RESUME_CHANGEABLE = ("base_lr", "lr_steps", "lr_gamma", "warmup_iters", "warmup_factor", "clip_grad_norm",
                      "checkpoint_period", "eval_period", "data")   # and max_iter, always
 
 def _check_resumable(ck: dict, run: Run, path: Path, allow_changed=()):
-    "Refuse to resume checkpoint `ck` (read from `path`) with another config or data, but for what `allow_changed` names."
+    """Refuse to resume checkpoint `ck` (read from `path`) with another config or data, but for what `allow_changed`
+    names."""
     if wrong := [k for k in allow_changed if k not in RESUME_CHANGEABLE]:
         raise UserInputError(f"--allow-changed {wrong[0]}: only {', '.join(RESUME_CHANGEABLE)} may change on resume")
     old = config_from_checkpoint(ck, path)
     diff = {k: (getattr(old, k), getattr(run.cfg, k)) for k in asdict(run.cfg)
             if getattr(old, k) != getattr(run.cfg, k) and k not in ("max_iter", *allow_changed)}
     if diff:
-        hint = f" (to resume with them changed: --allow-changed {','.join(diff)})" if set(diff) <= set(RESUME_CHANGEABLE) else ""
+        changeable = set(diff) <= set(RESUME_CHANGEABLE)
+        hint = f" (to resume with them changed: --allow-changed {','.join(diff)})" if changeable else ""
         raise UserInputError(f"{path}: trained with a different config; differing keys (checkpoint, now): {diff}{hint}")
     was, now = ck.get("data"), data_fingerprint(run.train_set)
     if was and was["sha1"] != now["sha1"] and "data" not in allow_changed:
@@ -509,18 +526,20 @@ def _for_training(model: MaskRCNN, cfg: Config, world: int, dev: torch.device) -
 def prepare_run(cfg: Config, data_root, train_split: str = "train", val_split: str | None = "val", out_dir="runs/train",
                 weights=None, resume: bool = False, kind: str = "instances", device: str = "auto",
                 proposals: dict | None = None, adapt=(), allow_changed=(), bad_polygons: str = "error",
-                epochs: float | None = None, heads_iters: int | None = None) -> Run:
+                epochs: float | None = None, heads_iters: int | None = None, from_scratch: bool = False) -> Run:
     """Everything a run needs, each made once: data, config fitted to it, model, optimizer, schedule, where it starts
     (a new run starts a new `metrics.jsonl`). `epochs`: the run's length in passes over the training split
-    (`iters_for_epochs`); `heads_iters`: a heads-first phase (`enter_phase`; None on resume: the checkpoint's)."""
+    (`iters_for_epochs`); `heads_iters`: a heads-first phase (`enter_phase`; None on resume: the checkpoint's);
+    `from_scratch`: allow a frozen-BN model without `weights` (`check_initialization`)."""
+    check_initialization(cfg, weights, resume, from_scratch)
     rank, world, dev = setup_distributed(device)
     _autocast(cfg, dev)   # refuses fp16 without CUDA before any data is read
     out_dir = Path(out_dir)
-    train_set, val_set = load_splits(cfg, data_root, train_split, val_split, kind, proposals, rank == 0, bad_polygons)
+    train_set, val_set = load_splits(cfg, data_root, train_split, val_split, kind, proposals, True, bad_polygons)
     if rank == 0: out_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0 and not resume: truncate_metrics(out_dir / "metrics.jsonl", 0)
     cfg = fit_config(cfg, train_set, adapt)
-    if epochs is not None: cfg = cfg.replace(max_iter=iters_for_epochs(epochs, len(train_set), cfg.ims_per_batch))
+    if epochs is not None: cfg = scaled_schedule(cfg, iters_for_epochs(epochs, len(train_set), cfg.ims_per_batch))
     if heads_iters and world > 1:
         raise UserInputError("a heads-first phase (--heads-iters) runs on one process; train without torchrun")
     seed_everything(cfg.seed + rank)
@@ -608,6 +627,12 @@ def iters_for_epochs(epochs: float, n_images: int, ims_per_batch: int) -> int:
     if not epochs > 0: raise UserInputError(f"epochs must be positive, got {epochs}")
     if n_images < 1: raise UserInputError("the training split has no images")
     return max(1, math.ceil(Fraction(str(epochs)) * n_images / ims_per_batch))
+
+# %% ../nbs/12_train.ipynb #284511af
+def scaled_schedule(cfg: Config, max_iter: int) -> Config:
+    "`cfg` for a run of `max_iter` iterations, its learning-rate steps at the same fractions of the run as before."
+    steps = tuple(max(1, round(s * max_iter / cfg.max_iter)) for s in cfg.lr_steps)
+    return cfg.replace(max_iter=max_iter, lr_steps=steps, warmup_iters=min(cfg.warmup_iters, max_iter))
 
 # %% ../nbs/12_train.ipynb #47295ef4
 def training_plan(run, epochs: float | None = None) -> list:
@@ -725,12 +750,13 @@ def validation_loss(model: MaskRCNN, dataset, batch_size: int = 2) -> dict:
 
 # %% ../nbs/12_train.ipynb #bb824f27
 def evaluate_run(run: Run, it: int, val_loss: bool = False, progress: bool = True) -> dict | None:
-    """COCO evaluation of `run`'s model on its validation set (rank 0, which alone holds it; the others wait),
-    logged at `it`."""
+    """COCO evaluation of `run`'s model on its validation set, logged at `it`. Under `torchrun` every process predicts
+    its share of the images and rank 0 evaluates (`evaluate`): rank 0 returns the result, the others None."""
     result = None
     if run.val_set is not None:
         from mrcnn_nb.evaluate import evaluate
-        result = evaluate(run.model, run.val_set, progress=progress)
+        result = evaluate(run.model, run.val_set, progress=progress and run.main)
+    if result is not None:
         rec = {"iter": it} | {f"{t}_{k}": v for t, r in result["metrics"].items() for k, v in r["stats"].items()}
         if val_loss:
             result["val_loss"] = validation_loss(run.model, run.val_set)
@@ -766,7 +792,8 @@ def fit(run: Run, hooks=(), num_workers: int = 0, on_bad_image: str = "stop", pr
     """Train `run` from its start to `cfg.max_iter`: a batch, `train_step`, each hook's `after_step`; returns what
     happened."""
     from tqdm.auto import tqdm
-    if on_bad_image not in ("stop", "skip"): raise UserInputError(f"on_bad_image must be 'stop' or 'skip', got {on_bad_image!r}")
+    if on_bad_image not in ("stop", "skip"):
+        raise UserInputError(f"on_bad_image must be 'stop' or 'skip', got {on_bad_image!r}")
     it, skipped = run.start, []
     bar = _progress_bar(run, hooks, progress)
     t_start = time.perf_counter()
@@ -800,14 +827,15 @@ def train(cfg: Config, data_root, train_split: str = "train", val_split: str | N
           weights=None, resume: bool = False, kind: str = "instances", device: str = "auto", num_workers: int = 0,
           log_period: int = 20, on_bad_image: str = "stop", progress: bool = True, evaluate_at_end: bool = True,
           val_loss: bool = False, proposals: dict | None = None, adapt=(), allow_changed=(),
-          bad_polygons: str = "error", epochs: float | None = None, heads_iters: int | None = None) -> dict:
+          bad_polygons: str = "error", epochs: float | None = None, heads_iters: int | None = None,
+          from_scratch: bool = False) -> dict:
     """Train `cfg` on `data_root` (COCO layout) for `cfg.max_iter` iterations, writing checkpoints, `metrics.jsonl`
     and evaluations to `out_dir`; returns a summary (iterations, time, skipped images, last evaluation, the trained
     model and run). A model without an RPN (`cfg.rpn='separate'`) trains and evaluates on fixed `proposals`:
     `{split: {image_id: (K, 4)}}`. `allow_changed`: the keys that may differ from the checkpoint's on resume.
-    `epochs`, `heads_iters`: see `prepare_run`."""
+    `epochs`, `heads_iters`, `from_scratch`: see `prepare_run`."""
     run = prepare_run(cfg, data_root, train_split, val_split, out_dir, weights, resume, kind, device, proposals, adapt,
-                      allow_changed, bad_polygons, epochs, heads_iters)
+                      allow_changed, bad_polygons, epochs, heads_iters, from_scratch)
     if progress and run.main:   # what the run reads, what it starts from, what trains
         lines = [describe_split(d) for d in (run.train_set, run.val_set) if d] + [run.weights_from]
         for line in lines + training_plan(run, epochs):
@@ -855,3 +883,77 @@ def plot_part_change(runs: dict, heads_iters: dict | None = None, size=(10, 2.8)
     axs[0, -1].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/12_train.ipynb #e9039ebf
+def _decode_sample(ds, n: int, seed: int = 0) -> dict:
+    "Decode `n` images of `ds` picked at random (a missing or corrupt file stops with its name): seconds per image."
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    t0 = time.perf_counter()
+    for i in idx: ds.load_image(i)
+    return dict(images=len(idx), s_per_image=(time.perf_counter() - t0) / max(1, len(idx)))
+
+# %% ../nbs/12_train.ipynb #1a26c4aa
+def _timed_iterations(run: Run, iters: int, num_workers: int = 0) -> list:
+    "Seconds of each of `iters` training iterations of `run`, the batch's loading included."
+    batches, times = iter(training_loader(run, num_workers)), []
+    run.net.train()
+    for it in range(iters):
+        t0 = time.perf_counter()
+        images, targets, _ = next(batches)
+        train_step(run, images, targets, it)
+        times.append(time.perf_counter() - t0)
+    return times
+
+# %% ../nbs/12_train.ipynb #b774ea1d
+def _timed_evaluation(run: Run, n: int) -> dict:
+    "Predict the first `n` validation images of `run` and evaluate them (COCOeval on those images): s/image, box AP."
+    from mrcnn_nb.evaluate import coco_evaluate, predict_dataset, shard_batches, to_coco_results
+    n, model = min(n, len(run.val_set)), run.model.for_inference()
+    t0 = time.perf_counter()
+    preds = predict_dataset(model, run.val_set, batches=shard_batches(n, 2), progress=False)
+    seconds = (time.perf_counter() - t0) / max(1, n)
+    ids = [r["id"] for r in run.val_set.records[:n]]
+    m = coco_evaluate(run.val_set.coco, to_coco_results(preds, run.val_set.categories.cat_ids), ["bbox"], image_ids=ids)
+    return dict(images=n, s_per_image=seconds, box_AP=m["bbox"]["stats"]["AP"])
+
+# %% ../nbs/12_train.ipynb #0ec6a638
+def projected_hours(cfg: Config, s_per_iter: float, s_per_val_image: float, val_images: int, world: int = 1) -> dict:
+    """Hours of `cfg`'s schedule at `s_per_iter`, plus its evaluations (every `eval_period` and at the end), each of
+    `val_images` shared by `world` processes."""
+    evals = (len(range(cfg.eval_period, cfg.max_iter, cfg.eval_period)) if cfg.eval_period else 0) + (val_images > 0)
+    train_h, eval_h = s_per_iter * cfg.max_iter / 3600, evals * s_per_val_image * val_images / world / 3600
+    return dict(train_hours=train_h, evaluations=evals, eval_hours=eval_h, total_hours=train_h + eval_h)
+
+# %% ../nbs/12_train.ipynb #803f14fa
+def dry_run(cfg: Config, data_root, train_split: str = "train", val_split: str | None = "val", weights=None,
+            iters: int = 2, eval_images: int = 10, sample_images: int = 50, num_workers: int = 0, **run_args) -> dict:
+    """Minutes that say whether a run of `cfg` will work and how long it will take: `prepare_run` (annotation files,
+    model, weights; `run_args` as `prepare_run`'s), `sample_images` training images decoded, `iters` training
+    iterations, `eval_images` validation images predicted and evaluated; the schedule's projected hours."""
+    import tempfile
+    from mrcnn_nb.evaluate import _timed
+    t0 = time.perf_counter()
+    run = prepare_run(cfg, data_root, train_split, val_split, Path(tempfile.mkdtemp()), weights, **run_args)
+    r = dict(config=run.cfg.name, device=str(run.device), rank=run.rank, world=run.world,
+             train_images=len(run.train_set), val_images=len(run.val_set) if run.val_set else 0, max_iter=run.cfg.max_iter,
+             prepare_s=time.perf_counter() - t0, decode=_decode_sample(run.train_set, sample_images))
+    r["iteration_s"], _, r["peak_mib"] = _timed(lambda: _timed_iterations(run, iters, num_workers), run.device)
+    r["evaluation"] = _timed_evaluation(run, eval_images) if run.val_set else None
+    per_image = r["evaluation"]["s_per_image"] if r["evaluation"] else 0.0
+    r["projection"] = projected_hours(run.cfg, r["iteration_s"][-1], per_image, r["val_images"], run.world)
+    return r
+
+# %% ../nbs/12_train.ipynb #791bb5a1
+def format_dry_run(r: dict) -> str:
+    "The report of `dry_run`, a line per step."
+    d, e, p, it = r["decode"], r["evaluation"], r["projection"], r["iteration_s"]
+    peak = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f} MiB"
+    lines = [f"dry run of {r['config']} on {r['device']} x {r['world']}: {r['train_images']} training and "
+             f"{r['val_images']} validation images; annotations read and model built in {r['prepare_s']:.1f} s",
+             f"decoded {d['images']} sampled training images: {1000 * d['s_per_image']:.0f} ms each, all readable",
+             f"{len(it)} iterations: {it[-1]:.2f} s/iteration (the first {it[0]:.2f} s); peak memory rise {peak}"]
+    if e: lines.append(f"evaluated {e['images']} validation images: {e['s_per_image']:.2f} s/image "
+                       f"(box AP on them {100 * e['box_AP']:.1f})")
+    lines.append(f"projected: {r['max_iter']:,} iterations {p['train_hours']:.2f} h + {p['evaluations']} "
+                 f"evaluation(s) {p['eval_hours']:.2f} h = {p['total_hours']:.2f} h on {r['world']} process(es)")
+    return "\n".join(lines)

@@ -164,7 +164,7 @@ def test_epochs_arithmetic_and_the_cli_run_length(shapes, tmp_path):
     ck = load_checkpoint(tmp_path / "e" / "last.pth")
     assert status == 0 and ck["iteration"] == 5 and ck["config"]["max_iter"] == 5   # ceil(1.5 * 6 / 2)
     assert "1.5 epochs of 6 images, 2 per iteration: 5 iterations" in out
-    assert tuple(ck["config"]["lr_steps"]) == get_config("TINY_FPN").lr_steps   # as with --iters: steps unchanged
+    assert tuple(ck["config"]["lr_steps"]) == (4,)   # TINY_FPN's step at 2400 of 3000, moved to 80 % of 5 (scaled_schedule)
     _refused(["train", "--data", shapes, "--out", tmp_path / "x", "--epochs", "1", "--iters", "3"], "without --iters")
     _refused(["train", "--data", shapes, "--out", tmp_path / "x", "--epochs", "1", "max_iter=3"], "(or max_iter=)")
     _refused(["train", "--data", shapes, "--out", tmp_path / "x", "--freeze-trunk", "trainable_layers=3"],

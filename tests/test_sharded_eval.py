@@ -49,3 +49,22 @@ def test_an_error_on_rank_1_ends_both_processes_with_its_message(val_root, tmp_p
     assert r.returncode != 0
     assert "evaluation failed on rank 1: planted: cannot read item" in r.stderr, r.stderr[-3000:]
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_torchrun_training_evaluates_on_every_process(val_root, tmp_path):
+    """Training under torchrun with a periodic evaluation: both processes predict, rank 0 logs; the logged final
+    metrics equal a one-process evaluation of the checkpoint the run wrote."""
+    root = make_shapes(tmp_path / "s", n_train=8, n_val=5, seed=2, progress=False)
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    env = dict(__import__("os").environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(HERE / "train_eval_worker.py"),
+                        str(root), str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    logged = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [e for e in logged if "bbox_AP" in e]
+    assert [e["iter"] for e in evals] == [2, 4]
+    torch.set_num_threads(1)
+    model = model_from_checkpoint(tmp_path / "run" / "model_final.pth")[0].eval()
+    one = evaluate(model, COCODataset(root, "val"), progress=False)["metrics"]
+    assert {f"{t}_{k}": v for t, m in one.items() for k, v in m["stats"].items()} == \
+        {k: v for k, v in evals[-1].items() if k != "iter"}
