@@ -282,12 +282,12 @@ def bench_model(repeats: int = 3, size=(800, 1066), train_size=(800, 1066), prog
     times, peaks = _time_interleaved(cases, repeats, progress)
     return _model_rows(cases, times, peaks, detections)
 
-# %% ../nbs/30_benchmarks.ipynb #c2eedb0d
+# %% ../nbs/30_benchmarks.ipynb #9321ca51
 COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]   # COCO's 80
 COCO_SIZES = ((640, 480), (640, 427), (480, 640), (640, 426), (500, 375))   # (w, h): frequent COCO image sizes
 _CATEGORY_P = np.array([0.25] + [0.75 / 79] * 79)   # a quarter of COCO's instances are people (category 1)
 
-# %% ../nbs/30_benchmarks.ipynb #db41f3fa
+# %% ../nbs/30_benchmarks.ipynb #eb10fe2b
 def _star_polygons(rng, centers, radii, n_vertices) -> np.ndarray:
     """Vertices (sum(n_vertices), 2) of star-shaped polygons around `centers` (P, 2) with `radii` (P,), `n_vertices`
     (P,) each, in angular order, rounded to 2 decimals like COCO's."""
@@ -301,7 +301,7 @@ def _star_polygons(rng, centers, radii, n_vertices) -> np.ndarray:
     xy = np.repeat(centers, n_vertices, axis=0) + rad[:, None] * np.stack([np.cos(theta), np.sin(theta)], 1)
     return np.round(xy, 2)
 
-# %% ../nbs/30_benchmarks.ipynb #982aeeef
+# %% ../nbs/30_benchmarks.ipynb #c372eaab
 def _crowd_rle(rng, w: int, h: int) -> tuple:
     """A crowd region as COCO stores it, an uncompressed RLE (column-major runs, zeros first) of a blob in a `w` x `h`
     image, with its bbox `[x, y, w, h]` and area."""
@@ -315,7 +315,7 @@ def _crowd_rle(rng, w: int, h: int) -> tuple:
     bbox = [float(x0), float(top.min()), float(ncol), float((top + hc).max() - top.min())]
     return dict(counts=counts, size=[h, w]), bbox, float(hc.sum())
 
-# %% ../nbs/30_benchmarks.ipynb #5baf00b5
+# %% ../nbs/30_benchmarks.ipynb #2fc51644
 def _instance_chunk(rng, first_id: int, image_ids, whs, crowd_fraction: float) -> list:
     """COCO annotations for the images `image_ids` (one per annotation) of sizes `whs` (k, 2): polygons of 6-39
     vertices (12 % of instances in 2-4 parts), a `crowd_fraction` of crowds as uncompressed RLE."""
@@ -348,7 +348,7 @@ def _instance_chunk(rng, first_id: int, image_ids, whs, crowd_fraction: float) -
                          category_id=int(cats[a]), id=first_id + a))
     return anns
 
-# %% ../nbs/30_benchmarks.ipynb #ebe645e1
+# %% ../nbs/30_benchmarks.ipynb #bb7c52f7
 def make_coco_scale_annotations(root, n_images: int = 118_287, n_annotations: int = 860_001, split: str = "train2017",
                                 seed: int = 0, crowd_fraction: float = 0.01, chunk: int = 50_000) -> Path:
     """Write `ROOT/annotations/instances_{split}.json` the size of COCO 2017's train file (80 categories with COCO's
@@ -377,7 +377,7 @@ def make_coco_scale_annotations(root, n_images: int = 118_287, n_annotations: in
     path.with_suffix(".part").replace(path)
     return path
 
-# %% ../nbs/30_benchmarks.ipynb #39210a45
+# %% ../nbs/30_benchmarks.ipynb #3718efe7
 def plot_annotation_structure(ann_file, size: float = 3.0):
     """The shape of a COCO annotation file, in three histograms: vertices per polygon, polygons per instance (crowds
     apart), instances per image."""
@@ -401,7 +401,7 @@ def plot_annotation_structure(ann_file, size: float = 3.0):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/30_benchmarks.ipynb #fa2cc354
+# %% ../nbs/30_benchmarks.ipynb #39ad4a1a
 def _proc_memory(pid="self") -> dict:
     "RSS, PSS and USS (its private pages) of process `pid`, in MiB, from `/proc/PID/smaps_rollup`."
     f = {}
@@ -410,7 +410,7 @@ def _proc_memory(pid="self") -> dict:
         f[key] = int(value.split()[0]) / 1024
     return dict(rss=f["Rss"], pss=f["Pss"], uss=f["Private_Clean"] + f["Private_Dirty"])
 
-# %% ../nbs/30_benchmarks.ipynb #3b57dbf7
+# %% ../nbs/30_benchmarks.ipynb #feaa9ee0
 class _ReadThenWait(torch.utils.data.Dataset):
     """Item `w`, one per DataLoader worker: read `ds[i]` for every `i` of `order[w]`, put (w, pid, seconds) on queue
     `done`, then wait for event `release`: the parent measures each worker alive, after its reads."""
@@ -424,7 +424,7 @@ class _ReadThenWait(torch.utils.data.Dataset):
         self.release.wait(1800)
         return pixels
 
-# %% ../nbs/30_benchmarks.ipynb #6fd1b175
+# %% ../nbs/30_benchmarks.ipynb #bfab8284
 def _workers_memory(ds, workers: int, items: int, seed: int = 0) -> tuple:
     """PSS/USS of this process and of `workers` forked DataLoader workers once each has read `items` items of `ds`
     (a random permutation of it, split between the workers), and the mask pixels each read."""
@@ -442,7 +442,7 @@ def _workers_memory(ds, workers: int, items: int, seed: int = 0) -> tuple:
     release.set()
     return rows, list(it)
 
-# %% ../nbs/30_benchmarks.ipynb #2b7a0f67
+# %% ../nbs/30_benchmarks.ipynb #c2d88c36
 def _coco_memory_child(root, split: str, workers: int, items: int) -> dict:
     "The measurements of `bench_coco_memory`, made in this process (a fresh one)."
     import gc
@@ -464,14 +464,14 @@ def _coco_memory_child(root, split: str, workers: int, items: int) -> dict:
                 dataset_rss_mib=m1["rss"] - m0["rss"], dataset_uss_mib=m1["uss"] - m0["uss"], processes=rows,
                 total_pss_mib=sum(r["pss"] for r in rows), mask_pixels=pixels)
 
-# %% ../nbs/30_benchmarks.ipynb #1007322d
+# %% ../nbs/30_benchmarks.ipynb #700f9417
 def _machine() -> dict:
     "The machine a measurement ran on: CPU, cores, memory, Python, torch, OS."
     mem = next(int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
     return dict(cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), memory_gib=round(mem / 2**20, 1),
                 python=platform.python_version(), torch=torch.__version__, os=platform.platform())
 
-# %% ../nbs/30_benchmarks.ipynb #74c0a613
+# %% ../nbs/30_benchmarks.ipynb #3e75b65f
 def bench_coco_memory(root, split: str = "train2017", workers: int = 4, items: int = 2000, out=None) -> dict:
     """In a fresh Python process: the first parse of `split`'s annotation file, the dataset's construction time and
     memory, then the PSS of that process and of `workers` forked DataLoader workers after each read `items` items.
@@ -494,7 +494,7 @@ def bench_coco_memory(root, split: str = "train2017", workers: int = 4, items: i
         Path(out).write_text(json.dumps(res, indent=1) + "\n")
     return res
 
-# %% ../nbs/30_benchmarks.ipynb #4778e2f2
+# %% ../nbs/30_benchmarks.ipynb #2dce876a
 def coco_memory_rows(results: dict) -> list:
     "One row per measurement of `bench_coco_memory` (`results`: name -> its dict): times and memory, in s and MiB."
     rows = []
@@ -505,7 +505,7 @@ def coco_memory_rows(results: dict) -> list:
                          worker_uss_max=max(p["uss"] for p in workers), total_pss_mib=r["total_pss_mib"]))
     return rows
 
-# %% ../nbs/30_benchmarks.ipynb #67ffed2d
+# %% ../nbs/30_benchmarks.ipynb #fe4173dd
 def plot_coco_memory(results: dict, target_mib: float = 300, size: float = 3.4):
     """PSS of each process, main and workers (left), and each worker's private pages, USS (right), per measurement
     of `bench_coco_memory` (`results`: name -> its dict, e.g. before and after), with the machine in the title."""
@@ -521,6 +521,7 @@ def plot_coco_memory(results: dict, target_mib: float = 300, size: float = 3.4):
             x = np.arange(len(keys)) + (k - (len(names) - 1) / 2) * width
             ax.bar(x, [rows[p][what] / 1024 for p in keys], width, label=name, color=f"C{3 if k == 0 else 0}")
     axs[1].axhline(target_mib / 1024, color="k", ls="--", lw=1, label=f"{target_mib:.0f} MiB")
+    for ax in axs: ax.set_ylim(0, max(target_mib / 1024, *(p.get_height() for p in ax.patches)) * 1.35)   # legend room
     titles = ("PSS per process (GiB)", "each worker's own pages, USS (GiB)")
     for ax, keys, title in zip(axs, (procs, procs[1:]), titles):
         ax.set_xticks(range(len(keys)), [p.replace("worker ", "w") for p in keys], fontsize=9)
