@@ -5,19 +5,24 @@
 # %% ../nbs/30_benchmarks.ipynb #c4ef9587
 from __future__ import annotations
 
+import json
+import os
 import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .core import Timer, peak_memory_rise
-from .data import COCODataset, RandomHorizontalFlip
+from .data import COCODataset, RandomHorizontalFlip, annotation_file
 from .model import Transform
 from .shapes import make_shapes
 
 # %% auto #0
-__all__ = ['ROI_WORKLOADS', 'time_dataset', 'format_rows', 'bench_data', 'roi_workload', 'bench_roi', 'bench_model']
+__all__ = ['ROI_WORKLOADS', 'COCO_CATEGORY_IDS', 'COCO_SIZES', 'time_dataset', 'format_rows', 'bench_data', 'roi_workload',
+           'bench_roi', 'bench_model', 'make_coco_scale_annotations', 'plot_annotation_structure', 'bench_coco_memory',
+           'coco_memory_rows', 'plot_coco_memory']
 
 # %% ../nbs/30_benchmarks.ipynb #6a6c3444
 def time_dataset(dataset, n: int | None = None, warmup: int = 2, threads: int | None = 1, then=None) -> dict:
@@ -276,3 +281,255 @@ def bench_model(repeats: int = 3, size=(800, 1066), train_size=(800, 1066), prog
               ("train step (2 images)", "ours", step(ours_train))]
     times, peaks = _time_interleaved(cases, repeats, progress)
     return _model_rows(cases, times, peaks, detections)
+
+# %% ../nbs/30_benchmarks.ipynb #9321ca51
+COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]   # COCO's 80
+COCO_SIZES = ((640, 480), (640, 427), (480, 640), (640, 426), (500, 375))   # (w, h): frequent COCO image sizes
+_CATEGORY_P = np.array([0.25] + [0.75 / 79] * 79)   # a quarter of COCO's instances are people (category 1)
+
+# %% ../nbs/30_benchmarks.ipynb #eb10fe2b
+def _star_polygons(rng, centers, radii, n_vertices) -> np.ndarray:
+    """Vertices (sum(n_vertices), 2) of star-shaped polygons around `centers` (P, 2) with `radii` (P,), `n_vertices`
+    (P,) each, in angular order, rounded to 2 decimals like COCO's."""
+    starts = np.concatenate([[0], np.cumsum(n_vertices)[:-1]])
+    steps = rng.random(int(np.sum(n_vertices))) + 0.3                    # angle increments, normalized per polygon
+    cum = np.cumsum(steps)
+    before = np.repeat(cum[starts] - steps[starts], n_vertices)
+    total = np.repeat(np.add.reduceat(steps, starts), n_vertices)
+    theta = (cum - before) / total * 2 * np.pi + np.repeat(rng.random(len(starts)) * 2 * np.pi, n_vertices)
+    rad = np.repeat(radii, n_vertices) * (0.55 + 0.45 * rng.random(len(theta)))
+    xy = np.repeat(centers, n_vertices, axis=0) + rad[:, None] * np.stack([np.cos(theta), np.sin(theta)], 1)
+    return np.round(xy, 2)
+
+# %% ../nbs/30_benchmarks.ipynb #c372eaab
+def _crowd_rle(rng, w: int, h: int) -> tuple:
+    """A crowd region as COCO stores it, an uncompressed RLE (column-major runs, zeros first) of a blob in a `w` x `h`
+    image, with its bbox `[x, y, w, h]` and area."""
+    x0 = int(rng.integers(0, w // 2))
+    ncol, bh = int(rng.integers(20, w - x0)), int(rng.integers(20, h // 2))
+    top = np.clip(int(rng.integers(0, h - bh)) + np.cumsum(rng.integers(-2, 3, ncol)), 0, h - bh)
+    hc = np.clip(bh + np.cumsum(rng.integers(-2, 3, ncol)), 1, h - top)
+    gaps = h - top[:-1] - hc[:-1] + top[1:]                         # zeros from one column's blob to the next's
+    counts = ([x0 * h + int(top[0])] + np.stack([hc[:-1], gaps], 1).ravel().tolist()
+              + [int(hc[-1]), h - int(top[-1] + hc[-1]) + (w - x0 - ncol) * h])
+    bbox = [float(x0), float(top.min()), float(ncol), float((top + hc).max() - top.min())]
+    return dict(counts=counts, size=[h, w]), bbox, float(hc.sum())
+
+# %% ../nbs/30_benchmarks.ipynb #2fc51644
+def _instance_chunk(rng, first_id: int, image_ids, whs, crowd_fraction: float) -> list:
+    """COCO annotations for the images `image_ids` (one per annotation) of sizes `whs` (k, 2): polygons of 6-39
+    vertices (12 % of instances in 2-4 parts), a `crowd_fraction` of crowds as uncompressed RLE."""
+    k = len(image_ids)
+    parts = np.where(rng.random(k) < 0.12, rng.integers(2, 5, k), 1)
+    owner = np.repeat(np.arange(k), parts)
+    radius = np.clip(rng.lognormal(3.2, 0.9, k), 4, 200)
+    first = np.concatenate([[1], np.diff(owner)]) > 0
+    center = rng.random((k, 2)) * whs
+    centers = center[owner] + np.where(first, 0, 1)[:, None] * rng.normal(0, 1, (len(owner), 2)) * radius[owner, None]
+    n_v = rng.integers(6, 40, len(owner))
+    xy = _star_polygons(rng, centers, radius[owner] * np.where(first, 1, 0.5), n_v)
+    xy = np.clip(xy, 0, np.repeat(whs[owner], n_v, 0))                  # inside the image
+    v_start = np.concatenate([[0], np.cumsum(n_v)]); a_start = v_start[np.concatenate([[0], np.cumsum(parts)])]
+    lo, hi = np.minimum.reduceat(xy, a_start[:-1]), np.maximum.reduceat(xy, a_start[:-1])
+    nxt = np.arange(len(xy)) + 1; nxt[v_start[1:] - 1] = v_start[:-1]
+    part_area = 0.5 * np.abs(np.add.reduceat(xy[:, 0] * xy[nxt, 1] - xy[nxt, 0] * xy[:, 1], v_start[:-1]))
+    area = np.add.reduceat(part_area, np.concatenate([[0], np.cumsum(parts)[:-1]]))
+    flat, vs, ps = xy.ravel().tolist(), (2 * v_start).tolist(), np.concatenate([[0], np.cumsum(parts)]).tolist()
+    cats = rng.choice(COCO_CATEGORY_IDS, k, p=_CATEGORY_P)
+    crowd = rng.random(k) < crowd_fraction
+    anns = []
+    for a in range(k):
+        w, h = int(whs[a, 0]), int(whs[a, 1])
+        if crowd[a]: segm, bbox, ar = _crowd_rle(rng, w, h)
+        else:
+            segm = [flat[vs[p]:vs[p + 1]] for p in range(ps[a], ps[a + 1])]
+            bbox = np.round(np.concatenate([lo[a], hi[a] - lo[a]]), 2).tolist(); ar = round(float(area[a]), 2)
+        anns.append(dict(segmentation=segm, area=ar, iscrowd=int(crowd[a]), image_id=int(image_ids[a]), bbox=bbox,
+                         category_id=int(cats[a]), id=first_id + a))
+    return anns
+
+# %% ../nbs/30_benchmarks.ipynb #bb7c52f7
+def make_coco_scale_annotations(root, n_images: int = 118_287, n_annotations: int = 860_001, split: str = "train2017",
+                                seed: int = 0, crowd_fraction: float = 0.01, chunk: int = 50_000) -> Path:
+    """Write `ROOT/annotations/instances_{split}.json` the size of COCO 2017's train file (80 categories with COCO's
+    ids, polygons, 1 % crowds as uncompressed RLE) and, in `ROOT/{split}/`, one small JPEG per image size, which all
+    images of that size name as their `file_name`. Returns the annotation file."""
+    from PIL import Image
+    root, rng = Path(root), np.random.default_rng(seed)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / split).mkdir(exist_ok=True)
+    for w, h in COCO_SIZES: Image.new("RGB", (w, h), (124, 116, 104)).save(root / split / f"{w}x{h}.jpg", quality=80)
+    ids = np.sort(rng.choice(600_000, n_images, replace=False) + 1)
+    whs = np.array(COCO_SIZES)[rng.choice(len(COCO_SIZES), n_images, p=[0.55, 0.2, 0.15, 0.05, 0.05])]
+    images = [dict(id=int(ids[i]), file_name=f"{whs[i, 0]}x{whs[i, 1]}.jpg", width=int(whs[i, 0]),
+                   height=int(whs[i, 1]), license=1 + int(i) % 8)
+              for i in rng.permutation(n_images)]                        # listed out of id order, as in COCO
+    cats = [dict(id=c, name=f"category {c}", supercategory="thing") for c in COCO_CATEGORY_IDS]
+    owner = rng.integers(0, n_images, n_annotations)
+    path = root / "annotations" / f"instances_{split}.json"
+    with open(path.with_suffix(".part"), "w") as f:                  # renamed when complete
+        f.write('{"info": {"description": "synthetic, COCO 2017 train size"}, "licenses": [], "images": '
+                + json.dumps(images) + ', "categories": ' + json.dumps(cats) + ', "annotations": [')
+        for s in range(0, n_annotations, chunk):
+            o = owner[s:s + chunk]
+            f.write(("," if s else "") + json.dumps(_instance_chunk(rng, s + 1, ids[o], whs[o], crowd_fraction))[1:-1])
+        f.write("]}")
+    path.with_suffix(".part").replace(path)
+    return path
+
+# %% ../nbs/30_benchmarks.ipynb #3718efe7
+def plot_annotation_structure(ann_file, size: float = 3.0):
+    """The shape of a COCO annotation file, in three histograms: vertices per polygon, polygons per instance (crowds
+    apart), instances per image."""
+    import matplotlib.pyplot as plt
+    d = json.loads(Path(ann_file).read_text())
+    inst = [a for a in d["annotations"] if not a.get("iscrowd")]
+    verts = [len(p) // 2 for a in inst for p in a["segmentation"]]
+    parts = [len(a["segmentation"]) for a in inst]
+    index = {im["id"]: i for i, im in enumerate(d["images"])}
+    per_image = np.bincount([index[a["image_id"]] for a in d["annotations"]], minlength=len(d["images"]))
+    fig, axs = plt.subplots(1, 3, figsize=(3 * size, size))
+    axs[0].hist(verts, bins=np.arange(max(verts) + 2) - 0.5, color="C0")
+    axs[0].set_title(f"vertices per polygon (mean {np.mean(verts):.1f})", fontsize=9)
+    axs[1].bar(*np.unique(parts, return_counts=True), color="C2")
+    axs[1].set(yscale="log", xticks=range(1, max(parts) + 1))
+    axs[1].set_title("polygons per instance", fontsize=9)
+    axs[2].hist(per_image, bins=np.arange(per_image.max() + 2) - 0.5, color="C1")
+    axs[2].set_title(f"instances per image (mean {per_image.mean():.1f})", fontsize=9)
+    fig.suptitle(f"{Path(ann_file).name}: {len(d['images']):,} images, {len(d['annotations']):,} annotations, "
+                 f"{len(d['annotations']) - len(inst):,} crowds (RLE)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/30_benchmarks.ipynb #39ad4a1a
+def _proc_memory(pid="self") -> dict:
+    "RSS, PSS and USS (its private pages) of process `pid`, in MiB, from `/proc/PID/smaps_rollup`."
+    f = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        f[key] = int(value.split()[0]) / 1024
+    return dict(rss=f["Rss"], pss=f["Pss"], uss=f["Private_Clean"] + f["Private_Dirty"])
+
+# %% ../nbs/30_benchmarks.ipynb #feaa9ee0
+class _ReadThenWait(torch.utils.data.Dataset):
+    """Item `w`, one per DataLoader worker: read `ds[i]` for every `i` of `order[w]`, put (w, pid, seconds) on queue
+    `done`, then wait for event `release`: the parent measures each worker alive, after its reads."""
+    def __init__(self, ds, order: list, done, release):
+        self.ds, self.order, self.done, self.release = ds, order, done, release
+    def __len__(self): return len(self.order)
+    def __getitem__(self, w: int) -> int:
+        t0, pixels = time.perf_counter(), 0
+        for i in self.order[w]: pixels += int(self.ds[int(i)][1]["masks"].sum())
+        self.done.put((w, os.getpid(), time.perf_counter() - t0))
+        self.release.wait(1800)
+        return pixels
+
+# %% ../nbs/30_benchmarks.ipynb #bfab8284
+def _workers_memory(ds, workers: int, items: int, seed: int = 0) -> tuple:
+    """PSS/USS of this process and of `workers` forked DataLoader workers once each has read `items` items of `ds`
+    (a random permutation of it, split between the workers), and the mask pixels each read."""
+    import multiprocessing as mp
+    perm = np.random.default_rng(seed).permutation(len(ds))
+    order = [perm[w * items:(w + 1) * items] for w in range(workers)]
+    ctx = mp.get_context("fork")
+    done, release = ctx.Queue(), ctx.Event()
+    loader = torch.utils.data.DataLoader(_ReadThenWait(ds, order, done, release), batch_size=None,
+                                         num_workers=workers, multiprocessing_context=ctx)
+    it = iter(loader)                                         # starts the workers: each gets one item, w
+    reports = sorted(done.get(timeout=3600) for _ in range(workers))
+    rows = [dict(process="main", items=0, read_s=0.0, **_proc_memory())]
+    rows += [dict(process=f"worker {w}", items=len(order[w]), read_s=s, **_proc_memory(pid)) for w, pid, s in reports]
+    release.set()
+    return rows, list(it)
+
+# %% ../nbs/30_benchmarks.ipynb #c2d88c36
+def _coco_memory_child(root, split: str, workers: int, items: int) -> dict:
+    "The measurements of `bench_coco_memory`, made in this process (a fresh one)."
+    import gc
+    from mrcnn_nb import data
+    parse, real = {}, data.load_coco_json
+    def timed(path):
+        t0 = time.perf_counter()
+        out = real(path)
+        parse["s"] = time.perf_counter() - t0
+        return out
+    data.load_coco_json = timed
+    gc.collect(); m0, t0 = _proc_memory(), time.perf_counter()
+    ds = data.COCODataset(root, split)
+    build_s = time.perf_counter() - t0
+    gc.collect(); m1 = _proc_memory()
+    data.load_coco_json = real
+    rows, pixels = _workers_memory(ds, workers, items)
+    return dict(images=len(ds), annotations=ds.stats["annotations"], json_parse_s=parse["s"], dataset_build_s=build_s,
+                dataset_rss_mib=m1["rss"] - m0["rss"], dataset_uss_mib=m1["uss"] - m0["uss"], processes=rows,
+                total_pss_mib=sum(r["pss"] for r in rows), mask_pixels=pixels)
+
+# %% ../nbs/30_benchmarks.ipynb #700f9417
+def _machine() -> dict:
+    "The machine a measurement ran on: CPU, cores, memory, Python, torch, OS."
+    mem = next(int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
+    return dict(cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), memory_gib=round(mem / 2**20, 1),
+                python=platform.python_version(), torch=torch.__version__, os=platform.platform())
+
+# %% ../nbs/30_benchmarks.ipynb #3e75b65f
+def bench_coco_memory(root, split: str = "train2017", workers: int = 4, items: int = 2000, out=None) -> dict:
+    """In a fresh Python process: the first parse of `split`'s annotation file, the dataset's construction time and
+    memory, then the PSS of that process and of `workers` forked DataLoader workers after each read `items` items.
+    Written to `out` (JSON) when given."""
+    import datetime, subprocess, sys
+    import mrcnn_nb
+    code = ("import json, sys; from mrcnn_nb.bench import _coco_memory_child as f; "
+            "print(json.dumps(f(*json.loads(sys.argv[1]))))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(mrcnn_nb.__file__).parents[1]),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-c", code, json.dumps([str(root), split, workers, items])],
+                       capture_output=True, text=True, env=env)
+    if r.returncode: raise RuntimeError(f"the measuring process failed:\n{r.stderr[-3000:]}")
+    ann = annotation_file(root, split)
+    res = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), machine=_machine(),
+               annotation_file=ann.name, json_mib=ann.stat().st_size / 2**20, workers=workers, items_per_worker=items)
+    res |= json.loads(r.stdout.strip().splitlines()[-1])
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(res, indent=1) + "\n")
+    return res
+
+# %% ../nbs/30_benchmarks.ipynb #2dce876a
+def coco_memory_rows(results: dict) -> list:
+    "One row per measurement of `bench_coco_memory` (`results`: name -> its dict): times and memory, in s and MiB."
+    rows = []
+    for name, r in results.items():
+        workers = [p for p in r["processes"] if p["process"] != "main"]
+        rows.append(dict(code=name, images=r["images"], json_parse_s=r["json_parse_s"], build_s=r["dataset_build_s"],
+                         dataset_mib=r["dataset_uss_mib"], main_pss=r["processes"][0]["pss"],
+                         worker_uss_max=max(p["uss"] for p in workers), total_pss_mib=r["total_pss_mib"]))
+    return rows
+
+# %% ../nbs/30_benchmarks.ipynb #fe4173dd
+def plot_coco_memory(results: dict, target_mib: float = 300, size: float = 3.4):
+    """PSS of each process, main and workers (left), and each worker's private pages, USS (right), per measurement
+    of `bench_coco_memory` (`results`: name -> its dict, e.g. before and after), with the machine in the title."""
+    import matplotlib.pyplot as plt
+    names = list(results)
+    procs = [p["process"] for p in results[names[0]]["processes"]]
+    fig, axs = plt.subplots(1, 2, figsize=(2.6 * size, size),
+                            gridspec_kw=dict(width_ratios=(len(procs), len(procs) - 1)))
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        rows = {p["process"]: p for p in results[name]["processes"]}
+        for ax, keys, what in ((axs[0], procs, "pss"), (axs[1], procs[1:], "uss")):
+            x = np.arange(len(keys)) + (k - (len(names) - 1) / 2) * width
+            ax.bar(x, [rows[p][what] / 1024 for p in keys], width, label=name, color=f"C{3 if k == 0 else 0}")
+    axs[1].axhline(target_mib / 1024, color="k", ls="--", lw=1, label=f"{target_mib:.0f} MiB")
+    for ax in axs: ax.set_ylim(0, max(target_mib / 1024, *(p.get_height() for p in ax.patches)) * 1.35)   # legend room
+    titles = ("PSS per process (GiB)", "each worker's own pages, USS (GiB)")
+    for ax, keys, title in zip(axs, (procs, procs[1:]), titles):
+        ax.set_xticks(range(len(keys)), [p.replace("worker ", "w") for p in keys], fontsize=9)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+    r, m = results[names[0]], results[names[0]]["machine"]
+    fig.suptitle(f"{r['images']:,} images, {r['annotations']:,} annotations; {r['workers']} forked workers read "
+                 f"{r['items_per_worker']:,} items each\n({m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
+                 f"Python {m['python']}, torch {m['torch']})", fontsize=9)
+    fig.tight_layout()
+    return fig

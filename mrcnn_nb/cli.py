@@ -611,15 +611,31 @@ def _bench_args(s):
                    help="roi, model: timed runs per case, the median is reported (default 5)")
     s.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1: one worker)")
     s.add_argument("--work", default=None, help="directory for generated benchmark data (cached)")
+    s.add_argument("--coco-scale", action="store_true",
+                   help="data: memory instead of speed, of a generated COCO-size dataset read by forked workers")
+    s.add_argument("--images", type=_positive_int, default=118_287,
+                   help="--coco-scale: images in the generated file (default 118287, COCO 2017 train; "
+                        "annotations in proportion, 860001 for the default)")
+    s.add_argument("--workers", type=_positive_int, default=4, help="--coco-scale: DataLoader workers (default 4)")
+    s.add_argument("--items", type=_positive_int, default=2000,
+                   help="--coco-scale: items each worker reads (default 2000)")
 
 # %% ../nbs/15_cli.ipynb #cb2d836f
 def cmd_bench(args) -> int:
     "Run a benchmark and print its table."
     import tempfile
     from mrcnn_nb.bench import bench_data, format_rows
-    if args.what == "data":
-        work = Path(args.work) if args.work else Path(tempfile.gettempdir()) / "mrcnn_nb_bench"
-        print(format_rows(bench_data(work, n=args.n, threads=args.threads)))
+    work = Path(args.work) if args.work else Path(tempfile.gettempdir()) / "mrcnn_nb_bench"
+    if args.what == "data" and args.coco_scale:
+        from mrcnn_nb.bench import bench_coco_memory, coco_memory_rows, make_coco_scale_annotations
+        root = work / f"coco_scale_{args.images}"
+        if not (root / "annotations" / "instances_train2017.json").exists():   # written once, then reused
+            make_coco_scale_annotations(root, args.images, round(args.images * 860_001 / 118_287))
+        r = bench_coco_memory(root, workers=args.workers, items=args.items)
+        print(format_rows(coco_memory_rows({"this code": r})))
+        print(format_rows([{k: p[k] for k in ("process", "items", "rss", "pss", "uss")} for p in r["processes"]],
+                          machine=False))
+    elif args.what == "data": print(format_rows(bench_data(work, n=args.n, threads=args.threads)))
     elif args.what == "roi":
         from mrcnn_nb.bench import bench_roi
         print(format_rows(bench_roi(repeats=args.repeats)))
@@ -628,5 +644,6 @@ def cmd_bench(args) -> int:
         print(format_rows(bench_model(repeats=args.repeats)))
     return 0
 COMMANDS["bench"] = (_bench_args, cmd_bench, "measure speed on this machine",
-                     "Benchmarks: data loading per worker (data); RoIAlign / RoIPool against torchvision (roi); "
+                     "Benchmarks: data loading per worker (data; with --coco-scale, the memory of a COCO-size "
+                     "dataset in forked workers); RoIAlign / RoIPool against torchvision (roi); "
                      "R-50-FPN Mask R-CNN inference and training step against torchvision (model).")

@@ -8,9 +8,10 @@ from __future__ import annotations
 import io
 import json
 import math
+import pickle
 from collections import Counter
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +25,9 @@ from .core import UserInputError
 # %% auto #0
 __all__ = ['ANNOTATION_PREFIX', 'SPLIT_NAMES', 'annotation_file', 'find_split', 'load_coco_json', 'check_polygons',
            'compressed_rle_counts', 'segmentation_to_rle', 'decode_rles', 'CategoryMap', 'keypoint_flip_indices',
-           'to_rgb', 'read_image', 'COCODataset', 'plot_coco_annotations', 'describe_split', 'check_image_files',
-           'Compose', 'RandomHorizontalFlip', 'AddProposals', 'ImageBatch', 'pad_images', 'aspect_ratio_groups',
-           'GroupedBatchSampler']
+           'to_rgb', 'read_image', 'CompactRecords', 'COCODataset', 'plot_coco_annotations', 'describe_split',
+           'check_image_files', 'python_footprint', 'plot_record_footprint', 'Compose', 'RandomHorizontalFlip',
+           'AddProposals', 'ImageBatch', 'pad_images', 'aspect_ratio_groups', 'GroupedBatchSampler']
 
 # %% ../nbs/02_data.ipynb #751a7539
 ANNOTATION_PREFIX = {"instances": "instances", "keypoints": "person_keypoints"}   # kind -> file name prefix
@@ -381,6 +382,32 @@ def _record_target(r: dict, with_masks: bool, num_keypoints: int, ann_file) -> d
     t["orig_size"] = t["size"] = torch.tensor([h, w])
     return t
 
+# %% ../nbs/02_data.ipynb #aa9d3318
+class CompactRecords:
+    """A read-only sequence of picklable records stored as one `uint8` buffer of pickles and an `int64` array of
+    offsets: two objects, however many records, so forked workers that read them copy no pages."""
+    def __init__(self, records):
+        blobs = [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in records]
+        self.offsets = np.cumsum([0] + [len(b) for b in blobs], dtype=np.int64)   # (n + 1,) record i: [o[i], o[i+1])
+        self.buffer = np.frombuffer(b"".join(blobs), dtype=np.uint8)                # (o[n],) read-only
+    def __len__(self) -> int: return len(self.offsets) - 1
+    def __getitem__(self, i: int):
+        n = len(self)
+        if not -n <= i < n: raise IndexError(f"record {i} of {n}")
+        i = i % n
+        return pickle.loads(self.buffer[self.offsets[i]:self.offsets[i + 1]])
+    def __iter__(self): return (self[i] for i in range(len(self)))
+    @property
+    def nbytes(self) -> int: return self.buffer.nbytes + self.offsets.nbytes
+    def __repr__(self): return f"CompactRecords({len(self)} records, {self.nbytes:,} bytes)"
+
+# %% ../nbs/02_data.ipynb #e8518e00
+def _release_free_memory() -> bool:
+    "Return the C heap's free pages to the system (glibc's `malloc_trim`); False where that function does not exist."
+    import ctypes, ctypes.util
+    try: return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0) or True)
+    except (OSError, AttributeError): return False
+
 # %% ../nbs/02_data.ipynb #efd0800b
 class COCODataset(torch.utils.data.Dataset):
     """A COCO-2017-layout dataset: `ROOT/annotations/{instances|person_keypoints}_{split}.json`, images in
@@ -396,7 +423,7 @@ class COCODataset(torch.utils.data.Dataset):
         if not self.image_dir.is_dir():
             raise UserInputError(f"{self.image_dir}: image directory for split {split!r} not found")
         data = load_coco_json(self.ann_file)
-        self.coco = _quiet_coco(data)
+        self._raw = np.frombuffer(pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL), np.uint8)   # for .coco
         self.categories = CategoryMap.from_categories(data["categories"])
         self.keypoint_names, self.skeleton = [], []
         if kind == "keypoints":
@@ -405,7 +432,18 @@ class COCODataset(torch.utils.data.Dataset):
         self.stats = Counter()
         record = partial(_annotation_record, ann_file=self.ann_file, categories=self.categories,
                          num_keypoints=len(self.keypoint_names), with_masks=with_masks, bad_polygons=bad_polygons)
-        self.records = _index_records(data, record, skip_empty, self.stats)
+        self.records = CompactRecords(_index_records(data, record, skip_empty, self.stats))
+        del data
+        _release_free_memory()
+
+    @cached_property
+    def coco(self):
+        """pycocotools' index of the whole annotation file (crowds and empty images too), for evaluation: built on
+        first use from the file's content kept pickled, not read again (a copy unpickled elsewhere reads it)."""
+        return _quiet_coco(pickle.loads(self._raw) if self._raw is not None else load_coco_json(self.ann_file))
+    def __getstate__(self) -> dict:
+        "What a pickle (a spawned DataLoader worker) gets: the compact records, not the file's content nor `coco`."
+        return {k: v for k, v in self.__dict__.items() if k != "coco"} | {"_raw": None}
 
     def __len__(self): return len(self.records)
     @property
@@ -526,6 +564,45 @@ def check_image_files(ds: COCODataset, show: int = 5):
         more = f" (and {len(bad) - show} more)" if len(bad) > show else ""
         raise UserInputError(f"{len(bad)} of the {len(ds)} images of split {ds.split!r} can not be used{more}: "
                              + "; ".join(bad[:show]))
+
+# %% ../nbs/02_data.ipynb #28bef8d4
+def python_footprint(obj) -> tuple:
+    """(bytes, objects) of `obj` and everything it holds through dicts, lists and tuples, each object counted once
+    (`sys.getsizeof`): what the Python objects of a record cost, and how many reference counts they carry."""
+    import sys
+    seen, stack, size = set(), [obj], 0
+    while stack:
+        o = stack.pop()
+        if id(o) in seen: continue
+        seen.add(id(o))
+        size += sys.getsizeof(o)
+        if isinstance(o, dict): stack.extend([*o.keys(), *o.values()])
+        elif isinstance(o, (list, tuple)): stack.extend(o)
+    return size, len(seen)
+
+# %% ../nbs/02_data.ipynb #1046b99a
+def plot_record_footprint(ds, size: float = 3.6):
+    """Each record of `ds` (a `COCODataset`): its bytes as Python objects against its bytes in the compact buffer
+    (left); all of them both ways, with the number of objects (right)."""
+    import matplotlib.pyplot as plt
+    recs = list(ds.records)
+    py, packed = np.array([python_footprint(r)[0] for r in recs]), np.diff(ds.records.offsets)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(2.4 * size, size))
+    a.scatter(packed, py, s=14, color="tab:blue")
+    top = max(py.max(), packed.max()) * 1.05
+    a.plot([0, top], [0, top], "k--", lw=1, label="equal size")
+    a.set(xlim=(0, top), ylim=(0, top), xlabel="bytes in the buffer (pickled)", ylabel="bytes as Python objects",
+          title="one record per image")
+    a.legend(fontsize=8, loc="lower right")
+    total, objects = python_footprint(recs)
+    bars = b.bar(["list of records", "CompactRecords"], [total / 1024, ds.records.nbytes / 1024],
+                 color=["tab:red", "tab:blue"])
+    for bar, n in zip(bars, (objects, 2)):
+        b.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{n:,} objects", ha="center", va="bottom",
+               fontsize=9)
+    b.set(ylabel="KiB", title=f"all {len(recs)} records", ylim=(0, total / 1024 * 1.15))
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/02_data.ipynb #0208b7c3
 class Compose:
