@@ -110,8 +110,10 @@ def _check_images(images: list, path):
 
 # %% ../nbs/02_data.ipynb #c0016c01
 def _check_unique_ids(data: dict, path):
-    "Raise if two images, two categories or two annotations of `data` share an id."
+    "Raise unless the images, the categories and the annotations of `data` each have integer ids of their own."
     for key, what in (("images", "image"), ("categories", "category"), ("annotations", "annotation")):
+        bad = next((e for e in data[key] if "id" in e and not _is_int(e["id"])), None)
+        if bad is not None: raise UserInputError(f"{path}: {what} id {str(bad['id'])[:40]} must be an integer")
         ids = [e.get("id") for e in data[key]]
         dup = next((i for i, n in Counter(map(str, ids)).items() if n > 1), None)
         if dup is not None: raise UserInputError(f"{path}: {what} id {dup} appears more than once in {key!r}")
@@ -124,6 +126,8 @@ def _check_annotations(data: dict, path):
     for a in data["annotations"]:
         where = f"{path}: annotation {a.get('id', '?')}"
         _need(a, ["id", "image_id", "category_id", "bbox"], where)
+        for k in ("image_id", "category_id"):
+            if not _is_int(a[k]): raise UserInputError(f"{where}: {k} must be an integer, got {str(a[k])[:40]}")
         if a["image_id"] not in image_ids: raise UserInputError(f"{where}: image_id {a['image_id']} is not in 'images'")
         if a["category_id"] not in cat_ids:
             raise UserInputError(f"{where}: category_id {a['category_id']} is not in 'categories'")
@@ -408,6 +412,24 @@ def _release_free_memory() -> bool:
     try: return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0) or True)
     except (OSError, AttributeError): return False
 
+# %% ../nbs/02_data.ipynb #80d205ef
+def _index_file(ds, skip_empty: bool, bad_polygons: str):
+    """Read `ds.ann_file` once, into dataset `ds`: its categories, keypoint names, compact records (`CompactRecords`),
+    what was dropped (`ds.stats`), and the file's content kept pickled for `ds.coco`."""
+    data = load_coco_json(ds.ann_file)
+    ds._raw = np.frombuffer(pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL), np.uint8)   # for .coco
+    ds.categories = CategoryMap.from_categories(data["categories"])
+    ds.keypoint_names, ds.skeleton = [], []
+    if ds.kind == "keypoints":
+        ds.keypoint_names, ds.skeleton, ds.oks_sigmas = _keypoint_category(data, ds.ann_file)
+    ds.keypoint_flip = keypoint_flip_indices(ds.keypoint_names) if ds.keypoint_names else None
+    ds.stats = Counter()
+    record = partial(_annotation_record, ann_file=ds.ann_file, categories=ds.categories,
+                     num_keypoints=len(ds.keypoint_names), with_masks=ds.with_masks, bad_polygons=bad_polygons)
+    ds.records = CompactRecords(_index_records(data, record, skip_empty, ds.stats))
+    del data
+    _release_free_memory()
+
 # %% ../nbs/02_data.ipynb #efd0800b
 class COCODataset(torch.utils.data.Dataset):
     """A COCO-2017-layout dataset: `ROOT/annotations/{instances|person_keypoints}_{split}.json`, images in
@@ -422,19 +444,7 @@ class COCODataset(torch.utils.data.Dataset):
         self.image_dir = self.root / split
         if not self.image_dir.is_dir():
             raise UserInputError(f"{self.image_dir}: image directory for split {split!r} not found")
-        data = load_coco_json(self.ann_file)
-        self._raw = np.frombuffer(pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL), np.uint8)   # for .coco
-        self.categories = CategoryMap.from_categories(data["categories"])
-        self.keypoint_names, self.skeleton = [], []
-        if kind == "keypoints":
-            self.keypoint_names, self.skeleton, self.oks_sigmas = _keypoint_category(data, self.ann_file)
-        self.keypoint_flip = keypoint_flip_indices(self.keypoint_names) if self.keypoint_names else None
-        self.stats = Counter()
-        record = partial(_annotation_record, ann_file=self.ann_file, categories=self.categories,
-                         num_keypoints=len(self.keypoint_names), with_masks=with_masks, bad_polygons=bad_polygons)
-        self.records = CompactRecords(_index_records(data, record, skip_empty, self.stats))
-        del data
-        _release_free_memory()
+        _index_file(self, skip_empty, bad_polygons)
 
     @cached_property
     def coco(self):
@@ -502,7 +512,8 @@ def _draw_coco_annotation(ax, coco, a: dict, kept: bool, color):
     for part in a["segmentation"] if isinstance(a["segmentation"], list) else []:
         ax.add_patch(plt.Polygon(np.reshape(part, (-1, 2)), closed=True, fill=False, edgecolor=color, lw=1.5))
     x, y, bw, bh = a["bbox"]
-    ax.add_patch(plt.Rectangle((x, y), bw, bh, fill=False, edgecolor=color, lw=1 if kept else 2, ls="-" if kept else "--"))
+    ax.add_patch(plt.Rectangle((x, y), bw, bh, fill=False, edgecolor=color, lw=1 if kept else 2,
+                               ls="-" if kept else "--"))
     ax.text(x + 0.3, y + 0.3, str(a["id"]), color="white", fontsize=8, va="top", bbox=dict(fc=color, lw=0, pad=0.5))
 
 # %% ../nbs/02_data.ipynb #8066400c

@@ -123,3 +123,20 @@ def test_polygon_with_fewer_than_three_points(tmp_path):
         COCODataset(tmp_path, "val")
     ds = COCODataset(tmp_path, "val", bad_polygons="drop")
     assert ds.stats["bad_polygons_dropped"] == 1 and len(ds[0][1]["boxes"]) == 1
+
+
+@pytest.mark.parametrize("where, value, says", [
+    ("image", [1], "image id [1] must be an integer"),
+    ("category", {"a": 1}, "category id {'a': 1} must be an integer"),
+    ("image_id", [1], "image_id must be an integer, got [1]"),
+    ("category_id", {"x": 1}, "category_id must be an integer, got {'x': 1}"),
+])
+def test_ids_that_are_not_integers_are_named(tmp_path, where, value, says):
+    "Ids that are lists or objects (a hand-edited file) are refused in one line, not a TypeError from a set lookup."
+    images, anns, cats = [image(1)], [ann(1, 1, 1, [2, 2, 10, 10], [box_poly(2, 2, 12, 12)])], [dict(CATS[0])]
+    if where == "image": images[0]["id"] = value; anns[0]["image_id"] = value
+    elif where == "category": cats[0]["id"] = value; anns[0]["category_id"] = value
+    else: anns[0][where] = value
+    write_coco(tmp_path, "val", images, anns, cats)
+    with pytest.raises(UserInputError) as e: COCODataset(tmp_path, "val")
+    assert says in str(e.value), str(e.value)
