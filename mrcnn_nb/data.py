@@ -395,7 +395,9 @@ class CompactRecords:
         self.offsets = np.cumsum([0] + [len(b) for b in blobs], dtype=np.int64)   # (n + 1,) record i: [o[i], o[i+1])
         self.buffer = np.frombuffer(b"".join(blobs), dtype=np.uint8)                # (o[n],) read-only
     def __len__(self) -> int: return len(self.offsets) - 1
-    def __getitem__(self, i: int):
+    def __getitem__(self, i):
+        "Record `i`; a slice gives a list of records, as a list would."
+        if isinstance(i, slice): return [self[j] for j in range(*i.indices(len(self)))]
         n = len(self)
         if not -n <= i < n: raise IndexError(f"record {i} of {n}")
         i = i % n
@@ -412,7 +414,7 @@ def _release_free_memory() -> bool:
     try: return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0) or True)
     except (OSError, AttributeError): return False
 
-# %% ../nbs/02_data.ipynb #80d205ef
+# %% ../nbs/02_data.ipynb #51257871
 def _index_file(ds, skip_empty: bool, bad_polygons: str):
     """Read `ds.ann_file` once, into dataset `ds`: its categories, keypoint names, compact records (`CompactRecords`),
     what was dropped (`ds.stats`), and the file's content kept pickled for `ds.coco`."""
