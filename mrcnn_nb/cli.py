@@ -193,6 +193,26 @@ def prediction_figure(model, dataset, n: int = 6):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/15_cli.ipynb #6beafa6e
+def _length_and_start_args(s):
+    "The options of `mrcnn_nb train` that set how long a run is and where it starts."
+    s.add_argument("--iters", type=_positive_int, default=None, help="iterations (default: the preset's max_iter)")
+    s.add_argument("--epochs", type=_positive_float, default=None,
+                   help="the run's length in passes over the training split instead: ceil(E * images / batch) "
+                        "iterations, the lr steps at the same fractions of the run (not with --iters)")
+    s.add_argument("--batch", type=_positive_int, default=None,
+                   help="images per iteration over all processes (default: the preset's)")
+    s.add_argument("--weights", default=None,
+                   help="initial weights: ImageNet ResNet, torchvision Mask R-CNN, or an mrcnn_nb checkpoint")
+    s.add_argument("--freeze-trunk", action="store_true",
+                   help="keep the whole ResNet trunk frozen (trainable_layers=0); FPN, RPN and heads train")
+    s.add_argument("--heads-iters", type=_positive_int, default=None, metavar="N",
+                   help="train only the heads (RPN, box, mask, keypoint) for the first N iterations, then all the "
+                        "config lets train")
+    s.add_argument("--from-scratch", action="store_true",
+                   help="allow a frozen-BN preset (R_50_FPN, ...) to start without --weights (its frozen layers stay "
+                        "random); with norm=gn trainable_layers=5 no flag is needed")
+
 # %% ../nbs/15_cli.ipynb #ebd32241
 def _train_args(s):
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -207,22 +227,7 @@ def _train_args(s):
     s.add_argument("--val-split", default=None,
                    help="validation split, '' for none (default: the one of val, val2017, valid that exists)")
     s.add_argument("--out", default=None, help="output directory (default runs/CONFIG)")
-    s.add_argument("--iters", type=_positive_int, default=None, help="iterations (default: the preset's max_iter)")
-    s.add_argument("--epochs", type=_positive_float, default=None,
-                   help="the run's length in passes over the training split instead: ceil(E * images / batch) "
-                        "iterations (not with --iters)")
-    s.add_argument("--batch", type=_positive_int, default=None,
-                   help="images per iteration over all processes (default: the preset's)")
-    s.add_argument("--weights", default=None,
-                   help="initial weights: ImageNet ResNet, torchvision Mask R-CNN, or an mrcnn_nb checkpoint")
-    s.add_argument("--freeze-trunk", action="store_true",
-                   help="keep the whole ResNet trunk frozen (trainable_layers=0); FPN, RPN and heads train")
-    s.add_argument("--heads-iters", type=_positive_int, default=None, metavar="N",
-                   help="train only the heads (RPN, box, mask, keypoint) for the first N iterations, then all the "
-                        "config lets train")
-    s.add_argument("--from-scratch", action="store_true",
-                   help="allow a frozen-BN preset (R_50_FPN, ...) to start without --weights (its frozen layers stay "
-                        "random); with norm=gn trainable_layers=5 no flag is needed")
+    _length_and_start_args(s)
     s.add_argument("--dry-run", action="store_true",
                    help="read the data, decode a sample of images, run 2 iterations and evaluate 10 images, then print "
                         "s/iteration, peak memory and the projected time of the schedule; train nothing, write nothing")
