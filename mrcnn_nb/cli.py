@@ -123,6 +123,12 @@ def cmd_shapes(args) -> int:
 COMMANDS["shapes"] = (_shapes_args, cmd_shapes, "write a synthetic COCO-layout dataset",
                       "Write a synthetic COCO-2017-layout dataset: OUT/annotations/*.json and OUT/{train,val}/ images.")
 
+# %% ../nbs/15_cli.ipynb #4ed90635
+def _headless():
+    "Draw without a display (Agg) -- unless in a notebook, whose inline backend must stay for the figures after."
+    import matplotlib
+    if "inline" not in matplotlib.get_backend(): matplotlib.use("Agg")
+
 # %% ../nbs/15_cli.ipynb #ff72fac3
 def _bad_polygons_arg(s):
     s.add_argument("--bad-polygons", choices=["error", "drop"], default="error",
@@ -142,8 +148,7 @@ def _show_args(s):
 # %% ../nbs/15_cli.ipynb #830412d2
 def cmd_show(args) -> int:
     "Draw a grid of samples of a COCO-layout dataset to an image file."
-    import matplotlib
-    matplotlib.use("Agg")
+    _headless()
     from mrcnn_nb.data import COCODataset, find_split
     from mrcnn_nb.viz import plot_samples, save_figure
     split = args.split or find_split(args.root, "val", args.kind)
@@ -193,7 +198,7 @@ def prediction_figure(model, dataset, n: int = 6):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/15_cli.ipynb #6beafa6e
+# %% ../nbs/15_cli.ipynb #803a9b4c
 def _length_and_start_args(s):
     "The options of `mrcnn_nb train` that set how long a run is and where it starts."
     s.add_argument("--iters", type=_positive_int, default=None, help="iterations (default: the preset's max_iter)")
@@ -277,8 +282,7 @@ def _report_training(s: dict, name: str, out: Path):
     """Curves, summary (`metrics.json`) and predictions figure of a finished run, drawn from the model in memory;
     a line that says what."""
     import json
-    import matplotlib
-    matplotlib.use("Agg")
+    _headless()
     from mrcnn_nb.evaluate import format_metrics
     from mrcnn_nb.train import plot_metrics, read_metrics
     from mrcnn_nb.viz import save_figure
@@ -508,8 +512,7 @@ def cmd_predict(args) -> int:
     """Detections on image files and folders: a PNG overlay and a JSON file per image; COCO `results.json` and
     `images.json` for all."""
     import json
-    import matplotlib
-    matplotlib.use("Agg")
+    _headless()
     import torch
     from tqdm.auto import tqdm
     from mrcnn_nb.data import read_image
