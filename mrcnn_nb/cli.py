@@ -123,7 +123,7 @@ def cmd_shapes(args) -> int:
 COMMANDS["shapes"] = (_shapes_args, cmd_shapes, "write a synthetic COCO-layout dataset",
                       "Write a synthetic COCO-2017-layout dataset: OUT/annotations/*.json and OUT/{train,val}/ images.")
 
-# %% ../nbs/15_cli.ipynb #4ed90635
+# %% ../nbs/15_cli.ipynb #e5616471
 def _headless():
     "Draw without a display (Agg) -- unless in a notebook, whose inline backend must stay for the figures after."
     import matplotlib
