@@ -112,7 +112,8 @@ def test_the_protocols_acceptance_rule():
     for t in TABLES.values():
         for c in comparisons(t.key, STORE):
             presets = {VARIANTS[t.row(x).variant].preset for x in (c["row"], c["versus"])}
-            assert (c["verdict"] == "not testable") == bool(presets & failed), (t.key, c)
+            gated = c["verdict"] == "not testable" and c["reason"].startswith("not testable at CPU scale: the protocol")
+            assert gated == bool(presets & failed), (t.key, c)   # other reasons (too few seeds, resolution) aside
     sweep = [json.loads(p.read_text()) for p in (STORE.parent / "protocol-sweep").glob("*/seed*.json")]
     for v in REFERENCE_ROWS:
         if VARIANTS[v].preset in failed:
