@@ -31,12 +31,13 @@ __all__ = ['SCHEDULES', 'DEMO_MODELS', 'DIST_TIMEOUT_MINUTES', 'CLASS_SPECIFIC',
            'with_schedule', 'WarmupMultiStepLR', 'build_optimizer', 'TrainingBatches', 'BadItem', 'SeededItems',
            'collate_lists', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint',
            'config_from_checkpoint', 'model_from_checkpoint', 'half_checkpoint', 'demo_checkpoint', 'weights_problem',
-           'data_fingerprint', 'setup_distributed', 'read_metrics', 'truncate_metrics', 'plot_metrics', 'load_splits',
-           'fit_config', 'Run', 'load_finetuning_weights', 'load_initial_weights', 'check_initialization', 'resume_run',
-           'prepare_run', 'part_of', 'parameter_counts', 'trainable_parameters', 'describe_trainable', 'set_heads_only',
-           'enter_phase', 'plot_trainable', 'iters_for_epochs', 'scaled_schedule', 'training_plan', 'training_loader',
-           'train_step', 'LogMetrics', 'SaveCheckpoints', 'validation_loss', 'evaluate_run', 'EvaluateEvery', 'fit',
-           'train', 'TrackParts', 'plot_part_change', 'projected_hours', 'dry_run', 'format_dry_run']
+           'data_fingerprint', 'setup_distributed', 'leave_distributed', 'read_metrics', 'truncate_metrics',
+           'plot_metrics', 'load_splits', 'fit_config', 'Run', 'load_finetuning_weights', 'load_initial_weights',
+           'check_initialization', 'resume_run', 'prepare_run', 'part_of', 'parameter_counts', 'trainable_parameters',
+           'describe_trainable', 'set_heads_only', 'enter_phase', 'plot_trainable', 'iters_for_epochs',
+           'scaled_schedule', 'training_plan', 'training_loader', 'train_step', 'LogMetrics', 'SaveCheckpoints',
+           'validation_loss', 'evaluate_run', 'EvaluateEvery', 'fit', 'train', 'TrackParts', 'plot_part_change',
+           'projected_hours', 'dry_run', 'format_dry_run']
 
 # %% ../nbs/12_train.ipynb #ca2b0c47
 SCHEDULES = {
@@ -255,10 +256,16 @@ def setup_distributed(device: str = "auto") -> tuple:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        import datetime
+        import atexit, datetime
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(minutes=DIST_TIMEOUT_MINUTES))
+        atexit.register(leave_distributed)
     return dist.get_rank(), dist.get_world_size(), dev
+
+def leave_distributed():
+    "Destroy the process group, if one is joined. Left to the interpreter's exit, gloo's threads can abort the process."
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
 
 # %% ../nbs/12_train.ipynb #ae505c2f
 def read_metrics(path) -> list:
