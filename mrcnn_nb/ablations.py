@@ -9,7 +9,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import subprocess
 import tempfile
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import UserInputError, atomic_write, cache_dir, in_test
+from .core import UserInputError, atomic_write, cache_dir, in_test, machine_info
 from .model import Config, get_config
 
 # %% auto #0
@@ -26,13 +25,13 @@ __all__ = ['PROTOCOL_VERSION', 'PROTOCOL', 'SEEDS', 'ABLATION_DATA', 'SMOKE_DATA
            'MASK3', 'BOX3', 'KP3', 'TABLES', 'PRETRAINING', 'SMOKE_PRETRAINING', 'TRUNK_FIELDS', 'PRETRAINING_PIXELS',
            'WORKING_BOX_AP', 'VERDICTS', 'REFERENCE_ROWS', 'Variant', 'Row', 'AblationTable', 'ablation_config',
            'config_dict', 'get_table', 'table_variants', 'coco_config', 'ablation_data', 'data_spec', 'default_store',
-           'run_path', 'git_commit', 'machine_info', 'classification_images', 'trunk_name',
-           'plot_classification_images', 'pretrain_trunk', 'trunk_weights', 'rpn_config', 'rpn_name', 'rpn_path',
-           'proposals_fingerprint', 'run_rpn', 'stored_rpn', 'rpn_proposals', 'run_variant', 'load_runs',
-           'missing_runs', 'run_ablations', 'table_runs', 'column_values', 'mean_std', 'difference', 'verdict',
-           'protocol_acceptance', 'untestable', 'working_detectors', 'compare', 'comparisons', 'table_markdown',
-           'headlines', 'results_sentence', 'results_markdown', 'plot_table', 'plot_ap_vs_iou', 'example_images',
-           'plot_examples', 'coco_commands', 'variants_markdown', 'acceptance_markdown']
+           'run_path', 'git_commit', 'classification_images', 'trunk_name', 'plot_classification_images',
+           'pretrain_trunk', 'trunk_weights', 'rpn_config', 'rpn_name', 'rpn_path', 'proposals_fingerprint', 'run_rpn',
+           'stored_rpn', 'rpn_proposals', 'run_variant', 'load_runs', 'missing_runs', 'run_ablations', 'table_runs',
+           'column_values', 'mean_std', 'difference', 'verdict', 'protocol_acceptance', 'untestable',
+           'working_detectors', 'compare', 'comparisons', 'table_markdown', 'headlines', 'results_sentence',
+           'results_markdown', 'plot_table', 'plot_ap_vs_iou', 'example_images', 'plot_examples', 'coco_commands',
+           'variants_markdown', 'acceptance_markdown']
 
 # %% ../nbs/20a_ablations.ipynb #699ed753
 PROTOCOL_VERSION = 2   # records of protocol 1 are kept in nbs/results/ablations-v1 and read by no table
@@ -291,17 +290,6 @@ def git_commit() -> dict:
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return dict(commit=sha.stdout.strip(), dirty=bool(dirty))
     except (OSError, subprocess.SubprocessError): return {}
-
-# %% ../nbs/20a_ablations.ipynb #69502c6f
-def machine_info() -> dict:
-    "CPU, cores, threads, and library versions: enough to tell where a run's training time comes from."
-    import torch
-    cpu = platform.processor() or platform.machine()
-    try: cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration): pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return dict(cpu=cpu, cores=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
-                python=platform.python_version(), gpu=gpu)
 
 # %% ../nbs/20a_ablations.ipynb #e3ebfc0f
 PRETRAINING = dict(size=64, n_train=20_000, n_val=2_000, iters=3000, batch=64, lr=0.2, seed=0)   # shape classification

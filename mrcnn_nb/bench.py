@@ -7,22 +7,22 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .core import Timer, peak_memory_rise
+from .core import Timer, atomic_write, machine_info, peak_memory_rise
 from .data import COCODataset, RandomHorizontalFlip, annotation_file
 from .model import Transform
 from .shapes import make_shapes
 
 # %% auto #0
 __all__ = ['ROI_WORKLOADS', 'COCO_CATEGORY_IDS', 'COCO_SIZES', 'time_dataset', 'format_rows', 'bench_data', 'roi_workload',
-           'bench_roi', 'bench_model', 'make_coco_scale_annotations', 'plot_annotation_structure', 'bench_coco_memory',
-           'coco_memory_rows', 'plot_coco_memory']
+           'bench_roi', 'bench_model', 'speed_file', 'speed_record', 'bench_speed', 'speed_markdown', 'plot_speed',
+           'make_coco_scale_annotations', 'plot_annotation_structure', 'bench_coco_memory', 'coco_memory_rows',
+           'plot_coco_memory']
 
 # %% ../nbs/30_benchmarks.ipynb #6a6c3444
 def time_dataset(dataset, n: int | None = None, warmup: int = 2, threads: int | None = 1, then=None) -> dict:
@@ -52,8 +52,8 @@ def format_rows(rows: list, machine: bool = True) -> str:
     lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths))]
     lines += ["  ".join(fmt(r[k]).ljust(w) for k, w in zip(keys, widths)) for r in rows]
     if machine:
-        cpu = platform.processor() or platform.machine()
-        lines.append(f"({cpu}, torch {torch.__version__}, {torch.get_num_threads()} threads available)")
+        m = machine_info()
+        lines.append(f"({m['cpu']}, torch {m['torch']}, {m['torch_threads']} threads)")
     return "\n".join(lines)
 
 # %% ../nbs/30_benchmarks.ipynb #102b33b0
@@ -282,6 +282,98 @@ def bench_model(repeats: int = 3, size=(800, 1066), train_size=(800, 1066), prog
     times, peaks = _time_interleaved(cases, repeats, progress)
     return _model_rows(cases, times, peaks, detections)
 
+# %% ../nbs/30_benchmarks.ipynb #fefcfd33
+def speed_file() -> Path:
+    "The committed speed measurements of a clone: `nbs/results/bench/speed.json` beside the package."
+    import mrcnn_nb
+    return Path(mrcnn_nb.__file__).resolve().parents[1] / "nbs" / "results" / "bench" / "speed.json"
+
+def _no_nan(rows: list) -> list:
+    "Rows with NaN (a peak memory that could not be measured) as None, which JSON can hold."
+    return [{k: None if isinstance(v, float) and v != v else v for k, v in r.items()} for r in rows]
+
+# %% ../nbs/30_benchmarks.ipynb #1c679c7a
+def speed_record(roi: list, model: list, repeats: int, scale: float, size, command: str) -> dict:
+    """The rows of `bench_roi` and `bench_model` with when, where and how they were measured: the record every speed
+    figure is drawn from (`speed_markdown`, `plot_speed`)."""
+    import datetime, numba
+    return dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), command=command,
+                machine=machine_info(), numba_threads=numba.get_num_threads(), repeats=repeats, scale=scale,
+                image_size=list(size), roi=_no_nan(roi), model=_no_nan(model))
+
+# %% ../nbs/30_benchmarks.ipynb #b5168a0a
+def bench_speed(out=None, repeats: int = 5, scale: float = 1.0, size=(800, 1066), command: str = "bench_speed()",
+                progress: bool = True) -> dict:
+    "`bench_roi` and `bench_model` in one run, as a `speed_record`; written to `out` (JSON) when given."
+    roi = bench_roi(repeats=repeats, scale=scale, progress=progress)
+    model = bench_model(repeats, size, size, progress)
+    res = speed_record(roi, model, repeats, scale, size, command)
+    if out is not None:
+        with atomic_write(out) as f: json.dump(res, f, indent=1)
+    return res
+
+# %% ../nbs/30_benchmarks.ipynb #43669ba8
+def _roi_speed_table(roi: list) -> list:
+    "Markdown rows: per workload, op and pass, torchvision's time and ours in both layouts with the speed-up."
+    by = {(r["workload"], r["op"], r["pass"], r["impl"]): r for r in roi}
+    def ours(k, impl): return f"{by[k + (impl,)]['ms']:.1f} ms ({by[k + (impl,)]['vs_torchvision']:.1f}×)"
+    lines = ["| workload | op | pass | torchvision | ours, channels-last | ours, NCHW |", "|---|---|---|---|---|---|"]
+    for k in dict.fromkeys(key[:3] for key in by):
+        w, op, p = k
+        lines.append(f"| {w} | `{op}` | {'forward' if p == 'fwd' else 'backward'} | {by[k + ('torchvision',)]['ms']:.1f} ms"
+                     f" | {ours(k, 'ours (channels_last)')} | {ours(k, 'ours (NCHW)')} |")
+    return lines
+
+# %% ../nbs/30_benchmarks.ipynb #491c6d94
+def _model_speed_table(model: list) -> list:
+    "Markdown rows: per task, torchvision's seconds and each of our models' with its time relative to torchvision's."
+    names = list(dict.fromkeys(r["model"] for r in model if r["model"] != "torchvision"))
+    by = {(r["task"], r["model"]): r for r in model}
+    lines = ["| task | torchvision | " + " | ".join(f"`{n}`" for n in names) + " |", "|---" * (2 + len(names)) + "|"]
+    for task in dict.fromkeys(r["task"] for r in model):
+        cells = [f"{by[(task, n)]['seconds']:.2f} s ({by[(task, n)]['time_vs_torchvision']:.2f}× the time)"
+                 if (task, n) in by else "–" for n in names]
+        lines.append(f"| {task} | {by[(task, 'torchvision')]['seconds']:.2f} s | " + " | ".join(cells) + " |")
+    return lines
+
+# %% ../nbs/30_benchmarks.ipynb #7f35c522
+def speed_markdown(res: dict) -> str:
+    "The speed tables of a `bench_speed` record, with the machine and the command that measured them."
+    m, (h, w) = res["machine"], res["image_size"]
+    roi = "\n".join(_roi_speed_table(res["roi"]))
+    model = "\n".join(_model_speed_table(res["model"]))
+    return (f"RoI layers (`aligned=True`, two samples per bin; FPN: a 2×256×200×272 map, 512 RoIs, 7×7; C4: a "
+            f"1×1024×50×68 map, 128 RoIs, 14×14); our time and, in brackets, torchvision's time divided by ours:\n\n"
+            f"{roi}\n\nThe whole R-50-FPN Mask R-CNN at {h}×{w}, the same weights in torchvision's model and ours "
+            f"(`for_inference()` folds frozen BN into the convolutions):\n\n{model}\n\n"
+            f"Medians of {res['repeats']} runs on {m['torch_threads']} threads of a {m['cores']}-core {m['cpu']}, "
+            f"torch {m['torch']}, measured {res['date'][:10]} by `{res['command']}` "
+            f"(stored in `nbs/results/bench/speed.json`).")
+
+# %% ../nbs/30_benchmarks.ipynb #7674a9a1
+def plot_speed(res: dict, size=(10, 4.2)):
+    "Speed-ups over torchvision per RoI case in both layouts (log scale), and the whole model's time ratios."
+    import matplotlib.pyplot as plt
+    fig, (a, b) = plt.subplots(1, 2, figsize=size, gridspec_kw=dict(width_ratios=[1.6, 1]))
+    cases = list(dict.fromkeys((r["workload"], r["op"], r["pass"]) for r in res["roi"]))
+    by = {(r["workload"], r["op"], r["pass"], r["impl"]): r["vs_torchvision"] for r in res["roi"]}
+    for j, (impl, colour) in enumerate((("ours (channels_last)", "tab:blue"), ("ours (NCHW)", "tab:orange"))):
+        a.barh([i + 0.4 * j for i in range(len(cases))], [by[c + (impl,)] for c in cases], 0.4, color=colour,
+               label=impl)
+    a.set(xscale="log", yticks=[i + 0.2 for i in range(len(cases))], xlabel="speed-up over torchvision (×)",
+          yticklabels=[f"{w} {op.replace('roi_', '')} {p}" for w, op, p in cases], title="RoI layers")
+    a.axvline(1, color="k", lw=1)
+    a.invert_yaxis()
+    a.legend(fontsize=9)
+    rows = [r for r in res["model"] if r["model"] != "torchvision"]
+    b.barh(range(len(rows)), [r["time_vs_torchvision"] for r in rows], color="tab:green")
+    b.set(yticks=range(len(rows)), yticklabels=[f"{r['task'][:9]}: {r['model'].replace('ours ', '')}" for r in rows],
+          xlabel="time / torchvision's time", title="whole model")
+    b.axvline(1, color="k", lw=1)
+    b.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
 # %% ../nbs/30_benchmarks.ipynb #9321ca51
 COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]   # COCO's 80
 COCO_SIZES = ((640, 480), (640, 427), (480, 640), (640, 426), (500, 375))   # (w, h): frequent COCO image sizes
@@ -464,13 +556,6 @@ def _coco_memory_child(root, split: str, workers: int, items: int) -> dict:
                 dataset_rss_mib=m1["rss"] - m0["rss"], dataset_uss_mib=m1["uss"] - m0["uss"], processes=rows,
                 total_pss_mib=sum(r["pss"] for r in rows), mask_pixels=pixels)
 
-# %% ../nbs/30_benchmarks.ipynb #700f9417
-def _machine() -> dict:
-    "The machine a measurement ran on: CPU, cores, memory, Python, torch, OS."
-    mem = next(int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
-    return dict(cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), memory_gib=round(mem / 2**20, 1),
-                python=platform.python_version(), torch=torch.__version__, os=platform.platform())
-
 # %% ../nbs/30_benchmarks.ipynb #3e75b65f
 def bench_coco_memory(root, split: str = "train2017", workers: int = 4, items: int = 2000, out=None) -> dict:
     """In a fresh Python process: the first parse of `split`'s annotation file, the dataset's construction time and
@@ -486,7 +571,7 @@ def bench_coco_memory(root, split: str = "train2017", workers: int = 4, items: i
                        capture_output=True, text=True, env=env)
     if r.returncode: raise RuntimeError(f"the measuring process failed:\n{r.stderr[-3000:]}")
     ann = annotation_file(root, split)
-    res = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), machine=_machine(),
+    res = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), machine=machine_info(),
                annotation_file=ann.name, json_mib=ann.stat().st_size / 2**20, workers=workers, items_per_worker=items)
     res |= json.loads(r.stdout.strip().splitlines()[-1])
     if out is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from . import __version__
@@ -14,9 +15,9 @@ from .core import UserInputError
 
 # %% auto #0
 __all__ = ['COMMANDS', 'MAIN_JOB', 'IMAGE_SUFFIXES', 'build_parser', 'parse_args', 'main', 'cmd_shapes', 'cmd_show',
-           'main_job_data', 'prediction_figure', 'cmd_train', 'cmd_eval', 'image_files', 'coco_image_ids',
-           'result_category_ids', 'coco_results', 'prediction_stems', 'cmd_predict', 'cmd_configs', 'cmd_ablate',
-           'cmd_bench']
+           'main_job_data', 'prediction_figure', 'cmd_train', 'main_job_file', 'main_job_markdown', 'cmd_eval',
+           'image_files', 'coco_image_ids', 'result_category_ids', 'coco_results', 'prediction_stems', 'cmd_predict',
+           'cmd_configs', 'cmd_ablate', 'cmd_bench']
 
 # %% ../nbs/15_cli.ipynb #90235d09
 # name -> (add its arguments to a parser, run it, help, description); each command's section below adds itself
@@ -278,16 +279,17 @@ def _run_summary(s: dict, name: str) -> dict:
     return summary
 
 # %% ../nbs/15_cli.ipynb #155746f1
-def _report_training(s: dict, name: str, out: Path):
-    """Curves, summary (`metrics.json`) and predictions figure of a finished run, drawn from the model in memory;
-    a line that says what."""
+def _report_training(s: dict, name: str, out: Path, times: dict | None = None):
+    """Curves, summary (`metrics.json`: `_run_summary`, the command's `times` and the machine) and predictions figure
+    of a finished run, drawn from the model in memory; a line that says what."""
     import json
+    from mrcnn_nb.core import machine_info
     _headless()
     from mrcnn_nb.evaluate import format_metrics
     from mrcnn_nb.train import plot_metrics, read_metrics
     from mrcnn_nb.viz import save_figure
     save_figure(plot_metrics(read_metrics(out / "metrics.jsonl")), out / "curves.png")
-    summary = _run_summary(s, name)
+    summary = _run_summary(s, name) | (times or {}) | dict(machine=machine_info())
     if s["evaluation"]:
         save_figure(prediction_figure(s["model"], s["run"].val_set), out / "predictions.png")
         print(format_metrics(s["evaluation"]))
@@ -314,6 +316,7 @@ def cmd_train(args) -> int:
     from mrcnn_nb.data import find_split
     from mrcnn_nb.model import get_config
     from mrcnn_nb.train import check_initialization, train
+    t0 = time.perf_counter()
     name = args.config or ("TINY_KP_FPN" if args.kind == "keypoints" else "TINY_FPN")
     overrides = _key_values(args.overrides)
     cfg = get_config(name, **_config_changes(args, overrides))   # every key and value checked before any data is read
@@ -321,6 +324,7 @@ def cmd_train(args) -> int:
     out = Path(args.out or f"runs/{name}")
     if not (args.resume or args.dry_run): _refuse_earlier_run(out)
     root = Path(args.data) if args.data else main_job_data(args.kind)
+    data_seconds = time.perf_counter() - t0   # the built-in data: generated on first use, then read from the cache
     train_split = args.train_split or find_split(root, "train", args.kind)
     val_split = find_split(root, "val", args.kind) if args.val_split is None else args.val_split or None
     print(f"training {name} on {root} ({train_split}" + (f", evaluated on {val_split})" if val_split else ")"))
@@ -330,13 +334,39 @@ def cmd_train(args) -> int:
               kind=args.kind, device=args.device, num_workers=args.workers, on_bad_image=args.on_bad_image,
               val_loss=args.val_loss, adapt=adapt, allow_changed=args.allow_changed, bad_polygons=args.bad_polygons,
               epochs=args.epochs, heads_iters=args.heads_iters, from_scratch=args.from_scratch)
-    if s["run"].main: _report_training(s, name, out)
+    if s["run"].main:
+        _report_training(s, name, out, dict(data_seconds=data_seconds, wall_seconds=time.perf_counter() - t0))
     return 0
 COMMANDS["train"] = (_train_args, cmd_train, "train a Mask R-CNN (default: a small one on synthetic shapes)",
                      "Train a preset on a COCO-layout dataset, evaluate it on the validation split with COCOeval, and "
                      "write checkpoints, metrics (JSON), curves and a predictions figure. With no arguments: generate "
                      "(and cache) the synthetic shapes, train TINY_FPN, evaluate. Run under torchrun for several "
                      "processes: torchrun --nproc_per_node N --no-python mrcnn_nb train ...")
+
+# %% ../nbs/15_cli.ipynb #31e951a6
+def main_job_file() -> Path:
+    "The stored main-job summary of a clone: `nbs/results/main_job.json` beside the package."
+    import mrcnn_nb
+    return Path(mrcnn_nb.__file__).resolve().parents[1] / "nbs" / "results" / "main_job.json"
+
+def _duration(seconds: float) -> str:
+    "`7 min 48 s`, or `9 s` under a minute."
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s} s" if m else f"{s} s"
+
+# %% ../nbs/15_cli.ipynb #e0b5130b
+def main_job_markdown(summary: dict) -> str:
+    "COCOeval's table, the times and the machine of a `mrcnn_nb train` run, from its `metrics.json` summary."
+    keys, names = ("AP", "AP50", "AP75", "APs", "APm", "APl"), dict(bbox="box", segm="mask")
+    lines = ["| | AP | AP50 | AP75 | APS | APM | APL |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {names.get(t, t)} | " + " | ".join(f"{100 * st[k]:.1f}" for k in keys) + " |"
+              for t, st in summary["metrics"].items()]
+    m, data = summary["machine"], summary["data_seconds"]
+    data = f"data generation {_duration(data)}" if data >= 1 else "the data read from the cache"
+    return ("\n".join(lines) + f"\n\nTime: {_duration(summary['wall_seconds'])} for `mrcnn_nb train` ({data}, "
+            f"{summary['iterations']:,} iterations in {_duration(summary['train_seconds'])}, evaluation at "
+            f"{summary['images_per_s']:.0f} images/s), on {m['torch_threads']} threads of a {m['cores']}-core "
+            f"{m['cpu']} with torch {m['torch']} (stored in `nbs/results/main_job.json`).")
 
 # %% ../nbs/15_cli.ipynb #97c0c0fb
 def _eval_args(s):
@@ -613,11 +643,16 @@ COMMANDS["ablate"] = (_ablate_args, cmd_ablate, "reproduce the paper's ablation 
 
 # %% ../nbs/15_cli.ipynb #b02af815
 def _bench_args(s):
-    s.add_argument("what", choices=["data", "roi", "model"], help="what to measure")
+    s.add_argument("what", choices=["data", "roi", "model", "speed"],
+                   help="what to measure (speed: roi and model in one run, with the machine; see --out)")
     s.add_argument("--n", type=_positive_int, default=100, help="data: items to time (default 100)")
     s.add_argument("--repeats", type=_positive_int, default=5,
                    help="roi, model: timed runs per case, the median is reported (default 5)")
-    s.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1: one worker)")
+    s.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch threads (default: data 1, one worker; roi, model, speed: every core)")
+    s.add_argument("--out", default=None, help="speed: write the results (JSON) to this file")
+    s.add_argument("--quick", action="store_true",
+                   help="speed: small workloads and images, one repeat: a check that it runs, not a measurement")
     s.add_argument("--work", default=None, help="directory for generated benchmark data (cached)")
     s.add_argument("--coco-scale", action="store_true",
                    help="data: memory instead of speed, of a generated COCO-size dataset read by forked workers")
@@ -628,10 +663,24 @@ def _bench_args(s):
     s.add_argument("--items", type=_positive_int, default=2000,
                    help="--coco-scale: items each worker reads (default 2000)")
 
+# %% ../nbs/15_cli.ipynb #1af9df74
+def _bench_speed(args):
+    "`mrcnn_nb bench speed`: the RoI and model benchmarks in one run; their tables, and the record written to `--out`."
+    from mrcnn_nb.bench import bench_speed, speed_markdown
+    flags = [f"--{k} {v}" for k, v in (("threads", args.threads), ("repeats", args.repeats), ("out", args.out)) if v]
+    command = " ".join(["mrcnn_nb bench speed", *(["--quick"] if args.quick else []), *flags])
+    small = dict(repeats=1, scale=0.02, size=(96, 128)) if args.quick else dict(repeats=args.repeats)
+    res = bench_speed(args.out, command=command, progress=True, **small)
+    print(speed_markdown(res))
+    if args.out: print(f"wrote {args.out}")
+
 # %% ../nbs/15_cli.ipynb #cb2d836f
 def cmd_bench(args) -> int:
     "Run a benchmark and print its table."
     import tempfile
+    if args.threads and args.what != "data":
+        import torch
+        torch.set_num_threads(args.threads)
     from mrcnn_nb.bench import bench_data, format_rows
     work = Path(args.work) if args.work else Path(tempfile.gettempdir()) / "mrcnn_nb_bench"
     if args.what == "data" and args.coco_scale:
@@ -643,7 +692,8 @@ def cmd_bench(args) -> int:
         print(format_rows(coco_memory_rows({"this code": r})))
         print(format_rows([{k: p[k] for k in ("process", "items", "rss", "pss", "uss")} for p in r["processes"]],
                           machine=False))
-    elif args.what == "data": print(format_rows(bench_data(work, n=args.n, threads=args.threads)))
+    elif args.what == "data": print(format_rows(bench_data(work, n=args.n, threads=args.threads or 1)))
+    elif args.what == "speed": _bench_speed(args)
     elif args.what == "roi":
         from mrcnn_nb.bench import bench_roi
         print(format_rows(bench_roi(repeats=args.repeats)))
@@ -654,4 +704,5 @@ def cmd_bench(args) -> int:
 COMMANDS["bench"] = (_bench_args, cmd_bench, "measure speed on this machine",
                      "Benchmarks: data loading per worker (data; with --coco-scale, the memory of a COCO-size "
                      "dataset in forked workers); RoIAlign / RoIPool against torchvision (roi); "
-                     "R-50-FPN Mask R-CNN inference and training step against torchvision (model).")
+                     "R-50-FPN Mask R-CNN inference and training step against torchvision (model); the last two in one run, "
+                     "stored with the machine and threads in a JSON file (speed --out FILE).")

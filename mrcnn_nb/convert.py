@@ -665,7 +665,8 @@ FINETUNE_STARTS = ("fine-tuned", "scratch")
 def _finetune_run(data_root, start: str, seed: int, work: Path, weights, iters: int | None) -> dict:
     "Train and evaluate one `TINY_FINETUNE` run of the comparison (`start` from `weights` or from scratch); its record."
     from dataclasses import asdict
-    from mrcnn_nb.ablations import git_commit, machine_info
+    from mrcnn_nb.ablations import git_commit
+    from mrcnn_nb.core import machine_info
     from mrcnn_nb.model import get_config
     from mrcnn_nb.train import train
     short = {} if iters is None else dict(max_iter=iters, lr_steps=(max(1, int(0.8 * iters)),),

@@ -20,7 +20,7 @@ import torch
 # %% auto #0
 __all__ = ['UserInputError', 'seed_everything', 'get_device', 'log_tensor', 'Timer', 'peak_memory_rise', 'atomic_write',
            'load_torch_file', 'load_state_dict_file', 'load_weights', 'in_test', 'cache_dir', 'distributed_count',
-           'use_cuda_simulator']
+           'use_cuda_simulator', 'machine_info']
 
 # %% ../nbs/00_core.ipynb #24e13f04
 class UserInputError(ValueError):
@@ -253,3 +253,17 @@ def use_cuda_simulator() -> bool:
         return True
     import numba
     return bool(numba.config.ENABLE_CUDASIM)
+
+# %% ../nbs/00_core.ipynb #80666ce3
+def machine_info() -> dict:
+    "Where a measurement ran: CPU model, cores, memory (GiB), torch's threads, library versions, GPU (None if none)."
+    import platform, numba, torchvision
+    cpu = platform.processor() or platform.machine()
+    try: cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration): pass
+    try: mem = round(next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")) / 2**20, 1)
+    except (OSError, StopIteration): mem = None
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return dict(cpu=cpu, cores=os.cpu_count(), memory_gib=mem, torch_threads=torch.get_num_threads(),
+                torch=torch.__version__, torchvision=torchvision.__version__, numba=numba.__version__,
+                python=platform.python_version(), os=platform.platform(), gpu=gpu)
