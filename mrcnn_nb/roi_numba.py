@@ -174,8 +174,8 @@ def _pool_fwd(x, batch, py0, py1, px0, px1, out, arg):
 # %% ../nbs/07a_roi_numba.ipynb #e66660ce
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _pool_bwd(g, arg, batch, gin, nblocks):
+    # g (K, PH, PW, C); arg: the flat pixel index h * W + w of each max; gin (N, H * W, C): no division per element
     K, PH, PW, C = g.shape
-    W = gin.shape[2]
     bs = (C + nblocks - 1) // nblocks
     for blk in prange(nblocks):
         c0 = blk * bs
@@ -188,9 +188,7 @@ def _pool_bwd(g, arg, batch, gin, nblocks):
                     a = arg[k, ph, pw]
                     for c in range(c0, c1):
                         i = a[c]
-                        if i >= 0:
-                            h = i // W
-                            gin[b, h, i - h * W, c] += gg[c]
+                        if i >= 0: gin[b, i, c] += gg[c]
 
 # %% ../nbs/07a_roi_numba.ipynb #02a90ba5
 def _sync_threads() -> int:
@@ -262,7 +260,8 @@ def roi_pool_backward_numba(grad_out: Tensor, plan: PoolPlan, input_shape, argma
     N, C, H, W = input_shape
     gin = torch.zeros(N, H, W, C, dtype=grad_out.dtype)
     if plan.batch.numel():
-        _pool_bwd(_nhwc_contiguous(grad_out), argmax.numpy(), plan.batch.numpy(), gin.numpy(), _nblocks(C))
+        _pool_bwd(_nhwc_contiguous(grad_out), argmax.numpy(), plan.batch.numpy(), gin.view(N, H * W, C).numpy(),
+                  _nblocks(C))
     return gin.permute(0, 3, 1, 2)
 
 # %% ../nbs/07a_roi_numba.ipynb #aa73cecb
