@@ -320,7 +320,8 @@ def _roi_speed_table(roi: list) -> list:
     lines = ["| workload | op | pass | torchvision | ours, channels-last | ours, NCHW |", "|---|---|---|---|---|---|"]
     for k in dict.fromkeys(key[:3] for key in by):
         w, op, p = k
-        lines.append(f"| {w} | `{op}` | {'forward' if p == 'fwd' else 'backward'} | {by[k + ('torchvision',)]['ms']:.1f} ms"
+        tv = by[k + ("torchvision",)]["ms"]
+        lines.append(f"| {w} | `{op}` | {'forward' if p == 'fwd' else 'backward'} | {tv:.1f} ms"
                      f" | {ours(k, 'ours (channels_last)')} | {ours(k, 'ours (NCHW)')} |")
     return lines
 
