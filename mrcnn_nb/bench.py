@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import Timer, atomic_write, machine_info, peak_memory_rise
+from .core import Timer, atomic_write, machine_info, peak_memory_rise, results_dir
 from .data import COCODataset, RandomHorizontalFlip, annotation_file
 from .model import Transform
 from .shapes import make_shapes
@@ -285,8 +285,7 @@ def bench_model(repeats: int = 3, size=(800, 1066), train_size=(800, 1066), prog
 # %% ../nbs/30_benchmarks.ipynb #fefcfd33
 def speed_file() -> Path:
     "The committed speed measurements of a clone: `nbs/results/bench/speed.json` beside the package."
-    import mrcnn_nb
-    return Path(mrcnn_nb.__file__).resolve().parents[1] / "nbs" / "results" / "bench" / "speed.json"
+    return results_dir() / "bench" / "speed.json"
 
 def _no_nan(rows: list) -> list:
     "Rows with NaN (a peak memory that could not be measured) as None, which JSON can hold."
@@ -337,17 +336,26 @@ def _model_speed_table(model: list) -> list:
         lines.append(f"| {task} | {by[(task, 'torchvision')]['seconds']:.2f} s | " + " | ".join(cells) + " |")
     return lines
 
+# %% ../nbs/30_benchmarks.ipynb #0bd4ee78
+def _workloads_text(scale: float = 1.0) -> str:
+    "The RoI workloads in words, as `roi_workload` makes them at `scale`."
+    parts = []
+    for name, (N, C, H, W, stride, K, out) in ROI_WORKLOADS.items():
+        C, K = max(1, int(C * scale)), max(1, int(K * scale))
+        parts.append(f"{name}: a {N}×{C}×{H}×{W} map, {K} RoIs, {out}×{out}")
+    return "; ".join(parts)
+
 # %% ../nbs/30_benchmarks.ipynb #7f35c522
 def speed_markdown(res: dict) -> str:
     "The speed tables of a `bench_speed` record, with the machine and the command that measured them."
     m, (h, w) = res["machine"], res["image_size"]
     roi = "\n".join(_roi_speed_table(res["roi"]))
     model = "\n".join(_model_speed_table(res["model"]))
-    return (f"RoI layers (`aligned=True`, two samples per bin; FPN: a 2×256×200×272 map, 512 RoIs, 7×7; C4: a "
-            f"1×1024×50×68 map, 128 RoIs, 14×14); our time and, in brackets, torchvision's time divided by ours:\n\n"
+    return (f"RoI layers (`aligned=True`, two samples per bin; {_workloads_text(res['scale'])}); our time and, in "
+            f"brackets, torchvision's time divided by ours:\n\n"
             f"{roi}\n\nThe whole R-50-FPN Mask R-CNN at {h}×{w}, the same weights in torchvision's model and ours "
             f"(`for_inference()` folds frozen BN into the convolutions):\n\n{model}\n\n"
-            f"Medians of {res['repeats']} runs on {m['torch_threads']} threads of a {m['cores']}-core {m['cpu']}, "
+            f"Medians of {res['repeats']} run(s) on {m['torch_threads']} threads of a {m['cores']}-core {m['cpu']}, "
             f"torch {m['torch']}, measured {res['date'][:10]} by `{res['command']}` "
             f"(stored in `nbs/results/bench/speed.json`).")
 

@@ -346,8 +346,8 @@ COMMANDS["train"] = (_train_args, cmd_train, "train a Mask R-CNN (default: a sma
 # %% ../nbs/15_cli.ipynb #31e951a6
 def main_job_file() -> Path:
     "The stored main-job summary of a clone: `nbs/results/main_job.json` beside the package."
-    import mrcnn_nb
-    return Path(mrcnn_nb.__file__).resolve().parents[1] / "nbs" / "results" / "main_job.json"
+    from mrcnn_nb.core import results_dir
+    return results_dir() / "main_job.json"
 
 def _duration(seconds: float) -> str:
     "`7 min 48 s`, or `9 s` under a minute."
@@ -356,13 +356,14 @@ def _duration(seconds: float) -> str:
 
 # %% ../nbs/15_cli.ipynb #e0b5130b
 def main_job_markdown(summary: dict) -> str:
-    "COCOeval's table, the times and the machine of a `mrcnn_nb train` run, from its `metrics.json` summary."
+    """COCOeval's box and mask table, the times and the machine of the main job (`mrcnn_nb train` on the built-in data),
+    from its `metrics.json`; the time runs from the command's start (after Python's imports) to the end of evaluation."""
     keys, names = ("AP", "AP50", "AP75", "APs", "APm", "APl"), dict(bbox="box", segm="mask")
     lines = ["| | AP | AP50 | AP75 | APS | APM | APL |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {names.get(t, t)} | " + " | ".join(f"{100 * st[k]:.1f}" for k in keys) + " |"
               for t, st in summary["metrics"].items()]
     m, data = summary["machine"], summary["data_seconds"]
-    data = f"data generation {_duration(data)}" if data >= 1 else "the data read from the cache"
+    data = f"data generation {_duration(data)}" if data >= 1 else "the data already in the cache"
     return ("\n".join(lines) + f"\n\nTime: {_duration(summary['wall_seconds'])} for `mrcnn_nb train` ({data}, "
             f"{summary['iterations']:,} iterations in {_duration(summary['train_seconds'])}, evaluation at "
             f"{summary['images_per_s']:.0f} images/s), on {m['torch_threads']} threads of a {m['cores']}-core "
@@ -649,7 +650,7 @@ def _bench_args(s):
     s.add_argument("--repeats", type=_positive_int, default=5,
                    help="roi, model: timed runs per case, the median is reported (default 5)")
     s.add_argument("--threads", type=_positive_int, default=None,
-                   help="torch threads (default: data 1, one worker; roi, model, speed: every core)")
+                   help="torch threads (default: data 1, one worker; roi, model, speed: torch's default)")
     s.add_argument("--out", default=None, help="speed: write the results (JSON) to this file")
     s.add_argument("--quick", action="store_true",
                    help="speed: small workloads and images, one repeat: a check that it runs, not a measurement")
@@ -666,11 +667,13 @@ def _bench_args(s):
 # %% ../nbs/15_cli.ipynb #1af9df74
 def _bench_speed(args):
     "`mrcnn_nb bench speed`: the RoI and model benchmarks in one run; their tables, and the record written to `--out`."
+    import shlex
     from mrcnn_nb.bench import bench_speed, speed_markdown
-    flags = [f"--{k} {v}" for k, v in (("threads", args.threads), ("repeats", args.repeats), ("out", args.out)) if v]
-    command = " ".join(["mrcnn_nb bench speed", *(["--quick"] if args.quick else []), *flags])
+    if args.out and Path(args.out).is_dir(): raise UserInputError(f"--out {args.out}: is a directory; give a file name")
+    flags = ["--quick"] if args.quick else ["--repeats", str(args.repeats)]
+    flags += [f for k in ("threads", "out") if getattr(args, k) for f in (f"--{k}", str(getattr(args, k)))]
     small = dict(repeats=1, scale=0.02, size=(96, 128)) if args.quick else dict(repeats=args.repeats)
-    res = bench_speed(args.out, command=command, progress=True, **small)
+    res = bench_speed(args.out, command=shlex.join(["mrcnn_nb", "bench", "speed", *flags]), progress=True, **small)
     print(speed_markdown(res))
     if args.out: print(f"wrote {args.out}")
 

@@ -20,7 +20,7 @@ import torch
 # %% auto #0
 __all__ = ['UserInputError', 'seed_everything', 'get_device', 'log_tensor', 'Timer', 'peak_memory_rise', 'atomic_write',
            'load_torch_file', 'load_state_dict_file', 'load_weights', 'in_test', 'cache_dir', 'distributed_count',
-           'use_cuda_simulator', 'machine_info']
+           'use_cuda_simulator', 'machine_info', 'results_dir']
 
 # %% ../nbs/00_core.ipynb #24e13f04
 class UserInputError(ValueError):
@@ -267,3 +267,9 @@ def machine_info() -> dict:
     return dict(cpu=cpu, cores=os.cpu_count(), memory_gib=mem, torch_threads=torch.get_num_threads(),
                 torch=torch.__version__, torchvision=torchvision.__version__, numba=numba.__version__,
                 python=platform.python_version(), os=platform.platform(), gpu=gpu)
+
+# %% ../nbs/00_core.ipynb #605354a1
+def results_dir() -> Path:
+    "A clone's committed results, `nbs/results` beside the package: measurements, run records, trained models."
+    import mrcnn_nb
+    return Path(mrcnn_nb.__file__).resolve().parents[1] / "nbs" / "results"

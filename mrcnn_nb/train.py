@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import UserInputError, atomic_write, get_device, load_torch_file, seed_everything
+from .core import UserInputError, atomic_write, get_device, load_torch_file, results_dir, seed_everything
 from .data import (
     AddProposals, COCODataset, Compose, GroupedBatchSampler, RandomHorizontalFlip, aspect_ratio_groups,
     check_image_files, describe_split)
@@ -215,8 +215,7 @@ def half_checkpoint(src, dst) -> Path:
     return Path(dst)
 
 # %% ../nbs/12_train.ipynb #cd720593
-import mrcnn_nb
-DEMO_MODELS = Path(mrcnn_nb.__file__).resolve().parents[1] / "nbs" / "results" / "models"   # in a clone
+DEMO_MODELS = results_dir() / "models"   # in a clone
 
 def demo_checkpoint(name: str = "tiny_fpn_shapes") -> Path:
     "The path of trained checkpoint `name` kept in the repository for the notebooks (`DEMO_MODELS`)."
