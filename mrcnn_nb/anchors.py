@@ -156,7 +156,8 @@ def plot_level_anchors(image: Tensor, level_anchors: list, num_per_location: lis
         for b, c in zip(here.tolist(), ["#ff4040", "#ffd000", "#40c0ff"] * k):
             ax.add_patch(plt.Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, edgecolor=c, lw=1.5))
         lo, hi = min(0.0, here.min().item()) - 2, max(float(max(h, w)), here.max().item()) + 2
-        ax.set(xlim=(lo, hi), ylim=(hi, lo)); ax.axis("off")
+        ax.set(xlim=(lo, hi), ylim=(hi, lo))
+        ax.axis("off")
         side = int(round(float((here[:, 2:] - here[:, :2]).prod(1).sqrt().max())))
         ax.set_title(f"P{l + first_level}: {len(centres)} positions\n{k} anchors of ~{side} px", fontsize=8)
     return fig
@@ -186,7 +187,8 @@ def plot_anchor_labels(image: Tensor, anchors: Tensor, gt_box: Tensor, matches: 
     handles = [Line2D([], [], color=c, lw=lw, ls=ls) for _, c, lw, ls in styles + [(None, "white", 2.5, "-")]]
     ax.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), facecolor="0.6")
     h, w = image.shape[-2:]
-    ax.set(xlim=(-0.5, w - 0.5), ylim=(h - 0.5, -0.5)); ax.axis("off")
+    ax.set(xlim=(-0.5, w - 0.5), ylim=(h - 0.5, -0.5))
+    ax.axis("off")
     return fig
 
 # %% ../nbs/04_anchors.ipynb #27c9d5f0

@@ -336,7 +336,7 @@ def _model_speed_table(model: list) -> list:
         lines.append(f"| {task} | {by[(task, 'torchvision')]['seconds']:.2f} s | " + " | ".join(cells) + " |")
     return lines
 
-# %% ../nbs/30_benchmarks.ipynb #0bd4ee78
+# %% ../nbs/30_benchmarks.ipynb #3bb21bc2
 def _workloads_text(scale: float = 1.0) -> str:
     "The RoI workloads in words, as `roi_workload` makes them at `scale`."
     parts = []
@@ -430,9 +430,11 @@ def _instance_chunk(rng, first_id: int, image_ids, whs, crowd_fraction: float) -
     n_v = rng.integers(6, 40, len(owner))
     xy = _star_polygons(rng, centers, radius[owner] * np.where(first, 1, 0.5), n_v)
     xy = np.clip(xy, 0, np.repeat(whs[owner], n_v, 0))                  # inside the image
-    v_start = np.concatenate([[0], np.cumsum(n_v)]); a_start = v_start[np.concatenate([[0], np.cumsum(parts)])]
+    v_start = np.concatenate([[0], np.cumsum(n_v)])
+    a_start = v_start[np.concatenate([[0], np.cumsum(parts)])]
     lo, hi = np.minimum.reduceat(xy, a_start[:-1]), np.maximum.reduceat(xy, a_start[:-1])
-    nxt = np.arange(len(xy)) + 1; nxt[v_start[1:] - 1] = v_start[:-1]
+    nxt = np.arange(len(xy)) + 1
+    nxt[v_start[1:] - 1] = v_start[:-1]
     part_area = 0.5 * np.abs(np.add.reduceat(xy[:, 0] * xy[nxt, 1] - xy[nxt, 0] * xy[:, 1], v_start[:-1]))
     area = np.add.reduceat(part_area, np.concatenate([[0], np.cumsum(parts)[:-1]]))
     flat, vs, ps = xy.ravel().tolist(), (2 * v_start).tolist(), np.concatenate([[0], np.cumsum(parts)]).tolist()
@@ -444,7 +446,8 @@ def _instance_chunk(rng, first_id: int, image_ids, whs, crowd_fraction: float) -
         if crowd[a]: segm, bbox, ar = _crowd_rle(rng, w, h)
         else:
             segm = [flat[vs[p]:vs[p + 1]] for p in range(ps[a], ps[a + 1])]
-            bbox = np.round(np.concatenate([lo[a], hi[a] - lo[a]]), 2).tolist(); ar = round(float(area[a]), 2)
+            bbox = np.round(np.concatenate([lo[a], hi[a] - lo[a]]), 2).tolist()
+            ar = round(float(area[a]), 2)
         anns.append(dict(segmentation=segm, area=ar, iscrowd=int(crowd[a]), image_id=int(image_ids[a]), bbox=bbox,
                          category_id=int(cats[a]), id=first_id + a))
     return anns
@@ -555,10 +558,12 @@ def _coco_memory_child(root, split: str, workers: int, items: int) -> dict:
         parse["s"] = time.perf_counter() - t0
         return out
     data.load_coco_json = timed
-    gc.collect(); m0, t0 = _proc_memory(), time.perf_counter()
+    gc.collect()
+    m0, t0 = _proc_memory(), time.perf_counter()
     ds = data.COCODataset(root, split)
     build_s = time.perf_counter() - t0
-    gc.collect(); m1 = _proc_memory()
+    gc.collect()
+    m1 = _proc_memory()
     data.load_coco_json = real
     rows, pixels = _workers_memory(ds, workers, items)
     return dict(images=len(ds), annotations=ds.stats["annotations"], json_parse_s=parse["s"], dataset_build_s=build_s,

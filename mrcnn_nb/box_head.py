@@ -189,7 +189,8 @@ def show_sampled_rois(sample: dict, size: float = 4.0):
     lab = sample["labels"]
     fig, axes = plt.subplots(1, 2, figsize=(2 * size, size + 0.3))
     for ax, keep, kind in ((axes[0], lab > 0, "positive"), (axes[1], lab == 0, "negative")):
-        ax.imshow((sample["picture"] * 0.5 + 0.5).numpy()); ax.axis("off")
+        ax.imshow((sample["picture"] * 0.5 + 0.5).numpy())
+        ax.axis("off")
         ax.set_title(f"{int(keep.sum())} {kind} RoIs (IoU {'≥' if kind == 'positive' else '<'} 0.5)", fontsize=10)
         draw_boxes(ax, sample["rois"][keep], [class_color(int(l)) for l in lab[keep]] if kind == "positive"
                    else ["tab:red"] * int(keep.sum()), lw=0.9, alpha=0.8)
@@ -216,13 +217,15 @@ def show_regression_targets(sample: dict, n: int = 4, size: float = 2.4):
     fig, axes = plt.subplots(1, len(idx), figsize=(size * len(idx), size + 0.8), squeeze=False)
     for ax, i in zip(axes[0], idx.tolist()):
         roi, gt, t = sample["rois"][i], sample["gt"][sample["matched"][i]], sample["reg"][i]
-        ax.imshow(sample["picture"].numpy()); ax.axis("off")
+        ax.imshow(sample["picture"].numpy())
+        ax.axis("off")
         draw_boxes(ax, roi[None], "tab:orange", lw=2, ls="--")
         draw_boxes(ax, gt[None], "k", lw=2)
         (rx, ry), (gx, gy) = ((roi[:2] + roi[2:]) / 2).tolist(), ((gt[:2] + gt[2:]) / 2).tolist()
         ax.annotate("", (gx, gy), (rx, ry), arrowprops=dict(arrowstyle="->", color="tab:orange", lw=1.5))
         lo, hi = torch.minimum(roi[:2], gt[:2]) - 4, torch.maximum(roi[2:], gt[2:]) + 4
-        ax.set_xlim(lo[0].item(), hi[0].item()); ax.set_ylim(hi[1].item(), lo[1].item())
+        ax.set_xlim(lo[0].item(), hi[0].item())
+        ax.set_ylim(hi[1].item(), lo[1].item())
         iou = box_iou(roi[None], gt[None]).item()
         ax.set_title(f"IoU {iou:.2f}\ntx {t[0]:+.2f}  ty {t[1]:+.2f}\ntw {t[2]:+.2f}  th {t[3]:+.2f}", fontsize=9)
     fig.suptitle("RoI (dashed) → its ground truth (solid): the regression targets", fontsize=10)

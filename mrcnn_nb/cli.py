@@ -357,7 +357,8 @@ def _duration(seconds: float) -> str:
 # %% ../nbs/15_cli.ipynb #e0b5130b
 def main_job_markdown(summary: dict) -> str:
     """COCOeval's box and mask table, the times and the machine of the main job (`mrcnn_nb train` on the built-in data),
-    from its `metrics.json`; the time runs from the command's start (after Python's imports) to the end of evaluation."""
+    from its `metrics.json`; the time runs from the command's start (after Python's imports) to the end of its
+    evaluation."""
     keys, names = ("AP", "AP50", "AP75", "APs", "APm", "APl"), dict(bbox="box", segm="mask")
     lines = ["| | AP | AP50 | AP75 | APS | APM | APL |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {names.get(t, t)} | " + " | ".join(f"{100 * st[k]:.1f}" for k in keys) + " |"
@@ -707,5 +708,5 @@ def cmd_bench(args) -> int:
 COMMANDS["bench"] = (_bench_args, cmd_bench, "measure speed on this machine",
                      "Benchmarks: data loading per worker (data; with --coco-scale, the memory of a COCO-size "
                      "dataset in forked workers); RoIAlign / RoIPool against torchvision (roi); "
-                     "R-50-FPN Mask R-CNN inference and training step against torchvision (model); the last two in one run, "
-                     "stored with the machine and threads in a JSON file (speed --out FILE).")
+                     "R-50-FPN Mask R-CNN inference and training step against torchvision (model); the last two in "
+                     "one run, stored with the machine and threads in a JSON file (speed --out FILE).")

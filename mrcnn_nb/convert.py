@@ -739,7 +739,8 @@ def plot_finetune_comparison(records: list, size=(8, 3.2)):
         means = [s[t]["starts"][st][0] for st in FINETUNE_STARTS]
         ax.bar(range(2), means, width=0.5, color=["tab:green", "tab:gray"], alpha=0.5)
         ax.set_xticks(range(2), [f"{st}\n{m:.1f}" for st, m in zip(FINETUNE_STARTS, means)])
-        ax.set_ylabel(f"{name} (x 100)"); ax.set_xlim(-0.6, 1.6)
+        ax.set_ylabel(f"{name} (x 100)")
+        ax.set_xlim(-0.6, 1.6)
         ax.set_title(f"{name}: {s[t]['diff']:+.1f}, resolution {s[t]['resolution']:.1f}", fontsize=10)
     fig.tight_layout()
     return fig

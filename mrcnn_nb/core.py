@@ -268,7 +268,7 @@ def machine_info() -> dict:
                 torch=torch.__version__, torchvision=torchvision.__version__, numba=numba.__version__,
                 python=platform.python_version(), os=platform.platform(), gpu=gpu)
 
-# %% ../nbs/00_core.ipynb #605354a1
+# %% ../nbs/00_core.ipynb #b3da3f21
 def results_dir() -> Path:
     "A clone's committed results, `nbs/results` beside the package: measurements, run records, trained models."
     import mrcnn_nb

@@ -509,7 +509,8 @@ def _draw_coco_annotation(ax, coco, a: dict, kept: bool, color):
     h, w = m.shape
     yy, xx = np.mgrid[:h, :w]
     paint = m if kept else m & ((xx + yy) // 2 % 2 == 0)           # stripes two pixels wide
-    overlay = np.zeros((h, w, 4)); overlay[paint] = (*color, 0.55 if kept else 0.35)
+    overlay = np.zeros((h, w, 4))
+    overlay[paint] = (*color, 0.55 if kept else 0.35)
     ax.imshow(overlay, extent=(0, w, h, 0), interpolation="nearest")
     for part in a["segmentation"] if isinstance(a["segmentation"], list) else []:
         ax.add_patch(plt.Polygon(np.reshape(part, (-1, 2)), closed=True, fill=False, edgecolor=color, lw=1.5))

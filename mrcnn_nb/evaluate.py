@@ -312,7 +312,9 @@ def plot_ap_vs_iou(metrics: dict, size=(6, 3.2)):
                         label=f"{t} (AP {100 * m['stats']['AP']:.1f})")
         ax.axhline(100 * m["stats"]["AP"], color=line.get_color(), lw=0.8, ls="--")
     ax.set(xlabel="IoU threshold", ylabel="AP (%)", ylim=(0, 100), xticks=pt["thresholds"])
-    ax.tick_params(labelsize=8); ax.legend(fontsize=8); ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 
@@ -320,7 +322,8 @@ def plot_ap_vs_iou(metrics: dict, size=(6, 3.2)):
 def interpolated_ap(is_tp, n_gt: int, rec_thrs=np.linspace(0, 1, 101)) -> dict:
     """COCOeval's AP of one category at one IoU threshold: detections sorted by score (`is_tp`: 1 matched, 0 not),
     precision made monotone from the right, then read at the 101 recall points (0 past the last recall reached)."""
-    tp = np.cumsum(is_tp, dtype=float); fp = np.cumsum(1 - np.asarray(is_tp), dtype=float)
+    tp = np.cumsum(is_tp, dtype=float)
+    fp = np.cumsum(1 - np.asarray(is_tp), dtype=float)
     recall, precision = tp / n_gt, tp / (tp + fp + np.spacing(1))
     envelope = np.maximum.accumulate(precision[::-1])[::-1]     # the best precision at this recall or beyond
     idx = np.searchsorted(recall, rec_thrs, side="left")
@@ -374,6 +377,7 @@ def plot_per_class_ap(metrics: dict, size=(7, 3)):
         bars = ax.bar(np.arange(len(cats)) + (i - (len(metrics) - 1) / 2) * width, ap, width, label=t)
         ax.bar_label(bars, fmt="%.0f", fontsize=7)
     ax.set_xticks(np.arange(len(cats)), cats, fontsize=8)
-    ax.set(ylabel="AP (%)", ylim=(0, 100)); ax.legend(fontsize=8)
+    ax.set(ylabel="AP (%)", ylim=(0, 100))
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

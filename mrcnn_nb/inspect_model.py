@@ -38,14 +38,16 @@ def measure_shapes(model: nn.Module, image_size: tuple = (800, 1066), seed: int 
     hooks = [m.register_forward_hook(lambda m, i, o, k=k: record(k, _shapes(o))) for k, m in mods.items()]
     hooks.append(mods["body"].register_forward_pre_hook(lambda m, i: record("input", tuple(i[0].shape[1:]))))
     was, thresh = model.training, model.box.score_thresh
-    model.eval(); model.box.score_thresh = 0.0
+    model.eval()
+    model.box.score_thresh = 0.0
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model([torch.rand(3, *image_size)])
     finally:
         for h in hooks: h.remove()
-        model.train(was); model.box.score_thresh = thresh
+        model.train(was)
+        model.box.score_thresh = thresh
     out = dict(image=(3, *image_size), input=seen["input"])
     out |= {f"C{i + 2}": s[1:] for i, s in enumerate(seen["body"])}
     out |= {f"P{i + 2}": s[1:] for i, s in enumerate(seen["fpn"])}
@@ -114,7 +116,9 @@ def architecture_figure(shapes: dict, colors=("tab:blue", "tab:red"), width: flo
     """Figure 1 / Figure 4 (right) of the paper as the library builds it: backbone stages, FPN levels, RPN, RoIAlign,
     box and mask heads, each with the shapes measured by `measure_shapes` for each model of `shapes` (name -> dict)."""
     fig, ax = plt.subplots(figsize=(width, width * 0.52))
-    ax.set_xlim(-0.5, 125); ax.set_ylim(0, 61); ax.axis("off")
+    ax.set_xlim(-0.5, 125)
+    ax.set_ylim(0, 61)
+    ax.axis("off")
     fig.subplots_adjust(0.01, 0.01, 0.99, 0.99)
     rows, cols = list(shapes.values()), list(colors)[:len(shapes)]
     _backbone_blocks(ax, rows, cols)
@@ -147,8 +151,11 @@ def plot_box_panels(image, panels: list, size: float = 4.2, margin: float = 0.0)
     for ax, (title, sets) in zip(axs[0], panels):
         ax.imshow(im)
         for boxes, color, lw in sets: draw_boxes(ax, boxes, color, lw)
-        ax.set_xlim(-margin * w, (1 + margin) * w); ax.set_ylim((1 + margin) * h, -margin * h)
-        ax.set_title(title, fontsize=9); ax.set_xticks([]); ax.set_yticks([])
+        ax.set_xlim(-margin * w, (1 + margin) * w)
+        ax.set_ylim((1 + margin) * h, -margin * h)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
     fig.tight_layout()
     return fig
 
@@ -158,10 +165,14 @@ def plot_mask_pairs(targets: torch.Tensor, probs: torch.Tensor, titles: list, si
     n = len(targets)
     fig, axs = plt.subplots(2, n, figsize=(max(size * n, 6.0), 2 * size + 0.5), squeeze=False)
     for j in range(n):
-        axs[0, j].imshow(targets[j], cmap="gray", vmin=0, vmax=1); axs[0, j].set_title(titles[j], fontsize=8)
+        axs[0, j].imshow(targets[j], cmap="gray", vmin=0, vmax=1)
+        axs[0, j].set_title(titles[j], fontsize=8)
         axs[1, j].imshow(probs[j], cmap="viridis", vmin=0, vmax=1)
-    for ax in axs.flat: ax.set_xticks([]); ax.set_yticks([])
-    axs[0, 0].set_ylabel("target", fontsize=8); axs[1, 0].set_ylabel("predicted", fontsize=8)
+    for ax in axs.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axs[0, 0].set_ylabel("target", fontsize=8)
+    axs[1, 0].set_ylabel("predicted", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -172,7 +183,9 @@ def plot_class_masks(probs: torch.Tensor, class_names: list, label: int, size: f
     n = len(class_names)
     fig, axs = plt.subplots(1, n, figsize=(max(size * n, 6.0), size + 0.5), squeeze=False)
     for k, ax in enumerate(axs[0], start=1):
-        ax.imshow(probs[k], cmap="viridis", vmin=0, vmax=1); ax.set_xticks([]); ax.set_yticks([])
+        ax.imshow(probs[k], cmap="viridis", vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
         ax.set_title(class_names[k - 1], fontsize=8, fontweight="bold" if k == label else "normal")
         for s in ax.spines.values(): s.set(color=class_color(label) if k == label else "0.7", lw=3 if k == label else 1)
     fig.tight_layout()

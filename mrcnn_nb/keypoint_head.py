@@ -135,8 +135,11 @@ def plot_heatmaps(logits: Tensor, targets: Tensor, valid: Tensor, names: list, n
     nrows = -(-K // ncols)
     fig, axs = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + 0.45)), squeeze=False)
     for k, a in enumerate(axs.flat):
-        a.set_xticks([]); a.set_yticks([])
-        if k >= K: a.axis("off"); continue
+        a.set_xticks([])
+        a.set_yticks([])
+        if k >= K:
+            a.axis("off")
+            continue
         a.imshow(probs[k], cmap="viridis", norm=PowerNorm(0.4, 0, float(probs[k].max())))   # gamma: see the tails
         if valid[k]: a.plot(int(targets[k]) % m, int(targets[k]) // m, "o", mfc="none", mec="lime", ms=9, mew=1.5)
         py, px = divmod(int(probs[k].argmax()), m)
@@ -154,6 +157,7 @@ def plot_decoded_keypoints(image: Tensor, gt_keypoints: Tensor, keypoints: Tenso
     for a, kps, title in zip(axs, (gt_keypoints, keypoints), ("ground truth", "decoded from the heatmaps")):
         a.imshow(image.permute(1, 2, 0).numpy())
         for i, k in enumerate(kps): _draw_keypoints(a, k.numpy(), skeleton, class_color(i + 1))
-        a.set_title(title, fontsize=9); a.axis("off")
+        a.set_title(title, fontsize=9)
+        a.axis("off")
     fig.tight_layout()
     return fig

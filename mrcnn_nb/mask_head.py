@@ -203,7 +203,8 @@ def plot_targets_vs_masks(image: Tensor, views: dict, class_names: list, n: int 
         panels += [(probs[k], class_names[k]) for k in range(K)]
         for c, (a, (p, name)) in enumerate(zip(axs[r], panels)):
             a.imshow(p, cmap=None if c == 0 else "gray", vmin=0, vmax=1)
-            a.set_xticks([]); a.set_yticks([])
+            a.set_xticks([])
+            a.set_yticks([])
             if c == lab + 1: [s.set(color="tab:red", lw=2) for s in a.spines.values()]
             if r == 0: a.set_title(name, fontsize=8)
         axs[r, 0].set_ylabel(class_names[lab - 1], fontsize=8)
@@ -233,7 +234,8 @@ def plot_loss_grads(grads: dict, label: int, class_names: list, size: float = 1.
         for k in range(K):
             a = axs[r, k]
             a.imshow(g[k], cmap="RdBu_r", vmin=-vmax, vmax=vmax)
-            a.set_xticks([]); a.set_yticks([])
+            a.set_xticks([])
+            a.set_yticks([])
             a.set_title(f"{names[k]}\nΣ|g| {float(g[k].abs().sum()):.2g}", fontsize=8,
                         color="tab:red" if k == label else "black")
         axs[r, 0].set_ylabel(kind, fontsize=9)
@@ -273,6 +275,8 @@ def plot_competition(image: Tensor, roi: Tensor, logits: Tensor, classes: tuple,
         for c, (img, title) in enumerate(panels, 1):
             axs[r, c].imshow(img, cmap="magma", vmin=0, vmax=2 if c == 3 else 1)   # the sum of two sigmoids reaches 2
             axs[r, c].set_title(f"{kind}: {title}", fontsize=8)
-    for a in axs.flat: a.set_xticks([]); a.set_yticks([])
+    for a in axs.flat:
+        a.set_xticks([])
+        a.set_yticks([])
     fig.tight_layout()
     return fig

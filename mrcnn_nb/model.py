@@ -667,9 +667,12 @@ def plot_costs(costs: dict, size: float = 4.5):
     for ax, k, label in ((axes[0], 0, "parameters"), (axes[1], 1, "multiply-adds")):
         for i, (name, c) in enumerate(costs.items()):
             ax.barh(y + (i - (len(costs) - 1) / 2) * h, [max(c.get(s, (0, 0))[k], 1) for s in stages], h, label=name)
-        ax.set_xscale("log"); ax.set_title(label, fontsize=10); ax.tick_params(labelsize=9)
+        ax.set_xscale("log")
+        ax.set_title(label, fontsize=10)
+        ax.tick_params(labelsize=9)
         ax.grid(axis="x", alpha=0.3)
-    axes[0].set_yticks(y, stages); axes[0].invert_yaxis()
+    axes[0].set_yticks(y, stages)
+    axes[0].invert_yaxis()
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(costs), fontsize=8)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
@@ -686,7 +689,9 @@ def plot_cost_shares(costs: dict, size: float = 4.5):
             part = [c.get(s, (0, 0))[k] / sum(v[k] for v in c.values()) for c in costs.values()]
             ax.barh(list(costs), part, left=left, color=plt.cm.tab10(j), label=s)
             left = [a + b for a, b in zip(left, part)]
-        ax.set_xlim(0, 1); ax.set_title(label, fontsize=10); ax.tick_params(labelsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_title(label, fontsize=10)
+        ax.tick_params(labelsize=9)
     axes[0].invert_yaxis()
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(stages), fontsize=8)
     fig.tight_layout(rect=(0, 0.09, 1, 1))

@@ -244,7 +244,8 @@ def show_refinement(stages: dict, n: int = 6, size: float = 5.0):
         ax.annotate("", (bx0, by0), (ax0, ay0), arrowprops=dict(arrowstyle="->", color=color, lw=1.5))
         ax.text(b[0].item() + 1, b[1].item() + 1, f"{i + 1}: {s:.2f}", color=color, fontsize=8, weight="bold",
                 va="top", bbox=dict(facecolor="white", edgecolor="none", alpha=0.7, pad=0.5))
-    ax.set_xlim(-0.5, stages["picture"].shape[1] - 0.5); ax.set_ylim(stages["picture"].shape[0] - 0.5, -0.5)
+    ax.set_xlim(-0.5, stages["picture"].shape[1] - 0.5)
+    ax.set_ylim(stages["picture"].shape[0] - 0.5, -0.5)
     return fig
 
 # %% ../nbs/06_rpn.ipynb #1484bb24

@@ -620,8 +620,11 @@ def plot_trainable(settings: dict, size=(9, 2.6)):
         ax.barh(parts, [counts[k][1] - counts[k][0] for k in parts], left=[counts[k][0] for k in parts],
                 color="0.75", label="frozen")
         t, a = sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())
-        ax.set_xscale("log"); ax.set_xlim(1, top); ax.set_xlabel("parameters", fontsize=8)
-        ax.set_title(f"{name}\n{t:,} of {a:,} train", fontsize=9); ax.tick_params(labelsize=8)
+        ax.set_xscale("log")
+        ax.set_xlim(1, top)
+        ax.set_xlabel("parameters", fontsize=8)
+        ax.set_title(f"{name}\n{t:,} of {a:,} train", fontsize=9)
+        ax.tick_params(labelsize=8)
     fig.legend(*axs[0, 0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
@@ -884,7 +887,9 @@ def plot_part_change(runs: dict, heads_iters: dict | None = None, size=(10, 2.8)
         its = [r["iter"] for r in recs]
         for part in [k for k in PARTS if k in recs[0]]: ax.plot(its, [r[part] for r in recs], label=part)
         if (heads_iters or {}).get(name): ax.axvline(heads_iters[name], color="0.4", ls="--", lw=1)
-        ax.set_title(name, fontsize=9); ax.set_xlabel("iteration", fontsize=8); ax.tick_params(labelsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("iteration", fontsize=8)
+        ax.tick_params(labelsize=8)
     axs[0, 0].set_ylabel("‖w − w₀‖ / ‖w₀‖", fontsize=9)
     axs[0, -1].legend(fontsize=8)
     fig.tight_layout()
@@ -941,7 +946,8 @@ def dry_run(cfg: Config, data_root, train_split: str = "train", val_split: str |
     t0 = time.perf_counter()
     run = prepare_run(cfg, data_root, train_split, val_split, Path(tempfile.mkdtemp()), weights, **run_args)
     r = dict(config=run.cfg.name, device=str(run.device), rank=run.rank, world=run.world,
-             train_images=len(run.train_set), val_images=len(run.val_set) if run.val_set else 0, max_iter=run.cfg.max_iter,
+             train_images=len(run.train_set), val_images=len(run.val_set) if run.val_set else 0,
+             max_iter=run.cfg.max_iter,
              prepare_s=time.perf_counter() - t0, decode=_decode_sample(run.train_set, sample_images))
     r["iteration_s"], _, r["peak_mib"] = _timed(lambda: _timed_iterations(run, iters, num_workers), run.device)
     r["evaluation"] = _timed_evaluation(run, eval_images) if run.val_set else None
