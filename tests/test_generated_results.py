@@ -1,0 +1,36 @@
+"""The README's main-job and speed figures are drawn from the committed result files, never typed: the README shows
+exactly what `main_job_markdown` and `speed_markdown` make of them, and the files hold what those figures need."""
+import json
+import re
+from pathlib import Path
+
+from mrcnn_nb.bench import speed_file, speed_markdown
+from mrcnn_nb.cli import main_job_file, main_job_markdown
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _block(name: str) -> str:
+    readme = (ROOT / "README.md").read_text()
+    m = re.search(f"<!-- {name}:start -->\n(.*?)\n<!-- {name}:end -->", readme, flags=re.S)
+    assert m, f"README.md has no {name} block: run python .ci/results.py"
+    return m.group(1)
+
+
+def test_readme_main_job_is_the_stored_run():
+    summary = json.loads(main_job_file().read_text())
+    assert _block("mainjob") == main_job_markdown(summary).strip(), "run python .ci/results.py"
+    assert summary["config"] == "TINY_FPN" and summary["iterations"] == summary["max_iter"] == 3000
+    assert set(summary["metrics"]) == {"bbox", "segm"} and summary["machine"]["cores"] >= 1
+
+
+def test_readme_speed_tables_are_the_stored_benchmark():
+    res = json.loads(speed_file().read_text())
+    assert _block("speed") == speed_markdown(res).strip(), "run python .ci/results.py"
+    cases = {(r["workload"], r["op"], r["pass"]) for r in res["roi"]}
+    assert len(cases) == 8   # FPN and C4, roi_align and roi_pool, forward and backward
+    for case in cases:       # each in torchvision's layout and both of ours
+        assert {r["impl"] for r in res["roi"] if (r["workload"], r["op"], r["pass"]) == case} == \
+            {"torchvision", "ours (channels_last)", "ours (NCHW)"}
+    assert res["scale"] == 1.0 and res["image_size"] == [800, 1066] and res["repeats"] >= 3   # a full measurement
+    assert {r["task"] for r in res["model"]} == {"inference", "train step (2 images)"}
