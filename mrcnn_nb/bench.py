@@ -291,12 +291,21 @@ def _no_nan(rows: list) -> list:
     "Rows with NaN (a peak memory that could not be measured) as None, which JSON can hold."
     return [{k: None if isinstance(v, float) and v != v else v for k, v in r.items()} for r in rows]
 
+def _utc_now() -> str:
+    "When a measurement was taken: UTC, to the second, ISO 8601."
+    import datetime
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+def _roi_cases(roi: list) -> dict:
+    "`bench_roi` rows by (workload, op, pass, impl)."
+    return {(r["workload"], r["op"], r["pass"], r["impl"]): r for r in roi}
+
 # %% ../nbs/30_benchmarks.ipynb #1c679c7a
 def speed_record(roi: list, model: list, repeats: int, scale: float, size, command: str) -> dict:
     """The rows of `bench_roi` and `bench_model` with when, where and how they were measured: the record every speed
     figure is drawn from (`speed_markdown`, `plot_speed`)."""
-    import datetime, numba
-    return dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), command=command,
+    import numba
+    return dict(date=_utc_now(), command=command,
                 machine=machine_info(), numba_threads=numba.get_num_threads(), repeats=repeats, scale=scale,
                 image_size=list(size), roi=_no_nan(roi), model=_no_nan(model))
 
@@ -314,7 +323,7 @@ def bench_speed(out=None, repeats: int = 5, scale: float = 1.0, size=(800, 1066)
 # %% ../nbs/30_benchmarks.ipynb #43669ba8
 def _roi_speed_table(roi: list) -> list:
     "Markdown rows: per workload, op and pass, torchvision's time and ours in both layouts with the speed-up."
-    by = {(r["workload"], r["op"], r["pass"], r["impl"]): r for r in roi}
+    by = _roi_cases(roi)
     def ours(k, impl): return f"{by[k + (impl,)]['ms']:.1f} ms ({by[k + (impl,)]['vs_torchvision']:.1f}×)"
     lines = ["| workload | op | pass | torchvision | ours, channels-last | ours, NCHW |", "|---|---|---|---|---|---|"]
     for k in dict.fromkeys(key[:3] for key in by):
@@ -365,9 +374,10 @@ def plot_speed(res: dict, size=(10, 4.2)):
     import matplotlib.pyplot as plt
     fig, (a, b) = plt.subplots(1, 2, figsize=size, gridspec_kw=dict(width_ratios=[1.6, 1]))
     cases = list(dict.fromkeys((r["workload"], r["op"], r["pass"]) for r in res["roi"]))
-    by = {(r["workload"], r["op"], r["pass"], r["impl"]): r["vs_torchvision"] for r in res["roi"]}
+    by = _roi_cases(res["roi"])
     for j, (impl, colour) in enumerate((("ours (channels_last)", "tab:blue"), ("ours (NCHW)", "tab:orange"))):
-        a.barh([i + 0.4 * j for i in range(len(cases))], [by[c + (impl,)] for c in cases], 0.4, color=colour,
+        a.barh([i + 0.4 * j for i in range(len(cases))], [by[c + (impl,)]["vs_torchvision"] for c in cases], 0.4,
+               color=colour,
                label=impl)
     a.set(xscale="log", yticks=[i + 0.2 for i in range(len(cases))], xlabel="speed-up over torchvision (×)",
           yticklabels=[f"{w} {op.replace('roi_', '')} {p}" for w, op, p in cases], title="RoI layers")
@@ -575,7 +585,7 @@ def bench_coco_memory(root, split: str = "train2017", workers: int = 4, items: i
     """In a fresh Python process: the first parse of `split`'s annotation file, the dataset's construction time and
     memory, then the PSS of that process and of `workers` forked DataLoader workers after each read `items` items.
     Written to `out` (JSON) when given."""
-    import datetime, subprocess, sys
+    import subprocess, sys
     import mrcnn_nb
     code = ("import json, sys; from mrcnn_nb.bench import _coco_memory_child as f; "
             "print(json.dumps(f(*json.loads(sys.argv[1]))))")
@@ -585,7 +595,7 @@ def bench_coco_memory(root, split: str = "train2017", workers: int = 4, items: i
                        capture_output=True, text=True, env=env)
     if r.returncode: raise RuntimeError(f"the measuring process failed:\n{r.stderr[-3000:]}")
     ann = annotation_file(root, split)
-    res = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), machine=machine_info(),
+    res = dict(date=_utc_now(), machine=machine_info(),
                annotation_file=ann.name, json_mib=ann.stat().st_size / 2**20, workers=workers, items_per_worker=items)
     res |= json.loads(r.stdout.strip().splitlines()[-1])
     if out is not None:
