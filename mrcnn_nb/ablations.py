@@ -456,7 +456,8 @@ def run_rpn(variant: str, seed: int = 0, store=None, smoke: bool = False, progre
     cfg, kind = rpn_config(variant, seed, smoke), VARIANTS[variant].kind
     root, weights = ablation_data(kind, smoke, progress=progress), trunk_weights(cfg, store, smoke, progress)
     with tempfile.TemporaryDirectory(prefix=f"rpn-{rpn_name(variant)}-") as tmp:
-        s = train(cfg, root, val_split=None, out_dir=tmp, kind=kind, progress=progress, device=device, weights=weights)
+        s = train(cfg, root, val_split=None, out_dir=tmp, kind=kind, progress=progress, device=device, weights=weights,
+                  share_cores=False)   # the runner fixes each job's threads
     sets = {split: COCODataset(root, split, kind=kind) for split in ("train", "val")}
     props = {split: dataset_proposals(s["model"], ds, "train" if split == "train" else "test", progress=progress)
              for split, ds in sets.items()}
@@ -511,7 +512,7 @@ def run_variant(variant: str, seed: int = 0, store=None, smoke: bool = False, pr
     rpn, proposals = rpn_proposals(variant, seed, store, smoke, progress, device, runs_at_once)
     with tempfile.TemporaryDirectory(prefix=f"ablation-{variant}-") as tmp:
         s = train(cfg, root, out_dir=tmp, kind=kind, progress=progress, device=device, weights=weights,
-                  proposals=proposals)
+                  proposals=proposals, share_cores=False)   # the runner fixes each job's threads
     ev = s["evaluation"]
     record = dict(variant=variant, seed=seed, smoke=smoke, protocol=PROTOCOL_VERSION, config=config_dict(cfg),
                   trunk=weights.stem,

@@ -136,6 +136,11 @@ def _bad_polygons_arg(s):
                    help="a polygon with fewer than 3 points or non-numbers: stop, naming it (default), or leave its "
                         "annotation out and count it")
 
+def _amp_arg(s):
+    s.add_argument("--amp", choices=["bf16", "fp16"], default=None,
+                   help="inference in mixed precision: the convolutions and matrix products in 16 bits, boxes, NMS and "
+                        "RoI kernels in float32 (bf16: CPUs with bfloat16 units, or GPUs; fp16: GPUs)")
+
 def _show_args(s):
     s.add_argument("root", help="dataset root (COCO 2017 layout)")
     s.add_argument("--split", default=None, help="split name (default: the one of val, val2017, valid that exists)")
@@ -242,6 +247,9 @@ def _train_args(s):
                    help="with --resume: config keys that may differ from the checkpoint's, comma-separated, e.g. "
                         "base_lr (after a run diverged), or 'data'")
     s.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
+    s.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch threads, fixed (default: the cores, fewer while other processes keep cores busy, "
+                        "unless OMP_NUM_THREADS is set; fix them for bitwise-reproducible runs)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     s.add_argument("--on-bad-image", choices=["stop", "skip"], default="stop",
                    help="a missing or corrupt image: stop (default) or skip and count")
@@ -317,6 +325,9 @@ def cmd_train(args) -> int:
     from mrcnn_nb.model import get_config
     from mrcnn_nb.train import check_initialization, train
     t0 = time.perf_counter()
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     name = args.config or ("TINY_KP_FPN" if args.kind == "keypoints" else "TINY_FPN")
     overrides = _key_values(args.overrides)
     cfg = get_config(name, **_config_changes(args, overrides))   # every key and value checked before any data is read
@@ -333,7 +344,8 @@ def cmd_train(args) -> int:
     s = train(cfg, root, train_split, val_split, out, weights=args.weights, resume=args.resume,
               kind=args.kind, device=args.device, num_workers=args.workers, on_bad_image=args.on_bad_image,
               val_loss=args.val_loss, adapt=adapt, allow_changed=args.allow_changed, bad_polygons=args.bad_polygons,
-              epochs=args.epochs, heads_iters=args.heads_iters, from_scratch=args.from_scratch)
+              epochs=args.epochs, heads_iters=args.heads_iters, from_scratch=args.from_scratch,
+              share_cores=False if args.threads else None)
     if s["run"].main:
         _report_training(s, name, out, dict(data_seconds=data_seconds, wall_seconds=time.perf_counter() - t0))
     return 0
@@ -378,6 +390,7 @@ def _eval_args(s):
     s.add_argument("--batch", type=_positive_int, default=2, help="images per inference batch (default 2)")
     s.add_argument("--out", default=None, help="directory for metrics.json and the COCO results files")
     _bad_polygons_arg(s)
+    _amp_arg(s)
 
 # %% ../nbs/15_cli.ipynb #15da82a9
 def _write_evaluation(out: Path, r: dict):
@@ -408,7 +421,7 @@ def cmd_eval(args) -> int:
     if names and list(names) != list(ds.class_names):     # label k means category names[k - 1]
         raise UserInputError(f"{ds.ann_file}: categories {list(ds.class_names)} but {args.checkpoint} was trained "
                              f"on {list(names)} (names and order must match)")
-    r = evaluate(model, ds, batch_size=args.batch)
+    r = evaluate(model, ds, batch_size=args.batch, amp=args.amp)
     print(format_metrics(r))
     if args.out: _write_evaluation(Path(args.out), r)
     return 0
@@ -427,6 +440,7 @@ def _predict_args(s):
                    help="take image and category ids from this COCO annotation file (by file and class name), so "
                         "that COCOeval can score results.json against it")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    _amp_arg(s)
 
 # %% ../nbs/15_cli.ipynb #1cbf39f2
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")   # what a folder's images end with
@@ -497,7 +511,7 @@ def _predictor(args, files: list) -> tuple:
     coco = _read_json(Path(args.coco)) if args.coco else None
     image_ids = coco_image_ids(files, coco, args.coco)   # a file the annotations lack: refused before the model loads
     model, cfg, names = model_from_checkpoint(args.checkpoint)
-    model = model.for_inference()
+    model = model.for_inference(amp=args.amp)
     for m in model.modules():      # the threshold before the masks are pasted: a few full-size masks, not a hundred
         if isinstance(m, BoxBranch): m.score_thresh = max(m.score_thresh, args.score_thresh)
     stored = load_checkpoint(args.checkpoint).get("category_ids")
@@ -645,16 +659,21 @@ COMMANDS["ablate"] = (_ablate_args, cmd_ablate, "reproduce the paper's ablation 
 
 # %% ../nbs/15_cli.ipynb #b02af815
 def _bench_args(s):
-    s.add_argument("what", choices=["data", "roi", "model", "speed"],
-                   help="what to measure (speed: roi and model in one run, with the machine; see --out)")
+    s.add_argument("what", choices=["data", "roi", "model", "speed", "contention", "amp"],
+                   help="what to measure (speed: roi and model in one run, with the machine; contention: the main "
+                        "job alone, two at once and beside a busy process; amp: the accuracy of bf16 inference; "
+                        "see --out)")
     s.add_argument("--n", type=_positive_int, default=100, help="data: items to time (default 100)")
     s.add_argument("--repeats", type=_positive_int, default=5,
                    help="roi, model: timed runs per case, the median is reported (default 5)")
     s.add_argument("--threads", type=_positive_int, default=None,
                    help="torch threads (default: data 1, one worker; roi, model, speed: torch's default)")
-    s.add_argument("--out", default=None, help="speed: write the results (JSON) to this file")
+    s.add_argument("--out", default=None, help="speed, contention, amp: write the results (JSON) to this file")
     s.add_argument("--quick", action="store_true",
-                   help="speed: small workloads and images, one repeat: a check that it runs, not a measurement")
+                   help="speed, contention: small workloads, one repeat, 3 iterations: a check that it runs, "
+                        "not a measurement")
+    s.add_argument("--iters", type=_positive_int, default=60,
+                   help="contention: training iterations per run (default 60)")
     s.add_argument("--work", default=None, help="directory for generated benchmark data (cached)")
     s.add_argument("--coco-scale", action="store_true",
                    help="data: memory instead of speed, of a generated COCO-size dataset read by forked workers")
@@ -678,6 +697,28 @@ def _bench_speed(args):
     print(speed_markdown(res))
     if args.out: print(f"wrote {args.out}")
 
+# %% ../nbs/15_cli.ipynb #b79c47a6
+def _bench_contention(args):
+    "`mrcnn_nb bench contention`: the main job alone, two at once, beside a busy process; the table, the record."
+    import shlex
+    from mrcnn_nb.bench import bench_contention, contention_markdown
+    if args.out and Path(args.out).is_dir(): raise UserInputError(f"--out {args.out}: is a directory; give a file name")
+    iters = 3 if args.quick else args.iters
+    flags = ["--iters", str(iters)] + (["--out", args.out] if args.out else [])
+    res = bench_contention(iters, work=args.work, out=args.out,
+                           command=shlex.join(["mrcnn_nb", "bench", "contention", *flags]))
+    print(contention_markdown(res))
+    if args.out: print(f"wrote {args.out}")
+
+# %% ../nbs/15_cli.ipynb #bd1932e2
+def _bench_amp(args):
+    "`mrcnn_nb bench amp`: the accuracy of bf16 inference against float32; the table, the record."
+    from mrcnn_nb.bench import amp_markdown, bench_amp
+    if args.out and Path(args.out).is_dir(): raise UserInputError(f"--out {args.out}: is a directory; give a file name")
+    command = "mrcnn_nb bench amp" + (f" --out {args.out}" if args.out else "")
+    print(amp_markdown(bench_amp(args.out, command=command)))
+    if args.out: print(f"wrote {args.out}")
+
 # %% ../nbs/15_cli.ipynb #cb2d836f
 def cmd_bench(args) -> int:
     "Run a benchmark and print its table."
@@ -698,6 +739,8 @@ def cmd_bench(args) -> int:
                           machine=False))
     elif args.what == "data": print(format_rows(bench_data(work, n=args.n, threads=args.threads or 1)))
     elif args.what == "speed": _bench_speed(args)
+    elif args.what == "contention": _bench_contention(args)
+    elif args.what == "amp": _bench_amp(args)
     elif args.what == "roi":
         from mrcnn_nb.bench import bench_roi
         print(format_rows(bench_roi(repeats=args.repeats)))

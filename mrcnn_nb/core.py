@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import os
 import random
@@ -18,9 +19,10 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['UserInputError', 'seed_everything', 'get_device', 'log_tensor', 'Timer', 'peak_memory_rise', 'atomic_write',
-           'load_torch_file', 'load_state_dict_file', 'load_weights', 'in_test', 'cache_dir', 'distributed_count',
-           'use_cuda_simulator', 'machine_info', 'results_dir']
+__all__ = ['AMP_DTYPES', 'UserInputError', 'seed_everything', 'get_device', 'log_tensor', 'Timer', 'peak_memory_rise',
+           'atomic_write', 'load_torch_file', 'load_state_dict_file', 'load_weights', 'in_test', 'cache_dir',
+           'distributed_count', 'use_cuda_simulator', 'cpu_seconds', 'threads_for', 'ShareCores', 'heads_in_float32',
+           'mixed', 'machine_info', 'results_dir']
 
 # %% ../nbs/00_core.ipynb #24e13f04
 class UserInputError(ValueError):
@@ -253,6 +255,81 @@ def use_cuda_simulator() -> bool:
         return True
     import numba
     return bool(numba.config.ENABLE_CUDASIM)
+
+# %% ../nbs/00_core.ipynb #1a7ad822
+def cpu_seconds() -> tuple | None:
+    """CPU time so far, in seconds: `(machine, this process)` -- every core's busy time since boot (`/proc/stat`)
+    and this process's own, all its threads. None where the system does not say (no `/proc/stat`)."""
+    try:
+        with open("/proc/stat") as f: v = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError): return None
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK"), time.process_time()   # busy: all but idle, iowait
+
+# %% ../nbs/00_core.ipynb #dfd622b7
+def threads_for(elsewhere: float, cores: int, current: int, most: int, margin: float = 0.75) -> int:
+    """Threads for this process when other processes keep `elsewhere` cores busy: the `cores` left, at least 1, at
+    most `most`; `current` is kept unless the free cores differ from it by `margin` or more."""
+    free = cores - elsewhere
+    if abs(free - current) < margin: return current
+    return max(1, min(most, round(free)))
+
+# %% ../nbs/00_core.ipynb #96975472
+class ShareCores:
+    """Fit torch's thread count to the cores that other processes leave free. `check()` often (a training hook:
+    after each step): at most once a `period` (seconds) it measures the cores busy outside this process since the
+    last look and sets torch's threads by `threads_for`, between 1 and `most` (default: torch's count now).
+    `elsewhere`: the last measurement (cores); `changes`: what it did; `restore()` gives torch back `most` threads."""
+    def __init__(self, period: float = 1.0, most: int | None = None, report=None):
+        self.most, self.period, self.report = most or torch.get_num_threads(), period, report
+        self.changes, self.last, self.elsewhere = [], (time.perf_counter(), cpu_seconds()), None
+        self.start = self.last[0]
+
+    def check(self, where=None) -> int | None:
+        "Look if a `period` has passed; the new thread count if it changed, else None."
+        now, (t0, before) = time.perf_counter(), self.last
+        if before is None or now - t0 < self.period: return None
+        self.last = (now, cpu_seconds())
+        (m0, p0), (m1, p1) = before, self.last[1]
+        elsewhere = self.elsewhere = max(0.0, ((m1 - m0) - (p1 - p0)) / (now - t0))
+        old = torch.get_num_threads()
+        n = threads_for(elsewhere, os.cpu_count(), old, self.most)
+        if n == old: return None
+        torch.set_num_threads(n)
+        self.changes.append(dict(at=where, seconds=round(now - self.start, 1), elsewhere=round(elsewhere, 2),
+                                 threads=n))
+        if self.report: self.report(f"{where}: other processes keep {elsewhere:.1f} cores busy: {old} -> {n} threads")
+        return n
+
+    def after_step(self, run, it: int, *_): self.check(f"iteration {it}")
+    def restore(self): torch.set_num_threads(self.most)
+
+# %% ../nbs/00_core.ipynb #611a038c
+AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}   # the mixed precisions, by name
+_HEADS_AMP = contextvars.ContextVar("mrcnn_nb_heads_amp", default=None)   # (device type, dtype) that was suspended
+
+@contextlib.contextmanager
+def heads_in_float32(device_type: str):
+    """Suspend the autocast that is on for `device_type`, if any, and remember it for `mixed`; yields whether one
+    was on."""
+    if not torch.is_autocast_enabled(device_type):
+        yield False
+        return
+    token = _HEADS_AMP.set((device_type, torch.get_autocast_dtype(device_type)))
+    try:
+        with torch.autocast(device_type, enabled=False): yield True
+    finally: _HEADS_AMP.reset(token)
+
+def _float32(x):
+    "Floating tensors of `x` (a tensor, or lists and tuples of them) in float32."
+    if isinstance(x, torch.Tensor): return x.float() if x.is_floating_point() else x
+    if isinstance(x, (list, tuple)): return type(x)(_float32(v) for v in x)
+    return x
+
+def mixed(fn, *args):
+    "`fn(*args)` in the mixed precision that `heads_in_float32` suspended (plainly if none), float32 out."
+    amp = _HEADS_AMP.get()
+    if amp is None: return fn(*args)
+    with torch.autocast(amp[0], dtype=amp[1]): return _float32(fn(*args))
 
 # %% ../nbs/00_core.ipynb #80666ce3
 def machine_info() -> dict:

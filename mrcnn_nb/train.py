@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import UserInputError, atomic_write, get_device, load_torch_file, results_dir, seed_everything
+from .core import (
+    AMP_DTYPES, ShareCores, UserInputError, atomic_write, get_device, load_torch_file, results_dir, seed_everything)
 from .data import (
     AddProposals, COCODataset, Compose, GroupedBatchSampler, RandomHorizontalFlip, aspect_ratio_groups,
     check_image_files, describe_split)
@@ -406,7 +407,7 @@ def _autocast(cfg: Config, device: torch.device):
     if cfg.amp is None: return nullcontext()
     if cfg.amp == "fp16" and device.type != "cuda":
         raise UserInputError("amp='fp16' needs a CUDA device; use 'bf16' on CPU")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=AMP_DTYPES[cfg.amp])
 
 # %% ../nbs/12_train.ipynb #97f9abca
 def _to(x, device):
@@ -837,12 +838,13 @@ def train(cfg: Config, data_root, train_split: str = "train", val_split: str | N
           log_period: int = 20, on_bad_image: str = "stop", progress: bool = True, evaluate_at_end: bool = True,
           val_loss: bool = False, proposals: dict | None = None, adapt=(), allow_changed=(),
           bad_polygons: str = "error", epochs: float | None = None, heads_iters: int | None = None,
-          from_scratch: bool = False) -> dict:
+          from_scratch: bool = False, share_cores: bool | None = None) -> dict:
     """Train `cfg` on `data_root` (COCO layout) for `cfg.max_iter` iterations, writing checkpoints, `metrics.jsonl`
     and evaluations to `out_dir`; returns a summary (iterations, time, skipped images, last evaluation, the trained
     model and run). A model without an RPN (`cfg.rpn='separate'`) trains and evaluates on fixed `proposals`:
     `{split: {image_id: (K, 4)}}`. `allow_changed`: the keys that may differ from the checkpoint's on resume.
-    `epochs`, `heads_iters`, `from_scratch`: see `prepare_run`."""
+    `epochs`, `heads_iters`, `from_scratch`: see `prepare_run`. `share_cores`: fit torch's threads to the cores other
+    processes leave free (`ShareCores`); None: unless `OMP_NUM_THREADS` fixes the count."""
     run = prepare_run(cfg, data_root, train_split, val_split, out_dir, weights, resume, kind, device, proposals, adapt,
                       allow_changed, bad_polygons, epochs, heads_iters, from_scratch)
     if progress and run.main:   # what the run reads, what it starts from, what trains
@@ -852,6 +854,9 @@ def train(cfg: Config, data_root, train_split: str = "train", val_split: str | N
     evaluator = EvaluateEvery(run.cfg.eval_period if val_split else 0, val_loss, progress)
     # the evaluation at iteration k before the checkpoint of k: a run killed between them redoes both on resume
     hooks = [LogMetrics(log_period), evaluator, SaveCheckpoints(run.cfg.checkpoint_period)]
+    if ("OMP_NUM_THREADS" not in os.environ) if share_cores is None else share_cores:   # see 00_core
+        from tqdm.auto import tqdm
+        hooks.append(ShareCores(report=tqdm.write if progress and run.main else None))
     done = fit(run, hooks, num_workers, on_bad_image, progress)
     if run.main: save_checkpoint(run.out_dir / "model_final.pth", run.model, iteration=done["iterations"], cfg=run.cfg,
                                  class_names=run.train_set.class_names,
@@ -860,8 +865,10 @@ def train(cfg: Config, data_root, train_split: str = "train", val_split: str | N
     # an RPN alone has no detections to evaluate (see proposal_recall)
     if val_split and evaluate_at_end and run.cfg.rpn != "only":
         last_eval = evaluate_run(run, done["iterations"], val_loss, progress)
+    sharing = hooks[-1] if isinstance(hooks[-1], ShareCores) else None
+    if sharing: sharing.restore()
     return dict(start_iter=run.start, max_iter=run.cfg.max_iter, out_dir=str(run.out_dir), **done, evaluation=last_eval,
-                model=run.model, run=run)
+                model=run.model, run=run, thread_changes=sharing and sharing.changes)
 
 # %% ../nbs/12_train.ipynb #beb327fc
 class TrackParts:
