@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -19,10 +20,11 @@ from .model import Transform
 from .shapes import make_shapes
 
 # %% auto #0
-__all__ = ['ROI_WORKLOADS', 'COCO_CATEGORY_IDS', 'COCO_SIZES', 'time_dataset', 'format_rows', 'bench_data', 'roi_workload',
-           'bench_roi', 'bench_model', 'speed_file', 'speed_record', 'bench_speed', 'speed_markdown', 'plot_speed',
-           'make_coco_scale_annotations', 'plot_annotation_structure', 'bench_coco_memory', 'coco_memory_rows',
-           'plot_coco_memory']
+__all__ = ['ROI_WORKLOADS', 'CONTENTION_SCENARIOS', 'CONTENTION_TARGETS', 'COCO_CATEGORY_IDS', 'COCO_SIZES', 'time_dataset',
+           'format_rows', 'bench_data', 'roi_workload', 'bench_roi', 'bench_model', 'speed_file', 'speed_record',
+           'bench_speed', 'speed_markdown', 'plot_speed', 'contention_file', 'bench_contention', 'contention_markdown',
+           'matched_detections', 'amp_file', 'bench_amp', 'amp_markdown', 'make_coco_scale_annotations',
+           'plot_annotation_structure', 'bench_coco_memory', 'coco_memory_rows', 'plot_coco_memory']
 
 # %% ../nbs/30_benchmarks.ipynb #6a6c3444
 def time_dataset(dataset, n: int | None = None, warmup: int = 2, threads: int | None = 1, then=None) -> dict:
@@ -192,7 +194,8 @@ def _inference_models(size) -> dict:
     tv.eval()
     ours.eval()
     return {"torchvision": tv, "ours": ours, "ours for_inference()": fast,
-            "ours for_inference(), float masks": fast_probs}
+            "ours for_inference(), float masks": fast_probs,
+            "ours for_inference(amp='bf16')": ours.for_inference(amp="bf16")}
 
 # %% ../nbs/30_benchmarks.ipynb #ad8aa1f1
 def _training_models(size) -> tuple:
@@ -267,18 +270,22 @@ def bench_model(repeats: int = 3, size=(800, 1066), train_size=(800, 1066), prog
     """Inference and training-step time (and peak-memory rise) of R-50-FPN Mask R-CNN: ours against torchvision.
     The models run at the images' own `size` / `train_size` (h, w): their resize keeps that size (shorter side, cap
     >= 1333)."""
+    import copy
     models = _inference_models(size)
     tv_train, ours_train = _training_models(train_size)
     image, images2, targets2 = _bench_data(size, train_size)
     detections = {}
     def infer(name, m):
         with torch.no_grad(): detections[name] = len(m(image)[0]["boxes"])
-    def step(m):
+    def step(m, amp=False):
         opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
-        return lambda: _train_step(m, opt, images2, targets2)
+        def run():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp): _train_step(m, opt, images2, targets2)
+        return run
     cases = [("inference", n, (lambda n=n, m=m: infer(n, m))) for n, m in models.items()]
-    cases += [("train step (2 images)", "torchvision", step(tv_train)),
-              ("train step (2 images)", "ours", step(ours_train))]
+    task = "train step (2 images)"
+    cases += [(task, "torchvision", step(tv_train)), (task, "ours", step(ours_train)),
+              (task, "ours, bf16 autocast (amp='bf16')", step(copy.deepcopy(ours_train), amp=True))]
     times, peaks = _time_interleaved(cases, repeats, progress)
     return _model_rows(cases, times, peaks, detections)
 
@@ -392,6 +399,139 @@ def plot_speed(res: dict, size=(10, 4.2)):
     b.invert_yaxis()
     fig.tight_layout()
     return fig
+
+# %% ../nbs/30_benchmarks.ipynb #2172dd18
+CONTENTION_SCENARIOS = ("alone", "two at once", "beside a busy process")
+
+def _train_command(out, iters: int, threads: int | None = None) -> list:
+    "A short `mrcnn_nb train` of the main job in a fresh Python: `iters` iterations, no evaluation, no checkpoint."
+    cmd = [sys.executable, "-c", "import sys; from mrcnn_nb.cli import main; sys.exit(main())", "train", "--iters",
+           str(iters), "--val-split", "", "--out", str(out), "checkpoint_period=1000000"]
+    return cmd + (["--threads", str(threads)] if threads else [])
+
+# %% ../nbs/30_benchmarks.ipynb #8d0723f3
+def _contended_runs(scenario: str, work: Path, iters: int, threads: int | None = None) -> list:
+    """Run the trainings of `scenario` (one of `CONTENTION_SCENARIOS`) in fresh processes, with torch's and Numba's
+    thread counts left to the library; per training, its seconds per iteration and the thread changes it made."""
+    import shutil, subprocess
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    outs = [work / f"{scenario.replace(' ', '_')}-{i}" for i in range(2 if scenario == "two at once" else 1)]
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if scenario == "beside a busy process" else None
+    try:
+        procs = []
+        for o in outs:
+            shutil.rmtree(o, ignore_errors=True)
+            log = open(f"{o}.log", "w")
+            procs.append(subprocess.Popen(_train_command(o, iters, threads), env=env, stdout=log, stderr=log))
+        for o, p in zip(outs, procs):
+            if p.wait(): raise RuntimeError(f"training {o} failed ({p.returncode}): see {o}.log")
+    finally:
+        if hog:
+            hog.kill()
+            hog.wait()
+    runs = [json.loads((o / "metrics.json").read_text()) for o in outs]
+    return [dict(s_per_it=r["train_seconds"] / iters, threads=[c["threads"] for c in r["thread_changes"] or []])
+            for r in runs]
+
+# %% ../nbs/30_benchmarks.ipynb #c2dd8c07
+def contention_file() -> Path:
+    "The committed contention measurement of a clone: `nbs/results/bench/contention.json`."
+    return results_dir() / "bench" / "contention.json"
+
+def bench_contention(iters: int = 60, work=None, out=None, command: str = "bench_contention()",
+                     progress: bool = True) -> dict:
+    """Time per iteration of the main job alone, two at once and beside a busy process, with threads fixed (one per
+    core) and shared (the library's default); the record, written to `out` if given."""
+    import tempfile
+    from mrcnn_nb.cli import main_job_data
+    main_job_data("instances", progress=progress)   # generated once, before anything is timed
+    work, rows = Path(work or tempfile.mkdtemp(prefix="mrcnn_nb_contention-")), []
+    work.mkdir(parents=True, exist_ok=True)
+    for mode, threads in (("fixed", os.cpu_count()), ("shared", None)):
+        for scenario in CONTENTION_SCENARIOS:
+            runs = _contended_runs(scenario, work, iters, threads)
+            rows.append(dict(mode=mode, scenario=scenario, s_per_it=[round(r["s_per_it"], 4) for r in runs],
+                             threads=[r["threads"] for r in runs]))
+            if progress: print(f"{mode:>6}, {scenario}: {rows[-1]['s_per_it']} s/iteration", flush=True)
+    alone = {r["mode"]: r["s_per_it"][0] for r in rows if r["scenario"] == "alone"}
+    for r in rows: r["x_alone"] = [round(s / alone[r["mode"]], 2) for s in r["s_per_it"]]
+    rec = dict(kind="contention", command=command, when=_utc_now(), machine=machine_info(), iters=iters,
+               fixed_threads=os.cpu_count(), rows=rows)
+    if out:
+        with atomic_write(out) as f: json.dump(rec, f, indent=1)
+    return rec
+
+# %% ../nbs/30_benchmarks.ipynb #474353b2
+CONTENTION_TARGETS = {"two at once": 2.5, "beside a busy process": 2.0}   # times alone, at most
+
+def contention_markdown(rec: dict) -> str:
+    "The table of a `bench_contention` record: per scenario, seconds per iteration and times alone, fixed vs shared."
+    by = {(r["mode"], r["scenario"]): r for r in rec["rows"]}
+    cell = lambda r: " / ".join(f"{s:.2f} s ({x:.1f}×)" for s, x in zip(r["s_per_it"], r["x_alone"]))
+    lines = [f"| scenario | threads fixed ({rec['fixed_threads']} per run) | threads shared (default) | "
+             "target (× alone) |", "|---|---|---|---|"]
+    lines += [f"| {s} | {cell(by['fixed', s])} | {cell(by['shared', s])} | {CONTENTION_TARGETS.get(s, '')} |"
+              for s in CONTENTION_SCENARIOS]
+    m = rec["machine"]
+    return ("\n".join(lines) + f"\n\nSeconds per iteration of each run (× its time alone), {rec['iters']} iterations "
+            f"of the main job per run, on a {m['cores']}-core {m['cpu']} with torch {m['torch']}; "
+            f"`{rec['command']}`, stored in `nbs/results/bench/contention.json`.")
+
+# %% ../nbs/30_benchmarks.ipynb #b5b648f5
+def matched_detections(a: dict, b: dict, iou: float = 0.95, pixels: float = 1.0) -> float:
+    """The share of the detections of `a` that `b` has too: same label, box IoU >= `iou` and every coordinate within
+    `pixels` (1.0 when `a` has none)."""
+    from mrcnn_nb.boxes import box_iou
+    if not len(a["boxes"]): return 1.0
+    if not len(b["boxes"]): return 0.0
+    close = (a["boxes"][:, None] - b["boxes"][None]).abs().amax(-1) <= pixels
+    same = (a["labels"][:, None] == b["labels"][None]) & (box_iou(a["boxes"], b["boxes"]) >= iou) & close
+    return same.any(1).float().mean().item()
+
+# %% ../nbs/30_benchmarks.ipynb #8a05d81a
+def amp_file() -> Path:
+    "The committed bf16-inference accuracy record of a clone: `nbs/results/bench/amp.json`."
+    return results_dir() / "bench" / "amp.json"
+
+def _tiny_both_ways(progress: bool, val_root=None) -> dict:
+    """COCO box and mask AP of the trained TINY_FPN, fp32 and bf16, on the `val` split of `val_root` (default: the
+    main job's data). (Its speed is in the model table: a model this small says little about it.)"""
+    from mrcnn_nb.cli import main_job_data
+    from mrcnn_nb.evaluate import evaluate, predict_dataset
+    from mrcnn_nb.train import demo_checkpoint, model_from_checkpoint
+    model, _, _ = model_from_checkpoint(demo_checkpoint())
+    val = COCODataset(val_root or main_job_data(progress=progress), "val")
+    res, preds = {}, {}
+    for amp in (None, "bf16"):
+        r = evaluate(model, val, progress=progress, amp=amp)
+        ap = {t: r["metrics"][t]["stats"]["AP"] for t in ("bbox", "segm")}
+        res[amp or "fp32"] = dict(box_AP=ap["bbox"], mask_AP=ap["segm"], detections=r["detections"])
+        preds[amp] = [d for _, d in predict_dataset(model.for_inference(amp=amp), val, progress=progress)]
+    shown = [{k: d[k][d["scores"] >= 0.5] for k in ("boxes", "labels")} for d in preds[None]]   # what a user sees
+    counts = [len(d["boxes"]) for d in shown]
+    share = sum(matched_detections(a, b) * n for a, b, n in zip(shown, preds["bf16"], counts)) / max(1, sum(counts))
+    return dict(checkpoint=demo_checkpoint().name, images=len(val), **res, matched=share, matched_of=sum(counts))
+
+# %% ../nbs/30_benchmarks.ipynb #f09a22a5
+def bench_amp(out=None, command: str = "bench_amp()", progress: bool = True, val_root=None) -> dict:
+    """What bf16 inference costs in accuracy, on the repository's trained TINY_FPN (`_tiny_both_ways`); the record,
+    written to `out` if given."""
+    rec = dict(kind="amp", command=command, when=_utc_now(), machine=machine_info(),
+               tiny=_tiny_both_ways(progress, val_root))
+    if out:
+        with atomic_write(out) as f: json.dump(rec, f, indent=1)
+    return rec
+
+# %% ../nbs/30_benchmarks.ipynb #aface929
+def amp_markdown(rec: dict) -> str:
+    "The accuracy of bf16 inference against float32, from a `bench_amp` record."
+    t, m = rec["tiny"], rec["machine"]
+    ap = lambda k: f"{100 * t['fp32'][k]:.1f} | {100 * t['bf16'][k]:.1f} | {100 * (t['bf16'][k] - t['fp32'][k]):+.1f}"
+    return (f"| trained TINY_FPN, {t['images']} validation images | float32 | bf16 | difference |\n"
+            f"|---|---|---|---|\n| box AP | {ap('box_AP')} |\n| mask AP | {ap('mask_AP')} |\n\n"
+            f"bf16 finds {100 * t['matched']:.1f} % of the {t['matched_of']} float32 detections scoring ≥ 0.5 again "
+            f"(same class, IoU ≥ 0.95, every coordinate within 1 px). On a {m['cores']}-core {m['cpu']} with torch "
+            f"{m['torch']}; `{rec['command']}`, stored in `nbs/results/bench/amp.json`.")
 
 # %% ../nbs/30_benchmarks.ipynb #9321ca51
 COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]   # COCO's 80

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .anchors import BalancedSampler, Matcher
 from .boxes import BoxCoder, batched_nms, box_iou, clip_boxes, draw_boxes, remove_small_boxes
 from .backbone import ResNet
-from .core import distributed_count
+from .core import distributed_count, mixed
 
 # %% auto #0
 __all__ = ['TwoMLPHead', 'Res5Head', 'res5_head', 'FastRCNNPredictor', 'sample_rois', 'fastrcnn_loss', 'postprocess_detections',
@@ -148,7 +148,7 @@ class BoxBranch(nn.Module):
         if self.training:
             if targets is None: raise ValueError("the box branch needs targets in training mode")
             proposals, matched, labels, reg = sample_rois(proposals, targets, self.matcher, self.sampler, self.coder)
-        x = self.head(self.pooler(features, proposals))
+        x = mixed(self.head, self.pooler(features, proposals))   # the MLP in the model's mixed precision, if any
         class_logits, box_deltas = self.predictor(x)
         if self.training:
             return (fastrcnn_loss(class_logits, box_deltas, labels, reg),

@@ -236,13 +236,14 @@ def sharded_predictions(model, dataset: COCODataset, batch_size: int = 2, progre
 
 # %% ../nbs/13_eval.ipynb #9a0a7c7d
 def evaluate(model, dataset: COCODataset, batch_size: int = 2, progress: bool = True,
-             cat_ids: list | None = None) -> dict:
+             cat_ids: list | None = None, amp: str | None = None) -> dict:
     """COCOeval of `model` on `dataset`, with inference images/s and peak memory;
     `{'metrics', 'images_per_s', 'peak_mib', 'results'}`. `cat_ids[l - 1]` is the category of label `l`
     (default: the dataset's; torchvision's COCO models use `range(1, 91)`). In a process group (`torchrun`), every
-    rank predicts its share and rank 0 evaluates; the other ranks return None."""
+    rank predicts its share and rank 0 evaluates; the other ranks return None. `amp`: inference in that mixed
+    precision (`MaskRCNN.for_inference`)."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-    fast = model.for_inference() if hasattr(model, "for_inference") else model
+    fast = model.for_inference(amp=amp) if hasattr(model, "for_inference") else model
     device = next(fast.parameters()).device
     preds, seconds, peak = _timed(lambda: sharded_predictions(fast, dataset, batch_size, progress, rank, world), device)
     if preds is None: return None   # not rank 0: rank 0 evaluates

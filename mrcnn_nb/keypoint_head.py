@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .core import distributed_count
+from .core import distributed_count, mixed
 
 # %% auto #0
 __all__ = ['KeypointHead', 'KeypointPredictor', 'keypoint_targets', 'keypoint_loss', 'heatmaps_to_keypoints', 'KeypointBranch',
@@ -93,7 +93,7 @@ class KeypointBranch(nn.Module):
         self.pooler, self.head, self.predictor = pooler, head, predictor
 
     def logits(self, features: list, boxes: list) -> Tensor:
-        return self.predictor(self.head(self.pooler(features, boxes)))
+        return mixed(self.predictor, mixed(self.head, self.pooler(features, boxes)))   # mixed precision, if any
 
     def forward(self, features: list, boxes: list, targets: list | None = None, matched_idxs: list | None = None):
         "Training: {'loss_keypoint'}. Eval: per image (keypoints (D, K, 3), scores (D, K))."

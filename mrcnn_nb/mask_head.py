@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .core import distributed_count
+from .core import distributed_count, mixed
 from .roi_ops import roi_align
 from .boxes import box_iou
 
@@ -153,8 +153,8 @@ class MaskBranch(nn.Module):
         self.target_aligned, self.binarize_targets = target_aligned, binarize_targets
 
     def logits(self, features: list, boxes: list) -> Tensor:
-        x = self.head(self.pooler(features, boxes))
-        return x if self.predictor is None else self.predictor(x)
+        x = mixed(self.head, self.pooler(features, boxes))   # convolutions in the model's mixed precision, if any
+        return x if self.predictor is None else mixed(self.predictor, x)
 
     def forward(self, features: list, boxes: list, labels: list, targets: list | None = None,
                 matched_idxs: list | None = None):

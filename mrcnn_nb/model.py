@@ -5,6 +5,7 @@
 # %% ../nbs/11_model.ipynb #a4fef959
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import types
@@ -19,7 +20,7 @@ from .anchors import AnchorGenerator
 from .backbone import (
     FPNBackbone, ResNet, SingleLevelBackbone, fold_frozen_bn, freeze_trunk, RESNET_BLOCKS)
 from .box_head import BoxBranch, FastRCNNPredictor, Res5Head, TwoMLPHead, res5_head
-from .core import UserInputError, load_state_dict_file, load_weights
+from .core import AMP_DTYPES, UserInputError, heads_in_float32, load_state_dict_file, load_weights
 from .data import ImageBatch, pad_images
 from .keypoint_head import KeypointBranch, KeypointHead, KeypointPredictor
 from .mask_head import FCNMaskHead, MaskBranch, MaskPredictor, MLPMaskHead, paste_masks
@@ -394,12 +395,21 @@ class MaskRCNN(nn.Module):
         self.transform, self.backbone, self.rpn = transform, backbone, rpn
         self.box, self.mask, self.keypoint = box, mask, keypoint
         self.roi_levels, self.num_classes, self.channels_last = roi_levels, num_classes, channels_last
+        self.amp = None   # inference in mixed precision: see `for_inference`
 
-    def for_inference(self) -> "MaskRCNN":
+    def for_inference(self, amp: str | None = None) -> "MaskRCNN":
         """A copy in eval mode with frozen BN folded into the convolutions: same outputs (to rounding), one pass
-        less per conv."""
+        less per conv. `amp='bf16'` (or 'fp16'): its inference runs in that mixed precision."""
         import copy
-        return fold_frozen_bn(copy.deepcopy(self)).eval()
+        if amp not in AMP_DTYPES: raise UserInputError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
+        m = fold_frozen_bn(copy.deepcopy(self)).eval()
+        m.amp = amp
+        return m
+
+    def _autocast(self, device_type: str):
+        "The mixed precision of inference (`for_inference(amp=...)`); nothing in training or without `amp`."
+        if self.training or not self.amp: return contextlib.nullcontext()
+        return torch.autocast(device_type, dtype=AMP_DTYPES[self.amp])
 
     def forward(self, images, targets: list | None = None):
         "Training: dict of losses. Eval: per image dict(boxes, labels, scores[, masks][, keypoints, keypoints_scores])."
@@ -409,12 +419,12 @@ class MaskRCNN(nn.Module):
         # at inference only a model without an RPN reads the targets (its proposals)
         batch, targets = self.transform(images, targets)
         x = batch.tensors.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.tensors
-        features = self.backbone(x)
-        # mixed precision covers the backbone; heads, NMS and RoI kernels run in float32
-        if torch.is_autocast_enabled(x.device.type):
-            with torch.autocast(x.device.type, enabled=False):
-                return self.heads(batch, [f.float() for f in features], targets, original_sizes)
-        return self.heads(batch, features, targets, original_sizes)
+        with self._autocast(x.device.type):
+            features = self.backbone(x)
+            # mixed precision covers the backbone and the heads' heavy layers (`mixed`, in the RPN and the branches);
+            # box arithmetic, NMS and the RoI kernels run in float32
+            with heads_in_float32(x.device.type) as amp:
+                return self.heads(batch, [f.float() for f in features] if amp else features, targets, original_sizes)
 
     def heads(self, batch, features: list, targets: list | None, original_sizes: list):
         "RPN -> box branch -> mask / keypoint branches (-> postprocess in eval) on the backbone's `features`."

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .anchors import AnchorGenerator, BalancedSampler, Matcher
 from .boxes import BoxCoder, batched_nms, box_iou, clip_boxes, draw_boxes, remove_small_boxes
-from .core import distributed_count
+from .core import distributed_count, mixed
 from .data import ImageBatch
 
 # %% auto #0
@@ -142,7 +142,7 @@ class RPN(nn.Module):
 
     def forward(self, images: ImageBatch, features: list, targets: list | None = None):
         "Proposals per image, and a dict of losses (empty in eval mode)."
-        logits, deltas = self.head(features)
+        logits, deltas = mixed(self.head, features)   # its convolutions in the model's mixed precision, if any
         anchors = self.anchor_generator(tuple(images.tensors.shape[-2:]), [f.shape[-2:] for f in features],
                                         features[0].dtype, features[0].device)
         num_per_level = [l.shape[1] * l.shape[2] * l.shape[3] for l in logits]

@@ -61,3 +61,17 @@ def test_the_command_with_threads_fixes_them(shapes_root, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["thread_changes"] is None and summary["machine"]["torch_threads"] == 1
+
+
+def test_the_contention_benchmark_writes_its_record(tmp_path):
+    "`mrcnn_nb bench contention --quick`: every scenario in both modes, each training in a fresh process, the record."
+    out = tmp_path / "contention.json"
+    r = subprocess.run([sys.executable, "-c", "import sys; from mrcnn_nb.cli import main; sys.exit(main())", "bench",
+                        "contention", "--quick", "--out", str(out), "--work", str(tmp_path / "work")],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads(out.read_text())
+    assert [(row["mode"], row["scenario"], len(row["s_per_it"])) for row in rec["rows"]] == [
+        (m, s, n) for m in ("fixed", "shared") for s, n in (("alone", 1), ("two at once", 2), ("beside a busy process", 1))]
+    assert all(x > 0 for row in rec["rows"] for x in row["x_alone"]) and rec["iters"] == 3
+    assert "| two at once |" in r.stdout

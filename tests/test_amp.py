@@ -1,0 +1,52 @@
+"""bf16 inference (`for_inference(amp='bf16')`, `--amp bf16`): the backbone and the heads' heavy layers in bfloat16,
+the RoI kernels, box arithmetic and NMS in float32; the trained model's detections survive it."""
+import torch
+
+from mrcnn_nb.bench import matched_detections
+from mrcnn_nb.data import COCODataset
+from mrcnn_nb.train import demo_checkpoint, model_from_checkpoint
+
+
+def _dtypes_seen(model, image) -> dict:
+    "The dtype each watched module computes in (the output of its first convolution or linear layer), and the output."
+    seen, hooks = {}, []
+    def watch(m, name): return m.register_forward_hook(lambda mod, a, out: seen.setdefault(name, out.dtype) and None)
+    watched = dict(backbone=model.backbone, rpn_head=model.rpn.head, box_pooler=model.box.pooler,
+                   box_head=model.box.head, box_predictor=model.box.predictor, mask_head=model.mask.head,
+                   mask_predictor=model.mask.predictor)
+    for name, m in watched.items():
+        for sub in m.modules():   # the dtype inside: the first convolution or linear layer of the module
+            if isinstance(sub, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.ConvTranspose2d)):
+                hooks.append(watch(sub, name))
+                break
+        else:
+            hooks.append(watch(m, name))
+    with torch.no_grad(): out = model([image])[0]
+    for h in hooks: h.remove()
+    return seen, out
+
+
+def test_bf16_inference_runs_the_heavy_layers_in_bf16_and_the_rest_in_float32(shapes_root):
+    model, _, _ = model_from_checkpoint(demo_checkpoint())
+    image = COCODataset(shapes_root, "val")[0][0]
+    seen, out = _dtypes_seen(model.for_inference(amp="bf16"), image)
+    heavy = {k: v for k, v in seen.items() if k != "box_pooler" and k != "box_predictor"}
+    assert set(heavy.values()) == {torch.bfloat16}, seen
+    assert seen["box_pooler"] == torch.float32 and seen["box_predictor"] == torch.float32, seen
+    assert all(v.dtype in (torch.float32, torch.int64, torch.uint8, torch.bool) for v in out.values()), out
+    seen32, _ = _dtypes_seen(model.for_inference(), image)
+    assert set(seen32.values()) == {torch.float32}
+
+
+def test_bf16_finds_the_float32_detections_of_the_trained_model(shapes_root):
+    model, _, _ = model_from_checkpoint(demo_checkpoint())
+    fp32, bf16 = model.for_inference(), model.for_inference(amp="bf16")
+    val = COCODataset(shapes_root, "val")
+    shares = []
+    with torch.no_grad():
+        for i in range(8):
+            image = val[i][0]
+            a, b = fp32([image])[0], bf16([image])[0]
+            keep = a["scores"] >= 0.5   # the detections a user sees
+            shares.append(matched_detections({k: a[k][keep] for k in ("boxes", "labels")}, b))
+    assert sum(shares) / len(shares) >= 0.9, shares
