@@ -417,18 +417,19 @@ def _contended_runs(scenario: str, work: Path, iters: int, threads: int | None =
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
     outs = [work / f"{scenario.replace(' ', '_')}-{i}" for i in range(2 if scenario == "two at once" else 1)]
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if scenario == "beside a busy process" else None
+    procs, logs = [], []
     try:
-        procs = []
         for o in outs:
             shutil.rmtree(o, ignore_errors=True)
-            log = open(f"{o}.log", "w")
-            procs.append(subprocess.Popen(_train_command(o, iters, threads), env=env, stdout=log, stderr=log))
+            logs.append(open(f"{o}.log", "w"))
+            procs.append(subprocess.Popen(_train_command(o, iters, threads), env=env, stdout=logs[-1], stderr=logs[-1]))
         for o, p in zip(outs, procs):
             if p.wait(): raise RuntimeError(f"training {o} failed ({p.returncode}): see {o}.log")
-    finally:
-        if hog:
-            hog.kill()
-            hog.wait()
+    finally:   # nothing left running after an error or an interrupt
+        for p in procs + ([hog] if hog else []):
+            if p.poll() is None: p.kill()
+            p.wait()
+        for f in logs: f.close()
     runs = [json.loads((o / "metrics.json").read_text()) for o in outs]
     return [dict(s_per_it=r["train_seconds"] / iters, threads=[c["threads"] for c in r["thread_changes"] or []])
             for r in runs]
@@ -507,9 +508,10 @@ def _tiny_both_ways(progress: bool, val_root=None) -> dict:
         ap = {t: r["metrics"][t]["stats"]["AP"] for t in ("bbox", "segm")}
         res[amp or "fp32"] = dict(box_AP=ap["bbox"], mask_AP=ap["segm"], detections=r["detections"])
         preds[amp] = [d for _, d in predict_dataset(model.for_inference(amp=amp), val, progress=progress)]
-    shown = [{k: d[k][d["scores"] >= 0.5] for k in ("boxes", "labels")} for d in preds[None]]   # what a user sees
-    counts = [len(d["boxes"]) for d in shown]
-    share = sum(matched_detections(a, b) * n for a, b, n in zip(shown, preds["bf16"], counts)) / max(1, sum(counts))
+    shown = {a: [{k: d[k][d["scores"] >= 0.5] for k in ("boxes", "labels")} for d in p] for a, p in preds.items()}
+    counts = [len(d["boxes"]) for d in shown[None]]   # the detections a user sees, in both precisions
+    pairs = zip(shown[None], shown["bf16"], counts)
+    share = sum(matched_detections(a, b) * n for a, b, n in pairs) / max(1, sum(counts))
     return dict(checkpoint=demo_checkpoint().name, images=len(val), **res, matched=share, matched_of=sum(counts))
 
 # %% ../nbs/30_benchmarks.ipynb #f09a22a5
@@ -529,7 +531,8 @@ def amp_markdown(rec: dict) -> str:
     ap = lambda k: f"{100 * t['fp32'][k]:.1f} | {100 * t['bf16'][k]:.1f} | {100 * (t['bf16'][k] - t['fp32'][k]):+.1f}"
     return (f"| trained TINY_FPN, {t['images']} validation images | float32 | bf16 | difference |\n"
             f"|---|---|---|---|\n| box AP | {ap('box_AP')} |\n| mask AP | {ap('mask_AP')} |\n\n"
-            f"bf16 finds {100 * t['matched']:.1f} % of the {t['matched_of']} float32 detections scoring ≥ 0.5 again "
+            f"Of the {t['matched_of']} float32 detections scoring ≥ 0.5, bf16 finds {100 * t['matched']:.1f} % again "
+            "among its own scoring ≥ 0.5 "
             f"(same class, IoU ≥ 0.95, every coordinate within 1 px). On a {m['cores']}-core {m['cpu']} with torch "
             f"{m['torch']}; `{rec['command']}`, stored in `nbs/results/bench/amp.json`.")
 

@@ -697,7 +697,7 @@ def _bench_speed(args):
     print(speed_markdown(res))
     if args.out: print(f"wrote {args.out}")
 
-# %% ../nbs/15_cli.ipynb #b79c47a6
+# %% ../nbs/15_cli.ipynb #25d63404
 def _bench_contention(args):
     "`mrcnn_nb bench contention`: the main job alone, two at once, beside a busy process; the table, the record."
     import shlex
@@ -710,7 +710,7 @@ def _bench_contention(args):
     print(contention_markdown(res))
     if args.out: print(f"wrote {args.out}")
 
-# %% ../nbs/15_cli.ipynb #bd1932e2
+# %% ../nbs/15_cli.ipynb #a742faf7
 def _bench_amp(args):
     "`mrcnn_nb bench amp`: the accuracy of bf16 inference against float32; the table, the record."
     from mrcnn_nb.bench import amp_markdown, bench_amp

@@ -673,7 +673,7 @@ def _finetune_run(data_root, start: str, seed: int, work: Path, weights, iters: 
                                           warmup_iters=min(50, iters), checkpoint_period=iters)
     cfg = get_config("TINY_FINETUNE", seed=seed, **short)
     s = train(cfg, data_root, "train", "val", work / f"{start}_{seed}", progress=False, adapt=("num_classes",),
-              weights=weights if start == "fine-tuned" else None)
+              weights=weights if start == "fine-tuned" else None, share_cores=False)   # seeds comparable
     run = s["run"]
     return dict(start=start, seed=seed, weights=Path(weights).name if start == "fine-tuned" else None,
                 metrics={t: s["evaluation"]["metrics"][t]["stats"] for t in ("bbox", "segm")},

@@ -21,8 +21,8 @@ import torch
 # %% auto #0
 __all__ = ['AMP_DTYPES', 'UserInputError', 'seed_everything', 'get_device', 'log_tensor', 'Timer', 'peak_memory_rise',
            'atomic_write', 'load_torch_file', 'load_state_dict_file', 'load_weights', 'in_test', 'cache_dir',
-           'distributed_count', 'use_cuda_simulator', 'cpu_seconds', 'threads_for', 'ShareCores', 'heads_in_float32',
-           'mixed', 'machine_info', 'results_dir']
+           'distributed_count', 'use_cuda_simulator', 'usable_cpus', 'cpu_seconds', 'threads_for', 'ShareCores',
+           'heads_in_float32', 'mixed', 'machine_info', 'results_dir']
 
 # %% ../nbs/00_core.ipynb #24e13f04
 class UserInputError(ValueError):
@@ -256,43 +256,52 @@ def use_cuda_simulator() -> bool:
     import numba
     return bool(numba.config.ENABLE_CUDASIM)
 
-# %% ../nbs/00_core.ipynb #1a7ad822
-def cpu_seconds() -> tuple | None:
-    """CPU time so far, in seconds: `(machine, this process)` -- every core's busy time since boot (`/proc/stat`)
-    and this process's own, all its threads. None where the system does not say (no `/proc/stat`)."""
-    try:
-        with open("/proc/stat") as f: v = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError): return None
-    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK"), time.process_time()   # busy: all but idle, iowait
+# %% ../nbs/00_core.ipynb #d4046d5c
+def usable_cpus() -> list:
+    "The CPUs this process may run on (its affinity: `taskset`, a container's cpuset), or all of them."
+    try: return sorted(os.sched_getaffinity(0))
+    except AttributeError: return list(range(os.cpu_count() or 1))   # no affinity call (macOS, Windows)
 
-# %% ../nbs/00_core.ipynb #dfd622b7
-def threads_for(elsewhere: float, cores: int, current: int, most: int, margin: float = 0.75) -> int:
-    """Threads for this process when other processes keep `elsewhere` cores busy: the `cores` left, at least 1, at
-    most `most`; `current` is kept unless the free cores differ from it by `margin` or more."""
+def cpu_seconds(cpus=None) -> tuple | None:
+    """CPU time so far, in seconds: `(machine, this process)` -- the busy time since boot of `cpus` (default: all;
+    Linux's `/proc/stat`) and this process's own, all its threads. None where the system does not say."""
+    try:
+        with open("/proc/stat") as f: rows = [r.split() for r in f if r.startswith("cpu")]
+    except OSError: return None
+    want = {"cpu"} if cpus is None else {f"cpu{i}" for i in cpus}
+    ticks = [[int(x) for x in r[1:9]] for r in rows if r[0] in want]
+    busy = sum(sum(v) - v[3] - v[4] for v in ticks)   # all but idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK"), time.process_time()
+
+# %% ../nbs/00_core.ipynb #86cf6c3e
+def threads_for(elsewhere: float, cores: int, current: int, most: int, margin: float = 0.5) -> int:
+    """Threads for this process when other processes keep `elsewhere` of its `cores` busy: the cores left, at least 1,
+    at most `most`; `current` is kept unless the free cores differ from it by `margin` or more."""
     free = cores - elsewhere
     if abs(free - current) < margin: return current
     return max(1, min(most, round(free)))
 
-# %% ../nbs/00_core.ipynb #96975472
+# %% ../nbs/00_core.ipynb #fa9b7435
 class ShareCores:
     """Fit torch's thread count to the cores that other processes leave free. `check()` often (a training hook:
-    after each step): at most once a `period` (seconds) it measures the cores busy outside this process since the
-    last look and sets torch's threads by `threads_for`, between 1 and `most` (default: torch's count now).
-    `elsewhere`: the last measurement (cores); `changes`: what it did; `restore()` gives torch back `most` threads."""
+    after each step): at most once a `period` (seconds) it measures the cores of `usable_cpus()` busy outside this
+    process since the last look and sets torch's threads by `threads_for`, between 1 and `most` (default: torch's
+    count now). `elsewhere`: the last measurement (cores); `changes`: what it did; `restore()` gives back `most`."""
     def __init__(self, period: float = 1.0, most: int | None = None, report=None):
         self.most, self.period, self.report = most or torch.get_num_threads(), period, report
-        self.changes, self.last, self.elsewhere = [], (time.perf_counter(), cpu_seconds()), None
+        self.cpus = usable_cpus()
+        self.changes, self.last, self.elsewhere = [], (time.perf_counter(), cpu_seconds(self.cpus)), None
         self.start = self.last[0]
 
     def check(self, where=None) -> int | None:
         "Look if a `period` has passed; the new thread count if it changed, else None."
         now, (t0, before) = time.perf_counter(), self.last
         if before is None or now - t0 < self.period: return None
-        self.last = (now, cpu_seconds())
+        self.last = (now, cpu_seconds(self.cpus))
         (m0, p0), (m1, p1) = before, self.last[1]
         elsewhere = self.elsewhere = max(0.0, ((m1 - m0) - (p1 - p0)) / (now - t0))
         old = torch.get_num_threads()
-        n = threads_for(elsewhere, os.cpu_count(), old, self.most)
+        n = threads_for(elsewhere, len(self.cpus), old, self.most)
         if n == old: return None
         torch.set_num_threads(n)
         self.changes.append(dict(at=where, seconds=round(now - self.start, 1), elsewhere=round(elsewhere, 2),
@@ -303,7 +312,7 @@ class ShareCores:
     def after_step(self, run, it: int, *_): self.check(f"iteration {it}")
     def restore(self): torch.set_num_threads(self.most)
 
-# %% ../nbs/00_core.ipynb #611a038c
+# %% ../nbs/00_core.ipynb #8df38a62
 AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}   # the mixed precisions, by name
 _HEADS_AMP = contextvars.ContextVar("mrcnn_nb_heads_amp", default=None)   # (device type, dtype) that was suspended
 

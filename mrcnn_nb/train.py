@@ -832,6 +832,14 @@ def fit(run: Run, hooks=(), num_workers: int = 0, on_bad_image: str = "stop", pr
         bar.close()
     return dict(iterations=it, train_seconds=time.perf_counter() - t_start, skipped_images=skipped)
 
+# %% ../nbs/12_train.ipynb #c4fcdf77
+def _sharing(share_cores: bool | None, report: bool) -> ShareCores | None:
+    """The `ShareCores` hook of a run (`share_cores`; None: unless `OMP_NUM_THREADS` fixes the thread count), or None;
+    its changes printed when `report`."""
+    if not (("OMP_NUM_THREADS" not in os.environ) if share_cores is None else share_cores): return None
+    from tqdm.auto import tqdm
+    return ShareCores(report=tqdm.write if report else None)
+
 # %% ../nbs/12_train.ipynb #a2225923
 def train(cfg: Config, data_root, train_split: str = "train", val_split: str | None = "val", out_dir="runs/train",
           weights=None, resume: bool = False, kind: str = "instances", device: str = "auto", num_workers: int = 0,
@@ -854,19 +862,18 @@ def train(cfg: Config, data_root, train_split: str = "train", val_split: str | N
     evaluator = EvaluateEvery(run.cfg.eval_period if val_split else 0, val_loss, progress)
     # the evaluation at iteration k before the checkpoint of k: a run killed between them redoes both on resume
     hooks = [LogMetrics(log_period), evaluator, SaveCheckpoints(run.cfg.checkpoint_period)]
-    if ("OMP_NUM_THREADS" not in os.environ) if share_cores is None else share_cores:   # see 00_core
-        from tqdm.auto import tqdm
-        hooks.append(ShareCores(report=tqdm.write if progress and run.main else None))
-    done = fit(run, hooks, num_workers, on_bad_image, progress)
-    if run.main: save_checkpoint(run.out_dir / "model_final.pth", run.model, iteration=done["iterations"], cfg=run.cfg,
-                                 class_names=run.train_set.class_names,
-                                 category_ids=list(run.train_set.categories.cat_ids))
-    last_eval = evaluator.last
-    # an RPN alone has no detections to evaluate (see proposal_recall)
-    if val_split and evaluate_at_end and run.cfg.rpn != "only":
-        last_eval = evaluate_run(run, done["iterations"], val_loss, progress)
-    sharing = hooks[-1] if isinstance(hooks[-1], ShareCores) else None
-    if sharing: sharing.restore()
+    sharing = _sharing(share_cores, progress and run.main)
+    try:
+        done = fit(run, hooks + ([sharing] if sharing else []), num_workers, on_bad_image, progress)
+        if run.main: save_checkpoint(run.out_dir / "model_final.pth", run.model, iteration=done["iterations"],
+                                     cfg=run.cfg, class_names=run.train_set.class_names,
+                                     category_ids=list(run.train_set.categories.cat_ids))
+        last_eval = evaluator.last
+        # an RPN alone has no detections to evaluate (see proposal_recall)
+        if val_split and evaluate_at_end and run.cfg.rpn != "only":
+            last_eval = evaluate_run(run, done["iterations"], val_loss, progress)
+    finally:
+        if sharing: sharing.restore()   # also after an error or an interrupt: the next run starts from all cores
     return dict(start_iter=run.start, max_iter=run.cfg.max_iter, out_dir=str(run.out_dir), **done, evaluation=last_eval,
                 model=run.model, run=run, thread_changes=sharing and sharing.changes)
 

@@ -47,6 +47,6 @@ def test_bf16_finds_the_float32_detections_of_the_trained_model(shapes_root):
         for i in range(8):
             image = val[i][0]
             a, b = fp32([image])[0], bf16([image])[0]
-            keep = a["scores"] >= 0.5   # the detections a user sees
-            shares.append(matched_detections({k: a[k][keep] for k in ("boxes", "labels")}, b))
-    assert sum(shares) / len(shares) >= 0.9, shares
+            a, b = ({k: d[k][d["scores"] >= 0.5] for k in ("boxes", "labels")} for d in (a, b))   # what a user sees
+            if len(a["boxes"]): shares.append(matched_detections(a, b))
+    assert len(shares) >= 6 and sum(shares) / len(shares) >= 0.9, shares
