@@ -3,7 +3,9 @@
 (mrcnn_nb.ablations.results_markdown, from nbs/results/ablations), the fine-tuning comparison
 (mrcnn_nb.convert.finetune_markdown, from nbs/results/finetune), the main job's table and times
 (mrcnn_nb.cli.main_job_markdown, from nbs/results/main_job.json) and the speed tables
-(mrcnn_nb.bench.speed_markdown, from nbs/results/bench/speed.json) -- then README.md (python .ci/readme.py)."""
+(mrcnn_nb.bench.speed_markdown, from nbs/results/bench/speed.json), the accuracy of bf16 inference
+(mrcnn_nb.bench.amp_markdown, from nbs/results/bench/amp.json) and the contention benchmark
+(mrcnn_nb.bench.contention_markdown, from nbs/results/bench/contention.json) -- then README.md (python .ci/readme.py)."""
 import json
 import re
 import subprocess
@@ -13,7 +15,8 @@ from pathlib import Path
 root = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(root))
 from mrcnn_nb.ablations import results_markdown  # noqa: E402
-from mrcnn_nb.bench import speed_file, speed_markdown  # noqa: E402
+from mrcnn_nb.bench import (  # noqa: E402
+    amp_file, amp_markdown, contention_file, contention_markdown, speed_file, speed_markdown)
 from mrcnn_nb.cli import main_job_file, main_job_markdown  # noqa: E402
 from mrcnn_nb.convert import finetune_markdown  # noqa: E402
 
@@ -21,7 +24,9 @@ path = root / "nbs" / "index.ipynb"
 nb = json.loads(path.read_text())
 blocks = (("results", results_markdown()), ("finetune", finetune_markdown()),
           ("mainjob", main_job_markdown(json.loads(main_job_file().read_text()))),
-          ("speed", speed_markdown(json.loads(speed_file().read_text()))))
+          ("speed", speed_markdown(json.loads(speed_file().read_text()))),
+          ("amp", amp_markdown(json.loads(amp_file().read_text()))),
+          ("contention", contention_markdown(json.loads(contention_file().read_text()))))
 for name, text in blocks:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     cell = next(c for c in nb["cells"] if c["cell_type"] == "markdown" and start in "".join(c["source"]))

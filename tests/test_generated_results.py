@@ -1,10 +1,12 @@
-"""The README's main-job and speed figures are drawn from the committed result files, never typed: the README shows
-exactly what `main_job_markdown` and `speed_markdown` make of them, and the files hold what those figures need."""
+"""The README's main-job, speed, bf16-accuracy and contention figures are drawn from the committed result files, never
+typed: the README shows exactly what `main_job_markdown`, `speed_markdown`, `amp_markdown` and `contention_markdown`
+make of them, and the files hold what those figures need."""
 import json
 import re
 from pathlib import Path
 
-from mrcnn_nb.bench import speed_file, speed_markdown
+from mrcnn_nb.bench import (
+    amp_file, amp_markdown, contention_file, contention_markdown, speed_file, speed_markdown, CONTENTION_SCENARIOS)
 from mrcnn_nb.cli import main_job_file, main_job_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,3 +36,18 @@ def test_readme_speed_tables_are_the_stored_benchmark():
             {"torchvision", "ours (channels_last)", "ours (NCHW)"}
     assert res["scale"] == 1.0 and res["image_size"] == [800, 1066] and res["repeats"] >= 3   # a full measurement
     assert {r["task"] for r in res["model"]} == {"inference", "train step (2 images)"}
+
+
+def test_readme_bf16_accuracy_is_the_stored_measurement():
+    rec = json.loads(amp_file().read_text())
+    assert _block("amp") == amp_markdown(rec).strip(), "run python .ci/results.py"
+    t = rec["tiny"]
+    assert t["images"] == 100 and t["matched_of"] > 100   # the main job's validation images, not a demo's
+
+
+def test_readme_contention_table_is_the_stored_benchmark():
+    rec = json.loads(contention_file().read_text())
+    assert _block("contention") == contention_markdown(rec).strip(), "run python .ci/results.py"
+    assert {(r["mode"], r["scenario"]) for r in rec["rows"]} == \
+        {(m, s) for m in ("fixed", "shared") for s in CONTENTION_SCENARIOS}
+    assert rec["iters"] >= 30   # a measurement, not the --quick check
