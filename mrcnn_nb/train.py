@@ -832,7 +832,7 @@ def fit(run: Run, hooks=(), num_workers: int = 0, on_bad_image: str = "stop", pr
         bar.close()
     return dict(iterations=it, train_seconds=time.perf_counter() - t_start, skipped_images=skipped)
 
-# %% ../nbs/12_train.ipynb #c4fcdf77
+# %% ../nbs/12_train.ipynb #c5fa437e
 def _sharing(share_cores: bool | None, report: bool) -> ShareCores | None:
     """The `ShareCores` hook of a run (`share_cores`; None: unless `OMP_NUM_THREADS` fixes the thread count), or None;
     its changes printed when `report`."""
