@@ -298,6 +298,10 @@ def _no_nan(rows: list) -> list:
     "Rows with NaN (a peak memory that could not be measured) as None, which JSON can hold."
     return [{k: None if isinstance(v, float) and v != v else v for k, v in r.items()} for r in rows]
 
+def _write_record(out, rec: dict):
+    "A benchmark's record as JSON in file `out`, written whole or not at all."
+    with atomic_write(out) as f: json.dump(rec, f, indent=1)
+
 def _utc_now() -> str:
     "When a measurement was taken: UTC, to the second, ISO 8601."
     import datetime
@@ -323,8 +327,7 @@ def bench_speed(out=None, repeats: int = 5, scale: float = 1.0, size=(800, 1066)
     roi = bench_roi(repeats=repeats, scale=scale, progress=progress)
     model = bench_model(repeats, size, size, progress)
     res = speed_record(roi, model, repeats, scale, size, command)
-    if out is not None:
-        with atomic_write(out) as f: json.dump(res, f, indent=1)
+    if out is not None: _write_record(out, res)
     return res
 
 # %% ../nbs/30_benchmarks.ipynb #43669ba8
@@ -458,8 +461,7 @@ def bench_contention(iters: int = 60, work=None, out=None, command: str = "bench
     for r in rows: r["x_alone"] = [round(s / alone[r["mode"]], 2) for s in r["s_per_it"]]
     rec = dict(kind="contention", command=command, when=_utc_now(), machine=machine_info(), iters=iters,
                fixed_threads=os.cpu_count(), rows=rows)
-    if out:
-        with atomic_write(out) as f: json.dump(rec, f, indent=1)
+    if out: _write_record(out, rec)
     return rec
 
 # %% ../nbs/30_benchmarks.ipynb #474353b2
@@ -498,16 +500,17 @@ def _tiny_both_ways(progress: bool, val_root=None) -> dict:
     """COCO box and mask AP of the trained TINY_FPN, fp32 and bf16, on the `val` split of `val_root` (default: the
     main job's data). (Its speed is in the model table: a model this small says little about it.)"""
     from mrcnn_nb.cli import main_job_data
-    from mrcnn_nb.evaluate import evaluate, predict_dataset
+    from mrcnn_nb.evaluate import coco_evaluate, predict_dataset, to_coco_results
     from mrcnn_nb.train import demo_checkpoint, model_from_checkpoint
     model, _, _ = model_from_checkpoint(demo_checkpoint())
     val = COCODataset(val_root or main_job_data(progress=progress), "val")
     res, preds = {}, {}
-    for amp in (None, "bf16"):
-        r = evaluate(model, val, progress=progress, amp=amp)
-        ap = {t: r["metrics"][t]["stats"]["AP"] for t in ("bbox", "segm")}
-        res[amp or "fp32"] = dict(box_AP=ap["bbox"], mask_AP=ap["segm"], detections=r["detections"])
-        preds[amp] = [d for _, d in predict_dataset(model.for_inference(amp=amp), val, progress=progress)]
+    for amp in (None, "bf16"):   # one inference per precision: scored by COCOeval, and kept for the matching
+        p = predict_dataset(model.for_inference(amp=amp), val, progress=progress)
+        m = coco_evaluate(val.coco, to_coco_results(p, val.categories.cat_ids))
+        res[amp or "fp32"] = dict(box_AP=m["bbox"]["stats"]["AP"], mask_AP=m["segm"]["stats"]["AP"],
+                                  detections=sum(len(d["boxes"]) for _, d in p))
+        preds[amp] = [d for _, d in p]
     shown = {a: [{k: d[k][d["scores"] >= 0.5] for k in ("boxes", "labels")} for d in p] for a, p in preds.items()}
     counts = [len(d["boxes"]) for d in shown[None]]   # the detections a user sees, in both precisions
     pairs = zip(shown[None], shown["bf16"], counts)
@@ -520,8 +523,7 @@ def bench_amp(out=None, command: str = "bench_amp()", progress: bool = True, val
     written to `out` if given."""
     rec = dict(kind="amp", command=command, when=_utc_now(), machine=machine_info(),
                tiny=_tiny_both_ways(progress, val_root))
-    if out:
-        with atomic_write(out) as f: json.dump(rec, f, indent=1)
+    if out: _write_record(out, rec)
     return rec
 
 # %% ../nbs/30_benchmarks.ipynb #aface929

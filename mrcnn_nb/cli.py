@@ -685,11 +685,15 @@ def _bench_args(s):
                    help="--coco-scale: items each worker reads (default 2000)")
 
 # %% ../nbs/15_cli.ipynb #1af9df74
+def _refuse_folder_out(out):
+    "Refuse `--out` naming a folder, before a benchmark runs (its record is written at the end)."
+    if out and Path(out).is_dir(): raise UserInputError(f"--out {out}: is a directory; give a file name")
+
 def _bench_speed(args):
     "`mrcnn_nb bench speed`: the RoI and model benchmarks in one run; their tables, and the record written to `--out`."
     import shlex
     from mrcnn_nb.bench import bench_speed, speed_markdown
-    if args.out and Path(args.out).is_dir(): raise UserInputError(f"--out {args.out}: is a directory; give a file name")
+    _refuse_folder_out(args.out)   # before minutes of measuring
     flags = ["--quick"] if args.quick else ["--repeats", str(args.repeats)]
     flags += [f for k in ("threads", "out") if getattr(args, k) for f in (f"--{k}", str(getattr(args, k)))]
     small = dict(repeats=1, scale=0.02, size=(96, 128)) if args.quick else dict(repeats=args.repeats)
@@ -702,7 +706,7 @@ def _bench_contention(args):
     "`mrcnn_nb bench contention`: the main job alone, two at once, beside a busy process; the table, the record."
     import shlex
     from mrcnn_nb.bench import bench_contention, contention_markdown
-    if args.out and Path(args.out).is_dir(): raise UserInputError(f"--out {args.out}: is a directory; give a file name")
+    _refuse_folder_out(args.out)   # before minutes of measuring
     iters = 3 if args.quick else args.iters
     flags = ["--iters", str(iters)] + (["--out", args.out] if args.out else [])
     res = bench_contention(iters, work=args.work, out=args.out,
@@ -714,7 +718,7 @@ def _bench_contention(args):
 def _bench_amp(args):
     "`mrcnn_nb bench amp`: the accuracy of bf16 inference against float32; the table, the record."
     from mrcnn_nb.bench import amp_markdown, bench_amp
-    if args.out and Path(args.out).is_dir(): raise UserInputError(f"--out {args.out}: is a directory; give a file name")
+    _refuse_folder_out(args.out)   # before minutes of measuring
     command = "mrcnn_nb bench amp" + (f" --out {args.out}" if args.out else "")
     print(amp_markdown(bench_amp(args.out, command=command)))
     if args.out: print(f"wrote {args.out}")
