@@ -34,29 +34,37 @@ def _plan_arrays(plan: BilinearPlan):
     y, x = plan.y, plan.x
     return tuple(t.numpy() for t in (plan.batch, y.lo, y.hi, y.w_lo, y.w_hi, y.n, x.lo, x.hi, x.w_lo, x.w_hi, x.n))
 
-# %% ../nbs/07a_roi_numba.ipynb #6c0a0ab4
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _bilinear_avg_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, out):
-    # x (N, H, W, C); plans (K, P, G); out (K, C, PH, PW), as torchvision returns it
-    K, PH = ylo.shape[0], ylo.shape[1]
-    PW, C = xlo.shape[1], x.shape[3]
-    for t in prange(K * PH):
-        k = t // PH
-        ph = t - k * PH
-        b = batch[k]
-        o = np.empty(C, dtype=out.dtype)   # one bin's channels, contiguous: the inner loop vectorizes
+# %% ../nbs/07a_roi_numba.ipynb #5036cd34
+@numba.njit(cache=True, nogil=True)
+def _avg_bins(src, k, ph0, ph1, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, cnt, dy, dx, o, out):
+    """Bin rows [ph0, ph1) of RoI k, averaged: `src` (h, w, C) holds the cells from row `dy` and column `dx` of the
+    RoI's image on; `o` (C,) is a scratch buffer; writes out[k, :, ph0:ph1, :]."""
+    PW, C = xlo.shape[1], src.shape[2]
+    for ph in range(ph0, ph1):
         for pw in range(PW):
             for c in range(C): o[c] = 0
             for iy in range(yn[k]):
-                y0, y1, wy0, wy1 = ylo[k, ph, iy], yhi[k, ph, iy], ywlo[k, ph, iy], ywhi[k, ph, iy]
+                y0, y1, wy0, wy1 = ylo[k, ph, iy] - dy, yhi[k, ph, iy] - dy, ywlo[k, ph, iy], ywhi[k, ph, iy]
                 if wy0 == 0 and wy1 == 0: continue
                 for ix in range(xn[k]):
-                    x0, x1, wx0, wx1 = xlo[k, pw, ix], xhi[k, pw, ix], xwlo[k, pw, ix], xwhi[k, pw, ix]
+                    x0, x1, wx0, wx1 = xlo[k, pw, ix] - dx, xhi[k, pw, ix] - dx, xwlo[k, pw, ix], xwhi[k, pw, ix]
+                    if wx0 == 0 and wx1 == 0: continue   # read as zero: its cells may lie outside `src`
                     w1, w2, w3, w4 = wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1
-                    r1, r2, r3, r4 = x[b, y0, x0], x[b, y0, x1], x[b, y1, x0], x[b, y1, x1]
+                    r1, r2, r3, r4 = src[y0, x0], src[y0, x1], src[y1, x0], src[y1, x1]
                     for c in range(C): o[c] += w1 * r1[c] + w2 * r2[c] + w3 * r3[c] + w4 * r4[c]
-            cnt = count[k]
             for c in range(C): out[k, c, ph, pw] = o[c] / cnt
+
+# %% ../nbs/07a_roi_numba.ipynb #6c0a0ab4
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _bilinear_avg_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, out):
+    # x (N, H, W, C); plans (K, P, G); out (K, C, PH, PW), as torchvision returns it; one task per RoI and bin row
+    K, PH, C = ylo.shape[0], ylo.shape[1], x.shape[3]
+    for t in prange(K * PH):
+        k = t // PH
+        ph = t - k * PH
+        o = np.empty(C, dtype=out.dtype)   # one bin's channels, contiguous: the inner loop vectorizes
+        _avg_bins(x[batch[k]], k, ph, ph + 1, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count[k], 0, 0, o,
+                  out)
 
 # %% ../nbs/07a_roi_numba.ipynb #c3b9da34
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -190,6 +198,142 @@ def _pool_bwd(g, arg, batch, gin, nblocks):
                         i = a[c]
                         if i >= 0: gin[b, i, c] += gg[c]
 
+# %% ../nbs/07a_roi_numba.ipynb #ad875f46
+@numba.njit(cache=True, nogil=True)
+def _window(lo, hi, wlo, whi, n):
+    """The cells [a, b] that one RoI's samples read on one axis: both neighbours of every sample with a weight that is
+    not zero. `(a, b)`, with b < a if none."""
+    a, b = 1 << 62, -1
+    for p in range(lo.shape[0]):
+        for i in range(n):
+            if wlo[p, i] != 0 or whi[p, i] != 0: a, b = min(a, lo[p, i], hi[p, i]), max(b, lo[p, i], hi[p, i])
+    return a, b
+
+# %% ../nbs/07a_roi_numba.ipynb #eb5f58cc
+@numba.njit(cache=True, nogil=True)
+def _copy_window(img, ya, xa, win):
+    "Copy the cells of `img` (H, W, C), any strides, from row `ya` and column `xa` into `win` (h, w, C), contiguous."
+    h, w, C = win.shape
+    for y in range(h):
+        for j in range(w):
+            d, s = win[y, j], img[ya + y, xa + j]
+            for c in range(C): d[c] = s[c]
+
+# %% ../nbs/07a_roi_numba.ipynb #24832ef3
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _bilinear_avg_fwd_plain(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, out, nthreads):
+    # x (N, H, W, C) view of a plain input; thread t takes RoIs t, t + nthreads, ...; out (K, C, PH, PW)
+    K, PH, PW, C = ylo.shape[0], ylo.shape[1], xlo.shape[1], x.shape[3]
+    p = (ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn)
+    for t in prange(nthreads):
+        buf, o = np.empty(0, x.dtype), np.empty(C, x.dtype)
+        for k in range(t, K, nthreads):
+            img = x[batch[k]]
+            ya, yb = _window(ylo[k], yhi[k], ywlo[k], ywhi[k], yn[k])
+            xa, xb = _window(xlo[k], xhi[k], xwlo[k], xwhi[k], xn[k])
+            h, w = yb - ya + 1, xb - xa + 1
+            if h > 0 and w > 0 and h * w < PH * yn[k] * PW * xn[k]:   # fewer cells than samples: copy them
+                if buf.size < h * w * C: buf = np.empty(h * w * C, x.dtype)
+                win = buf[:h * w * C].reshape(h, w, C)
+                _copy_window(img, ya, xa, win)
+                _avg_bins(win, k, 0, PH, *p, count[k], ya, xa, o, out)
+            else: _avg_bins(img, k, 0, PH, *p, count[k], 0, 0, o, out)
+
+# %% ../nbs/07a_roi_numba.ipynb #2992a948
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _separable_taps(ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count):
+    """Per RoI k: the (row, weight) taps of each bin row, the (column - x0[k], weight / count) taps of each bin
+    column, zero weights dropped, and the RoI's column window [x0[k], x0[k] + width[k]) (width 0: reads nothing)."""
+    K, PH, GY = ylo.shape
+    PW, GX = xlo.shape[1], xlo.shape[2]
+    rows, rw = np.zeros((K, PH, 2 * GY), np.int64), np.zeros((K, PH, 2 * GY), ywlo.dtype)
+    nr = np.zeros((K, PH), np.int64)
+    cols, cw = np.zeros((K, PW, 2 * GX), np.int64), np.zeros((K, PW, 2 * GX), xwlo.dtype)
+    nc = np.zeros((K, PW), np.int64)
+    x0, width = np.zeros(K, np.int64), np.zeros(K, np.int64)
+    for k in prange(K):
+        lo, hi = 1 << 62, -1
+        for pw in range(PW):
+            for ix in range(xn[k]):
+                for c, w in ((xlo[k, pw, ix], xwlo[k, pw, ix]), (xhi[k, pw, ix], xwhi[k, pw, ix])):
+                    if w != 0: lo, hi = min(lo, c), max(hi, c)
+        if hi < 0: continue
+        x0[k], width[k] = lo, hi - lo + 1
+        for pw in range(PW):
+            for ix in range(xn[k]):
+                for c, w in ((xlo[k, pw, ix], xwlo[k, pw, ix]), (xhi[k, pw, ix], xwhi[k, pw, ix])):
+                    if w != 0:
+                        cols[k, pw, nc[k, pw]], cw[k, pw, nc[k, pw]] = c - lo, w / count[k]
+                        nc[k, pw] += 1
+        for ph in range(PH):
+            for iy in range(yn[k]):
+                for r, w in ((ylo[k, ph, iy], ywlo[k, ph, iy]), (yhi[k, ph, iy], ywhi[k, ph, iy])):
+                    if w != 0:
+                        rows[k, ph, nr[k, ph]], rw[k, ph, nr[k, ph]] = r, w
+                        nr[k, ph] += 1
+    return rows, rw, nr, cols, cw, nc, x0, width
+
+# %% ../nbs/07a_roi_numba.ipynb #f0fc157e
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _bilinear_avg_bwd_nchw(g, batch, rows, rw, nr, cols, cw, nc, x0, width, gin, nblocks):
+    # g (K, C, PH, PW) -> gin (N, C, H, W), zero-initialized; thread `blk` owns a block of channels (whole planes)
+    K, C, PH, PW = g.shape
+    bs = (C + nblocks - 1) // nblocks
+    for blk in prange(nblocks):
+        u = np.empty(max(1, width.max()), gin.dtype)   # one bin row's gradient across the RoI's columns
+        for c in range(blk * bs, min(C, blk * bs + bs)):
+            for k in range(K):
+                n, a = width[k], x0[k]
+                plane, gk = gin[batch[k], c], g[k, c]
+                for ph in range(PH):
+                    if n == 0 or nr[k, ph] == 0: continue
+                    for j in range(n): u[j] = 0
+                    for pw in range(PW):
+                        for q in range(nc[k, pw]): u[cols[k, pw, q]] += cw[k, pw, q] * gk[ph, pw]
+                    for q in range(nr[k, ph]):
+                        w, row = rw[k, ph, q], plane[rows[k, ph, q]]
+                        for j in range(n): row[a + j] += w * u[j]
+
+# %% ../nbs/07a_roi_numba.ipynb #67bcf12b
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _bilinear_max_bwd_nchw(g, arg, batch, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi, gin, nblocks):
+    # g, arg (K, C, PH, PW) -> gin (N, C, H, W); thread `blk` owns a block of channels
+    K, C, PH, PW = g.shape
+    GW = xlo.shape[2]
+    bs = (C + nblocks - 1) // nblocks
+    for blk in prange(nblocks):
+        for c in range(blk * bs, min(C, blk * bs + bs)):
+            for k in range(K):
+                plane = gin[batch[k], c]
+                for ph in range(PH):
+                    for pw in range(PW):
+                        s = arg[k, c, ph, pw]
+                        if s < 0: continue
+                        iy = s // GW
+                        ix = s - iy * GW
+                        y0, y1, wy0, wy1 = ylo[k, ph, iy], yhi[k, ph, iy], ywlo[k, ph, iy], ywhi[k, ph, iy]
+                        x0, x1, wx0, wx1 = xlo[k, pw, ix], xhi[k, pw, ix], xwlo[k, pw, ix], xwhi[k, pw, ix]
+                        v = g[k, c, ph, pw]
+                        plane[y0, x0] += v * wy0 * wx0
+                        plane[y0, x1] += v * wy0 * wx1
+                        plane[y1, x0] += v * wy1 * wx0
+                        plane[y1, x1] += v * wy1 * wx1
+
+# %% ../nbs/07a_roi_numba.ipynb #030acf35
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _pool_bwd_nchw(g, arg, batch, gin, nblocks):
+    # g, arg (K, C, PH, PW): arg the flat pixel index of each max -> gin (N, C, H * W); blocks of channels
+    K, C, PH, PW = g.shape
+    bs = (C + nblocks - 1) // nblocks
+    for blk in prange(nblocks):
+        for c in range(blk * bs, min(C, blk * bs + bs)):
+            for k in range(K):
+                plane, gk, ak = gin[batch[k], c], g[k, c], arg[k, c]
+                for ph in range(PH):
+                    for pw in range(PW):
+                        i = ak[ph, pw]
+                        if i >= 0: plane[i] += gk[ph, pw]
+
 # %% ../nbs/07a_roi_numba.ipynb #02a90ba5
 def _sync_threads() -> int:
     """Give Numba's kernels torch's thread count, so that `torch.set_num_threads(n)` governs them too -- and keep
@@ -207,6 +351,14 @@ def _nblocks(C: int) -> int:
     "Channel blocks of the backward kernels: one per thread (or as `parallel_split` says), never more than C."
     return max(1, min(C, _SPLIT["blocks"] or numba.get_num_threads()))
 
+# %% ../nbs/07a_roi_numba.ipynb #e608c954
+def _argmax_buffer(input: Tensor, K: int, PH: int, PW: int) -> Tensor:
+    """The argmax of max pooling, (K, PH, PW, C) int32. For a plain input its memory is (K, C, PH, PW): the backward
+    kernels that write a plain gradient visit one channel at a time, and read it contiguously."""
+    C = input.shape[1]
+    if input.is_contiguous(memory_format=torch.channels_last): return torch.empty(K, PH, PW, C, dtype=torch.int32)
+    return torch.empty(K, C, PH, PW, dtype=torch.int32).permute(0, 2, 3, 1)
+
 # %% ../nbs/07a_roi_numba.ipynb #071ba386
 def bilinear_forward_numba(input: Tensor, plan: BilinearPlan, mode: str = "avg"):
     "RoIAlign / RoIWarp forward on the CPU: `(output (K, C, PH, PW), argmax or None)`."
@@ -217,18 +369,39 @@ def bilinear_forward_numba(input: Tensor, plan: BilinearPlan, mode: str = "avg")
     if K == 0: return out, None
     p = _plan_arrays(plan)
     if mode == "avg":
-        _bilinear_avg_fwd(_nhwc(input), *p, plan.count.numpy(), out.numpy())
+        args = (_nhwc(input), *p, plan.count.numpy(), out.numpy())
+        if input.is_contiguous(memory_format=torch.channels_last): _bilinear_avg_fwd(*args)
+        else: _bilinear_avg_fwd_plain(*args, numba.get_num_threads())
         return out, None
-    arg = torch.empty(K, PH, PW, C, dtype=torch.int32)
+    arg = _argmax_buffer(input, K, PH, PW)
     _bilinear_max_fwd(_nhwc(input), *p, out.numpy(), arg.numpy())
     return out, arg
 
+# %% ../nbs/07a_roi_numba.ipynb #77bfc764
+def _bilinear_backward_nchw(grad_out: Tensor, plan: BilinearPlan, input_shape, mode: str, argmax) -> Tensor:
+    "Gradient of RoIAlign / RoIWarp with respect to a plain NCHW input, written NCHW."
+    N, C, H, W = input_shape
+    gin = torch.zeros(N, C, H, W, dtype=grad_out.dtype)
+    if plan.batch.numel() == 0: return gin
+    b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn = _plan_arrays(plan)
+    g = grad_out.detach().contiguous().numpy()
+    if mode == "avg":
+        taps = _separable_taps(ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, plan.count.numpy())
+        _bilinear_avg_bwd_nchw(g, b, *taps, gin.numpy(), _nblocks(C))
+    else:
+        _bilinear_max_bwd_nchw(g, argmax.permute(0, 3, 1, 2).numpy(), b, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi,
+                               gin.numpy(), _nblocks(C))
+    return gin
+
 # %% ../nbs/07a_roi_numba.ipynb #09c76d8c
 def bilinear_backward_numba(grad_out: Tensor, plan: BilinearPlan, input_shape, mode: str = "avg",
-                            argmax=None) -> Tensor:
-    "Gradient of RoIAlign / RoIWarp with respect to the input, (N, C, H, W) in channels_last memory."
+                            argmax=None, memory_format=torch.channels_last) -> Tensor:
+    """Gradient of RoIAlign / RoIWarp with respect to the input, (N, C, H, W) in `memory_format`: channels_last, or
+    torch.contiguous_format (plain NCHW) for the gradient of a plain input."""
     _sync_threads()
     N, C, H, W = input_shape
+    if memory_format == torch.contiguous_format:
+        return _bilinear_backward_nchw(grad_out, plan, input_shape, mode, argmax)
     gin = torch.zeros(N, H, W, C, dtype=grad_out.dtype)
     if plan.batch.numel() == 0: return gin.permute(0, 3, 1, 2)
     b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn = _plan_arrays(plan)
@@ -246,23 +419,27 @@ def roi_pool_forward_numba(input: Tensor, plan: PoolPlan):
     _sync_threads()
     N, C, H, W = input.shape
     K, PH, PW = plan.y0.shape[0], plan.y0.shape[1], plan.x0.shape[1]
-    out = torch.empty(K, C, PH, PW, dtype=input.dtype)
-    arg = torch.empty(K, PH, PW, C, dtype=torch.int32)
+    out, arg = torch.empty(K, C, PH, PW, dtype=input.dtype), _argmax_buffer(input, K, PH, PW)
     if K:
         _pool_fwd(_nhwc(input), plan.batch.numpy(), plan.y0.numpy(), plan.y1.numpy(), plan.x0.numpy(),
                   plan.x1.numpy(), out.numpy(), arg.numpy())
     return out, arg
 
 # %% ../nbs/07a_roi_numba.ipynb #c5b65987
-def roi_pool_backward_numba(grad_out: Tensor, plan: PoolPlan, input_shape, argmax: Tensor) -> Tensor:
-    "Gradient of RoIPool with respect to the input, (N, C, H, W) in channels_last memory."
+def roi_pool_backward_numba(grad_out: Tensor, plan: PoolPlan, input_shape, argmax: Tensor,
+                            memory_format=torch.channels_last) -> Tensor:
+    """Gradient of RoIPool with respect to the input, (N, C, H, W) in `memory_format`: channels_last, or
+    torch.contiguous_format (plain NCHW)."""
     _sync_threads()
     N, C, H, W = input_shape
-    gin = torch.zeros(N, H, W, C, dtype=grad_out.dtype)
-    if plan.batch.numel():
-        _pool_bwd(_nhwc_contiguous(grad_out), argmax.numpy(), plan.batch.numpy(), gin.view(N, H * W, C).numpy(),
-                  _nblocks(C))
-    return gin.permute(0, 3, 1, 2)
+    nchw = memory_format == torch.contiguous_format
+    gin = torch.zeros((N, C, H * W) if nchw else (N, H * W, C), dtype=grad_out.dtype)
+    if plan.batch.numel() and nchw:
+        _pool_bwd_nchw(grad_out.detach().contiguous().numpy(), argmax.permute(0, 3, 1, 2).numpy(), plan.batch.numpy(),
+                       gin.numpy(), _nblocks(C))
+    elif plan.batch.numel():
+        _pool_bwd(_nhwc_contiguous(grad_out), argmax.numpy(), plan.batch.numpy(), gin.numpy(), _nblocks(C))
+    return gin.view(N, C, H, W) if nchw else gin.view(N, H, W, C).permute(0, 3, 1, 2)
 
 # %% ../nbs/07a_roi_numba.ipynb #aa73cecb
 @contextmanager

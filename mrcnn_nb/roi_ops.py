@@ -102,6 +102,12 @@ def pick_backend(backend: str, input: Tensor) -> str:
         raise ValueError("backend 'cuda' needs a CUDA tensor and a GPU (or NUMBA_ENABLE_CUDASIM=1 for CPU tensors)")
     return backend
 
+# %% ../nbs/07c_roi_ops.ipynb #401f6374
+def _grad_format(input: Tensor, backend: str):
+    "The memory format of the CPU kernels' input gradient: plain NCHW for a plain input, else channels-last."
+    plain = input.is_contiguous() and not input.is_contiguous(memory_format=torch.channels_last)
+    return torch.contiguous_format if backend == "numba" and plain else torch.channels_last
+
 # %% ../nbs/07c_roi_ops.ipynb #8787ec46
 class _BilinearFn(torch.autograd.Function):
     @staticmethod
@@ -109,14 +115,16 @@ class _BilinearFn(torch.autograd.Function):
         fwd = bilinear_forward_numba if backend == "numba" else _cuda_module().bilinear_forward_cuda
         out, arg = fwd(input, plan, mode)
         ctx.plan, ctx.mode, ctx.backend, ctx.shape, ctx.arg = plan, mode, backend, tuple(input.shape), arg
+        ctx.format = _grad_format(input, backend)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         if not ctx.needs_input_grad[0]: return None, None, None, None
-        bwd = bilinear_backward_numba if ctx.backend == "numba" else _cuda_module().bilinear_backward_cuda
-        return bwd(grad, ctx.plan, ctx.shape, ctx.mode, ctx.arg), None, None, None
+        if ctx.backend == "numba":
+            return bilinear_backward_numba(grad, ctx.plan, ctx.shape, ctx.mode, ctx.arg, ctx.format), None, None, None
+        return _cuda_module().bilinear_backward_cuda(grad, ctx.plan, ctx.shape, ctx.mode, ctx.arg), None, None, None
 
 # %% ../nbs/07c_roi_ops.ipynb #cb20a725
 class _PoolFn(torch.autograd.Function):
@@ -125,14 +133,16 @@ class _PoolFn(torch.autograd.Function):
         fwd = roi_pool_forward_numba if backend == "numba" else _cuda_module().roi_pool_forward_cuda
         out, arg = fwd(input, plan)
         ctx.plan, ctx.backend, ctx.shape, ctx.arg = plan, backend, tuple(input.shape), arg
+        ctx.format = _grad_format(input, backend)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         if not ctx.needs_input_grad[0]: return None, None, None
-        bwd = roi_pool_backward_numba if ctx.backend == "numba" else _cuda_module().roi_pool_backward_cuda
-        return bwd(grad, ctx.plan, ctx.shape, ctx.arg), None, None
+        if ctx.backend == "numba":
+            return roi_pool_backward_numba(grad, ctx.plan, ctx.shape, ctx.arg, ctx.format), None, None
+        return _cuda_module().roi_pool_backward_cuda(grad, ctx.plan, ctx.shape, ctx.arg), None, None
 
 # %% ../nbs/07c_roi_ops.ipynb #c9b461d5
 def _bilinear(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, mode, backend, quantized):

@@ -73,9 +73,13 @@ def test_numba_backward_kernels_give_the_same_bits_for_every_split():
     _, arg = bilinear_forward_numba(x, plan, "max")
     pplan = pool_plan(rois, 0.25, (7, 7), 20, 24)
     _, parg = roi_pool_forward_numba(x, pplan)
+    nchw = torch.contiguous_format   # the kernels that write a plain input's gradient
     for fn in (lambda: bilinear_backward_numba(g, plan, x.shape),
                lambda: bilinear_backward_numba(g, plan, x.shape, "max", arg),
-               lambda: roi_pool_backward_numba(g, pplan, x.shape, parg)):
+               lambda: roi_pool_backward_numba(g, pplan, x.shape, parg),
+               lambda: bilinear_backward_numba(g, plan, x.shape, memory_format=nchw),
+               lambda: bilinear_backward_numba(g, plan, x.shape, "max", arg, nchw),
+               lambda: roi_pool_backward_numba(g, pplan, x.shape, parg, nchw)):
         assert split_dependence(fn) == []
 
 

@@ -150,6 +150,34 @@ def test_channels_last_is_read_without_copy(monkeypatch):
     assert seen == {"ptr": cl.data_ptr(), "contiguous": True}
 
 
+def test_input_gradient_keeps_the_input_layout():
+    """The CPU kernels return a plain input's gradient plain and a channels-last input's channels-last, with the same
+    values: another layout would make autograd transpose the whole gradient into the input's."""
+    x, b, s = case(4, C=6, K=40)
+    layers = {"align": lambda t: roi_align(t, b, 7, s, 2, True),
+              "align_max": lambda t: roi_align(t, b, 7, s, 2, True, "max"),
+              "warp": lambda t: roi_warp(t, b, 7, s, 2, "avg"), "pool": lambda t: roi_pool(t, b, 7, s)}
+    for name, f in layers.items():
+        grads_by_layout = {}
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            xi = x.contiguous(memory_format=fmt).requires_grad_()
+            y = f(xi)
+            g = y.grad_fn.apply(torch.ones_like(y))[0]   # what the kernel returns, before autograd's accumulation
+            assert g.is_contiguous(memory_format=fmt), (name, fmt, g.stride())
+            grads_by_layout[fmt] = g
+        torch.testing.assert_close(*grads_by_layout.values(), atol=1e-5, rtol=1e-5)
+
+
+def test_plain_input_gives_the_bits_of_channels_last():
+    """RoIAlign's average on a plain NCHW input — small, densely sampled RoIs read through a channels-last copy of
+    their window, the others in place — gives the same bits as on the channels-last input."""
+    x, b, s = case(6, C=8, K=60)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    for sampling_ratio, aligned in ((4, True), (2, False), (-1, True), (0, False)):
+        plain = roi_align(x, b, (5, 4), s, sampling_ratio, aligned)
+        assert torch.equal(plain, roi_align(cl, b, (5, 4), s, sampling_ratio, aligned)), (sampling_ratio, aligned)
+
+
 def test_backward_is_deterministic_across_thread_counts():
     import numba
     if numba.config.NUMBA_NUM_THREADS < 2: pytest.skip("needs 2 Numba threads (NUMBA_NUM_THREADS >= 2)")
