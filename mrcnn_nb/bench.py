@@ -20,9 +20,10 @@ from .model import Transform
 from .shapes import make_shapes
 
 # %% auto #0
-__all__ = ['ROI_WORKLOADS', 'CONTENTION_SCENARIOS', 'CONTENTION_TARGETS', 'COCO_CATEGORY_IDS', 'COCO_SIZES', 'time_dataset',
-           'format_rows', 'bench_data', 'roi_workload', 'bench_roi', 'bench_model', 'speed_file', 'speed_record',
-           'bench_speed', 'speed_markdown', 'plot_speed', 'contention_file', 'bench_contention', 'contention_markdown',
+__all__ = ['ROI_WORKLOADS', 'PROFILE_GROUPS', 'PROFILED', 'CONTENTION_SCENARIOS', 'CONTENTION_TARGETS', 'COCO_CATEGORY_IDS',
+           'COCO_SIZES', 'time_dataset', 'format_rows', 'bench_data', 'roi_workload', 'bench_roi', 'bench_model',
+           'op_group', 'profile_inference', 'bench_profile', 'speed_file', 'speed_record', 'bench_speed',
+           'speed_markdown', 'plot_speed', 'plot_profile', 'contention_file', 'bench_contention', 'contention_markdown',
            'matched_detections', 'amp_file', 'bench_amp', 'amp_markdown', 'make_coco_scale_annotations',
            'plot_annotation_structure', 'bench_coco_memory', 'coco_memory_rows', 'plot_coco_memory']
 
@@ -289,6 +290,42 @@ def bench_model(repeats: int = 3, size=(800, 1066), train_size=(800, 1066), prog
     times, peaks = _time_interleaved(cases, repeats, progress)
     return _model_rows(cases, times, peaks, detections)
 
+# %% ../nbs/30_benchmarks.ipynb #b41b22d0
+PROFILE_GROUPS = {   # a kind of work: a pattern the profiler's whole operator name matches (the first match wins)
+    "convolutions": r".*convolution.*",
+    "fully connected": r"aten::(addmm|mm|linear|matmul)",
+    "RoI layers": r".*(roi_align|roi_pool|_BilinearFn|_PoolFn).*",
+    "element-wise": r"aten::(add|mul|sub|div|clamp\w*|relu|sigmoid|copy|fill|zero|where)_?",
+}
+
+def op_group(name: str) -> str:
+    "The `PROFILE_GROUPS` kind of the operator called `name`, or 'other'."
+    import re
+    return next((g for g, pattern in PROFILE_GROUPS.items() if re.fullmatch(pattern, name)), "other")
+
+# %% ../nbs/30_benchmarks.ipynb #45c7fe01
+def profile_inference(model, images: list) -> dict:
+    """Self CPU time (ms) of one inference of `model` on `images` by `PROFILE_GROUPS` kind, 'other', and 'total';
+    after one warm-up call."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")   # keep the profiler's C++ log (start, stop, no GPU) off stderr
+    from torch.profiler import ProfilerActivity, profile
+    model.eval()
+    with torch.inference_mode():
+        model(images)
+        with profile(activities=[ProfilerActivity.CPU]) as prof: model(images)
+    ms = dict.fromkeys([*PROFILE_GROUPS, "other"], 0.0)
+    for e in prof.key_averages(): ms[op_group(e.key)] += e.self_cpu_time_total / 1e3
+    return ms | {"total": sum(ms.values())}
+
+# %% ../nbs/30_benchmarks.ipynb #4583964d
+PROFILED = ("torchvision", "ours for_inference()", "ours for_inference(amp='bf16')")
+
+def bench_profile(size=(800, 1066), models=PROFILED) -> dict:
+    "`profile_inference` of the inference benchmark's `models` on its image of `size` (h, w): model name -> times."
+    built = _inference_models(size)
+    image = _bench_data(size, size)[0]
+    return {name: profile_inference(built[name], image) for name in models}
+
 # %% ../nbs/30_benchmarks.ipynb #fefcfd33
 def speed_file() -> Path:
     "The committed speed measurements of a clone: `nbs/results/bench/speed.json` beside the package."
@@ -312,21 +349,21 @@ def _roi_cases(roi: list) -> dict:
     return {(r["workload"], r["op"], r["pass"], r["impl"]): r for r in roi}
 
 # %% ../nbs/30_benchmarks.ipynb #1c679c7a
-def speed_record(roi: list, model: list, repeats: int, scale: float, size, command: str) -> dict:
-    """The rows of `bench_roi` and `bench_model` with when, where and how they were measured: the record every speed
-    figure is drawn from (`speed_markdown`, `plot_speed`)."""
+def speed_record(roi: list, model: list, repeats: int, scale: float, size, command: str, profile=None) -> dict:
+    """The rows of `bench_roi` and `bench_model` (and a `bench_profile`) with when, where and how they were measured:
+    the record every speed figure is drawn from (`speed_markdown`, `plot_speed`, `plot_profile`)."""
     import numba
     return dict(date=_utc_now(), command=command,
                 machine=machine_info(), numba_threads=numba.get_num_threads(), repeats=repeats, scale=scale,
-                image_size=list(size), roi=_no_nan(roi), model=_no_nan(model))
+                image_size=list(size), roi=_no_nan(roi), model=_no_nan(model), profile=profile)
 
 # %% ../nbs/30_benchmarks.ipynb #b5168a0a
 def bench_speed(out=None, repeats: int = 5, scale: float = 1.0, size=(800, 1066), command: str = "bench_speed()",
                 progress: bool = True) -> dict:
-    "`bench_roi` and `bench_model` in one run, as a `speed_record`; written to `out` (JSON) when given."
+    "`bench_roi`, `bench_model` and `bench_profile` in one run, as a `speed_record`; written to `out` (JSON) when given."
     roi = bench_roi(repeats=repeats, scale=scale, progress=progress)
     model = bench_model(repeats, size, size, progress)
-    res = speed_record(roi, model, repeats, scale, size, command)
+    res = speed_record(roi, model, repeats, scale, size, command, bench_profile(size))
     if out is not None: _write_record(out, res)
     return res
 
@@ -355,6 +392,16 @@ def _model_speed_table(model: list) -> list:
         lines.append(f"| {task} | {by[(task, 'torchvision')]['seconds']:.2f} s | " + " | ".join(cells) + " |")
     return lines
 
+# %% ../nbs/30_benchmarks.ipynb #9b245938
+def _profile_table(profile: dict) -> list:
+    "Markdown rows: per profiled model, the time of each kind of work (ms, and its share of the total)."
+    kinds = [*PROFILE_GROUPS, "other"]
+    lines = ["| model | " + " | ".join(kinds) + " | total |", "|---" * (len(kinds) + 2) + "|"]
+    for name, ms in profile.items():
+        cells = [f"{ms[k]:.0f} ms ({100 * ms[k] / ms['total']:.0f}%)" for k in kinds]
+        lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {ms['total']:.0f} ms |")
+    return lines
+
 # %% ../nbs/30_benchmarks.ipynb #3bb21bc2
 def _workloads_text(scale: float = 1.0) -> str:
     "The RoI workloads in words, as `roi_workload` makes them at `scale`."
@@ -370,10 +417,12 @@ def speed_markdown(res: dict) -> str:
     m, (h, w) = res["machine"], res["image_size"]
     roi = "\n".join(_roi_speed_table(res["roi"]))
     model = "\n".join(_model_speed_table(res["model"]))
+    profile = ("\n\nWhere one inference's time goes: each operator's own CPU time, by kind, in one profiled run "
+               "(`profile_inference`):\n\n" + "\n".join(_profile_table(res["profile"]))) if res.get("profile") else ""
     return (f"RoI layers (`aligned=True`, two samples per bin; {_workloads_text(res['scale'])}); our time and, in "
             f"brackets, torchvision's time divided by ours:\n\n"
             f"{roi}\n\nThe whole R-50-FPN Mask R-CNN at {h}×{w}, the same weights in torchvision's model and ours "
-            f"(`for_inference()` folds frozen BN into the convolutions):\n\n{model}\n\n"
+            f"(`for_inference()` folds frozen BN into the convolutions):\n\n{model}{profile}\n\n"
             f"Medians of {res['repeats']} run(s) on {m['torch_threads']} threads of a {m['cores']}-core {m['cpu']}, "
             f"torch {m['torch']}, measured {res['date'][:10]} by `{res['command']}` "
             f"(stored in `nbs/results/bench/speed.json`).")
@@ -400,6 +449,22 @@ def plot_speed(res: dict, size=(10, 4.2)):
           xlabel="time / torchvision's time", title="whole model")
     b.axvline(1, color="k", lw=1)
     b.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/30_benchmarks.ipynb #adf714fb
+def plot_profile(profile: dict, size=(9, 2.8)):
+    "Each profiled model's inference time, split by kind of work (stacked bars, ms)."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=size, dpi=100)
+    names, left = list(profile), np.zeros(len(profile))
+    for kind in [*PROFILE_GROUPS, "other"]:
+        ms = np.array([profile[n][kind] for n in names])
+        ax.barh(range(len(names)), ms, left=left, label=kind)
+        left += ms
+    ax.set(yticks=range(len(names)), yticklabels=names, xlabel="self CPU time of one inference (ms)")
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, ncol=5, loc="lower center", bbox_to_anchor=(0.5, 1.0))
     fig.tight_layout()
     return fig
 

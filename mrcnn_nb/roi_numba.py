@@ -34,7 +34,7 @@ def _plan_arrays(plan: BilinearPlan):
     y, x = plan.y, plan.x
     return tuple(t.numpy() for t in (plan.batch, y.lo, y.hi, y.w_lo, y.w_hi, y.n, x.lo, x.hi, x.w_lo, x.w_hi, x.n))
 
-# %% ../nbs/07a_roi_numba.ipynb #5036cd34
+# %% ../nbs/07a_roi_numba.ipynb #6c804a02
 @numba.njit(cache=True, nogil=True)
 def _avg_bins(src, k, ph0, ph1, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, cnt, dy, dx, o, out):
     """Bin rows [ph0, ph1) of RoI k, averaged: `src` (h, w, C) holds the cells from row `dy` and column `dx` of the
@@ -198,7 +198,7 @@ def _pool_bwd(g, arg, batch, gin, nblocks):
                         i = a[c]
                         if i >= 0: gin[b, i, c] += gg[c]
 
-# %% ../nbs/07a_roi_numba.ipynb #ad875f46
+# %% ../nbs/07a_roi_numba.ipynb #7c9e1f81
 @numba.njit(cache=True, nogil=True)
 def _window(lo, hi, wlo, whi, n):
     """The cells [a, b] that one RoI's samples read on one axis: both neighbours of every sample with a weight that is
@@ -209,7 +209,7 @@ def _window(lo, hi, wlo, whi, n):
             if wlo[p, i] != 0 or whi[p, i] != 0: a, b = min(a, lo[p, i], hi[p, i]), max(b, lo[p, i], hi[p, i])
     return a, b
 
-# %% ../nbs/07a_roi_numba.ipynb #eb5f58cc
+# %% ../nbs/07a_roi_numba.ipynb #a06a41a9
 @numba.njit(cache=True, nogil=True)
 def _copy_window(img, ya, xa, win):
     "Copy the cells of `img` (H, W, C), any strides, from row `ya` and column `xa` into `win` (h, w, C), contiguous."
@@ -219,7 +219,7 @@ def _copy_window(img, ya, xa, win):
             d, s = win[y, j], img[ya + y, xa + j]
             for c in range(C): d[c] = s[c]
 
-# %% ../nbs/07a_roi_numba.ipynb #24832ef3
+# %% ../nbs/07a_roi_numba.ipynb #bdb31559
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _bilinear_avg_fwd_plain(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, out, nthreads):
     # x (N, H, W, C) view of a plain input; thread t takes RoIs t, t + nthreads, ...; out (K, C, PH, PW)
@@ -239,7 +239,7 @@ def _bilinear_avg_fwd_plain(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, 
                 _avg_bins(win, k, 0, PH, *p, count[k], ya, xa, o, out)
             else: _avg_bins(img, k, 0, PH, *p, count[k], 0, 0, o, out)
 
-# %% ../nbs/07a_roi_numba.ipynb #2992a948
+# %% ../nbs/07a_roi_numba.ipynb #261aed75
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _separable_taps(ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count):
     """Per RoI k: the (row, weight) taps of each bin row, the (column - x0[k], weight / count) taps of each bin
@@ -273,7 +273,7 @@ def _separable_taps(ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count):
                         nr[k, ph] += 1
     return rows, rw, nr, cols, cw, nc, x0, width
 
-# %% ../nbs/07a_roi_numba.ipynb #f0fc157e
+# %% ../nbs/07a_roi_numba.ipynb #1801c6f3
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _bilinear_avg_bwd_nchw(g, batch, rows, rw, nr, cols, cw, nc, x0, width, gin, nblocks):
     # g (K, C, PH, PW) -> gin (N, C, H, W), zero-initialized; thread `blk` owns a block of channels (whole planes)
@@ -294,7 +294,7 @@ def _bilinear_avg_bwd_nchw(g, batch, rows, rw, nr, cols, cw, nc, x0, width, gin,
                         w, row = rw[k, ph, q], plane[rows[k, ph, q]]
                         for j in range(n): row[a + j] += w * u[j]
 
-# %% ../nbs/07a_roi_numba.ipynb #67bcf12b
+# %% ../nbs/07a_roi_numba.ipynb #435f4e9e
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _bilinear_max_bwd_nchw(g, arg, batch, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi, gin, nblocks):
     # g, arg (K, C, PH, PW) -> gin (N, C, H, W); thread `blk` owns a block of channels
@@ -319,7 +319,7 @@ def _bilinear_max_bwd_nchw(g, arg, batch, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, 
                         plane[y1, x0] += v * wy1 * wx0
                         plane[y1, x1] += v * wy1 * wx1
 
-# %% ../nbs/07a_roi_numba.ipynb #030acf35
+# %% ../nbs/07a_roi_numba.ipynb #8bd07978
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _pool_bwd_nchw(g, arg, batch, gin, nblocks):
     # g, arg (K, C, PH, PW): arg the flat pixel index of each max -> gin (N, C, H * W); blocks of channels
@@ -351,7 +351,7 @@ def _nblocks(C: int) -> int:
     "Channel blocks of the backward kernels: one per thread (or as `parallel_split` says), never more than C."
     return max(1, min(C, _SPLIT["blocks"] or numba.get_num_threads()))
 
-# %% ../nbs/07a_roi_numba.ipynb #e608c954
+# %% ../nbs/07a_roi_numba.ipynb #f366d7af
 def _argmax_buffer(input: Tensor, K: int, PH: int, PW: int) -> Tensor:
     """The argmax of max pooling, (K, PH, PW, C) int32. For a plain input its memory is (K, C, PH, PW): the backward
     kernels that write a plain gradient visit one channel at a time, and read it contiguously."""
@@ -377,7 +377,7 @@ def bilinear_forward_numba(input: Tensor, plan: BilinearPlan, mode: str = "avg")
     _bilinear_max_fwd(_nhwc(input), *p, out.numpy(), arg.numpy())
     return out, arg
 
-# %% ../nbs/07a_roi_numba.ipynb #77bfc764
+# %% ../nbs/07a_roi_numba.ipynb #31cc7b6d
 def _bilinear_backward_nchw(grad_out: Tensor, plan: BilinearPlan, input_shape, mode: str, argmax) -> Tensor:
     "Gradient of RoIAlign / RoIWarp with respect to a plain NCHW input, written NCHW."
     N, C, H, W = input_shape

@@ -102,7 +102,7 @@ def pick_backend(backend: str, input: Tensor) -> str:
         raise ValueError("backend 'cuda' needs a CUDA tensor and a GPU (or NUMBA_ENABLE_CUDASIM=1 for CPU tensors)")
     return backend
 
-# %% ../nbs/07c_roi_ops.ipynb #401f6374
+# %% ../nbs/07c_roi_ops.ipynb #c6b1dbc0
 def _grad_format(input: Tensor, backend: str):
     "The memory format of the CPU kernels' input gradient: plain NCHW for a plain input, else channels-last."
     plain = input.is_contiguous() and not input.is_contiguous(memory_format=torch.channels_last)
