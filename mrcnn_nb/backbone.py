@@ -14,9 +14,9 @@ from torch import Tensor, nn
 from .core import UserInputError, load_state_dict_file, load_weights
 
 # %% auto #0
-__all__ = ['RESNET_BLOCKS', 'FrozenBatchNorm2d', 'make_norm', 'Bottleneck', 'ResNet', 'resnet', 'FPN', 'freeze_trunk',
-           'FPNBackbone', 'SingleLevelBackbone', 'fold_frozen_bn', 'load_imagenet_weights', 'backbone_features',
-           'show_feature_maps', 'show_channels']
+__all__ = ['RESNET_BLOCKS', 'FrozenBatchNorm2d', 'conv_norm', 'make_norm', 'Bottleneck', 'ResNet', 'resnet', 'FPN',
+           'freeze_trunk', 'FPNBackbone', 'SingleLevelBackbone', 'fold_frozen_bn', 'load_imagenet_weights',
+           'backbone_features', 'show_feature_maps', 'show_channels']
 
 # %% ../nbs/05_backbone.ipynb #aceaf2a5
 class FrozenBatchNorm2d(nn.Module):
@@ -32,12 +32,25 @@ class FrozenBatchNorm2d(nn.Module):
         state_dict.pop(prefix + "num_batches_tracked", None)   # BatchNorm checkpoints carry it; we have no use for it
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def affine(self) -> tuple:
+        "The per-channel map y = x * scale + shift that this layer applies: `(scale, shift)`."
         scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
+        return scale, self.bias - self.running_mean * scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale, shift = self.affine()
         return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)
 
     def extra_repr(self): return f"{self.weight.shape[0]}, eps={self.eps}"
+
+# %% ../nbs/05_backbone.ipynb #e990a92f
+def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
+    "`norm(conv(x))`; a frozen BN in training mode is applied to the convolution's weights rather than its output."
+    if not (isinstance(norm, FrozenBatchNorm2d) and norm.training): return norm(conv(x))
+    scale, shift = norm.affine()
+    bias = shift if conv.bias is None else shift + conv.bias * scale
+    weight = conv.weight * scale.view(-1, 1, 1, 1).to(conv.weight.dtype)
+    return F.conv2d(x, weight, bias.to(conv.weight.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
 
 # %% ../nbs/05_backbone.ipynb #aa27e831
 def make_norm(kind: str, channels: int) -> nn.Module:
@@ -68,10 +81,10 @@ class Bottleneck(nn.Module):
                                             make_norm(norm, out_channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+        out = self.relu(conv_norm(self.conv1, self.bn1, x))
+        out = self.relu(conv_norm(self.conv2, self.bn2, out))
+        out = conv_norm(self.conv3, self.bn3, out)
+        return self.relu(out + (x if self.downsample is None else conv_norm(*self.downsample, x)))
 
 # %% ../nbs/05_backbone.ipynb #38ed47c4
 class ResNet(nn.Module):
@@ -101,7 +114,7 @@ class ResNet(nn.Module):
     def forward(self, x: Tensor, return_stages=None) -> list:
         "Outputs of stages `return_stages` (default: all), finest first."
         return_stages = return_stages or tuple(range(1, self.num_stages + 1))
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.relu(conv_norm(self.conv1, self.bn1, x)))
         outs = []
         for i in range(1, max(return_stages) + 1):
             x = getattr(self, f"layer{i}")(x)
@@ -178,12 +191,12 @@ class SingleLevelBackbone(nn.Module):
 
 # %% ../nbs/05_backbone.ipynb #a743b77b
 def _fold(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> nn.Conv2d:
-    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+    scale, shift = bn.affine()
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                       conv.dilation, conv.groups, bias=True)
     with torch.no_grad():
         fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-        fused.bias.copy_(bn.bias - bn.running_mean * scale + (conv.bias * scale if conv.bias is not None else 0))
+        fused.bias.copy_(shift + (conv.bias * scale if conv.bias is not None else 0))
     return fused.to(conv.weight.device)
 
 # %% ../nbs/05_backbone.ipynb #6ad1c6c5

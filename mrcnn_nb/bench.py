@@ -290,7 +290,7 @@ def bench_model(repeats: int = 3, size=(800, 1066), train_size=(800, 1066), prog
     times, peaks = _time_interleaved(cases, repeats, progress)
     return _model_rows(cases, times, peaks, detections)
 
-# %% ../nbs/30_benchmarks.ipynb #b41b22d0
+# %% ../nbs/30_benchmarks.ipynb #84c6adaf
 PROFILE_GROUPS = {   # a kind of work: a pattern the profiler's whole operator name matches (the first match wins)
     "convolutions": r".*convolution.*",
     "fully connected": r"aten::(addmm|mm|linear|matmul)",
@@ -303,7 +303,7 @@ def op_group(name: str) -> str:
     import re
     return next((g for g, pattern in PROFILE_GROUPS.items() if re.fullmatch(pattern, name)), "other")
 
-# %% ../nbs/30_benchmarks.ipynb #45c7fe01
+# %% ../nbs/30_benchmarks.ipynb #21ffc459
 def profile_inference(model, images: list) -> dict:
     """Self CPU time (ms) of one inference of `model` on `images` by `PROFILE_GROUPS` kind, 'other', and 'total';
     after one warm-up call."""
@@ -317,7 +317,7 @@ def profile_inference(model, images: list) -> dict:
     for e in prof.key_averages(): ms[op_group(e.key)] += e.self_cpu_time_total / 1e3
     return ms | {"total": sum(ms.values())}
 
-# %% ../nbs/30_benchmarks.ipynb #4583964d
+# %% ../nbs/30_benchmarks.ipynb #fe787ab6
 PROFILED = ("torchvision", "ours for_inference()", "ours for_inference(amp='bf16')")
 
 def bench_profile(size=(800, 1066), models=PROFILED) -> dict:
@@ -392,7 +392,7 @@ def _model_speed_table(model: list) -> list:
         lines.append(f"| {task} | {by[(task, 'torchvision')]['seconds']:.2f} s | " + " | ".join(cells) + " |")
     return lines
 
-# %% ../nbs/30_benchmarks.ipynb #9b245938
+# %% ../nbs/30_benchmarks.ipynb #36dad27e
 def _profile_table(profile: dict) -> list:
     "Markdown rows: per profiled model, the time of each kind of work (ms, and its share of the total)."
     kinds = [*PROFILE_GROUPS, "other"]
@@ -452,7 +452,7 @@ def plot_speed(res: dict, size=(10, 4.2)):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/30_benchmarks.ipynb #adf714fb
+# %% ../nbs/30_benchmarks.ipynb #8b6a6c24
 def plot_profile(profile: dict, size=(9, 2.8)):
     "Each profiled model's inference time, split by kind of work (stacked bars, ms)."
     import matplotlib.pyplot as plt
