@@ -43,7 +43,7 @@ class FrozenBatchNorm2d(nn.Module):
 
     def extra_repr(self): return f"{self.weight.shape[0]}, eps={self.eps}"
 
-# %% ../nbs/05_backbone.ipynb #e990a92f
+# %% ../nbs/05_backbone.ipynb #43b9e5ad
 def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
     "`norm(conv(x))`; a frozen BN in training mode is applied to the convolution's weights rather than its output."
     if not (isinstance(norm, FrozenBatchNorm2d) and norm.training): return norm(conv(x))

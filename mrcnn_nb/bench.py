@@ -360,7 +360,7 @@ def speed_record(roi: list, model: list, repeats: int, scale: float, size, comma
 # %% ../nbs/30_benchmarks.ipynb #b5168a0a
 def bench_speed(out=None, repeats: int = 5, scale: float = 1.0, size=(800, 1066), command: str = "bench_speed()",
                 progress: bool = True) -> dict:
-    "`bench_roi`, `bench_model` and `bench_profile` in one run, as a `speed_record`; written to `out` (JSON) when given."
+    "`bench_roi`, `bench_model` and `bench_profile` in one run, as a `speed_record`; written to `out` (JSON) if given."
     roi = bench_roi(repeats=repeats, scale=scale, progress=progress)
     model = bench_model(repeats, size, size, progress)
     res = speed_record(roi, model, repeats, scale, size, command, bench_profile(size))

@@ -24,11 +24,6 @@ def _nhwc(t: Tensor) -> np.ndarray:
     "An (N, H, W, C) NumPy view of an (N, C, H, W) CPU tensor: no copy for channels_last tensors."
     return t.detach().permute(0, 2, 3, 1).numpy()
 
-# %% ../nbs/07a_roi_numba.ipynb #cdd5f332
-def _nhwc_contiguous(t: Tensor) -> np.ndarray:
-    "An (N, H, W, C) contiguous NumPy array of an (N, C, H, W) tensor: a view if it is channels_last, else a copy."
-    return t.detach().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).numpy()
-
 # %% ../nbs/07a_roi_numba.ipynb #3a967a36
 def _plan_arrays(plan: BilinearPlan):
     y, x = plan.y, plan.x
@@ -406,10 +401,10 @@ def bilinear_backward_numba(grad_out: Tensor, plan: BilinearPlan, input_shape, m
     if plan.batch.numel() == 0: return gin.permute(0, 3, 1, 2)
     b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn = _plan_arrays(plan)
     if mode == "avg":
-        _bilinear_avg_bwd(_nhwc_contiguous(grad_out), b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn,
+        _bilinear_avg_bwd(_nhwc(grad_out), b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn,
                           plan.count.numpy(), gin.numpy(), _nblocks(C))
     else:
-        _bilinear_max_bwd(_nhwc_contiguous(grad_out), argmax.numpy(), b, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi,
+        _bilinear_max_bwd(_nhwc(grad_out), argmax.numpy(), b, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi,
                           gin.numpy(), _nblocks(C))
     return gin.permute(0, 3, 1, 2)
 
@@ -438,7 +433,7 @@ def roi_pool_backward_numba(grad_out: Tensor, plan: PoolPlan, input_shape, argma
         _pool_bwd_nchw(grad_out.detach().contiguous().numpy(), argmax.permute(0, 3, 1, 2).numpy(), plan.batch.numpy(),
                        gin.numpy(), _nblocks(C))
     elif plan.batch.numel():
-        _pool_bwd(_nhwc_contiguous(grad_out), argmax.numpy(), plan.batch.numpy(), gin.numpy(), _nblocks(C))
+        _pool_bwd(_nhwc(grad_out), argmax.numpy(), plan.batch.numpy(), gin.numpy(), _nblocks(C))
     return gin.view(N, C, H, W) if nchw else gin.view(N, H, W, C).permute(0, 3, 1, 2)
 
 # %% ../nbs/07a_roi_numba.ipynb #aa73cecb
