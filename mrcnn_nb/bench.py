@@ -292,7 +292,7 @@ def bench_model(repeats: int = 3, size=(800, 1066), train_size=(800, 1066), prog
 
 # %% ../nbs/30_benchmarks.ipynb #84c6adaf
 PROFILE_GROUPS = {   # a kind of work: a pattern the profiler's whole operator name matches (the first match wins)
-    "convolutions": r".*convolution.*",
+    "convolutions": r".*(convolution|conv2d|conv_transpose).*",   # oneDNN's, and the fallbacks of other CPUs
     "fully connected": r"aten::(addmm|mm|linear|matmul)",
     "RoI layers": r".*(roi_align|roi_pool|_BilinearFn|_PoolFn).*",
     "element-wise": r"aten::(add|mul|sub|div|clamp\w*|relu|sigmoid|copy|fill|zero|where)_?",

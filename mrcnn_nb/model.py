@@ -621,17 +621,20 @@ def _macs(module: nn.Module, x: Tensor, out: Tensor) -> int:
 
 # %% ../nbs/11_model.ipynb #50799486
 def count_macs(model: nn.Module, run) -> dict:
-    "Multiply-adds per stage of `model`'s Conv2d, ConvTranspose2d and Linear layers while `run()` executes."
-    counts = {}
+    """Multiply-adds per stage of `model`'s Conv2d, ConvTranspose2d and Linear layers while `run()` executes, in eval
+    mode (in training mode a convolution before a frozen BN runs as a function, `conv_norm`, unseen by the hooks)."""
+    counts, was_training = {}, model.training
     def hook(name):
         def f(m, inputs, out): counts[stage_of(name)] = counts.get(stage_of(name), 0) + _macs(m, inputs[0], out)
         return f
     layers = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, layers)]
+    model.eval()
     try:
         with torch.no_grad(): run()
     finally:
         for h in handles: h.remove()
+        model.train(was_training)
     return counts
 
 # %% ../nbs/11_model.ipynb #246fded4

@@ -348,11 +348,12 @@ def _nblocks(C: int) -> int:
 
 # %% ../nbs/07a_roi_numba.ipynb #f366d7af
 def _argmax_buffer(input: Tensor, K: int, PH: int, PW: int) -> Tensor:
-    """The argmax of max pooling, (K, PH, PW, C) int32. For a plain input its memory is (K, C, PH, PW): the backward
-    kernels that write a plain gradient visit one channel at a time, and read it contiguously."""
+    """The argmax of max pooling, (K, PH, PW, C) int32. For a plain contiguous input its memory is (K, C, PH, PW): the
+    backward kernels that write a plain gradient visit one channel at a time, and read it contiguously."""
     C = input.shape[1]
-    if input.is_contiguous(memory_format=torch.channels_last): return torch.empty(K, PH, PW, C, dtype=torch.int32)
-    return torch.empty(K, C, PH, PW, dtype=torch.int32).permute(0, 2, 3, 1)
+    if input.is_contiguous() and not input.is_contiguous(memory_format=torch.channels_last):
+        return torch.empty(K, C, PH, PW, dtype=torch.int32).permute(0, 2, 3, 1)
+    return torch.empty(K, PH, PW, C, dtype=torch.int32)
 
 # %% ../nbs/07a_roi_numba.ipynb #071ba386
 def bilinear_forward_numba(input: Tensor, plan: BilinearPlan, mode: str = "avg"):
