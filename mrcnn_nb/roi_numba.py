@@ -16,7 +16,7 @@ from torch import Tensor
 from .roi_layers import BilinearPlan, PoolPlan
 
 # %% auto #0
-__all__ = ['bilinear_forward_numba', 'bilinear_backward_numba', 'roi_pool_forward_numba', 'roi_pool_backward_numba',
+__all__ = ['is_plain', 'bilinear_forward_numba', 'bilinear_backward_numba', 'roi_pool_forward_numba', 'roi_pool_backward_numba',
            'parallel_split', 'split_dependence']
 
 # %% ../nbs/07a_roi_numba.ipynb #838c819e
@@ -247,12 +247,8 @@ def _separable_taps(ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count):
     nc = np.zeros((K, PW), np.int64)
     x0, width = np.zeros(K, np.int64), np.zeros(K, np.int64)
     for k in prange(K):
-        lo, hi = 1 << 62, -1
-        for pw in range(PW):
-            for ix in range(xn[k]):
-                for c, w in ((xlo[k, pw, ix], xwlo[k, pw, ix]), (xhi[k, pw, ix], xwhi[k, pw, ix])):
-                    if w != 0: lo, hi = min(lo, c), max(hi, c)
-        if hi < 0: continue
+        lo, hi = _window(xlo[k], xhi[k], xwlo[k], xwhi[k], xn[k])
+        if hi < lo: continue
         x0[k], width[k] = lo, hi - lo + 1
         for pw in range(PW):
             for ix in range(xn[k]):
@@ -346,13 +342,17 @@ def _nblocks(C: int) -> int:
     "Channel blocks of the backward kernels: one per thread (or as `parallel_split` says), never more than C."
     return max(1, min(C, _SPLIT["blocks"] or numba.get_num_threads()))
 
+# %% ../nbs/07a_roi_numba.ipynb #b6ef5fc2
+def is_plain(t: Tensor) -> bool:
+    "Whether `t` is a plain contiguous NCHW tensor and not also channels-last (as when C or H * W is 1)."
+    return t.is_contiguous() and not t.is_contiguous(memory_format=torch.channels_last)
+
 # %% ../nbs/07a_roi_numba.ipynb #f366d7af
 def _argmax_buffer(input: Tensor, K: int, PH: int, PW: int) -> Tensor:
     """The argmax of max pooling, (K, PH, PW, C) int32. For a plain contiguous input its memory is (K, C, PH, PW): the
     backward kernels that write a plain gradient visit one channel at a time, and read it contiguously."""
     C = input.shape[1]
-    if input.is_contiguous() and not input.is_contiguous(memory_format=torch.channels_last):
-        return torch.empty(K, C, PH, PW, dtype=torch.int32).permute(0, 2, 3, 1)
+    if is_plain(input): return torch.empty(K, C, PH, PW, dtype=torch.int32).permute(0, 2, 3, 1)
     return torch.empty(K, PH, PW, C, dtype=torch.int32)
 
 # %% ../nbs/07a_roi_numba.ipynb #071ba386

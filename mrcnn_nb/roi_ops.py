@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from .roi_layers import _pair, bilinear_plan, bilinear_pool_reference, pool_plan, roi_pool_reference
-from .roi_numba import (bilinear_backward_numba, bilinear_forward_numba, roi_pool_backward_numba,
+from .roi_numba import (bilinear_backward_numba, bilinear_forward_numba, is_plain, roi_pool_backward_numba,
                                 roi_pool_forward_numba)
 
 # %% auto #0
@@ -105,8 +105,7 @@ def pick_backend(backend: str, input: Tensor) -> str:
 # %% ../nbs/07c_roi_ops.ipynb #c6b1dbc0
 def _grad_format(input: Tensor, backend: str):
     "The memory format of the CPU kernels' input gradient: plain NCHW for a plain input, else channels-last."
-    plain = input.is_contiguous() and not input.is_contiguous(memory_format=torch.channels_last)
-    return torch.contiguous_format if backend == "numba" and plain else torch.channels_last
+    return torch.contiguous_format if backend == "numba" and is_plain(input) else torch.channels_last
 
 # %% ../nbs/07c_roi_ops.ipynb #8787ec46
 class _BilinearFn(torch.autograd.Function):
