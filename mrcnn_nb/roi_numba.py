@@ -234,6 +234,29 @@ def _bilinear_avg_fwd_plain(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, 
                 _avg_bins(win, k, 0, PH, *p, count[k], ya, xa, o, out)
             else: _avg_bins(img, k, 0, PH, *p, count[k], 0, 0, o, out)
 
+# %% ../nbs/07a_roi_numba.ipynb #89df63f8
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _pool_fwd_nchw(x, W, batch, py0, py1, px0, px1, out, arg):
+    # x (N, C, H * W) of a plain input, W its width; out, arg (K, C, PH * PW); one task per RoI and bin row, and
+    # inside each bin all channels: their scans share the bin's trip counts
+    K, PH, PW, C = py0.shape[0], py0.shape[1], px0.shape[1], x.shape[1]
+    for t in prange(K * PH):
+        k = t // PH
+        ph = t - k * PH
+        h0, h1, img = py0[k, ph], py1[k, ph], x[batch[k]]
+        lowest = np.empty(1, out.dtype)
+        lowest[0] = -np.inf                  # in the input's dtype: float32 compares stay float32
+        for pw in range(PW):
+            w0, w1, q = px0[k, pw], px1[k, pw], ph * PW + pw
+            for c in range(C):
+                plane, m, i = img[c], lowest[0], -1
+                for h in range(h0, h1):
+                    for j in range(h * W + w0, h * W + w1):
+                        if plane[j] > m:
+                            m, i = plane[j], j
+                out[k, c, q] = m if i >= 0 else 0   # empty bin: 0
+                arg[k, c, q] = i
+
 # %% ../nbs/07a_roi_numba.ipynb #261aed75
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _separable_taps(ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count):
@@ -416,9 +439,11 @@ def roi_pool_forward_numba(input: Tensor, plan: PoolPlan):
     N, C, H, W = input.shape
     K, PH, PW = plan.y0.shape[0], plan.y0.shape[1], plan.x0.shape[1]
     out, arg = torch.empty(K, C, PH, PW, dtype=input.dtype), _argmax_buffer(input, K, PH, PW)
-    if K:
-        _pool_fwd(_nhwc(input), plan.batch.numpy(), plan.y0.numpy(), plan.y1.numpy(), plan.x0.numpy(),
-                  plan.x1.numpy(), out.numpy(), arg.numpy())
+    bins = (plan.batch.numpy(), plan.y0.numpy(), plan.y1.numpy(), plan.x0.numpy(), plan.x1.numpy())
+    if K and is_plain(input):
+        _pool_fwd_nchw(input.detach().view(N, C, H * W).numpy(), W, *bins, out.view(K, C, PH * PW).numpy(),
+                       arg.permute(0, 3, 1, 2).view(K, C, PH * PW).numpy())
+    elif K: _pool_fwd(_nhwc(input), *bins, out.numpy(), arg.numpy())
     return out, arg
 
 # %% ../nbs/07a_roi_numba.ipynb #c5b65987
