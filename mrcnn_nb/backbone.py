@@ -15,8 +15,8 @@ from .core import UserInputError, load_state_dict_file, load_weights
 
 # %% auto #0
 __all__ = ['RESNET_BLOCKS', 'FrozenBatchNorm2d', 'conv_norm', 'make_norm', 'Bottleneck', 'ResNet', 'resnet', 'FPN',
-           'freeze_trunk', 'FPNBackbone', 'SingleLevelBackbone', 'fold_frozen_bn', 'load_imagenet_weights',
-           'backbone_features', 'show_feature_maps', 'show_channels']
+           'frozen_batchnorm', 'freeze_trunk', 'FPNBackbone', 'SingleLevelBackbone', 'fold_frozen_bn',
+           'load_imagenet_weights', 'backbone_features', 'show_feature_maps', 'show_channels']
 
 # %% ../nbs/05_backbone.ipynb #aceaf2a5
 class FrozenBatchNorm2d(nn.Module):
@@ -161,6 +161,17 @@ class FPN(nn.Module):
         if self.top_pool: outs.append(F.max_pool2d(outs[-1], 1, 2, 0))
         return outs
 
+# %% ../nbs/05_backbone.ipynb #9c6723de
+def frozen_batchnorm(m: nn.Module) -> nn.Module:
+    """`m` with every BatchNorm2d in it (or `m` itself, if one) replaced by a `FrozenBatchNorm2d` holding its
+    statistics and affine parameters."""
+    if isinstance(m, nn.BatchNorm2d) and m.affine and m.track_running_stats:
+        frozen = FrozenBatchNorm2d(m.num_features, m.eps).to(m.weight.device)
+        frozen.load_state_dict(m.state_dict())
+        return frozen
+    for name, child in m.named_children(): setattr(m, name, frozen_batchnorm(child))
+    return m
+
 # %% ../nbs/05_backbone.ipynb #44508996
 def freeze_trunk(body: ResNet, trainable_layers: int) -> ResNet:
     "Freeze all but the top `trainable_layers` of (layer4, layer3, layer2, layer1, conv1) [+ bn1 when 5]."
@@ -169,6 +180,8 @@ def freeze_trunk(body: ResNet, trainable_layers: int) -> ResNet:
              + (["bn1"] if trainable_layers == 5 else []))
     for name, p in body.named_parameters():
         p.requires_grad_(any(name.startswith(t) for t in train))
+    for name in ("bn1", "layer1", "layer2", "layer3", "layer4"):   # frozen stages keep their statistics too
+        if name not in train and hasattr(body, name): setattr(body, name, frozen_batchnorm(getattr(body, name)))
     return body
 
 # %% ../nbs/05_backbone.ipynb #23bcceee

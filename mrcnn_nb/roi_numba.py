@@ -234,7 +234,7 @@ def _bilinear_avg_fwd_plain(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, 
                 _avg_bins(win, k, 0, PH, *p, count[k], ya, xa, o, out)
             else: _avg_bins(img, k, 0, PH, *p, count[k], 0, 0, o, out)
 
-# %% ../nbs/07a_roi_numba.ipynb #89df63f8
+# %% ../nbs/07a_roi_numba.ipynb #790e213b
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _pool_fwd_nchw(x, W, batch, py0, py1, px0, px1, out, arg):
     # x (N, C, H * W) of a plain input, W its width; out, arg (K, C, PH * PW); one task per RoI and bin row, and
@@ -247,13 +247,16 @@ def _pool_fwd_nchw(x, W, batch, py0, py1, px0, px1, out, arg):
         lowest = np.empty(1, out.dtype)
         lowest[0] = -np.inf                  # in the input's dtype: float32 compares stay float32
         for pw in range(PW):
-            w0, w1, q = px0[k, pw], px1[k, pw], ph * PW + pw
+            w0, n, q = px0[k, pw], px1[k, pw] - px0[k, pw], ph * PW + pw
             for c in range(C):
-                plane, m, i = img[c], lowest[0], -1
-                for h in range(h0, h1):
-                    for j in range(h * W + w0, h * W + w1):
+                plane, m, i, j0 = img[c], lowest[0], -1, h0 * W + w0
+                for h in range(h0, h1):   # the row segment [j0, j0 + n) as a while loop: as a range loop, this kernel
+                    j = j0                # ran a third slower once loaded from Numba's cache than freshly compiled
+                    while j < j0 + n:
                         if plane[j] > m:
                             m, i = plane[j], j
+                        j += 1
+                    j0 += W
                 out[k, c, q] = m if i >= 0 else 0   # empty bin: 0
                 arg[k, c, q] = i
 
