@@ -161,7 +161,7 @@ class FPN(nn.Module):
         if self.top_pool: outs.append(F.max_pool2d(outs[-1], 1, 2, 0))
         return outs
 
-# %% ../nbs/05_backbone.ipynb #9c6723de
+# %% ../nbs/05_backbone.ipynb #f617ffff
 def frozen_batchnorm(m: nn.Module) -> nn.Module:
     """`m` with every BatchNorm2d in it (or `m` itself, if one) replaced by a `FrozenBatchNorm2d` holding its
     statistics and affine parameters."""

@@ -234,7 +234,7 @@ def _bilinear_avg_fwd_plain(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, 
                 _avg_bins(win, k, 0, PH, *p, count[k], ya, xa, o, out)
             else: _avg_bins(img, k, 0, PH, *p, count[k], 0, 0, o, out)
 
-# %% ../nbs/07a_roi_numba.ipynb #790e213b
+# %% ../nbs/07a_roi_numba.ipynb #682d1387
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _pool_fwd_nchw(x, W, batch, py0, py1, px0, px1, out, arg):
     # x (N, C, H * W) of a plain input, W its width; out, arg (K, C, PH * PW); one task per RoI and bin row, and

@@ -370,6 +370,16 @@ def _remove_stale_partials(root: Path):
         pid = p.name.rsplit("-", 1)[1]
         if pid.isdigit() and not _pid_alive(int(pid)): shutil.rmtree(p, ignore_errors=True)
 
+# %% ../nbs/02a_shapes.ipynb #1b6dcdb8
+def _move_into_place(partial: Path, root: Path, stamp: str, want: dict):
+    "Rename the finished `partial` to `root`; if another process has put the same dataset there since, keep that one."
+    try:
+        if root.exists(): root.rmdir()      # empty when this run began, unless another run has filled it since
+        os.replace(partial, root)           # whole, or not there at all
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)
+        if not (root / stamp).exists() or json.loads((root / stamp).read_text()) != want: raise
+
 # %% ../nbs/02a_shapes.ipynb #761b0805
 def cached_shapes(kind: str = "instances", root=None, name: str = "shapes", stamp: str = "shapes.json",
                   progress: bool = True, **spec) -> Path:
@@ -392,8 +402,7 @@ def cached_shapes(kind: str = "instances", root=None, name: str = "shapes", stam
     shutil.rmtree(partial, ignore_errors=True)
     make_shapes(partial, kind=kind, progress=progress, **spec)
     with atomic_write(partial / stamp) as f: json.dump(want, f)
-    if root.exists(): root.rmdir()          # empty, checked above
-    os.replace(partial, root)               # whole, or not there at all
+    _move_into_place(partial, root, stamp, want)
     return root
 
 # %% ../nbs/02a_shapes.ipynb #a784e619
