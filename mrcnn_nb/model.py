@@ -472,8 +472,8 @@ def _trunk_args(cfg: Config) -> dict:
 def _backbone(cfg: Config, trunk: dict) -> nn.Module:
     "The trunk, frozen below `trainable_layers`, and FPN on it, or its last stage alone: res4 (C4) or res5 (C5)."
     if cfg.features == "FPN": return FPNBackbone(freeze_trunk(ResNet(**trunk), cfg.trainable_layers), cfg.fpn_channels)
-    body = ResNet(**trunk, num_stages=3 if cfg.features == "C4" else 4)
-    return SingleLevelBackbone(freeze_trunk(body, min(cfg.trainable_layers, 4 if cfg.features == "C4" else 5)))
+    body = ResNet(**trunk, num_stages=3 if cfg.features == "C4" else 4)   # C4: res5 is the box head's
+    return SingleLevelBackbone(freeze_trunk(body, cfg.trainable_layers))
 
 # %% ../nbs/11_model.ipynb #67cd4234
 def _anchors(cfg: Config) -> AnchorGenerator:
