@@ -165,8 +165,8 @@ class FPN(nn.Module):
 def frozen_batchnorm(m: nn.Module) -> nn.Module:
     """`m` with every BatchNorm2d in it (or `m` itself, if one) replaced by a `FrozenBatchNorm2d` holding its
     statistics and affine parameters."""
-    if isinstance(m, nn.BatchNorm2d) and m.affine and m.track_running_stats:
-        frozen = FrozenBatchNorm2d(m.num_features, m.eps).to(m.weight.device)
+    if isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm)) and m.affine and m.track_running_stats:
+        frozen = FrozenBatchNorm2d(m.num_features, m.eps).to(device=m.weight.device, dtype=m.weight.dtype)
         frozen.load_state_dict(m.state_dict())
         return frozen
     for name, child in m.named_children(): setattr(m, name, frozen_batchnorm(child))

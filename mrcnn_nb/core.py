@@ -210,8 +210,9 @@ def load_weights(module: torch.nn.Module, state_dict: dict, strict: bool = True,
                  source: str = "state dict") -> torch.nn.Module:
     "Load `state_dict` into `module`; on mismatch raise `UserInputError` listing missing and unexpected keys."
     own = module.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
+    counter = lambda k: k.endswith("num_batches_tracked")   # BatchNorm's step count: a frozen BN has none, no weight
+    missing = [k for k in own if k not in state_dict and not counter(k)]
+    unexpected = [k for k in state_dict if k not in own and not counter(k)]
     shapes = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
               for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
     if shapes or (strict and (missing or unexpected)):

@@ -5,6 +5,7 @@
 # %% ../nbs/02a_shapes.ipynb #86add595
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -374,11 +375,14 @@ def _remove_stale_partials(root: Path):
 def _move_into_place(partial: Path, root: Path, stamp: str, want: dict):
     "Rename the finished `partial` to `root`; if another process has put the same dataset there since, keep that one."
     try:
-        if root.exists(): root.rmdir()      # empty when this run began, unless another run has filled it since
-        os.replace(partial, root)           # whole, or not there at all
+        with contextlib.suppress(FileNotFoundError): root.rmdir()   # empty when this run began, if there
+        os.replace(partial, root)                                   # whole, or not there at all
     except OSError:
         shutil.rmtree(partial, ignore_errors=True)
-        if not (root / stamp).exists() or json.loads((root / stamp).read_text()) != want: raise
+        if not (root / stamp).exists(): raise
+        if (have := json.loads((root / stamp).read_text())) != want:
+            raise UserInputError(f"{root} now holds a different dataset ({have}), put there by another run; expected "
+                                 f"{want}: remove the folder or pass another root") from None
 
 # %% ../nbs/02a_shapes.ipynb #761b0805
 def cached_shapes(kind: str = "instances", root=None, name: str = "shapes", stamp: str = "shapes.json",

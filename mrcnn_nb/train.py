@@ -451,10 +451,13 @@ def load_initial_weights(model: MaskRCNN, cfg: Config, path) -> str:
 
 # %% ../nbs/12_train.ipynb #0a3a6ae5
 def check_initialization(cfg: Config, weights, resume: bool = False, from_scratch: bool = False):
-    "Refuse a frozen-BN model (`cfg.norm == 'frozen_bn'`) that would start from random weights, unless `from_scratch`."
-    if cfg.norm != "frozen_bn" or weights is not None or resume or from_scratch: return
-    frozen = "its BatchNorm statistics" + (" and its stem and first stages" if cfg.trainable_layers < 5 else "")
-    raise UserInputError(f"{cfg.name} freezes {frozen} (norm='frozen_bn'): without pre-trained weights they stay "
+    """Refuse a model with frozen BatchNorm statistics -- `norm='frozen_bn'`, or `norm='bn'` in the stages that
+    `trainable_layers` < 5 freezes -- that would start from random weights, unless `from_scratch`."""
+    bn_frozen = cfg.norm == "bn" and cfg.trainable_layers < 5
+    if (cfg.norm != "frozen_bn" and not bn_frozen) or weights is not None or resume or from_scratch: return
+    if bn_frozen: frozen = "its stem and first stages, BatchNorm statistics and all"
+    else: frozen = "its BatchNorm statistics" + (" and its stem and first stages" if cfg.trainable_layers < 5 else "")
+    raise UserInputError(f"{cfg.name} freezes {frozen} (norm={cfg.norm!r}): without pre-trained weights they stay "
                          "random. Give --weights (an ImageNet ResNet or a detection checkpoint), or train from scratch "
                          "with norm=gn trainable_layers=5, or say --from-scratch to run it anyway")
 

@@ -178,6 +178,24 @@ def test_plain_input_gives_the_bits_of_channels_last():
         assert torch.equal(plain, roi_align(cl, b, (5, 4), s, sampling_ratio, aligned)), (sampling_ratio, aligned)
 
 
+def test_roi_pool_plain_and_channels_last_agree_on_ties_and_nans():
+    """RoIPool's forward on a plain NCHW input (its own kernel: bins first, channels inside) gives the values and the
+    argmax of the channels-last kernel -- the first maximum in row-then-column order, never a NaN -- on a map full of
+    ties, with NaNs in it, and with RoIs partly and wholly outside the map (empty bins: 0 and -1)."""
+    from mrcnn_nb.roi_layers import pool_plan
+    from mrcnn_nb.roi_numba import roi_pool_forward_numba
+    x, b, s = case(7, C=6, K=80)
+    x = (x * 2).round()                                  # a few distinct values: most bins hold ties
+    x[:, ::2, 3:6, 4:9] = float("nan")
+    b = torch.cat([b, torch.tensor([[0.0, -40, -40, -4, -4], [1, 200, 200, 260, 260]])])
+    plan = pool_plan(b, s, (3, 4), *x.shape[-2:])
+    cl = x.contiguous(memory_format=torch.channels_last)
+    for dtype in (torch.float32, torch.float64):
+        (y1, a1), (y2, a2) = (roi_pool_forward_numba(t.to(dtype), plan) for t in (x, cl))
+        assert torch.equal(y1, y2) and torch.equal(a1, a2), dtype
+        assert (a1[-2:] == -1).all() and (y1[-2:] == 0).all() and not torch.isnan(y1).any()
+
+
 def test_backward_is_deterministic_across_thread_counts():
     import numba
     if numba.config.NUMBA_NUM_THREADS < 2: pytest.skip("needs 2 Numba threads (NUMBA_NUM_THREADS >= 2)")
