@@ -371,6 +371,13 @@ def _remove_stale_partials(root: Path):
         pid = p.name.rsplit("-", 1)[1]
         if pid.isdigit() and not _pid_alive(int(pid)): shutil.rmtree(p, ignore_errors=True)
 
+# %% ../nbs/02a_shapes.ipynb #139c527f
+def _check_stamp(root: Path, stamp: str, want: dict, holds: str = "holds"):
+    "Refuse `root` if its stamp says it holds another dataset than `want`, naming both."
+    if (have := json.loads((root / stamp).read_text())) != want:
+        raise UserInputError(f"{root} {holds} a different dataset ({have}); expected {want}: "
+                             "remove the folder or pass another root")
+
 # %% ../nbs/02a_shapes.ipynb #1b6dcdb8
 def _move_into_place(partial: Path, root: Path, stamp: str, want: dict):
     "Rename the finished `partial` to `root`; if another process has put the same dataset there since, keep that one."
@@ -380,9 +387,8 @@ def _move_into_place(partial: Path, root: Path, stamp: str, want: dict):
     except OSError:
         shutil.rmtree(partial, ignore_errors=True)
         if not (root / stamp).exists(): raise
-        if (have := json.loads((root / stamp).read_text())) != want:
-            raise UserInputError(f"{root} now holds a different dataset ({have}), put there by another run; expected "
-                                 f"{want}: remove the folder or pass another root") from None
+    else: return
+    _check_stamp(root, stamp, want, "now holds")   # put there by another run (outside the handler: no chained OSError)
 
 # %% ../nbs/02a_shapes.ipynb #761b0805
 def cached_shapes(kind: str = "instances", root=None, name: str = "shapes", stamp: str = "shapes.json",
@@ -393,10 +399,7 @@ def cached_shapes(kind: str = "instances", root=None, name: str = "shapes", stam
     tag = hashlib.sha1(json.dumps(want, sort_keys=True).encode()).hexdigest()[:8]
     root = Path(root) if root else cache_dir() / f"{name}-{tag}"
     if (root / stamp).exists():
-        have = json.loads((root / stamp).read_text())
-        if have != want:
-            raise UserInputError(f"{root} holds a different dataset ({have}); expected {want}: "
-                                 "remove the folder or pass another root")
+        _check_stamp(root, stamp, want)
         return root
     if root.exists() and any(root.iterdir()):
         raise UserInputError(f"{root} exists and is not a generated dataset (no {stamp}): "
