@@ -561,14 +561,18 @@ def amp_file() -> Path:
     "The committed bf16-inference accuracy record of a clone: `nbs/results/bench/amp.json`."
     return results_dir() / "bench" / "amp.json"
 
-def _tiny_both_ways(progress: bool, val_root=None) -> dict:
-    """COCO box and mask AP of the trained TINY_FPN, fp32 and bf16, on the `val` split of `val_root` (default: the
-    main job's data). (Its speed is in the model table: a model this small says little about it.)"""
-    from mrcnn_nb.cli import main_job_data
+def _model_words(cfg, iteration) -> str:
+    "How a model is described in the table: preset, trunk, norm, image size, iterations trained."
+    trunk = f"blocks {cfg.blocks}" if cfg.blocks else f"R-{cfg.depth}"
+    return f"{cfg.name}, {trunk} {cfg.norm}, {cfg.min_size[-1]} px, {iteration} iterations"
+
+def _both_ways(checkpoint, val_root, progress: bool) -> dict:
+    """COCO box and mask AP of the model in `checkpoint`, float32 and bf16 (`for_inference(amp=)`), on the `val` split
+    of `val_root`; and the share of its float32 detections scoring >= 0.5 that bf16 finds again among its own."""
     from mrcnn_nb.evaluate import coco_evaluate, predict_dataset, to_coco_results
-    from mrcnn_nb.train import demo_checkpoint, model_from_checkpoint
-    model, _, _ = model_from_checkpoint(demo_checkpoint())
-    val = COCODataset(val_root or main_job_data(progress=progress), "val")
+    from mrcnn_nb.train import load_checkpoint, model_from_checkpoint
+    model, cfg, _ = model_from_checkpoint(checkpoint)
+    val = COCODataset(val_root, "val")
     res, preds = {}, {}
     for amp in (None, "bf16"):   # one inference per precision: scored by COCOeval, and kept for the matching
         p = predict_dataset(model.for_inference(amp=amp), val, progress=progress)
@@ -580,26 +584,39 @@ def _tiny_both_ways(progress: bool, val_root=None) -> dict:
     counts = [len(d["boxes"]) for d in shown[None]]   # the detections a user sees, in both precisions
     pairs = zip(shown[None], shown["bf16"], counts)
     share = sum(matched_detections(a, b) * n for a, b, n in pairs) / max(1, sum(counts))
-    return dict(checkpoint=demo_checkpoint().name, images=len(val), **res, matched=share, matched_of=sum(counts))
+    return dict(checkpoint=Path(checkpoint).name, model=_model_words(cfg, load_checkpoint(checkpoint).get("iteration")),
+                images=len(val), **res, matched=share, matched_of=sum(counts))
 
 # %% ../nbs/30_benchmarks.ipynb #f09a22a5
-def bench_amp(out=None, command: str = "bench_amp()", progress: bool = True, val_root=None) -> dict:
-    """What bf16 inference costs in accuracy, on the repository's trained TINY_FPN (`_tiny_both_ways`); the record,
-    written to `out` if given."""
+def bench_amp(out=None, command: str = "bench_amp()", progress: bool = True, val_root=None, checkpoint=None,
+              checkpoint_val=None) -> dict:
+    """What bf16 inference costs in accuracy (`_both_ways`): on the repository's trained TINY_FPN over the `val` split
+    of `val_root` (default: the main job's data) and, if given, on the model in `checkpoint` over the `val` split of
+    `checkpoint_val` (default: `val_root`'s); the record, written to `out` if given."""
+    from mrcnn_nb.cli import main_job_data
+    from mrcnn_nb.train import demo_checkpoint
+    val_root = val_root or main_job_data(progress=progress)
+    trained = _both_ways(checkpoint, checkpoint_val or val_root, progress) if checkpoint else None   # first: its errors
     rec = dict(kind="amp", command=command, when=_utc_now(), machine=machine_info(),
-               tiny=_tiny_both_ways(progress, val_root))
+               tiny=_both_ways(demo_checkpoint(), val_root, progress))
+    if trained: rec["trained"] = trained
     if out: _write_record(out, rec)
     return rec
 
 # %% ../nbs/30_benchmarks.ipynb #aface929
+def _amp_row(t: dict) -> str:
+    "One model's row of the bf16 accuracy table."
+    ap = lambda k: f"{100 * t['fp32'][k]:.1f} / {100 * t['bf16'][k]:.1f} ({100 * (t['bf16'][k] - t['fp32'][k]):+.1f})"
+    return (f"| {t.get('model', 'TINY_FPN')} (`{t['checkpoint']}`) | {t['images']} | {ap('box_AP')} | "
+            f"{ap('mask_AP')} | {100 * t['matched']:.1f} % of {t['matched_of']} |")
+
 def amp_markdown(rec: dict) -> str:
-    "The accuracy of bf16 inference against float32, from a `bench_amp` record."
-    t, m = rec["tiny"], rec["machine"]
-    ap = lambda k: f"{100 * t['fp32'][k]:.1f} | {100 * t['bf16'][k]:.1f} | {100 * (t['bf16'][k] - t['fp32'][k]):+.1f}"
-    return (f"| trained TINY_FPN, {t['images']} validation images | float32 | bf16 | difference |\n"
-            f"|---|---|---|---|\n| box AP | {ap('box_AP')} |\n| mask AP | {ap('mask_AP')} |\n\n"
-            f"Of the {t['matched_of']} float32 detections scoring ≥ 0.5, bf16 finds {100 * t['matched']:.1f} % again "
-            "among its own scoring ≥ 0.5 "
+    "The accuracy of bf16 inference against float32, from a `bench_amp` record: a row per model."
+    m = rec["machine"]
+    rows = [_amp_row(rec[k]) for k in ("tiny", "trained") if k in rec]
+    return ("| trained model | validation images | box AP, float32 / bf16 (difference) | mask AP, float32 / bf16 "
+            "(difference) | float32 detections found again by bf16 |\n|---|---|---|---|---|\n" + "\n".join(rows) +
+            "\n\nFound again: of the float32 detections scoring ≥ 0.5, those bf16 has among its own scoring ≥ 0.5 "
             f"(same class, IoU ≥ 0.95, every coordinate within 1 px). On a {m['cores']}-core {m['cpu']} with torch "
             f"{m['torch']}; `{rec['command']}`, stored in `nbs/results/bench/amp.json`.")
 

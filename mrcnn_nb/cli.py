@@ -675,6 +675,10 @@ def _bench_args(s):
     s.add_argument("--iters", type=_positive_int, default=60,
                    help="contention: training iterations per run (default 60)")
     s.add_argument("--work", default=None, help="directory for generated benchmark data (cached)")
+    s.add_argument("--checkpoint", default=None,
+                   help="amp: also measure the model of this checkpoint (one you trained), on the val split of --data")
+    s.add_argument("--data", default=None,
+                   help="amp: the COCO-layout dataset whose val split scores --checkpoint (default: the main job's)")
     s.add_argument("--coco-scale", action="store_true",
                    help="data: memory instead of speed, of a generated COCO-size dataset read by forked workers")
     s.add_argument("--images", type=_positive_int, default=118_287,
@@ -717,10 +721,17 @@ def _bench_contention(args):
 # %% ../nbs/15_cli.ipynb #a742faf7
 def _bench_amp(args):
     "`mrcnn_nb bench amp`: the accuracy of bf16 inference against float32; the table, the record."
+    import shlex
     from mrcnn_nb.bench import amp_markdown, bench_amp
     _refuse_folder_out(args.out)   # before minutes of measuring
-    command = "mrcnn_nb bench amp" + (f" --out {args.out}" if args.out else "")
-    print(amp_markdown(bench_amp(args.out, command=command)))
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise UserInputError(f"--checkpoint {args.checkpoint}: no such file")
+    if args.data and not Path(args.data).is_dir(): raise UserInputError(f"--data {args.data}: no such folder")
+    if args.data and not args.checkpoint: raise UserInputError("--data scores the model of --checkpoint; give both")
+    flags = [f for k in ("checkpoint", "data", "out") if getattr(args, k) for f in (f"--{k}", str(getattr(args, k)))]
+    rec = bench_amp(args.out, command=shlex.join(["mrcnn_nb", "bench", "amp", *flags]), checkpoint=args.checkpoint,
+                    checkpoint_val=args.data)
+    print(amp_markdown(rec))
     if args.out: print(f"wrote {args.out}")
 
 # %% ../nbs/15_cli.ipynb #cb2d836f

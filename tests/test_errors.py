@@ -110,6 +110,21 @@ def test_cli_user_errors_exit_2_with_one_line(tmp_path, case):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("flag", ["--checkpoint", "--data"])
+def test_bench_amp_refuses_a_missing_checkpoint_or_dataset_before_measuring(tmp_path, flag):
+    "`bench amp --checkpoint/--data` naming nothing: exit 2, one line naming the flag and path, before any inference."
+    r = run_cli("bench", "amp", flag, tmp_path / "nowhere", "--out", tmp_path / "amp.json")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == f"mrcnn_nb bench: error: {flag} {tmp_path / 'nowhere'}: no such " + (
+        "file" if flag == "--checkpoint" else "folder"), r.stderr
+    assert not (tmp_path / "amp.json").exists()
+
+
+def test_bench_amp_refuses_data_without_a_checkpoint(tmp_path):
+    r = run_cli("bench", "amp", "--data", tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == "mrcnn_nb bench: error: --data scores the model of --checkpoint; give both"
+
+
 def test_cli_missing_image_mid_show(tmp_path):
     write_coco(tmp_path, "val", [IMG], [ANN], CATS, image_files=False)
     r = run_cli("show", tmp_path, "--split", "val", "--out", tmp_path / "x.png")
