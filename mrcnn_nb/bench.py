@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import Timer, atomic_write, machine_info, peak_memory_rise, results_dir
+from .core import Timer, UserInputError, atomic_write, machine_info, peak_memory_rise, results_dir
 from .data import COCODataset, RandomHorizontalFlip, annotation_file
 from .model import Transform
 from .shapes import make_shapes
@@ -569,10 +569,14 @@ def _model_words(cfg, iteration) -> str:
 def _both_ways(checkpoint, val_root, progress: bool) -> dict:
     """COCO box and mask AP of the model in `checkpoint`, float32 and bf16 (`for_inference(amp=)`), on the `val` split
     of `val_root`; and the share of its float32 detections scoring >= 0.5 that bf16 finds again among its own."""
-    from mrcnn_nb.evaluate import coco_evaluate, predict_dataset, to_coco_results
+    from mrcnn_nb.data import find_split
+    from mrcnn_nb.evaluate import check_classes, coco_evaluate, predict_dataset, to_coco_results
     from mrcnn_nb.train import load_checkpoint, model_from_checkpoint
-    model, cfg, _ = model_from_checkpoint(checkpoint)
-    val = COCODataset(val_root, "val")
+    model, cfg, names = model_from_checkpoint(checkpoint)
+    if not cfg.mask: raise UserInputError(f"{checkpoint}: a model without a mask head; this compares mask AP too")
+    kind = "keypoints" if cfg.keypoints else "instances"
+    val = COCODataset(val_root, find_split(val_root, "val", kind), kind=kind)
+    check_classes(val, cfg, names, checkpoint)
     res, preds = {}, {}
     for amp in (None, "bf16"):   # one inference per precision: scored by COCOeval, and kept for the matching
         p = predict_dataset(model.for_inference(amp=amp), val, progress=progress)
@@ -606,7 +610,7 @@ def bench_amp(out=None, command: str = "bench_amp()", progress: bool = True, val
 # %% ../nbs/30_benchmarks.ipynb #aface929
 def _amp_row(t: dict) -> str:
     "One model's row of the bf16 accuracy table."
-    ap = lambda k: f"{100 * t['fp32'][k]:.1f} / {100 * t['bf16'][k]:.1f} ({100 * (t['bf16'][k] - t['fp32'][k]):+.1f})"
+    ap = lambda k: f"{100 * t['fp32'][k]:.1f} / {100 * t['bf16'][k]:.1f} ({100 * (t['bf16'][k] - t['fp32'][k]):+.2f})"
     return (f"| {t.get('model', 'TINY_FPN')} (`{t['checkpoint']}`) | {t['images']} | {ap('box_AP')} | "
             f"{ap('mask_AP')} | {100 * t['matched']:.1f} % of {t['matched_of']} |")
 

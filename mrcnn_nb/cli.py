@@ -409,18 +409,13 @@ def _write_evaluation(out: Path, r: dict):
 def cmd_eval(args) -> int:
     "COCO evaluation of a checkpoint on a dataset split."
     from mrcnn_nb.data import COCODataset, find_split
-    from mrcnn_nb.evaluate import evaluate, format_metrics
+    from mrcnn_nb.evaluate import check_classes, evaluate, format_metrics
     from mrcnn_nb.train import model_from_checkpoint
     model, cfg, names = model_from_checkpoint(args.checkpoint)
     kind = "keypoints" if cfg.keypoints else "instances"
     ds = COCODataset(args.data, args.split or find_split(args.data, "val", kind), kind=kind,
                      bad_polygons=args.bad_polygons)
-    if ds.num_classes + 1 != cfg.num_classes:
-        raise UserInputError(f"{ds.ann_file}: {ds.num_classes} categories (+ background) but {args.checkpoint} "
-                             f"was trained with num_classes={cfg.num_classes}")
-    if names and list(names) != list(ds.class_names):     # label k means category names[k - 1]
-        raise UserInputError(f"{ds.ann_file}: categories {list(ds.class_names)} but {args.checkpoint} was trained "
-                             f"on {list(names)} (names and order must match)")
+    check_classes(ds, cfg, names, args.checkpoint)
     r = evaluate(model, ds, batch_size=args.batch, amp=args.amp)
     print(format_metrics(r))
     if args.out: _write_evaluation(Path(args.out), r)
@@ -678,7 +673,8 @@ def _bench_args(s):
     s.add_argument("--checkpoint", default=None,
                    help="amp: also measure the model of this checkpoint (one you trained), on the val split of --data")
     s.add_argument("--data", default=None,
-                   help="amp: the COCO-layout dataset whose val split scores --checkpoint (default: the main job's)")
+                   help="amp: the COCO-layout dataset whose validation split (val, val2017 or valid) scores "
+                        "--checkpoint (default: the main job's data)")
     s.add_argument("--coco-scale", action="store_true",
                    help="data: memory instead of speed, of a generated COCO-size dataset read by forked workers")
     s.add_argument("--images", type=_positive_int, default=118_287,
@@ -724,10 +720,10 @@ def _bench_amp(args):
     import shlex
     from mrcnn_nb.bench import amp_markdown, bench_amp
     _refuse_folder_out(args.out)   # before minutes of measuring
+    if args.data and not args.checkpoint: raise UserInputError("--data scores the model of --checkpoint; give both")
     if args.checkpoint and not Path(args.checkpoint).is_file():
         raise UserInputError(f"--checkpoint {args.checkpoint}: no such file")
     if args.data and not Path(args.data).is_dir(): raise UserInputError(f"--data {args.data}: no such folder")
-    if args.data and not args.checkpoint: raise UserInputError("--data scores the model of --checkpoint; give both")
     flags = [f for k in ("checkpoint", "data", "out") if getattr(args, k) for f in (f"--{k}", str(getattr(args, k)))]
     rec = bench_amp(args.out, command=shlex.join(["mrcnn_nb", "bench", "amp", *flags]), checkpoint=args.checkpoint,
                     checkpoint_val=args.data)
@@ -742,6 +738,8 @@ def cmd_bench(args) -> int:
         import torch
         torch.set_num_threads(args.threads)
     from mrcnn_nb.bench import bench_data, format_rows
+    for flag in ("checkpoint", "data"):
+        if getattr(args, flag) and args.what != "amp": raise UserInputError(f"--{flag} is for bench amp only")
     work = Path(args.work) if args.work else Path(tempfile.gettempdir()) / "mrcnn_nb_bench"
     if args.what == "data" and args.coco_scale:
         from mrcnn_nb.bench import bench_coco_memory, coco_memory_rows, make_coco_scale_annotations

@@ -21,8 +21,8 @@ from .data import COCODataset
 # %% auto #0
 __all__ = ['STAT_NAMES', 'shard_batches', 'predict_dataset', 'dataset_proposals', 'proposal_recall', 'encode_masks',
            'to_coco_results', 'coco_evaluate', 'merge_shards', 'raise_if_any_failed', 'sharded_predictions', 'evaluate',
-           'format_metrics', 'pr_curves', 'plot_pr_curves', 'plot_ap_vs_iou', 'interpolated_ap', 'plot_interpolation',
-           'area_labels', 'plot_object_areas', 'plot_per_class_ap']
+           'format_metrics', 'check_classes', 'pr_curves', 'plot_pr_curves', 'plot_ap_vs_iou', 'interpolated_ap',
+           'plot_interpolation', 'area_labels', 'plot_object_areas', 'plot_per_class_ap']
 
 # %% ../nbs/13_eval.ipynb #e9bdbf50
 def _predict_batch(model, items: list, device) -> list:
@@ -276,6 +276,17 @@ def format_metrics(result: dict, per_category: bool = True) -> str:
     peak = result.get("peak_mib")
     speed = f"{result['images']} images, {result['detections']} detections, {result['images_per_s']:.1f} images/s"
     return "\n".join(lines + ["", speed + (f", peak memory +{peak:.0f} MiB" if peak is not None else "")])
+
+# %% ../nbs/13_eval.ipynb #d0966ed1
+def check_classes(ds: COCODataset, cfg, class_names, checkpoint) -> None:
+    """Refuse to score the model of `checkpoint` (its `cfg` and `class_names`) on `ds` unless they have the same
+    categories in the same order."""
+    if ds.num_classes + 1 != cfg.num_classes:
+        raise UserInputError(f"{ds.ann_file}: {ds.num_classes} categories (+ background) but {checkpoint} "
+                             f"was trained with num_classes={cfg.num_classes}")
+    if class_names and list(class_names) != list(ds.class_names):     # label k means category names[k - 1]
+        raise UserInputError(f"{ds.ann_file}: categories {list(ds.class_names)} but {checkpoint} was trained "
+                             f"on {list(class_names)} (names and order must match)")
 
 # %% ../nbs/13_eval.ipynb #f7d09cf6
 def pr_curves(E: COCOeval, area: str = "all", max_dets: int | None = None) -> dict:

@@ -113,7 +113,9 @@ def test_cli_user_errors_exit_2_with_one_line(tmp_path, case):
 @pytest.mark.parametrize("flag", ["--checkpoint", "--data"])
 def test_bench_amp_refuses_a_missing_checkpoint_or_dataset_before_measuring(tmp_path, flag):
     "`bench amp --checkpoint/--data` naming nothing: exit 2, one line naming the flag and path, before any inference."
-    r = run_cli("bench", "amp", flag, tmp_path / "nowhere", "--out", tmp_path / "amp.json")
+    (tmp_path / "model.pth").write_bytes(b"")   # exists: only the flag under test names nothing
+    other = ["--data", tmp_path] if flag == "--checkpoint" else ["--checkpoint", tmp_path / "model.pth"]
+    r = run_cli("bench", "amp", flag, tmp_path / "nowhere", *other, "--out", tmp_path / "amp.json")
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip() == f"mrcnn_nb bench: error: {flag} {tmp_path / 'nowhere'}: no such " + (
         "file" if flag == "--checkpoint" else "folder"), r.stderr
@@ -121,8 +123,14 @@ def test_bench_amp_refuses_a_missing_checkpoint_or_dataset_before_measuring(tmp_
 
 
 def test_bench_amp_refuses_data_without_a_checkpoint(tmp_path):
-    r = run_cli("bench", "amp", "--data", tmp_path)
+    r = run_cli("bench", "amp", "--data", tmp_path / "nowhere")
     assert r.returncode == 2 and r.stderr.strip() == "mrcnn_nb bench: error: --data scores the model of --checkpoint; give both"
+
+
+@pytest.mark.parametrize("flag", ["--checkpoint", "--data"])
+def test_amp_flags_are_refused_by_the_other_benchmarks(tmp_path, flag):
+    r = run_cli("bench", "data", flag, tmp_path, "--n", 1)
+    assert r.returncode == 2 and r.stderr.strip() == f"mrcnn_nb bench: error: {flag} is for bench amp only", r.stderr
 
 
 def test_cli_missing_image_mid_show(tmp_path):
