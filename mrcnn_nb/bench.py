@@ -424,8 +424,7 @@ def speed_markdown(res: dict) -> str:
             f"{roi}\n\nThe whole R-50-FPN Mask R-CNN at {h}×{w}, the same weights in torchvision's model and ours "
             f"(`for_inference()` folds frozen BN into the convolutions):\n\n{model}{profile}\n\n"
             f"Medians of {res['repeats']} run(s) on {m['torch_threads']} threads of a {m['cores']}-core {m['cpu']}, "
-            f"torch {m['torch']}, measured {res['date'][:10]} by `{res['command']}` "
-            f"(stored in `nbs/results/bench/speed.json`).")
+            f"torch {m['torch']}, measured {res['date'][:10]} by `{res['command']}`.")
 
 # %% ../nbs/30_benchmarks.ipynb #7674a9a1
 def plot_speed(res: dict, size=(10, 4.2)):
@@ -543,7 +542,7 @@ def contention_markdown(rec: dict) -> str:
     m = rec["machine"]
     return ("\n".join(lines) + f"\n\nSeconds per iteration of each run (× its time alone), {rec['iters']} iterations "
             f"of the main job per run, on a {m['cores']}-core {m['cpu']} with torch {m['torch']}; "
-            f"`{rec['command']}`, stored in `nbs/results/bench/contention.json`.")
+            f"`{rec['command']}`.")
 
 # %% ../nbs/30_benchmarks.ipynb #b5b648f5
 def matched_detections(a: dict, b: dict, iou: float = 0.95, pixels: float = 1.0) -> float:
@@ -622,7 +621,7 @@ def amp_markdown(rec: dict) -> str:
             "(difference) | float32 detections found again by bf16 |\n|---|---|---|---|---|\n" + "\n".join(rows) +
             "\n\nFound again: of the float32 detections scoring ≥ 0.5, those bf16 has among its own scoring ≥ 0.5 "
             f"(same class, IoU ≥ 0.95, every coordinate within 1 px). On a {m['cores']}-core {m['cpu']} with torch "
-            f"{m['torch']}; `{rec['command']}`, stored in `nbs/results/bench/amp.json`.")
+            f"{m['torch']}; `{rec['command']}`.")
 
 # %% ../nbs/30_benchmarks.ipynb #9321ca51
 COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]   # COCO's 80
