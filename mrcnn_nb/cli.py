@@ -605,7 +605,7 @@ COMMANDS["configs"] = (_configs_args, cmd_configs, "list the presets", "The name
 
 # %% ../nbs/15_cli.ipynb #9ca2ad18
 def _ablate_args(s):
-    s.add_argument("--table", nargs="+", required=True, metavar="T", help="table(s): 2a 2b 2c 2d 2e 3 5 6, or all")
+    s.add_argument("--table", nargs="+", required=True, metavar="T", help="table(s): 2a 2b 2c 2d 2c-fpn 2e 3 5 6, or all")
     s.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1 per variant (default 3)")
     s.add_argument("--smoke", action="store_true",
                    help="a few iterations per variant on a few images, into a temporary store")
