@@ -571,7 +571,8 @@ def _both_ways(checkpoint, val_root, progress: bool) -> dict:
     from mrcnn_nb.data import find_split
     from mrcnn_nb.evaluate import check_classes, coco_evaluate, predict_dataset, to_coco_results
     from mrcnn_nb.train import load_checkpoint, model_from_checkpoint
-    model, cfg, names = model_from_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint)   # read once: the model, and its iteration for the record
+    model, cfg, names = model_from_checkpoint(checkpoint, ckpt)
     if not cfg.mask: raise UserInputError(f"{checkpoint}: a model without a mask head; this compares mask AP too")
     kind = "keypoints" if cfg.keypoints else "instances"
     val = COCODataset(val_root, find_split(val_root, "val", kind), kind=kind)
@@ -587,7 +588,7 @@ def _both_ways(checkpoint, val_root, progress: bool) -> dict:
     counts = [len(d["boxes"]) for d in shown[None]]   # the detections a user sees, in both precisions
     pairs = zip(shown[None], shown["bf16"], counts)
     share = sum(matched_detections(a, b) * n for a, b, n in pairs) / max(1, sum(counts))
-    return dict(checkpoint=Path(checkpoint).name, model=_model_words(cfg, load_checkpoint(checkpoint).get("iteration")),
+    return dict(checkpoint=Path(checkpoint).name, model=_model_words(cfg, ckpt.get("iteration")),
                 images=len(val), **res, matched=share, matched_of=sum(counts))
 
 # %% ../nbs/30_benchmarks.ipynb #f09a22a5

@@ -605,7 +605,8 @@ COMMANDS["configs"] = (_configs_args, cmd_configs, "list the presets", "The name
 
 # %% ../nbs/15_cli.ipynb #9ca2ad18
 def _ablate_args(s):
-    s.add_argument("--table", nargs="+", required=True, metavar="T", help="table(s): 2a 2b 2c 2d 2c-fpn 2e 3 5 6, or all")
+    s.add_argument("--table", nargs="+", required=True, metavar="T",
+                   help="table(s): 2a 2b 2c 2d 2c-fpn 2e 3 5 6, or all")
     s.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1 per variant (default 3)")
     s.add_argument("--smoke", action="store_true",
                    help="a few iterations per variant on a few images, into a temporary store")
@@ -689,13 +690,17 @@ def _refuse_folder_out(out):
     "Refuse `--out` naming a folder, before a benchmark runs (its record is written at the end)."
     if out and Path(out).is_dir(): raise UserInputError(f"--out {out}: is a directory; give a file name")
 
+def _flags(args, *keys) -> list:
+    "`--key value` for each of `keys` the user gave, to write into a benchmark record the command that made it."
+    return [f for k in keys if getattr(args, k) for f in (f"--{k}", str(getattr(args, k)))]
+
 def _bench_speed(args):
     "`mrcnn_nb bench speed`: the RoI and model benchmarks in one run; their tables, and the record written to `--out`."
     import shlex
     from mrcnn_nb.bench import bench_speed, speed_markdown
     _refuse_folder_out(args.out)   # before minutes of measuring
     flags = ["--quick"] if args.quick else ["--repeats", str(args.repeats)]
-    flags += [f for k in ("threads", "out") if getattr(args, k) for f in (f"--{k}", str(getattr(args, k)))]
+    flags += _flags(args, "threads", "out")
     small = dict(repeats=1, scale=0.02, size=(96, 128)) if args.quick else dict(repeats=args.repeats)
     res = bench_speed(args.out, command=shlex.join(["mrcnn_nb", "bench", "speed", *flags]), progress=True, **small)
     print(speed_markdown(res))
@@ -708,7 +713,7 @@ def _bench_contention(args):
     from mrcnn_nb.bench import bench_contention, contention_markdown
     _refuse_folder_out(args.out)   # before minutes of measuring
     iters = 3 if args.quick else args.iters
-    flags = ["--iters", str(iters)] + (["--out", args.out] if args.out else [])
+    flags = ["--iters", str(iters)] + _flags(args, "out")
     res = bench_contention(iters, work=args.work, out=args.out,
                            command=shlex.join(["mrcnn_nb", "bench", "contention", *flags]))
     print(contention_markdown(res))
@@ -724,7 +729,7 @@ def _bench_amp(args):
     if args.checkpoint and not Path(args.checkpoint).is_file():
         raise UserInputError(f"--checkpoint {args.checkpoint}: no such file")
     if args.data and not Path(args.data).is_dir(): raise UserInputError(f"--data {args.data}: no such folder")
-    flags = [f for k in ("checkpoint", "data", "out") if getattr(args, k) for f in (f"--{k}", str(getattr(args, k)))]
+    flags = _flags(args, "checkpoint", "data", "out")
     rec = bench_amp(args.out, command=shlex.join(["mrcnn_nb", "bench", "amp", *flags]), checkpoint=args.checkpoint,
                     checkpoint_val=args.data)
     print(amp_markdown(rec))

@@ -199,9 +199,9 @@ def config_from_checkpoint(ckpt: dict, path="checkpoint") -> Config:
         raise UserInputError(f"{path}: config does not match this version of mrcnn_nb ({e})") from None
 
 # %% ../nbs/12_train.ipynb #8e5e6773
-def model_from_checkpoint(path) -> tuple:
-    "`(model, config, class_names)` rebuilt from a checkpoint file."
-    ckpt = load_checkpoint(path)
+def model_from_checkpoint(path, ckpt: dict | None = None) -> tuple:
+    "`(model, config, class_names)` rebuilt from a checkpoint file (`ckpt`: its contents, if the caller has read them)."
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
     cfg = config_from_checkpoint(ckpt, path)
     return load_weights(build_model(cfg), ckpt["model"], source=str(path)), cfg, ckpt.get("class_names")
 
