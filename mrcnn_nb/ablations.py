@@ -28,7 +28,7 @@ __all__ = ['PROTOCOL_VERSION', 'PROTOCOL', 'SEEDS', 'ABLATION_DATA', 'SMOKE_DATA
            'ablation_data', 'data_spec', 'default_store', 'run_path', 'git_commit', 'classification_images',
            'trunk_name', 'plot_classification_images', 'pretrain_trunk', 'trunk_weights', 'rpn_config', 'rpn_name',
            'rpn_path', 'proposals_fingerprint', 'run_rpn', 'stored_rpn', 'rpn_proposals', 'run_variant', 'load_runs',
-           'missing_runs', 'run_ablations', 'paste_path', 'paste_study', 'run_paste_study', 'table_runs',
+           'missing_runs', 'run_ablations', 'paste_store', 'paste_path', 'paste_study', 'run_paste_study', 'table_runs',
            'column_values', 'mean_std', 'difference', 'verdict', 'protocol_acceptance', 'untestable',
            'working_detectors', 'compare', 'comparisons', 'table_markdown', 'headlines', 'results_sentence',
            'results_markdown', 'load_paste_study', 'paste_summary', 'paste_markdown', 'plot_table', 'plot_ap_vs_iou',
@@ -692,7 +692,18 @@ def run_ablations(tables, seeds=SEEDS, store=None, smoke: bool = False, jobs: in
 PASTES = {"rounded": False, "exact": True}   # mask pasting: the paper's rounded box corners, the exact geometry
 PASTE_VARIANTS = ("fpn", "fpn_aligned")       # the paper's RoIAlign, and with the half-pixel offset (Table 2c-fpn)
 
+def paste_store() -> Path:
+    "The paste study's store: `paste-study` beside the protocol's store (`default_store`)."
+    return default_store().parent / "paste-study"
+
 def paste_path(store, variant: str, seed: int) -> Path: return Path(store) / "_paste" / variant / f"seed{seed}.json"
+
+def _share_trunks(store: Path):
+    "Link `store/_trunks` to the protocol store's pre-trained trunks, when it has them: one set of weights for both."
+    link, target = Path(store) / "_trunks", default_store() / "_trunks"
+    if link.exists() or link.is_symlink() or not target.is_dir(): return
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
 
 # %% ../nbs/20a_ablations.ipynb #3c3c13a1
 def paste_study(variant: str, seed: int = 0, store=None, smoke: bool = False, progress: bool = True,
@@ -717,11 +728,13 @@ def paste_study(variant: str, seed: int = 0, store=None, smoke: bool = False, pr
 # %% ../nbs/20a_ablations.ipynb #ee0ad7f4
 def run_paste_study(variants=PASTE_VARIANTS, seeds=(0,), store=None, smoke: bool = False, jobs: int = 1,
                     progress: bool = True, device: str = "auto", log=print) -> list:
-    """`paste_study` of every (variant, seed) whose current record `store` lacks (every one, in a smoke run, whose
-    `store` must be given: smoke records never go to the committed store); returns the pairs run."""
+    """`paste_study` of every (variant, seed) whose current record `store` (default `paste_store()`) lacks (every one,
+    in a smoke run, whose `store` must be given: smoke records never go to the committed store); returns the pairs
+    run."""
     if smoke and store is None: raise UserInputError("a smoke paste study needs a store (a temporary folder)")
-    store = Path(store) if store is not None else default_store()
+    store = Path(store) if store is not None else paste_store()
     for v in variants: ablation_config(v)   # unknown names are refused
+    if not smoke: _share_trunks(store)
     def have(v, s):
         path = paste_path(store, v, s)
         return path.exists() and _is_current(_read_record(path), v, store)
@@ -947,43 +960,41 @@ def results_markdown(store=None) -> str:
 
 # %% ../nbs/20a_ablations.ipynb #20849546
 def load_paste_study(store=None) -> list:
-    "The current `paste_study` records in `store` (`_is_current`: today's protocol, config, data and RPN)."
-    store = Path(store) if store is not None else default_store()
+    """The current `paste_study` records in `store` (default `paste_store()`; `_is_current`: today's protocol, config,
+    data and the store's own RPN)."""
+    store = Path(store) if store is not None else paste_store()
     recs = [_read_record(p) for p in sorted(store.glob("_paste/*/seed*.json"))]
     return [r for r in recs if r.get("variant") in VARIANTS and _is_current(r, r["variant"], store)]
 
-def paste_summary(records: list, runs: dict) -> dict:
-    """variant -> seeds, its own pasting, mask AP x 100 by pasting and box AP (`mean_std` over `records`), and the mask
-    AP of its stored runs of the same seeds (`runs`: variant -> run records)."""
+def paste_summary(records: list) -> dict:
+    "variant -> seeds, its own pasting, mask AP x 100 by pasting and box AP (`mean_std` over its `records`)."
     out = {}
     for v in dict.fromkeys(r["variant"] for r in records):
         rs = [r for r in records if r["variant"] == v]
-        seeds = sorted({r["seed"] for r in rs})
-        stored = [r for r in runs.get(v, []) if r["seed"] in seeds]
-        out[v] = dict(seeds=seeds, own=rs[0]["own_paste"],
+        out[v] = dict(seeds=sorted(r["seed"] for r in rs), own=rs[0]["own_paste"],
                       **{k: mean_std([100 * r["paste"][k]["segm"]["AP"] for r in rs]) for k in PASTES},
-                      box=mean_std([100 * r["paste"]["rounded"]["bbox"]["AP"] for r in rs]),
-                      stored=mean_std(column_values(stored, ("segm", "AP"))))
+                      box=mean_std([100 * r["paste"]["rounded"]["bbox"]["AP"] for r in rs]))
     return out
 
 # %% ../nbs/20a_ablations.ipynb #a42bf113
 def paste_markdown(store=None) -> str:
-    """The paste study as a table (a row per model of `PASTE_VARIANTS`) and the split of the half-pixel row's mask AP
-    gain into what the features' offset and what the exact pasting give."""
-    store = Path(store) if store is not None else default_store()
-    s = paste_summary(load_paste_study(store), {v: load_runs(v, store)[0] for v in PASTE_VARIANTS})
+    """The paste study (`store`, default `paste_store()`) as a table, a row per model of `PASTE_VARIANTS`, and the split
+    of the half-pixel model's mask AP gain into what the features' offset and what the exact pasting give."""
+    recs = load_paste_study(store)
+    s = paste_summary(recs)
     if any(v not in s for v in PASTE_VARIANTS): return "The paste study has no current records yet (`run_paste_study`)."
     names = {r.variant: r.label for r in get_table("2c-fpn").rows}
-    rows = [f"| {names[v]} (`{v}`) | {', '.join(map(str, d['seeds']))} | {_fmt(*d['rounded'])} | {_fmt(*d['exact'])} "
-            f"| {d['exact'][0] - d['rounded'][0]:+.1f} | {_fmt(*d['box'])} | {_fmt(*d['stored'])} ({d['own']}) |"
+    rows = [f"| {names[v]} (`{v}`) | {d['own']} | {', '.join(map(str, d['seeds']))} | {_fmt(*d['rounded'])} "
+            f"| {_fmt(*d['exact'])} | {d['exact'][0] - d['rounded'][0]:+.1f} | {_fmt(*d['box'])} |"
             for v, d in s.items() if v in PASTE_VARIANTS]
-    a, b = s["fpn"], s["fpn_aligned"]
+    a, b, m = s["fpn"], s["fpn_aligned"], recs[0]["machine"]
     feat, paste = b["rounded"][0] - a["rounded"][0], b["exact"][0] - b["rounded"][0]
-    return ("| model | seeds | mask AP, rounded pasting (the paper's) | mask AP, exact pasting | exact − rounded "
-            "| box AP | the stored runs (their pasting) |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows) +
-            f"\n\nThe half-pixel model, each pasted its own way, is {feat + paste:+.1f} mask AP ahead of the paper's "
-            f"RoIAlign in this study: {feat:+.1f} from the features' offset (both pasted with rounded corners) and "
-            f"{paste:+.1f} from the exact pasting. AP × 100, mean over the seeds listed.")
+    return ("| model | its own pasting | seeds | mask AP, rounded pasting (the paper's) | mask AP, exact pasting "
+            "| exact − rounded | box AP |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows) +
+            f"\n\nThe half-pixel model, each model pasted its own way, is {feat + paste:+.1f} mask AP ahead of the "
+            f"paper's RoIAlign: {feat:+.1f} from the features' offset (both pasted with rounded corners) and "
+            f"{paste:+.1f} from the exact pasting. AP × 100, mean ± std over the seeds listed; trained on {m['cpu']} "
+            f"({m['cores']} cores), {m['torch_threads']} thread(s) per run, {m['runs_at_once']} run(s) at once.")
 
 # %% ../nbs/20a_ablations.ipynb #e2d00859
 def plot_table(table: str, store=None, size=(3.0, 2.6)):

@@ -2,9 +2,9 @@
 
 The store is committed: every record in it must be a complete, current run of the protocol made
 by committed code, so that the notebooks 21-27 and the README render real, reproducible numbers.
-Beside the runs it holds the pre-trained trunks (`_trunks/`), the records of the separately
-trained RPNs (`_rpn/`) whose proposals the runs trained on, and the paste study (`_paste/`: one
-model's masks pasted two ways)."""
+Beside the runs it holds the pre-trained trunks (`_trunks/`) and the records of the separately
+trained RPNs (`_rpn/`) whose proposals the runs trained on. The paste study (one model's masks
+pasted two ways) has a store of its own beside it, `nbs/results/paste-study`."""
 import hashlib
 import json
 import os
@@ -16,15 +16,16 @@ import pytest
 
 from mrcnn_nb.ablations import (PASTE_VARIANTS, PASTES, PRETRAINING, PROTOCOL_VERSION, REFERENCE_ROWS, SEEDS, TABLES,
                                 VARIANTS, ablation_config, comparisons, config_dict, data_spec, default_store,
-                                load_paste_study, load_runs, missing_runs, protocol_acceptance, results_markdown,
-                                rpn_config, rpn_name, rpn_path, run_path, untestable)
+                                load_paste_study, load_runs, missing_runs, paste_store, protocol_acceptance,
+                                results_markdown, rpn_config, rpn_name, rpn_path, run_path, untestable)
 from mrcnn_nb.evaluate import STAT_NAMES
 
 STORE = Path(__file__).resolve().parent.parent / "nbs" / "results" / "ablations"
 RECORDS = sorted(p for p in STORE.glob("*/seed*.json") if not p.parent.name.startswith("_"))
 RPN_RECORDS = sorted(STORE.glob("_rpn/*/seed*.json"))
 TRUNKS = sorted(STORE.glob("_trunks/*.json"))
-PASTE_RECORDS = sorted(STORE.glob("_paste/*/seed*.json"))
+PASTE_STORE = STORE.parent / "paste-study"
+PASTE_RECORDS = sorted(PASTE_STORE.glob("_paste/*/seed*.json"))
 
 
 def test_default_store_is_the_repository_store(monkeypatch):
@@ -60,11 +61,18 @@ def test_every_stored_run_is_complete_and_current(path):
     _made_by_committed_code(rec, path)
 
 
+def test_the_paste_study_has_its_own_store_and_the_protocols_trunks(monkeypatch):
+    monkeypatch.delenv("MRCNN_NB_ABLATIONS", raising=False)
+    assert paste_store() == PASTE_STORE
+    if not PASTE_RECORDS: pytest.skip("the paste study has no records yet")
+    assert (PASTE_STORE / "_trunks").resolve() == (STORE / "_trunks").resolve()
+
+
 @pytest.mark.parametrize("path", PASTE_RECORDS, ids=[f"{p.parent.name}/{p.stem}" for p in PASTE_RECORDS])
 def test_every_paste_study_record_is_complete_and_current(path):
     rec = json.loads(path.read_text())
     assert rec["variant"] == path.parent.name in PASTE_VARIANTS and path.name == f"seed{rec['seed']}.json"
-    assert rec in load_paste_study(STORE), f"{path}: of another protocol, config, data or RPN (stale)"
+    assert rec in load_paste_study(PASTE_STORE), f"{path}: of another protocol, config, data or RPN (stale)"
     assert set(rec["paste"]) == set(PASTES) and rec["own_paste"] == ("exact" if rec["config"]["roi_aligned"] else "rounded")
     for m in rec["paste"].values(): assert list(m) == ["bbox", "segm"] and list(m["segm"]) == STAT_NAMES["segm"]
     # pasting is inference only and touches only the masks: the same boxes both ways
@@ -104,7 +112,6 @@ def test_the_store_has_no_stale_or_stray_files():
         rel = p.relative_to(STORE).parts
         if rel[0] == "_trunks": return len(rel) == 2 and p.suffix in (".json", ".pth")
         if rel[0] == "_rpn": return len(rel) == 3 and rel[2].startswith("seed") and p.suffix in (".json", ".pt")
-        if rel[0] == "_paste": return len(rel) == 3 and rel[1] in PASTE_VARIANTS and rel[2].startswith("seed") and p.suffix == ".json"
         return len(rel) == 2 and rel[0] in VARIANTS and rel[1].startswith("seed") and p.suffix == ".json"
     assert [p for p in STORE.rglob("*") if p.is_file() and not expected(p)] == []
 
