@@ -650,15 +650,38 @@ def _prepare_runs(todo: list, store: Path, smoke: bool, progress: bool = True):
     trunks = {trunk_name(c): c for c in (ablation_config(v, smoke=smoke) for v, _ in todo)}
     for cfg in trunks.values(): trunk_weights(cfg, store, smoke, progress)
 
+# %% ../nbs/20a_ablations.ipynb #7ca3abbb
+def _lost_proposals(rpns: list, store: Path) -> list:
+    """For each (variant, seed) of `rpns` whose RPN is to train again although its record is current (its proposals
+    file is missing), a line naming the stored runs that trained on its proposals; none for an RPN no run uses."""
+    lines = []
+    for v, s in rpns:
+        path = rpn_path(store, v, s)
+        if not path.exists() or path.with_suffix(".pt").exists(): continue
+        rec = _read_record(path)
+        if rec.get("config") != config_dict(rpn_config(v, s)) or rec.get("data") != data_spec(v): continue
+        users = [u for u in VARIANTS
+                 if rpn_name(u) == rpn_name(v) and any(r["seed"] == s for r in load_runs(u, store)[0])]
+        if users: lines.append(f"{path.with_suffix('.pt')} is missing; made on {rec['machine']['cpu']}, "
+                               f"{len(users)} stored run(s) trained on it: " + ", ".join(f"{u}/seed{s}" for u in users))
+    return lines
+
 # %% ../nbs/20a_ablations.ipynb #7cc164ec
 def _run_stages(stage: str, todo: list, store: Path, smoke: bool, jobs: int, progress: bool, device: str,
-                log=print) -> list:
+                log=print, retrain_rpns: bool = False) -> list:
     """`stage` ('heads' or 'paste') of every (variant, seed) of `todo`, after the RPNs they need that `store` lacks;
-    `jobs` at a time, each on cores/jobs threads. Returns `todo`."""
+    `jobs` at a time, each on cores/jobs threads. An RPN whose proposals file is lost while stored runs trained on it
+    is trained again only with `retrain_rpns` (`_lost_proposals`). Returns `todo`."""
     from tqdm.auto import tqdm
     rpns = list({(rpn_name(v), s): (v, s) for v, s in todo if stored_rpn(v, s, store, smoke) is None}.values())
     log(f"{len(todo)} run(s) to do in {store}, after {len(rpns)} RPN(s)" + (f", {jobs} at a time" if jobs > 1 else ""))
     if not todo: return []
+    lost = [] if smoke or retrain_rpns else _lost_proposals(rpns, store)
+    if lost:
+        raise UserInputError("these RPNs would train again, and their proposals come out bit for bit the same only on "
+                             "the kind of processor that made them; elsewhere the runs trained on them turn stale and "
+                             "run again:\n  " + "\n  ".join(lost) + "\nrestore the proposals files, or go ahead with "
+                             "retrain_rpns=True (mrcnn_nb ablate --retrain-rpns)")
     _prepare_runs(todo, store, smoke, progress)
     bar = tqdm(total=len(rpns) + len(todo), desc="ablation runs", disable=not progress, dynamic_ncols=True)
     try:
@@ -674,19 +697,19 @@ def _run_stages(stage: str, todo: list, store: Path, smoke: bool, jobs: int, pro
 
 # %% ../nbs/20a_ablations.ipynb #47c9f39f
 def run_ablations(tables, seeds=SEEDS, store=None, smoke: bool = False, jobs: int = 1, progress: bool = True,
-                  device: str = "auto", log=print, variants=None) -> list:
+                  device: str = "auto", log=print, variants=None, retrain_rpns: bool = False) -> list:
     """Run every (variant, seed) of `tables` (only `variants`, if given) that `store` lacks — first the trunks'
     pre-training and the RPNs they need, then the heads; `jobs` runs at once, each on cores/jobs threads. Smoke runs (a
     few iterations) all run, into `store` (by default a temporary folder, removed afterwards), never into the committed
-    store. Returns the (variant, seed) pairs run."""
+    store. `retrain_rpns`: see `_run_stages`. Returns the (variant, seed) pairs run."""
     if smoke and store is None:
         with tempfile.TemporaryDirectory(prefix="ablations-smoke-") as tmp:
-            return run_ablations(tables, seeds, tmp, smoke, jobs, progress, device, log, variants)
+            return run_ablations(tables, seeds, tmp, smoke, jobs, progress, device, log, variants, retrain_rpns)
     store = Path(store) if store is not None else default_store()
     for v in variants or (): ablation_config(v)   # unknown names are refused
     seeds, variants = tuple(seeds), [v for v in table_variants(tables) if variants is None or v in variants]
     todo = [(v, s) for s in seeds for v in variants] if smoke else _runs_to_do(tables, seeds, store, variants, log)
-    return _run_stages("heads", todo, store, smoke, jobs, progress, device, log)
+    return _run_stages("heads", todo, store, smoke, jobs, progress, device, log, retrain_rpns)
 
 # %% ../nbs/20a_ablations.ipynb #2544005a
 PASTES = {"rounded": False, "exact": True}   # mask pasting: the paper's rounded box corners, the exact geometry
@@ -727,7 +750,7 @@ def paste_study(variant: str, seed: int = 0, store=None, smoke: bool = False, pr
 
 # %% ../nbs/20a_ablations.ipynb #ee0ad7f4
 def run_paste_study(variants=PASTE_VARIANTS, seeds=(0,), store=None, smoke: bool = False, jobs: int = 1,
-                    progress: bool = True, device: str = "auto", log=print) -> list:
+                    progress: bool = True, device: str = "auto", log=print, retrain_rpns: bool = False) -> list:
     """`paste_study` of every (variant, seed) whose current record `store` (default `paste_store()`) lacks (every one,
     in a smoke run, whose `store` must be given: smoke records never go to the committed store); returns the pairs
     run."""
@@ -739,7 +762,7 @@ def run_paste_study(variants=PASTE_VARIANTS, seeds=(0,), store=None, smoke: bool
         path = paste_path(store, v, s)
         return path.exists() and _is_current(_read_record(path), v, store)
     todo = [(v, s) for s in seeds for v in variants if smoke or not have(v, s)]
-    return _run_stages("paste", todo, store, smoke, jobs, progress, device, log)
+    return _run_stages("paste", todo, store, smoke, jobs, progress, device, log, retrain_rpns)
 
 # %% ../nbs/20a_ablations.ipynb #dc983ab3
 def table_runs(table: str, store=None) -> dict:
@@ -979,7 +1002,8 @@ def paste_summary(records: list) -> dict:
 # %% ../nbs/20a_ablations.ipynb #a42bf113
 def paste_markdown(store=None) -> str:
     """The paste study (`store`, default `paste_store()`) as a table, a row per model of `PASTE_VARIANTS`, and the split
-    of the half-pixel model's mask AP gain into what the features' offset and what the exact pasting give."""
+    of the half-pixel model's mask AP gain into what its training (the features' offset and the targets' geometry) and
+    what the exact pasting give."""
     recs = load_paste_study(store)
     s = paste_summary(recs)
     if any(v not in s for v in PASTE_VARIANTS): return "The paste study has no current records yet (`run_paste_study`)."
@@ -988,12 +1012,13 @@ def paste_markdown(store=None) -> str:
             f"| {_fmt(*d['exact'])} | {d['exact'][0] - d['rounded'][0]:+.1f} | {_fmt(*d['box'])} |"
             for v, d in s.items() if v in PASTE_VARIANTS]
     a, b, m = s["fpn"], s["fpn_aligned"], recs[0]["machine"]
-    feat, paste = b["rounded"][0] - a["rounded"][0], b["exact"][0] - b["rounded"][0]
+    feat, paste = b["rounded"][0] - a["rounded"][0], b["exact"][0] - b["rounded"][0]   # training, pasting
     return ("| model | its own pasting | seeds | mask AP, rounded pasting (the paper's) | mask AP, exact pasting "
             "| exact − rounded | box AP |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows) +
             f"\n\nThe half-pixel model, each model pasted its own way, is {feat + paste:+.1f} mask AP ahead of the "
-            f"paper's RoIAlign: {feat:+.1f} from the features' offset (both pasted with rounded corners) and "
-            f"{paste:+.1f} from the exact pasting. AP × 100, mean ± std over the seeds listed; trained on {m['cpu']} "
+            f"paper's RoIAlign: {feat:+.1f} from its training (the features' offset and the targets' geometry; both "
+            f"models pasted with rounded corners) and {paste:+.1f} from the exact pasting. AP × 100, mean ± std over "
+            f"the seeds listed; trained on {m['cpu']} "
             f"({m['cores']} cores), {m['torch_threads']} thread(s) per run, {m['runs_at_once']} run(s) at once.")
 
 # %% ../nbs/20a_ablations.ipynb #e2d00859

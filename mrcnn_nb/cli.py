@@ -616,6 +616,9 @@ def _ablate_args(s):
     s.add_argument("--variant", nargs="+", default=None, metavar="V",
                    help="run only these variants of the tables (e.g. the reference rows first)")
     s.add_argument("--list", action="store_true", help="show what the store holds and what is missing; run nothing")
+    s.add_argument("--retrain-rpns", action="store_true",
+                   help="train again an RPN whose proposals file is missing although stored runs trained on it (on "
+                        "another kind of processor its proposals differ, and those runs turn stale)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 # %% ../nbs/15_cli.ipynb #269da9e9
@@ -643,7 +646,8 @@ def cmd_ablate(args) -> int:
     if args.list:
         _list_store(tables, seeds, store)
         return 0
-    run_ablations(tables, seeds, store, smoke=args.smoke, jobs=args.jobs, device=args.device, variants=args.variant)
+    run_ablations(tables, seeds, store, smoke=args.smoke, jobs=args.jobs, device=args.device, variants=args.variant,
+                  retrain_rpns=args.retrain_rpns)
     if not args.smoke:
         for t in tables: print("\n" + table_markdown(t, store))
     return 0
