@@ -25,10 +25,10 @@ __all__ = ['PROTOCOL_VERSION', 'PROTOCOL', 'SEEDS', 'ABLATION_DATA', 'SMOKE_DATA
            'MASK3', 'BOX3', 'KP3', 'TABLES', 'PRETRAINING', 'SMOKE_PRETRAINING', 'TRUNK_FIELDS', 'PRETRAINING_PIXELS',
            'PASTES', 'PASTE_VARIANTS', 'WORKING_BOX_AP', 'VERDICTS', 'REFERENCE_ROWS', 'Variant', 'Row',
            'AblationTable', 'ablation_config', 'config_dict', 'get_table', 'table_variants', 'coco_config',
-           'ablation_data', 'data_spec', 'default_store', 'run_path', 'git_commit', 'classification_images',
-           'trunk_name', 'plot_classification_images', 'pretrain_trunk', 'trunk_weights', 'rpn_config', 'rpn_name',
-           'rpn_path', 'proposals_fingerprint', 'run_rpn', 'stored_rpn', 'rpn_proposals', 'run_variant', 'load_runs',
-           'missing_runs', 'run_ablations', 'paste_store', 'paste_path', 'paste_study', 'run_paste_study', 'table_runs',
+           'ablation_data', 'data_spec', 'default_store', 'run_path', 'paste_path', 'paste_store', 'git_commit',
+           'classification_images', 'trunk_name', 'plot_classification_images', 'pretrain_trunk', 'trunk_weights',
+           'rpn_config', 'rpn_name', 'rpn_path', 'proposals_fingerprint', 'run_rpn', 'stored_rpn', 'rpn_proposals',
+           'run_variant', 'load_runs', 'missing_runs', 'run_ablations', 'paste_study', 'run_paste_study', 'table_runs',
            'column_values', 'mean_std', 'difference', 'verdict', 'protocol_acceptance', 'untestable',
            'working_detectors', 'compare', 'comparisons', 'table_markdown', 'headlines', 'results_sentence',
            'results_markdown', 'load_paste_study', 'paste_summary', 'paste_markdown', 'plot_table', 'plot_ap_vs_iou',
@@ -298,6 +298,11 @@ def default_store() -> Path:
 
 # %% ../nbs/20a_ablations.ipynb #75a25e82
 def run_path(store, variant: str, seed: int) -> Path: return Path(store) / variant / f"seed{seed}.json"
+def paste_path(store, variant: str, seed: int) -> Path: return Path(store) / "_paste" / variant / f"seed{seed}.json"
+
+def paste_store() -> Path:
+    "The paste study's store (below): `paste-study` beside the protocol's store (`default_store`)."
+    return default_store().parent / "paste-study"
 
 # %% ../nbs/20a_ablations.ipynb #337fd563
 def git_commit() -> dict:
@@ -578,6 +583,10 @@ def _is_current(rec: dict, variant: str, store: Path) -> bool:
             and rec.get("data") == data_spec(variant) and rpn.exists()
             and _read_record(rpn).get("fingerprint") == rec.get("rpn", {}).get("fingerprint"))
 
+def _current_record(path: Path, variant: str, store: Path) -> bool:
+    "Whether `path` holds a current record of `variant` (`_is_current`)."
+    return path.exists() and _is_current(_read_record(path), variant, store)
+
 def load_runs(variant: str, store=None) -> tuple[list, list]:
     "(current records, stale files) of `variant` in `store` (`_is_current`)."
     store = Path(store) if store is not None else default_store()
@@ -653,17 +662,19 @@ def _prepare_runs(todo: list, store: Path, smoke: bool, progress: bool = True):
 # %% ../nbs/20a_ablations.ipynb #7ca3abbb
 def _lost_proposals(rpns: list, store: Path) -> list:
     """For each (variant, seed) of `rpns` whose RPN is to train again although its record is current (its proposals
-    file is missing), a line naming the stored runs that trained on its proposals; none for an RPN no run uses."""
+    file is missing, or does not match the record), a line naming the stored runs (and paste-study records) that
+    trained on its proposals; none for an RPN nothing stored uses."""
     lines = []
     for v, s in rpns:
         path = rpn_path(store, v, s)
-        if not path.exists() or path.with_suffix(".pt").exists(): continue
+        if not path.exists(): continue
         rec = _read_record(path)
         if rec.get("config") != config_dict(rpn_config(v, s)) or rec.get("data") != data_spec(v): continue
-        users = [u for u in VARIANTS
-                 if rpn_name(u) == rpn_name(v) and any(r["seed"] == s for r in load_runs(u, store)[0])]
-        if users: lines.append(f"{path.with_suffix('.pt')} is missing; made on {rec['machine']['cpu']}, "
-                               f"{len(users)} stored run(s) trained on it: " + ", ".join(f"{u}/seed{s}" for u in users))
+        same = [u for u in VARIANTS if rpn_name(u) == rpn_name(v)]
+        users = ([f"{u}/seed{s}" for u in same if _current_record(run_path(store, u, s), u, store)] +
+                 [f"{u}/seed{s} (paste study)" for u in same if _current_record(paste_path(store, u, s), u, store)])
+        if users: lines.append(f"{path.with_suffix('.pt')} is missing or does not match its record; made on "
+                               f"{rec['machine']['cpu']}, {len(users)} stored record(s) on it: " + ", ".join(users))
     return lines
 
 # %% ../nbs/20a_ablations.ipynb #7cc164ec
@@ -678,10 +689,11 @@ def _run_stages(stage: str, todo: list, store: Path, smoke: bool, jobs: int, pro
     if not todo: return []
     lost = [] if smoke or retrain_rpns else _lost_proposals(rpns, store)
     if lost:
-        raise UserInputError("these RPNs would train again, and their proposals come out bit for bit the same only on "
-                             "the kind of processor that made them; elsewhere the runs trained on them turn stale and "
-                             "run again:\n  " + "\n  ".join(lost) + "\nrestore the proposals files, or go ahead with "
-                             "retrain_rpns=True (mrcnn_nb ablate --retrain-rpns)")
+        raise UserInputError("these RPNs would train again; their proposals come out bit for bit the same only with "
+                             "the kind of processor, thread count and library versions that made them; elsewhere the "
+                             "records trained on them turn stale:\n  " + "\n  ".join(lost) +
+                             "\nrestore the proposals files, or go ahead with retrain_rpns=True (mrcnn_nb ablate "
+                             "--retrain-rpns)")
     _prepare_runs(todo, store, smoke, progress)
     bar = tqdm(total=len(rpns) + len(todo), desc="ablation runs", disable=not progress, dynamic_ncols=True)
     try:
@@ -714,12 +726,6 @@ def run_ablations(tables, seeds=SEEDS, store=None, smoke: bool = False, jobs: in
 # %% ../nbs/20a_ablations.ipynb #2544005a
 PASTES = {"rounded": False, "exact": True}   # mask pasting: the paper's rounded box corners, the exact geometry
 PASTE_VARIANTS = ("fpn", "fpn_aligned")       # the paper's RoIAlign, and with the half-pixel offset (Table 2c-fpn)
-
-def paste_store() -> Path:
-    "The paste study's store: `paste-study` beside the protocol's store (`default_store`)."
-    return default_store().parent / "paste-study"
-
-def paste_path(store, variant: str, seed: int) -> Path: return Path(store) / "_paste" / variant / f"seed{seed}.json"
 
 def _share_trunks(store: Path):
     "Link `store/_trunks` to the protocol store's pre-trained trunks, when it has them: one set of weights for both."
@@ -758,10 +764,7 @@ def run_paste_study(variants=PASTE_VARIANTS, seeds=(0,), store=None, smoke: bool
     store = Path(store) if store is not None else paste_store()
     for v in variants: ablation_config(v)   # unknown names are refused
     if not smoke: _share_trunks(store)
-    def have(v, s):
-        path = paste_path(store, v, s)
-        return path.exists() and _is_current(_read_record(path), v, store)
-    todo = [(v, s) for s in seeds for v in variants if smoke or not have(v, s)]
+    todo = [(v, s) for s in seeds for v in variants if smoke or not _current_record(paste_path(store, v, s), v, store)]
     return _run_stages("paste", todo, store, smoke, jobs, progress, device, log, retrain_rpns)
 
 # %% ../nbs/20a_ablations.ipynb #dc983ab3
@@ -1012,13 +1015,17 @@ def paste_markdown(store=None) -> str:
             f"| {_fmt(*d['exact'])} | {d['exact'][0] - d['rounded'][0]:+.1f} | {_fmt(*d['box'])} |"
             for v, d in s.items() if v in PASTE_VARIANTS]
     a, b, m = s["fpn"], s["fpn_aligned"], recs[0]["machine"]
-    feat, paste = b["rounded"][0] - a["rounded"][0], b["exact"][0] - b["rounded"][0]   # training, pasting
+    feat, paste = b["rounded"][0] - a["rounded"][0], b["exact"][0] - b["rounded"][0]   # training first, then pasting
+    paste_first = a["exact"][0] - a["rounded"][0]
     return ("| model | its own pasting | seeds | mask AP, rounded pasting (the paper's) | mask AP, exact pasting "
             "| exact − rounded | box AP |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows) +
             f"\n\nThe half-pixel model, each model pasted its own way, is {feat + paste:+.1f} mask AP ahead of the "
-            f"paper's RoIAlign: {feat:+.1f} from its training (the features' offset and the targets' geometry; both "
-            f"models pasted with rounded corners) and {paste:+.1f} from the exact pasting. AP × 100, mean ± std over "
-            f"the seeds listed; trained on {m['cpu']} "
+            f"paper's RoIAlign. Training first (both models pasted with rounded corners): {feat:+.1f} from training "
+            f"(the features' offset and the targets' geometry), then {paste:+.1f} from exact pasting. Pasting first "
+            f"(the paper's model pasted exactly): {paste_first:+.1f}, then {feat + paste - paste_first:+.1f} from "
+            f"training. The {paste - paste_first:.1f} between the two orders is what exact targets and exact pasting "
+            f"give only together. AP × 100, mean ± std over the seeds listed, differences computed before rounding; "
+            f"trained on {m['cpu']} "
             f"({m['cores']} cores), {m['torch_threads']} thread(s) per run, {m['runs_at_once']} run(s) at once.")
 
 # %% ../nbs/20a_ablations.ipynb #e2d00859
