@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import tempfile
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -504,6 +505,11 @@ def run_rpn(variant: str, seed: int = 0, store=None, smoke: bool = False, progre
     return record, props
 
 # %% ../nbs/20a_ablations.ipynb #6a92a2b4
+def _rpn_record_current(rec: dict, variant: str, seed: int, smoke: bool = False) -> bool:
+    "Whether an RPN record `rec` is of today's protocol, config and data for `variant`'s RPN with `seed`."
+    return (rec.get("config") == config_dict(rpn_config(variant, seed, smoke))
+            and rec.get("protocol") == PROTOCOL_VERSION and rec.get("data") == data_spec(variant, smoke))
+
 def stored_rpn(variant: str, seed: int = 0, store=None, smoke: bool = False):
     """(record, proposals) of `variant`'s RPN for `seed` when the store holds them, current and matching their
     fingerprint; else None."""
@@ -511,8 +517,7 @@ def stored_rpn(variant: str, seed: int = 0, store=None, smoke: bool = False):
     path = rpn_path(store if store is not None else default_store(), variant, seed)
     if not (path.exists() and path.with_suffix(".pt").exists()): return None
     rec = _read_record(path)
-    if (rec.get("config") != config_dict(rpn_config(variant, seed, smoke)) or rec.get("protocol") != PROTOCOL_VERSION
-        or rec.get("data") != data_spec(variant, smoke)): return None
+    if not _rpn_record_current(rec, variant, seed, smoke): return None
     props = torch.load(path.with_suffix(".pt"), weights_only=True)
     return (rec, props) if proposals_fingerprint(props) == rec.get("fingerprint") else None
 
@@ -669,7 +674,7 @@ def _lost_proposals(rpns: list, store: Path) -> list:
         path = rpn_path(store, v, s)
         if not path.exists(): continue
         rec = _read_record(path)
-        if rec.get("config") != config_dict(rpn_config(v, s)) or rec.get("data") != data_spec(v): continue
+        if not _rpn_record_current(rec, v, s): continue
         same = [u for u in VARIANTS if rpn_name(u) == rpn_name(v)]
         users = ([f"{u}/seed{s}" for u in same if _current_record(run_path(store, u, s), u, store)] +
                  [f"{u}/seed{s} (paste study)" for u in same if _current_record(paste_path(store, u, s), u, store)])
@@ -1031,7 +1036,7 @@ def paste_markdown(store=None) -> str:
 # %% ../nbs/20a_ablations.ipynb #e2d00859
 def plot_table(table: str, store=None, size=(3.0, 2.6)):
     "One panel per column: the paper's number (grey) beside our mean (colour), with every seed as a dot and ±1 std."
-    import matplotlib.pyplot as plt, textwrap
+    import matplotlib.pyplot as plt
     t = get_table(table)
     runs = table_runs(table, store)
     fig, axs = plt.subplots(1, len(t.columns), figsize=(size[0] * len(t.columns), size[1]), squeeze=False)
