@@ -243,11 +243,11 @@ PRESETS = {
     "MASK_KP_R_50_FPN": Config(name="MASK_KP_R_50_FPN", num_classes=2, mask=True, keypoints=True,
                                min_size=(640, 672, 704, 736, 768, 800), **_KP_SCHEDULE),
     "TINY_FPN": Config(name="TINY_FPN", **_TINY),
-    # single-level models sample 1/8 of FPN's RoIs per image, as the paper (§3.1: 64 for C4, 512 for FPN);
-    # the res5 head is costly
+    # RoIs per image (§3.1): C4 samples 1/8 of FPN's, as the paper (64 and 512; its res5 head is costly); C5 has
+    # FPN's head (Figure 4, right) and samples as FPN does, as R_50_C5
     "TINY_C4": Config(name="TINY_C4", **{**_TINY, "features": "C4", "box_resolution": 14, "mask_resolution": 14,
                                          "box_batch_size": 16}),
-    "TINY_C5": Config(name="TINY_C5", **{**_TINY, "features": "C5", "box_batch_size": 16}),
+    "TINY_C5": Config(name="TINY_C5", **{**_TINY, "features": "C5"}),
     "TINY_KP_FPN": Config(name="TINY_KP_FPN", **{**_TINY, "num_classes": 2, "keypoints": True, "num_keypoints": 14}),
 }
 
