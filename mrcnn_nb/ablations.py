@@ -667,7 +667,7 @@ def _prepare_runs(todo: list, store: Path, smoke: bool, progress: bool = True):
 # %% ../nbs/20a_ablations.ipynb #7ca3abbb
 def _lost_proposals(rpns: list, store: Path) -> list:
     """For each (variant, seed) of `rpns` whose RPN is to train again although its record is current (its proposals
-    file is missing, or does not match the record), a line naming the stored runs (and paste-study records) that
+    file is missing, or does not match the record), a note naming the stored runs (and paste-study records) that
     trained on its proposals; none for an RPN nothing stored uses."""
     lines = []
     for v, s in rpns:
@@ -694,10 +694,10 @@ def _run_stages(stage: str, todo: list, store: Path, smoke: bool, jobs: int, pro
     if not todo: return []
     lost = [] if smoke or retrain_rpns else _lost_proposals(rpns, store)
     if lost:
-        raise UserInputError("these RPNs would train again; their proposals come out bit for bit the same only with "
-                             "the kind of processor, thread count and library versions that made them; elsewhere the "
-                             "records trained on them turn stale:\n  " + "\n  ".join(lost) +
-                             "\nrestore the proposals files, or go ahead with retrain_rpns=True (mrcnn_nb ablate "
+        raise UserInputError(f"{len(lost)} RPN(s) would train again, and their proposals come out bit for bit the same "
+                             "only with the kind of processor, thread count and library versions that made them; "
+                             "elsewhere the records trained on them turn stale: " + "; ".join(lost) +
+                             ". Restore the proposals files, or go ahead with retrain_rpns=True (mrcnn_nb ablate "
                              "--retrain-rpns)")
     _prepare_runs(todo, store, smoke, progress)
     bar = tqdm(total=len(rpns) + len(todo), desc="ablation runs", disable=not progress, dynamic_ncols=True)
@@ -739,14 +739,22 @@ def _share_trunks(store: Path):
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
 
+def _paste_study_store(store, smoke: bool) -> Path:
+    """Where a paste study writes: `store`, by default its own (`paste_store`), with the protocol's trunks linked; a
+    smoke study must be given one (a temporary folder): smoke records never go to the committed store."""
+    if smoke and store is None: raise UserInputError("a smoke paste study needs a store (a temporary folder)")
+    store = Path(store) if store is not None else paste_store()
+    if not smoke: _share_trunks(store)
+    return store
+
 # %% ../nbs/20a_ablations.ipynb #3c3c13a1
 def paste_study(variant: str, seed: int = 0, store=None, smoke: bool = False, progress: bool = True,
                 device: str = "auto", runs_at_once: int = 1) -> dict:
     """Train `variant` with `seed` as `run_variant` does and evaluate the one trained model with each mask pasting of
     `PASTES` (`paste`: metrics by pasting; `own_paste`: the model's own); write the record to
-    `paste_path(store, variant, seed)` and return it."""
+    `paste_path(store, variant, seed)` (`store`: by default the study's own, `paste_store()`) and return it."""
     from mrcnn_nb.evaluate import evaluate
-    store = Path(store if store is not None else default_store())
+    store = _paste_study_store(store, smoke)
     cfg, weights, rpn, s = _train_variant(variant, seed, store, smoke, progress, device, runs_at_once)
     model, metrics = s["model"], {}
     for name, aligned in PASTES.items():
@@ -765,10 +773,8 @@ def run_paste_study(variants=PASTE_VARIANTS, seeds=(0,), store=None, smoke: bool
     """`paste_study` of every (variant, seed) whose current record `store` (default `paste_store()`) lacks (every one,
     in a smoke run, whose `store` must be given: smoke records never go to the committed store); returns the pairs
     run."""
-    if smoke and store is None: raise UserInputError("a smoke paste study needs a store (a temporary folder)")
-    store = Path(store) if store is not None else paste_store()
+    store = _paste_study_store(store, smoke)
     for v in variants: ablation_config(v)   # unknown names are refused
-    if not smoke: _share_trunks(store)
     todo = [(v, s) for s in seeds for v in variants if smoke or not _current_record(paste_path(store, v, s), v, store)]
     return _run_stages("paste", todo, store, smoke, jobs, progress, device, log, retrain_rpns)
 
@@ -1187,7 +1193,8 @@ def acceptance_markdown(store=None) -> str:
     verdict = {True: "accepted", False: "**not accepted**", None: undecided}[a["accepted"]]
     runs = [r for v in REFERENCE_ROWS for r in load_runs(v, store)[0] if "machine" in r]
     times = ", ".join(f"{r['variant']} seed {r['seed']} {r['train_seconds'] / 60:.1f} min "
-                      f"({r['machine'].get('runs_at_once', 1)} at once, {r['machine']['torch_threads']} thread)"
+                      f"({r['machine']['cpu']}, {r['machine'].get('runs_at_once', 1)} at once, "
+                      f"{r['machine']['torch_threads']} thread)"
                       for r in runs)
     sentence = f"\n\nSeeds per reference row: {a['seeds']}. The protocol: {verdict}."
     return "\n".join(lines) + sentence + (f" Training times: {times}." if times else "")
