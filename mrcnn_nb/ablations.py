@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import UserInputError, atomic_write, cache_dir, in_test, machine_info
+from .core import UserInputError, atomic_write, cache_dir, describe_cpu, in_test, machine_info
 from .model import Config, get_config
 
 # %% auto #0
@@ -679,7 +679,8 @@ def _lost_proposals(rpns: list, store: Path) -> list:
         users = ([f"{u}/seed{s}" for u in same if _current_record(run_path(store, u, s), u, store)] +
                  [f"{u}/seed{s} (paste study)" for u in same if _current_record(paste_path(store, u, s), u, store)])
         if users: lines.append(f"{path.with_suffix('.pt')} is missing or does not match its record; made on "
-                               f"{rec['machine']['cpu']}, {len(users)} stored record(s) on it: " + ", ".join(users))
+                               f"{describe_cpu(rec['machine'])}, {len(users)} stored record(s) on it: "
+                               + ", ".join(users))
     return lines
 
 # %% ../nbs/20a_ablations.ipynb #7cc164ec
@@ -1036,7 +1037,7 @@ def paste_markdown(store=None) -> str:
             f"(the paper's model pasted exactly): {paste_first:+.1f}, then {feat + paste - paste_first:+.1f} from "
             f"training. The {paste - paste_first:.1f} between the two orders is what exact targets and exact pasting "
             f"give only together. AP × 100, mean ± std over the seeds listed, differences computed before rounding; "
-            f"trained on {m['cpu']} "
+            f"trained on {describe_cpu(m)} "
             f"({m['cores']} cores), {m['torch_threads']} thread(s) per run, {m['runs_at_once']} run(s) at once.")
 
 # %% ../nbs/20a_ablations.ipynb #e2d00859
@@ -1193,7 +1194,7 @@ def acceptance_markdown(store=None) -> str:
     verdict = {True: "accepted", False: "**not accepted**", None: undecided}[a["accepted"]]
     runs = [r for v in REFERENCE_ROWS for r in load_runs(v, store)[0] if "machine" in r]
     times = ", ".join(f"{r['variant']} seed {r['seed']} {r['train_seconds'] / 60:.1f} min "
-                      f"({r['machine']['cpu']}, {r['machine'].get('runs_at_once', 1)} at once, "
+                      f"({describe_cpu(r['machine'])}, {r['machine'].get('runs_at_once', 1)} at once, "
                       f"{r['machine']['torch_threads']} thread)"
                       for r in runs)
     sentence = f"\n\nSeeds per reference row: {a['seeds']}. The protocol: {verdict}."

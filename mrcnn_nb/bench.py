@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import Timer, UserInputError, atomic_write, machine_info, peak_memory_rise, results_dir
+from .core import (Timer, UserInputError, atomic_write, describe_cpu, machine_info, peak_memory_rise,
+                           results_dir)
 from .data import COCODataset, RandomHorizontalFlip, annotation_file
 from .model import Transform
 from .shapes import make_shapes
@@ -56,7 +57,7 @@ def format_rows(rows: list, machine: bool = True) -> str:
     lines += ["  ".join(fmt(r[k]).ljust(w) for k, w in zip(keys, widths)) for r in rows]
     if machine:
         m = machine_info()
-        lines.append(f"({m['cpu']}, torch {m['torch']}, {m['torch_threads']} threads)")
+        lines.append(f"({describe_cpu(m)}, torch {m['torch']}, {m['torch_threads']} threads)")
     return "\n".join(lines)
 
 # %% ../nbs/30_benchmarks.ipynb #102b33b0
@@ -423,8 +424,8 @@ def speed_markdown(res: dict) -> str:
             f"brackets, torchvision's time divided by ours:\n\n"
             f"{roi}\n\nThe whole R-50-FPN Mask R-CNN at {h}×{w}, the same weights in torchvision's model and ours "
             f"(`for_inference()` folds frozen BN into the convolutions):\n\n{model}{profile}\n\n"
-            f"Medians of {res['repeats']} run(s) on {m['torch_threads']} threads of a {m['cores']}-core {m['cpu']}, "
-            f"torch {m['torch']}, measured {res['date'][:10]} by `{res['command']}`.")
+            f"Medians of {res['repeats']} run(s) on {m['torch_threads']} threads of a {m['cores']}-core "
+            f"{describe_cpu(m)}, torch {m['torch']}, measured {res['date'][:10]} by `{res['command']}`.")
 
 # %% ../nbs/30_benchmarks.ipynb #7674a9a1
 def plot_speed(res: dict, size=(10, 4.2)):
@@ -541,7 +542,7 @@ def contention_markdown(rec: dict) -> str:
               for s in CONTENTION_SCENARIOS]
     m = rec["machine"]
     return ("\n".join(lines) + f"\n\nSeconds per iteration of each run (× its time alone), {rec['iters']} iterations "
-            f"of the main job per run, on a {m['cores']}-core {m['cpu']} with torch {m['torch']}; "
+            f"of the main job per run, on a {m['cores']}-core {describe_cpu(m)} with torch {m['torch']}; "
             f"`{rec['command']}`.")
 
 # %% ../nbs/30_benchmarks.ipynb #b5b648f5
@@ -621,8 +622,8 @@ def amp_markdown(rec: dict) -> str:
     return ("| trained model | validation images | box AP, float32 / bf16 (difference) | mask AP, float32 / bf16 "
             "(difference) | float32 detections found again by bf16 |\n|---|---|---|---|---|\n" + "\n".join(rows) +
             "\n\nFound again: of the float32 detections scoring ≥ 0.5, those bf16 has among its own scoring ≥ 0.5 "
-            f"(same class, IoU ≥ 0.95, every coordinate within 1 px). On a {m['cores']}-core {m['cpu']} with torch "
-            f"{m['torch']}; `{rec['command']}`.")
+            f"(same class, IoU ≥ 0.95, every coordinate within 1 px). On a {m['cores']}-core {describe_cpu(m)} "
+            f"with torch {m['torch']}; `{rec['command']}`.")
 
 # %% ../nbs/30_benchmarks.ipynb #9321ca51
 COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]   # COCO's 80
@@ -869,7 +870,7 @@ def plot_coco_memory(results: dict, target_mib: float = 300, size: float = 3.4):
         ax.legend(fontsize=8)
     r, m = results[names[0]], results[names[0]]["machine"]
     fig.suptitle(f"{r['images']:,} images, {r['annotations']:,} annotations; {r['workers']} forked workers read "
-                 f"{r['items_per_worker']:,} items each\n({m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
-                 f"Python {m['python']}, torch {m['torch']})", fontsize=9)
+                 f"{r['items_per_worker']:,} items each\n({describe_cpu(m)}, {m['cores']} cores, "
+                 f"{m['memory_gib']} GiB, Python {m['python']}, torch {m['torch']})", fontsize=9)
     fig.tight_layout()
     return fig

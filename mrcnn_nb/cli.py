@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .core import UserInputError
+from .core import UserInputError, describe_cpu
 
 # %% auto #0
 __all__ = ['COMMANDS', 'MAIN_JOB', 'IMAGE_SUFFIXES', 'build_parser', 'parse_args', 'main', 'cmd_shapes', 'cmd_show',
@@ -380,7 +380,7 @@ def main_job_markdown(summary: dict) -> str:
     return ("\n".join(lines) + f"\n\nTime: {_duration(summary['wall_seconds'])} for `mrcnn_nb train` ({data}, "
             f"{summary['iterations']:,} iterations in {_duration(summary['train_seconds'])}, evaluation at "
             f"{summary['images_per_s']:.0f} images/s), on {m['torch_threads']} threads of a {m['cores']}-core "
-            f"{m['cpu']} with torch {m['torch']} (stored in `nbs/results/main_job.json`).")
+            f"{describe_cpu(m)} with torch {m['torch']} (stored in `nbs/results/main_job.json`).")
 
 # %% ../nbs/15_cli.ipynb #97c0c0fb
 def _eval_args(s):

@@ -20,7 +20,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
-from .core import UserInputError
+from .core import UserInputError, describe_cpu
 from .data import _is_number, _need, _read_json, check_polygons, load_coco_json, read_image, segmentation_to_rle
 from .shapes import (_coco_annotation, _hsv_color, _rle_json, _stored_rle, parse_size, place_polygon,
                              rasterize_polygons, textured_background)
@@ -757,5 +757,5 @@ def finetune_markdown(store=None) -> str:
     return (f"`TINY_FINETUNE`, {r['config']['max_iter']} iterations of {r['config']['ims_per_batch']} images, "
             f"{r['data']['train_images']} training and {r['data']['val_images']} validation images of the "
             f"arrows-hearts-hexagons task of `16_custom_data`:\n\n" + "\n".join(f"- {l}" for l in lines) +
-            f"\n\nEach run on {m['torch_threads']} thread of a {m['cores']}-core {m['cpu']} "
+            f"\n\nEach run on {m['torch_threads']} thread of a {m['cores']}-core {describe_cpu(m)} "
             f"(records: `nbs/results/finetune/`).")

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['AMP_DTYPES', 'UserInputError', 'seed_everything', 'get_device', 'log_tensor', 'Timer', 'peak_memory_rise',
-           'atomic_write', 'load_torch_file', 'load_state_dict_file', 'load_weights', 'in_test', 'cache_dir',
-           'distributed_count', 'use_cuda_simulator', 'usable_cpus', 'cpu_seconds', 'threads_for', 'ShareCores',
-           'heads_in_float32', 'mixed', 'machine_info', 'results_dir']
+__all__ = ['AMP_DTYPES', 'CPU_FEATURES', 'UserInputError', 'seed_everything', 'get_device', 'log_tensor', 'Timer',
+           'peak_memory_rise', 'atomic_write', 'load_torch_file', 'load_state_dict_file', 'load_weights', 'in_test',
+           'cache_dir', 'distributed_count', 'use_cuda_simulator', 'usable_cpus', 'cpu_seconds', 'threads_for',
+           'ShareCores', 'heads_in_float32', 'mixed', 'machine_info', 'describe_cpu', 'results_dir']
 
 # %% ../nbs/00_core.ipynb #24e13f04
 class UserInputError(ValueError):
@@ -342,18 +342,31 @@ def mixed(fn, *args):
     with torch.autocast(amp[0], dtype=amp[1]): return _float32(fn(*args))
 
 # %% ../nbs/00_core.ipynb #80666ce3
+# instruction-set extensions that decide which kernels torch runs, and how fast: two machines that report the same
+# model name may differ in them
+CPU_FEATURES = ("avx512f", "avx512_bf16", "amx_bf16")
+
 def machine_info() -> dict:
-    "Where a measurement ran: CPU model, cores, memory (GiB), torch's threads, library versions, GPU (None if none)."
+    """Where a measurement ran: CPU model, the vector instructions torch's kernels use (`cpu_capability`) and which of
+    `CPU_FEATURES` the CPU has, cores, memory (GiB), torch's threads, library versions, GPU (None if none)."""
     import platform, numba, torchvision
-    cpu = platform.processor() or platform.machine()
-    try: cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration): pass
+    cpu, flags = platform.processor() or platform.machine(), []
+    try: info = open("/proc/cpuinfo").read().splitlines()
+    except OSError: info = []
+    cpu = next((l.split(":", 1)[1].strip() for l in info if l.startswith("model name")), cpu)
+    flags = next((l.split(":", 1)[1].split() for l in info if l.startswith("flags")), flags)
     try: mem = round(next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")) / 2**20, 1)
     except (OSError, StopIteration): mem = None
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return dict(cpu=cpu, cores=os.cpu_count(), memory_gib=mem, torch_threads=torch.get_num_threads(),
-                torch=torch.__version__, torchvision=torchvision.__version__, numba=numba.__version__,
-                python=platform.python_version(), os=platform.platform(), gpu=gpu)
+    return dict(cpu=cpu, cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                cpu_features=[f for f in CPU_FEATURES if f in flags], cores=os.cpu_count(), memory_gib=mem,
+                torch_threads=torch.get_num_threads(), torch=torch.__version__, torchvision=torchvision.__version__,
+                numba=numba.__version__, python=platform.python_version(), os=platform.platform(), gpu=gpu)
+
+def describe_cpu(m: dict) -> str:
+    """The processor of a `machine_info` record, with the vector instructions torch used where the record has them
+    ('AMD EPYC (AVX2)'); records older than that field give the model name alone."""
+    return f"{m['cpu']} ({m['cpu_capability']})" if m.get("cpu_capability") else m["cpu"]
 
 # %% ../nbs/00_core.ipynb #b3da3f21
 def results_dir() -> Path:

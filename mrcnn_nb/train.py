@@ -550,8 +550,6 @@ def prepare_run(cfg: Config, data_root, train_split: str = "train", val_split: s
     if rank == 0 and not resume: truncate_metrics(out_dir / "metrics.jsonl", 0)
     cfg = fit_config(cfg, train_set, adapt)
     if epochs is not None: cfg = scaled_schedule(cfg, iters_for_epochs(epochs, len(train_set), cfg.ims_per_batch))
-    if heads_iters and world > 1:
-        raise UserInputError("a heads-first phase (--heads-iters) runs on one process; train without torchrun")
     seed_everything(cfg.seed + rank)
     model = build_model(cfg).to(dev)
     optimizer = build_optimizer(model, cfg)
@@ -608,8 +606,11 @@ def set_heads_only(model: nn.Module, heads_only: bool, allowed) -> None:
 
 def enter_phase(run, it: int) -> None:
     """Set what trains at iteration `it` of `run`: with a heads-first phase (`run.heads_iters`), the heads alone
-    before it ends, all the config allows after; nothing changes without one."""
-    if run.heads_iters: set_heads_only(run.model, it < run.heads_iters, run.allowed)
+    before it ends, all the config allows after; nothing changes without one. Under torchrun the model is wrapped
+    again, since DistributedDataParallel averages the gradients of the parameters that train when it wraps them."""
+    if not run.heads_iters: return
+    set_heads_only(run.model, it < run.heads_iters, run.allowed)
+    if run.world > 1: run.net = _for_training(run.model, run.cfg, run.world, run.device)
 
 # %% ../nbs/12_train.ipynb #e5df48d4
 def plot_trainable(settings: dict, size=(9, 2.6)):
@@ -654,11 +655,12 @@ def training_plan(run, epochs: float | None = None) -> list:
     lines = [f"{epochs:g} epochs of {len(run.train_set)} images, {run.cfg.ims_per_batch} per iteration: "
              f"{run.cfg.max_iter} iterations"] if epochs else []
     if not run.heads_iters: return lines + [describe_trainable(run.model)]
-    enter_phase(run, 0)
+    # what trains in each phase, then as the run starts (rank 0 alone prints: nothing here may wrap the model)
+    set_heads_only(run.model, True, run.allowed)
     lines.append(f"iterations 1-{run.heads_iters}, heads first: {describe_trainable(run.model)}")
-    enter_phase(run, run.heads_iters)
+    set_heads_only(run.model, False, run.allowed)
     lines.append(f"then: {describe_trainable(run.model)}")
-    enter_phase(run, run.start)
+    set_heads_only(run.model, run.start < run.heads_iters, run.allowed)
     return lines
 
 # %% ../nbs/12_train.ipynb #ea41ec7b

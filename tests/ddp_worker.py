@@ -1,4 +1,5 @@
-"""Run by tests/test_train.py under torchrun or plain python: train 3 iterations, save the weights each process holds."""
+"""Run by tests/test_train.py under torchrun or plain python: train 3 iterations (the first `heads_iters`, the third
+argument if given, on the heads alone), save the weights each process holds."""
 import os
 import sys
 from pathlib import Path
@@ -9,10 +10,11 @@ from mrcnn_nb.model import get_config
 from mrcnn_nb.train import train
 
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
+heads_iters = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 torch.set_num_threads(1)
 # Sampling that takes every anchor and every RoI (no random subsets), one image size and GroupNorm: nothing depends on
 # how the global batch is split over processes, so 2 processes must match 1 up to float rounding.
 cfg = get_config("TINY_FPN", ims_per_batch=2, max_iter=3, warmup_iters=1, lr_steps=(100,), checkpoint_period=100,
                  rpn_batch_size=100_000, box_batch_size=100_000)
-summary = train(cfg, root, val_split=None, out_dir=out, progress=False, log_period=1)
+summary = train(cfg, root, val_split=None, out_dir=out, progress=False, log_period=1, heads_iters=heads_iters)
 torch.save(summary["model"].state_dict(), out / f"rank{os.environ.get('RANK', '0')}.pt")

@@ -30,13 +30,18 @@ def _env():
     return env
 
 
-def test_torchrun_two_processes_match_one(small_root, tmp_path):
+@pytest.mark.parametrize("heads_iters", [0, 2])
+def test_torchrun_two_processes_match_one(small_root, tmp_path, heads_iters):
+    """Two processes train as one does; with a heads-first phase (2 iterations of 3) too, where the model is wrapped
+    again when the phase ends: without that, the trunk's gradients of the last iteration are not averaged."""
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     two, one = tmp_path / "two", tmp_path / "one"
-    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(HERE / "ddp_worker.py"), str(small_root), str(two)],
+    worker = [str(HERE / "ddp_worker.py"), str(small_root)]
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", *worker, str(two), str(heads_iters)],
                        env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    r = subprocess.run([sys.executable, str(HERE / "ddp_worker.py"), str(small_root), str(one)], env=_env(), capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, *worker, str(one), str(heads_iters)], env=_env(), capture_output=True, text=True,
+                       timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     w0, w1, w = (torch.load(p, weights_only=True) for p in (two / "rank0.pt", two / "rank1.pt", one / "rank0.pt"))
     for k in w:
