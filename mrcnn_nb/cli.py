@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from . import __version__
 from .core import UserInputError, describe_cpu
@@ -318,6 +318,15 @@ def _dry_run(args, cfg, root: Path, train_split: str, val_split: str | None, ada
     if r["rank"] == 0: print(format_dry_run(r))
     return 0
 
+# %% ../nbs/15_cli.ipynb #07860dd7
+def _val_split(root: Path, args) -> str | None:
+    "The split `train` evaluates on: --val-split ('' for none), else the dataset's one usual validation split."
+    from mrcnn_nb.data import find_split
+    if args.val_split is not None: return args.val_split or None
+    try: return find_split(root, "val", args.kind)
+    except UserInputError as e:
+        raise UserInputError(f"{e}; to train without validation, pass --val-split ''") from None
+
 # %% ../nbs/15_cli.ipynb #8da9ce13
 def cmd_train(args) -> int:
     "Train a preset on a COCO-layout dataset (default: the synthetic shapes), evaluate it, write curves and figures."
@@ -337,7 +346,7 @@ def cmd_train(args) -> int:
     root = Path(args.data) if args.data else main_job_data(args.kind)
     data_seconds = time.perf_counter() - t0   # the built-in data: generated on first use, then read from the cache
     train_split = args.train_split or find_split(root, "train", args.kind)
-    val_split = find_split(root, "val", args.kind) if args.val_split is None else args.val_split or None
+    val_split = _val_split(root, args)
     print(f"training {name} on {root} ({train_split}" + (f", evaluated on {val_split})" if val_split else ")"))
     adapt = [k for k in ("num_classes", "num_keypoints") if k not in overrides]   # what the user set stays
     if args.dry_run: return _dry_run(args, cfg, root, train_split, val_split, adapt)
@@ -457,14 +466,38 @@ def image_files(paths: list, recursive: bool = False) -> list:
     return files
 
 # %% ../nbs/15_cli.ipynb #9ac20b24
+def _path_fit(f, file_name: str) -> int:
+    "How many trailing path components file `f`'s path shares with a COCO `file_name` ('a/b/c.png', 'b/c.png': 2)."
+    a, b = Path(f).absolute().parts[::-1], PurePosixPath(file_name).parts[::-1]
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+def _coco_image(f, candidates: list, where) -> dict:
+    """The image that file `f` is, among `candidates` (a COCO file's images of `f`'s file name): the only one, else the
+    one whose `file_name` fits most of `f`'s path; a tie is refused."""
+    if len(candidates) == 1: return candidates[0]
+    a, b = sorted(candidates, key=lambda im: -_path_fit(f, im["file_name"]))[:2]
+    if _path_fit(f, a["file_name"]) == _path_fit(f, b["file_name"]):
+        raise UserInputError(f"{f}: {where} has images {a['file_name']!r} and {b['file_name']!r} of that name; to "
+                             f"tell them apart, give the file in the folders of its file_name (.../{a['file_name']})")
+    return a
+
 def coco_image_ids(files: list, coco: dict | None = None, where="the annotation file") -> list:
-    "The image id of each of `files`: 1, 2, ... in order, or, given a COCO file's content `coco`, its id by file name."
+    """The image id of each of `files`: 1, 2, ... in order; or, given a COCO file's content `coco`, the id of its image
+    of the same file name (of several, the one the file's path fits, `_coco_image`). Two files that would be one
+    image are refused: their detections would be scored as one image's."""
     if coco is None: return list(range(1, len(files) + 1))
-    by_name = {Path(im["file_name"]).name: im["id"] for im in coco.get("images", [])}
+    by_name = {}
+    for im in coco.get("images", []): by_name.setdefault(PurePosixPath(im["file_name"]).name, []).append(im)
     if missing := [str(f) for f in files if Path(f).name not in by_name]:
         raise UserInputError(f"{missing[0]}: no image of that file name in {where}"
                              + (f" ({len(missing)} images are missing)" if len(missing) > 1 else ""))
-    return [by_name[Path(f).name] for f in files]
+    images, seen = [_coco_image(f, by_name[Path(f).name], where) for f in files], {}
+    for f, im in zip(files, images):
+        if im["id"] in seen:
+            raise UserInputError(f"{seen[im['id']]} and {f} would both be image {im['id']} ({im['file_name']!r}) "
+                                 f"of {where}")
+        seen[im["id"]] = f
+    return [im["id"] for im in images]
 
 # %% ../nbs/15_cli.ipynb #6c7e508a
 def result_category_ids(names, stored=None, categories=None, num_classes: int = 0, where="the annotation file") -> list:

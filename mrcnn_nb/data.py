@@ -25,9 +25,10 @@ from .core import UserInputError
 # %% auto #0
 __all__ = ['ANNOTATION_PREFIX', 'SPLIT_NAMES', 'annotation_file', 'find_split', 'load_coco_json', 'check_polygons',
            'compressed_rle_counts', 'segmentation_to_rle', 'decode_rles', 'CategoryMap', 'keypoint_flip_indices',
-           'to_rgb', 'read_image', 'CompactRecords', 'COCODataset', 'plot_coco_annotations', 'describe_split',
-           'check_image_files', 'python_footprint', 'plot_record_footprint', 'Compose', 'RandomHorizontalFlip',
-           'AddProposals', 'ImageBatch', 'pad_images', 'aspect_ratio_groups', 'GroupedBatchSampler']
+           'with_eval_fields', 'to_rgb', 'read_image', 'CompactRecords', 'COCODataset', 'plot_coco_annotations',
+           'describe_split', 'check_image_files', 'python_footprint', 'plot_record_footprint', 'Compose',
+           'RandomHorizontalFlip', 'AddProposals', 'ImageBatch', 'pad_images', 'aspect_ratio_groups',
+           'GroupedBatchSampler']
 
 # %% ../nbs/02_data.ipynb #751a7539
 ANNOTATION_PREFIX = {"instances": "instances", "keypoints": "person_keypoints"}   # kind -> file name prefix
@@ -252,12 +253,27 @@ def keypoint_flip_indices(names: list) -> list:
         perm.append(index.get(partner, index[n]))
     return perm
 
+# %% ../nbs/02_data.ipynb #a0618c5b
+def _area(a: dict, height: int, width: int) -> float:
+    "COCO's `area` of annotation `a`: the pixels of its segmentation; of its box when it has none (or none usable)."
+    try: return float(mask_utils.area(segmentation_to_rle(a["segmentation"], height, width)))
+    except (KeyError, UserInputError, TypeError, ValueError): return float(a["bbox"][2] * a["bbox"][3])
+
+def with_eval_fields(data: dict) -> dict:
+    """`data` (a COCO file's content) with `iscrowd` 0 and `area` (`_area`) on each annotation that lacks them, as
+    COCOeval needs them; in place."""
+    sizes = {im["id"]: (im["height"], im["width"]) for im in data["images"]}
+    for a in data["annotations"]:
+        a.setdefault("iscrowd", 0)
+        if "area" not in a: a["area"] = _area(a, *sizes[a["image_id"]])
+    return data
+
 # %% ../nbs/02_data.ipynb #c96e8a94
 def _quiet_coco(data: dict):
-    "A pycocotools COCO index of `data` without its prints."
+    "A pycocotools COCO index of `data` (with the fields COCOeval needs, `with_eval_fields`) without its prints."
     from pycocotools.coco import COCO
     coco = COCO()
-    coco.dataset = data
+    coco.dataset = with_eval_fields(data)
     import contextlib, io
     with contextlib.redirect_stdout(io.StringIO()): coco.createIndex()
     return coco
@@ -432,6 +448,16 @@ def _index_file(ds, skip_empty: bool, bad_polygons: str):
     del data
     _release_free_memory()
 
+# %% ../nbs/02_data.ipynb #81b46582
+def _size_problem(path, w: int, h: int, r: dict, ann_file) -> str:
+    """What is wrong when image `path` reads as `w` x `h` (as viewers show it: EXIF orientation applied) and its
+    record `r` in `ann_file` says otherwise; swapped sizes point at the orientation tag."""
+    msg = f"{path}: image is {w}x{h} (w x h) but {Path(ann_file).name} says {r['width']}x{r['height']}"
+    if (w, h) != (r["height"], r["width"]): return msg
+    return msg + ("; swapped: its EXIF orientation tag turns it by 90 degrees, as viewers show it and as it is read "
+                  "here, and the annotations give the stored size: annotate the picture as it is shown, or save it "
+                  "turned, without the tag")
+
 # %% ../nbs/02_data.ipynb #efd0800b
 class COCODataset(torch.utils.data.Dataset):
     """A COCO-2017-layout dataset: `ROOT/annotations/{instances|person_keypoints}_{split}.json`, images in
@@ -475,8 +501,8 @@ class COCODataset(torch.utils.data.Dataset):
         r = self.records[i]
         img = read_image(self.image_dir / r["file_name"], f" (image id {r['id']} of {self.ann_file.name})")
         if tuple(img.shape[1:]) != (r["height"], r["width"]):
-            raise UserInputError(f"{self.image_dir / r['file_name']}: image is {img.shape[2]}x{img.shape[1]} (w x h) "
-                                 f"but {self.ann_file.name} says {r['width']}x{r['height']}")
+            raise UserInputError(_size_problem(self.image_dir / r["file_name"], img.shape[2], img.shape[1], r,
+                                               self.ann_file))
         return img
 
     def __getitem__(self, i: int):
@@ -567,7 +593,7 @@ def _image_file_problem(ds: COCODataset, r: dict) -> str | None:
             w, h = im.size[::-1] if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else im.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError): return f"{path}: not an image Pillow can read"
     if (h, w) != (r["height"], r["width"]):
-        return f"{path}: image is {w}x{h} (w x h) but {ds.ann_file.name} says {r['width']}x{r['height']}"
+        return _size_problem(path, w, h, r, ds.ann_file)
     return None
 
 # %% ../nbs/02_data.ipynb #ba53e5a5

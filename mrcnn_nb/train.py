@@ -33,12 +33,12 @@ __all__ = ['SCHEDULES', 'DEMO_MODELS', 'DIST_TIMEOUT_MINUTES', 'CLASS_SPECIFIC',
            'collate_lists', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint',
            'config_from_checkpoint', 'model_from_checkpoint', 'half_checkpoint', 'demo_checkpoint', 'weights_problem',
            'data_fingerprint', 'setup_distributed', 'leave_distributed', 'read_metrics', 'truncate_metrics',
-           'plot_metrics', 'load_splits', 'fit_config', 'Run', 'load_finetuning_weights', 'load_initial_weights',
-           'check_initialization', 'resume_run', 'prepare_run', 'part_of', 'parameter_counts', 'trainable_parameters',
-           'describe_trainable', 'set_heads_only', 'enter_phase', 'plot_trainable', 'iters_for_epochs',
-           'scaled_schedule', 'training_plan', 'training_loader', 'train_step', 'LogMetrics', 'SaveCheckpoints',
-           'validation_loss', 'evaluate_run', 'EvaluateEvery', 'fit', 'train', 'TrackParts', 'plot_part_change',
-           'projected_hours', 'dry_run', 'format_dry_run']
+           'plot_metrics', 'check_split_categories', 'load_splits', 'fit_config', 'Run', 'load_finetuning_weights',
+           'load_initial_weights', 'check_initialization', 'resume_run', 'prepare_run', 'part_of', 'parameter_counts',
+           'trainable_parameters', 'describe_trainable', 'set_heads_only', 'enter_phase', 'plot_trainable',
+           'iters_for_epochs', 'scaled_schedule', 'training_plan', 'training_loader', 'train_step', 'LogMetrics',
+           'SaveCheckpoints', 'validation_loss', 'evaluate_run', 'EvaluateEvery', 'fit', 'train', 'TrackParts',
+           'plot_part_change', 'projected_hours', 'dry_run', 'format_dry_run']
 
 # %% ../nbs/12_train.ipynb #ca2b0c47
 SCHEDULES = {
@@ -343,18 +343,32 @@ def _given_proposals(cfg: Config, proposals: dict | None, splits: list) -> list:
                              f"for split(s) {missing}")
     return [AddProposals(proposals[s], f"the proposals of split {s!r}") for s in splits]
 
+# %% ../nbs/12_train.ipynb #72128257
+def check_split_categories(train_set, val_set) -> None:
+    """Refuse a validation split whose categories are not the training split's, the same ids and names: the model's
+    label k is the training split's k-th category, and scoring it reads label k as the validation split's k-th."""
+    a, b = train_set.categories, val_set.categories
+    if (a.cat_ids, a.names) != (b.cat_ids, b.names):
+        raise UserInputError(f"{val_set.ann_file}: categories {dict(zip(b.cat_ids, b.names))} but the training split "
+                             f"({train_set.ann_file}) has {dict(zip(a.cat_ids, a.names))}; a validation split needs "
+                             "the same ids and names")
+
 # %% ../nbs/12_train.ipynb #425553e3
 def load_splits(cfg: Config, data_root, train_split: str = "train", val_split: str | None = "val",
                 kind: str = "instances", proposals: dict | None = None, read_val: bool = True,
                 bad_polygons: str = "error") -> tuple:
     """(training set, validation set or None), each annotation file read once; the training images flip; the
-    validation images are checked now (`check_image_files`), not after all of training."""
+    validation split's categories and images are checked now (`check_split_categories`, `check_image_files`), not
+    after all of training."""
     given = _given_proposals(cfg, proposals, [train_split] + ([val_split] if val_split else []))
     train_set = COCODataset(data_root, train_split, kind=kind, skip_empty=True, bad_polygons=bad_polygons)
+    if not len(train_set):   # before the model is built
+        raise UserInputError(f"nothing to train on, no image with annotations it can use: {describe_split(train_set)}")
     train_set.transforms = Compose(given[:1] + [RandomHorizontalFlip(0.5, train_set.keypoint_flip)])
     if not (val_split and read_val): return train_set, None
     val_set = COCODataset(data_root, val_split, kind=kind, transforms=(given[1:] or [None])[0],
                           bad_polygons=bad_polygons)
+    check_split_categories(train_set, val_set)
     check_image_files(val_set)
     return train_set, val_set
 
@@ -822,6 +836,7 @@ def fit(run: Run, hooks=(), num_workers: int = 0, on_bad_image: str = "stop", pr
             run.batches += 1
             for b in bad:
                 if on_bad_image == "stop": raise UserInputError(b.reason)
+                if b.reason in skipped: continue   # met again in a later pass: counted and said once
                 skipped.append(b.reason)
                 if run.main: tqdm.write(f"skipped: {b.reason}")
             if not images: continue   # every image of this batch was bad: take the next one

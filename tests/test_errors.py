@@ -158,3 +158,38 @@ def test_every_bad_config_value_is_refused_before_any_data(tmp_path, monkeypatch
     key, value = pair.split("=")
     assert len(err) == 1 and err[0].startswith(f"mrcnn_nb train: error: config {key}=") and value in err[0] and "expected" in err[0], err
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()   # refused before any data was made or read
+
+
+@pytest.mark.parametrize("case", ["val_categories", "only_train", "train_without_annotations"])
+def test_train_refuses_splits_it_cannot_use_before_building_a_model(tmp_path, case):
+    """A validation split with other categories (its scores would read every label as another class), no validation
+    split, a training split without annotations: exit 2 with one line saying what to do, before any output."""
+    write_coco(tmp_path, "train", [IMG], [] if case == "train_without_annotations" else [ANN], CATS)
+    if case != "only_train":
+        write_coco(tmp_path, "val", [IMG], [ANN], [dict(id=1, name="other")] if case == "val_categories" else CATS)
+    r = run_cli("train", "--data", tmp_path, "--iters", 1, "--out", tmp_path / "run")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert {"val_categories": "{1: 'other'} but the training split", "only_train": "pass --val-split ''",
+            "train_without_annotations": "nothing to train on"}[case] in lines[0], lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_annotations_without_iscrowd_and_area_evaluate(tmp_path):
+    """Many exporters leave out `iscrowd` and `area`, which COCOeval reads: they are filled in as COCO defines them
+    (0; the segmentation's pixels), so the ground truth itself, as detections, scores AP 1 for boxes and masks."""
+    from mrcnn_nb.data import segmentation_to_rle
+    from mrcnn_nb.evaluate import coco_evaluate
+    bare = {k: v for k, v in ANN.items() if k not in ("iscrowd", "area")}
+    box = dict(bare, id=6, bbox=[10, 10, 8, 6], segmentation=[[10, 10, 18, 10, 18, 16, 10, 16]])
+    write_coco(tmp_path, "val", [IMG], [bare, box], CATS)
+    ds = COCODataset(tmp_path, "val")
+    truth = ds.coco.loadAnns(ds.coco.getAnnIds())
+    assert [(a["iscrowd"], a["area"]) for a in truth] == [(0, 25.0), (0, 48.0)]
+    def rle(a):
+        r = segmentation_to_rle(a["segmentation"], IMG["height"], IMG["width"])
+        return dict(r, counts=r["counts"].decode())
+    results = {"bbox": [dict(image_id=1, category_id=1, bbox=a["bbox"], score=1.0) for a in truth],
+               "segm": [dict(image_id=1, category_id=1, segmentation=rle(a), score=1.0) for a in truth]}
+    m = coco_evaluate(ds.coco, results)
+    assert m["bbox"]["stats"]["AP"] == 1.0 and m["segm"]["stats"]["AP"] == 1.0
