@@ -466,16 +466,25 @@ def image_files(paths: list, recursive: bool = False) -> list:
     return files
 
 # %% ../nbs/15_cli.ipynb #9ac20b24
+def _name_parts(file_name: str) -> tuple:
+    "The path components of a COCO `file_name`, '/' or '\\' between them, './' dropped."
+    return PurePosixPath(file_name.replace("\\", "/")).parts
+
 def _path_fit(f, file_name: str) -> int:
-    "How many trailing path components file `f`'s path shares with a COCO `file_name` ('a/b/c.png', 'b/c.png': 2)."
-    a, b = Path(f).absolute().parts[::-1], PurePosixPath(file_name).parts[::-1]
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    """How well file `f`'s path fits a COCO `file_name`: the trailing components they share, one more when that is all
+    of `file_name` (for 'a/b/c.png': 'b/c.png' 3, 'x/c.png' 1)."""
+    a, b = Path(f).absolute().parts[::-1], _name_parts(file_name)[::-1]
+    n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return n + (n == len(b))
 
 def _coco_image(f, candidates: list, where) -> dict:
     """The image that file `f` is, among `candidates` (a COCO file's images of `f`'s file name): the only one, else the
-    one whose `file_name` fits most of `f`'s path; a tie is refused."""
+    one whose `file_name` fits `f`'s path best; a tie is refused."""
     if len(candidates) == 1: return candidates[0]
     a, b = sorted(candidates, key=lambda im: -_path_fit(f, im["file_name"]))[:2]
+    if _name_parts(a["file_name"]) == _name_parts(b["file_name"]):
+        raise UserInputError(f"{where}: images {a['id']} and {b['id']} have the same file_name {a['file_name']!r}; "
+                             "make the file names unique")
     if _path_fit(f, a["file_name"]) == _path_fit(f, b["file_name"]):
         raise UserInputError(f"{f}: {where} has images {a['file_name']!r} and {b['file_name']!r} of that name; to "
                              f"tell them apart, give the file in the folders of its file_name (.../{a['file_name']})")
@@ -487,7 +496,7 @@ def coco_image_ids(files: list, coco: dict | None = None, where="the annotation 
     image are refused: their detections would be scored as one image's."""
     if coco is None: return list(range(1, len(files) + 1))
     by_name = {}
-    for im in coco.get("images", []): by_name.setdefault(PurePosixPath(im["file_name"]).name, []).append(im)
+    for im in coco.get("images", []): by_name.setdefault(_name_parts(im["file_name"])[-1], []).append(im)
     if missing := [str(f) for f in files if Path(f).name not in by_name]:
         raise UserInputError(f"{missing[0]}: no image of that file name in {where}"
                              + (f" ({len(missing)} images are missing)" if len(missing) > 1 else ""))

@@ -260,12 +260,17 @@ def _area(a: dict, height: int, width: int) -> float:
     except (KeyError, UserInputError, TypeError, ValueError): return float(a["bbox"][2] * a["bbox"][3])
 
 def with_eval_fields(data: dict) -> dict:
-    """`data` (a COCO file's content) with `iscrowd` 0 and `area` (`_area`) on each annotation that lacks them, as
-    COCOeval needs them; in place."""
+    """`data` (a COCO file's content) with what COCOeval reads, on each annotation that lacks it: `iscrowd` 0, `area`
+    (`_area`), and for a keypoint category its `keypoints` (none visible) and `num_keypoints` (the visible ones). In
+    place."""
     sizes = {im["id"]: (im["height"], im["width"]) for im in data["images"]}
+    n_kp = {c["id"]: len(c.get("keypoints") or []) for c in data["categories"]}
     for a in data["annotations"]:
         a.setdefault("iscrowd", 0)
         if "area" not in a: a["area"] = _area(a, *sizes[a["image_id"]])
+        if n_kp.get(a["category_id"]):
+            a.setdefault("keypoints", [0] * 3 * n_kp[a["category_id"]])
+            a.setdefault("num_keypoints", sum(v > 0 for v in a["keypoints"][2::3]))
     return data
 
 # %% ../nbs/02_data.ipynb #c96e8a94
@@ -449,11 +454,19 @@ def _index_file(ds, skip_empty: bool, bad_polygons: str):
     _release_free_memory()
 
 # %% ../nbs/02_data.ipynb #81b46582
+def _exif_turns(path) -> bool:
+    "Whether the EXIF orientation of image file `path` turns the picture by 90 degrees (orientations 5-8)."
+    try:
+        with Image.open(path) as im: return im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError): return False
+
 def _size_problem(path, w: int, h: int, r: dict, ann_file) -> str:
     """What is wrong when image `path` reads as `w` x `h` (as viewers show it: EXIF orientation applied) and its
-    record `r` in `ann_file` says otherwise; swapped sizes point at the orientation tag."""
+    record `r` in `ann_file` says otherwise; for swapped sizes, which of the two sides is likely at fault."""
     msg = f"{path}: image is {w}x{h} (w x h) but {Path(ann_file).name} says {r['width']}x{r['height']}"
     if (w, h) != (r["height"], r["width"]): return msg
+    if not _exif_turns(path):
+        return msg + "; swapped: the annotation file may give width and height the wrong way round"
     return msg + ("; swapped: its EXIF orientation tag turns it by 90 degrees, as viewers show it and as it is read "
                   "here, and the annotations give the stored size: annotate the picture as it is shown, or save it "
                   "turned, without the tag")
