@@ -9,13 +9,14 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .core import (Timer, UserInputError, atomic_write, describe_cpu, machine_info, peak_memory_rise,
-                           results_dir)
+from .core import (SlowAmpWarning, Timer, UserInputError, atomic_write, cpu_bf16_kernels, describe_cpu,
+                           machine_info, peak_memory_rise, results_dir)
 from .data import COCODataset, RandomHorizontalFlip, annotation_file
 from .model import Transform
 from .shapes import make_shapes
@@ -180,9 +181,10 @@ def _ours_like(tv):
     return load_torchvision_weights(build_model(cfg), tv.state_dict())
 
 # %% ../nbs/30_benchmarks.ipynb #52e0868b
-def _inference_models(size) -> dict:
+def _inference_models(size, bf16: bool = True) -> dict:
     """The models the inference benchmark times, for images of `size` (h, w): torchvision's (as built for its COCO
-    weights), ours with its weights, ours after `for_inference()`, and that again returning float masks."""
+    weights), ours with its weights, ours after `for_inference()`, that again returning float masks, and (`bf16`)
+    ours in bfloat16."""
     import copy
     from mrcnn_nb.model import torchvision_model
     torch.manual_seed(0)
@@ -195,9 +197,9 @@ def _inference_models(size) -> dict:
     fast_probs.transform.mask_threshold = None     # torchvision's output: float masks
     tv.eval()
     ours.eval()
-    return {"torchvision": tv, "ours": ours, "ours for_inference()": fast,
-            "ours for_inference(), float masks": fast_probs,
-            "ours for_inference(amp='bf16')": ours.for_inference(amp="bf16")}
+    models = {"torchvision": tv, "ours": ours, "ours for_inference()": fast,
+              "ours for_inference(), float masks": fast_probs}
+    return models | ({"ours for_inference(amp='bf16')": ours.for_inference(amp="bf16")} if bf16 else {})
 
 # %% ../nbs/30_benchmarks.ipynb #ad8aa1f1
 def _training_models(size) -> tuple:
@@ -268,12 +270,14 @@ def _model_rows(cases: list, times: dict, peaks: dict, detections: dict) -> list
     return rows
 
 # %% ../nbs/30_benchmarks.ipynb #171e8529
-def bench_model(repeats: int = 3, size=(800, 1066), train_size=(800, 1066), progress: bool = True) -> list:
+def bench_model(repeats: int = 3, size=(800, 1066), train_size=(800, 1066), progress: bool = True,
+                bf16: bool | None = None) -> list:
     """Inference and training-step time (and peak-memory rise) of R-50-FPN Mask R-CNN: ours against torchvision.
     The models run at the images' own `size` / `train_size` (h, w): their resize keeps that size (shorter side, cap
-    >= 1333)."""
+    >= 1333). `bf16`: time the bfloat16 cases too (None: where `cpu_bf16_kernels`)."""
     import copy
-    models = _inference_models(size)
+    bf16 = cpu_bf16_kernels() if bf16 is None else bf16
+    models = _inference_models(size, bf16)
     tv_train, ours_train = _training_models(train_size)
     image, images2, targets2 = _bench_data(size, train_size)
     detections = {}
@@ -286,8 +290,8 @@ def bench_model(repeats: int = 3, size=(800, 1066), train_size=(800, 1066), prog
         return run
     cases = [("inference", n, (lambda n=n, m=m: infer(n, m))) for n, m in models.items()]
     task = "train step (2 images)"
-    cases += [(task, "torchvision", step(tv_train)), (task, "ours", step(ours_train)),
-              (task, "ours, bf16 autocast (amp='bf16')", step(copy.deepcopy(ours_train), amp=True))]
+    cases += [(task, "torchvision", step(tv_train)), (task, "ours", step(ours_train))]
+    if bf16: cases.append((task, "ours, bf16 autocast (amp='bf16')", step(copy.deepcopy(ours_train), amp=True)))
     times, peaks = _time_interleaved(cases, repeats, progress)
     return _model_rows(cases, times, peaks, detections)
 
@@ -321,9 +325,11 @@ def profile_inference(model, images: list) -> dict:
 # %% ../nbs/30_benchmarks.ipynb #fe787ab6
 PROFILED = ("torchvision", "ours for_inference()", "ours for_inference(amp='bf16')")
 
-def bench_profile(size=(800, 1066), models=PROFILED) -> dict:
-    "`profile_inference` of the inference benchmark's `models` on its image of `size` (h, w): model name -> times."
-    built = _inference_models(size)
+def bench_profile(size=(800, 1066), models=None) -> dict:
+    """`profile_inference` of the inference benchmark's `models` on its image of `size` (h, w): model name -> times.
+    `models` None: `PROFILED`, less bf16 on a CPU without `cpu_bf16_kernels`."""
+    models = models or [n for n in PROFILED if cpu_bf16_kernels() or "bf16" not in n]
+    built = _inference_models(size, any("bf16" in n for n in models))
     image = _bench_data(size, size)[0]
     return {name: profile_inference(built[name], image) for name in models}
 
@@ -350,21 +356,26 @@ def _roi_cases(roi: list) -> dict:
     return {(r["workload"], r["op"], r["pass"], r["impl"]): r for r in roi}
 
 # %% ../nbs/30_benchmarks.ipynb #1c679c7a
-def speed_record(roi: list, model: list, repeats: int, scale: float, size, command: str, profile=None) -> dict:
+def speed_record(roi: list, model: list, repeats: int, scale: float, size, command: str, profile=None,
+                 bf16: bool = True) -> dict:
     """The rows of `bench_roi` and `bench_model` (and a `bench_profile`) with when, where and how they were measured:
-    the record every speed figure is drawn from (`speed_markdown`, `plot_speed`, `plot_profile`)."""
+    the record every speed figure is drawn from (`speed_markdown`, `plot_speed`, `plot_profile`). `bf16`: whether
+    the bfloat16 cases were timed."""
     import numba
     return dict(date=_utc_now(), command=command,
                 machine=machine_info(), numba_threads=numba.get_num_threads(), repeats=repeats, scale=scale,
-                image_size=list(size), roi=_no_nan(roi), model=_no_nan(model), profile=profile)
+                image_size=list(size), roi=_no_nan(roi), model=_no_nan(model), profile=profile, bf16=bf16)
 
 # %% ../nbs/30_benchmarks.ipynb #b5168a0a
 def bench_speed(out=None, repeats: int = 5, scale: float = 1.0, size=(800, 1066), command: str = "bench_speed()",
-                progress: bool = True) -> dict:
-    "`bench_roi`, `bench_model` and `bench_profile` in one run, as a `speed_record`; written to `out` (JSON) if given."
+                progress: bool = True, bf16: bool | None = None) -> dict:
+    """`bench_roi`, `bench_model` and `bench_profile` in one run, as a `speed_record`; written to `out` (JSON) if
+    given. `bf16`: time the bfloat16 cases too (None: where `cpu_bf16_kernels`)."""
+    bf16 = cpu_bf16_kernels() if bf16 is None else bf16
     roi = bench_roi(repeats=repeats, scale=scale, progress=progress)
-    model = bench_model(repeats, size, size, progress)
-    res = speed_record(roi, model, repeats, scale, size, command, bench_profile(size))
+    model = bench_model(repeats, size, size, progress, bf16)
+    profiled = [n for n in PROFILED if bf16 or "bf16" not in n]
+    res = speed_record(roi, model, repeats, scale, size, command, bench_profile(size, profiled), bf16)
     if out is not None: _write_record(out, res)
     return res
 
@@ -420,6 +431,9 @@ def speed_markdown(res: dict) -> str:
     model = "\n".join(_model_speed_table(res["model"]))
     profile = ("\n\nWhere one inference's time goes: each operator's own CPU time, by kind, in one profiled run "
                "(`profile_inference`):\n\n" + "\n".join(_profile_table(res["profile"]))) if res.get("profile") else ""
+    if not res.get("bf16", True):
+        profile += ("\n\nNo bfloat16 cases: torch has no bfloat16 kernels for this CPU (`cpu_bf16_kernels`), where "
+                    "they run many times slower than float32.")
     return (f"RoI layers (`aligned=True`, two samples per bin; {_workloads_text(res['scale'])}); our time and, in "
             f"brackets, torchvision's time divided by ours:\n\n"
             f"{roi}\n\nThe whole R-50-FPN Mask R-CNN at {h}×{w}, the same weights in torchvision's model and ours "
@@ -580,7 +594,9 @@ def _both_ways(checkpoint, val_root, progress: bool) -> dict:
     check_classes(val, cfg, names, checkpoint)
     res, preds = {}, {}
     for amp in (None, "bf16"):   # one inference per precision: scored by COCOeval, and kept for the matching
-        p = predict_dataset(model.for_inference(amp=amp), val, progress=progress)
+        with warnings.catch_warnings():   # accuracy, not speed: bf16's speed on this CPU is beside the point
+            warnings.simplefilter("ignore", SlowAmpWarning)
+            p = predict_dataset(model.for_inference(amp=amp), val, progress=progress)
         m = coco_evaluate(val.coco, to_coco_results(p, val.categories.cat_ids))
         res[amp or "fp32"] = dict(box_AP=m["bbox"]["stats"]["AP"], mask_AP=m["segm"]["stats"]["AP"],
                                   detections=sum(len(d["boxes"]) for _, d in p))

@@ -710,6 +710,9 @@ def _bench_args(s):
                    help="roi, model: timed runs per case, the median is reported (default 5)")
     s.add_argument("--threads", type=_positive_int, default=None,
                    help="torch threads (default: data 1, one worker; roi, model, speed: torch's default)")
+    s.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
+                   help="model, speed: time the bfloat16 cases too (auto, the default: only where torch has bf16 "
+                        "kernels for this CPU; elsewhere they run many times slower than float32)")
     s.add_argument("--out", default=None, help="speed, contention, amp: write the results (JSON) to this file")
     s.add_argument("--quick", action="store_true",
                    help="speed, contention: small workloads, one repeat, 3 iterations: a check that it runs, "
@@ -740,15 +743,20 @@ def _flags(args, *keys) -> list:
     "`--key value` for each of `keys` the user gave, to write into a benchmark record the command that made it."
     return [f for k in keys if getattr(args, k) for f in (f"--{k}", str(getattr(args, k)))]
 
+def _bf16(args):
+    "`--bf16` as `bench_model` and `bench_speed` take it: None (auto), True or False."
+    return {"auto": None, "on": True, "off": False}[args.bf16]
+
 def _bench_speed(args):
     "`mrcnn_nb bench speed`: the RoI and model benchmarks in one run; their tables, and the record written to `--out`."
     import shlex
     from mrcnn_nb.bench import bench_speed, speed_markdown
     _refuse_folder_out(args.out)   # before minutes of measuring
     flags = ["--quick"] if args.quick else ["--repeats", str(args.repeats)]
-    flags += _flags(args, "threads", "out")
+    flags += _flags(args, "threads", "out") + (["--bf16", args.bf16] if args.bf16 != "auto" else [])
     small = dict(repeats=1, scale=0.02, size=(96, 128)) if args.quick else dict(repeats=args.repeats)
-    res = bench_speed(args.out, command=shlex.join(["mrcnn_nb", "bench", "speed", *flags]), progress=True, **small)
+    res = bench_speed(args.out, command=shlex.join(["mrcnn_nb", "bench", "speed", *flags]), progress=True,
+                      bf16=_bf16(args), **small)
     print(speed_markdown(res))
     if args.out: print(f"wrote {args.out}")
 
@@ -791,6 +799,8 @@ def cmd_bench(args) -> int:
     from mrcnn_nb.bench import bench_data, format_rows
     for flag in ("checkpoint", "data"):
         if getattr(args, flag) and args.what != "amp": raise UserInputError(f"--{flag} is for bench amp only")
+    if args.bf16 != "auto" and args.what not in ("model", "speed"):
+        raise UserInputError(f"--bf16 is for bench model and bench speed only (bench {args.what} has no bf16 cases)")
     work = Path(args.work) if args.work else Path(tempfile.gettempdir()) / "mrcnn_nb_bench"
     if args.what == "data" and args.coco_scale:
         from mrcnn_nb.bench import bench_coco_memory, coco_memory_rows, make_coco_scale_annotations
@@ -810,7 +820,7 @@ def cmd_bench(args) -> int:
         print(format_rows(bench_roi(repeats=args.repeats)))
     elif args.what == "model":
         from mrcnn_nb.bench import bench_model
-        print(format_rows(bench_model(repeats=args.repeats)))
+        print(format_rows(bench_model(repeats=args.repeats, bf16=_bf16(args))))
     return 0
 COMMANDS["bench"] = (_bench_args, cmd_bench, "measure speed on this machine",
                      "Benchmarks: data loading per worker (data; with --coco-scale, the memory of a COCO-size "

@@ -22,7 +22,8 @@ import torch
 __all__ = ['AMP_DTYPES', 'CPU_FEATURES', 'UserInputError', 'seed_everything', 'get_device', 'log_tensor', 'Timer',
            'peak_memory_rise', 'atomic_write', 'load_torch_file', 'load_state_dict_file', 'load_weights', 'in_test',
            'cache_dir', 'distributed_count', 'use_cuda_simulator', 'usable_cpus', 'cpu_seconds', 'threads_for',
-           'ShareCores', 'heads_in_float32', 'mixed', 'machine_info', 'describe_cpu', 'results_dir']
+           'ShareCores', 'heads_in_float32', 'mixed', 'SlowAmpWarning', 'cpu_bf16_kernels', 'warn_slow_amp',
+           'machine_info', 'describe_cpu', 'results_dir']
 
 # %% ../nbs/00_core.ipynb #24e13f04
 class UserInputError(ValueError):
@@ -341,6 +342,25 @@ def mixed(fn, *args):
     if amp is None: return fn(*args)
     with torch.autocast(amp[0], dtype=amp[1]): return _float32(fn(*args))
 
+# %% ../nbs/00_core.ipynb #f05ff877
+class SlowAmpWarning(UserWarning):
+    "Mixed precision asked for where it runs slower than float32."
+
+def cpu_bf16_kernels() -> bool:
+    """Whether torch has fast bfloat16 kernels (oneDNN's) for this CPU: it needs AVX-512, and runs fastest with bf16
+    units (AVX-512-BF16, AMX). Without them bf16 convolutions fall back to reference loops."""
+    try: return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):   # a torch without that query: the CPU's own flags
+        flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
+        return any(f in flags for f in ("avx512bw", "avx512_bf16", "bf16"))   # bf16: ARM's
+
+def warn_slow_amp(amp: str | None, device_type: str) -> None:
+    "Warn (a `SlowAmpWarning`) when `amp` is bf16 on a CPU without `cpu_bf16_kernels`."
+    if amp == "bf16" and device_type == "cpu" and not cpu_bf16_kernels():
+        warnings.warn(f"amp='bf16' on this CPU ({torch.backends.cpu.get_cpu_capability()}): torch has no bfloat16 "
+                      "kernels for it, so its convolutions run many times slower than in float32; leave amp off "
+                      "here", SlowAmpWarning, stacklevel=3)
+
 # %% ../nbs/00_core.ipynb #80666ce3
 # instruction-set extensions that decide which kernels torch runs, and how fast: two machines that report the same
 # model name may differ in them
@@ -348,7 +368,8 @@ CPU_FEATURES = ("avx512f", "avx512_bf16", "amx_bf16")
 
 def machine_info() -> dict:
     """Where a measurement ran: CPU model, the vector instructions torch's kernels use (`cpu_capability`) and which of
-    `CPU_FEATURES` the CPU has, cores, memory (GiB), torch's threads, library versions, GPU (None if none)."""
+    `CPU_FEATURES` the CPU has, whether torch has bf16 kernels for it, cores, memory (GiB), torch's threads, library
+    versions, GPU (None if none)."""
     import platform, numba, torchvision
     cpu, flags = platform.processor() or platform.machine(), []
     try: info = open("/proc/cpuinfo").read().splitlines()
@@ -359,7 +380,8 @@ def machine_info() -> dict:
     except (OSError, StopIteration): mem = None
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return dict(cpu=cpu, cpu_capability=torch.backends.cpu.get_cpu_capability(),
-                cpu_features=[f for f in CPU_FEATURES if f in flags], cores=os.cpu_count(), memory_gib=mem,
+                cpu_features=[f for f in CPU_FEATURES if f in flags], bf16_kernels=cpu_bf16_kernels(),
+                cores=os.cpu_count(), memory_gib=mem,
                 torch_threads=torch.get_num_threads(), torch=torch.__version__, torchvision=torchvision.__version__,
                 numba=numba.__version__, python=platform.python_version(), os=platform.platform(), gpu=gpu)
 

@@ -20,7 +20,8 @@ from .anchors import AnchorGenerator
 from .backbone import (
     FPNBackbone, ResNet, SingleLevelBackbone, fold_frozen_bn, freeze_trunk, RESNET_BLOCKS)
 from .box_head import BoxBranch, FastRCNNPredictor, Res5Head, TwoMLPHead, res5_head
-from .core import AMP_DTYPES, UserInputError, heads_in_float32, load_state_dict_file, load_weights
+from .core import (
+    AMP_DTYPES, UserInputError, heads_in_float32, load_state_dict_file, load_weights, warn_slow_amp)
 from .data import ImageBatch, pad_images
 from .keypoint_head import KeypointBranch, KeypointHead, KeypointPredictor
 from .mask_head import FCNMaskHead, MaskBranch, MaskPredictor, MLPMaskHead, paste_masks
@@ -409,6 +410,7 @@ class MaskRCNN(nn.Module):
     def _autocast(self, device_type: str):
         "The mixed precision of inference (`for_inference(amp=...)`); nothing in training or without `amp`."
         if self.training or not self.amp: return contextlib.nullcontext()
+        warn_slow_amp(self.amp, device_type)
         return torch.autocast(device_type, dtype=AMP_DTYPES[self.amp])
 
     def forward(self, images, targets: list | None = None):

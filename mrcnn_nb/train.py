@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from .core import (
-    AMP_DTYPES, ShareCores, UserInputError, atomic_write, get_device, load_torch_file, results_dir, seed_everything)
+    AMP_DTYPES, ShareCores, UserInputError, atomic_write, get_device, load_torch_file, results_dir, seed_everything,
+    warn_slow_amp)
 from .data import (
     AddProposals, COCODataset, Compose, GroupedBatchSampler, RandomHorizontalFlip, aspect_ratio_groups,
     check_image_files, describe_split)
@@ -421,6 +422,7 @@ def _autocast(cfg: Config, device: torch.device):
     if cfg.amp is None: return nullcontext()
     if cfg.amp == "fp16" and device.type != "cuda":
         raise UserInputError("amp='fp16' needs a CUDA device; use 'bf16' on CPU")
+    warn_slow_amp(cfg.amp, device.type)
     return torch.autocast(device.type, dtype=AMP_DTYPES[cfg.amp])
 
 # %% ../nbs/12_train.ipynb #97f9abca

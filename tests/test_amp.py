@@ -1,10 +1,15 @@
 """bf16 inference (`for_inference(amp='bf16')`, `--amp bf16`): the backbone and the heads' heavy layers in bfloat16,
 the RoI kernels, box arithmetic and NMS in float32; the trained model's detections survive it."""
+import warnings
+
+import pytest
 import torch
 
+from mrcnn_nb import core
 from mrcnn_nb.bench import matched_detections
 from mrcnn_nb.data import COCODataset
-from mrcnn_nb.train import demo_checkpoint, model_from_checkpoint
+from mrcnn_nb.model import build_model, get_config
+from mrcnn_nb.train import _autocast, demo_checkpoint, model_from_checkpoint
 
 
 def _dtypes_seen(model, image) -> dict:
@@ -50,3 +55,18 @@ def test_bf16_finds_the_float32_detections_of_the_trained_model(shapes_root):
             a, b = ({k: d[k][d["scores"] >= 0.5] for k in ("boxes", "labels")} for d in (a, b))   # what a user sees
             if len(a["boxes"]): shares.append(matched_detections(a, b))
     assert len(shares) >= 6 and sum(shares) / len(shares) >= 0.9, shares
+
+
+@pytest.mark.parametrize("kernels", [False, True])
+def test_bf16_on_a_cpu_without_bf16_kernels_warns_once_in_inference_and_training(monkeypatch, kernels):
+    "Without torch's bf16 kernels every bf16 convolution is a reference loop: the user is told, by inference and training."
+    monkeypatch.setattr(core, "cpu_bf16_kernels", lambda: kernels)
+    model = build_model(get_config("TINY_FPN", num_classes=3))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with torch.no_grad(): model.for_inference(amp="bf16")([torch.rand(3, 64, 64)])
+        with torch.no_grad(): model.for_inference()([torch.rand(3, 64, 64)])   # float32: nothing to say
+        with _autocast(get_config("TINY_FPN", amp="bf16"), torch.device("cpu")): pass
+    slow = [w for w in seen if issubclass(w.category, core.SlowAmpWarning)]
+    assert len(slow) == (0 if kernels else 2), [str(w.message) for w in seen]
+    assert all("amp='bf16' on this CPU" in str(w.message) and "leave amp off" in str(w.message) for w in slow)
