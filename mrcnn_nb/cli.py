@@ -443,6 +443,9 @@ def _predict_args(s):
     s.add_argument("--coco", default=None, metavar="ANNOTATION_JSON",
                    help="take image and category ids from this COCO annotation file (by file and class name), so "
                         "that COCOeval can score results.json against it")
+    s.add_argument("--on-bad-image", choices=["stop", "skip"], default="stop",
+                   help="an unreadable image: stop (default; the images before it keep their outputs) or skip it, "
+                        "name it, and go on")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     _amp_arg(s)
 
@@ -590,6 +593,21 @@ def prediction_stems(images: list, out) -> list:
         stems.append(stem)
     return stems
 
+# %% ../nbs/15_cli.ipynb #97bcea16
+def _readable(f, k: int, n: int, out, on_bad_image: str = "stop"):
+    """Image file `f` (the `k`-th of `n`) decoded; unreadable, an error saying what `out` already holds, or None and a
+    line on stderr when `on_bad_image` is 'skip'."""
+    from tqdm.auto import tqdm
+    from mrcnn_nb.data import read_image
+    try: return read_image(f)
+    except UserInputError as e:
+        if on_bad_image == "skip":
+            tqdm.write(f"skipped {e}", file=sys.stderr)
+            return None
+        done = f", the outputs of the {k} before it are in {out}" if k else ""
+        raise UserInputError(f"{e} (image {k + 1} of {n}{done}; --on-bad-image skip goes on past unreadable "
+                             "images)") from None
+
 # %% ../nbs/15_cli.ipynb #36134b76
 def cmd_predict(args) -> int:
     """Detections on image files and folders: a PNG overlay and a JSON file per image; COCO `results.json` and
@@ -598,15 +616,16 @@ def cmd_predict(args) -> int:
     _headless()
     import torch
     from tqdm.auto import tqdm
-    from mrcnn_nb.data import read_image
     files, out = image_files(args.images, args.recursive), Path(args.out)
     _refuse_overwriting_inputs(out, files)
     model, names, cat_ids, image_ids = _predictor(args, files)
     out.mkdir(parents=True, exist_ok=True)
-    images, results = [], []
-    for f, stem, image_id in zip(tqdm(files, desc="predict", unit="image", disable=args.quiet),
-                                 prediction_stems(files, out), image_ids):
-        img = read_image(f)
+    images, results, skipped = [], [], []
+    for k, (f, stem, image_id) in enumerate(zip(tqdm(files, desc="predict", unit="image", disable=args.quiet),
+                                                prediction_stems(files, out), image_ids)):
+        if (img := _readable(f, k, len(files), out, args.on_bad_image)) is None:
+            skipped.append(f)
+            continue
         with torch.no_grad(): p = model([img])[0]
         _prediction_png(img, p, names, Path(f"{stem}.png"))
         dets = [_detection(p, i, names) for i in range(len(p["boxes"]))]
@@ -615,8 +634,12 @@ def cmd_predict(args) -> int:
         results += coco_results(p, image_id, cat_ids)
     (out / "results.json").write_text(json.dumps(results))
     (out / "images.json").write_text(json.dumps(images, indent=1))
-    print(f"{len(files)} images, {len(results)} detections (score > {args.score_thresh}); wrote an overlay (.pred.png) "
-          f"and a JSON file (.pred.json) per image, results.json and images.json to {out}")
+    print(f"{len(images)} images, {len(results)} detections (score > {args.score_thresh}); wrote an overlay "
+          f"(.pred.png) and a JSON file (.pred.json) per image, results.json and images.json to {out}")
+    if skipped:
+        listed = ", ".join(map(str, skipped[:5])) + " ..." * (len(skipped) > 5)
+        print(f"{len(skipped)} unreadable image(s) skipped, without results (COCOeval would score them as images "
+              f"where nothing was found): {listed}")
     return 0
 COMMANDS["predict"] = (_predict_args, cmd_predict, "detect objects in image files and folders",
                        "Run a checkpoint on images (files, or folders of them); write an overlay PNG and a JSON file "

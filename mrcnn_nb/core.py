@@ -347,8 +347,9 @@ class SlowAmpWarning(UserWarning):
     "Mixed precision asked for where it runs slower than float32."
 
 def cpu_bf16_kernels() -> bool:
-    """Whether torch has fast bfloat16 kernels (oneDNN's) for this CPU: it needs AVX-512, and runs fastest with bf16
-    units (AVX-512-BF16, AMX). Without them bf16 convolutions fall back to reference loops."""
+    """Whether torch has fast bfloat16 kernels (oneDNN's) for this CPU: on x86 they need AVX-512 (or AVX2 with
+    AVX-NE-CONVERT), and run fastest with bf16 units (AVX-512-BF16, AMX). Without them bf16 convolutions fall back to
+    reference loops."""
     try: return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):   # a torch without that query: the CPU's own flags
         flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
