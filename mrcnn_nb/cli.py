@@ -16,8 +16,8 @@ from .core import UserInputError, describe_cpu
 # %% auto #0
 __all__ = ['COMMANDS', 'MAIN_JOB', 'IMAGE_SUFFIXES', 'build_parser', 'parse_args', 'main', 'cmd_shapes', 'cmd_show',
            'main_job_data', 'prediction_figure', 'cmd_train', 'main_job_file', 'main_job_markdown', 'cmd_eval',
-           'image_files', 'coco_image_ids', 'result_category_ids', 'coco_results', 'prediction_stems', 'cmd_predict',
-           'cmd_configs', 'cmd_ablate', 'cmd_bench']
+           'image_files', 'listed_names', 'coco_image_ids', 'result_category_ids', 'coco_results', 'prediction_stems',
+           'cmd_predict', 'cmd_configs', 'cmd_ablate', 'cmd_bench']
 
 # %% ../nbs/15_cli.ipynb #90235d09
 # name -> (add its arguments to a parser, run it, help, description); each command's section below adds itself
@@ -468,6 +468,17 @@ def image_files(paths: list, recursive: bool = False) -> list:
         files += found
     return files
 
+# %% ../nbs/15_cli.ipynb #c2f37c71
+def listed_names(paths: list, files: list) -> list:
+    """The name `images.json` gives each of `files` (found by `image_files(paths)`): its path below the folder of
+    `paths` it was found in (`cam1/img.png` in a folder searched with `--recursive`), or as given for a file named
+    on its own. Unlike the bare file name, it tells apart `cam1/img.png` and `cam2/img.png`."""
+    folders = [Path(p) for p in paths if Path(p).is_dir()]
+    def name(f: Path) -> str:
+        inside = [d for d in folders if f.is_relative_to(d)]
+        return f.relative_to(inside[0]).as_posix() if inside else str(f)
+    return [name(Path(f)) for f in files]
+
 # %% ../nbs/15_cli.ipynb #9ac20b24
 def _name_parts(file_name: str) -> tuple:
     "The path components of a COCO `file_name`, '/' or '\\' between them, './' dropped."
@@ -484,11 +495,11 @@ def _coco_image(f, candidates: list, where) -> dict:
     """The image that file `f` is, among `candidates` (a COCO file's images of `f`'s file name): the only one, else the
     one whose `file_name` fits `f`'s path best; a tie is refused."""
     if len(candidates) == 1: return candidates[0]
-    a, b = sorted(candidates, key=lambda im: -_path_fit(f, im["file_name"]))[:2]
+    (fit_a, a), (fit_b, b) = sorted(((_path_fit(f, im["file_name"]), im) for im in candidates), key=lambda t: -t[0])[:2]
     if _name_parts(a["file_name"]) == _name_parts(b["file_name"]):
         raise UserInputError(f"{where}: images {a['id']} and {b['id']} have the same file_name {a['file_name']!r}; "
                              "make the file names unique")
-    if _path_fit(f, a["file_name"]) == _path_fit(f, b["file_name"]):
+    if fit_a == fit_b:
         raise UserInputError(f"{f}: {where} has images {a['file_name']!r} and {b['file_name']!r} of that name; to "
                              f"tell them apart, give the file in the folders of its file_name (.../{a['file_name']})")
     return a
@@ -543,8 +554,8 @@ def _refuse_overwriting_inputs(out: Path, files: list):
 
 # %% ../nbs/15_cli.ipynb #38fffd0c
 def _predictor(args, files: list) -> tuple:
-    """`(model, class names, category ids, image ids)` of a `predict` command line: the checkpoint's model for
-    inference at `--score-thresh`, the ids from `--coco` or numbered."""
+    """`(model, class names, category ids, image ids, file names)` of a `predict` command line: the checkpoint's model
+    for inference at `--score-thresh`; the ids and file names of `--coco`'s images, or numbered and `listed_names`."""
     from mrcnn_nb.box_head import BoxBranch
     from mrcnn_nb.data import _read_json
     from mrcnn_nb.train import load_checkpoint, model_from_checkpoint
@@ -556,7 +567,9 @@ def _predictor(args, files: list) -> tuple:
         if isinstance(m, BoxBranch): m.score_thresh = max(m.score_thresh, args.score_thresh)
     stored = load_checkpoint(args.checkpoint).get("category_ids")
     cat_ids = result_category_ids(names, stored, coco and coco.get("categories", []), cfg.num_classes, args.coco)
-    return model, names, cat_ids, image_ids
+    by_id = {im["id"]: im["file_name"] for im in coco.get("images", [])} if coco else {}
+    listed = [by_id[i] for i in image_ids] if coco else listed_names(args.images, files)
+    return model, names, cat_ids, image_ids, listed
 
 # %% ../nbs/15_cli.ipynb #03ca315b
 def _detection(p: dict, i: int, names) -> dict:
@@ -618,11 +631,11 @@ def cmd_predict(args) -> int:
     from tqdm.auto import tqdm
     files, out = image_files(args.images, args.recursive), Path(args.out)
     _refuse_overwriting_inputs(out, files)
-    model, names, cat_ids, image_ids = _predictor(args, files)
+    model, names, cat_ids, image_ids, file_names = _predictor(args, files)
     out.mkdir(parents=True, exist_ok=True)
     images, results, skipped = [], [], []
-    for k, (f, stem, image_id) in enumerate(zip(tqdm(files, desc="predict", unit="image", disable=args.quiet),
-                                                prediction_stems(files, out), image_ids)):
+    for k, (f, stem, image_id, name) in enumerate(zip(tqdm(files, desc="predict", unit="image", disable=args.quiet),
+                                                      prediction_stems(files, out), image_ids, file_names)):
         if (img := _readable(f, k, len(files), out, args.on_bad_image)) is None:
             skipped.append(f)
             continue
@@ -630,7 +643,7 @@ def cmd_predict(args) -> int:
         _prediction_png(img, p, names, Path(f"{stem}.png"))
         dets = [_detection(p, i, names) for i in range(len(p["boxes"]))]
         Path(f"{stem}.json").write_text(json.dumps(dict(image=str(f), detections=dets), indent=1))
-        images.append(dict(id=image_id, file_name=f.name, width=img.shape[2], height=img.shape[1]))
+        images.append(dict(id=image_id, file_name=name, width=img.shape[2], height=img.shape[1]))
         results += coco_results(p, image_id, cat_ids)
     (out / "results.json").write_text(json.dumps(results))
     (out / "images.json").write_text(json.dumps(images, indent=1))
