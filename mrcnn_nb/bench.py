@@ -432,8 +432,9 @@ def speed_markdown(res: dict) -> str:
     profile = ("\n\nWhere one inference's time goes: each operator's own CPU time, by kind, in one profiled run "
                "(`profile_inference`):\n\n" + "\n".join(_profile_table(res["profile"]))) if res.get("profile") else ""
     if not res.get("bf16", True):
-        profile += ("\n\nNo bfloat16 cases: torch has no bfloat16 kernels for this CPU (`cpu_bf16_kernels`), where "
-                    "they run many times slower than float32.")
+        why = ("torch has no bfloat16 kernels for this CPU (`cpu_bf16_kernels`), where they run many times slower "
+               "than float32" if not m.get("bf16_kernels", True) else "left out by the command (`--bf16 off`)")
+        profile += f"\n\nNo bfloat16 cases: {why}."
     return (f"RoI layers (`aligned=True`, two samples per bin; {_workloads_text(res['scale'])}); our time and, in "
             f"brackets, torchvision's time divided by ours:\n\n"
             f"{roi}\n\nThe whole R-50-FPN Mask R-CNN at {h}×{w}, the same weights in torchvision's model and ours "

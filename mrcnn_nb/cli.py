@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path, PurePosixPath
@@ -469,15 +470,13 @@ def image_files(paths: list, recursive: bool = False) -> list:
     return files
 
 # %% ../nbs/15_cli.ipynb #c2f37c71
-def listed_names(paths: list, files: list) -> list:
-    """The name `images.json` gives each of `files` (found by `image_files(paths)`): its path below the folder of
-    `paths` it was found in (`cam1/img.png` in a folder searched with `--recursive`), or as given for a file named
-    on its own. Unlike the bare file name, it tells apart `cam1/img.png` and `cam2/img.png`."""
-    folders = [Path(p) for p in paths if Path(p).is_dir()]
-    def name(f: Path) -> str:
-        inside = [d for d in folders if f.is_relative_to(d)]
-        return f.relative_to(inside[0]).as_posix() if inside else str(f)
-    return [name(Path(f)) for f in files]
+def listed_names(files: list) -> list:
+    """The name `images.json` gives each of `files`: its path below the deepest folder that holds them all, so
+    `cam1/img.png` and `cam2/img.png` stay apart (the images of one folder: their file names)."""
+    full = [os.path.normpath(Path(f).absolute()) for f in files]
+    try: root = os.path.commonpath([os.path.dirname(f) for f in full]) if full else ""
+    except ValueError: return [str(f) for f in files]   # nothing in common (Windows drives)
+    return [Path(os.path.relpath(f, root)).as_posix() for f in full]
 
 # %% ../nbs/15_cli.ipynb #9ac20b24
 def _name_parts(file_name: str) -> tuple:
@@ -568,7 +567,7 @@ def _predictor(args, files: list) -> tuple:
     stored = load_checkpoint(args.checkpoint).get("category_ids")
     cat_ids = result_category_ids(names, stored, coco and coco.get("categories", []), cfg.num_classes, args.coco)
     by_id = {im["id"]: im["file_name"] for im in coco.get("images", [])} if coco else {}
-    listed = [by_id[i] for i in image_ids] if coco else listed_names(args.images, files)
+    listed = [by_id[i] for i in image_ids] if coco else listed_names(files)
     return model, names, cat_ids, image_ids, listed
 
 # %% ../nbs/15_cli.ipynb #03ca315b
@@ -617,7 +616,8 @@ def _readable(f, k: int, n: int, out, on_bad_image: str = "stop"):
         if on_bad_image == "skip":
             tqdm.write(f"skipped {e}", file=sys.stderr)
             return None
-        done = f", the outputs of the {k} before it are in {out}" if k else ""
+        done = (f", the overlays and JSON files of the {k} before it are in {out} (results.json and images.json are "
+                "written at the end)") if k else ""
         raise UserInputError(f"{e} (image {k + 1} of {n}{done}; --on-bad-image skip goes on past unreadable "
                              "images)") from None
 
@@ -645,6 +645,8 @@ def cmd_predict(args) -> int:
         Path(f"{stem}.json").write_text(json.dumps(dict(image=str(f), detections=dets), indent=1))
         images.append(dict(id=image_id, file_name=name, width=img.shape[2], height=img.shape[1]))
         results += coco_results(p, image_id, cat_ids)
+    if skipped and not images:
+        raise UserInputError(f"none of the {len(files)} images could be read (first: {skipped[0]}); nothing written")
     (out / "results.json").write_text(json.dumps(results))
     (out / "images.json").write_text(json.dumps(images, indent=1))
     print(f"{len(images)} images, {len(results)} detections (score > {args.score_thresh}); wrote an overlay "
@@ -836,7 +838,8 @@ def cmd_bench(args) -> int:
     for flag in ("checkpoint", "data"):
         if getattr(args, flag) and args.what != "amp": raise UserInputError(f"--{flag} is for bench amp only")
     if args.bf16 != "auto" and args.what not in ("model", "speed"):
-        raise UserInputError(f"--bf16 is for bench model and bench speed only (bench {args.what} has no bf16 cases)")
+        why = "measures bf16 always: its accuracy" if args.what == "amp" else "has no bf16 cases"
+        raise UserInputError(f"--bf16 is for bench model and bench speed only (bench {args.what} {why})")
     work = Path(args.work) if args.work else Path(tempfile.gettempdir()) / "mrcnn_nb_bench"
     if args.what == "data" and args.coco_scale:
         from mrcnn_nb.bench import bench_coco_memory, coco_memory_rows, make_coco_scale_annotations

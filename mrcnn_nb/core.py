@@ -355,9 +355,13 @@ def cpu_bf16_kernels() -> bool:
         flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
         return any(f in flags for f in ("avx512bw", "avx512_bf16", "bf16"))   # bf16: ARM's
 
+_SLOW_AMP_WARNED = set()   # the slow mixed precisions already warned about in this process
+
 def warn_slow_amp(amp: str | None, device_type: str) -> None:
-    "Warn (a `SlowAmpWarning`) when `amp` is bf16 on a CPU without `cpu_bf16_kernels`."
-    if amp == "bf16" and device_type == "cpu" and not cpu_bf16_kernels():
+    """Warn (a `SlowAmpWarning`), once per process, when `amp` is bf16 on a CPU without `cpu_bf16_kernels`: the model
+    and the trainer call it at every step."""
+    if amp == "bf16" and device_type == "cpu" and amp not in _SLOW_AMP_WARNED and not cpu_bf16_kernels():
+        _SLOW_AMP_WARNED.add(amp)
         warnings.warn(f"amp='bf16' on this CPU ({torch.backends.cpu.get_cpu_capability()}): torch has no bfloat16 "
                       "kernels for it, so its convolutions run many times slower than in float32; leave amp off "
                       "here", SlowAmpWarning, stacklevel=3)

@@ -300,17 +300,21 @@ def to_rgb(im: Image.Image) -> np.ndarray:
 # %% ../nbs/02_data.ipynb #4f2d9b61
 def read_image(path, where: str = "") -> Tensor:
     """Decode an image file (any format Pillow reads) to the uint8 RGB tensor (3, H, W) a viewer would show
-    (`to_rgb`); errors name the file."""
+    (`to_rgb`); every failure (missing, unreadable, not an image, truncated, too many pixels) is a `UserInputError`
+    naming the file."""
     path = Path(path)
     try: raw = path.read_bytes()
     except FileNotFoundError: raise UserInputError(f"{path}: image file not found{where}") from None
     except IsADirectoryError: raise UserInputError(f"{path}: is a directory, not an image{where}") from None
+    except OSError as e: raise UserInputError(f"{path}: cannot read the file{where} ({e.strerror or e})") from None
     if not raw: raise UserInputError(f"{path}: empty image file{where}")
     try:
         with Image.open(io.BytesIO(raw)) as im: rgb = to_rgb(im)   # decodes it all, inside the try
     except UnidentifiedImageError:
         raise UserInputError(f"{path}: unreadable or truncated image{where} "
                              "(not an image format Pillow can read)") from None
+    except Image.DecompressionBombError as e:   # Pillow's guard against a small file that decodes to gigabytes
+        raise UserInputError(f"{path}: too many pixels to decode safely{where} ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise UserInputError(f"{path}: unreadable or truncated image{where} ({e})") from None
     return torch.from_numpy(rgb).permute(2, 0, 1)

@@ -59,14 +59,27 @@ def test_bf16_finds_the_float32_detections_of_the_trained_model(shapes_root):
 
 @pytest.mark.parametrize("kernels", [False, True])
 def test_bf16_on_a_cpu_without_bf16_kernels_warns_once_in_inference_and_training(monkeypatch, kernels):
-    "Without torch's bf16 kernels every bf16 convolution is a reference loop: the user is told, by inference and training."
+    """Without torch's bf16 kernels every bf16 convolution is a reference loop: the user is told, by inference and by
+    training, once per process however many steps run (training's autocast is entered by `prepare_run`'s check and by
+    every step)."""
     monkeypatch.setattr(core, "cpu_bf16_kernels", lambda: kernels)
     model = build_model(get_config("TINY_FPN", num_classes=3))
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        with torch.no_grad(): model.for_inference(amp="bf16")([torch.rand(3, 64, 64)])
-        with torch.no_grad(): model.for_inference()([torch.rand(3, 64, 64)])   # float32: nothing to say
-        with _autocast(get_config("TINY_FPN", amp="bf16"), torch.device("cpu")): pass
-    slow = [w for w in seen if issubclass(w.category, core.SlowAmpWarning)]
-    assert len(slow) == (0 if kernels else 2), [str(w.message) for w in seen]
-    assert all("amp='bf16' on this CPU" in str(w.message) and "leave amp off" in str(w.message) for w in slow)
+    fast, plain, cfg = model.for_inference(amp="bf16"), model.for_inference(), get_config("TINY_FPN", amp="bf16")
+
+    def inference():
+        with torch.no_grad():
+            for _ in range(2): fast([torch.rand(3, 64, 64)])
+            plain([torch.rand(3, 64, 64)])   # float32: nothing to say
+
+    def training():
+        for _ in range(3):
+            with _autocast(cfg, torch.device("cpu")): pass
+
+    for run in (inference, training):
+        monkeypatch.setattr(core, "_SLOW_AMP_WARNED", set())   # a fresh process
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            run()
+        slow = [w for w in seen if issubclass(w.category, core.SlowAmpWarning)]
+        assert len(slow) == (0 if kernels else 1), (run.__name__, [str(w.message) for w in seen])
+        assert all("amp='bf16' on this CPU" in str(w.message) and "leave amp off" in str(w.message) for w in slow)
