@@ -71,7 +71,8 @@ def mask_targets(gt_masks: Tensor, rois: Tensor, matched_idxs: Tensor, size: int
     "Targets (P, size, size) in [0, 1]: ground-truth masks (G, H, W) resampled into the RoIs (P, 4) they match."
     if rois.numel() == 0: return rois.new_zeros(0, size, size)
     boxes = torch.cat([matched_idxs[:, None].to(rois), rois], 1)
-    t = roi_align(gt_masks[:, None].to(rois), boxes, (size, size), 1.0, -1, aligned)[:, 0]
+    t = roi_align(gt_masks[:, None].to(rois), boxes, output_size=(size, size), spatial_scale=1.0,   # image pixels
+                  sampling_ratio=-1, aligned=aligned)[:, 0]
     return (t >= 0.5).to(t) if binarize else t
 
 # %% ../nbs/09_mask_head.ipynb #6de8366e
@@ -208,7 +209,8 @@ def plot_targets_vs_masks(image: Tensor, views: dict, class_names: list, n: int 
             if c == lab + 1: [s.set(color="tab:red", lw=2) for s in a.spines.values()]
             if r == 0: a.set_title(name, fontsize=8)
         axs[r, 0].set_ylabel(class_names[lab - 1], fontsize=8)
-    fig.suptitle("28×28 targets and the sigmoid of each class's logits (red frame: the RoI's class)", fontsize=9)
+    fig.suptitle("28×28 targets and the sigmoid of each class's logits, 0 black to 1 white (red frame: the RoI's "
+                 "class)", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -229,18 +231,19 @@ def plot_loss_grads(grads: dict, label: int, class_names: list, size: float = 1.
     K = next(iter(grads.values())).shape[0]
     names = ["bg"] + list(class_names)
     vmax = max(float(g.abs().max()) for g in grads.values())
-    fig, axs = plt.subplots(len(grads), K, figsize=(K * size, len(grads) * (size + 0.5) + 0.5), squeeze=False)
+    fig, axs = plt.subplots(len(grads), K, figsize=(K * size + 1, len(grads) * (size + 0.5) + 0.5), squeeze=False,
+                            layout="constrained")
     for r, (kind, g) in enumerate(grads.items()):
         for k in range(K):
             a = axs[r, k]
-            a.imshow(g[k], cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+            im = a.imshow(g[k], cmap="RdBu_r", vmin=-vmax, vmax=vmax)
             a.set_xticks([])
             a.set_yticks([])
             a.set_title(f"{names[k]}\nΣ|g| {float(g[k].abs().sum()):.2g}", fontsize=8,
                         color="tab:red" if k == label else "black")
         axs[r, 0].set_ylabel(kind, fontsize=9)
-    fig.suptitle("∂ loss / ∂ logits of one RoI (red: its class)", fontsize=9)
-    fig.tight_layout()
+    fig.colorbar(im, ax=axs, shrink=0.8, label="∂ loss / ∂ logit (blue: raises it)")
+    fig.suptitle("∂ loss / ∂ logits of one RoI, one map per class (red title: the RoI's class)", fontsize=9)
     return fig
 
 # %% ../nbs/09_mask_head.ipynb #47140b29
@@ -264,19 +267,21 @@ def plot_competition(image: Tensor, roi: Tensor, logits: Tensor, classes: tuple,
     la, lb = classes
     two = logits[[la, lb]]
     rows = {"sigmoid": two.sigmoid(), "softmax": softmax_with_background(two)}
-    fig, axs = plt.subplots(2, 4, figsize=(4 * size, 2 * size + 0.5))
+    fig, axs = plt.subplots(2, 4, figsize=(4 * size + 1.4, 2 * size + 0.7), layout="constrained")
     x0, y0, x1, y1 = roi.round().int().tolist()
     axs[0, 0].imshow(image.permute(1, 2, 0).numpy()[max(y0, 0):y1, max(x0, 0):x1])
     axs[0, 0].set_title("RoI", fontsize=8)
     axs[1, 0].imshow(rows["sigmoid"].ge(0.5).all(0), cmap="gray", vmin=0, vmax=1)   # pixels both sigmoids claim
-    axs[1, 0].set_title("both ≥ 0.5 (sigmoid)", fontsize=8)
+    axs[1, 0].set_title("both sigmoids ≥ 0.5 (white)", fontsize=8)
     for r, (kind, p) in enumerate(rows.items()):
         panels = [(p[0], f"p({class_names[la - 1]})"), (p[1], f"p({class_names[lb - 1]})"), (p.sum(0), "sum")]
         for c, (img, title) in enumerate(panels, 1):
-            axs[r, c].imshow(img, cmap="magma", vmin=0, vmax=2 if c == 3 else 1)   # the sum of two sigmoids reaches 2
+            im = axs[r, c].imshow(img, cmap="magma", vmin=0, vmax=2 if c == 3 else 1)   # two sigmoids sum up to 2
             axs[r, c].set_title(f"{kind}: {title}", fontsize=8)
+            if c == 1: axs[r, c].set_ylabel("read as sigmoids" if r == 0 else "read as a softmax", fontsize=8)
+            if r == 1 and c >= 2: fig.colorbar(im, ax=axs[:, c], shrink=0.8, location="bottom")
     for a in axs.flat:
         a.set_xticks([])
         a.set_yticks([])
-    fig.tight_layout()
+    fig.suptitle("One head's logits for two classes, read two ways (colour scale: 0-1, the sums 0-2)", fontsize=9)
     return fig
