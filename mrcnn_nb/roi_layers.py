@@ -334,7 +334,7 @@ def roi_pool_ref(input, rois, output_size, spatial_scale=1.0):
 
 # %% ../nbs/07_roi_layers.ipynb #9580537a
 def roi_warp_ref(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, mode="max"):
-    "Reference RoIWarp (MNC): RoI quantized like RoIPool, then bilinear sampling."
+    "Reference RoIWarp as the paper describes MNC's: RoI quantized like RoIPool, then bilinear sampling."
     out_h, out_w = _pair(output_size)
     plan = bilinear_plan(rois.detach().cpu(), spatial_scale, (out_h, out_w), sampling_ratio, *input.shape[-2:],
                          quantized=True)
@@ -364,7 +364,7 @@ def plot_tiny_case(values: Tensor, roi, output_size: int = 2) -> Figure:
             _draw_align_samples(ax, *[v + 0.5 for v in roi], output_size, 1, color="tab:green")
         for (i, j), v in np.ndenumerate(values.numpy()):
             ax.text(j + 0.5, i + 0.3, f"{v:g}", ha="center", va="center", fontsize=8, color="0.4")
-        rows = "  ".join(" ".join(f"{v:g}" for v in row) for row in out.tolist())
+        rows = " / ".join(" ".join(f"{v:g}" for v in row) for row in out.tolist())   # rows separated by /
         ax.set_title(f"{name}\noutput: {rows}", fontsize=9)
     fig.tight_layout()
     return fig
