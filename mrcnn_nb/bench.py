@@ -25,9 +25,10 @@ from .shapes import make_shapes
 __all__ = ['ROI_WORKLOADS', 'PROFILE_GROUPS', 'PROFILED', 'CONTENTION_SCENARIOS', 'CONTENTION_TARGETS', 'COCO_CATEGORY_IDS',
            'COCO_SIZES', 'time_dataset', 'format_rows', 'bench_data', 'roi_workload', 'bench_roi', 'bench_model',
            'op_group', 'profile_inference', 'bench_profile', 'speed_file', 'speed_record', 'bench_speed',
-           'speed_markdown', 'plot_speed', 'plot_profile', 'contention_file', 'bench_contention', 'contention_markdown',
-           'matched_detections', 'amp_file', 'bench_amp', 'amp_markdown', 'make_coco_scale_annotations',
-           'plot_annotation_structure', 'bench_coco_memory', 'coco_memory_rows', 'plot_coco_memory']
+           'bf16_left_out', 'speed_markdown', 'plot_speed', 'plot_profile', 'contention_file', 'bench_contention',
+           'contention_markdown', 'matched_detections', 'amp_file', 'bench_amp', 'amp_markdown',
+           'make_coco_scale_annotations', 'plot_annotation_structure', 'bench_coco_memory', 'coco_memory_rows',
+           'plot_coco_memory']
 
 # %% ../nbs/30_benchmarks.ipynb #6a6c3444
 def time_dataset(dataset, n: int | None = None, warmup: int = 2, threads: int | None = 1, then=None) -> dict:
@@ -423,6 +424,14 @@ def _workloads_text(scale: float = 1.0) -> str:
         parts.append(f"{name}: a {N}×{C}×{H}×{W} map, {K} RoIs, {out}×{out}")
     return "; ".join(parts)
 
+# %% ../nbs/30_benchmarks.ipynb #f78bfbfe
+def bf16_left_out(bf16_kernels: bool) -> str:
+    """Why a speed table has no bfloat16 cases: the CPU has no bfloat16 kernels (`bf16_kernels` False, as
+    `cpu_bf16_kernels` says), or the command left them out."""
+    why = ("torch has no bfloat16 kernels for this CPU (`cpu_bf16_kernels`), where they run many times slower than "
+           "float32" if not bf16_kernels else "left out by the command (`--bf16 off`)")
+    return f"No bfloat16 cases: {why}."
+
 # %% ../nbs/30_benchmarks.ipynb #7f35c522
 def speed_markdown(res: dict) -> str:
     "The speed tables of a `bench_speed` record, with the machine and the command that measured them."
@@ -432,9 +441,7 @@ def speed_markdown(res: dict) -> str:
     profile = ("\n\nWhere one inference's time goes: each operator's own CPU time, by kind, in one profiled run "
                "(`profile_inference`):\n\n" + "\n".join(_profile_table(res["profile"]))) if res.get("profile") else ""
     if not res.get("bf16", True):
-        why = ("torch has no bfloat16 kernels for this CPU (`cpu_bf16_kernels`), where they run many times slower "
-               "than float32" if not m.get("bf16_kernels", True) else "left out by the command (`--bf16 off`)")
-        profile += f"\n\nNo bfloat16 cases: {why}."
+        profile += f"\n\n{bf16_left_out(m.get('bf16_kernels', True))}"
     return (f"RoI layers (`aligned=True`, two samples per bin; {_workloads_text(res['scale'])}); our time and, in "
             f"brackets, torchvision's time divided by ours:\n\n"
             f"{roi}\n\nThe whole R-50-FPN Mask R-CNN at {h}×{w}, the same weights in torchvision's model and ours "

@@ -12,7 +12,7 @@ import time
 from pathlib import Path, PurePosixPath
 
 from . import __version__
-from .core import UserInputError, describe_cpu
+from .core import UserInputError, cpu_bf16_kernels, describe_cpu
 
 # %% auto #0
 __all__ = ['COMMANDS', 'MAIN_JOB', 'IMAGE_SUFFIXES', 'build_parser', 'parse_args', 'main', 'cmd_shapes', 'cmd_show',
@@ -753,8 +753,8 @@ def _bench_args(s):
                         "kernels for this CPU; elsewhere they run many times slower than float32)")
     s.add_argument("--out", default=None, help="speed, contention, amp: write the results (JSON) to this file")
     s.add_argument("--quick", action="store_true",
-                   help="speed, contention: small workloads, one repeat, 3 iterations: a check that it runs, "
-                        "not a measurement")
+                   help="speed, model, contention: small workloads, one repeat, 3 iterations: a check that it "
+                        "runs, not a measurement")
     s.add_argument("--iters", type=_positive_int, default=60,
                    help="contention: training iterations per run (default 60)")
     s.add_argument("--work", default=None, help="directory for generated benchmark data (cached)")
@@ -827,6 +827,15 @@ def _bench_amp(args):
     print(amp_markdown(rec))
     if args.out: print(f"wrote {args.out}")
 
+# %% ../nbs/15_cli.ipynb #5c96c1de
+def _bench_model(args):
+    "`mrcnn_nb bench model`: the whole model against torchvision's; the table, and why bfloat16 rows are missing."
+    from mrcnn_nb.bench import bench_model, bf16_left_out, format_rows
+    bf16 = cpu_bf16_kernels() if _bf16(args) is None else _bf16(args)
+    small = dict(repeats=1, size=(96, 128), train_size=(96, 128)) if args.quick else dict(repeats=args.repeats)
+    print(format_rows(bench_model(bf16=bf16, **small)))
+    if not bf16: print(bf16_left_out(cpu_bf16_kernels()))
+
 # %% ../nbs/15_cli.ipynb #cb2d836f
 def cmd_bench(args) -> int:
     "Run a benchmark and print its table."
@@ -857,9 +866,7 @@ def cmd_bench(args) -> int:
     elif args.what == "roi":
         from mrcnn_nb.bench import bench_roi
         print(format_rows(bench_roi(repeats=args.repeats)))
-    elif args.what == "model":
-        from mrcnn_nb.bench import bench_model
-        print(format_rows(bench_model(repeats=args.repeats, bf16=_bf16(args))))
+    elif args.what == "model": _bench_model(args)
     return 0
 COMMANDS["bench"] = (_bench_args, cmd_bench, "measure speed on this machine",
                      "Benchmarks: data loading per worker (data; with --coco-scale, the memory of a COCO-size "
