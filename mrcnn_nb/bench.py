@@ -425,11 +425,11 @@ def _workloads_text(scale: float = 1.0) -> str:
     return "; ".join(parts)
 
 # %% ../nbs/30_benchmarks.ipynb #f78bfbfe
-def bf16_left_out(bf16_kernels: bool) -> str:
-    """Why a speed table has no bfloat16 cases: the CPU has no bfloat16 kernels (`bf16_kernels` False, as
-    `cpu_bf16_kernels` says), or the command left them out."""
-    why = ("torch has no bfloat16 kernels for this CPU (`cpu_bf16_kernels`), where they run many times slower than "
-           "float32" if not bf16_kernels else "left out by the command (`--bf16 off`)")
+def bf16_left_out(by_command: bool) -> str:
+    """Why a speed table (of `bench speed` or `bench model`) has no bfloat16 cases: the command left them out
+    (`by_command`, `--bf16 off`), or the CPU has no bfloat16 kernels (`cpu_bf16_kernels`)."""
+    why = ("left out by the command (`--bf16 off`)" if by_command else "torch has no bfloat16 kernels for this CPU "
+           "(`cpu_bf16_kernels`), where they run many times slower than float32")
     return f"No bfloat16 cases: {why}."
 
 # %% ../nbs/30_benchmarks.ipynb #7f35c522
@@ -441,7 +441,7 @@ def speed_markdown(res: dict) -> str:
     profile = ("\n\nWhere one inference's time goes: each operator's own CPU time, by kind, in one profiled run "
                "(`profile_inference`):\n\n" + "\n".join(_profile_table(res["profile"]))) if res.get("profile") else ""
     if not res.get("bf16", True):
-        profile += f"\n\n{bf16_left_out(m.get('bf16_kernels', True))}"
+        profile += f"\n\n{bf16_left_out(by_command=m.get('bf16_kernels', True))}"   # kernels there: the command's
     return (f"RoI layers (`aligned=True`, two samples per bin; {_workloads_text(res['scale'])}); our time and, in "
             f"brackets, torchvision's time divided by ours:\n\n"
             f"{roi}\n\nThe whole R-50-FPN Mask R-CNN at {h}×{w}, the same weights in torchvision's model and ours "

@@ -753,8 +753,8 @@ def _bench_args(s):
                         "kernels for this CPU; elsewhere they run many times slower than float32)")
     s.add_argument("--out", default=None, help="speed, contention, amp: write the results (JSON) to this file")
     s.add_argument("--quick", action="store_true",
-                   help="speed, model, contention: small workloads, one repeat, 3 iterations: a check that it "
-                        "runs, not a measurement")
+                   help="speed, model, contention: small workloads and one repeat (contention: 3 iterations): a "
+                        "check that it runs, not a measurement")
     s.add_argument("--iters", type=_positive_int, default=60,
                    help="contention: training iterations per run (default 60)")
     s.add_argument("--work", default=None, help="directory for generated benchmark data (cached)")
@@ -831,10 +831,11 @@ def _bench_amp(args):
 def _bench_model(args):
     "`mrcnn_nb bench model`: the whole model against torchvision's; the table, and why bfloat16 rows are missing."
     from mrcnn_nb.bench import bench_model, bf16_left_out, format_rows
-    bf16 = cpu_bf16_kernels() if _bf16(args) is None else _bf16(args)
+    asked = _bf16(args)
+    bf16 = cpu_bf16_kernels() if asked is None else asked   # auto: where torch has the kernels
     small = dict(repeats=1, size=(96, 128), train_size=(96, 128)) if args.quick else dict(repeats=args.repeats)
     print(format_rows(bench_model(bf16=bf16, **small)))
-    if not bf16: print(bf16_left_out(cpu_bf16_kernels()))
+    if not bf16: print(bf16_left_out(by_command=asked is False))
 
 # %% ../nbs/15_cli.ipynb #cb2d836f
 def cmd_bench(args) -> int:

@@ -231,10 +231,10 @@ class RoIExplorer:
     "Interactive comparison of RoIPool, RoIWarp and the two RoIAligns; `.widget` is the ipywidgets box to display."
     def __init__(self, image: Tensor | None = None, mask: Tensor | None = None, roi=(62.0, 70.0, 190.0, 203.0),
                  stride: int = 16, output_size: int = 7, sampling_ratio: int = 2, mask_size: int = 14):
-        import ipywidgets as W
         if (image is None) != (mask is None):
             raise ValueError("RoIExplorer: give both `image` and `mask` (the round trip needs the object's mask), "
                              "or neither for the demo scene")
+        import ipywidgets as W
         if image is None: image, mask = demo_scene()
         self.image, self.mask, self.mask_size = image, mask, mask_size
         self.sliders = _explorer_sliders(image, roi, stride, output_size, sampling_ratio)

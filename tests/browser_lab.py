@@ -58,7 +58,8 @@ def lab(tmp_path_factory):
     log = open(work / "jupyterlab.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
                              f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}", "--LabApp.news_url=", "--allow-root",
-                             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.extension_manager=readonly"],
+                             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.extension_manager=readonly",
+                             "--ServerApp.port_retries=0"],   # our port or fail: never another lab's, never one we don't poll
                             cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -69,9 +70,11 @@ def lab(tmp_path_factory):
                 if proc.poll() is not None: raise RuntimeError("JupyterLab exited:\n" + (work / "jupyterlab.log").read_text()[-3000:])
                 time.sleep(0.5)
         else: raise RuntimeError("JupyterLab did not answer in 60 s:\n" + (work / "jupyterlab.log").read_text()[-3000:])
-        state = dict(url=url, token=token, work=work, stopping=[])   # stopping: kernels being stopped (below)
+        # stopping: threads stopping kernels (below); handed: sessions given to them; stop_errors: what went wrong
+        state = dict(url=url, token=token, work=work, stopping=[], handed=set(), stop_errors=[])
         yield state
         for t in state["stopping"]: t.join()
+        if state["stop_errors"]: pytest.fail("kernels that JupyterLab did not stop:\n" + "\n".join(state["stop_errors"]))
     finally:
         proc.terminate()
         try: proc.wait(20)
@@ -79,21 +82,34 @@ def lab(tmp_path_factory):
         log.close()
 
 
+class _Chromium:
+    "One headless Chromium with the closed-network flags, launched again if it has gone (a crash fails one test, not the file)."
+    def __init__(self):
+        self.playwright, self.browser = sync_playwright().start(), None
+
+    def get(self):
+        if self.browser is None or not self.browser.is_connected():
+            self.browser = self.playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        return self.browser
+
+    def close(self):
+        try:
+            if self.browser is not None and self.browser.is_connected(): self.browser.close()
+        finally: self.playwright.stop()
+
+
 @pytest.fixture(scope="module")
 def browser():
-    "One headless Chromium per test file, with the closed-network flags (launching one per test cost 1-4 s each)."
-    p = sync_playwright().start()
-    try:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        try: yield b
-        finally: b.close()
-    finally: p.stop()
+    "One Chromium per test file (launching one per test cost 1-4 s each)."
+    chromium = _Chromium()
+    try: yield chromium
+    finally: chromium.close()
 
 
 @pytest.fixture
 def page(browser):
     "A fresh browser context for each test (its own profile, cookies and storage, as a new browser would have)."
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    ctx = browser.get().new_context(viewport={"width": 1400, "height": 1000})
     try: yield ctx.new_page()
     finally: ctx.close()
 
@@ -101,9 +117,12 @@ def page(browser):
 @pytest.fixture
 def one_kernel_at_a_time(lab):
     """Each test opens one notebook, which starts a kernel: stop it afterwards. Its session is listed now, and stopped
-    in the background (JupyterLab takes ~2.6 s to stop a kernel) while the next test starts; the lab awaits the last."""
+    in the background (JupyterLab takes ~2.6 s to stop a kernel) while the next test starts; the lab awaits them all
+    and fails if one could not be stopped."""
     yield
-    t = threading.Thread(target=_stop_sessions, args=(lab, _sessions(lab)), daemon=True)
+    ids = [i for i in _sessions(lab) if i not in lab["handed"]]   # a session still stopping is listed too: skip it
+    lab["handed"].update(ids)
+    t = threading.Thread(target=_stop_sessions, args=(lab, ids), daemon=True)
     t.start()
     lab["stopping"].append(t)
 
@@ -151,10 +170,14 @@ def _sessions(lab) -> list:
 
 
 def _stop_sessions(lab, ids: list):
-    "Stop these sessions and their kernels."
+    "Stop these sessions and their kernels; one already gone (404) is fine, any other failure is kept for the lab."
+    import urllib.error
     for i in ids:
         req = urllib.request.Request(f"{lab['url']}/api/sessions/{i}?token={lab['token']}", method="DELETE")
-        urllib.request.urlopen(req, timeout=30).close()
+        try: urllib.request.urlopen(req, timeout=30).close()
+        except urllib.error.HTTPError as e:
+            if e.code not in (404, 410): lab["stop_errors"].append(f"session {i}: HTTP {e.code} {e.reason}")
+        except OSError as e: lab["stop_errors"].append(f"session {i}: {e}")
 
 
 NOTEBOOKS = sorted(p.name for p in (ROOT / "nbs").glob("*.ipynb"))

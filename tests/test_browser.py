@@ -38,7 +38,7 @@ def test_roi_explorer_responds_to_a_slider(page, lab, shots):
     assert float(value.inner_text()) > x0
     assert image.get_attribute("src") != src0                     # the comparison was redrawn
     assert label.inner_text() != text0                             # and its IoU read-out changed
-    assert errors_shown(page) == []                                     # (checked last: the notebook's own tests also move sliders)
+    assert errors_shown(page) == []                                # (checked last: the notebook's own tests also move sliders)
 
 
 def test_training_notebook_shows_its_log_and_figures(page, lab, shots):
