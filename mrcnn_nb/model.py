@@ -51,9 +51,9 @@ class _Backbone:
     width_per_group: int = 64          # ResNeXt bottleneck width (8 for X-101-32x8d)
     stem_width: int = 64               # channels of the 7x7 stem (64 in ResNets; smaller for CPU presets)
     base_planes: int = 64              # bottleneck planes of the first stage (64 in ResNets)
-    norm: Literal["frozen_bn", "bn", "gn"] = "frozen_bn"  # 'frozen_bn' (the paper), 'bn' or 'gn'
+    norm: Literal["frozen_bn", "bn", "gn"] = "frozen_bn"  # 'frozen_bn' (Detectron's, torchvision's), 'bn' or 'gn'
     stride_in_1x1: bool = False        # MSRA/Detectron ResNets stride the 1x1; torchvision's (default) the 3x3
-    trainable_layers: int = 3          # top trunk stages that train; the paper freezes the stem and stage 1
+    trainable_layers: int = 3          # top trunk stages that train; stem and stage 1 frozen as in Detectron
     features: Literal["FPN", "C4", "C5"] = "FPN"  # 'C4' (stride 16, res5 head), 'C5' (stride 32, Table 2d) or 'FPN'
     fpn_channels: int = 256            # channels of every FPN level
 
@@ -80,8 +80,9 @@ class _RPN:
     rpn_nms: float = 0.7
     rpn_batch_size: int = 256
     rpn_positive_fraction: float = 0.5
-    # 'joint': the RPN shares the backbone and trains with the heads (§3.1); 'separate': no RPN, the heads take
-    # fixed proposals given with each image (§4.2's ablations); 'only': the RPN alone
+    # 'joint': the RPN shares the backbone and trains with the heads (end-to-end, the paper's Appendix B, Table 8;
+    # torchvision's way; the paper's main results train in stages); 'separate': no RPN, the heads take fixed proposals
+    # given with each image (§3.1: "RPN is trained separately ... unless specified"); 'only': the RPN alone
     rpn: Literal["joint", "separate", "only"] = "joint"
 
 # %% ../nbs/11_model.ipynb #1d9c7175
@@ -100,12 +101,14 @@ class _RoILayers:
 @dataclass
 class _BoxBranch:
     "The classification and box regression branch (§3.1)."
-    box_resolution: int = 7            # pooled size (C4: 14, then res5 with stride 2)
+    box_resolution: int = 7            # pooled size (C4: 14, then res5 at stride 2 as in Detectron; the paper's
+                                       # Figure 4 pools 7x7 and runs res5 at stride 1)
     box_head_dim: int = 1024           # fc width of the FPN/C5 head
     box_batch_size: int = 512          # RoIs sampled per image (C4: 64)
     box_positive_fraction: float = 0.25
     box_score_thresh: float = 0.05
-    box_nms: float = 0.5
+    box_nms: float = 0.5               # 0.5 as the paper's updated baseline (Appendix B, 'from a default value of
+                                       # 0.3') and keypoint model (§5)
     detections_per_img: int = 100
 
 # %% ../nbs/11_model.ipynb #d8f26310
@@ -235,6 +238,7 @@ _KP_SCHEDULE = dict(max_iter=90_000, lr_steps=(60_000, 80_000))   # §5: 90k ite
 PRESETS = {
     "R_50_FPN": Config(),
     "R_101_FPN": Config(name="R_101_FPN", depth=101),
+    # the paper trains ResNeXt at 8 images and lr 0.01 (§3.1): the same lr per image as 16 at 0.02, kept here
     "X_101_32x8d_FPN": Config(name="X_101_32x8d_FPN", depth=101, groups=32, width_per_group=8),
     "R_50_C4": Config(name="R_50_C4", features="C4", box_resolution=14, mask_resolution=14, box_batch_size=64,
                       rpn_pre_nms_top_n=(12000, 6000), rpn_post_nms_top_n=(2000, 300)),
@@ -270,16 +274,18 @@ _MEAN_STD = {"pytorch": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False),
              "caffe": ((103.53 / 255, 116.28 / 255, 123.675 / 255), (1 / 255,) * 3, True)}
 
 # %% ../nbs/11_model.ipynb #bdc58542
+def _as_float(x: Tensor) -> Tensor: return x if x.is_floating_point() else x.float()
+
 def rescale_target(target: dict, size, new_size) -> dict:
     """A copy of `target` with its boxes, proposals and keypoints moved from an image of `size` (h, w) to one of
-    `new_size`."""
+    `new_size`; integer coordinates become float32 (scaled as integers they would stay where they were)."""
     f32 = lambda v: torch.tensor(v, dtype=torch.float32)
     ry, rx = f32(new_size[0]) / f32(size[0]), f32(new_size[1]) / f32(size[1])
     t = dict(target)
     for key in ("boxes", "proposals"):   # proposals: given with the image, from a separately trained RPN
-        if key in t: t[key] = t[key] * torch.stack([rx, ry, rx, ry]).to(t[key])
+        if key in t: t[key] = _as_float(t[key]) * torch.stack([rx, ry, rx, ry]).to(_as_float(t[key]))
     if "keypoints" in t:
-        k = t["keypoints"].clone()
+        k = _as_float(t["keypoints"]).clone()
         k[..., 0] *= rx.to(k)
         k[..., 1] *= ry.to(k)
         t["keypoints"] = k
@@ -353,28 +359,41 @@ def _check_image(i: int, im) -> None:
     if min(im.shape[-2:]) < 1: raise ValueError(f"images[{i}] is empty: shape {tuple(im.shape)}")
 
 # %% ../nbs/11_model.ipynb #71b8caa4
-def _check_target(i: int, t: dict, num_classes: int | None) -> None:
-    "Refuse `targets[i]` without 'boxes' (N, 4) and 'labels', or with labels outside 1..num_classes - 1."
-    if "boxes" not in t or "labels" not in t:
-        raise ValueError(f"targets[{i}] needs 'boxes' and 'labels', got keys {sorted(t)}")
+def _check_target(i: int, t: dict, num_classes: int | None, size=None, needs=()) -> None:
+    """Refuse `targets[i]` that a training step would fail on, or train on wrongly: keys missing ('boxes', 'labels' and
+    the branches' `needs`), boxes not (N, 4) xyxy of positive width and height, not one label per box in
+    1..num_classes - 1, masks not (N, H, W) of the image's `size`."""
+    missing = [k for k in ("boxes", "labels", *needs) if k not in t]
+    if missing: raise ValueError(f"targets[{i}] needs {missing}, got keys {sorted(t)}")
     b, labels = t["boxes"], t["labels"]
     if b.ndim != 2 or b.shape[1] != 4:
         raise ValueError(f"targets[{i}]['boxes'] must be (N, 4) xyxy, got {tuple(b.shape)}")
+    if len(labels) != len(b): raise ValueError(f"targets[{i}] has {len(b)} boxes but {len(labels)} labels")
+    flat = torch.where((b[:, 2:] <= b[:, :2]).any(1))[0]
+    if len(flat): raise ValueError(f"targets[{i}]['boxes'][{flat[0].item()}] = {b[flat[0]].tolist()} has no positive "
+                                   "width and height (xyxy: x2 > x1 and y2 > y1)")
     if num_classes is not None and len(labels) and (labels.min() < 1 or labels.max() >= num_classes):
         raise ValueError(f"targets[{i}]['labels'] must be in 1..{num_classes - 1} for a model with "
                          f"num_classes={num_classes} (background included), "
                          f"got {labels.min().item()}..{labels.max().item()}")
+    if "masks" in t and size is not None and tuple(t["masks"].shape) != (len(b), *size):
+        raise ValueError(f"targets[{i}]['masks'] must be (N, H, W) = {(len(b), *size)}, a mask per box at the image's "
+                         f"size, got {tuple(t['masks'].shape)}")
 
 # %% ../nbs/11_model.ipynb #bd3d2c9d
-def check_images(images, targets=None, num_classes: int | None = None):
-    "Refuse inputs the model cannot take, with a message that says what is wrong."
+def check_images(images, targets=None, num_classes: int | None = None, needs=()):
+    "Refuse inputs the model cannot take, with a message that says what is wrong (`needs`: target keys the branches read)."
     if isinstance(images, Tensor) and images.ndim == 4: images = list(images)
     if not isinstance(images, (list, tuple)) or not images:
-        raise ValueError("images must be a non-empty list of (3, H, W) tensors")
+        what = f"a {images.ndim}-d tensor" if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"images must be a non-empty list of (3, H, W) tensors, got {what}"
+                         + (f" of shape {tuple(images.shape)}" if isinstance(images, Tensor) else ""))
     for i, im in enumerate(images): _check_image(i, im)
     if targets is not None:
+        if not isinstance(targets, (list, tuple)):
+            raise ValueError(f"targets must be a list of dicts, one per image, got {type(targets).__name__}")
         if len(targets) != len(images): raise ValueError(f"{len(images)} images but {len(targets)} targets")
-        for i, t in enumerate(targets): _check_target(i, t, num_classes)
+        for i, t in enumerate(targets): _check_target(i, t, num_classes, tuple(images[i].shape[-2:]), needs)
     return list(images)
 
 # %% ../nbs/11_model.ipynb #932a2354
@@ -416,7 +435,8 @@ class MaskRCNN(nn.Module):
     def forward(self, images, targets: list | None = None):
         "Training: dict of losses. Eval: per image dict(boxes, labels, scores[, masks][, keypoints, keypoints_scores])."
         if self.training and targets is None: raise ValueError("in training mode the model needs targets")
-        images = check_images(images, targets if self.training else None, self.num_classes)
+        needs = [k for k, branch in (("masks", self.mask), ("keypoints", self.keypoint)) if branch is not None]
+        images = check_images(images, targets if self.training else None, self.num_classes, needs)
         original_sizes = [tuple(im.shape[-2:]) for im in images]
         # at inference only a model without an RPN reads the targets (its proposals)
         batch, targets = self.transform(images, targets)

@@ -65,12 +65,20 @@ def test_bad_images_and_targets():
     with pytest.raises(ValueError, match=r"non-empty list"): model.eval()([])
     model.train()
     with pytest.raises(ValueError, match=r"needs targets"): model([torch.rand(3, 64, 64)])
+    m = torch.zeros(1, 64, 64)
     with pytest.raises(ValueError, match=r"labels'\] must be in 1..7"):
-        model([torch.rand(3, 64, 64)], [dict(boxes=torch.tensor([[1., 1, 9, 9]]), labels=torch.tensor([8]))])
+        model([torch.rand(3, 64, 64)], [dict(boxes=torch.tensor([[1., 1, 9, 9]]), labels=torch.tensor([8]), masks=m)])
     with pytest.raises(ValueError, match=r"\['boxes'\] must be \(N, 4\)"):
-        model([torch.rand(3, 64, 64)], [dict(boxes=torch.tensor([1., 1, 9, 9]), labels=torch.tensor([1]))])
+        model([torch.rand(3, 64, 64)], [dict(boxes=torch.tensor([1., 1, 9, 9]), labels=torch.tensor([1]), masks=m)])
     with pytest.raises(ValueError, match=r"1 images but 2 targets"):
-        model([torch.rand(3, 64, 64)], [dict(boxes=torch.zeros(0, 4), labels=torch.zeros(0))] * 2)
+        model([torch.rand(3, 64, 64)], [dict(boxes=torch.zeros(0, 4), labels=torch.zeros(0), masks=m[:0])] * 2)
+    # what a training step needs of a target, refused before it runs (a zero-width box gave an inf box loss)
+    with pytest.raises(ValueError, match=r"targets\[0\] needs \['masks'\]"):
+        model([torch.rand(3, 64, 64)], [dict(boxes=torch.tensor([[1., 1, 9, 9]]), labels=torch.tensor([1]))])
+    with pytest.raises(ValueError, match=r"\['boxes'\]\[0\] = \[9.0, 1.0, 9.0, 9.0\] has no positive width"):
+        model([torch.rand(3, 64, 64)], [dict(boxes=torch.tensor([[9., 1, 9, 9]]), labels=torch.tensor([1]), masks=m)])
+    with pytest.raises(ValueError, match=r"\['masks'\] must be \(N, H, W\) = \(1, 64, 64\)"):
+        model([torch.rand(3, 64, 64)], [dict(boxes=torch.tensor([[1., 1, 9, 9]]), labels=torch.tensor([1]), masks=m[:, :32])])
     out = model.eval()([torch.randint(0, 255, (3, 50, 70), dtype=torch.uint8)])   # uint8 images are fine
     assert out[0]["masks"].shape[-2:] == (50, 70)
 
