@@ -108,19 +108,23 @@ class KeypointBranch(nn.Module):
 # %% ../nbs/10_keypoint_head.ipynb #b3c245c7
 @torch.no_grad()
 def keypoint_roi_maps(model, image: Tensor, target: dict) -> dict:
-    """The keypoint branch of `model` on the ground-truth boxes of `target` used as RoIs: heatmap `logits`
-    (P, K, m, m), the one-hot `targets` (P, K) (flat cell index) and `valid` (P, K), and the `rois` (P, 4)."""
+    """The keypoint branch of `model` (put in eval mode) on the ground-truth boxes of `target` used as RoIs: heatmap
+    `logits` (P, K, m, m), the one-hot `targets` (P, K) (flat cell index) and `valid` (P, K), and the `rois` (P, 4) and
+    ground-truth `keypoints` (P, K, 3) in the frame of the image as the model resized it (`scale`: (sy, sx) from
+    the image's pixels)."""
     model.eval()
     batch, (t,) = model.transform([image], [dict(target)])
     features = model.backbone(batch.tensors)[:model.roi_levels]
     logits = model.keypoint.logits(features, [t["boxes"]])
     targets, valid = keypoint_targets(t["keypoints"], t["boxes"], logits.shape[-1])
-    return dict(rois=t["boxes"], logits=logits, targets=targets, valid=valid)
+    (h, w), (H, W) = image.shape[-2:], batch.image_sizes[0]
+    return dict(rois=t["boxes"], keypoints=t["keypoints"], logits=logits, targets=targets, valid=valid,
+                scale=(H / h, W / w))
 
 # %% ../nbs/10_keypoint_head.ipynb #0ade0f2f
 def keypoint_onehot(targets: Tensor, valid: Tensor, size: int) -> Tensor:
     "The one-hot target maps (P, K, size, size) of flat cell indices `targets` (P, K); all zero where not `valid`."
-    maps = torch.zeros(*targets.shape, size * size)
+    maps = torch.zeros(*targets.shape, size * size, device=targets.device)
     maps.scatter_(-1, targets[..., None], 1.0)
     return (maps * valid[..., None]).reshape(*targets.shape, size, size)
 
