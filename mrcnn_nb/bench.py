@@ -604,7 +604,7 @@ def _both_ways(checkpoint, val_root, progress: bool) -> dict:
     for amp in (None, "bf16"):   # one inference per precision: scored by COCOeval, and kept for the matching
         with warnings.catch_warnings():   # accuracy, not speed: bf16's speed on this CPU is beside the point
             warnings.simplefilter("ignore", SlowAmpWarning)
-            p = predict_dataset(model.for_inference(amp=amp), val, progress=progress)
+            p = predict_dataset(model.for_inference(amp=amp), val, progress=progress, rle=True)
         m = coco_evaluate(val.coco, to_coco_results(p, val.categories.cat_ids))
         res[amp or "fp32"] = dict(box_AP=m["bbox"]["stats"]["AP"], mask_AP=m["segm"]["stats"]["AP"],
                                   detections=sum(len(d["boxes"]) for _, d in p))

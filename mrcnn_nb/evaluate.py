@@ -20,9 +20,10 @@ from .data import COCODataset
 
 # %% auto #0
 __all__ = ['STAT_NAMES', 'shard_batches', 'predict_dataset', 'dataset_proposals', 'proposal_recall', 'encode_masks',
-           'to_coco_results', 'coco_evaluate', 'merge_shards', 'raise_if_any_failed', 'sharded_predictions', 'evaluate',
-           'format_metrics', 'check_classes', 'pr_curves', 'plot_pr_curves', 'plot_ap_vs_iou', 'interpolated_ap',
-           'plot_interpolation', 'area_labels', 'plot_object_areas', 'plot_per_class_ap']
+           'compact_masks', 'to_coco_results', 'coco_evaluate', 'merge_shards', 'raise_if_any_failed',
+           'sharded_predictions', 'evaluate', 'format_metrics', 'check_classes', 'pr_curves', 'plot_pr_curves',
+           'plot_ap_vs_iou', 'interpolated_ap', 'plot_interpolation', 'area_labels', 'plot_object_areas',
+           'plot_per_class_ap']
 
 # %% ../nbs/13_eval.ipynb #e9bdbf50
 def _predict_batch(model, items: list, device) -> list:
@@ -39,9 +40,10 @@ def shard_batches(n: int, batch_size: int, rank: int = 0, world: int = 1) -> lis
 
 # %% ../nbs/13_eval.ipynb #b504206d
 def predict_dataset(model, dataset: COCODataset, batch_size: int = 2, progress: bool = True, device=None,
-                    batches: list | None = None) -> list:
+                    batches: list | None = None, rle: bool = False) -> list:
     """`[(image_id, detections), ...]` for the images of `dataset` (original sizes, masks binarized), in eval mode:
-    `batches` of item indices (default: all items in order, `batch_size` at a time; see `shard_batches`)."""
+    `batches` of item indices (default: all items in order, `batch_size` at a time; see `shard_batches`). `rle`: each
+    batch's full-image masks become their COCO RLEs at once (`compact_masks`), so memory holds kilobytes per image."""
     from tqdm.auto import tqdm
     device = device or next(model.parameters()).device
     batches = shard_batches(len(dataset), batch_size) if batches is None else batches
@@ -51,7 +53,8 @@ def predict_dataset(model, dataset: COCODataset, batch_size: int = 2, progress: 
     try:
         with torch.no_grad():
             for b in tqdm(batches, desc="inference", disable=not progress, leave=False):
-                out += _predict_batch(model, [dataset[i] for i in b], device)
+                preds = _predict_batch(model, [dataset[i] for i in b], device)
+                out += [(i, compact_masks(d)) for i, d in preds] if rle else preds
     finally:
         model.train(was_training)
     return out
@@ -93,21 +96,32 @@ def encode_masks(masks) -> list:
     for r in rles: r["counts"] = r["counts"].decode("ascii")
     return rles
 
+# %% ../nbs/13_eval.ipynb #a055a5e0
+def compact_masks(det: dict) -> dict:
+    """One image's detections with the full-image `masks` (N, 1, H, W) replaced by `mask_rles`, their COCO RLEs
+    (`encode_masks`): what evaluation keeps of an image instead of N x H x W bytes."""
+    if "masks" not in det: return det
+    return {k: v for k, v in det.items() if k != "masks"} | {"mask_rles": encode_masks(det["masks"][:, 0])}
+
 # %% ../nbs/13_eval.ipynb #5b754846
 def to_coco_results(predictions: list, cat_ids: list) -> dict:
-    """COCO results lists per IoU type ('bbox', 'segm', 'keypoints') from `predict_dataset` output;
-    label l is `cat_ids[l - 1]`."""
+    """COCO results lists per IoU type ('bbox', 'segm', 'keypoints') from `predict_dataset` output (masks, or their
+    RLEs from `compact_masks`); label l is `cat_ids[l - 1]`."""
     res = {"bbox": [], "segm": [], "keypoints": []}
     for image_id, d in predictions:
         if len(d["boxes"]) == 0: continue
         b = d["boxes"].tolist()
         s = d["scores"].tolist()
+        bad = [l for l in d["labels"].tolist() if not 1 <= l <= len(cat_ids)]
+        if bad: raise UserInputError(f"image {image_id}: label {bad[0]} names no category: labels are "
+                                     f"1..{len(cat_ids)} (cat_ids[label - 1]; 0 is the background)")
         cats = [cat_ids[l - 1] for l in d["labels"].tolist()]
         for box, score, cat in zip(b, s, cats):
             xywh = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
             res["bbox"].append(dict(image_id=image_id, category_id=cat, bbox=xywh, score=score))
-        if "masks" in d:
-            for rle, score, cat in zip(encode_masks(d["masks"][:, 0]), s, cats):
+        if "masks" in d or "mask_rles" in d:
+            rles = d["mask_rles"] if "mask_rles" in d else encode_masks(d["masks"][:, 0])
+            for rle, score, cat in zip(rles, s, cats):
                 res["segm"].append(dict(image_id=image_id, category_id=cat, segmentation=rle, score=score))
         if "keypoints" in d:
             for kp, score, cat in zip(d["keypoints"].tolist(), s, cats):
@@ -121,11 +135,16 @@ STAT_NAMES = {"bbox": ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10",
 STAT_NAMES["segm"] = STAT_NAMES["bbox"]
 
 # %% ../nbs/13_eval.ipynb #43f817cb
-def _no_detections(stat_names: list, names: dict) -> dict:
-    "The result of an IoU type without any detection: every number 0 (COCOeval refuses an empty results list)."
-    thresholds = [round(0.5 + 0.05 * i, 2) for i in range(10)]
-    return dict(stats={k: 0.0 for k in stat_names}, per_category={names[c]: 0.0 for c in sorted(names)},
-                summary="no detections", per_threshold=dict(thresholds=thresholds, AP=[0.0] * 10))
+def _results_coco(coco_gt, results: list):
+    """The pycocotools `COCO` of one IoU type's `results` list, for COCOeval; an empty list gives an empty results set
+    (`loadRes` refuses one), so that no detections score like any others."""
+    if results: return coco_gt.loadRes([dict(r) for r in results])   # loadRes adds keys to the dicts it gets: copies
+    from pycocotools.coco import COCO
+    dt = COCO()
+    gt = coco_gt.dataset
+    dt.dataset = dict(images=list(gt["images"]), categories=list(gt["categories"]), annotations=[])
+    with contextlib.redirect_stdout(io.StringIO()): dt.createIndex()
+    return dt
 
 # %% ../nbs/13_eval.ipynb #b0b4a12f
 def _cocoeval(coco_gt, results: list, iou_type: str, oks_sigmas=None, image_ids=None) -> tuple:
@@ -133,8 +152,7 @@ def _cocoeval(coco_gt, results: list, iou_type: str, oks_sigmas=None, image_ids=
     on the images `image_ids` only, when given (default: every image of `coco_gt`)."""
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        dt = coco_gt.loadRes([dict(r) for r in results])   # loadRes adds keys to the dicts it gets: give it copies
-        E = COCOeval(coco_gt, dt, iou_type)
+        E = COCOeval(coco_gt, _results_coco(coco_gt, results), iou_type)
         if iou_type == "keypoints" and oks_sigmas is not None:
             E.params.kpt_oks_sigmas = np.asarray(oks_sigmas, dtype=float)
         if image_ids is not None: E.params.imgIds = sorted(image_ids)
@@ -170,23 +188,24 @@ def coco_evaluate(coco_gt, results: dict, iou_types=("bbox", "segm"), oks_sigmas
     names = {c["id"]: c["name"] for c in coco_gt.loadCats(coco_gt.getCatIds())}
     for t in iou_types:
         if t not in STAT_NAMES: raise UserInputError(f"unknown IoU type {t!r}; choose from {sorted(STAT_NAMES)}")
-        if not results.get(t):
-            out[t] = _no_detections(STAT_NAMES[t], names)
-            continue
-        E, summary = _cocoeval(coco_gt, results[t], t, oks_sigmas, image_ids)
+        E, summary = _cocoeval(coco_gt, results.get(t, []), t, oks_sigmas, image_ids)
+        if len(E.stats) != len(STAT_NAMES[t]):
+            raise RuntimeError(f"COCOeval gave {len(E.stats)} {t} numbers, STAT_NAMES names {len(STAT_NAMES[t])}")
         out[t] = dict(stats={k: float(v) for k, v in zip(STAT_NAMES[t], E.stats)}, per_category=_per_category(E, names),
                       summary=summary, per_threshold=_per_threshold(E))
     return out
 
 # %% ../nbs/13_eval.ipynb #aa8bf008
 def _timed(fn, device: torch.device) -> tuple:
-    "`(fn(), seconds, peak memory rise in MiB)`: the rise of resident memory, or the peak of CUDA memory on a GPU."
-    if device.type == "cuda": torch.cuda.reset_peak_memory_stats(device)
+    "`(fn(), seconds, peak memory rise in MiB)`: of resident memory, or on a GPU of the CUDA memory allocated."
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
     box = {}
     def run(): box["out"] = fn()
     t0 = time.perf_counter()
     if device.type != "cuda": peak = peak_memory_rise(run)
-    else: peak = (run(), torch.cuda.max_memory_allocated(device) / 2**20)[1]
+    else: peak = (run(), (torch.cuda.max_memory_allocated(device) - base) / 2**20)[1]
     return box["out"], time.perf_counter() - t0, peak
 
 # %% ../nbs/13_eval.ipynb #a950a662
@@ -219,15 +238,16 @@ def raise_if_any_failed(error: Exception | None, world: int):
 
 # %% ../nbs/13_eval.ipynb #ca833ce9
 def sharded_predictions(model, dataset: COCODataset, batch_size: int = 2, progress: bool = True,
-                        rank: int = 0, world: int = 1) -> list | None:
+                        rank: int = 0, world: int = 1, rle: bool = False) -> list | None:
     """`predict_dataset` shared by the `world` processes of a process group: each predicts its `shard_batches`;
-    rank 0 gets all predictions in the one-process order, the others None. A failure on any rank raises on all."""
-    if world == 1: return predict_dataset(model, dataset, batch_size, progress)
+    rank 0 gets all predictions in the one-process order, the others None. A failure on any rank raises on all.
+    `rle`: masks as RLEs (`compact_masks`), made by each rank before they travel."""
+    if world == 1: return predict_dataset(model, dataset, batch_size, progress, rle=rle)
     import torch.distributed as dist
     preds, error = None, None
     try:
         preds = predict_dataset(model, dataset, batch_size, progress and rank == 0,
-                                batches=shard_batches(len(dataset), batch_size, rank, world))
+                                batches=shard_batches(len(dataset), batch_size, rank, world), rle=rle)
     except Exception as e: error = e
     raise_if_any_failed(error, world)
     shards = [None] * world if rank == 0 else None
@@ -238,14 +258,16 @@ def sharded_predictions(model, dataset: COCODataset, batch_size: int = 2, progre
 def evaluate(model, dataset: COCODataset, batch_size: int = 2, progress: bool = True,
              cat_ids: list | None = None, amp: str | None = None) -> dict:
     """COCOeval of `model` on `dataset`, with inference images/s and peak memory;
-    `{'metrics', 'images_per_s', 'peak_mib', 'results'}`. `cat_ids[l - 1]` is the category of label `l`
+    `{'metrics', 'images_per_s', 'peak_mib', 'images', 'detections', 'results'}` (images/s counts reading the
+    images). `cat_ids[l - 1]` is the category of label `l`
     (default: the dataset's; torchvision's COCO models use `range(1, 91)`). In a process group (`torchrun`), every
     rank predicts its share and rank 0 evaluates; the other ranks return None. `amp`: inference in that mixed
     precision (`MaskRCNN.for_inference`)."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
     fast = model.for_inference(amp=amp) if hasattr(model, "for_inference") else model
     device = next(fast.parameters()).device
-    preds, seconds, peak = _timed(lambda: sharded_predictions(fast, dataset, batch_size, progress, rank, world), device)
+    predict = lambda: sharded_predictions(fast, dataset, batch_size, progress, rank, world, rle=True)   # masks as RLEs
+    preds, seconds, peak = _timed(predict, device)
     if preds is None: return None   # not rank 0: rank 0 evaluates
     results = to_coco_results(preds, cat_ids or dataset.categories.cat_ids)
     metrics = coco_evaluate(dataset.coco, results, _iou_types(model), getattr(dataset, "oks_sigmas", None))
@@ -260,12 +282,13 @@ def _summary_line(iou_type: str, stats: dict) -> str:
 
 # %% ../nbs/13_eval.ipynb #9a871f4b
 def _category_table(metrics: dict) -> list:
-    "Lines of a table of the per-category AP (percent), one column per IoU type."
+    "Lines of a table of the per-category AP (percent; n/a: no ground truth), one column per IoU type."
     cats = list(next(iter(metrics.values()))["per_category"])
     w = max(len(c) for c in cats)
     lines = [f"{'category':{w}s}  " + "  ".join(f"{t:>9s}" for t in metrics)]
     for c in cats:
-        lines.append(f"{c:{w}s}  " + "  ".join(f"{100 * r['per_category'][c]:9.1f}" for r in metrics.values()))
+        aps = [r["per_category"][c] for r in metrics.values()]
+        lines.append(f"{c:{w}s}  " + "  ".join(f"{100 * ap:9.1f}" if ap == ap else f"{'n/a':>9s}" for ap in aps))
     return lines
 
 # %% ../nbs/13_eval.ipynb #f7082bf9
@@ -292,6 +315,9 @@ def check_classes(ds: COCODataset, cfg, class_names, checkpoint) -> None:
 def pr_curves(E: COCOeval, area: str = "all", max_dets: int | None = None) -> dict:
     """Precision (T thresholds, R recall points) of `E` averaged over the categories that have ground truth, in area
     range `area`, at `max_dets` detections per image (default: the most): `{recall, thresholds, precision}`."""
+    if area not in E.params.areaRngLbl: raise UserInputError(f"area {area!r}: choose from {E.params.areaRngLbl}")
+    if max_dets is not None and max_dets not in E.params.maxDets:
+        raise UserInputError(f"max_dets {max_dets}: choose from {E.params.maxDets}")
     a = E.params.areaRngLbl.index(area)
     m = -1 if max_dets is None else E.params.maxDets.index(max_dets)
     p = E.eval["precision"][:, :, :, a, m]                       # (T, R, K); -1: a category without ground truth
@@ -349,7 +375,8 @@ def plot_interpolation(r: dict, size=(6, 3.4)):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=size)
     ax.plot(r["recall"], r["precision"], "o:", color="gray", label="precision after each detection")
-    ax.step(r["recall"], r["envelope"], where="post", color="tab:blue", lw=1, alpha=0.6)
+    ax.step(r["recall"], r["envelope"], where="post", color="tab:blue", lw=1, alpha=0.6,
+            label="envelope: the best precision at this recall or higher")
     ax.plot(r["rec_thrs"], r["sampled"], ".", color="tab:red", ms=4, label=f"101 interpolated points: AP {r['ap']:.3f}")
     ax.set(xlabel="recall", ylabel="precision", xlim=(-0.02, 1.02), ylim=(-0.02, 1.05))
     ax.legend(fontsize=8, loc="lower left")
@@ -371,9 +398,10 @@ def plot_object_areas(coco, size=(6.5, 3)):
     for edge, name in ((32 ** 2, "32²"), (96 ** 2, "96²")):
         ax.axvline(edge, color="tab:red", lw=1)
         ax.text(edge, ax.get_ylim()[1] * 0.92, f" {name}", color="tab:red", fontsize=8)
-    n = [(areas < 32 ** 2).sum(), ((areas >= 32 ** 2) & (areas < 96 ** 2)).sum(), (areas >= 96 ** 2).sum()]
+    n = [(areas <= 32 ** 2).sum(), ((areas >= 32 ** 2) & (areas <= 96 ** 2)).sum(), (areas >= 96 ** 2).sum()]
     ax.set(xscale="log", xlabel="object area (pixels)", ylabel="objects",
-           title=f"small (< 32²) {n[0]}, medium {n[1]}, large (≥ 96²) {n[2]}")
+           title=f"small (≤ 32²) {n[0]}, medium {n[1]}, large (≥ 96²) {n[2]} (COCOeval: both ends)")
+    ax.yaxis.set_major_locator(plt.MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
 
