@@ -37,9 +37,9 @@ __all__ = ['SCHEDULES', 'DEMO_MODELS', 'DIST_TIMEOUT_MINUTES', 'CLASS_SPECIFIC',
            'plot_metrics', 'check_split_categories', 'load_splits', 'fit_config', 'Run', 'load_finetuning_weights',
            'load_initial_weights', 'check_initialization', 'resume_run', 'prepare_run', 'part_of', 'parameter_counts',
            'trainable_parameters', 'describe_trainable', 'set_heads_only', 'enter_phase', 'plot_trainable',
-           'iters_for_epochs', 'scaled_schedule', 'training_plan', 'training_loader', 'train_step', 'LogMetrics',
-           'SaveCheckpoints', 'validation_loss', 'evaluate_run', 'EvaluateEvery', 'fit', 'train', 'TrackParts',
-           'plot_part_change', 'projected_hours', 'dry_run', 'format_dry_run']
+           'iters_for_epochs', 'scaled_schedule', 'training_plan', 'training_loader', 'optimizer_step', 'train_step',
+           'LogMetrics', 'SaveCheckpoints', 'validation_loss', 'evaluate_run', 'EvaluateEvery', 'fit', 'train',
+           'TrackParts', 'plot_part_change', 'projected_hours', 'dry_run', 'format_dry_run']
 
 # %% ../nbs/12_train.ipynb #ca2b0c47
 SCHEDULES = {
@@ -61,7 +61,7 @@ def with_schedule(cfg: Config, name: str | None = None, ims_per_batch: int | Non
         raise UserInputError(f"unknown schedule {name!r}; choose from {sorted(SCHEDULES)}")
     base = dict(SCHEDULES[name], warmup_iters=1000, ims_per_batch=16) if name else dict(
         max_iter=cfg.max_iter, lr_steps=cfg.lr_steps, warmup_iters=cfg.warmup_iters, ims_per_batch=cfg.ims_per_batch)
-    ims = ims_per_batch or base["ims_per_batch"]
+    ims = base["ims_per_batch"] if ims_per_batch is None else ims_per_batch
     if ims < 1: raise UserInputError(f"ims_per_batch must be >= 1, got {ims}")
     f = base["ims_per_batch"] / ims
     return cfg.replace(ims_per_batch=ims, max_iter=max(1, round(base["max_iter"] * f)),
@@ -124,7 +124,8 @@ class TrainingBatches(torch.utils.data.Sampler):
         for it, batch in enumerate(self.global_batches()):
             if it < self.start: continue
             mine = range(self.rank * per, (self.rank + 1) * per)
-            yield [(batch[j], (self.seed * 1_000_003 + it) * 64 + j) for j in mine]
+            # an item's seed: one per (iteration, place in the global batch), never shared
+            yield [(batch[j], (self.seed * 1_000_003 + it) * max(64, self.batch_size) + j) for j in mine]
 
     def __len__(self): return 2**62   # endless
 
@@ -142,7 +143,7 @@ class SeededItems(torch.utils.data.Dataset):
     def __getitem__(self, item):
         index, seed = item
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)   # the CPU generator only: torch.manual_seed would reseed CUDA's
             try: return self.dataset[index]
             except UserInputError as e: return BadItem(index, str(e))
 
@@ -154,12 +155,13 @@ def collate_lists(batch: list):
 
 # %% ../nbs/12_train.ipynb #aa512913
 def rng_state() -> dict:
-    "The states of Python's, NumPy's and torch's CPU generators, as tensors and plain values."
+    "The states of Python's, NumPy's and torch's CPU generators (and CUDA's, once in use), as tensors and values."
     py = random.getstate()
     npst = np.random.get_state()
+    cuda = {"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_initialized() else {}
     return {"python": [py[0], list(py[1]), py[2]],
             "numpy": [npst[0], torch.from_numpy(npst[1].astype(np.int64)), *npst[2:]],
-            "torch": torch.get_rng_state()}
+            "torch": torch.get_rng_state()} | cuda
 
 # %% ../nbs/12_train.ipynb #89547d2e
 def set_rng_state(state: dict):
@@ -169,6 +171,8 @@ def set_rng_state(state: dict):
     n = state["numpy"]
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 # %% ../nbs/12_train.ipynb #870a3cac
 def save_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, iteration: int = 0,
@@ -209,10 +213,10 @@ def model_from_checkpoint(path, ckpt: dict | None = None) -> tuple:
 # %% ../nbs/12_train.ipynb #122a6182
 def half_checkpoint(src, dst) -> Path:
     """A copy of checkpoint `src` to read, not to train: the model's floating-point weights in float16, with the
-    config, class names and iteration; no optimizer or generators."""
+    config, class names, category ids and iteration; no optimizer or generators."""
     ck = load_checkpoint(src)
     model = {k: v.half() if v.is_floating_point() else v for k, v in ck["model"].items()}
-    keep = {k: ck.get(k) for k in ("iteration", "config", "class_names")}
+    keep = {k: ck.get(k) for k in ("iteration", "config", "class_names", "category_ids") if k in ck}
     with atomic_write(dst, "wb") as f: torch.save({"model": model, **keep}, f)
     return Path(dst)
 
@@ -412,6 +416,7 @@ class Run:
     weights_from: str = ""         # what the initial weights were (`load_initial_weights`), if any
     heads_iters: int | None = 0    # iterations of the heads-first phase (`enter_phase`); None: the checkpoint's
     allowed: frozenset = frozenset()   # names of the parameters the config lets train (`set_heads_only`)
+    scaler: torch.amp.GradScaler | None = None   # amp='fp16': the loss scale that keeps small gradients above zero
 
     @property
     def main(self) -> bool: return self.rank == 0
@@ -533,6 +538,7 @@ def resume_run(run: Run, allow_changed=()) -> int:
     schedule = {k: getattr(run.scheduler, k) for k in _SCHEDULE}   # from the config now
     run.optimizer.load_state_dict(ck["optimizer"])
     run.scheduler.load_state_dict(ck["scheduler"])
+    if run.scaler is not None and "scaler" in ck: run.scaler.load_state_dict(ck["scaler"])
     _set_schedule(run, schedule)
     if "rng" in ck and run.world == 1: set_rng_state(ck["rng"])
     elif f"rng_rank{run.rank}" in ck: set_rng_state(ck[f"rng_rank{run.rank}"])
@@ -573,6 +579,7 @@ def prepare_run(cfg: Config, data_root, train_split: str = "train", val_split: s
     run = Run(cfg, train_set, val_set, model, optimizer, scheduler, out_dir, 0, rank, world, dev,
               heads_iters=heads_iters if resume else heads_iters or 0,
               allowed=frozenset(n for n, p in model.named_parameters() if p.requires_grad))
+    if cfg.amp == "fp16": run.scaler = torch.amp.GradScaler(dev.type)   # float16 gradients underflow unscaled
     if resume: run.start = resume_run(run, allow_changed)
     elif weights is not None: run.weights_from = f"{weights}: {load_initial_weights(model, cfg, weights)}"
     run.net = _for_training(model, cfg, world, dev)
@@ -704,6 +711,21 @@ def _diverged(run: Run, it: int, what: str) -> FloatingPointError:
                               f"--resume --allow-changed base_lr {lower}")
 
 # %% ../nbs/12_train.ipynb #a80888a8
+def optimizer_step(run: Run, loss: torch.Tensor) -> float:
+    """Backward, gradient clipping, the SGD step and the schedule's; returns the step's learning rate. With a loss
+    scaler (`run.scaler`, fp16) the loss is scaled before backward and the gradients unscaled before clipping."""
+    run.optimizer.zero_grad(set_to_none=True)
+    (loss if run.scaler is None else run.scaler.scale(loss)).backward()
+    if run.scaler is not None: run.scaler.unscale_(run.optimizer)
+    if run.cfg.clip_grad_norm: torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip_grad_norm)
+    lr = run.optimizer.param_groups[0]["lr"]
+    if run.scaler is None: run.optimizer.step()
+    else:
+        run.scaler.step(run.optimizer)   # skipped if a gradient is inf or nan; the scale then shrinks
+        run.scaler.update()
+    run.scheduler.step()
+    return lr
+
 def train_step(run: Run, images: list, targets: list, it: int) -> tuple:
     """One SGD step of `run` on a batch (iteration `it`); returns (the losses as floats, with their sum 'loss';
     the learning rate)."""
@@ -713,12 +735,7 @@ def train_step(run: Run, images: list, targets: list, it: int) -> tuple:
     if not torch.isfinite(loss):
         terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
         raise _diverged(run, it + 1, f"the loss is {loss.item()} ({terms})")
-    run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if run.cfg.clip_grad_norm: torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip_grad_norm)
-    lr = run.optimizer.param_groups[0]["lr"]
-    run.optimizer.step()
-    run.scheduler.step()
+    lr = optimizer_step(run, loss)
     return {k: v.item() for k, v in losses.items()} | {"loss": loss.item()}, lr
 
 # %% ../nbs/12_train.ipynb #78569089
@@ -752,6 +769,7 @@ class SaveCheckpoints:
             extra = {f"rng_rank{r}": s for r, s in enumerate(states)}
         extra |= dict(batches=run.batches, log_window=list(run.log_window), data=data_fingerprint(run.train_set),
                       heads_iters=run.heads_iters, category_ids=list(run.train_set.categories.cat_ids))
+        if run.scaler is not None: extra["scaler"] = run.scaler.state_dict()
         if run.main: save_checkpoint(run.out_dir / "last.pth", run.model, run.optimizer, run.scheduler, it, run.cfg,
                                      run.train_set.class_names, **extra)
         run.saved_at = it
@@ -759,14 +777,16 @@ class SaveCheckpoints:
 # %% ../nbs/12_train.ipynb #d3440a38
 def validation_loss(model: MaskRCNN, dataset, batch_size: int = 2) -> dict:
     """The training losses on the images of `dataset` that have objects (mean per batch), without gradients; the
-    generators are left as they were."""
+    generators, and BatchNorm's running statistics, are left as they were."""
     was = model.training
-    model.train()
+    model.train()   # for the losses; BatchNorm (norm='bn') in eval mode: validation must not move its statistics
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm): m.eval()
     sums, n = {}, 0
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        dev = next(model.parameters()).device
+        with torch.no_grad(), torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
             torch.manual_seed(0)
-            dev = next(model.parameters()).device
             # as training: images without objects are skipped
             keep = [i for i, r in enumerate(dataset.records) if r["anns"]]
             for s in range(0, len(keep), batch_size):
@@ -783,15 +803,17 @@ def validation_loss(model: MaskRCNN, dataset, batch_size: int = 2) -> dict:
 def evaluate_run(run: Run, it: int, val_loss: bool = False, progress: bool = True) -> dict | None:
     """COCO evaluation of `run`'s model on its validation set, logged at `it`. Under `torchrun` every process predicts
     its share of the images and rank 0 evaluates (`evaluate`): rank 0 returns the result, the others None."""
-    result = None
+    result, losses = None, None
     if run.val_set is not None:
         from mrcnn_nb.evaluate import evaluate
         result = evaluate(run.model, run.val_set, progress=progress and run.main)
+        # on every rank: the losses' normalizers are summed over the processes (`distributed_count`), so all take part
+        if val_loss: losses = validation_loss(run.model, run.val_set)
     if result is not None:
         rec = {"iter": it} | {f"{t}_{k}": v for t, r in result["metrics"].items() for k, v in r["stats"].items()}
-        if val_loss:
-            result["val_loss"] = validation_loss(run.model, run.val_set)
-            rec |= result["val_loss"]
+        if losses is not None:
+            result["val_loss"] = losses
+            rec |= losses
         with open(run.out_dir / "metrics.jsonl", "a") as f: f.write(json.dumps(rec) + "\n")
     if run.world > 1:
         import torch.distributed as dist
@@ -957,7 +979,7 @@ def _timed_evaluation(run: Run, n: int) -> dict:
     from mrcnn_nb.evaluate import coco_evaluate, predict_dataset, shard_batches, to_coco_results
     n, model = min(n, len(run.val_set)), run.model.for_inference()
     t0 = time.perf_counter()
-    preds = predict_dataset(model, run.val_set, batches=shard_batches(n, 2), progress=False)
+    preds = predict_dataset(model, run.val_set, batches=shard_batches(n, 2), progress=False, rle=True)
     seconds = (time.perf_counter() - t0) / max(1, n)
     ids = [r["id"] for r in run.val_set.records[:n]]
     m = coco_evaluate(run.val_set.coco, to_coco_results(preds, run.val_set.categories.cat_ids), ["bbox"], image_ids=ids)
