@@ -112,16 +112,16 @@ def to_coco_results(predictions: list, cat_ids: list) -> dict:
         if len(d["boxes"]) == 0: continue
         b = d["boxes"].tolist()
         s = d["scores"].tolist()
-        bad = [l for l in d["labels"].tolist() if not 1 <= l <= len(cat_ids)]
+        labels = d["labels"].tolist()
+        bad = [l for l in labels if not 1 <= l <= len(cat_ids)]
         if bad: raise UserInputError(f"image {image_id}: label {bad[0]} names no category: labels are "
                                      f"1..{len(cat_ids)} (cat_ids[label - 1]; 0 is the background)")
-        cats = [cat_ids[l - 1] for l in d["labels"].tolist()]
+        cats = [cat_ids[l - 1] for l in labels]
         for box, score, cat in zip(b, s, cats):
             xywh = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
             res["bbox"].append(dict(image_id=image_id, category_id=cat, bbox=xywh, score=score))
         if "masks" in d or "mask_rles" in d:
-            rles = d["mask_rles"] if "mask_rles" in d else encode_masks(d["masks"][:, 0])
-            for rle, score, cat in zip(rles, s, cats):
+            for rle, score, cat in zip(compact_masks(d)["mask_rles"], s, cats):
                 res["segm"].append(dict(image_id=image_id, category_id=cat, segmentation=rle, score=score))
         if "keypoints" in d:
             for kp, score, cat in zip(d["keypoints"].tolist(), s, cats):

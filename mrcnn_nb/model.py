@@ -283,7 +283,7 @@ def rescale_target(target: dict, size, new_size) -> dict:
     ry, rx = f32(new_size[0]) / f32(size[0]), f32(new_size[1]) / f32(size[1])
     t = dict(target)
     for key in ("boxes", "proposals"):   # proposals: given with the image, from a separately trained RPN
-        if key in t: t[key] = _as_float(t[key]) * torch.stack([rx, ry, rx, ry]).to(_as_float(t[key]))
+        if key in t: t[key] = (v := _as_float(t[key])) * torch.stack([rx, ry, rx, ry]).to(v)
     if "keypoints" in t:
         k = _as_float(t["keypoints"]).clone()
         k[..., 0] *= rx.to(k)
@@ -362,27 +362,30 @@ def _check_image(i: int, im) -> None:
 def _check_target(i: int, t: dict, num_classes: int | None, size=None, needs=()) -> None:
     """Refuse `targets[i]` that a training step would fail on, or train on wrongly: keys missing ('boxes', 'labels' and
     the branches' `needs`), boxes not (N, 4) xyxy of positive width and height, not one label per box in
-    1..num_classes - 1, masks not (N, H, W) of the image's `size`."""
+    1..num_classes - 1, keypoints not (N, K, 3), masks not (N, H, W) of the image's `size`; the image id named."""
+    def refuse(message: str):
+        raise ValueError(message + (f" (image {t['image_id']})" if "image_id" in t else ""))
     missing = [k for k in ("boxes", "labels", *needs) if k not in t]
-    if missing: raise ValueError(f"targets[{i}] needs {missing}, got keys {sorted(t)}")
+    if missing: refuse(f"targets[{i}] needs {missing}, got keys {sorted(t)}")
     b, labels = t["boxes"], t["labels"]
-    if b.ndim != 2 or b.shape[1] != 4:
-        raise ValueError(f"targets[{i}]['boxes'] must be (N, 4) xyxy, got {tuple(b.shape)}")
-    if len(labels) != len(b): raise ValueError(f"targets[{i}] has {len(b)} boxes but {len(labels)} labels")
+    if b.ndim != 2 or b.shape[1] != 4: refuse(f"targets[{i}]['boxes'] must be (N, 4) xyxy, got {tuple(b.shape)}")
+    if len(labels) != len(b): refuse(f"targets[{i}] has {len(b)} boxes but {len(labels)} labels")
     flat = torch.where((b[:, 2:] <= b[:, :2]).any(1))[0]
-    if len(flat): raise ValueError(f"targets[{i}]['boxes'][{flat[0].item()}] = {b[flat[0]].tolist()} has no positive "
-                                   "width and height (xyxy: x2 > x1 and y2 > y1)")
+    if len(flat): refuse(f"targets[{i}]['boxes'][{flat[0].item()}] = {b[flat[0]].tolist()} has no positive width "
+                         "and height (xyxy: x2 > x1 and y2 > y1)")
     if num_classes is not None and len(labels) and (labels.min() < 1 or labels.max() >= num_classes):
-        raise ValueError(f"targets[{i}]['labels'] must be in 1..{num_classes - 1} for a model with "
-                         f"num_classes={num_classes} (background included), "
-                         f"got {labels.min().item()}..{labels.max().item()}")
-    if "masks" in t and size is not None and tuple(t["masks"].shape) != (len(b), *size):
-        raise ValueError(f"targets[{i}]['masks'] must be (N, H, W) = {(len(b), *size)}, a mask per box at the image's "
-                         f"size, got {tuple(t['masks'].shape)}")
+        refuse(f"targets[{i}]['labels'] must be in 1..{num_classes - 1} for a model with num_classes={num_classes} "
+               f"(background included), got {labels.min().item()}..{labels.max().item()}")
+    k = t.get("keypoints")
+    if "keypoints" in needs and (k.ndim != 3 or (k.shape[0], k.shape[2]) != (len(b), 3)):
+        refuse(f"targets[{i}]['keypoints'] must be (N, K, 3), x, y, v of K keypoints per box, got {tuple(k.shape)}")
+    if "masks" in needs and size is not None and tuple(t["masks"].shape) != (len(b), *size):
+        refuse(f"targets[{i}]['masks'] must be (N, H, W) = {(len(b), *size)}, a mask per box at the image's size, "
+               f"got {tuple(t['masks'].shape)}")
 
 # %% ../nbs/11_model.ipynb #bd3d2c9d
 def check_images(images, targets=None, num_classes: int | None = None, needs=()):
-    "Refuse inputs the model cannot take, with a message that says what is wrong (`needs`: target keys the branches read)."
+    "Refuse inputs the model cannot take, saying what is wrong (`needs`: the target keys the branches read)."
     if isinstance(images, Tensor) and images.ndim == 4: images = list(images)
     if not isinstance(images, (list, tuple)) or not images:
         what = f"a {images.ndim}-d tensor" if isinstance(images, Tensor) else type(images).__name__

@@ -12,6 +12,7 @@ import math
 import os
 import random
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -171,8 +172,10 @@ def set_rng_state(state: dict):
     n = state["numpy"]
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():
+        if len(state["cuda"]) == torch.cuda.device_count(): torch.cuda.set_rng_state_all(state["cuda"])
+        else: warnings.warn(f"the checkpoint holds {len(state['cuda'])} CUDA generators, this process sees "
+                            f"{torch.cuda.device_count()} GPUs: their sampling is not resumed exactly")
 
 # %% ../nbs/12_train.ipynb #870a3cac
 def save_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, iteration: int = 0,
@@ -777,7 +780,8 @@ class SaveCheckpoints:
 # %% ../nbs/12_train.ipynb #d3440a38
 def validation_loss(model: MaskRCNN, dataset, batch_size: int = 2) -> dict:
     """The training losses on the images of `dataset` that have objects (mean per batch), without gradients; the
-    generators, and BatchNorm's running statistics, are left as they were."""
+    generators, and BatchNorm's running statistics, are left as they were. Under torchrun every rank computes it on
+    the whole set (its normalizers are summed over the processes, so all must take part)."""
     was = model.training
     model.train()   # for the losses; BatchNorm (norm='bn') in eval mode: validation must not move its statistics
     for m in model.modules():
