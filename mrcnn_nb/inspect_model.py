@@ -33,6 +33,9 @@ def measure_shapes(model: nn.Module, image_size: tuple = (800, 1066), seed: int 
     """The shape of every stage of `model` (an FPN Mask R-CNN) on one random image of `image_size` (H, W), recorded by
     forward hooks during an inference pass. The box score threshold is 0 for the pass, so that even untrained weights
     send `detections_per_img` RoIs to the mask branch. Feature maps lose their batch dimension."""
+    if not hasattr(model.backbone, "fpn") or getattr(model, "mask", None) is None:
+        raise ValueError("measure_shapes draws an FPN Mask R-CNN: this model has "
+                         + ("no FPN" if not hasattr(model.backbone, "fpn") else "no mask branch"))
     seen, mods = {}, _stage_modules(model)
     def record(key, value): seen.setdefault(key, value)   # returns None: a hook that returns something replaces it
     hooks = [m.register_forward_hook(lambda m, i, o, k=k: record(k, _shapes(o))) for k, m in mods.items()]
@@ -42,7 +45,7 @@ def measure_shapes(model: nn.Module, image_size: tuple = (800, 1066), seed: int 
     model.box.score_thresh = 0.0
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             model([torch.rand(3, *image_size)])
     finally:
         for h in hooks: h.remove()
@@ -163,17 +166,20 @@ def plot_box_panels(image, panels: list, size: float = 4.2, margin: float = 0.0)
 def plot_mask_pairs(targets: torch.Tensor, probs: torch.Tensor, titles: list, size: float = 1.25):
     "Mask targets (R, S, S) over the predicted probabilities (R, S, S) of the same RoIs, one column per RoI."
     n = len(targets)
+    if n == 0 or len(titles) != n:
+        raise ValueError(f"plot_mask_pairs needs RoIs and a title each: {n} RoIs, {len(titles)} titles")
     fig, axs = plt.subplots(2, n, figsize=(max(size * n, 6.0), 2 * size + 0.5), squeeze=False)
     for j in range(n):
         axs[0, j].imshow(targets[j], cmap="gray", vmin=0, vmax=1)
         axs[0, j].set_title(titles[j], fontsize=8)
-        axs[1, j].imshow(probs[j], cmap="viridis", vmin=0, vmax=1)
+        shown = axs[1, j].imshow(probs[j], cmap="viridis", vmin=0, vmax=1)
     for ax in axs.flat:
         ax.set_xticks([])
         ax.set_yticks([])
     axs[0, 0].set_ylabel("target", fontsize=8)
     axs[1, 0].set_ylabel("predicted", fontsize=8)
     fig.tight_layout()
+    fig.colorbar(shown, ax=axs.ravel().tolist(), fraction=0.02, pad=0.01, label="probability")   # both rows: aligned
     return fig
 
 # %% ../nbs/14_inspect.ipynb #4273e521
@@ -181,12 +187,14 @@ def plot_class_masks(probs: torch.Tensor, class_names: list, label: int, size: f
     """The mask probabilities (K, S, S) of one RoI for every class (index 0, background, left out); the class `label`
     (1-based) framed and its title in bold."""
     n = len(class_names)
+    if not 1 <= label <= n: raise ValueError(f"label {label}: the classes are 1..{n}")
     fig, axs = plt.subplots(1, n, figsize=(max(size * n, 6.0), size + 0.5), squeeze=False)
     for k, ax in enumerate(axs[0], start=1):
-        ax.imshow(probs[k], cmap="viridis", vmin=0, vmax=1)
+        shown = ax.imshow(probs[k], cmap="viridis", vmin=0, vmax=1)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(class_names[k - 1], fontsize=8, fontweight="bold" if k == label else "normal")
         for s in ax.spines.values(): s.set(color=class_color(label) if k == label else "0.7", lw=3 if k == label else 1)
     fig.tight_layout()
+    fig.colorbar(shown, ax=axs[0].tolist(), fraction=0.02, pad=0.01, label="probability")
     return fig
