@@ -353,13 +353,20 @@ class ConvertReport:
     images: dict = field(default_factory=dict)      # split -> number of images
     instances: dict = field(default_factory=dict)   # split -> Counter class name -> instances
     dropped: Counter = field(default_factory=Counter)
+    crowd: dict = field(default_factory=dict)       # split -> crowd regions (kept in the files; training skips them)
 
     def __str__(self):
         k = len(self.classes)
         lines = [f"{self.fmt} -> {self.out}: {k} class{'es' if k != 1 else ''} (ids 1..{k}: {', '.join(self.classes)})"]
         for split, n in self.images.items():
             per = ", ".join(f"{c} {self.instances[split][c]}" for c in self.classes)
-            lines.append(f"  {split}: {n} images, {sum(self.instances[split].values())} instances ({per})")
+            crowd, kept = self.crowd.get(split, 0), sum(self.instances[split].values())
+            lines.append(f"  {split}: {n} images, {kept} instances ({per})"
+                         + (f", and {crowd} crowd regions (iscrowd=1: left out of training, ignored by COCOeval)"
+                            if crowd else ""))
+            if crowd and not kept:
+                lines.append(f"  warning: every region of {split} is a crowd region: nothing to train on (some tools, "
+                             "e.g. CVAT, export masks as crowd regions)")
         left = ", ".join(f"{n} {DROP_CAUSES[k]}" for k, n in self.dropped.items() if n)
         lines.append(f"  dropped: {left or 'nothing'}")
         return "\n".join(lines)
@@ -375,14 +382,19 @@ def convert(fmt: str, src, out, val_fraction: float = 0.0, seed: int = 0, classe
     if bad_polygons not in ("error", "drop"):
         raise UserInputError(f"bad_polygons must be 'error' or 'drop', got {bad_polygons!r}")
     out, dropped = _free_output(out), Counter()
+    if fmt != "via" and (class_attr != "class" or category is not None):
+        raise UserInputError(f"--class-attr and --category are for VIA projects; {fmt} names each region's class "
+                             "itself")
     kw = dict(class_attr=class_attr, category=category) if fmt == "via" else {}
     images = READERS[fmt](src, bad_polygons=bad_polygons, dropped=dropped, progress=progress, **kw)
     _check_unique_files(images)
     names = class_list(images, classes)
     splits = split_images(images, val_fraction, seed)
     write_layout(splits, names, out, f"converted by mrcnn_nb from {fmt} {src}")
+    objects = {s: [o for im in v for o in im["objects"]] for s, v in splits.items()}
     return ConvertReport(fmt, out, names, {s: len(v) for s, v in splits.items()},
-                         {s: Counter(o["name"] for im in v for o in im["objects"]) for s, v in splits.items()}, dropped)
+                         {s: Counter(o["name"] for o in v if not o.get("iscrowd")) for s, v in objects.items()},
+                         dropped, {s: sum(1 for o in v if o.get("iscrowd")) for s, v in objects.items()})
 
 # %% ../nbs/16_custom_data.ipynb #792db5b3
 def write_labelme(samples: list, folder, embed_images: bool = False) -> Path:
@@ -415,6 +427,24 @@ def _labelme_polygon(s: dict, where: str) -> list:
     raise UserInputError(f"{where}: unsupported shape_type {kind!r}; the reader takes 'polygon' and 'rectangle'")
 
 # %% ../nbs/16_custom_data.ipynb #9ceaa7f0
+def _labelme_regions(doc: dict, path: Path) -> list:
+    """`(label, polygons, where)` per object of labelme document `doc` (file `path`): a shape alone, or every shape of
+    one label that shares a `group_id` (an object drawn in parts, as labelme's own COCO export joins them)."""
+    if not isinstance(doc["shapes"], list): raise UserInputError(f"{path}: shapes must be a list")
+    groups = {}
+    for k, s in enumerate(doc["shapes"]):
+        where = f"{path}: shape {k}"
+        if not isinstance(s, dict): raise UserInputError(f"{where}: a shape must be an object")
+        _need(s, ["label", "points"], where)
+        if not isinstance(s["label"], str) or not s["label"].strip():
+            raise UserInputError(f"{where}: label must be a non-empty string, got {s['label']!r}")
+        key = (s["label"], s["group_id"]) if s.get("group_id") is not None else k
+        groups.setdefault(key, (s["label"], [], []))
+        groups[key][1].append(_labelme_polygon(s, where))
+        groups[key][2].append(k)
+    return [(label, parts, f"{path}: shape{'s' if len(ks) > 1 else ''} {', '.join(map(str, ks))}")
+            for label, parts, ks in groups.values()]
+
 def _labelme_image(path: Path, bad_polygons: str, dropped: Counter) -> dict:
     "The reader's entry of labelme file `path`, its picture read from `imagePath` and checked against the sizes."
     doc = _read_json(path)
@@ -425,17 +455,9 @@ def _labelme_image(path: Path, bad_polygons: str, dropped: Counter) -> dict:
     if None not in said and said != (im["height"], im["width"]):
         raise UserInputError(f"{path}: imageHeight x imageWidth is {said[0]}x{said[1]} but {im['path'].name} is "
                              f"{im['height']}x{im['width']}")
-    if not isinstance(doc["shapes"], list): raise UserInputError(f"{path}: shapes must be a list")
-    im["objects"] = []
-    for k, s in enumerate(doc["shapes"]):
-        where = f"{path}: shape {k}"
-        if not isinstance(s, dict): raise UserInputError(f"{where}: a shape must be an object")
-        _need(s, ["label", "points"], where)
-        if not isinstance(s["label"], str) or not s["label"].strip():
-            raise UserInputError(f"{where}: label must be a non-empty string, got {s['label']!r}")
-        o = polygon_object(s["label"], [_labelme_polygon(s, where)], im["height"], im["width"], where,
-                           bad_polygons, dropped)
-        if o is not None: im["objects"].append(o)
+    objects = (polygon_object(label, parts, im["height"], im["width"], where, bad_polygons, dropped)
+               for label, parts, where in _labelme_regions(doc, path))
+    im["objects"] = [o for o in objects if o is not None]
     return im
 
 # %% ../nbs/16_custom_data.ipynb #cd5a9653
@@ -505,7 +527,8 @@ def _mask_folders(src: Path) -> tuple:
         if not p.is_file() or p.name.startswith("."): continue       # hidden files: .DS_Store and the like
         if p.stem in pictures: raise UserInputError(f"{p}: two pictures named {p.stem} ({pictures[p.stem].name})")
         pictures[p.stem] = p
-    folders = sorted(p for p in (src / "masks").iterdir() if p.is_dir()) if (src / "masks").is_dir() else []
+    folders = sorted(p for p in (src / "masks").iterdir() if p.is_dir() and not p.name.startswith(".")
+                     ) if (src / "masks").is_dir() else []   # hidden folders too: .ipynb_checkpoints and the like
     for f in folders:
         if f.name not in pictures: raise UserInputError(f"{f}: mask folder without a picture images/{f.name}.*")
     return pictures, folders
@@ -556,6 +579,9 @@ def write_coco_export(samples: list, folder) -> Path:
 # %% ../nbs/16_custom_data.ipynb #eaa78008
 def _coco_object(a: dict, name: str, im: dict, where: str, bad_polygons: str, dropped: Counter) -> dict | None:
     "The object of COCO annotation `a` (polygons or RLE) of image entry `im`; iscrowd kept."
+    crowd = a.get("iscrowd", 0)
+    if isinstance(crowd, str) or crowd not in (0, 1):
+        raise UserInputError(f"{where}: iscrowd must be 0 or 1, got {crowd!r}")
     segm = a.get("segmentation")
     if isinstance(segm, list) and segm and all(isinstance(p, list) for p in segm):
         o = polygon_object(name, segm, im["height"], im["width"], where, bad_polygons, dropped)
@@ -564,23 +590,32 @@ def _coco_object(a: dict, name: str, im: dict, where: str, bad_polygons: str, dr
         if mask_utils.area(rle) == 0:
             return _recoverable(UserInputError(f"{where}: the mask covers no pixel"), "empty", bad_polygons, dropped)
         o = dict(name=name, segmentation=_rle_json(mask_utils.decode(rle)))
-    if o is not None and a.get("iscrowd"): o["iscrowd"] = 1
+    if o is not None and crowd: o["iscrowd"] = 1
     return o
 
 # %% ../nbs/16_custom_data.ipynb #478bc1a8
 def _coco_picture(path: Path, im: dict) -> Path:
-    "Where the picture of COCO image `im` of annotation file `path` is: beside the JSON, or in images/ there."
-    for base in (path.parent, path.parent / "images", path.parent.parent / "images"):
+    """Where the picture of COCO image `im` of annotation file `path` is: beside the JSON, in images/ there or one
+    folder up, or in CVAT's images/<subset>/ for annotations/instances_<subset>.json."""
+    subset = path.stem.removeprefix("instances_")
+    bases = list(dict.fromkeys([path.parent, path.parent / "images", path.parent.parent / "images",
+                                path.parent.parent / "images" / subset]))
+    for base in bases:
         if (base / im["file_name"]).is_file(): return base / im["file_name"]
-    return path.parent / im["file_name"]      # read_image then says it is missing
+    raise UserInputError(f"{path.parent / im['file_name']}: image file not found (image {im['id']} of {path.name}; "
+                         "looked in " + ", ".join(str(b) for b in bases) + ")")
 
 def read_coco(src, bad_polygons: str = "error", dropped: Counter | None = None, progress: bool | None = None) -> list:
     "Read a COCO export (the JSON, or the folder holding it) into the readers' image entries."
+    from itertools import combinations
     path = _one_json(src, "coco", "a COCO JSON such as _annotations.coco.json")
     data, dropped, images = load_coco_json(path), Counter() if dropped is None else dropped, []
     names = {c["id"]: c["name"] for c in data["categories"]}
     bad = next((c for c in data["categories"] if not isinstance(c["name"], str) or not c["name"].strip()), None)
     if bad: raise UserInputError(f"{path}: category {bad['id']}: name must be a non-empty string, got {bad['name']!r}")
+    twice = [(i, j) for i, j in combinations(sorted(names), 2) if names[i] == names[j]]
+    if twice: raise UserInputError(f"{path}: categories {twice[0][0]} and {twice[0][1]} are both named "
+                                   f"{names[twice[0][0]]!r}; rename one (they would become one class)")
     by_image = {im["id"]: [] for im in data["images"]}
     for a in data["annotations"]: by_image[a["image_id"]].append(a)
     for coco_im in tqdm(data["images"], desc="coco", disable=not _show_progress(progress), leave=False):
