@@ -375,9 +375,11 @@ class ConvertReport:
 READERS = {"via": read_via}   # format -> reader; each section adds its own
 
 def convert(fmt: str, src, out, val_fraction: float = 0.0, seed: int = 0, classes=None, class_attr: str = "class",
-            category: str | None = None, bad_polygons: str = "error", progress: bool | None = None) -> ConvertReport:
+            category: str | None = None, bad_polygons: str = "error", progress: bool | None = None,
+            val_src=None) -> ConvertReport:
     """Convert the annotations `src` in format `fmt` (a key of `READERS`) into our COCO layout under `out`
-    (instances_train.json, and instances_val.json when `val_fraction` > 0; images copied); the report."""
+    (instances_train.json, and instances_val.json: a random `val_fraction` of `src`, or the annotations `val_src`
+    of the same format, an export's own validation split; images copied); the report."""
     if fmt not in READERS: raise UserInputError(f"unknown format {fmt!r}; choose from {sorted(READERS)}")
     if bad_polygons not in ("error", "drop"):
         raise UserInputError(f"bad_polygons must be 'error' or 'drop', got {bad_polygons!r}")
@@ -386,10 +388,13 @@ def convert(fmt: str, src, out, val_fraction: float = 0.0, seed: int = 0, classe
         raise UserInputError(f"--class-attr and --category are for VIA projects; {fmt} names each region's class "
                              "itself")
     kw = dict(class_attr=class_attr, category=category) if fmt == "via" else {}
-    images = READERS[fmt](src, bad_polygons=bad_polygons, dropped=dropped, progress=progress, **kw)
-    _check_unique_files(images)
-    names = class_list(images, classes)
+    if val_src is not None and val_fraction: raise UserInputError("give --val-src or --val-fraction, not both")
+    read = lambda s: READERS[fmt](s, bad_polygons=bad_polygons, dropped=dropped, progress=progress, **kw)
+    images, val_images = read(src), [] if val_src is None else read(val_src)
+    _check_unique_files(images), _check_unique_files(val_images)
+    names = class_list(images + val_images, classes)                  # one class list: the same ids in both splits
     splits = split_images(images, val_fraction, seed)
+    if val_images: splits["val"] = split_images(val_images)["train"]   # all of them, in file-name order
     write_layout(splits, names, out, f"converted by mrcnn_nb from {fmt} {src}")
     objects = {s: [o for im in v for o in im["objects"]] for s, v in splits.items()}
     return ConvertReport(fmt, out, names, {s: len(v) for s, v in splits.items()},
@@ -678,6 +683,8 @@ def convert_args(s):
     s.add_argument("src", help="via/coco: the JSON (or its folder); labelme: a folder of JSONs; masks: the folder")
     s.add_argument("out", help="the dataset root to write (COCO 2017 layout); must not exist, or be empty")
     s.add_argument("--val-fraction", type=float, default=0.0, help="share of the images for a val split (default 0)")
+    s.add_argument("--val-src", default=None, help="the val split from these annotations instead (same format as "
+                                                   "SRC: an export's own validation split, e.g. Roboflow's valid/)")
     s.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default 0)")
     s.add_argument("--classes", default=None, help="class names in label order, a,b,c (default: sorted names)")
     s.add_argument("--class-attr", default="class", help="via: the region attribute with the class (default class)")
@@ -690,7 +697,7 @@ def convert_args(s):
 def cmd_convert(args) -> int:
     "Convert annotations into our COCO layout and print the report."
     r = convert(args.format, args.src, args.out, args.val_fraction, args.seed, args.classes, args.class_attr,
-                args.category, args.bad_polygons, progress=False if args.quiet else None)
+                args.category, args.bad_polygons, progress=False if args.quiet else None, val_src=args.val_src)
     print(r)
     return 0
 

@@ -333,3 +333,21 @@ def test_a_failure_while_writing_leaves_nothing(samples, tmp_path, monkeypatch):
     with pytest.raises(OSError):
         cv.convert("via", src, tmp_path / "out", val_fraction=0.5, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["via"]                # no OUT, no .partial folder
+
+
+@pytest.mark.parametrize("fmt", sorted(WRITE))
+def test_val_src_keeps_an_exports_own_validation_split(fmt, samples, tmp_path, capsys):
+    """`--val-src`: the val split read from a second source of the same format, with the train split's class ids; a
+    class only the val split has still gets one id in both."""
+    no_hexagon = [dict(x, objects=[o for o in x["objects"] if o["name"] != "hexagon"]) for x in samples[1:]]
+    assert any(o["name"] == "hexagon" for o in samples[0]["objects"]), "the val image must hold the class train lacks"
+    train_src, val_src = WRITE[fmt](no_hexagon, tmp_path / "t"), WRITE[fmt](samples[:1], tmp_path / "v")
+    status, out, err = _run(capsys, fmt, str(train_src), str(tmp_path / "out"), "--val-src", str(val_src))
+    assert status == 0, err
+    cats = {s: json.loads((tmp_path / "out" / "annotations" / f"instances_{s}.json").read_text())["categories"]
+            for s in ("train", "val")}
+    assert cats["train"] == cats["val"] and [c["name"] for c in cats["val"]] == sorted(cv.CUSTOM_CLASSES), cats
+    assert "train: 3 images" in out and "val: 1 images" in out, out
+    status, _, err = _run(capsys, fmt, str(train_src), str(tmp_path / "o2"), "--val-src", str(val_src),
+                          "--val-fraction", "0.5")
+    assert status == 2 and "give --val-src or --val-fraction, not both" in err and not (tmp_path / "o2").exists()
