@@ -152,7 +152,8 @@ def load_coco_json(path) -> dict:
 # %% ../nbs/02_data.ipynb #65f48b07
 def check_polygons(polys: list, where: str = "segmentation") -> None:
     "Raise `UserInputError` unless every polygon is a flat list of an even number (>= 6) of coordinates."
-    if len(polys) == 0: raise UserInputError(f"{where}: empty polygon list")
+    if len(polys) == 0: raise UserInputError(f"{where}: empty polygon list (no mask: a box-only annotation? the mask "
+                                             "branch trains on a polygon or an RLE per object)")
     for i, p in enumerate(polys):
         if not isinstance(p, (list, tuple)) or len(p) % 2 or len(p) < 6:
             n = len(p) if isinstance(p, (list, tuple)) else "?"

@@ -36,6 +36,9 @@ def _predict_batch(model, items: list, device) -> list:
 def shard_batches(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list:
     """The batches (lists of item indices of a dataset of `n`) that process `rank` of `world` predicts: every
     `world`-th batch of the one-process order, so each image shares its batch with the same images as in one process."""
+    if batch_size < 1 or world < 1 or not 0 <= rank < world:
+        raise ValueError(f"shard_batches needs batch_size >= 1 and 0 <= rank < world, got {batch_size}, {rank}, "
+                         f"{world}")
     return [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)][rank::world]
 
 # %% ../nbs/13_eval.ipynb #b504206d
@@ -65,6 +68,7 @@ def dataset_proposals(rpn_model, dataset: COCODataset, mode: str = "test", batch
     """`{image_id: (K, 4) xyxy}`: the proposals of an RPN-only model (`rpn='only'`) on `dataset`,
     with its `mode` ('train' / 'test') counts."""
     import copy
+    if mode not in ("train", "test"): raise UserInputError(f"mode {mode!r}: 'train' or 'test' (the RPN's counts)")
     if getattr(rpn_model, "box", None) is not None:
         raise UserInputError("dataset_proposals needs an RPN-only model (build it with rpn='only')")
     m = copy.deepcopy(rpn_model)
@@ -79,6 +83,7 @@ def proposal_recall(proposals: dict, dataset: COCODataset, ious=(0.5, 0.7)) -> d
     gt_boxes = {r["id"]: [a[1] for a in r["anns"]] for r in dataset.records}   # xyxy, crowds left out
     best, counts = [], []
     for img_id, p in proposals.items():
+        if img_id not in gt_boxes: raise UserInputError(f"proposals of image {img_id}: no such image in the dataset")
         gt = torch.tensor(gt_boxes[img_id], dtype=torch.float32).reshape(-1, 4)
         counts.append(len(p))
         if len(gt): best.append(box_iou(gt, p).max(1).values if len(p) else torch.zeros(len(gt)))
