@@ -23,8 +23,8 @@ from .shapes import make_shapes
 
 # %% auto #0
 __all__ = ['ROI_WORKLOADS', 'PROFILE_GROUPS', 'PROFILED', 'CONTENTION_SCENARIOS', 'CONTENTION_TARGETS', 'COCO_CATEGORY_IDS',
-           'COCO_SIZES', 'time_dataset', 'format_rows', 'bench_data', 'roi_workload', 'bench_roi', 'bench_model',
-           'op_group', 'profile_inference', 'bench_profile', 'speed_file', 'speed_record', 'bench_speed',
+           'COCO_SIZES', 'time_dataset', 'format_rows', 'bench_data', 'roi_workload', 'bench_roi', 'resolve_bf16',
+           'bench_model', 'op_group', 'profile_inference', 'bench_profile', 'speed_file', 'speed_record', 'bench_speed',
            'bf16_left_out', 'speed_markdown', 'plot_speed', 'plot_profile', 'contention_file', 'bench_contention',
            'contention_markdown', 'matched_detections', 'amp_file', 'bench_amp', 'amp_markdown',
            'make_coco_scale_annotations', 'plot_annotation_structure', 'bench_coco_memory', 'coco_memory_rows',
@@ -271,13 +271,17 @@ def _model_rows(cases: list, times: dict, peaks: dict, detections: dict) -> list
     return rows
 
 # %% ../nbs/30_benchmarks.ipynb #171e8529
+def resolve_bf16(bf16: bool | None) -> bool:
+    "Whether a benchmark times the bfloat16 cases: as asked, or (None: auto) where torch has the kernels."
+    return cpu_bf16_kernels() if bf16 is None else bf16
+
 def bench_model(repeats: int = 3, size=(800, 1066), train_size=(800, 1066), progress: bool = True,
                 bf16: bool | None = None) -> list:
     """Inference and training-step time (and peak-memory rise) of R-50-FPN Mask R-CNN: ours against torchvision.
     The models run at the images' own `size` / `train_size` (h, w): their resize keeps that size (shorter side, cap
     >= 1333). `bf16`: time the bfloat16 cases too (None: where `cpu_bf16_kernels`)."""
     import copy
-    bf16 = cpu_bf16_kernels() if bf16 is None else bf16
+    bf16 = resolve_bf16(bf16)
     models = _inference_models(size, bf16)
     tv_train, ours_train = _training_models(train_size)
     image, images2, targets2 = _bench_data(size, train_size)
@@ -372,7 +376,7 @@ def bench_speed(out=None, repeats: int = 5, scale: float = 1.0, size=(800, 1066)
                 progress: bool = True, bf16: bool | None = None) -> dict:
     """`bench_roi`, `bench_model` and `bench_profile` in one run, as a `speed_record`; written to `out` (JSON) if
     given. `bf16`: time the bfloat16 cases too (None: where `cpu_bf16_kernels`)."""
-    bf16 = cpu_bf16_kernels() if bf16 is None else bf16
+    bf16 = resolve_bf16(bf16)
     roi = bench_roi(repeats=repeats, scale=scale, progress=progress)
     model = bench_model(repeats, size, size, progress, bf16)
     profiled = [n for n in PROFILED if bf16 or "bf16" not in n]

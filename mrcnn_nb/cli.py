@@ -12,7 +12,7 @@ import time
 from pathlib import Path, PurePosixPath
 
 from . import __version__
-from .core import UserInputError, cpu_bf16_kernels, describe_cpu
+from .core import UserInputError, describe_cpu
 
 # %% auto #0
 __all__ = ['COMMANDS', 'MAIN_JOB', 'IMAGE_SUFFIXES', 'build_parser', 'parse_args', 'main', 'cmd_shapes', 'cmd_show',
@@ -830,9 +830,9 @@ def _bench_amp(args):
 # %% ../nbs/15_cli.ipynb #5c96c1de
 def _bench_model(args):
     "`mrcnn_nb bench model`: the whole model against torchvision's; the table, and why bfloat16 rows are missing."
-    from mrcnn_nb.bench import bench_model, bf16_left_out, format_rows
+    from mrcnn_nb.bench import bench_model, bf16_left_out, format_rows, resolve_bf16
     asked = _bf16(args)
-    bf16 = cpu_bf16_kernels() if asked is None else asked   # auto: where torch has the kernels
+    bf16 = resolve_bf16(asked)
     small = dict(repeats=1, size=(96, 128), train_size=(96, 128)) if args.quick else dict(repeats=args.repeats)
     print(format_rows(bench_model(bf16=bf16, **small)))
     if not bf16: print(bf16_left_out(by_command=asked is False))

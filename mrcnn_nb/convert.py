@@ -391,7 +391,7 @@ def convert(fmt: str, src, out, val_fraction: float = 0.0, seed: int = 0, classe
     if val_src is not None and val_fraction: raise UserInputError("give --val-src or --val-fraction, not both")
     read = lambda s: READERS[fmt](s, bad_polygons=bad_polygons, dropped=dropped, progress=progress, **kw)
     images, val_images = read(src), [] if val_src is None else read(val_src)
-    _check_unique_files(images), _check_unique_files(val_images)
+    for split in (images, val_images): _check_unique_files(split)
     names = class_list(images + val_images, classes)                  # one class list: the same ids in both splits
     splits = split_images(images, val_fraction, seed)
     if val_images: splits["val"] = split_images(val_images)["train"]   # all of them, in file-name order
