@@ -135,24 +135,30 @@ class BoxBranch(nn.Module):
     def __init__(self, pooler: nn.Module, head: nn.Module, predictor: FastRCNNPredictor, fg_iou: float = 0.5,
                  bg_iou: float = 0.5, batch_size_per_image: int = 512, positive_fraction: float = 0.25,
                  bbox_reg_weights=(10.0, 10.0, 5.0, 5.0), score_thresh: float = 0.05, nms_thresh: float = 0.5,
-                 detections_per_img: int = 100):
+                 detections_per_img: int = 100, keep_map: bool = False):
         super().__init__()
         self.pooler, self.head, self.predictor = pooler, head, predictor
         self.matcher = Matcher(fg_iou, bg_iou, allow_low_quality_matches=False)
         self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
         self.coder = BoxCoder(bbox_reg_weights)
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
+        self.keep_map = keep_map   # training: also return the head's maps (Res5Head), for the C4 mask branch
 
     def forward(self, features: list, proposals: list, image_sizes: list, targets: list | None = None):
-        "Training: (losses, sampled dict with proposals / labels / matched_idxs). Eval: (detections, {})."
+        """Training: (losses, sampled dict with proposals / labels / matched_idxs, and head_map, the head's map of each
+        sampled RoI, when `keep_map`). Eval: (detections, {})."""
         if self.training:
             if targets is None: raise ValueError("the box branch needs targets in training mode")
             proposals, matched, labels, reg = sample_rois(proposals, targets, self.matcher, self.sampler, self.coder)
-        x = mixed(self.head, self.pooler(features, proposals))   # the MLP in the model's mixed precision, if any
+        keep = self.training and self.keep_map
+        # the head in the model's mixed precision, if any; (vector, map) when keep
+        x = mixed(self.head, self.pooler(features, proposals), *((True,) if keep else ()))
+        x, head_map = x if keep else (x, None)
         class_logits, box_deltas = self.predictor(x)
         if self.training:
-            return (fastrcnn_loss(class_logits, box_deltas, labels, reg),
-                    dict(proposals=proposals, labels=labels, matched_idxs=matched))
+            sampled = dict(proposals=proposals, labels=labels, matched_idxs=matched)
+            if keep: sampled["head_map"] = head_map
+            return fastrcnn_loss(class_logits, box_deltas, labels, reg), sampled
         return postprocess_detections(class_logits, box_deltas, proposals, image_sizes, self.coder, self.score_thresh,
                                       self.nms_thresh, self.detections_per_img), {}
 

@@ -153,15 +153,18 @@ class MaskBranch(nn.Module):
         self.loss, self.agnostic = loss, agnostic
         self.target_aligned, self.binarize_targets = target_aligned, binarize_targets
 
-    def logits(self, features: list, boxes: list) -> Tensor:
-        x = mixed(self.head, self.pooler(features, boxes))   # convolutions in the model's mixed precision, if any
+    def logits(self, features: list, boxes: list, head_features: Tensor | None = None) -> Tensor:
+        """Mask logits of `boxes`; `head_features`: the head's output on them when the caller already has it (C4 in
+        training: the box head's res5 maps of the positive RoIs), so that pooling and the head are skipped."""
+        # convolutions in the model's mixed precision, if any
+        x = mixed(self.head, self.pooler(features, boxes)) if head_features is None else head_features
         return x if self.predictor is None else mixed(self.predictor, x)
 
     def forward(self, features: list, boxes: list, labels: list, targets: list | None = None,
-                matched_idxs: list | None = None):
+                matched_idxs: list | None = None, head_features: Tensor | None = None):
         """Training: {'loss_mask'} on the RoIs `boxes` (positives) of classes `labels`.
         Eval: probabilities (D, 1, S, S) per image."""
-        logits = self.logits(features, boxes)
+        logits = self.logits(features, boxes, head_features)
         lab = torch.cat(labels) if labels else logits.new_zeros(0, dtype=torch.int64)
         if self.training:
             size = logits.shape[-1]

@@ -408,6 +408,12 @@ def _positive_rois(sampled: dict) -> tuple:
     matched = [m[i] for m, i in zip(sampled["matched_idxs"], pos)]
     return boxes, labels, matched
 
+def _positive_maps(sampled: dict) -> Tensor | None:
+    "The box head's maps of the positive sampled RoIs, in `_positive_rois`' order; None when it kept none."
+    if "head_map" not in sampled: return None
+    return sampled["head_map"][torch.cat(sampled["labels"]) > 0]
+
+
 # %% ../nbs/11_model.ipynb #ea6dbf9e
 class MaskRCNN(nn.Module):
     "Mask R-CNN: transform -> backbone -> RPN -> box branch -> mask / keypoint branches -> postprocess."
@@ -462,7 +468,8 @@ class MaskRCNN(nn.Module):
         if self.training:
             losses.update(detections)
             boxes, labels, matched = _positive_rois(sampled)
-            if self.mask is not None: losses.update(self.mask(roi_features, boxes, labels, targets, matched))
+            if self.mask is not None:
+                losses.update(self.mask(roi_features, boxes, labels, targets, matched, _positive_maps(sampled)))
             if self.keypoint is not None: losses.update(self.keypoint(roi_features, boxes, targets, matched))
             return losses
         boxes = [d["boxes"] for d in detections]
@@ -514,6 +521,13 @@ def _roi_inputs(cfg: Config, backbone: nn.Module) -> tuple:
     if cfg.features == "FPN": return backbone.strides[:4], 4, cfg.fpn_channels
     return backbone.strides, 1, backbone.out_channels
 
+# %% ../nbs/11_model.ipynb #399418db
+def _mask_reuses_res5(cfg: Config) -> bool:
+    """Whether the C4 mask branch trains on the box head's res5 maps of the positive RoIs (Figure 4, left: the mask
+    branch grows out of res5's output) instead of running res5 on them again: when both branches pool alike."""
+    return (cfg.features == "C4" and cfg.mask and cfg.mask_head == "fcn" and cfg.mask_roi == cfg.box_roi
+            and cfg.mask_resolution == cfg.box_resolution)
+
 # %% ../nbs/11_model.ipynb #49b44a91
 def _box_branch(cfg: Config, trunk: dict, strides, channels: int) -> BoxBranch:
     "The box branch: res5 (C4) or two fc layers (FPN, C5) on the pooled RoIs, then class scores and box deltas."
@@ -522,7 +536,7 @@ def _box_branch(cfg: Config, trunk: dict, strides, channels: int) -> BoxBranch:
                      FastRCNNPredictor(head.out_features, cfg.num_classes),
                      batch_size_per_image=cfg.box_batch_size, positive_fraction=cfg.box_positive_fraction,
                      score_thresh=cfg.box_score_thresh, nms_thresh=cfg.box_nms,
-                     detections_per_img=cfg.detections_per_img)
+                     detections_per_img=cfg.detections_per_img, keep_map=_mask_reuses_res5(cfg))
 
 # %% ../nbs/11_model.ipynb #b1a5cc93
 class SharedRes5(nn.Module):
