@@ -22,18 +22,20 @@ from .core import UserInputError, atomic_write, cache_dir, describe_cpu, in_test
 from .model import Config, get_config
 
 # %% auto #0
-__all__ = ['PROTOCOL_VERSION', 'PROTOCOL', 'SEEDS', 'ABLATION_DATA', 'SMOKE_DATA', 'SMOKE_SCHEDULE', 'EXAMPLE_IMAGES', 'VARIANTS',
-           'MASK3', 'BOX3', 'KP3', 'TABLES', 'PRETRAINING', 'SMOKE_PRETRAINING', 'TRUNK_FIELDS', 'PRETRAINING_PIXELS',
-           'PASTES', 'PASTE_VARIANTS', 'WORKING_BOX_AP', 'VERDICTS', 'REFERENCE_ROWS', 'Variant', 'Row',
-           'AblationTable', 'ablation_config', 'config_dict', 'get_table', 'table_variants', 'coco_config',
-           'ablation_data', 'data_spec', 'default_store', 'run_path', 'paste_path', 'paste_store', 'git_commit',
-           'classification_images', 'trunk_name', 'plot_classification_images', 'pretrain_trunk', 'trunk_weights',
-           'rpn_config', 'rpn_name', 'rpn_path', 'proposals_fingerprint', 'run_rpn', 'stored_rpn', 'rpn_proposals',
-           'run_variant', 'load_runs', 'missing_runs', 'run_ablations', 'paste_study', 'run_paste_study', 'table_runs',
-           'column_values', 'mean_std', 'difference', 'verdict', 'protocol_acceptance', 'untestable',
-           'working_detectors', 'compare', 'comparisons', 'table_markdown', 'headlines', 'results_sentence',
-           'results_markdown', 'load_paste_study', 'paste_summary', 'paste_markdown', 'plot_table', 'plot_ap_vs_iou',
-           'example_images', 'plot_examples', 'coco_commands', 'variants_markdown', 'acceptance_markdown']
+__all__ = ['PROTOCOL_VERSION', 'PROTOCOL', 'SEEDS', 'RUN_BUDGET_MIN', 'ABLATION_DATA', 'SMOKE_DATA', 'SMOKE_SCHEDULE',
+           'EXAMPLE_IMAGES', 'VARIANTS', 'MASK3', 'BOX3', 'KP3', 'TABLES', 'PRETRAINING', 'SMOKE_PRETRAINING',
+           'TRUNK_FIELDS', 'PRETRAINING_PIXELS', 'PASTES', 'PASTE_VARIANTS', 'WORKING_BOX_AP', 'VERDICTS',
+           'PAPER_LEVEL', 'REFERENCE_ROWS', 'Variant', 'Row', 'AblationTable', 'ablation_config', 'config_dict',
+           'get_table', 'table_variants', 'coco_config', 'ablation_data', 'data_spec', 'default_store', 'run_path',
+           'paste_path', 'paste_store', 'git_commit', 'classification_images', 'trunk_name',
+           'plot_classification_images', 'pretrain_trunk', 'trunk_weights', 'rpn_config', 'rpn_name', 'rpn_path',
+           'proposals_fingerprint', 'run_rpn', 'stored_rpn', 'rpn_proposals', 'run_variant', 'load_runs',
+           'missing_runs', 'run_ablations', 'paste_study', 'run_paste_study', 'table_runs', 'column_values', 'mean_std',
+           'difference', 'verdict', 'protocol_acceptance', 'untestable', 'planned_runs', 'working_detectors', 'compare',
+           'comparisons', 'table_markdown', 'reading_markdown', 'protocol_caption', 'runs_markdown', 'headlines',
+           'results_sentence', 'results_markdown', 'load_paste_study', 'paste_summary', 'paste_markdown', 'plot_table',
+           'plot_ap_vs_iou', 'example_images', 'plot_examples', 'coco_commands', 'variants_markdown',
+           'acceptance_markdown']
 
 # %% ../nbs/20a_ablations.ipynb #699ed753
 PROTOCOL_VERSION = 2   # records of protocol 1 are kept in nbs/results/ablations-v1 and read by no table
@@ -43,10 +45,12 @@ PROTOCOL = dict(max_iter=2000, lr_steps=(1600,), warmup_iters=100, ims_per_batch
                 anchor_sizes=(16, 32, 64, 128, 256),   # 256-px images: C4 sees 16x16, C5 8x8 cells
                 # res4 and res5 deep enough that a res5 cell sees the largest objects (receptive field ~200 px)
                 blocks=(1, 1, 3, 2),
-                roi_aligned=False,     # the paper's RoIAlign (no half-pixel offset) and its mask pasting
-                rpn="separate",        # the RPN trained separately, its proposals fixed for the heads (§4.2)
+                roi_aligned=False,     # the paper's RoIAlign (no half-pixel offset), Detectron's mask pasting
+                rpn="separate",        # the RPN trained separately, its proposals fixed for the heads (§3.1)
                 checkpoint_period=10**9, eval_period=0)
 SEEDS = (0, 1, 2)
+RUN_BUDGET_MIN = 12   # a run's budget: minutes of training on one thread, two runs at a time on two cores
+
 
 # %% ../nbs/20a_ablations.ipynb #12237e99
 # The datasets of the ablations (02a_shapes), generated once and cached: the 128-px scenes at twice the resolution
@@ -226,7 +230,8 @@ _TABLES_5_6 = (   # notebooks 26 and 27
             {("bbox", "AP"): 52.0, ("segm", "AP"): 45.1, ("keypoints", "AP"): 64.7}, ("MASK_KP_R_50_FPN", {}))),
         "Mask R-CNN, keypoint-only",
         "adding masks helps boxes and keypoints; adding keypoints costs box and mask AP slightly",
-        ("Mask R-CNN, keypoint & mask", "Mask R-CNN, keypoint-only", ("keypoints", "AP"))),
+        ("Mask R-CNN, keypoint & mask", "Mask R-CNN, keypoint-only", ("keypoints", "AP")),
+        extra=(("Mask R-CNN, mask-only", "Faster R-CNN"), ("Mask R-CNN, keypoint & mask", "Mask R-CNN, mask-only"))),
     AblationTable("6", "RoI layers for keypoints (FPN)", "27_keypoints_roi", KP3, (
         Row("RoIPool", "kp_kp_roipool", _p(KP3, 59.8, 86.2, 66.7),
             ("KP_R_50_FPN", dict(box_roi="pool", keypoint_roi="pool"))),
@@ -813,8 +818,16 @@ def difference(a: list, b: list) -> dict:
 # %% ../nbs/20a_ablations.ipynb #44d00f7e
 WORKING_BOX_AP = 10.0   # box AP x 100 (mean over seeds) below which a model is not a working detector
 VERDICTS = ("reproduces", "direction only", "not reproduced", "not testable")
+# the paper reports single runs; a difference of its smaller than this (AP x 100) is read as "no difference", as its
+# text reads RoIWarp against RoIPool in Table 2c (27.2 against 26.9: "it performs on par with RoIPool", §3)
+PAPER_LEVEL = 0.5
 
 # %% ../nbs/20a_ablations.ipynb #ebf9af74
+def _pct(x) -> str:
+    "A relative difference in percent: whole percents, one decimal under 1 % (no '-0 %')."
+    if x is None or math.isnan(x): return ""
+    return f"{100 * x:+.0f} %" if abs(100 * x) >= 1 else f"{100 * x:+.1f} %"
+
 def verdict(paper_diff: float, paper_ref: float, ours: dict, ref_mean: float, working: bool = True) -> tuple[str, str]:
     """(verdict, reason) for the paper's difference `paper_diff` (on its reference value `paper_ref`) against ours,
     `ours` from `difference` on the reference row with mean `ref_mean`; `working`: both models are working detectors."""
@@ -822,19 +835,22 @@ def verdict(paper_diff: float, paper_ref: float, ours: dict, ref_mean: float, wo
         return "not testable", f"a model of the pair is not a working detector (box AP < {WORKING_BOX_AP:g})"
     if ours["beyond_noise"] is None: return "not testable", "fewer than 2 seeds on a side"
     res, d = ours["resolution"], ours["diff"]
+    if abs(paper_diff) < PAPER_LEVEL:   # the paper: no difference
+        if ours["beyond_noise"]:
+            return "not reproduced", f"the paper finds none ({paper_diff:+.1f}); ours {d:+.1f} is beyond our resolution"
+        return "not testable", f"both level: ours {d:+.1f} is inside our resolution {res:.1f}, which bounds it only"
     rel_p = paper_diff / paper_ref
+    expected, paper = rel_p * ref_mean, f"the paper's {_pct(rel_p)}"   # the paper's relative effect, in our points
     if not ours["beyond_noise"]:
-        expected = rel_p * ref_mean   # the paper's relative effect, in our points
-        paper = f"the paper's {100 * rel_p:+.0f} %"
         if abs(expected) < res:
             return "not testable", f"below resolution: {paper} is {expected:+.1f} here, our seeds resolve {res:.1f}"
-        return "not reproduced", f"inside our resolution ({res:.1f}) though {paper} would be {expected:+.1f} here"
-    if paper_diff == 0:
-        return "not reproduced", f"the paper finds no difference; ours is {d:+.1f}, beyond our resolution {res:.1f}"
+        if abs(d - expected) <= res:
+            return "not testable", f"within our resolution ({res:.1f}) of both 0 and {paper} ({expected:+.1f} here)"
+        return "not reproduced", f"within our resolution ({res:.1f}) of 0, further from {paper} ({expected:+.1f} here)"
     if d * paper_diff < 0: return "not reproduced", "the opposite sign, beyond our resolution"
     ratio = ours["rel"] / rel_p
-    size = f"relative {100 * ours['rel']:+.0f} % vs the paper's {100 * rel_p:+.0f} %"
-    return ("reproduces", size) if 0.5 <= ratio <= 2 else ("direction only", size + f" ({ratio:.1f}x)")
+    size = f"relative {_pct(ours['rel'])} vs {paper}"
+    return ("reproduces", size) if 0.5 <= ratio <= 2 else ("direction only", size + f" ({ratio:.2g}x)")
 
 # %% ../nbs/20a_ablations.ipynb #7027a8d6
 REFERENCE_ROWS = ("fpn", "c4", "c5", "kp_kp")   # the protocol is decided on these alone
@@ -878,6 +894,13 @@ def _runs_to_do(tables, seeds, store: Path, variants: list, log=print) -> list:
         for p in load_runs(v, store)[1]: log(f"stale (another protocol or RPN, will be replaced): {p}")
     return todo
 
+# %% ../nbs/20a_ablations.ipynb #a9eb6178
+def planned_runs(tables, seeds=SEEDS, store=None, log=print) -> list:
+    """What `run_ablations` (and `mrcnn_nb ablate`) would train for `tables`: the missing runs less those of a family
+    the protocol's rule leaves not testable, which are logged as skipped."""
+    store = Path(store) if store is not None else default_store()
+    return _runs_to_do(tables, seeds, store, table_variants(tables), log)
+
 # %% ../nbs/20a_ablations.ipynb #9d0eb2d0
 def _fmt(m, s=math.nan, n=0) -> str:
     if n == 0 or math.isnan(m): return "–"
@@ -894,6 +917,10 @@ def working_detectors(runs: dict) -> dict:
     return {v: bool(mean_std(column_values(rs, ("bbox", "AP")))[0] >= WORKING_BOX_AP) for v, rs in runs.items()}
 
 # %% ../nbs/20a_ablations.ipynb #3b4c4950
+def _gate_text(gate: dict) -> str:
+    "A failed part of the protocol's rule and our value, e.g. 'c4 mask AP / fpn mask AP ≥ 70 %: ours 48 %'."
+    return f"{gate['rule']}: ours {gate['value']:.0f}" + (" %" if gate["rule"].endswith("%") else "")
+
 def compare(table: str, a: str, b: str, col: tuple, store=None, runs: dict | None = None,
             gates: dict | None = None) -> dict | None:
     """Row `a` against row `b` of `table` in column `col`: the paper's difference and ours (absolute, relative to row
@@ -910,13 +937,12 @@ def compare(table: str, a: str, b: str, col: tuple, store=None, runs: dict | Non
     working = working_detectors(runs)
     pd = ra.paper[col] - rb.paper[col] if col in ra.paper and col in rb.paper else None
     d, ok = (difference(va, vb), working[ra.variant] and working[rb.variant]) if va and vb else (None, None)
-    no_paper = ("–", "no number in the paper (a row after it)")
+    no_paper = ("–", "a row the paper does not have" if not (ra.paper and rb.paper) else "no number in the paper")
     v = verdict(pd, rb.paper[col], d, mean_std(vb)[0], ok) if pd is not None and d else no_paper
     if gate:
-        v = ("not testable",
-             f"not testable at CPU scale: the protocol's rule failed ({gate['rule']}: {gate['value']:.0f})")
+        v = "not testable", f"not testable at CPU scale: the protocol's rule failed ({_gate_text(gate)})"
     return dict(row=a, versus=b, column=col, paper=pd, paper_rel=None if pd is None else pd / rb.paper[col], ours=d,
-                working=ok, verdict=v[0], reason=v[1], seeds=min(len(va), len(vb)))
+                working=ok, verdict=v[0], reason=v[1], seeds=min(len(va), len(vb)), gated=bool(gate))
 
 # %% ../nbs/20a_ablations.ipynb #3107d0ec
 def comparisons(table: str, store=None) -> list:
@@ -944,7 +970,7 @@ def _numbers_lines(t: AblationTable, runs: dict) -> list:
 # %% ../nbs/20a_ablations.ipynb #589ae6c1
 def _comparison_line(c: dict) -> str:
     "A row of the markdown table of differences: one `compare`."
-    pct = lambda x: "" if x is None or math.isnan(x) else f" ({100 * x:+.0f} %)"
+    pct = lambda x: f" ({_pct(x)})" if _pct(x) else ""
     p = "–" if c["paper"] is None else f"{c['paper']:+.1f}{pct(c['paper_rel'])}"
     o = c["ours"]
     res = "–" if o is None or math.isnan(o["resolution"]) else f"{o['resolution']:.1f}"
@@ -965,6 +991,72 @@ def table_markdown(table: str, store=None) -> str:
     head = ["| row | against | column | paper Δ | our Δ | resolution | verdict | why |", "|---" * 8 + "|"]
     lines = [title, "", *_numbers_lines(t, runs), "", against, "", *head]
     return "\n".join(lines + [_comparison_line(c) for c in comparisons(table, store)])
+
+# %% ../nbs/20a_ablations.ipynb #c81510d1
+def reading_markdown(table: str, store=None) -> str:
+    """Our reading of `table` in words, from the store: the model families the protocol's rule leaves not testable,
+    then each compared pair in the AP columns (the paper's difference, ours, resolution, verdict and reason), then the
+    count of verdicts over every line."""
+    t, cs = get_table(table), comparisons(table, store)
+    presets = {VARIANTS[v].preset for v in t.variants}
+    out = [f"- Every comparison with a `{p}` model is **not testable at CPU scale**: the protocol's rule fails "
+           f"({_gate_text(g)}; `21_ablation_backbone`), so its other rows are not run."
+           for p, g in untestable(store).items() if p in presets]
+    for c in cs:
+        if c["gated"] or c["column"][1] != "AP": continue
+        o, p = c["ours"], "–" if c["paper"] is None else f"{c['paper']:+.1f} ({_pct(c['paper_rel'])})"
+        out.append(f"- **{c['row']}** against {c['versus']}, {_col_name(c['column'])}: the paper {p}, ours "
+                   f"{o['diff']:+.1f} ({_pct(o['rel'])}), resolution {o['resolution']:.1f} with {c['seeds']} seeds a "
+                   f"side: " + (f"no verdict ({c['reason']})." if c["verdict"] == "–" else
+                                f"***{c['verdict']}*** — {c['reason']}."))
+    from collections import Counter
+    n = Counter(c["verdict"] for c in cs)
+    count = ", ".join(f"{n[v]} {v}" for v in VERDICTS if n[v]) + (f", {n['–']} without a verdict" if n["–"] else "")
+    return "\n".join(out + ([f"\nOver all {len(cs)} lines of the table: {count}."] if cs else ["No runs yet."]))
+
+# %% ../nbs/20a_ablations.ipynb #7d4f7b8f
+_PAPER_ROIS = {"C4": "64", "FPN": "512"}   # §3.1: "N is 64 for the C4 backbone ... and 512 for FPN"
+_NORMS = {"gn": "GroupNorm", "bn": "BatchNorm", "frozen_bn": "frozen BatchNorm"}
+
+def protocol_caption(table: str) -> str:
+    "How our runs of `table` differ from the paper's and where they follow it, from the rows' configs and data."
+    t = get_table(table)
+    cfgs = [ablation_config(v) for v in t.variants]
+    c, d = cfgs[0], data_spec(t.variants[0])
+    kp = d["kind"] == "keypoints"
+    trunks = " / ".join(dict.fromkeys("-".join(map(str, x.blocks)) + (f" ({x.groups} groups)" if x.groups > 1 else "")
+                                      for x in cfgs))
+    rois = "; ".join(f"{f} {n} (the paper's {_PAPER_ROIS.get(f, 'not stated')})"
+                     for f, n in dict.fromkeys((x.features, x.box_batch_size) for x in cfgs))
+    half = [r.label for r, x in zip(t.rows, [ablation_config(r.variant) for r in t.rows]) if x.roi_aligned]
+    return (f"*Ours against the paper.* Differs: {d['n_train']} synthetic {'stick figures' if kp else 'shape scenes'} "
+            f"of {d['size']} px, not COCO at 800 px; a {trunks} ResNet trunk with {_NORMS.get(c.norm, c.norm)}, "
+            f"pre-trained on shape classification, not ImageNet; {c.max_iter} iterations of {c.ims_per_batch} images "
+            f"(the paper: {'90k' if kp else '160k'} of 16); RoIs per image: {rois}; "
+            f"{rpn_config(t.variants[0]).rpn_post_nms_top_n[1]} proposals per image. Follows it: the RPN trained "
+            f"separately, its proposals fixed (§3.1); RoIAlign without the half-pixel offset"
+            + (f" (except {', '.join(half)}, the row that adds it)" if half else "") + ".")
+
+# %% ../nbs/20a_ablations.ipynb #7b565f4e
+def _runs_cells(rs: list) -> list:
+    "The cells of `runs_markdown` for one row's records: minutes per seed, processors, threads x at once, commits."
+    one = lambda f: ", ".join(dict.fromkeys(f(x) for x in rs))
+    m = lambda x: x["machine"]
+    return [" / ".join(f"{x['train_seconds'] / 60:.1f}" for x in rs), one(lambda x: describe_cpu(m(x))),
+            one(lambda x: f"{m(x)['torch_threads']} × {m(x).get('runs_at_once', 1)}"),
+            one(lambda x: x.get("code", {}).get("commit", "?")[:7])]
+
+def runs_markdown(table: str, store=None) -> str:
+    """Each row's runs: the training time of each seed, the machine (processor, threads x runs at once) and the
+    commits of the code that trained them."""
+    t, runs = get_table(table), table_runs(table, store)
+    lines = ["| row | training time per seed (min) | processor | threads × runs at once | code |", "|---" * 5 + "|"]
+    for r in t.rows:
+        rs = sorted(runs[r.variant], key=lambda x: x["seed"])
+        cells = _runs_cells(rs) if rs else ["no runs", "–", "–", "–"]
+        lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + (f"\n\nThe protocol's budget: {RUN_BUDGET_MIN} min a run on one thread. Times on a "
+                               "shared machine vary from run to run.")
 
 # %% ../nbs/20a_ablations.ipynb #10e4d814
 def headlines(store=None) -> list:
@@ -988,10 +1080,10 @@ def results_markdown(store=None) -> str:
         t = h["table"]
         a, b, col = t.headline
         n = h.get("seeds", 0)
-        ours = "–" if not h.get("ours") else f"{h['ours']['diff']:+.1f} ({100 * h['ours']['rel']:+.0f} %)"
+        ours = "–" if not h.get("ours") else f"{h['ours']['diff']:+.1f} ({_pct(h['ours']['rel'])})"
         res = "–" if not h.get("ours") or math.isnan(h["ours"]["resolution"]) else f"{h['ours']['resolution']:.1f}"
         paper = t.row(a).paper[col] - t.row(b).paper[col]
-        paper_cell = f"{paper:+.1f} ({100 * paper / t.row(b).paper[col]:+.0f} %)"
+        paper_cell = f"{paper:+.1f} ({_pct(paper / t.row(b).paper[col])})"
         lines.append(f"| [{t.key}]({t.notebook}.ipynb) | {a} − {b}, {_col_name(col)} | {paper_cell} | "
                      f"{ours} | {n} | {res} | {h.get('verdict', 'no runs yet')} |")
     return "\n".join(lines) + "\n\n" + results_sentence(store)
@@ -1029,7 +1121,7 @@ def paste_markdown(store=None) -> str:
     a, b, m = s["fpn"], s["fpn_aligned"], recs[0]["machine"]
     feat, paste = b["rounded"][0] - a["rounded"][0], b["exact"][0] - b["rounded"][0]   # training first, then pasting
     paste_first = a["exact"][0] - a["rounded"][0]
-    return ("| model | its own pasting | seeds | mask AP, rounded pasting (the paper's) | mask AP, exact pasting "
+    return ("| model | its own pasting | seeds | mask AP, rounded pasting (Detectron's) | mask AP, exact pasting "
             "| exact − rounded | box AP |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows) +
             f"\n\nThe half-pixel model, each model pasted its own way, is {feat + paste:+.1f} mask AP ahead of the "
             f"paper's RoIAlign. Training first (both models pasted with rounded corners): {feat:+.1f} from training "
@@ -1058,11 +1150,12 @@ def plot_table(table: str, store=None, size=(3.0, 2.6)):
             vals = column_values(runs[r.variant], c)
             jitter = np.linspace(-0.08, 0.08, len(vals))
             ax.scatter(np.full(len(vals), i + 0.2) + jitter, vals, s=8, color="k", zorder=3)
-        ax.set_xticks(x, [textwrap.fill(r.label, 24) for r in t.rows], rotation=30, ha="right", fontsize=7)   # wrapped
+        ax.set_xticks(x, [textwrap.fill(r.label, 22) for r in t.rows], rotation=30, ha="right", fontsize=8)   # wrapped
         ax.set_title(_col_name(c), fontsize=9)
-        ax.tick_params(axis="y", labelsize=7)
+        ax.tick_params(axis="y", labelsize=8)
+    axs[0][0].set_ylabel("AP × 100 (bars: mean; dots: seeds)", fontsize=8)
     # title on the left, legend on the right, above the panels: nothing drawn over a bar
-    fig.legend(*axs[0][0].get_legend_handles_labels(), fontsize=7, loc="upper right", ncol=2, frameon=False)
+    fig.legend(*axs[0][0].get_legend_handles_labels(), fontsize=8, loc="upper right", ncol=2, frameon=False)
     fig.suptitle(f"Table {t.key}: {t.title}", fontsize=10, x=0.01, ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.94))
     return fig
@@ -1133,7 +1226,7 @@ def plot_examples(table: str, store=None, image_ids=(1, 2, 3), seed: int = 0, si
     import matplotlib.pyplot as plt
     from mrcnn_nb.viz import draw_instances
     t = get_table(table)
-    runs = table_runs(table, store)
+    runs, gates = table_runs(table, store), untestable(store)
     kind = VARIANTS[t.rows[0].variant].kind
     items, names, skeleton = example_images(kind, image_ids)
     n_rows, n_cols = len(t.rows) + 1, len(image_ids)
@@ -1141,18 +1234,21 @@ def plot_examples(table: str, store=None, image_ids=(1, 2, 3), seed: int = 0, si
     side = lambda ax, text: ax.text(-0.04, 0.5, text, rotation=90, transform=ax.transAxes, ha="right", va="center",
                                     fontsize=7)
     for j, (img, target) in enumerate(items):
-        draw_instances(axs[0][j], img, target, names, skeleton, fontsize=5)
+        draw_instances(axs[0][j], img, target, names, skeleton, fontsize=7)
         for i, r in enumerate(t.rows, 1):
             rec = next((x for x in runs[r.variant] if x["seed"] == seed), None)
             if rec is None:
                 axs[i][j].axis("off")
                 continue
-            draw_instances(axs[i][j], img, _instances(rec["examples"], target["image_id"]), names, skeleton, fontsize=5)
+            draw_instances(axs[i][j], img, _instances(rec["examples"], target["image_id"]), names, skeleton, fontsize=7)
     side(axs[0][0], "ground truth")
     for i, r in enumerate(t.rows, 1):
-        side(axs[i][0], r.label if any(x["seed"] == seed for x in runs[r.variant]) else f"{r.label}: no run yet")
+        gated = VARIANTS[r.variant].preset in gates and r.variant not in REFERENCE_ROWS
+        missing = "not run: not testable at CPU scale" if gated else "no run yet"
+        side(axs[i][0], textwrap.fill(r.label if any(x["seed"] == seed for x in runs[r.variant])
+                                      else f"{r.label}: {missing}", 28))
     fig.suptitle(f"Table {t.key}: predictions (score ≥ 0.5) of the seed-{seed} runs", fontsize=9)
-    fig.tight_layout(pad=0.3)
+    fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))   # room for the title
     return fig
 
 # %% ../nbs/20a_ablations.ipynb #38ea96e3
@@ -1198,4 +1294,6 @@ def acceptance_markdown(store=None) -> str:
                       f"{r['machine']['torch_threads']} thread)"
                       for r in runs)
     sentence = f"\n\nSeeds per reference row: {a['seeds']}. The protocol: {verdict}."
-    return "\n".join(lines) + sentence + (f" Training times: {times}." if times else "")
+    over = sum(r["train_seconds"] > 60 * RUN_BUDGET_MIN for r in runs)
+    budget = f" {over} of these {len(runs)} runs took longer than the budget of {RUN_BUDGET_MIN} min." if runs else ""
+    return "\n".join(lines) + sentence + (f" Training times: {times}." if times else "") + budget
