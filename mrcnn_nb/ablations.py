@@ -718,6 +718,14 @@ def _run_stages(stage: str, todo: list, store: Path, smoke: bool, jobs: int, pro
         bar.close()
     return todo
 
+# %% ../nbs/20a_ablations.ipynb #c3e459ac
+def _smoke_store(store: Path, smoke: bool) -> Path:
+    "`store`, unless a smoke run (a few iterations) would write into a committed store, which is refused."
+    committed = {p.resolve() for p in (default_store(), paste_store())}
+    if smoke and store.resolve() in committed:
+        raise UserInputError(f"smoke runs would overwrite the committed records in {store}: give another --store")
+    return store
+
 # %% ../nbs/20a_ablations.ipynb #47c9f39f
 def run_ablations(tables, seeds=SEEDS, store=None, smoke: bool = False, jobs: int = 1, progress: bool = True,
                   device: str = "auto", log=print, variants=None, retrain_rpns: bool = False) -> list:
@@ -728,7 +736,7 @@ def run_ablations(tables, seeds=SEEDS, store=None, smoke: bool = False, jobs: in
     if smoke and store is None:
         with tempfile.TemporaryDirectory(prefix="ablations-smoke-") as tmp:
             return run_ablations(tables, seeds, tmp, smoke, jobs, progress, device, log, variants, retrain_rpns)
-    store = Path(store) if store is not None else default_store()
+    store = _smoke_store(Path(store), smoke) if store is not None else default_store()
     for v in variants or (): ablation_config(v)   # unknown names are refused
     seeds, variants = tuple(seeds), [v for v in table_variants(tables) if variants is None or v in variants]
     todo = [(v, s) for s in seeds for v in variants] if smoke else _runs_to_do(tables, seeds, store, variants, log)
@@ -749,7 +757,7 @@ def _paste_study_store(store, smoke: bool) -> Path:
     """Where a paste study writes: `store`, by default its own (`paste_store`), with the protocol's trunks linked; a
     smoke study must be given one (a temporary folder): smoke records never go to the committed store."""
     if smoke and store is None: raise UserInputError("a smoke paste study needs a store (a temporary folder)")
-    store = Path(store) if store is not None else paste_store()
+    store = _smoke_store(Path(store), smoke) if store is not None else paste_store()
     if not smoke: _share_trunks(store)
     return store
 
@@ -824,7 +832,7 @@ PAPER_LEVEL = 0.5
 
 # %% ../nbs/20a_ablations.ipynb #ebf9af74
 def _pct(x) -> str:
-    "A relative difference in percent: whole percents, one decimal under 1 % (no '-0 %')."
+    "A relative difference in percent: whole percents, one decimal under 1 % ('-0.0 %', never a bare '-0 %')."
     if x is None or math.isnan(x): return ""
     return f"{100 * x:+.0f} %" if abs(100 * x) >= 1 else f"{100 * x:+.1f} %"
 
@@ -834,8 +842,9 @@ def verdict(paper_diff: float, paper_ref: float, ours: dict, ref_mean: float, wo
     if not working:
         return "not testable", f"a model of the pair is not a working detector (box AP < {WORKING_BOX_AP:g})"
     if ours["beyond_noise"] is None: return "not testable", "fewer than 2 seeds on a side"
+    if not (ref_mean > 0 and paper_ref > 0): return "not testable", "a reference AP of 0 or less: no relative size"
     res, d = ours["resolution"], ours["diff"]
-    if abs(paper_diff) < PAPER_LEVEL:   # the paper: no difference
+    if abs(round(paper_diff, 1)) < PAPER_LEVEL:   # the paper's numbers have one decimal   # the paper: no difference
         if ours["beyond_noise"]:
             return "not reproduced", f"the paper finds none ({paper_diff:+.1f}); ours {d:+.1f} is beyond our resolution"
         return "not testable", f"both level: ours {d:+.1f} is inside our resolution {res:.1f}, which bounds it only"
@@ -918,8 +927,8 @@ def working_detectors(runs: dict) -> dict:
 
 # %% ../nbs/20a_ablations.ipynb #3b4c4950
 def _gate_text(gate: dict) -> str:
-    "A failed part of the protocol's rule and our value, e.g. 'c4 mask AP / fpn mask AP ≥ 70 %: ours 48 %'."
-    return f"{gate['rule']}: ours {gate['value']:.0f}" + (" %" if gate["rule"].endswith("%") else "")
+    "A failed part of the protocol's rule and our value, e.g. 'c4 mask AP / fpn mask AP ≥ 70 %: ours 47.6 %'."
+    return f"{gate['rule']}: ours {gate['value']:.1f}" + (" %" if gate["rule"].endswith("%") else "")
 
 def compare(table: str, a: str, b: str, col: tuple, store=None, runs: dict | None = None,
             gates: dict | None = None) -> dict | None:

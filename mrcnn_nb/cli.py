@@ -703,8 +703,9 @@ def _ablate_args(s):
 
 # %% ../nbs/15_cli.ipynb #269da9e9
 def _list_store(tables: list, seeds: tuple, store):
-    "Print what the results store holds for the rows of `tables`, and the (variant, seed) runs it lacks."
-    from mrcnn_nb.ablations import get_table, load_runs, missing_runs
+    """Print what the results store holds for the rows of `tables`, and the (variant, seed) runs `ablate` would train
+    (the missing ones, less those of a family the protocol's rule leaves not testable, listed as skipped)."""
+    from mrcnn_nb.ablations import get_table, load_runs, planned_runs
     for t in tables:
         tab = get_table(t)
         print(f"Table {t} ({tab.title}, notebook {tab.notebook}):")
@@ -712,9 +713,9 @@ def _list_store(tables: list, seeds: tuple, store):
             cur, stale = load_runs(r.variant, store)
             done = sorted(x['seed'] for x in cur)
             print(f"  {r.label:28s} {r.variant:14s} seeds done {done}" + (f", {len(stale)} stale" if stale else ""))
-    todo = missing_runs(tables, seeds, store)
+    todo = planned_runs(tables, seeds, store, log=lambda line: print("  " + line))
     listed = ": " + ", ".join(f"{v}/{s}" for v, s in todo) if todo else ""
-    print(f"{len(todo)} run(s) missing for seeds {list(seeds)}" + listed)
+    print(f"{len(todo)} run(s) to train for seeds {list(seeds)}" + listed)
 
 # %% ../nbs/15_cli.ipynb #80d31f65
 def cmd_ablate(args) -> int:

@@ -169,7 +169,7 @@ def test_cli_smoke_runs_a_table_without_touching_the_store(tmp_path):
 
 def test_cli_list_and_errors(tmp_path):
     r = _mrcnn_nb("ablate", "--table", "2c", "2d", "--list", "--store", str(tmp_path))
-    assert r.returncode == 0 and "24 run(s) missing for seeds [0, 1, 2]" in r.stdout, r.stdout
+    assert r.returncode == 0 and "24 run(s) to train for seeds [0, 1, 2]" in r.stdout, r.stdout
     r = _mrcnn_nb("ablate", "--table", "2z", "--list")
     assert r.returncode == 2 and "unknown table '2z'" in r.stderr and "Traceback" not in r.stderr
     (tmp_path / "c5").mkdir(); (tmp_path / "c5" / "seed0.json").write_text("{oops")
