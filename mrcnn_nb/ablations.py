@@ -720,9 +720,10 @@ def _run_stages(stage: str, todo: list, store: Path, smoke: bool, jobs: int, pro
 
 # %% ../nbs/20a_ablations.ipynb #c3e459ac
 def _smoke_store(store: Path, smoke: bool) -> Path:
-    "`store`, unless a smoke run (a few iterations) would write into a committed store, which is refused."
-    committed = {p.resolve() for p in (default_store(), paste_store())}
-    if smoke and store.resolve() in committed:
+    "`store`, unless a smoke run (a few iterations) would write into a committed store or the results folder: refused."
+    from mrcnn_nb.core import results_dir
+    committed = [p.resolve() for p in (default_store(), paste_store(), results_dir())]
+    if smoke and any(store.resolve() == p or p in store.resolve().parents for p in committed):
         raise UserInputError(f"smoke runs would overwrite the committed records in {store}: give another --store")
     return store
 
@@ -859,7 +860,8 @@ def verdict(paper_diff: float, paper_ref: float, ours: dict, ref_mean: float, wo
     if d * paper_diff < 0: return "not reproduced", "the opposite sign, beyond our resolution"
     ratio = ours["rel"] / rel_p
     size = f"relative {_pct(ours['rel'])} vs {paper}"
-    return ("reproduces", size) if 0.5 <= ratio <= 2 else ("direction only", size + f" ({ratio:.2g}x)")
+    times = f" ({ratio:.1f}x)" if abs(ratio) < 10 else f" ({ratio:.0f}x)"
+    return ("reproduces", size) if 0.5 <= ratio <= 2 else ("direction only", size + times)
 
 # %% ../nbs/20a_ablations.ipynb #7027a8d6
 REFERENCE_ROWS = ("fpn", "c4", "c5", "kp_kp")   # the protocol is decided on these alone
@@ -891,24 +893,29 @@ def untestable(store=None) -> dict:
     return {} if a["accepted"] is None else {r["gates"]: r for r in a["rules"] if r["ok"] is False}
 
 # %% ../nbs/20a_ablations.ipynb #d8a28c74
+def _gated(variant: str, gates: dict) -> bool:
+    "Whether the runner skips `variant`: a non-reference row of a family the rule left not testable (`gates`)."
+    return VARIANTS[variant].preset in gates and variant not in REFERENCE_ROWS
+
 def _runs_to_do(tables, seeds, store: Path, variants: list, log=print) -> list:
     """The missing (variant, seed) runs of `tables` among `variants`, less those of a model family the protocol could
     not make faithful (only its reference row runs); logs what it skips and the stale records it will replace."""
     gates = untestable(store)
     todo = [(v, s) for v, s in missing_runs(tables, seeds, store) if v in variants]
-    for v, s in [x for x in todo if VARIANTS[x[0]].preset in gates and x[0] not in REFERENCE_ROWS]:
+    for v, s in [x for x in todo if _gated(x[0], gates)]:
         log(f"skipped {v} seed {s}: not testable at CPU scale ({gates[VARIANTS[v].preset]['rule']} failed)")
-    todo = [(v, s) for v, s in todo if VARIANTS[v].preset not in gates or v in REFERENCE_ROWS]
+    todo = [(v, s) for v, s in todo if not _gated(v, gates)]
     for v in variants:
         for p in load_runs(v, store)[1]: log(f"stale (another protocol or RPN, will be replaced): {p}")
     return todo
 
 # %% ../nbs/20a_ablations.ipynb #a9eb6178
-def planned_runs(tables, seeds=SEEDS, store=None, log=print) -> list:
-    """What `run_ablations` (and `mrcnn_nb ablate`) would train for `tables`: the missing runs less those of a family
-    the protocol's rule leaves not testable, which are logged as skipped."""
+def planned_runs(tables, seeds=SEEDS, store=None, log=print, variants=None) -> list:
+    """What `run_ablations` (and `mrcnn_nb ablate`) would train for `tables` (only `variants`, if given): the missing
+    runs less those of a family the protocol's rule leaves not testable, which are logged as skipped."""
     store = Path(store) if store is not None else default_store()
-    return _runs_to_do(tables, seeds, store, table_variants(tables), log)
+    rows = [v for v in table_variants(tables) if variants is None or v in variants]
+    return _runs_to_do(tables, seeds, store, rows, log)
 
 # %% ../nbs/20a_ablations.ipynb #9d0eb2d0
 def _fmt(m, s=math.nan, n=0) -> str:
@@ -950,7 +957,8 @@ def compare(table: str, a: str, b: str, col: tuple, store=None, runs: dict | Non
     v = verdict(pd, rb.paper[col], d, mean_std(vb)[0], ok) if pd is not None and d else no_paper
     if gate:
         v = "not testable", f"not testable at CPU scale: the protocol's rule failed ({_gate_text(gate)})"
-    return dict(row=a, versus=b, column=col, paper=pd, paper_rel=None if pd is None else pd / rb.paper[col], ours=d,
+    paper_rel = pd / rb.paper[col] if pd is not None and rb.paper[col] else None
+    return dict(row=a, versus=b, column=col, paper=pd, paper_rel=paper_rel, ours=d,
                 working=ok, verdict=v[0], reason=v[1], seeds=min(len(va), len(vb)), gated=bool(gate))
 
 # %% ../nbs/20a_ablations.ipynb #3107d0ec
@@ -977,13 +985,17 @@ def _numbers_lines(t: AblationTable, runs: dict) -> list:
     return lines
 
 # %% ../nbs/20a_ablations.ipynb #589ae6c1
+def _diff_cells(c: dict) -> tuple:
+    "(paper's difference, ours, our resolution) of one `compare` as text, e.g. '+1.5 (+5 %)'; '–' for none."
+    pct = lambda x: f" ({_pct(x)})" if _pct(x) else ""
+    o = c["ours"]
+    return ("–" if c["paper"] is None else f"{c['paper']:+.1f}{pct(c['paper_rel'])}",
+            "–" if o is None else f"{o['diff']:+.1f}{pct(o['rel'])}",
+            "–" if o is None or math.isnan(o["resolution"]) else f"{o['resolution']:.1f}")
+
 def _comparison_line(c: dict) -> str:
     "A row of the markdown table of differences: one `compare`."
-    pct = lambda x: f" ({_pct(x)})" if _pct(x) else ""
-    p = "–" if c["paper"] is None else f"{c['paper']:+.1f}{pct(c['paper_rel'])}"
-    o = c["ours"]
-    res = "–" if o is None or math.isnan(o["resolution"]) else f"{o['resolution']:.1f}"
-    ours = "–" if o is None else f"{o['diff']:+.1f}{pct(o['rel'])}"
+    p, ours, res = _diff_cells(c)
     return (f"| {c['row']} | {c['versus']} | {_col_name(c['column'])} | {p} | {ours} | {res} | "
             f"{c['verdict']} | {c['reason']} |")
 
@@ -1013,11 +1025,11 @@ def reading_markdown(table: str, store=None) -> str:
            for p, g in untestable(store).items() if p in presets]
     for c in cs:
         if c["gated"] or c["column"][1] != "AP": continue
-        o, p = c["ours"], "–" if c["paper"] is None else f"{c['paper']:+.1f} ({_pct(c['paper_rel'])})"
-        out.append(f"- **{c['row']}** against {c['versus']}, {_col_name(c['column'])}: the paper {p}, ours "
-                   f"{o['diff']:+.1f} ({_pct(o['rel'])}), resolution {o['resolution']:.1f} with {c['seeds']} seeds a "
-                   f"side: " + (f"no verdict ({c['reason']})." if c["verdict"] == "–" else
-                                f"***{c['verdict']}*** — {c['reason']}."))
+        p, ours, res = _diff_cells(c)
+        n = f"{c['seeds']} seed{'s' if c['seeds'] != 1 else ''}"
+        out.append(f"- **{c['row']}** against {c['versus']}, {_col_name(c['column'])}: the paper {p}, ours {ours}, "
+                   f"resolution {res} with {n} a side: " + (f"no verdict ({c['reason']})." if c["verdict"] == "–"
+                                                            else f"***{c['verdict']}*** — {c['reason']}."))
     from collections import Counter
     n = Counter(c["verdict"] for c in cs)
     count = ", ".join(f"{n[v]} {v}" for v in VERDICTS if n[v]) + (f", {n['–']} without a verdict" if n["–"] else "")
@@ -1037,23 +1049,29 @@ def protocol_caption(table: str) -> str:
                                       for x in cfgs))
     rois = "; ".join(f"{f} {n} (the paper's {_PAPER_ROIS.get(f, 'not stated')})"
                      for f, n in dict.fromkeys((x.features, x.box_batch_size) for x in cfgs))
+    train_props, test_props = rpn_config(t.variants[0]).rpn_post_nms_top_n
     half = [r.label for r, x in zip(t.rows, [ablation_config(r.variant) for r in t.rows]) if x.roi_aligned]
     return (f"*Ours against the paper.* Differs: {d['n_train']} synthetic {'stick figures' if kp else 'shape scenes'} "
             f"of {d['size']} px, not COCO at 800 px; a {trunks} ResNet trunk with {_NORMS.get(c.norm, c.norm)}, "
             f"pre-trained on shape classification, not ImageNet; {c.max_iter} iterations of {c.ims_per_batch} images "
             f"(the paper: {'90k' if kp else '160k'} of 16); RoIs per image: {rois}; "
-            f"{rpn_config(t.variants[0]).rpn_post_nms_top_n[1]} proposals per image. Follows it: the RPN trained "
+            f"proposals per image: {train_props} in training, {test_props} at test (the paper's, at test: 1000 "
+            f"for FPN, 300 for C4). Follows it: the RPN trained "
             f"separately, its proposals fixed (§3.1); RoIAlign without the half-pixel offset"
             + (f" (except {', '.join(half)}, the row that adds it)" if half else "") + ".")
 
 # %% ../nbs/20a_ablations.ipynb #7b565f4e
+def _commit_text(code: dict) -> str:
+    "A record's commit, shortened, and '(modified)' when the tree that ran differed from it."
+    return code.get("commit", "?")[:7] + (" (modified)" if code.get("dirty") else "")
+
 def _runs_cells(rs: list) -> list:
     "The cells of `runs_markdown` for one row's records: minutes per seed, processors, threads x at once, commits."
     one = lambda f: ", ".join(dict.fromkeys(f(x) for x in rs))
     m = lambda x: x["machine"]
     return [" / ".join(f"{x['train_seconds'] / 60:.1f}" for x in rs), one(lambda x: describe_cpu(m(x))),
             one(lambda x: f"{m(x)['torch_threads']} × {m(x).get('runs_at_once', 1)}"),
-            one(lambda x: x.get("code", {}).get("commit", "?")[:7])]
+            one(lambda x: _commit_text(x.get("code", {})))]
 
 def runs_markdown(table: str, store=None) -> str:
     """Each row's runs: the training time of each seed, the machine (processor, threads x runs at once) and the
@@ -1092,7 +1110,8 @@ def results_markdown(store=None) -> str:
         ours = "–" if not h.get("ours") else f"{h['ours']['diff']:+.1f} ({_pct(h['ours']['rel'])})"
         res = "–" if not h.get("ours") or math.isnan(h["ours"]["resolution"]) else f"{h['ours']['resolution']:.1f}"
         paper = t.row(a).paper[col] - t.row(b).paper[col]
-        paper_cell = f"{paper:+.1f} ({_pct(paper / t.row(b).paper[col])})"
+        ref = t.row(b).paper[col]
+        paper_cell = f"{paper:+.1f}" + (f" ({_pct(paper / ref)})" if ref else "")
         lines.append(f"| [{t.key}]({t.notebook}.ipynb) | {a} − {b}, {_col_name(col)} | {paper_cell} | "
                      f"{ours} | {n} | {res} | {h.get('verdict', 'no runs yet')} |")
     return "\n".join(lines) + "\n\n" + results_sentence(store)
@@ -1252,8 +1271,7 @@ def plot_examples(table: str, store=None, image_ids=(1, 2, 3), seed: int = 0, si
             draw_instances(axs[i][j], img, _instances(rec["examples"], target["image_id"]), names, skeleton, fontsize=7)
     side(axs[0][0], "ground truth")
     for i, r in enumerate(t.rows, 1):
-        gated = VARIANTS[r.variant].preset in gates and r.variant not in REFERENCE_ROWS
-        missing = "not run: not testable at CPU scale" if gated else "no run yet"
+        missing = "not run: not testable at CPU scale" if _gated(r.variant, gates) else "no run yet"
         side(axs[i][0], textwrap.fill(r.label if any(x["seed"] == seed for x in runs[r.variant])
                                       else f"{r.label}: {missing}", 28))
     fig.suptitle(f"Table {t.key}: predictions (score ≥ 0.5) of the seed-{seed} runs", fontsize=9)

@@ -97,6 +97,8 @@ ROI_WORKLOADS = {  # name: (N, C, H, W, stride, K RoIs, output size)
 # %% ../nbs/30_benchmarks.ipynb #5e20b61a
 def roi_workload(name: str, scale: float = 1.0, seed: int = 0):
     "Features (N, C, H, W) and boxes (K, 5) of a benchmark workload; `scale` < 1 shrinks C and K for quick runs."
+    if name not in ROI_WORKLOADS:
+        raise UserInputError(f"unknown RoI workload {name!r}; choose from {list(ROI_WORKLOADS)}")
     N, C, H, W, stride, K, out = ROI_WORKLOADS[name]
     C, K = max(1, int(C * scale)), max(1, int(K * scale))
     g = torch.Generator().manual_seed(seed)
@@ -471,7 +473,8 @@ def plot_speed(res: dict, size=(10, 4.2)):
     a.legend(fontsize=9)
     rows = [r for r in res["model"] if r["model"] != "torchvision"]
     b.barh(range(len(rows)), [r["time_vs_torchvision"] for r in rows], color="tab:green")
-    b.set(yticks=range(len(rows)), yticklabels=[f"{r['task'][:9]}: {r['model'].replace('ours ', '')}" for r in rows],
+    labels = [f"{r['task'].split()[0]}: {r['model'].replace('ours ', '')}" for r in rows]
+    b.set(yticks=range(len(rows)), yticklabels=labels,
           xlabel="time / torchvision's time", title="whole model")
     b.axvline(1, color="k", lw=1)
     b.invert_yaxis()

@@ -142,6 +142,8 @@ class BoxBranch(nn.Module):
         self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
         self.coder = BoxCoder(bbox_reg_weights)
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
+        if keep_map and not isinstance(head, Res5Head):
+            raise ValueError(f"keep_map needs a head that returns its maps (Res5Head), not {type(head).__name__}")
         self.keep_map = keep_map   # training: also return the head's maps (Res5Head), for the C4 mask branch
 
     def forward(self, features: list, proposals: list, image_sizes: list, targets: list | None = None):

@@ -702,7 +702,7 @@ def _ablate_args(s):
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 # %% ../nbs/15_cli.ipynb #269da9e9
-def _list_store(tables: list, seeds: tuple, store):
+def _list_store(tables: list, seeds: tuple, store, variants=None):
     """Print what the results store holds for the rows of `tables`, and the (variant, seed) runs `ablate` would train
     (the missing ones, less those of a family the protocol's rule leaves not testable, listed as skipped)."""
     from mrcnn_nb.ablations import get_table, load_runs, planned_runs
@@ -713,7 +713,7 @@ def _list_store(tables: list, seeds: tuple, store):
             cur, stale = load_runs(r.variant, store)
             done = sorted(x['seed'] for x in cur)
             print(f"  {r.label:28s} {r.variant:14s} seeds done {done}" + (f", {len(stale)} stale" if stale else ""))
-    todo = planned_runs(tables, seeds, store, log=lambda line: print("  " + line))
+    todo = planned_runs(tables, seeds, store, log=lambda line: print("  " + line), variants=variants)
     listed = ": " + ", ".join(f"{v}/{s}" for v, s in todo) if todo else ""
     print(f"{len(todo)} run(s) to train for seeds {list(seeds)}" + listed)
 
@@ -725,7 +725,8 @@ def cmd_ablate(args) -> int:
     seeds = tuple(range(args.seeds))
     store = Path(args.store) if args.store else None
     if args.list:
-        _list_store(tables, seeds, store)
+        if args.smoke: raise UserInputError("--list shows the results store; a --smoke run never reads it: drop one")
+        _list_store(tables, seeds, store, args.variant)
         return 0
     run_ablations(tables, seeds, store, smoke=args.smoke, jobs=args.jobs, device=args.device, variants=args.variant,
                   retrain_rpns=args.retrain_rpns)

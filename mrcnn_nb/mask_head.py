@@ -156,6 +156,8 @@ class MaskBranch(nn.Module):
     def logits(self, features: list, boxes: list, head_features: Tensor | None = None) -> Tensor:
         """Mask logits of `boxes`; `head_features`: the head's output on them when the caller already has it (C4 in
         training: the box head's res5 maps of the positive RoIs), so that pooling and the head are skipped."""
+        if head_features is not None and len(head_features) != sum(len(b) for b in boxes):
+            raise ValueError(f"head_features has {len(head_features)} rows for {sum(len(b) for b in boxes)} boxes")
         # convolutions in the model's mixed precision, if any
         x = mixed(self.head, self.pooler(features, boxes)) if head_features is None else head_features
         return x if self.predictor is None else mixed(self.predictor, x)

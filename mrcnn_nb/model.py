@@ -524,9 +524,10 @@ def _roi_inputs(cfg: Config, backbone: nn.Module) -> tuple:
 # %% ../nbs/11_model.ipynb #399418db
 def _mask_reuses_res5(cfg: Config) -> bool:
     """Whether the C4 mask branch trains on the box head's res5 maps of the positive RoIs (Figure 4, left: the mask
-    branch grows out of res5's output) instead of running res5 on them again: when both branches pool alike."""
+    branch grows out of res5's output) instead of running res5 on them again: when both branches pool alike, and res5
+    normalizes each RoI alone (GroupNorm, frozen BN: a trainable BatchNorm's batch would be other RoIs)."""
     return (cfg.features == "C4" and cfg.mask and cfg.mask_head == "fcn" and cfg.mask_roi == cfg.box_roi
-            and cfg.mask_resolution == cfg.box_resolution)
+            and cfg.mask_resolution == cfg.box_resolution and cfg.norm != "bn")
 
 # %% ../nbs/11_model.ipynb #49b44a91
 def _box_branch(cfg: Config, trunk: dict, strides, channels: int) -> BoxBranch:
