@@ -845,7 +845,7 @@ def verdict(paper_diff: float, paper_ref: float, ours: dict, ref_mean: float, wo
     if ours["beyond_noise"] is None: return "not testable", "fewer than 2 seeds on a side"
     if not (ref_mean > 0 and paper_ref > 0): return "not testable", "a reference AP of 0 or less: no relative size"
     res, d = ours["resolution"], ours["diff"]
-    if abs(round(paper_diff, 1)) < PAPER_LEVEL:   # the paper's numbers have one decimal   # the paper: no difference
+    if abs(round(paper_diff, 1)) < PAPER_LEVEL:   # the paper: no difference (its numbers have one decimal)
         if ours["beyond_noise"]:
             return "not reproduced", f"the paper finds none ({paper_diff:+.1f}); ours {d:+.1f} is beyond our resolution"
         return "not testable", f"both level: ours {d:+.1f} is inside our resolution {res:.1f}, which bounds it only"
@@ -1042,7 +1042,8 @@ _NORMS = {"gn": "GroupNorm", "bn": "BatchNorm", "frozen_bn": "frozen BatchNorm"}
 def protocol_caption(table: str) -> str:
     "How our runs of `table` differ from the paper's and where they follow it, from the rows' configs and data."
     t = get_table(table)
-    cfgs = [ablation_config(v) for v in t.variants]
+    by_variant = {v: ablation_config(v) for v in t.variants}
+    cfgs = list(by_variant.values())
     c, d = cfgs[0], data_spec(t.variants[0])
     kp = d["kind"] == "keypoints"
     trunks = " / ".join(dict.fromkeys("-".join(map(str, x.blocks)) + (f" ({x.groups} groups)" if x.groups > 1 else "")
@@ -1050,7 +1051,7 @@ def protocol_caption(table: str) -> str:
     rois = "; ".join(f"{f} {n} (the paper's {_PAPER_ROIS.get(f, 'not stated')})"
                      for f, n in dict.fromkeys((x.features, x.box_batch_size) for x in cfgs))
     train_props, test_props = rpn_config(t.variants[0]).rpn_post_nms_top_n
-    half = [r.label for r, x in zip(t.rows, [ablation_config(r.variant) for r in t.rows]) if x.roi_aligned]
+    half = [r.label for r in t.rows if by_variant[r.variant].roi_aligned]
     return (f"*Ours against the paper.* Differs: {d['n_train']} synthetic {'stick figures' if kp else 'shape scenes'} "
             f"of {d['size']} px, not COCO at 800 px; a {trunks} ResNet trunk with {_NORMS.get(c.norm, c.norm)}, "
             f"pre-trained on shape classification, not ImageNet; {c.max_iter} iterations of {c.ims_per_batch} images "
