@@ -29,6 +29,17 @@ def _plan_arrays(plan: BilinearPlan):
     y, x = plan.y, plan.x
     return tuple(t.numpy() for t in (plan.batch, y.lo, y.hi, y.w_lo, y.w_hi, y.n, x.lo, x.hi, x.w_lo, x.w_hi, x.n))
 
+# %% ../nbs/07a_roi_numba.ipynb #b1cff643
+def _z_order(batch: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    "Indices that sort points by image, then in Z-order of (y, x): the bits of y and x interleaved."
+    y, x, z = np.clip(y, 0, 2**20 - 1).astype(np.int64), np.clip(x, 0, 2**20 - 1).astype(np.int64), 0
+    for i in range(20): z = z | ((y >> i) & 1) << (2 * i + 1) | ((x >> i) & 1) << (2 * i)
+    return np.lexsort((z, batch))
+
+def _locality_order(plan: BilinearPlan) -> np.ndarray:
+    "The order in which the average kernels visit the RoIs of `plan`: `_z_order` of each RoI's first sample cell."
+    return _z_order(plan.batch.numpy(), plan.y.lo[:, 0, 0].numpy(), plan.x.lo[:, 0, 0].numpy())
+
 # %% ../nbs/07a_roi_numba.ipynb #6c804a02
 @numba.njit(cache=True, nogil=True)
 def _avg_bins(src, k, ph0, ph1, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, cnt, dy, dx, o, out):
@@ -51,12 +62,12 @@ def _avg_bins(src, k, ph0, ph1, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, 
 
 # %% ../nbs/07a_roi_numba.ipynb #6c0a0ab4
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _bilinear_avg_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, out):
-    # x (N, H, W, C); plans (K, P, G); out (K, C, PH, PW), as torchvision returns it; one task per RoI and bin row
+def _bilinear_avg_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, out, order):
+    # x (N, H, W, C); plans (K, P, G); out (K, C, PH, PW), as torchvision returns it; one task per RoI and bin row,
+    # RoIs visited in `order`
     K, PH, C = ylo.shape[0], ylo.shape[1], x.shape[3]
     for t in prange(K * PH):
-        k = t // PH
-        ph = t - k * PH
+        k, ph = order[t // PH], t % PH
         o = np.empty(C, dtype=out.dtype)   # one bin's channels, contiguous: the inner loop vectorizes
         _avg_bins(x[batch[k]], k, ph, ph + 1, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count[k], 0, 0, o,
                   out)
@@ -216,13 +227,15 @@ def _copy_window(img, ya, xa, win):
 
 # %% ../nbs/07a_roi_numba.ipynb #bdb31559
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _bilinear_avg_fwd_plain(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, out, nthreads):
-    # x (N, H, W, C) view of a plain input; thread t takes RoIs t, t + nthreads, ...; out (K, C, PH, PW)
+def _bilinear_avg_fwd_plain(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, out, order,
+                            nthreads):
+    # x (N, H, W, C) view of a plain input; thread t takes RoIs order[t], order[t + nthreads], ...; out (K, C, PH, PW)
     K, PH, PW, C = ylo.shape[0], ylo.shape[1], xlo.shape[1], x.shape[3]
     p = (ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn)
     for t in prange(nthreads):
         buf, o = np.empty(0, x.dtype), np.empty(C, x.dtype)
-        for k in range(t, K, nthreads):
+        for i in range(t, K, nthreads):
+            k = order[i]
             img = x[batch[k]]
             ya, yb = _window(ylo[k], yhi[k], ywlo[k], ywhi[k], yn[k])
             xa, xb = _window(xlo[k], xhi[k], xwlo[k], xwhi[k], xn[k])
@@ -391,7 +404,7 @@ def bilinear_forward_numba(input: Tensor, plan: BilinearPlan, mode: str = "avg")
     if K == 0: return out, None
     p = _plan_arrays(plan)
     if mode == "avg":
-        args = (_nhwc(input), *p, plan.count.numpy(), out.numpy())
+        args = (_nhwc(input), *p, plan.count.numpy(), out.numpy(), _locality_order(plan))
         if input.is_contiguous(memory_format=torch.channels_last): _bilinear_avg_fwd(*args)
         else: _bilinear_avg_fwd_plain(*args, numba.get_num_threads())
         return out, None
