@@ -733,15 +733,23 @@ def run_ablations(tables, seeds=SEEDS, store=None, smoke: bool = False, jobs: in
     """Run every (variant, seed) of `tables` (only `variants`, if given) that `store` lacks — first the trunks'
     pre-training and the RPNs they need, then the heads; `jobs` runs at once, each on cores/jobs threads. Smoke runs (a
     few iterations) all run, into `store` (by default a temporary folder, removed afterwards), never into the committed
-    store. `retrain_rpns`: see `_run_stages`. Returns the (variant, seed) pairs run."""
+    store. While the protocol's rule is undecided, the reference rows train first and decide it, then the rows it
+    held (`_runs_to_do`). `retrain_rpns`: see `_run_stages`. Returns the (variant, seed) pairs run."""
     if smoke and store is None:
         with tempfile.TemporaryDirectory(prefix="ablations-smoke-") as tmp:
             return run_ablations(tables, seeds, tmp, smoke, jobs, progress, device, log, variants, retrain_rpns)
     store = _smoke_store(Path(store), smoke) if store is not None else default_store()
     for v in variants or (): ablation_config(v)   # unknown names are refused
     seeds, variants = tuple(seeds), [v for v in table_variants(tables) if variants is None or v in variants]
-    todo = [(v, s) for s in seeds for v in variants] if smoke else _runs_to_do(tables, seeds, store, variants, log)
-    return _run_stages("heads", todo, store, smoke, jobs, progress, device, log, retrain_rpns)
+    if smoke: return _run_stages("heads", [(v, s) for s in seeds for v in variants], store, smoke, jobs, progress,
+                                 device, log, retrain_rpns)
+    undecided = protocol_acceptance(store)["accepted"] is None
+    done = _run_stages("heads", _runs_to_do(tables, seeds, store, variants, log), store, smoke, jobs, progress, device,
+                       log, retrain_rpns)
+    if undecided and done:   # the reference rows just trained may have decided the rule: the rows it held, or skips
+        done += _run_stages("heads", _runs_to_do(tables, seeds, store, variants, log), store, smoke, jobs, progress,
+                            device, log, retrain_rpns)
+    return done
 
 # %% ../nbs/20a_ablations.ipynb #2544005a
 PASTES = {"rounded": False, "exact": True}   # mask pasting: the paper's rounded box corners, the exact geometry
@@ -899,12 +907,20 @@ def _gated(variant: str, gates: dict) -> bool:
 
 def _runs_to_do(tables, seeds, store: Path, variants: list, log=print) -> list:
     """The missing (variant, seed) runs of `tables` among `variants`, less those of a model family the protocol could
-    not make faithful (only its reference row runs); logs what it skips and the stale records it will replace."""
-    gates = untestable(store)
+    not make faithful (only its reference row runs), and, while the rule is undecided, less every non-reference row
+    (held); logs what it skips and holds, and the stale records it will replace."""
+    gates, a = untestable(store), protocol_acceptance(store)
     todo = [(v, s) for v, s in missing_runs(tables, seeds, store) if v in variants]
     for v, s in [x for x in todo if _gated(x[0], gates)]:
         log(f"skipped {v} seed {s}: not testable at CPU scale ({gates[VARIANTS[v].preset]['rule']} failed)")
     todo = [(v, s) for v, s in todo if not _gated(v, gates)]
+    if a["accepted"] is None:   # the rule is decided on the reference rows alone, before any other row trains
+        short = ", ".join(f"{v} ({len(s)} of {len(SEEDS)} seeds)" for v, s in a["seeds"].items() if len(s) < len(SEEDS))
+        held = [x for x in todo if x[0] not in REFERENCE_ROWS]
+        for v in dict.fromkeys(v for v, _ in held):
+            log(f"held {v} seeds {[s for w, s in held if w == v]}: the protocol's rule is decided first, "
+                f"on reference rows still short of seeds: {short}")
+        todo = [(v, s) for v, s in todo if v in REFERENCE_ROWS]
     for v in variants:
         for p in load_runs(v, store)[1]: log(f"stale (another protocol or RPN, will be replaced): {p}")
     return todo

@@ -704,7 +704,8 @@ def _ablate_args(s):
 # %% ../nbs/15_cli.ipynb #269da9e9
 def _list_store(tables: list, seeds: tuple, store, variants=None):
     """Print what the results store holds for the rows of `tables`, and the (variant, seed) runs `ablate` would train
-    (the missing ones, less those of a family the protocol's rule leaves not testable, listed as skipped)."""
+    (the missing ones, less those of a family the protocol's rule leaves not testable, listed as skipped, and, while
+    the rule is undecided, less the rows other than the reference rows, listed as held)."""
     from mrcnn_nb.ablations import get_table, load_runs, planned_runs
     for t in tables:
         tab = get_table(t)

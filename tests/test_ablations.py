@@ -169,7 +169,9 @@ def test_cli_smoke_runs_a_table_without_touching_the_store(tmp_path):
 
 def test_cli_list_and_errors(tmp_path):
     r = _mrcnn_nb("ablate", "--table", "2c", "2d", "--list", "--store", str(tmp_path))
-    assert r.returncode == 0 and "24 run(s) to train for seeds [0, 1, 2]" in r.stdout, r.stdout
+    # on an empty store only the reference rows train: the rule is decided on them before the 18 other runs
+    assert r.returncode == 0 and "6 run(s) to train for seeds [0, 1, 2]: c4/0" in r.stdout, r.stdout
+    assert "held c4_roipool seeds [0, 1, 2]" in r.stdout and r.stdout.count("held ") == 6, r.stdout
     r = _mrcnn_nb("ablate", "--table", "2z", "--list")
     assert r.returncode == 2 and "unknown table '2z'" in r.stderr and "Traceback" not in r.stderr
     (tmp_path / "c5").mkdir(); (tmp_path / "c5" / "seed0.json").write_text("{oops")
@@ -181,3 +183,38 @@ def test_readme_results_match_the_store():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     shown = readme.split("<!-- results:start -->")[1].split("<!-- results:end -->")[0].strip()
     assert shown == results_markdown(STORE).replace("](", "](nbs/").strip(), "run python .ci/results.py"
+
+
+def _fake_run(store, v, s, box, mask=None):
+    "A current record of `v` seed `s` in `store`, with these APs (x 100), on a stored RPN record."
+    import mrcnn_nb.ablations as A
+    rpn_path(store, v, s).parent.mkdir(parents=True, exist_ok=True)
+    rpn_path(store, v, s).write_text(json.dumps(dict(fingerprint="f")))
+    m = {"bbox": {"AP": box / 100}} | ({"segm": {"AP": mask / 100}} if mask else {})
+    rec = dict(variant=v, seed=s, smoke=False, protocol=PROTOCOL_VERSION, config=config_dict(ablation_config(v, s)),
+               data=A.data_spec(v), rpn=dict(fingerprint="f"), metrics=m)
+    run_path(store, v, s).parent.mkdir(parents=True, exist_ok=True)
+    run_path(store, v, s).write_text(json.dumps(rec))
+
+
+@pytest.mark.parametrize("c5_box,second", [(40, "c5_roipool"), (20, None)])
+def test_runner_decides_the_rule_before_other_rows(tmp_path, monkeypatch, c5_box, second):
+    """On a store where the rule still lacks a reference row, `run_ablations` trains that row first, alone; the rows it
+    held train in a second pass once the rule is decided, and not at all if the rule leaves their family not testable
+    (C5 box AP 20 against FPN's 60: under 50 %)."""
+    import mrcnn_nb.ablations as A
+    for v, box, mask in (("fpn", 60, 50), ("c4", 40, 40), ("kp_kp", 50, None)):
+        for s in SEEDS: _fake_run(tmp_path, v, s, box, mask)
+    passes = []
+    def stages(stage, todo, store, *args, **kwargs):   # "trains" each run: writes its record
+        passes.append(list(todo))
+        for v, s in todo: _fake_run(store, v, s, c5_box if v == "c5" else 30)
+        return todo
+    monkeypatch.setattr(A, "_run_stages", stages)
+    said = []
+    done = A.run_ablations(["2d"], store=tmp_path, log=said.append, progress=False)
+    assert passes[0] == [("c5", s) for s in SEEDS]
+    assert any(line.startswith("held c5_roipool") for line in said)
+    later = [(second, s) for s in SEEDS] if second else []
+    assert passes[1:] == [later] and done == passes[0] + later
+    assert any(line.startswith("skipped c5_roipool") for line in said) == (second is None)
