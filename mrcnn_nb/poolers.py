@@ -21,7 +21,7 @@ __all__ = ['map_levels', 'level_counts', 'draw_level_assignment', 'MultiScaleRoI
 def map_levels(boxes: Tensor, k_min: int, k_max: int, canonical_scale: float = 224.0, canonical_level: int = 4,
                eps: float = 1e-6) -> Tensor:
     "FPN level index (0 = level `k_min`) of each box (K, 4) xyxy: floor(k0 + log2(sqrt(area) / 224)), clamped."
-    s = torch.sqrt(box_area(boxes))
+    s = torch.sqrt(box_area(boxes.to(torch.promote_types(boxes.dtype, torch.float32))))   # bf16 areas: 8-bit mantissa
     k = torch.floor(canonical_level + torch.log2(s / canonical_scale) + eps)
     k = torch.nan_to_num(k, nan=float(k_min), neginf=float(k_min), posinf=float(k_max))
     return (k.clamp(k_min, k_max) - k_min).long()
@@ -110,6 +110,8 @@ class MultiScaleRoIPool(nn.Module):
             if idx.numel(): out = out.index_copy(0, idx, self._pool(feature, rois[idx], stride).to(out.dtype))
         return out
 
-    def extra_repr(self):
-        return (f"strides={self.strides}, output_size={self.output_size}, layer={self.layer!r}, "
-                f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}, mode={self.mode!r}")
+    def extra_repr(self):   # only the arguments the layer uses: RoIPool has no samples, only RoIAlign an offset
+        used = {"pool": "", "warp": f", sampling_ratio={self.sampling_ratio}, mode={self.mode!r}",
+                "align": f", sampling_ratio={self.sampling_ratio}, aligned={self.aligned}, mode={self.mode!r}"}
+        return (f"strides={self.strides}, output_size={self.output_size}, layer={self.layer!r}{used[self.layer]}, "
+                f"canonical_scale={self.canonical_scale}, canonical_level={self.canonical_level}")

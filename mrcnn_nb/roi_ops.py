@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .roi_layers import _pair, bilinear_plan, bilinear_pool_reference, pool_plan, roi_pool_reference
+from .core import _float32
+from .roi_layers import bilinear_plan, bilinear_pool_reference, pool_plan, roi_pool_reference
 from .roi_numba import (bilinear_backward_numba, bilinear_forward_numba, is_plain, roi_pool_backward_numba,
                                 roi_pool_forward_numba)
 
@@ -68,13 +70,19 @@ def _check_args(spatial_scale, sampling_ratio, mode):
               and float(spatial_scale) > 0)
     except (TypeError, ValueError): ok = False   # Python, NumPy and 0-d tensor numbers are accepted
     if not ok: raise ValueError(f"spatial_scale must be a positive number, got {spatial_scale!r}")
-    if int(sampling_ratio) != sampling_ratio:
+    try: integral = int(sampling_ratio) == sampling_ratio    # None, nan and inf are not integers either
+    except (TypeError, ValueError, OverflowError): integral = False
+    if not integral:
         raise ValueError(f"sampling_ratio must be an integer, got {sampling_ratio!r}")
     if mode not in ("avg", "max"): raise ValueError(f"mode must be 'avg' or 'max', got {mode!r}")
 
 # %% ../nbs/07c_roi_ops.ipynb #fe227ce2
 def _output_size(output_size):
-    size = _pair(output_size)
+    "(height, width) from an integer or a pair of integers (Python, NumPy or 0-d tensor); anything else is refused."
+    pair = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+    try: size = tuple(operator.index(a) for a in pair)          # 7.0 or (7.5, 7) would be truncated by int()
+    except TypeError: size = ()
+    if len(size) != 2: raise ValueError(f"output_size must be an integer or a pair of integers, got {output_size!r}")
     if min(size) < 1: raise ValueError(f"output_size must be positive, got {output_size!r}")
     return size
 
@@ -93,11 +101,11 @@ def pick_backend(backend: str, input: Tensor) -> str:
     fast_dtype = input.dtype in (torch.float32, torch.float64)
     if backend == "auto":
         if input.is_cuda: return "cuda" if fast_dtype and _cuda_module().cuda_kernels_available(input) else "torch"
-        return "numba" if fast_dtype else "torch"
+        return "numba" if fast_dtype and input.device.type == "cpu" else "torch"   # MPS, XPU, meta: torch
     if backend in ("numba", "cuda") and not fast_dtype:
         raise TypeError(f"backend {backend!r} supports float32 and float64, got {input.dtype}; use backend='torch'")
-    if backend == "numba" and input.is_cuda:
-        raise ValueError("backend 'numba' runs on the CPU, but input is a CUDA tensor")
+    if backend == "numba" and input.device.type != "cpu":
+        raise ValueError(f"backend 'numba' runs on the CPU, but input is on {input.device}")
     if backend == "cuda" and not _cuda_module().cuda_kernels_available(input):
         raise ValueError("backend 'cuda' needs a CUDA tensor and a GPU (or NUMBA_ENABLE_CUDASIM=1 for CPU tensors)")
     return backend
@@ -143,16 +151,32 @@ class _PoolFn(torch.autograd.Function):
             return roi_pool_backward_numba(grad, ctx.plan, ctx.shape, ctx.arg, ctx.format), None, None
         return _cuda_module().roi_pool_backward_cuda(grad, ctx.plan, ctx.shape, ctx.arg), None, None
 
+# %% ../nbs/07c_roi_ops.ipynb #b7e3a1c0
+def _plan_rois(rois: Tensor) -> Tensor:
+    "The RoIs a plan is computed from: detached, on the CPU, in float32 at least (the input may be half precision)."
+    return rois.detach().cpu().to(torch.promote_types(rois.dtype, torch.float32))
+
+# %% ../nbs/07c_roi_ops.ipynb #b7e3a1c5
+def _autocast_to_float32(input, boxes):
+    """torchvision's rule for RoI ops under autocast: pool in float32, return the input's dtype. Returns the input and
+    boxes to pool, and the dtype to return (None outside autocast: nothing changes)."""
+    if not isinstance(input, Tensor) or not input.is_floating_point(): return input, boxes, None
+    dev = input.device.type
+    if not (torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev)): return input, boxes, None
+    return _float32(input), _float32(boxes), input.dtype
+
 # %% ../nbs/07c_roi_ops.ipynb #c9b461d5
 def _bilinear(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, mode, backend, quantized):
+    input, boxes, dtype = _autocast_to_float32(input, boxes)
     _check_args(spatial_scale, sampling_ratio, mode)
     size = _output_size(output_size)
     rois = check_rois(input, boxes)
     backend = pick_backend(backend, input)
-    plan = bilinear_plan(rois.detach().cpu(), float(spatial_scale), size, int(sampling_ratio), *input.shape[-2:],
+    plan = bilinear_plan(_plan_rois(rois), float(spatial_scale), size, int(sampling_ratio), *input.shape[-2:],
                          aligned=aligned, quantized=quantized)
-    if backend == "torch": return bilinear_pool_reference(input, plan, mode)
-    return _BilinearFn.apply(input, plan, mode, backend)
+    if backend == "torch": out = bilinear_pool_reference(input, plan, mode)
+    else: out = _BilinearFn.apply(input, plan, mode, backend)
+    return out if dtype is None else out.to(dtype)
 
 # %% ../nbs/07c_roi_ops.ipynb #1c3319d3
 def roi_align(input: Tensor, boxes, output_size, spatial_scale: float = 1.0, sampling_ratio: int = -1,
@@ -170,13 +194,14 @@ def roi_warp(input: Tensor, boxes, output_size, spatial_scale: float = 1.0, samp
 # %% ../nbs/07c_roi_ops.ipynb #6b2ed8de
 def roi_pool(input: Tensor, boxes, output_size, spatial_scale: float = 1.0, backend: str = "auto") -> Tensor:
     "RoIPool (Fast R-CNN): the max over bins of the quantized RoI. Returns (K, C, *output_size)."
+    input, boxes, dtype = _autocast_to_float32(input, boxes)
     _check_args(spatial_scale, 0, "max")
     size = _output_size(output_size)
     rois = check_rois(input, boxes)
     backend = pick_backend(backend, input)
-    plan = pool_plan(rois.detach().cpu(), float(spatial_scale), size, *input.shape[-2:])
-    if backend == "torch": return roi_pool_reference(input, plan)
-    return _PoolFn.apply(input, plan, backend)
+    plan = pool_plan(_plan_rois(rois), float(spatial_scale), size, *input.shape[-2:])
+    out = roi_pool_reference(input, plan) if backend == "torch" else _PoolFn.apply(input, plan, backend)
+    return out if dtype is None else out.to(dtype)
 
 # %% ../nbs/07c_roi_ops.ipynb #8d2c1411
 class _RoILayer(nn.Module):
