@@ -26,6 +26,7 @@ def _nhwc(t: Tensor) -> np.ndarray:
 
 # %% ../nbs/07a_roi_numba.ipynb #3a967a36
 def _plan_arrays(plan: BilinearPlan):
+    "The plan's eleven arrays in the kernels' order: batch, then lo, hi, w_lo, w_hi, n of y and of x (table above)."
     y, x = plan.y, plan.x
     return tuple(t.numpy() for t in (plan.batch, y.lo, y.hi, y.w_lo, y.w_hi, y.n, x.lo, x.hi, x.w_lo, x.w_hi, x.n))
 
@@ -229,7 +230,8 @@ def _copy_window(img, ya, xa, win):
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _bilinear_avg_fwd_plain(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, out, order,
                             nthreads):
-    # x (N, H, W, C) view of a plain input; thread t takes RoIs order[t], order[t + nthreads], ...; out (K, C, PH, PW)
+    # x (N, H, W, C) view of a plain input; thread t takes RoIs order[t], order[t + nthreads], ... (RoIs of unequal
+    # sizes dealt out evenly; each thread still moves through the images in Z-order); out (K, C, PH, PW)
     K, PH, PW, C = ylo.shape[0], ylo.shape[1], xlo.shape[1], x.shape[3]
     p = (ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn)
     for t in prange(nthreads):
@@ -264,7 +266,7 @@ def _pool_fwd_nchw(x, W, batch, py0, py1, px0, px1, out, arg):
             for c in range(C):
                 plane, m, i, j0 = img[c], lowest[0], -1, h0 * W + w0
                 for h in range(h0, h1):   # the row segment [j0, j0 + n) as a while loop: as a range loop, this kernel
-                    j = j0                # ran a third slower once loaded from Numba's cache than freshly compiled
+                    j = j0                # was seen to run a third slower loaded from Numba's cache than just compiled
                     while j < j0 + n:
                         if plane[j] > m:
                             m, i = plane[j], j
@@ -364,10 +366,32 @@ def _pool_bwd_nchw(g, arg, batch, gin, nblocks):
                         i = ak[ph, pw]
                         if i >= 0: plane[i] += gk[ph, pw]
 
+# %% ../nbs/07a_roi_numba.ipynb #c8a1f0b2
+def _check_kernel_args(plan, input_shape, mode: str = "avg", grad_out=None):
+    """Refuse what the kernels would read or write out of bounds with: an unknown `mode`, a plan (BilinearPlan or
+    PoolPlan) whose images or cells are outside `input_shape` (N, C, H, W), an output gradient not (K, C, PH, PW)."""
+    if mode not in ("avg", "max"): raise ValueError(f"mode must be 'avg' or 'max', got {mode!r}")
+    N, C, H, W = input_shape
+    if isinstance(plan, BilinearPlan):   # sample neighbours: cells 0..H-1, 0..W-1
+        ys, xs, top = (plan.y.lo, plan.y.hi), (plan.x.lo, plan.x.hi), (H - 1, W - 1)
+    else:                                # RoIPool's bins: [start, end) within 0..H, 0..W
+        ys, xs, top = (plan.y0, plan.y1), (plan.x0, plan.x1), (H, W)
+    K, PH, PW = plan.batch.shape[0], ys[0].shape[1], xs[0].shape[1]
+    if K:
+        if int(plan.batch.min()) < 0 or int(plan.batch.max()) >= N:
+            raise ValueError(f"plan reads images {int(plan.batch.min())}..{int(plan.batch.max())}, the input has {N}")
+        for axis, t, limit in (("rows", ys, top[0]), ("columns", xs, top[1])):
+            lo, hi = min(int(a.min()) for a in t), max(int(a.max()) for a in t)
+            if lo < 0 or hi > limit:
+                raise ValueError(f"plan reads {axis} {lo}..{hi} of a {H} x {W} map: it was made for another map")
+    if grad_out is not None and tuple(grad_out.shape) != (K, C, PH, PW):
+        raise ValueError(f"grad_out has shape {tuple(grad_out.shape)}, the plan and input give {(K, C, PH, PW)}")
+
 # %% ../nbs/07a_roi_numba.ipynb #02a90ba5
 def _sync_threads() -> int:
-    """Give Numba's kernels torch's thread count, so that `torch.set_num_threads(n)` governs them too -- and keep
-    torch's: the first call starts Numba's pool, whose OpenMP layer resets the process's thread count to Numba's."""
+    """Give Numba's kernels torch's thread count, so that `torch.set_num_threads(n)` governs them too, and keep
+    torch's own: the first kernel call starts Numba's thread pool, and when that pool is OpenMP it sets the process's
+    OpenMP thread count, which torch reads, to Numba's."""
     t = torch.get_num_threads()
     n = max(1, min(t, numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
@@ -397,6 +421,7 @@ def _argmax_buffer(input: Tensor, K: int, PH: int, PW: int) -> Tensor:
 # %% ../nbs/07a_roi_numba.ipynb #071ba386
 def bilinear_forward_numba(input: Tensor, plan: BilinearPlan, mode: str = "avg"):
     "RoIAlign / RoIWarp forward on the CPU: `(output (K, C, PH, PW), argmax or None)`."
+    _check_kernel_args(plan, input.shape, mode)
     _sync_threads()
     N, C, H, W = input.shape
     K, PH, PW = plan.y.lo.shape[0], plan.y.lo.shape[1], plan.x.lo.shape[1]
@@ -433,6 +458,7 @@ def bilinear_backward_numba(grad_out: Tensor, plan: BilinearPlan, input_shape, m
                             argmax=None, memory_format=torch.channels_last) -> Tensor:
     """Gradient of RoIAlign / RoIWarp with respect to the input, (N, C, H, W) in `memory_format`: channels_last, or
     torch.contiguous_format (plain NCHW) for the gradient of a plain input."""
+    _check_kernel_args(plan, input_shape, mode, grad_out)
     _sync_threads()
     N, C, H, W = input_shape
     if memory_format == torch.contiguous_format:
@@ -451,6 +477,7 @@ def bilinear_backward_numba(grad_out: Tensor, plan: BilinearPlan, input_shape, m
 # %% ../nbs/07a_roi_numba.ipynb #20af2509
 def roi_pool_forward_numba(input: Tensor, plan: PoolPlan):
     "RoIPool forward on the CPU: `(output (K, C, PH, PW), argmax (K, PH, PW, C) int32)`."
+    _check_kernel_args(plan, input.shape)
     _sync_threads()
     N, C, H, W = input.shape
     K, PH, PW = plan.y0.shape[0], plan.y0.shape[1], plan.x0.shape[1]
@@ -467,6 +494,7 @@ def roi_pool_backward_numba(grad_out: Tensor, plan: PoolPlan, input_shape, argma
                             memory_format=torch.channels_last) -> Tensor:
     """Gradient of RoIPool with respect to the input, (N, C, H, W) in `memory_format`: channels_last, or
     torch.contiguous_format (plain NCHW)."""
+    _check_kernel_args(plan, input_shape, grad_out=grad_out)
     _sync_threads()
     N, C, H, W = input_shape
     nchw = memory_format == torch.contiguous_format
