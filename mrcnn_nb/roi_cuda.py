@@ -14,6 +14,7 @@ from numba import cuda
 from torch import Tensor
 
 from .roi_layers import BilinearPlan, PoolPlan
+from .roi_numba import _check_kernel_args
 
 # %% auto #0
 __all__ = ['cuda_kernels_available', 'bilinear_forward_cuda', 'bilinear_backward_cuda', 'roi_pool_forward_cuda',
@@ -192,6 +193,7 @@ def _k_pool_bwd(g, arg, batch, gin):
 def bilinear_forward_cuda(input: Tensor, plan: BilinearPlan, mode: str = "avg"):
     "RoIAlign / RoIWarp forward with the CUDA kernels: `(output (K, C, PH, PW), argmax or None)`."
     _check(input)
+    _check_kernel_args(plan, input.shape, mode)   # a plan out of bounds: refused, as on the CPU
     N, C, H, W = input.shape
     K, PH, PW = plan.y.lo.shape[0], plan.y.lo.shape[1], plan.x.lo.shape[1]
     out = torch.empty(K, C, PH, PW, dtype=input.dtype, device=input.device)
@@ -208,6 +210,7 @@ def bilinear_forward_cuda(input: Tensor, plan: BilinearPlan, mode: str = "avg"):
 def bilinear_backward_cuda(grad_out: Tensor, plan: BilinearPlan, input_shape, mode: str = "avg", argmax=None) -> Tensor:
     "Input gradient of RoIAlign / RoIWarp with the CUDA kernels, (N, C, H, W) in channels_last memory."
     _check(grad_out)
+    _check_kernel_args(plan, input_shape, mode, grad_out)
     N, C, H, W = input_shape
     gin = torch.zeros(N, H, W, C, dtype=grad_out.dtype, device=grad_out.device)
     b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn = _plan_views(plan, grad_out.device)
@@ -224,6 +227,7 @@ def bilinear_backward_cuda(grad_out: Tensor, plan: BilinearPlan, input_shape, mo
 def roi_pool_forward_cuda(input: Tensor, plan: PoolPlan):
     "RoIPool forward with the CUDA kernels: `(output (K, C, PH, PW), argmax (K, PH, PW, C) int32)`."
     _check(input)
+    _check_kernel_args(plan, input.shape)
     N, C, H, W = input.shape
     K, PH, PW = plan.y0.shape[0], plan.y0.shape[1], plan.x0.shape[1]
     out = torch.empty(K, C, PH, PW, dtype=input.dtype, device=input.device)
@@ -237,6 +241,7 @@ def roi_pool_forward_cuda(input: Tensor, plan: PoolPlan):
 def roi_pool_backward_cuda(grad_out: Tensor, plan: PoolPlan, input_shape, argmax: Tensor) -> Tensor:
     "Input gradient of RoIPool with the CUDA kernels, (N, C, H, W) in channels_last memory."
     _check(grad_out)
+    _check_kernel_args(plan, input_shape, grad_out=grad_out)
     N, C, H, W = input_shape
     gin = torch.zeros(N, H, W, C, dtype=grad_out.dtype, device=grad_out.device)
     _launch(_k_pool_bwd, grad_out.numel(), grad_out, _view(grad_out.contiguous()), _view(argmax),
