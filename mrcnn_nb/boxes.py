@@ -22,9 +22,16 @@ def box_area(boxes: Tensor) -> Tensor:
     wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
     return wh[:, 0] * wh[:, 1]
 
+# %% ../nbs/01_boxes.ipynb #d1b0c001
+def _floating(t: Tensor) -> Tensor:
+    "`t` as it is if floating, else in float32: integer coordinates would truncate ratios and deltas."
+    return t if t.is_floating_point() else t.float()
+
 # %% ../nbs/01_boxes.ipynb #00404422
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    "Pairwise IoU of `boxes1` (N, 4) and `boxes2` (M, 4), xyxy. Returns (N, M); 0 where the union is empty."
+    """Pairwise IoU of `boxes1` (N, 4) and `boxes2` (M, 4), xyxy. Returns (N, M), floating (integer boxes give float32);
+    0 where the union is empty."""
+    boxes1, boxes2 = _floating(boxes1), _floating(boxes2)
     area1, area2 = box_area(boxes1), box_area(boxes2)
     lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])  # (N, M, 2)
     rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
@@ -57,6 +64,7 @@ class BoxCoder:
     def decode(self, deltas: Tensor, reference: Tensor) -> Tensor:
         "Boxes from `deltas` (N, 4k) relative to `reference` (N, 4); returns (N, 4k), one box per class."
         wx, wy, ww, wh = self.weights
+        reference = _floating(reference)
         deltas = deltas.to(reference.dtype)
         rw, rh = reference[:, 2:3] - reference[:, 0:1], reference[:, 3:4] - reference[:, 1:2]
         rx, ry = reference[:, 0:1] + 0.5 * rw, reference[:, 1:2] + 0.5 * rh
@@ -66,7 +74,7 @@ class BoxCoder:
         cx, cy = dx * rw + rx, dy * rh + ry
         w, h = torch.exp(dw) * rw, torch.exp(dh) * rh
         out = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=2)
-        return out.reshape(deltas.shape[0], -1)
+        return out.reshape(out.shape[0], out.shape[1] * 4)   # (N, k, 4) -> (N, 4k), N = 0 included
 
     def __repr__(self): return f"BoxCoder(weights={self.weights}, clip={self.clip:.4f})"
 
@@ -104,13 +112,15 @@ def plot_box_coding(reference: Tensor, box: Tensor, decoded: Tensor, deltas: Ten
     lo, hi = corners.min().item() - 8, corners.max().item() + 8
     ax.set(xlim=(lo, hi), ylim=(hi, lo), aspect="equal")
     dx, dy, dw, dh = deltas.tolist()
+    iou = float(box_iou(decoded[None].float(), box[None].float())[0, 0])
     ax.set_title(f"dx={dx:.2f}  dy={dy:.2f}  dw={dw:.2f}  dh={dh:.2f}\n"
-                 "decoded (red) lies on the ground truth (green)", fontsize=9)
+                 f"decoded (red) against the ground truth (green): IoU {iou:.2f}", fontsize=9)
     return fig
 
 # %% ../nbs/01_boxes.ipynb #e6c7a7a4
 def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
     "Clip `boxes` (N, 4) xyxy to an image of `size` (height, width)."
+    if boxes.shape[-1] != 4: raise ValueError(f"clip_boxes expects boxes (..., 4) xyxy, got {tuple(boxes.shape)}")
     h, w = size
     x = boxes[..., 0::2].clamp(min=0, max=w)
     y = boxes[..., 1::2].clamp(min=0, max=h)
@@ -153,7 +163,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
                          f"got {tuple(boxes.shape)} and {tuple(scores.shape)}")
     if boxes.numel() == 0: return torch.zeros(0, dtype=torch.int64, device=boxes.device)
     order = torch.argsort(scores, descending=True, stable=True)
-    b = boxes[order].detach().cpu().numpy()
+    b = boxes[order].detach().cpu().to(torch.promote_types(boxes.dtype, torch.float32)).numpy()   # ints, halves
     kept = _nms_sorted(b, b.dtype.type(iou_threshold))
     return order[torch.from_numpy(kept).to(boxes.device)]
 
@@ -184,7 +194,7 @@ def plot_nms(boxes: Tensor, scores: Tensor, keep: Tensor, iou_threshold: float, 
     (x0, y0), (x1, y1) = b[:, :2].min(0).values - 8, b[:, 2:].max(0).values + 8
     fig, axs = plt.subplots(1, 2, figsize=(2 * size + 1, size))
     panels = [(axs[0], range(len(b)), f"before: {len(b)} boxes"),
-              (axs[1], keep.tolist(), f"after NMS (IoU > {iou_threshold}): {len(keep)}")]
+              (axs[1], keep.tolist(), f"after NMS (threshold {iou_threshold}): {len(keep)}")]
     for ax, idx, title in panels:
         for i in idx:
             label = f"{i}: {float(scores[i]):.2f}" if annotate else None
@@ -198,6 +208,7 @@ def plot_nms(boxes: Tensor, scores: Tensor, keep: Tensor, iou_threshold: float, 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
     "NMS within each category `idxs` (N,): indices of kept boxes sorted by decreasing score."
     if boxes.numel() == 0: return torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    boxes = boxes.to(torch.promote_types(boxes.dtype, torch.float32))   # offsets in bf16 would round the boxes
     span = (boxes.max() - boxes.min()).to(boxes.dtype) + 1
     shifted = boxes + (idxs.to(boxes.dtype) * span)[:, None]
     return nms(shifted, scores, iou_threshold)
