@@ -115,7 +115,7 @@ def _check_unique_ids(data: dict, path):
     for key, what in (("images", "image"), ("categories", "category"), ("annotations", "annotation")):
         bad = next((e for e in data[key] if "id" in e and not _is_int(e["id"])), None)
         if bad is not None: raise UserInputError(f"{path}: {what} id {str(bad['id'])[:40]} must be an integer")
-        ids = [e.get("id") for e in data[key]]
+        ids = [e["id"] for e in data[key] if "id" in e]   # a missing id is named where the keys are checked
         dup = next((i for i, n in Counter(map(str, ids)).items() if n > 1), None)
         if dup is not None: raise UserInputError(f"{path}: {what} id {dup} appears more than once in {key!r}")
 
@@ -211,7 +211,7 @@ def segmentation_to_rle(segm, height: int, width: int, where: str = "segmentatio
         check_polygons(segm, where)
         return mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
     if isinstance(segm, dict) and "counts" in segm and "size" in segm:
-        if list(segm["size"]) != [height, width]:
+        if not isinstance(segm["size"], (list, tuple)) or list(segm["size"]) != [height, width]:
             raise UserInputError(f"{where}: RLE size {segm['size']} differs from the image size {[height, width]}")
         if isinstance(segm["counts"], list): return _uncompressed_rle(segm, height, width, where)
         return _compressed_rle(segm, height, width, where)
@@ -328,9 +328,10 @@ def _clipped_box(bbox: list, width: int, height: int) -> list | None:
     return box if box[2] > box[0] and box[3] > box[1] else None
 
 # %% ../nbs/02_data.ipynb #bd55607a
-def _segmentation_ok(a: dict, ann_file, bad_polygons: str) -> bool:
-    """Whether annotation `a` has a segmentation to train a mask on. An error when it has none, or when a polygon
-    is broken and `bad_polygons` is 'error'; False when a polygon is broken and `bad_polygons` is 'drop'."""
+def _segmentation_ok(a: dict, im: dict, ann_file, bad_polygons: str) -> bool:
+    """Whether annotation `a` of image `im` has a segmentation to train a mask on. An error when it has none, when
+    it is not a valid RLE of the image's size, or when a polygon is broken and `bad_polygons` is 'error'; False when
+    a polygon is broken and `bad_polygons` is 'drop'."""
     segm = a.get("segmentation")
     if segm is None or segm == []:
         raise UserInputError(f"{ann_file}: annotation {a['id']} has no segmentation "
@@ -342,6 +343,7 @@ def _segmentation_ok(a: dict, ann_file, bad_polygons: str) -> bool:
                 raise UserInputError(f"{e} (to leave such annotations out: --bad-polygons drop, "
                                      "or bad_polygons='drop' in Python)") from None
             return False
+    else: segmentation_to_rle(segm, im["height"], im["width"], f"{ann_file}: annotation {a['id']}")   # its runs
     return True
 
 # %% ../nbs/02_data.ipynb #aff94b22
@@ -361,7 +363,7 @@ def _annotation_record(a: dict, im: dict, ann_file, categories: CategoryMap, num
     if a.get("iscrowd", 0): return "crowd_skipped"
     box = _clipped_box(a["bbox"], im["width"], im["height"])
     if box is None: return "degenerate_boxes_dropped"
-    if with_masks and not _segmentation_ok(a, ann_file, bad_polygons): return "bad_polygons_dropped"
+    if with_masks and not _segmentation_ok(a, im, ann_file, bad_polygons): return "bad_polygons_dropped"
     kps = _keypoint_values(a, num_keypoints, ann_file) if num_keypoints else None
     return (a["id"], box, categories.to_label(a["category_id"]), a.get("segmentation"), kps)
 
@@ -723,6 +725,8 @@ def pad_images(images: list, size_divisibility: int = 32, pad_value: float = 0.0
     c = images[0].shape[0]
     if any(im.ndim != 3 or im.shape[0] != c for im in images):
         raise ValueError(f"images must all be (C, H, W) with the same C, got {[tuple(im.shape) for im in images]}")
+    if len({im.dtype for im in images}) > 1:   # copied into the first one's dtype, 0.7 would become 0 in uint8
+        raise ValueError(f"images must share one dtype, got {sorted({str(im.dtype) for im in images})}")
     h = max(im.shape[1] for im in images)
     w = max(im.shape[2] for im in images)
     d = max(int(size_divisibility), 1)
