@@ -213,7 +213,9 @@ def _length_and_start_args(s):
                    help="the run's length in passes over the training split instead: ceil(E * images / batch) "
                         "iterations, the lr steps at the same fractions of the run (not with --iters)")
     s.add_argument("--batch", type=_positive_int, default=None,
-                   help="images per iteration over all processes (default: the preset's)")
+                   help="images per iteration over all processes (default: the preset's); the learning rate follows "
+                        "it, and so does the preset's schedule unless --iters, --epochs, max_iter=, lr_steps= or "
+                        "warmup_iters= is given (the same number of epochs)")
     s.add_argument("--weights", default=None,
                    help="initial weights: ImageNet ResNet, torchvision Mask R-CNN, or an mrcnn_nb checkpoint")
     s.add_argument("--freeze-trunk", action="store_true",
@@ -275,6 +277,18 @@ def _config_changes(args, overrides: dict) -> dict:
         raise UserInputError("--freeze-trunk means trainable_layers=0: give one or the other")
     new = {k: v for k, v in (("max_iter", args.iters), ("ims_per_batch", args.batch)) if v is not None}
     return overrides | new | ({"trainable_layers": 0} if args.freeze_trunk else {})
+
+# %% ../nbs/15_cli.ipynb #e15b0002
+def _batch_schedule(cfg, preset, args, overrides: dict, log=print):
+    """`cfg` with the schedule of `preset` rescaled to `--batch` when the command line gives no length, steps or
+    warmup of its own; says so through `log`."""
+    from mrcnn_nb.train import lr_for, with_schedule
+    if args.batch is None or args.iters is not None or args.epochs is not None: return cfg
+    if {"max_iter", "lr_steps", "warmup_iters"} & set(overrides) or args.batch == preset.ims_per_batch: return cfg
+    new = with_schedule(cfg.replace(ims_per_batch=preset.ims_per_batch), None, args.batch)
+    log(f"--batch {args.batch}: {preset.name}'s schedule for {preset.ims_per_batch} images per iteration rescaled to "
+        f"{new.max_iter:,} iterations, lr steps {list(new.lr_steps)}, warmup {new.warmup_iters}, lr {lr_for(new):g}")
+    return new
 
 # %% ../nbs/15_cli.ipynb #f01c2c78
 def _run_summary(s: dict, name: str) -> dict:
@@ -341,6 +355,7 @@ def cmd_train(args) -> int:
     name = args.config or ("TINY_KP_FPN" if args.kind == "keypoints" else "TINY_FPN")
     overrides = _key_values(args.overrides)
     cfg = get_config(name, **_config_changes(args, overrides))   # every key and value checked before any data is read
+    cfg = _batch_schedule(cfg, get_config(name), args, overrides)
     check_initialization(cfg, args.weights, args.resume, args.from_scratch)
     out = Path(args.out or f"runs/{name}")
     if not (args.resume or args.dry_run): _refuse_earlier_run(out)
