@@ -367,10 +367,16 @@ def _annotation_record(a: dict, im: dict, ann_file, categories: CategoryMap, num
     kps = _keypoint_values(a, num_keypoints, ann_file) if num_keypoints else None
     return (a["id"], box, categories.to_label(a["category_id"]), a.get("segmentation"), kps)
 
+# %% ../nbs/02_data.ipynb #d2b0c001
+def _no_labelled_keypoints(anns: list) -> bool:
+    "Whether records `anns` carry keypoints (x, y, v per keypoint) and none of them is labelled (v > 0)."
+    return anns[0][4] is not None and not any(v > 0 for a in anns for v in a[4][2::3])
+
 # %% ../nbs/02_data.ipynb #7b70f501
 def _index_records(data: dict, annotation_record, skip_empty: bool, stats: Counter) -> list:
     """One record per image of `data`, in id order: `id`, `file_name`, `height`, `width` and `anns`, the
-    `annotation_record(a, im)` of its annotations; what is left out is counted in `stats`."""
+    `annotation_record(a, im)` of its annotations; what is left out is counted in `stats`. With `skip_empty`, images
+    without annotations are left out, and so, for keypoints, are images without one labelled keypoint (§5)."""
     by_image = {im["id"]: [] for im in data["images"]}
     for a in data["annotations"]: by_image[a["image_id"]].append(a)
     records = []
@@ -386,6 +392,10 @@ def _index_records(data: dict, annotation_record, skip_empty: bool, stats: Count
             if skip_empty:
                 stats["empty_images_skipped"] += 1
                 continue
+        elif skip_empty and _no_labelled_keypoints(anns):
+            stats["images_without_keypoints_skipped"] += 1
+            stats["annotations_in_skipped_images"] += len(anns)
+            continue
         records.append(dict(id=im["id"], file_name=im["file_name"], height=im["height"], width=im["width"], anns=anns))
     stats["images"] = len(records)
     return records
@@ -592,12 +602,15 @@ def plot_coco_annotations(ds, image_ids: list, size: float = 3.2):
 # %% ../nbs/02_data.ipynb #c32c74cc
 _LEFT_OUT = {"crowd_skipped": "crowd regions (ignored, as in COCO)", "degenerate_boxes_dropped":
              "boxes of zero width or height", "bad_polygons_dropped": "broken polygons (bad_polygons='drop')",
-             "empty_images_skipped": "images without annotations"}
+             "empty_images_skipped": "images without annotations",
+             "images_without_keypoints_skipped": "images without a labelled keypoint"}
+_IMAGES_LEFT_OUT = ("empty_images_skipped", "images_without_keypoints_skipped")   # whole images, not annotations
 
 def describe_split(ds: COCODataset) -> str:
     "One line on what `ds` read from its annotation file, and what it left out, per cause."
     s = ds.stats
-    kept = s["annotations"] - sum(s[k] for k in _LEFT_OUT if k != "empty_images_skipped")
+    dropped = sum(s[k] for k in _LEFT_OUT if k not in _IMAGES_LEFT_OUT) + s["annotations_in_skipped_images"]
+    kept = s["annotations"] - dropped
     left = ", ".join(f"{s[k]} {why}" for k, why in _LEFT_OUT.items() if s[k])
     return (f"{ds.split}: {len(ds)} images, {kept} of {s['annotations']} annotations used"
             + (f"; left out: {left}" if left else "") + f" ({ds.ann_file})")
