@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import operator
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +19,8 @@ from .roi_numba import (bilinear_backward_numba, bilinear_forward_numba, is_plai
                                 roi_pool_forward_numba)
 
 # %% auto #0
-__all__ = ['BACKENDS', 'check_rois', 'pick_backend', 'roi_align', 'roi_warp', 'roi_pool', 'RoIAlign', 'RoIWarp', 'RoIPool']
+__all__ = ['BACKENDS', 'check_rois', 'SlowRoIBackendWarning', 'pick_backend', 'roi_align', 'roi_warp', 'roi_pool', 'RoIAlign',
+           'RoIWarp', 'RoIPool']
 
 # %% ../nbs/07c_roi_ops.ipynb #868fa04e
 def _same(input, boxes, name):
@@ -94,13 +96,26 @@ def _cuda_module():
     from mrcnn_nb import roi_cuda  # imported on first use: it imports numba.cuda, which must not happen too early
     return roi_cuda
 
+# %% ../nbs/07c_roi_ops.ipynb #c7c0w002
+class SlowRoIBackendWarning(UserWarning):
+    "The RoI layers run PyTorch's reference ops on a GPU: Numba's CUDA kernels cannot run there."
+
+def _warn_gpu_fallback():
+    warnings.warn("the Numba CUDA kernels cannot run here (numba.cuda.is_available() is False, or the CUDA simulator "
+                  "is on): the RoI layers run PyTorch's reference ops on the GPU, many times slower. Install a Numba "
+                  "with CUDA support for this GPU, or pass backend='torch' to choose those ops", SlowRoIBackendWarning,
+                  stacklevel=4)
+
 # %% ../nbs/07c_roi_ops.ipynb #8f20f0db
 def pick_backend(backend: str, input: Tensor) -> str:
     "The backend that will run on `input` for the requested `backend` (see the table above)."
     if backend not in BACKENDS: raise ValueError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
     fast_dtype = input.dtype in (torch.float32, torch.float64)
     if backend == "auto":
-        if input.is_cuda: return "cuda" if fast_dtype and _cuda_module().cuda_kernels_available(input) else "torch"
+        if input.is_cuda:
+            if fast_dtype and _cuda_module().cuda_kernels_available(input): return "cuda"
+            if fast_dtype: _warn_gpu_fallback()   # a GPU run at the reference ops' speed should not go unnoticed
+            return "torch"
         return "numba" if fast_dtype and input.device.type == "cpu" else "torch"   # MPS, XPU, meta: torch
     if backend in ("numba", "cuda") and not fast_dtype:
         raise TypeError(f"backend {backend!r} supports float32 and float64, got {input.dtype}; use backend='torch'")
