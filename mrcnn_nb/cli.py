@@ -63,7 +63,11 @@ def main(argv=None) -> int:
     except FloatingPointError as e:   # a run that diverged: the message names the last good checkpoint
         print(f"mrcnn_nb {args.command}: stopped: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        from mrcnn_nb.train import Preempted   # SIGTERM, after the run saved its checkpoint (StopOnSignal)
+        if isinstance(e, Preempted):
+            print(f"mrcnn_nb {args.command}: stopped by {e}", file=sys.stderr)
+            return 143   # 128 + SIGTERM's number, as a shell reports a process the signal ended
         print(f"mrcnn_nb {args.command}: interrupted", file=sys.stderr)
         return 130
 

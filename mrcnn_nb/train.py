@@ -11,6 +11,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 import warnings
 from contextlib import nullcontext
@@ -39,8 +41,9 @@ __all__ = ['SCHEDULES', 'DEMO_MODELS', 'DIST_TIMEOUT_MINUTES', 'CLASS_SPECIFIC',
            'load_initial_weights', 'check_initialization', 'resume_run', 'prepare_run', 'part_of', 'parameter_counts',
            'trainable_parameters', 'describe_trainable', 'set_heads_only', 'enter_phase', 'plot_trainable',
            'iters_for_epochs', 'scaled_schedule', 'training_plan', 'training_loader', 'optimizer_step', 'train_step',
-           'LogMetrics', 'SaveCheckpoints', 'validation_loss', 'evaluate_run', 'EvaluateEvery', 'fit', 'train',
-           'TrackParts', 'plot_part_change', 'projected_hours', 'dry_run', 'format_dry_run']
+           'LogMetrics', 'SaveCheckpoints', 'Preempted', 'StopOnSignal', 'validation_loss', 'evaluate_run',
+           'EvaluateEvery', 'fit', 'train', 'TrackParts', 'plot_part_change', 'projected_hours', 'dry_run',
+           'format_dry_run']
 
 # %% ../nbs/12_train.ipynb #ca2b0c47
 SCHEDULES = {
@@ -763,6 +766,10 @@ class SaveCheckpoints:
     def __init__(self, period: int): self.period = period
     def after_step(self, run: Run, it: int, lr: float, stats: dict):
         if it % self.period and it != run.cfg.max_iter: return
+        self.save(run, it)
+
+    def save(self, run: Run, it: int):
+        "Write `last.pth` of `run` at iteration `it` now (every rank calls it: they exchange generator states)."
         if problem := weights_problem(run.model): raise _diverged(run, it, f"{problem}; not checkpointed")
         extra = {}
         if run.world > 1:
@@ -776,6 +783,38 @@ class SaveCheckpoints:
         if run.main: save_checkpoint(run.out_dir / "last.pth", run.model, run.optimizer, run.scheduler, it, run.cfg,
                                      run.train_set.class_names, **extra)
         run.saved_at = it
+
+# %% ../nbs/12_train.ipynb #c12s0002
+class Preempted(KeyboardInterrupt):
+    "The run was stopped by a signal after it saved its checkpoint (`StopOnSignal`); the message says how to resume."
+
+class StopOnSignal:
+    """A hook: after SIGTERM, the step in progress finishes, `last.pth` is written at its iteration (`saver`) and the
+    run stops with `Preempted`. `install` and `restore` (the main thread only) set and put back the handler."""
+    signals = (signal.SIGTERM,)
+    def __init__(self, saver: SaveCheckpoints): self.saver, self.received, self._old = saver, None, {}
+    def install(self):
+        if threading.current_thread() is not threading.main_thread(): return   # signals reach the main thread only
+        for s in self.signals: self._old[s] = signal.signal(s, self._receive)
+    def restore(self):
+        for s, h in self._old.items(): signal.signal(s, h)
+        self._old = {}
+    def _receive(self, signum, frame): self.received = signal.Signals(signum).name
+    def after_step(self, run: Run, it: int, lr: float, stats: dict):
+        asked = self.received is not None
+        if run.world > 1: asked = _any_rank(asked, run.device)
+        if not asked: return
+        if run.saved_at != it: self.saver.save(run, it)
+        raise Preempted(f"{self.received or 'a signal to another process'} at iteration {it}: "
+                        f"{run.out_dir / 'last.pth'} holds it, --resume continues the run from there")
+
+# %% ../nbs/12_train.ipynb #c12s0003
+def _any_rank(flag: bool, device) -> bool:
+    "Whether `flag` is set on any process of the default process group (every process calls it)."
+    import torch.distributed as dist
+    t = torch.tensor([int(flag)], device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 # %% ../nbs/12_train.ipynb #d3440a38
 def validation_loss(model: MaskRCNN, dataset, batch_size: int = 2) -> dict:
@@ -909,8 +948,11 @@ def train(cfg: Config, data_root, train_split: str = "train", val_split: str | N
             if line: print(line)
     evaluator = EvaluateEvery(run.cfg.eval_period if val_split else 0, val_loss, progress)
     # the evaluation at iteration k before the checkpoint of k: a run killed between them redoes both on resume
-    hooks = [LogMetrics(log_period), evaluator, SaveCheckpoints(run.cfg.checkpoint_period)]
+    saver = SaveCheckpoints(run.cfg.checkpoint_period)
+    stop = StopOnSignal(saver)   # SIGTERM (a scheduler's): checkpoint after the step in progress, then stop
+    hooks = [LogMetrics(log_period), evaluator, saver, stop]
     sharing = _sharing(share_cores, progress and run.main)
+    stop.install()
     try:
         done = fit(run, hooks + ([sharing] if sharing else []), num_workers, on_bad_image, progress)
         if run.main: save_checkpoint(run.out_dir / "model_final.pth", run.model, iteration=done["iterations"],
@@ -921,6 +963,7 @@ def train(cfg: Config, data_root, train_split: str = "train", val_split: str | N
         if val_split and evaluate_at_end and run.cfg.rpn != "only":
             last_eval = evaluate_run(run, done["iterations"], val_loss, progress)
     finally:
+        stop.restore()
         if sharing: sharing.restore()   # also after an error or an interrupt: the next run starts from all cores
     return dict(start_iter=run.start, max_iter=run.cfg.max_iter, out_dir=str(run.out_dir), **done, evaluation=last_eval,
                 model=run.model, run=run, thread_changes=sharing and sharing.changes)
