@@ -250,6 +250,9 @@ def _train_args(s):
                    help="read the data, decode a sample of images, run 2 iterations and evaluate 10 images, then print "
                         "s/iteration, peak memory and the projected time of the schedule; train nothing, write nothing")
     s.add_argument("--resume", action="store_true", help="continue OUT/last.pth exactly where it stopped")
+    s.add_argument("--auto-resume", action="store_true",
+                   help="continue OUT/last.pth if there is one, else start: one command for a job's first start and "
+                        "its restarts (a scheduler's requeue after SIGTERM, which saves the step in progress)")
     s.add_argument("--allow-changed", type=lambda v: [k for k in v.split(",") if k], default=[], metavar="KEYS",
                    help="with --resume: config keys that may differ from the checkpoint's, comma-separated, e.g. "
                         "base_lr (after a run diverged), or 'data'")
@@ -270,6 +273,13 @@ def _refuse_earlier_run(out: Path):
     if found := [n for n in ("last.pth", "model_final.pth", "metrics.jsonl") if (out / n).exists()]:
         raise UserInputError(f"{out} already holds a run ({', '.join(found)}); --resume continues it, or choose "
                              "another --out (or delete it) to start over")
+
+# %% ../nbs/15_cli.ipynb #c15r0001
+def _resuming(args, out: Path) -> bool:
+    "Whether `train` continues the run in `out`: --resume; or --auto-resume, when `out` holds a checkpoint."
+    if args.auto_resume and args.resume:
+        raise UserInputError("--auto-resume resumes when it can: give it without --resume")
+    return args.resume or (args.auto_resume and (out / "last.pth").exists())
 
 # %% ../nbs/15_cli.ipynb #42b62bc9
 def _config_changes(args, overrides: dict) -> dict:
@@ -360,9 +370,10 @@ def cmd_train(args) -> int:
     overrides = _key_values(args.overrides)
     cfg = get_config(name, **_config_changes(args, overrides))   # every key and value checked before any data is read
     cfg = _batch_schedule(cfg, get_config(name), args, overrides)
-    check_initialization(cfg, args.weights, args.resume, args.from_scratch)
     out = Path(args.out or f"runs/{name}")
-    if not (args.resume or args.dry_run): _refuse_earlier_run(out)
+    args.resume = _resuming(args, out)
+    check_initialization(cfg, args.weights, args.resume, args.from_scratch)
+    if not (args.resume or args.auto_resume or args.dry_run): _refuse_earlier_run(out)   # auto: a log alone restarts
     root = Path(args.data) if args.data else main_job_data(args.kind)
     data_seconds = time.perf_counter() - t0   # the built-in data: generated on first use, then read from the cache
     train_split = args.train_split or find_split(root, "train", args.kind)

@@ -142,7 +142,8 @@ def test_resume_on_other_data_and_a_new_run_into_an_old_folder_are_refused(root,
 
 def test_sigterm_checkpoints_the_step_and_resume_continues_exactly(root, tmp_path, capsys, monkeypatch):
     """A scheduler's SIGTERM during step 3: the run finishes the step, writes last.pth at iteration 3, exits 143 with
-    what to do; --resume then ends with the same weights as a run never stopped."""
+    what to do; the same command again (--auto-resume, as a requeued job runs it) ends with the same weights as a run
+    never stopped."""
     import os
     import signal
     import mrcnn_nb.train as T
@@ -155,11 +156,11 @@ def test_sigterm_checkpoints_the_step_and_resume_continues_exactly(root, tmp_pat
         if it == 2: os.kill(os.getpid(), signal.SIGTERM)   # during the third step, as a scheduler would
         return out
     monkeypatch.setattr(T, "train_step", step_then_signal)
-    status, _, said = _train(capsys, *common, "--out", tmp_path / "cut")
+    status, _, said = _train(capsys, *common, "--out", tmp_path / "cut", "--auto-resume")   # a first start
     monkeypatch.setattr(T, "train_step", step)
     assert status == 143 and "SIGTERM at iteration 3" in said[0] and "--resume" in said[0], said
     assert load_checkpoint(tmp_path / "cut" / "last.pth")["iteration"] == 3
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL   # put back after the run
-    assert _train(capsys, *common, "--out", tmp_path / "cut", "--resume")[0] == 0
+    assert _train(capsys, *common, "--out", tmp_path / "cut", "--auto-resume")[0] == 0   # the restart continues
     whole, cut = (load_checkpoint(tmp_path / d / "model_final.pth")["model"] for d in ("whole", "cut"))
     assert all(torch.equal(whole[k], cut[k]) for k in whole)
