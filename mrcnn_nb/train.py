@@ -1044,8 +1044,9 @@ def projected_hours(cfg: Config, s_per_iter: float, s_per_val_image: float, val_
 def dry_run(cfg: Config, data_root, train_split: str = "train", val_split: str | None = "val", weights=None,
             iters: int = 2, eval_images: int = 10, sample_images: int = 50, num_workers: int = 0, **run_args) -> dict:
     """Minutes that say whether a run of `cfg` will work and how long it will take: `prepare_run` (annotation files,
-    model, weights; `run_args` as `prepare_run`'s), `sample_images` training images decoded, `iters` training
-    iterations, `eval_images` validation images predicted and evaluated; the schedule's projected hours."""
+    model, weights; `run_args` as `prepare_run`'s), every training image file opened (`check_image_files`: present,
+    an image, of its annotated size), `sample_images` of them decoded, `iters` training iterations, `eval_images`
+    validation images predicted and evaluated; the schedule's projected hours, from the iterations after the first."""
     import tempfile
     from mrcnn_nb.evaluate import _timed
     t0 = time.perf_counter()
@@ -1053,11 +1054,15 @@ def dry_run(cfg: Config, data_root, train_split: str = "train", val_split: str |
     r = dict(config=run.cfg.name, device=str(run.device), rank=run.rank, world=run.world,
              train_images=len(run.train_set), val_images=len(run.val_set) if run.val_set else 0,
              max_iter=run.cfg.max_iter,
-             prepare_s=time.perf_counter() - t0, decode=_decode_sample(run.train_set, sample_images))
+             prepare_s=time.perf_counter() - t0)
+    t1 = time.perf_counter()
+    check_image_files(run.train_set)   # one bad file would otherwise stop the run when it comes up, hours in
+    r["files_checked_s"], r["decode"] = time.perf_counter() - t1, _decode_sample(run.train_set, sample_images)
     r["iteration_s"], _, r["peak_mib"] = _timed(lambda: _timed_iterations(run, iters, num_workers), run.device)
     r["evaluation"] = _timed_evaluation(run, eval_images) if run.val_set else None
     per_image = r["evaluation"]["s_per_image"] if r["evaluation"] else 0.0
-    r["projection"] = projected_hours(run.cfg, r["iteration_s"][-1], per_image, r["val_images"], run.world)
+    steady = float(np.median(r["iteration_s"][1:] or r["iteration_s"]))   # the first iteration warms up
+    r["projection"] = projected_hours(run.cfg, steady, per_image, r["val_images"], run.world)
     return r
 
 # %% ../nbs/12_train.ipynb #791bb5a1
@@ -1067,8 +1072,10 @@ def format_dry_run(r: dict) -> str:
     peak = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f} MiB"
     lines = [f"dry run of {r['config']} on {r['device']} x {r['world']}: {r['train_images']} training and "
              f"{r['val_images']} validation images; annotations read and model built in {r['prepare_s']:.1f} s",
-             f"decoded {d['images']} sampled training images: {1000 * d['s_per_image']:.0f} ms each, all readable",
-             f"{len(it)} iterations: {it[-1]:.2f} s/iteration (the first {it[0]:.2f} s); peak memory rise {peak}"]
+             f"opened all {r['train_images']:,} training image files (present, images, of their annotated sizes) in "
+             f"{r['files_checked_s']:.1f} s; decoded {d['images']} of them: {1000 * d['s_per_image']:.0f} ms each",
+             f"{len(it)} iterations: {float(np.median(it[1:] or it)):.2f} s/iteration (the first {it[0]:.2f} s); "
+             f"peak memory rise {peak}"]
     if e: lines.append(f"evaluated {e['images']} validation images: {e['s_per_image']:.2f} s/image "
                        f"(box AP on them {100 * e['box_AP']:.1f})")
     lines.append(f"projected: {r['max_iter']:,} iterations {p['train_hours']:.2f} h + {p['evaluations']} "

@@ -3,6 +3,7 @@
 writes nothing; --from-scratch lets the frozen-BN preset run."""
 import contextlib
 import io
+import shutil
 import time
 
 import pytest
@@ -42,7 +43,7 @@ def test_dry_run_on_a_coco_layout_writes_nothing(coco_like, tmp_path):
     status, out, err = _run("train", "--data", coco_like, "--out", out_dir, "--dry-run")
     assert status == 0, err
     assert "dry run of TINY_FPN on cpu x 1: 6 training and 4 validation images" in out, out
-    assert "decoded 6 sampled training images" in out and "2 iterations:" in out, out
+    assert "opened all 6 training image files" in out and "decoded 6 of them" in out and "2 iterations:" in out, out
     assert "evaluated 4 validation images" in out and "projected: 3,000 iterations" in out, out
     assert not out_dir.exists()
 
@@ -53,3 +54,18 @@ def test_from_scratch_lets_a_frozen_bn_preset_run(coco_like, tmp_path):
                             "--batch", "2", "min_size=(96,)", "max_size=128", "--from-scratch", "--dry-run")
     assert status == 0, err
     assert "dry run of R_50_FPN" in out and "projected:" in out, out
+
+
+def test_the_dry_run_finds_a_missing_training_image_before_any_training(coco_like, tmp_path):
+    """Every training image file is opened, not only the decoded sample (none here): one gone is named at once, not
+    when the run meets it hours in."""
+    from mrcnn_nb.core import UserInputError
+    from mrcnn_nb.model import get_config
+    from mrcnn_nb.train import dry_run
+    root = tmp_path / "coco"
+    shutil.copytree(coco_like, root)
+    gone = sorted((root / "train2017").iterdir())[-1]
+    gone.unlink()
+    with pytest.raises(UserInputError, match="1 of the 6 images of split 'train2017'") as e:
+        dry_run(get_config("TINY_FPN"), root, "train2017", "val2017", sample_images=0, adapt=["num_classes"])
+    assert gone.name in str(e.value)
