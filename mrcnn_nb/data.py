@@ -615,16 +615,27 @@ def describe_split(ds: COCODataset) -> str:
     return (f"{ds.split}: {len(ds)} images, {kept} of {s['annotations']} annotations used"
             + (f"; left out: {left}" if left else "") + f" ({ds.ann_file})")
 
+# %% ../nbs/02_data.ipynb #d2b0c002
+def _cut_short(path, fmt: str) -> bool:
+    "Whether `path` is a JPEG (Pillow format `fmt`) without its end marker FF D9 in its last KiB: a file cut short."
+    if fmt != "JPEG": return False
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 1024))
+        return b"\xff\xd9" not in f.read()
+
 # %% ../nbs/02_data.ipynb #296b5a62
 def _image_file_problem(ds: COCODataset, r: dict) -> str | None:
-    "What is wrong with the image file of record `r` of `ds` (missing, empty, not an image, another size), or None."
+    """What is wrong with the image file of record `r` of `ds` (missing, empty, not an image, cut short, another size),
+    or None."""
     path = ds.image_dir / r["file_name"]
     if not path.is_file(): return f"{path}: image file not found"
     if path.stat().st_size == 0: return f"{path}: empty image file"
     try:
         with Image.open(path) as im:   # the header only; EXIF orientations 5-8 turn the picture by 90 degrees
             w, h = im.size[::-1] if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else im.size
+            fmt = im.format
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError): return f"{path}: not an image Pillow can read"
+    if _cut_short(path, fmt): return f"{path}: the JPEG file ends early (cut short: its end marker is missing)"
     if (h, w) != (r["height"], r["width"]):
         return _size_problem(path, w, h, r, ds.ann_file)
     return None
