@@ -164,8 +164,8 @@ def check_polygons(polys: list, where: str = "segmentation") -> None:
 
 # %% ../nbs/02_data.ipynb #1a025a04
 def compressed_rle_counts(counts) -> list | None:
-    """Decode COCO's compressed RLE string into run lengths (pycocotools' format: 5-bit groups, deltas after
-    the 2nd); None if malformed."""
+    """Decode COCO's compressed RLE string into run lengths (pycocotools' format, described above: 5-bit groups,
+    each run from the 4th on stored as its difference to the run two before); None if malformed."""
     s = counts.decode("ascii", "replace") if isinstance(counts, bytes) else counts
     runs, p = [], 0
     while p < len(s):
@@ -290,7 +290,8 @@ _WIDE_GREY = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 6553
 def to_rgb(im: Image.Image) -> np.ndarray:
     """The picture a viewer shows for a decoded Pillow image, as uint8 RGB (H, W, 3): EXIF orientation applied;
     16-bit grey (`I;16`, and `I`, Pillow's mode for 16-bit TIFF/PNG grey) scaled from 0-65535, float grey (`F`)
-    from 0-1; every other mode through `convert("RGB")`."""
+    from 0-1; every other mode through `convert("RGB")`, which drops an alpha channel rather than blend it (a
+    transparent pixel keeps its colour, as the network would see it)."""
     im = ImageOps.exif_transpose(im)
     if im.mode in _WIDE_GREY or im.mode == "F":
         top = _WIDE_GREY.get(im.mode, 1.0)
