@@ -907,8 +907,9 @@ def _gated(variant: str, gates: dict) -> bool:
 
 def _runs_to_do(tables, seeds, store: Path, variants: list, log=print) -> list:
     """The missing (variant, seed) runs of `tables` among `variants`, less those of a model family the protocol could
-    not make faithful (only its reference row runs), and, while the rule is undecided, less every non-reference row
-    (held); logs what it skips and holds, and the stale records it will replace."""
+    not make faithful (only its reference row runs). While the rule is undecided: the reference runs it still needs
+    (every seed of every reference row, whatever the tables, seeds and variants asked for), every other row held.
+    Logs what it skips, holds and adds, and the stale records it will replace."""
     gates, a = untestable(store), protocol_acceptance(store)
     todo = [(v, s) for v, s in missing_runs(tables, seeds, store) if v in variants]
     for v, s in [x for x in todo if _gated(x[0], gates)]:
@@ -920,7 +921,10 @@ def _runs_to_do(tables, seeds, store: Path, variants: list, log=print) -> list:
         for v in dict.fromkeys(v for v, _ in held):
             log(f"held {v} seeds {[s for w, s in held if w == v]}: the protocol's rule is decided first, "
                 f"on reference rows still short of seeds: {short}")
-        todo = [(v, s) for v, s in todo if v in REFERENCE_ROWS]
+        needed = [(v, s) for s in SEEDS for v, done in a["seeds"].items() if s not in done]
+        if added := [x for x in needed if x not in todo]:   # else a table or seed asked alone could never decide it
+            log("added, as the rule needs them: " + ", ".join(f"{v}/{s}" for v, s in added))
+        todo = needed
     for v in variants:
         for p in load_runs(v, store)[1]: log(f"stale (another protocol or RPN, will be replaced): {p}")
     return todo

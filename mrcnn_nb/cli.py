@@ -66,7 +66,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as e:
         from mrcnn_nb.train import Preempted   # SIGTERM, after the run saved its checkpoint (StopOnSignal)
         if isinstance(e, Preempted):
-            print(f"mrcnn_nb {args.command}: stopped by {e}", file=sys.stderr)
+            resume = ": --resume (or --auto-resume) continues the run" if args.command == "train" else ""
+            print(f"mrcnn_nb {args.command}: stopped by {e}{resume}", file=sys.stderr)
             return 143   # 128 + SIGTERM's number, as a shell reports a process the signal ended
         print(f"mrcnn_nb {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -734,8 +735,8 @@ def _ablate_args(s):
 # %% ../nbs/15_cli.ipynb #269da9e9
 def _list_store(tables: list, seeds: tuple, store, variants=None):
     """Print what the results store holds for the rows of `tables`, and the (variant, seed) runs `ablate` would train
-    (the missing ones, less those of a family the protocol's rule leaves not testable, listed as skipped, and, while
-    the rule is undecided, less the rows other than the reference rows, listed as held)."""
+    (the missing ones, less those of a family the protocol's rule leaves not testable, listed as skipped; while the
+    rule is undecided, the reference runs it needs, and the other rows listed as held)."""
     from mrcnn_nb.ablations import get_table, load_runs, planned_runs
     for t in tables:
         tab = get_table(t)
@@ -746,7 +747,7 @@ def _list_store(tables: list, seeds: tuple, store, variants=None):
             print(f"  {r.label:28s} {r.variant:14s} seeds done {done}" + (f", {len(stale)} stale" if stale else ""))
     todo = planned_runs(tables, seeds, store, log=lambda line: print("  " + line), variants=variants)
     listed = ": " + ", ".join(f"{v}/{s}" for v, s in todo) if todo else ""
-    print(f"{len(todo)} run(s) to train for seeds {list(seeds)}" + listed)
+    print(f"{len(todo)} run(s) to train" + listed)
 
 # %% ../nbs/15_cli.ipynb #80d31f65
 def cmd_ablate(args) -> int:

@@ -11,6 +11,7 @@ import math
 import pickle
 from collections import Counter
 from dataclasses import dataclass
+import functools
 from functools import cached_property, partial
 from pathlib import Path
 
@@ -211,7 +212,9 @@ def segmentation_to_rle(segm, height: int, width: int, where: str = "segmentatio
         check_polygons(segm, where)
         return mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
     if isinstance(segm, dict) and "counts" in segm and "size" in segm:
-        if not isinstance(segm["size"], (list, tuple)) or list(segm["size"]) != [height, width]:
+        if not isinstance(segm["size"], (list, tuple)):
+            raise UserInputError(f"{where}: RLE size must be [height, width] = {[height, width]}, got {segm['size']!r}")
+        if list(segm["size"]) != [height, width]:
             raise UserInputError(f"{where}: RLE size {segm['size']} differs from the image size {[height, width]}")
         if isinstance(segm["counts"], list): return _uncompressed_rle(segm, height, width, where)
         return _compressed_rle(segm, height, width, where)
@@ -361,7 +364,10 @@ def _annotation_record(a: dict, im: dict, ann_file, categories: CategoryMap, num
                        with_masks: bool, bad_polygons: str) -> tuple | str:
     """The record `(id, box, label, segmentation, keypoints)` of annotation `a` of image `im` or, when it is left
     out, the key of `COCODataset.stats` that counts it."""
-    if a.get("iscrowd", 0): return "crowd_skipped"
+    if a.get("iscrowd", 0):   # not trained on, but COCOeval matches detections against it: a corrupt one is an error
+        if with_masks and a.get("segmentation") is not None:
+            segmentation_to_rle(a["segmentation"], im["height"], im["width"], f"{ann_file}: annotation {a['id']}")
+        return "crowd_skipped"
     box = _clipped_box(a["bbox"], im["width"], im["height"])
     if box is None: return "degenerate_boxes_dropped"
     if with_masks and not _segmentation_ok(a, im, ann_file, bad_polygons): return "bad_polygons_dropped"
@@ -618,11 +624,16 @@ def describe_split(ds: COCODataset) -> str:
 
 # %% ../nbs/02_data.ipynb #d2b0c002
 def _cut_short(path, fmt: str) -> bool:
-    "Whether `path` is a JPEG (Pillow format `fmt`) without its end marker FF D9 in its last KiB: a file cut short."
+    """Whether `path`, a JPEG (Pillow format `fmt`), ends early: no end marker FF D9 in its last KiB, and it does not
+    decode (a file with data after its image, as a phone's motion photo, decodes and is kept)."""
     if fmt != "JPEG": return False
     with open(path, "rb") as f:
         f.seek(max(0, path.stat().st_size - 1024))
-        return b"\xff\xd9" not in f.read()
+        if b"\xff\xd9" in f.read(): return False
+    try:
+        with Image.open(path) as im: im.load()
+    except (OSError, SyntaxError, ValueError): return True
+    return False
 
 # %% ../nbs/02_data.ipynb #296b5a62
 def _image_file_problem(ds: COCODataset, r: dict) -> str | None:
@@ -750,13 +761,12 @@ def pad_images(images: list, size_divisibility: int = 32, pad_value: float = 0.0
     c = images[0].shape[0]
     if any(im.ndim != 3 or im.shape[0] != c for im in images):
         raise ValueError(f"images must all be (C, H, W) with the same C, got {[tuple(im.shape) for im in images]}")
-    if len({im.dtype for im in images}) > 1:   # copied into the first one's dtype, 0.7 would become 0 in uint8
-        raise ValueError(f"images must share one dtype, got {sorted({str(im.dtype) for im in images})}")
+    dtype = functools.reduce(torch.promote_types, (im.dtype for im in images))   # uint8 beside float: float, not 0
     h = max(im.shape[1] for im in images)
     w = max(im.shape[2] for im in images)
     d = max(int(size_divisibility), 1)
     hp, wp = math.ceil(h / d) * d, math.ceil(w / d) * d
-    out = images[0].new_full((len(images), c, hp, wp), pad_value)
+    out = images[0].new_full((len(images), c, hp, wp), pad_value, dtype=dtype)
     for i, im in enumerate(images): out[i, :, :im.shape[1], :im.shape[2]].copy_(im)
     return ImageBatch(out, [tuple(im.shape[1:]) for im in images])
 

@@ -693,6 +693,11 @@ def training_plan(run, epochs: float | None = None) -> list:
     return lines
 
 # %% ../nbs/12_train.ipynb #ea41ec7b
+def _ignore_sigterm(worker_id: int):
+    """In each DataLoader worker: ignore SIGTERM. A scheduler signals every process of a job; a worker it ended would
+    stop the main process with an error before `StopOnSignal` saves. Workers still end with the main process."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
 def training_loader(run: Run, num_workers: int = 0) -> torch.utils.data.DataLoader:
     """The endless, deterministic batches of `run` from its start iteration: lists of images and targets, and the
     bad items."""
@@ -700,7 +705,7 @@ def training_loader(run: Run, num_workers: int = 0) -> torch.utils.data.DataLoad
                               run.batches, run.rank, run.world)
     return torch.utils.data.DataLoader(SeededItems(run.train_set), batch_sampler=batches,
                                        num_workers=num_workers, collate_fn=collate_lists,
-                                       persistent_workers=num_workers > 0,
+                                       persistent_workers=num_workers > 0, worker_init_fn=_ignore_sigterm,
                                        # not the global generator: resume stays exact
                                        generator=torch.Generator().manual_seed(run.cfg.seed))
 
@@ -805,8 +810,8 @@ class StopOnSignal:
         if run.world > 1: asked = _any_rank(asked, run.device)
         if not asked: return
         if run.saved_at != it: self.saver.save(run, it)
-        raise Preempted(f"{self.received or 'a signal to another process'} at iteration {it}: "
-                        f"{run.out_dir / 'last.pth'} holds it, --resume continues the run from there")
+        raise Preempted(f"{self.received or 'a signal to another process'} at iteration {it}, "
+                        f"checkpointed in {run.out_dir / 'last.pth'}")
 
 # %% ../nbs/12_train.ipynb #c12s0003
 def _any_rank(flag: bool, device) -> bool:

@@ -169,8 +169,8 @@ def test_cli_smoke_runs_a_table_without_touching_the_store(tmp_path):
 
 def test_cli_list_and_errors(tmp_path):
     r = _mrcnn_nb("ablate", "--table", "2c", "2d", "--list", "--store", str(tmp_path))
-    # on an empty store only the reference rows train: the rule is decided on them before the 18 other runs
-    assert r.returncode == 0 and "6 run(s) to train for seeds [0, 1, 2]: c4/0" in r.stdout, r.stdout
+    # on an empty store only the reference rows train, all four (the rule needs them), before the 18 other runs
+    assert r.returncode == 0 and "12 run(s) to train: fpn/0, c4/0, c5/0, kp_kp/0" in r.stdout, r.stdout
     assert "held c4_roipool seeds [0, 1, 2]" in r.stdout and r.stdout.count("held ") == 6, r.stdout
     r = _mrcnn_nb("ablate", "--table", "2z", "--list")
     assert r.returncode == 2 and "unknown table '2z'" in r.stderr and "Traceback" not in r.stderr
@@ -218,3 +218,21 @@ def test_runner_decides_the_rule_before_other_rows(tmp_path, monkeypatch, c5_box
     later = [(second, s) for s in SEEDS] if second else []
     assert passes[1:] == [later] and done == passes[0] + later
     assert any(line.startswith("skipped c5_roipool") for line in said) == (second is None)
+
+
+def test_the_rule_is_decided_whatever_table_or_seed_is_asked_for(tmp_path, monkeypatch):
+    """On an empty store, `ablate --table 2d --seeds 1` trains every reference run the rule needs (all seeds of fpn,
+    c4, c5, kp_kp), then the held row: asking for one table or one seed must not leave the rule undecided for ever."""
+    import mrcnn_nb.ablations as A
+    aps = {"fpn": (60, 50), "c4": (40, 40), "c5": (40, None), "kp_kp": (50, None)}
+    passes = []
+    def stages(stage, todo, store, *args, **kwargs):
+        passes.append(list(todo))
+        for v, s in todo: _fake_run(store, v, s, *aps.get(v, (30, None)))
+        return todo
+    monkeypatch.setattr(A, "_run_stages", stages)
+    said = []
+    A.run_ablations(["2d"], seeds=(0,), store=tmp_path, log=said.append, progress=False)
+    assert sorted(passes[0]) == sorted((v, s) for v in REFERENCE_ROWS for s in SEEDS)
+    assert passes[1] == [("c5_roipool", 0)] and len(passes) == 2
+    assert any(line.startswith("added, as the rule needs them: fpn/0") for line in said), said

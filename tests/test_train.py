@@ -171,3 +171,25 @@ def test_one_training_run_reads_each_annotation_file_once(small_root, tmp_path, 
                  "warmup_iters=1"]) == 0
     assert reads == {"instances_train.json": 1, "instances_val.json": 1}, reads
     assert (tmp_path / "run" / "predictions.png").exists()   # drawn from the model and validation set in memory
+
+
+def test_sigterm_to_the_whole_job_with_data_workers_still_checkpoints(small_root, tmp_path):
+    """A scheduler signals every process of a job, data-loading workers included (Slurm does): the workers must not
+    die of it, or the main process stops with a DataLoader error before it saves. The run exits 143 with last.pth."""
+    out = tmp_path / "run"
+    exe = str(Path(sys.executable).parent / "mrcnn_nb")
+    p = subprocess.Popen([exe, "train", "--data", str(small_root), "--out", str(out), "--iters", "2000",
+                          "--val-split", "", "--batch", "2", "--workers", "2", "warmup_iters=1", "checkpoint_period=5000"],
+                         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        t0 = time.time()
+        while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().strip()):
+            assert p.poll() is None and time.time() - t0 < 300, "training did not start: " + p.stderr.read()[-2000:]
+            time.sleep(0.1)
+        os.killpg(p.pid, signal.SIGTERM)   # the main process and its two workers, as one job
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None: os.killpg(p.pid, signal.SIGKILL)
+    said = [l for l in err.splitlines() if l.startswith("mrcnn_nb")]
+    assert p.returncode == 143 and said and "stopped by SIGTERM at iteration" in said[0], err[-3000:]
+    assert load_checkpoint(out / "last.pth")["iteration"] >= 20
