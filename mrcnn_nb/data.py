@@ -365,7 +365,7 @@ def _annotation_record(a: dict, im: dict, ann_file, categories: CategoryMap, num
     """The record `(id, box, label, segmentation, keypoints)` of annotation `a` of image `im` or, when it is left
     out, the key of `COCODataset.stats` that counts it."""
     if a.get("iscrowd", 0):   # not trained on, but COCOeval matches detections against it: a corrupt one is an error
-        if with_masks and isinstance(a.get("segmentation"), dict):   # an RLE (a broken polygon: bad_polygons' rule)
+        if with_masks and isinstance(a.get("segmentation"), dict):   # COCO's crowd regions are RLEs
             segmentation_to_rle(a["segmentation"], im["height"], im["width"], f"{ann_file}: annotation {a['id']}")
         return "crowd_skipped"
     box = _clipped_box(a["bbox"], im["width"], im["height"])
