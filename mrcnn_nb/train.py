@@ -721,6 +721,17 @@ def _diverged(run: Run, it: int, what: str) -> FloatingPointError:
                               f"(iteration {run.saved_at}); continue it with a lower learning rate, e.g. "
                               f"--resume --allow-changed base_lr {lower}")
 
+# %% ../nbs/12_train.ipynb #c12m0001
+def _out_of_memory(run: Run, images: list) -> UserInputError:
+    "What to change when a training step runs out of accelerator memory: the batch, the image size, the precision."
+    h, w = max(i.shape[-2] for i in images), max(i.shape[-1] for i in images)
+    amp = "" if run.cfg.amp else ", or amp='bf16' (fp16 on GPUs without bf16)"
+    return UserInputError(
+        f"out of memory on {run.device} in a training step of {len(images)} image(s) per process "
+        f"(ims_per_batch={run.cfg.ims_per_batch} over {run.world} process(es)), images up to {h}x{w} "
+        f"(min_size={run.cfg.min_size}, max_size={run.cfg.max_size}): give fewer images per iteration (--batch, "
+        f"the schedule follows it) or more processes, smaller images (min_size=, max_size=){amp}")
+
 # %% ../nbs/12_train.ipynb #a80888a8
 def optimizer_step(run: Run, loss: torch.Tensor) -> float:
     """Backward, gradient clipping, the SGD step and the schedule's; returns the step's learning rate. With a loss
@@ -741,12 +752,14 @@ def train_step(run: Run, images: list, targets: list, it: int) -> tuple:
     """One SGD step of `run` on a batch (iteration `it`); returns (the losses as floats, with their sum 'loss';
     the learning rate)."""
     images, targets = [_to(i, run.device) for i in images], [_to(t, run.device) for t in targets]
-    with _autocast(run.cfg, run.device): losses = run.net(images, targets)
-    loss = sum(losses.values())
-    if not torch.isfinite(loss):
-        terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-        raise _diverged(run, it + 1, f"the loss is {loss.item()} ({terms})")
-    lr = optimizer_step(run, loss)
+    try:
+        with _autocast(run.cfg, run.device): losses = run.net(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            raise _diverged(run, it + 1, f"the loss is {loss.item()} ({terms})")
+        lr = optimizer_step(run, loss)
+    except torch.OutOfMemoryError as e: raise _out_of_memory(run, images) from e
     return {k: v.item() for k, v in losses.items()} | {"loss": loss.item()}, lr
 
 # %% ../nbs/12_train.ipynb #78569089
@@ -905,6 +918,7 @@ def fit(run: Run, hooks=(), num_workers: int = 0, on_bad_image: str = "stop", pr
         while it < run.cfg.max_iter:
             t0 = time.perf_counter()
             images, targets, bad = next(batches)
+            t_data = time.perf_counter() - t0   # waiting for the batch: high when the loader cannot keep up
             run.batches += 1
             for b in bad:
                 if on_bad_image == "stop": raise UserInputError(b.reason)
@@ -918,7 +932,7 @@ def fit(run: Run, hooks=(), num_workers: int = 0, on_bad_image: str = "stop", pr
                 enter_phase(run, it)
                 if progress and run.main:
                     tqdm.write(f"iteration {it}: heads-first phase over; {describe_trainable(run.model)}")
-            for h in hooks: h.after_step(run, it, lr, losses | {"time": time.perf_counter() - t0})
+            for h in hooks: h.after_step(run, it, lr, losses | {"time": time.perf_counter() - t0, "data_time": t_data})
             bar.update(1)
     finally:
         bar.close()
