@@ -743,12 +743,12 @@ def run_ablations(tables, seeds=SEEDS, store=None, smoke: bool = False, jobs: in
     seeds, variants = tuple(seeds), [v for v in table_variants(tables) if variants is None or v in variants]
     if smoke: return _run_stages("heads", [(v, s) for s in seeds for v in variants], store, smoke, jobs, progress,
                                  device, log, retrain_rpns)
-    undecided = protocol_acceptance(store)["accepted"] is None
-    done = _run_stages("heads", _runs_to_do(tables, seeds, store, variants, log), store, smoke, jobs, progress, device,
-                       log, retrain_rpns)
-    if undecided and done:   # the reference rows just trained may have decided the rule: the rows it held, or skips
-        done += _run_stages("heads", _runs_to_do(tables, seeds, store, variants, log), store, smoke, jobs, progress,
-                            device, log, retrain_rpns)
+    done = []   # undecided: the reference rows train first and may decide the rule; the rows held then, or skipped
+    for _ in range(2 if protocol_acceptance(store)["accepted"] is None else 1):
+        ran = _run_stages("heads", _runs_to_do(tables, seeds, store, variants, log), store, smoke, jobs, progress,
+                          device, log, retrain_rpns)
+        if not ran: break
+        done += ran
     return done
 
 # %% ../nbs/20a_ablations.ipynb #2544005a

@@ -27,6 +27,10 @@ def _floating(t: Tensor) -> Tensor:
     "`t` as it is if floating, else in float32: integer coordinates would truncate ratios and deltas."
     return t if t.is_floating_point() else t.float()
 
+def _at_least_float32(t: Tensor) -> Tensor:
+    "`t` in float32, or in float64 if it is: integer and half-precision coordinates would truncate or round."
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
 # %% ../nbs/01_boxes.ipynb #00404422
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Pairwise IoU of `boxes1` (N, 4) and `boxes2` (M, 4), xyxy. Returns (N, M), floating (integer boxes give float32);
@@ -163,7 +167,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
                          f"got {tuple(boxes.shape)} and {tuple(scores.shape)}")
     if boxes.numel() == 0: return torch.zeros(0, dtype=torch.int64, device=boxes.device)
     order = torch.argsort(scores, descending=True, stable=True)
-    b = boxes[order].detach().cpu().to(torch.promote_types(boxes.dtype, torch.float32)).numpy()   # ints, halves
+    b = _at_least_float32(boxes[order].detach().cpu()).numpy()
     kept = _nms_sorted(b, b.dtype.type(iou_threshold))
     return order[torch.from_numpy(kept).to(boxes.device)]
 
@@ -208,7 +212,7 @@ def plot_nms(boxes: Tensor, scores: Tensor, keep: Tensor, iou_threshold: float, 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
     "NMS within each category `idxs` (N,): indices of kept boxes sorted by decreasing score."
     if boxes.numel() == 0: return torch.zeros(0, dtype=torch.int64, device=boxes.device)
-    boxes = boxes.to(torch.promote_types(boxes.dtype, torch.float32))   # offsets in bf16 would round the boxes
+    boxes = _at_least_float32(boxes)   # class offsets in bf16 would round the boxes
     span = (boxes.max() - boxes.min()).to(boxes.dtype) + 1
     shifted = boxes + (idxs.to(boxes.dtype) * span)[:, None]
     return nms(shifted, scores, iou_threshold)

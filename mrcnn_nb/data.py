@@ -11,8 +11,7 @@ import math
 import pickle
 from collections import Counter
 from dataclasses import dataclass
-import functools
-from functools import cached_property, partial
+from functools import cached_property, partial, reduce
 from pathlib import Path
 
 import numpy as np
@@ -761,7 +760,7 @@ def pad_images(images: list, size_divisibility: int = 32, pad_value: float = 0.0
     c = images[0].shape[0]
     if any(im.ndim != 3 or im.shape[0] != c for im in images):
         raise ValueError(f"images must all be (C, H, W) with the same C, got {[tuple(im.shape) for im in images]}")
-    dtype = functools.reduce(torch.promote_types, (im.dtype for im in images))   # uint8 beside float: float, not 0
+    dtype = reduce(torch.promote_types, (im.dtype for im in images))   # uint8 beside float: float, not 0
     h = max(im.shape[1] for im in images)
     w = max(im.shape[2] for im in images)
     d = max(int(size_divisibility), 1)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .boxes import box_area
+from .boxes import _at_least_float32, box_area
 from .roi_ops import check_rois, roi_align, roi_pool, roi_warp
 
 # %% auto #0
@@ -21,7 +21,7 @@ __all__ = ['map_levels', 'level_counts', 'draw_level_assignment', 'MultiScaleRoI
 def map_levels(boxes: Tensor, k_min: int, k_max: int, canonical_scale: float = 224.0, canonical_level: int = 4,
                eps: float = 1e-6) -> Tensor:
     "FPN level index (0 = level `k_min`) of each box (K, 4) xyxy: floor(k0 + log2(sqrt(area) / 224)), clamped."
-    s = torch.sqrt(box_area(boxes.to(torch.promote_types(boxes.dtype, torch.float32))))   # bf16 areas: 8-bit mantissa
+    s = torch.sqrt(box_area(_at_least_float32(boxes)))   # bf16 areas: 8-bit mantissa
     k = torch.floor(canonical_level + torch.log2(s / canonical_scale) + eps)
     k = torch.nan_to_num(k, nan=float(k_min), neginf=float(k_min), posinf=float(k_max))
     return (k.clamp(k_min, k_max) - k_min).long()

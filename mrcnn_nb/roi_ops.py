@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from .boxes import _at_least_float32
 from .core import _float32
 from .roi_layers import bilinear_plan, bilinear_pool_reference, pool_plan, roi_pool_reference
 from .roi_numba import (bilinear_backward_numba, bilinear_forward_numba, is_plain, roi_pool_backward_numba,
@@ -169,7 +170,7 @@ class _PoolFn(torch.autograd.Function):
 # %% ../nbs/07c_roi_ops.ipynb #b7e3a1c0
 def _plan_rois(rois: Tensor) -> Tensor:
     "The RoIs a plan is computed from: detached, on the CPU, in float32 at least (the input may be half precision)."
-    return rois.detach().cpu().to(torch.promote_types(rois.dtype, torch.float32))
+    return _at_least_float32(rois.detach().cpu())
 
 # %% ../nbs/07c_roi_ops.ipynb #b7e3a1c5
 def _autocast_to_float32(input, boxes):

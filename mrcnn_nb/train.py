@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from .core import (
-    AMP_DTYPES, ShareCores, UserInputError, atomic_write, get_device, load_torch_file, results_dir, seed_everything,
-    warn_slow_amp)
+    AMP_DTYPES, ShareCores, UserInputError, atomic_write, distributed_count, get_device, load_torch_file, results_dir,
+    seed_everything, warn_slow_amp)
 from .data import (
     AddProposals, COCODataset, Compose, GroupedBatchSampler, RandomHorizontalFlip, aspect_ratio_groups,
     check_image_files, describe_split)
@@ -819,20 +819,10 @@ class StopOnSignal:
         self._old = {}
     def _receive(self, signum, frame): self.received = signal.Signals(signum).name
     def after_step(self, run: Run, it: int, lr: float, stats: dict):
-        asked = self.received is not None
-        if run.world > 1: asked = _any_rank(asked, run.device)
-        if not asked: return
+        if not distributed_count(self.received is not None): return   # > 0 when any process was signalled
         if run.saved_at != it: self.saver.save(run, it)
         raise Preempted(f"{self.received or 'a signal to another process'} at iteration {it}, "
                         f"checkpointed in {run.out_dir / 'last.pth'}")
-
-# %% ../nbs/12_train.ipynb #c12s0003
-def _any_rank(flag: bool, device) -> bool:
-    "Whether `flag` is set on any process of the default process group (every process calls it)."
-    import torch.distributed as dist
-    t = torch.tensor([int(flag)], device=device if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
 
 # %% ../nbs/12_train.ipynb #d3440a38
 def validation_loss(model: MaskRCNN, dataset, batch_size: int = 2) -> dict:
