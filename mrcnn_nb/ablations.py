@@ -33,9 +33,9 @@ __all__ = ['PROTOCOL_VERSION', 'PROTOCOL', 'SEEDS', 'RUN_BUDGET_MIN', 'ABLATION_
            'missing_runs', 'run_ablations', 'paste_study', 'run_paste_study', 'table_runs', 'column_values', 'mean_std',
            'difference', 'verdict', 'protocol_acceptance', 'untestable', 'planned_runs', 'working_detectors', 'compare',
            'comparisons', 'table_markdown', 'reading_markdown', 'protocol_caption', 'runs_markdown', 'headlines',
-           'results_sentence', 'results_markdown', 'load_paste_study', 'paste_summary', 'paste_markdown', 'plot_table',
-           'plot_ap_vs_iou', 'example_images', 'plot_examples', 'coco_commands', 'variants_markdown',
-           'acceptance_markdown']
+           'results_sentence', 'compute_sentence', 'results_markdown', 'load_paste_study', 'paste_summary',
+           'paste_markdown', 'plot_table', 'plot_ap_vs_iou', 'example_images', 'plot_examples', 'coco_commands',
+           'variants_markdown', 'acceptance_markdown']
 
 # %% ../nbs/20a_ablations.ipynb #699ed753
 PROTOCOL_VERSION = 2   # records of protocol 1 are kept in nbs/results/ablations-v1 and read by no table
@@ -1119,10 +1119,28 @@ def results_sentence(store=None) -> str:
     parts = [f"{n[v]} {v}" for v in VERDICTS + ("no runs yet",) if n[v]]
     return f"Of the {sum(n.values())} headline differences: " + ", ".join(parts) + "."
 
+# %% ../nbs/20a_ablations.ipynb #deb435d4
+def compute_sentence(store=None) -> str:
+    """What the store's records cost, in words: hours of training of the head runs, the RPNs and the trunks'
+    pre-training, the head runs' range in minutes, and the processors and threads they ran on."""
+    store = Path(store if store is not None else default_store())
+    groups = {"head runs": "[!_]*/seed*.json", "RPNs": "_rpn/*/seed*.json", "trunk pre-trainings": "_trunks/*.json"}
+    recs = {k: [_read_record(p) for p in sorted(store.glob(g))] for k, g in groups.items()}
+    if not recs["head runs"]: return "No run is stored yet."
+    secs = {k: [r.get("train_seconds", r.get("seconds", 0.0)) for r in rs] for k, rs in recs.items()}
+    machines = [r["machine"] for rs in recs.values() for r in rs if "machine" in r]
+    cpus = " and ".join(sorted({describe_cpu(m) for m in machines}))
+    threads = sorted({m.get("torch_threads") for m in machines if m.get("torch_threads")})
+    parts = ", ".join(f"{len(s)} {k} {sum(s) / 3600:.1f} h" for k, s in secs.items() if s)
+    heads = secs["head runs"]
+    return (f"Compute: {sum(map(sum, secs.values())) / 3600:.0f} hours of training in all ({parts}; a head run "
+            f"{min(heads) / 60:.0f}–{max(heads) / 60:.0f} min), on {cpus} ({' or '.join(map(str, threads))} "
+            f"thread(s) a run).")
+
 # %% ../nbs/20a_ablations.ipynb #45b52c17
 def results_markdown(store=None) -> str:
     """One line per table: the paper's headline difference beside ours (absolute and relative), the seeds, our
-    resolution and the verdict."""
+    resolution and the verdict; then the verdicts counted, and what the runs cost (`compute_sentence`)."""
     lines = ["| table | difference | paper | ours | seeds | resolution | verdict |", "|---|---|---|---|---|---|---|"]
     for h in headlines(store):
         t = h["table"]
@@ -1135,7 +1153,7 @@ def results_markdown(store=None) -> str:
         paper_cell = f"{paper:+.1f}" + (f" ({_pct(paper / ref)})" if ref else "")
         lines.append(f"| [{t.key}]({t.notebook}.ipynb) | {a} − {b}, {_col_name(col)} | {paper_cell} | "
                      f"{ours} | {n} | {res} | {h.get('verdict', 'no runs yet')} |")
-    return "\n".join(lines) + "\n\n" + results_sentence(store)
+    return "\n".join(lines) + "\n\n" + results_sentence(store) + " " + compute_sentence(store)
 
 # %% ../nbs/20a_ablations.ipynb #20849546
 def load_paste_study(store=None) -> list:

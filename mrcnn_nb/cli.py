@@ -12,7 +12,7 @@ import time
 from pathlib import Path, PurePosixPath
 
 from . import __version__
-from .core import UserInputError, describe_cpu
+from .core import UserInputError, describe_cpu, write_json
 
 # %% auto #0
 __all__ = ['COMMANDS', 'MAIN_JOB', 'IMAGE_SUFFIXES', 'build_parser', 'parse_args', 'main', 'cmd_shapes', 'cmd_show',
@@ -80,10 +80,23 @@ def _instances_range(s: str):
     except ValueError: raise argparse.ArgumentTypeError(f"expected MIN-MAX, e.g. 8-12, got {s!r}") from None
 
 # %% ../nbs/15_cli.ipynb #63dce8b6
-def _positive_int(s: str) -> int:
-    try: v = int(s)
-    except ValueError: v = 0
-    if v < 1: raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+def _int_at_least(low: int, what: str):
+    "An argument type: an integer of at least `low`, else an error that says `what` was expected."
+    def parse(s: str) -> int:
+        try: v = int(s)
+        except ValueError: v = low - 1
+        if v < low: raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}")
+        return v
+    return parse
+
+_positive_int = _int_at_least(1, "a positive integer")
+_count = _int_at_least(0, "0 or a positive integer")   # a number of worker processes, say
+
+def _score(s: str) -> float:
+    "A score threshold, in [0, 1]."
+    try: v = float(s)
+    except ValueError: v = -1.0
+    if not 0 <= v <= 1: raise argparse.ArgumentTypeError(f"expected a score from 0 to 1, got {s!r}")
     return v
 
 # %% ../nbs/15_cli.ipynb #d182c630
@@ -257,7 +270,7 @@ def _train_args(s):
     s.add_argument("--allow-changed", type=lambda v: [k for k in v.split(",") if k], default=[], metavar="KEYS",
                    help="with --resume: config keys that may differ from the checkpoint's, comma-separated, e.g. "
                         "base_lr (after a run diverged), or 'data'")
-    s.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
+    s.add_argument("--workers", type=_count, default=0, help="data-loading worker processes (default 0)")
     s.add_argument("--threads", type=_positive_int, default=None,
                    help="torch threads, fixed (default: the cores, fewer while other processes keep cores busy, "
                         "unless OMP_NUM_THREADS is set; fix them for bitwise-reproducible runs)")
@@ -269,6 +282,12 @@ def _train_args(s):
     _bad_polygons_arg(s)
 
 # %% ../nbs/15_cli.ipynb #d98f1efa
+def _out_folder(out) -> Path:
+    "`--out` of a command that writes a folder, checked before any work: a file there is refused."
+    out = Path(out)
+    if out.exists() and not out.is_dir(): raise UserInputError(f"--out {out}: is a file; give a folder")
+    return out
+
 def _refuse_earlier_run(out: Path):
     "Refuse to start a new run in `out` if an earlier one left its checkpoints or log there."
     if found := [n for n in ("last.pth", "model_final.pth", "metrics.jsonl") if (out / n).exists()]:
@@ -307,8 +326,12 @@ def _batch_schedule(cfg, preset, args, overrides: dict, log=print):
 
 # %% ../nbs/15_cli.ipynb #f01c2c78
 def _run_summary(s: dict, name: str) -> dict:
-    "What `metrics.json` says of finished run `s` of preset `name`: its numbers, and COCOeval's if it was evaluated."
+    """What `metrics.json` says of finished run `s` of preset `name`: its numbers, its full config and the commit of
+    the code that ran it, and COCOeval's numbers if it was evaluated."""
+    import dataclasses
+    from mrcnn_nb.ablations import git_commit
     summary = {k: v for k, v in s.items() if k not in ("evaluation", "model", "run")} | {"config": name}
+    summary |= dict(config_values=dataclasses.asdict(s["run"].cfg), code=git_commit())
     if s["evaluation"]:
         ev = s["evaluation"]
         summary["metrics"] = {t: r["stats"] for t, r in ev["metrics"].items()}
@@ -320,7 +343,6 @@ def _run_summary(s: dict, name: str) -> dict:
 def _report_training(s: dict, name: str, out: Path, times: dict | None = None):
     """Curves, summary (`metrics.json`: `_run_summary`, the command's `times` and the machine) and predictions figure
     of a finished run, drawn from the model in memory; a line that says what."""
-    import json
     from mrcnn_nb.core import machine_info
     _headless()
     from mrcnn_nb.evaluate import format_metrics
@@ -331,7 +353,7 @@ def _report_training(s: dict, name: str, out: Path, times: dict | None = None):
     if s["evaluation"]:
         save_figure(prediction_figure(s["model"], s["run"].val_set), out / "predictions.png")
         print(format_metrics(s["evaluation"]))
-    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "metrics.json", summary)
     skipped = len(s["skipped_images"])
     files = "model_final.pth, last.pth, metrics.json, metrics.jsonl, curves.png"
     if s["evaluation"]: files += ", predictions.png"
@@ -371,7 +393,9 @@ def cmd_train(args) -> int:
     overrides = _key_values(args.overrides)
     cfg = get_config(name, **_config_changes(args, overrides))   # every key and value checked before any data is read
     cfg = _batch_schedule(cfg, get_config(name), args, overrides)
-    out = Path(args.out or f"runs/{name}")
+    out = _out_folder(args.out or f"runs/{name}")
+    if args.allow_changed and not (args.resume or args.auto_resume):
+        raise UserInputError("--allow-changed only applies to a resumed run: add --resume (or --auto-resume)")
     args.resume = _resuming(args, out)
     check_initialization(cfg, args.weights, args.resume, args.from_scratch)
     if not (args.resume or args.auto_resume or args.dry_run): _refuse_earlier_run(out)   # auto: a log alone restarts
@@ -388,7 +412,8 @@ def cmd_train(args) -> int:
               epochs=args.epochs, heads_iters=args.heads_iters, from_scratch=args.from_scratch,
               share_cores=False if args.threads else None)
     if s["run"].main:
-        _report_training(s, name, out, dict(data_seconds=data_seconds, wall_seconds=time.perf_counter() - t0))
+        data = {} if args.data else dict(data=dict(MAIN_JOB, kind=args.kind))   # the built-in set, as generated
+        _report_training(s, name, out, data | dict(data_seconds=data_seconds, wall_seconds=time.perf_counter() - t0))
     return 0
 COMMANDS["train"] = (_train_args, cmd_train, "train a Mask R-CNN (default: a small one on synthetic shapes)",
                      "Train a preset on a COCO-layout dataset, evaluate it on the validation split with COCOeval, and "
@@ -408,20 +433,33 @@ def _duration(seconds: float) -> str:
     return f"{m} min {s} s" if m else f"{s} s"
 
 # %% ../nbs/15_cli.ipynb #e0b5130b
-def main_job_markdown(summary: dict) -> str:
+def _main_job_spec(summary: dict) -> str:
+    "The run a main-job summary describes, in words: its data, preset, schedule and code, from the summary itself."
+    from types import SimpleNamespace
+    from mrcnn_nb.train import lr_for
+    d, c, code = summary["data"], summary["config_values"], summary.get("code") or {}
+    steps = ", ".join(f"{s:,}" for s in c["lr_steps"])
+    dirty = " with local changes" if code.get("dirty") else ""
+    commit = f", code at commit {code['commit'][:7]}{dirty}" if code else ""
+    return (f"{d['n_train']:,} training and {d['n_val']:,} validation images of the synthetic shapes ({d['size']} px), "
+            f"`{summary['config']}`, {summary['iterations']:,} iterations of {c['ims_per_batch']} images (lr "
+            f"{lr_for(SimpleNamespace(**c)):g}, ÷{1 / c['lr_gamma']:g} at {steps}){commit}:")
+
+def main_job_markdown(summary: dict, stored: str | None = "nbs/results/main_job.json") -> str:
     """COCOeval's box and mask table, the times and the machine of the main job (`mrcnn_nb train` on the built-in data),
     from its `metrics.json`; the time runs from the command's start (after Python's imports) to the end of its
-    evaluation."""
+    evaluation. COCOeval's -1 (no object of that size) reads n/a; `stored`: where the summary is kept, if it is."""
     keys, names = ("AP", "AP50", "AP75", "APs", "APm", "APl"), dict(bbox="box", segm="mask")
     lines = ["| | AP | AP50 | AP75 | APS | APM | APL |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {names.get(t, t)} | " + " | ".join(f"{100 * st[k]:.1f}" for k in keys) + " |"
+    lines += [f"| {names.get(t, t)} | " + " | ".join(f"{100 * st[k]:.1f}" if st[k] >= 0 else "n/a" for k in keys) + " |"
               for t, st in summary["metrics"].items()]
+    lines = ([_main_job_spec(summary), ""] if "config_values" in summary and "data" in summary else []) + lines
     m, data = summary["machine"], summary["data_seconds"]
     data = f"data generation {_duration(data)}" if data >= 1 else "the data already in the cache"
     return ("\n".join(lines) + f"\n\nTime: {_duration(summary['wall_seconds'])} for `mrcnn_nb train` ({data}, "
             f"{summary['iterations']:,} iterations in {_duration(summary['train_seconds'])}, evaluation at "
             f"{summary['images_per_s']:.0f} images/s), on {m['torch_threads']} threads of a {m['cores']}-core "
-            f"{describe_cpu(m)} with torch {m['torch']} (stored in `nbs/results/main_job.json`).")
+            f"{describe_cpu(m)} with torch {m['torch']}" + (f" (stored in `{stored}`)." if stored else "."))
 
 # %% ../nbs/15_cli.ipynb #97c0c0fb
 def _eval_args(s):
@@ -437,13 +475,11 @@ def _eval_args(s):
 def _write_evaluation(out: Path, r: dict):
     """`metrics.json` (COCOeval's numbers, images/s and peak memory) and the COCO results files of evaluation `r`,
     under `out`."""
-    import json
     out.mkdir(parents=True, exist_ok=True)
     stats = {t: m["stats"] for t, m in r["metrics"].items()}
-    (out / "metrics.json").write_text(json.dumps(stats | dict(images_per_s=r["images_per_s"], peak_mib=r["peak_mib"]),
-                                                 indent=1))
+    write_json(out / "metrics.json", stats | dict(images_per_s=r["images_per_s"], peak_mib=r["peak_mib"]))
     for t, res in r["results"].items():
-        if res: (out / f"results_{t}.json").write_text(json.dumps(res))
+        if res: write_json(out / f"results_{t}.json", res, indent=None)
     print(f"wrote {out}/metrics.json and the COCO results files")
 
 # %% ../nbs/15_cli.ipynb #104fc024
@@ -452,10 +488,17 @@ def cmd_eval(args) -> int:
     from mrcnn_nb.data import COCODataset, find_split
     from mrcnn_nb.evaluate import check_classes, evaluate, format_metrics
     from mrcnn_nb.train import model_from_checkpoint
+    if args.out: _out_folder(args.out)   # before the evaluation, not after it
     model, cfg, names = model_from_checkpoint(args.checkpoint)
     kind = "keypoints" if cfg.keypoints else "instances"
-    ds = COCODataset(args.data, args.split or find_split(args.data, "val", kind), kind=kind,
-                     bad_polygons=args.bad_polygons)
+    try:
+        ds = COCODataset(args.data, args.split or find_split(args.data, "val", kind), kind=kind,
+                         bad_polygons=args.bad_polygons)
+    except UserInputError as e:
+        if "(--kind " not in str(e): raise
+        has = "with" if cfg.keypoints else "without"   # the hint names --kind, which eval has not
+        raise UserInputError(f"{str(e).rsplit('; ', 1)[0]}; {args.checkpoint} is {cfg.name}, {has} a keypoint head, "
+                             f"so it is evaluated on {kind} annotations only") from None
     check_classes(ds, cfg, names, args.checkpoint)
     r = evaluate(model, ds, batch_size=args.batch, amp=args.amp)
     print(format_metrics(r))
@@ -470,7 +513,7 @@ def _predict_args(s):
     s.add_argument("--checkpoint", required=True, help="checkpoint file")
     s.add_argument("--recursive", action="store_true", help="also the images in the folders' subfolders")
     s.add_argument("--out", default="predictions", help="output directory (default predictions)")
-    s.add_argument("--score-thresh", type=float, default=0.5,
+    s.add_argument("--score-thresh", type=_score, default=0.5,
                    help="keep detections scoring above this (default 0.5)")
     s.add_argument("--coco", default=None, metavar="ANNOTATION_JSON",
                    help="take image and category ids from this COCO annotation file (by file and class name), so "
@@ -656,11 +699,10 @@ def _readable(f, k: int, n: int, out, on_bad_image: str = "stop"):
 def cmd_predict(args) -> int:
     """Detections on image files and folders: a PNG overlay and a JSON file per image; COCO `results.json` and
     `images.json` for all."""
-    import json
     _headless()
     import torch
     from tqdm.auto import tqdm
-    files, out = image_files(args.images, args.recursive), Path(args.out)
+    files, out = image_files(args.images, args.recursive), _out_folder(args.out)
     _refuse_overwriting_inputs(out, files)
     model, names, cat_ids, image_ids, file_names = _predictor(args, files)
     out.mkdir(parents=True, exist_ok=True)
@@ -673,13 +715,13 @@ def cmd_predict(args) -> int:
         with torch.no_grad(): p = model([img])[0]
         _prediction_png(img, p, names, Path(f"{stem}.png"))
         dets = [_detection(p, i, names) for i in range(len(p["boxes"]))]
-        Path(f"{stem}.json").write_text(json.dumps(dict(image=str(f), detections=dets), indent=1))
+        write_json(f"{stem}.json", dict(image=str(f), detections=dets))
         images.append(dict(id=image_id, file_name=name, width=img.shape[2], height=img.shape[1]))
         results += coco_results(p, image_id, cat_ids)
     if skipped and not images:
         raise UserInputError(f"none of the {len(files)} images could be read (first: {skipped[0]}); nothing written")
-    (out / "results.json").write_text(json.dumps(results))
-    (out / "images.json").write_text(json.dumps(images, indent=1))
+    write_json(out / "results.json", results, indent=None)
+    write_json(out / "images.json", images)
     print(f"{len(images)} images, {len(results)} detections (score > {args.score_thresh}); wrote an overlay "
           f"(.pred.png) and a JSON file (.pred.json) per image, results.json and images.json to {out}")
     if skipped:
@@ -829,6 +871,7 @@ def _bench_speed(args):
     small = dict(repeats=1, scale=0.02, size=(96, 128)) if args.quick else dict(repeats=args.repeats)
     res = bench_speed(args.out, command=shlex.join(["mrcnn_nb", "bench", "speed", *flags]), progress=True,
                       bf16=_bf16(args), **small)
+    if args.quick: print("--quick: tiny sizes, one repeat each: a check that every case runs, not a measurement\n")
     print(speed_markdown(res))
     if args.out: print(f"wrote {args.out}")
 
@@ -907,4 +950,6 @@ COMMANDS["bench"] = (_bench_args, cmd_bench, "measure speed on this machine",
                      "Benchmarks: data loading per worker (data; with --coco-scale, the memory of a COCO-size "
                      "dataset in forked workers); RoIAlign / RoIPool against torchvision (roi); "
                      "R-50-FPN Mask R-CNN inference and training step against torchvision (model); the last two in "
-                     "one run, stored with the machine and threads in a JSON file (speed --out FILE).")
+                     "one run, stored with the machine and threads in a JSON file (speed --out FILE); two trainings "
+                     "at once and beside a busy process (contention); bf16's speed and accuracy on a trained "
+                     "checkpoint (amp).")

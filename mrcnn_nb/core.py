@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
+import json
 import os
 import random
 import tempfile
@@ -19,15 +20,23 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['AMP_DTYPES', 'CPU_FEATURES', 'UserInputError', 'seed_everything', 'get_device', 'log_tensor', 'Timer',
-           'peak_memory_rise', 'atomic_write', 'load_torch_file', 'load_state_dict_file', 'load_weights', 'in_test',
-           'cache_dir', 'distributed_count', 'use_cuda_simulator', 'usable_cpus', 'cpu_seconds', 'threads_for',
-           'ShareCores', 'heads_in_float32', 'mixed', 'SlowAmpWarning', 'cpu_bf16_kernels', 'warn_slow_amp',
-           'machine_info', 'describe_cpu', 'results_dir']
+__all__ = ['STALE_TMP_S', 'AMP_DTYPES', 'CPU_FEATURES', 'UserInputError', 'did_you_mean', 'seed_everything', 'get_device',
+           'log_tensor', 'Timer', 'peak_memory_rise', 'atomic_write', 'write_json', 'load_torch_file',
+           'load_state_dict_file', 'load_weights', 'in_test', 'cache_dir', 'distributed_count', 'use_cuda_simulator',
+           'usable_cpus', 'cpu_seconds', 'threads_for', 'ShareCores', 'heads_in_float32', 'mixed', 'SlowAmpWarning',
+           'cpu_bf16_kernels', 'warn_slow_amp', 'machine_info', 'describe_cpu', 'results_dir']
 
 # %% ../nbs/00_core.ipynb #24e13f04
 class UserInputError(ValueError):
     "A problem in what the user gave (a path, a file, a value). The CLI prints it and exits with 2."
+
+# %% ../nbs/00_core.ipynb #6d3dbe32
+def did_you_mean(word: str, choices) -> str:
+    "` (did you mean 'X'?)` for the one of `choices` closest to a mistyped `word` (case aside first), else ''."
+    import difflib
+    choices = [str(c) for c in choices]
+    close = [c for c in choices if c.lower() == str(word).lower()] or difflib.get_close_matches(str(word), choices, 1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 # %% ../nbs/00_core.ipynb #c1a5dc27
 def seed_everything(seed: int) -> int:
@@ -133,6 +142,23 @@ def _default_file_mode() -> int:
 # %% ../nbs/00_core.ipynb #44c3cc51
 _FULL = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "file too large for the file system",
          errno.EDQUOT: "disk quota exceeded"}
+STALE_TMP_S = 3600   # a temporary file of `atomic_write` this old was left by a killed write, not one in progress
+
+def _temporary_beside(path: Path) -> str:
+    "A new empty temporary file beside `path` (its folder made if needed); a place that cannot hold one is named."
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e: raise UserInputError(f"{path}: cannot write there ({e.strerror or e})") from None
+    os.close(fd)
+    return tmp
+
+def _clear_killed_writes(path: Path):
+    "Delete the temporary files that killed writes of `path` left (older than `STALE_TMP_S`: not a live writer's)."
+    for old in path.parent.iterdir():
+        if old.name.startswith(f".{path.name}.") and old.name.endswith(".tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - old.stat().st_mtime > STALE_TMP_S: old.unlink()
 
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "w", **kwargs):
@@ -140,9 +166,7 @@ def atomic_write(path, mode: str = "w", **kwargs):
     killed write of `path` left), on error delete it; a full disk is a one-line error naming `path`."""
     path = Path(path)
     if path.is_dir(): raise UserInputError(f"{path}: is a directory; give a file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _temporary_beside(path)
     try:
         with open(tmp, mode, **kwargs) as f:
             yield f
@@ -156,9 +180,12 @@ def atomic_write(path, mode: str = "w", **kwargs):
         if isinstance(e, OSError) and e.errno in _FULL:
             raise UserInputError(f"{path}: could not write it ({_FULL[e.errno]}); the previous file is kept") from None
         raise
-    for old in path.parent.iterdir():
-        if old.name.startswith(f".{path.name}.") and old.name.endswith(".tmp"):
-            with contextlib.suppress(FileNotFoundError): old.unlink()
+    _clear_killed_writes(path)
+
+def write_json(path, obj, indent: int | None = 1) -> Path:
+    "Write `obj` as JSON to `path` with `atomic_write`: a reader never sees half a file."
+    with atomic_write(path) as f: json.dump(obj, f, indent=indent)
+    return Path(path)
 
 # %% ../nbs/00_core.ipynb #3f8ee982
 def _load_failure(path, e: Exception) -> UserInputError:
@@ -214,7 +241,7 @@ def load_weights(module: torch.nn.Module, state_dict: dict, strict: bool = True,
     counter = lambda k: k.endswith("num_batches_tracked")   # BatchNorm's step count: a frozen BN has none, no weight
     missing = [k for k in own if k not in state_dict and not counter(k)]
     unexpected = [k for k in state_dict if k not in own and not counter(k)]
-    shapes = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+    shapes = [f"{k}: {tuple(state_dict[k].shape)} in the file, {tuple(own[k].shape)} in the model"
               for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
     if shapes or (strict and (missing or unexpected)):
         lines = [f"{source} does not fit {type(module).__name__}:"]

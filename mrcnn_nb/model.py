@@ -21,7 +21,7 @@ from .backbone import (
     FPNBackbone, ResNet, SingleLevelBackbone, fold_frozen_bn, freeze_trunk, RESNET_BLOCKS)
 from .box_head import BoxBranch, FastRCNNPredictor, Res5Head, TwoMLPHead, res5_head
 from .core import (
-    AMP_DTYPES, UserInputError, heads_in_float32, load_state_dict_file, load_weights, warn_slow_amp)
+    AMP_DTYPES, UserInputError, did_you_mean, heads_in_float32, load_state_dict_file, load_weights, warn_slow_amp)
 from .data import ImageBatch, pad_images
 from .keypoint_head import KeypointBranch, KeypointHead, KeypointPredictor
 from .mask_head import FCNMaskHead, MaskBranch, MaskPredictor, MLPMaskHead, paste_masks
@@ -166,7 +166,9 @@ class Config(_Training, _KeypointBranch, _MaskBranch, _BoxBranch, _RoILayers, _R
         "A copy with `changes`; unknown keys are refused with the list of valid ones."
         valid = {f.name for f in fields(self)}
         bad = sorted(set(changes) - valid)
-        if bad: raise UserInputError(f"unknown config key(s) {bad}; valid keys: {sorted(valid)}")
+        if bad:
+            hints = "".join(did_you_mean(k, valid) for k in bad)
+            raise UserInputError(f"unknown config key(s) {bad}{hints}; valid keys: {sorted(valid)}")
         return dataclasses.replace(self, **changes)
 
 # %% ../nbs/11_model.ipynb #ea6b34de
@@ -185,7 +187,9 @@ def _allowed(value, hint) -> tuple:
     if hint is bool: return isinstance(value, bool), "True or False"
     if hint is int: return isinstance(value, int) and not isinstance(value, bool), "an integer"
     if hint is float: return isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
-    if hint is tuple: return isinstance(value, tuple), "a tuple, e.g. (1, 2)"
+    if hint is tuple:   # one number given for a tuple: show it as a tuple of one
+        one = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return isinstance(value, tuple), f"a tuple, e.g. ({value!r},)" if one else "a tuple, e.g. (1, 2)"
     return isinstance(value, hint), hint.__name__
 
 # %% ../nbs/11_model.ipynb #d84f5eda
@@ -264,7 +268,8 @@ PRESETS |= {"FINETUNE": Config(name="FINETUNE", **_FINETUNE),
 # %% ../nbs/11_model.ipynb #944d1ce4
 def get_config(name: str, **changes) -> Config:
     "A copy of preset `name` with `changes` applied; unknown names and keys are refused with the valid choices."
-    if name not in PRESETS: raise UserInputError(f"unknown config {name!r}; choose from {sorted(PRESETS)}")
+    if name not in PRESETS:
+        raise UserInputError(f"unknown config {name!r}{did_you_mean(name, PRESETS)}; choose from {sorted(PRESETS)}")
     return PRESETS[name].replace(**changes)
 
 # %% ../nbs/11_model.ipynb #ab2bd2bf

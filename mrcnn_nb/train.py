@@ -464,7 +464,12 @@ def load_initial_weights(model: MaskRCNN, cfg: Config, path) -> str:
     sd = load_torch_file(path)   # read once; what it holds decides how to load it
     said = lambda kind, fresh: kind + (f"; left initialized for this class count: {', '.join(fresh)}" if fresh else "")
     if isinstance(sd, dict) and isinstance(sd.get("model"), dict):
-        return said("checkpoint", load_finetuning_weights(model, sd["model"], str(path)))
+        try: return said("checkpoint", load_finetuning_weights(model, sd["model"], str(path)))
+        except UserInputError as e:
+            made = (sd.get("config") or {}).get("name")
+            if not made or made == cfg.name: raise
+            raise UserInputError(f"{e}\n  {path} was trained as {made}: give --config {made} (or a config "
+                                 f"of the same architecture)") from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise UserInputError(f"{path}: expected a state dict (names to tensors) or an mrcnn_nb checkpoint, "
                              f"got {type(sd).__name__}")

@@ -28,66 +28,92 @@ def class_color(label: int) -> np.ndarray:
 
 # %% ../nbs/03_viz.ipynb #9b35b4cb
 def to_rgb_array(image) -> np.ndarray:
-    "An (H, W, 3) uint8 array from a (3, H, W) tensor (uint8, or float in [0, 1]) or an (H, W, 3) array."
+    """An (H, W, 3) uint8 array from a (3, H, W) or (1, H, W) tensor or an (H, W, 3) array: uint8 as it is, floating
+    point read as [0, 1] (clipped) and scaled to 0-255, whichever of the two it is."""
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu()
         if image.ndim != 3 or image.shape[0] not in (1, 3):
             raise ValueError(f"expected a (3, H, W) image tensor, got {tuple(image.shape)}")
-        if image.is_floating_point(): image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
         image = image.expand(3, -1, -1).permute(1, 2, 0).numpy()
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3: raise ValueError(f"expected an (H, W, 3) image, got {image.shape}")
+    if image.dtype.kind == "f": return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
     return image.astype(np.uint8) if image.dtype != np.uint8 else image
 
 # %% ../nbs/03_viz.ipynb #49cd0a0c
-def overlay_masks(image: np.ndarray, masks, labels, alpha: float = 0.45) -> np.ndarray:
-    "Blend each mask (N, H, W) into `image` (H, W, 3) uint8 in its class colour."
-    out = image.astype(np.float32)
+def _mask_stack(masks) -> np.ndarray:
+    "Masks (N, H, W), or (N, 1, H, W) as the model returns them, as an (N, H, W) array."
     masks = masks.detach().cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
-    for m, l in zip(masks, labels):
-        m = (m >= 0.5) if m.dtype.kind == "f" else m.astype(bool)
+    if masks.ndim == 4 and masks.shape[1] == 1: masks = masks[:, 0]
+    if masks.ndim != 3: raise ValueError(f"expected masks (N, H, W) or (N, 1, H, W), got {masks.shape}")
+    return (masks >= 0.5) if masks.dtype.kind == "f" else masks.astype(bool)
+
+def overlay_masks(image: np.ndarray, masks, labels, alpha: float = 0.45) -> np.ndarray:
+    """Blend each mask of `masks` (N, H, W) or (N, 1, H, W), binary or probabilities (taken at 0.5), into `image`
+    (H, W, 3) uint8 in its class colour."""
+    out = image.astype(np.float32)
+    for m, l in zip(_mask_stack(masks), labels):
         out[m] = out[m] * (1 - alpha) + class_color(int(l)) * 255 * alpha
     return out.round().astype(np.uint8)
 
 # %% ../nbs/03_viz.ipynb #a2245e39
-def _draw_box(ax, box, label: int, class_names=None, score: float | None = None, fontsize: int = 8):
-    "Box `[x1, y1, x2, y2]` in its class colour, with the class name (and `score`) on top."
+def _draw_box(ax, box, label: int, class_names=None, score: float | None = None, fontsize: int = 8,
+              image_height: float | None = None):
+    """Box `[x1, y1, x2, y2]` in its class colour, with the class name (and `score`) on top of it -- inside it, under
+    its top edge, when the box touches the top tenth of an image of `image_height` (the label would leave the image)."""
     x1, y1, x2, y2 = box
     c = class_color(label)
     ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.2, edgecolor=c))
     name = class_names[label - 1] if class_names is not None and 1 <= label <= len(class_names) else str(label)
     text = name if score is None else f"{name} {score:.2f}"
-    ax.text(x1, y1, text, fontsize=fontsize, color="white", va="bottom",
+    inside = image_height is not None and y1 < 0.1 * image_height
+    ax.text(x1, y1, text, fontsize=fontsize, color="white", va="top" if inside else "bottom",
             bbox=dict(facecolor=c, alpha=0.8, pad=0.5, lw=0))
 
 # %% ../nbs/03_viz.ipynb #736ffb22
-def _draw_keypoints(ax, k: np.ndarray, skeleton, color):
-    "Keypoints `k` (K, 3) of one instance: skeleton lines between labeled ones, visible filled, hidden hollow."
+def _draw_keypoints(ax, k: np.ndarray, skeleton, color, predicted: bool = False):
+    """Keypoints `k` (K, 3) of one instance in `color`: skeleton lines between labeled ones, visible ones (v = 2) as
+    dots with a dark edge, hidden ones (v = 1: labeled, behind something) as crosses. `predicted`: keypoints of a
+    model, which says where a keypoint is but not whether it is visible (its v is 1 throughout): all drawn as dots."""
+    labeled = k[:, 2] > 0
     for a, b in (skeleton or []):
-        if k[a - 1, 2] > 0 and k[b - 1, 2] > 0:
-            ax.plot(k[[a - 1, b - 1], 0], k[[a - 1, b - 1], 1], color=color, lw=1)
-    vis, hid = k[:, 2] >= 2, (k[:, 2] > 0) & (k[:, 2] < 2)
-    ax.scatter(k[vis, 0], k[vis, 1], s=9, color=color, edgecolors="white", linewidths=0.5, zorder=3)
-    ax.scatter(k[hid, 0], k[hid, 1], s=9, facecolors="none", edgecolors=color, linewidths=0.8, zorder=3)
+        if labeled[a - 1] and labeled[b - 1]:
+            ax.plot(k[[a - 1, b - 1], 0], k[[a - 1, b - 1], 1], color=color, lw=1.5)
+    vis = labeled if predicted else k[:, 2] >= 2
+    hid = labeled & ~vis
+    ax.scatter(k[vis, 0], k[vis, 1], s=18, color=color, edgecolors="black", linewidths=0.6, zorder=3)
+    ax.scatter(k[hid, 0], k[hid, 1], s=28, marker="x", color=color, linewidths=1.6, zorder=3)
 
 # %% ../nbs/03_viz.ipynb #1006042c
+def _keypoint_color(label: int, i: int) -> np.ndarray:
+    "The colour of instance `i`'s keypoints: one per instance, never its class's (the colour of its mask)."
+    return class_color(label + 1 + i)
+
 def draw_instances(ax, image, instances: dict, class_names=None, skeleton=None, score_thresh: float = 0.0,
                    title: str | None = None, show_masks: bool = True, fontsize: int = 8):
-    "Draw boxes, masks, keypoints and labels of `instances` on `image` into matplotlib axes `ax`."
+    """Draw `instances` on `image` into matplotlib axes `ax`: each mask blended and outlined (at 0.5) in its class
+    colour, boxes with class names (and scores), keypoints in a colour per instance (a prediction, with
+    `keypoints_scores`, draws them all as located)."""
     img = to_rgb_array(image)
     boxes = torch.as_tensor(instances.get("boxes", torch.zeros(0, 4))).detach().cpu().reshape(-1, 4)
     labels = torch.as_tensor(instances.get("labels", torch.zeros(len(boxes), dtype=torch.int64))).cpu().reshape(-1)
     scores = instances.get("scores")
     keep = torch.ones(len(boxes), dtype=torch.bool) if scores is None else torch.as_tensor(scores).cpu() >= score_thresh
     idx = torch.where(keep)[0]
-    if show_masks and instances.get("masks") is not None and len(idx):
-        img = overlay_masks(img, torch.as_tensor(instances["masks"])[idx], labels[idx])
+    masks = instances.get("masks") if show_masks and len(idx) else None
+    if masks is not None:
+        masks = _mask_stack(torch.as_tensor(masks)[idx])
+        img = overlay_masks(img, masks, labels[idx])
     ax.imshow(img)
-    kps = instances.get("keypoints")
-    for i in idx.tolist():
+    kps, predicted = instances.get("keypoints"), "keypoints_scores" in instances
+    for n, i in enumerate(idx.tolist()):
         label = int(labels[i])
-        _draw_box(ax, boxes[i].tolist(), label, class_names, None if scores is None else float(scores[i]), fontsize)
-        if kps is not None: _draw_keypoints(ax, torch.as_tensor(kps[i]).cpu().numpy(), skeleton, class_color(label))
+        if masks is not None and masks[n].any():
+            ax.contour(masks[n], levels=[0.5], colors=[class_color(label)], linewidths=1)
+        _draw_box(ax, boxes[i].tolist(), label, class_names, None if scores is None else float(scores[i]), fontsize,
+                  img.shape[0])
+        if kps is not None:
+            _draw_keypoints(ax, torch.as_tensor(kps[i]).cpu().numpy(), skeleton, _keypoint_color(label, n), predicted)
     ax.set_xlim(-0.5, img.shape[1] - 0.5)
     ax.set_ylim(img.shape[0] - 0.5, -0.5)
     ax.axis("off")

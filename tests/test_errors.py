@@ -193,3 +193,49 @@ def test_annotations_without_iscrowd_and_area_evaluate(tmp_path):
                "segm": [dict(image_id=1, category_id=1, segmentation=rle(a), score=1.0) for a in truth]}
     m = coco_evaluate(ds.coco, results)
     assert m["bbox"]["stats"]["AP"] == 1.0 and m["segm"]["stats"]["AP"] == 1.0
+
+
+@pytest.mark.parametrize("case", ["workers", "score_thresh", "allow_changed", "out_is_a_file", "config_case", "key_typo",
+                                  "one_size"])
+def test_arguments_refused_before_any_work(tmp_path, monkeypatch, capsys, case):
+    """A negative worker count, a score outside [0, 1], --allow-changed without a resumed run, --out naming a file,
+    a preset name in the wrong case, a mistyped key, one number where a tuple is due: exit 2 with one line saying
+    what to give, before any data is made or read."""
+    from mrcnn_nb.cli import main
+    monkeypatch.setenv("MRCNN_NB_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "afile").write_text("")
+    nowhere = ["--data", str(tmp_path / "nowhere")]   # were a check missing, train would stop at once, saying another thing
+    args, said = {
+        "workers": (["train", *nowhere, "--workers", "-1"], "--workers: expected 0 or a positive integer, got '-1'"),
+        "score_thresh": (["predict", "x.png", "--checkpoint", "m.pth", "--score-thresh", "2"],
+                         "--score-thresh: expected a score from 0 to 1, got '2'"),
+        "allow_changed": (["train", *nowhere, "--allow-changed", "base_lr", "--out", str(tmp_path / "run")],
+                          "--allow-changed only applies to a resumed run"),
+        "out_is_a_file": (["train", *nowhere, "--out", str(tmp_path / "afile")], "afile: is a file; give a folder"),
+        "config_case": (["train", *nowhere, "--config", "tiny_fpn"], "unknown config 'tiny_fpn' (did you mean 'TINY_FPN'?)"),
+        "key_typo": (["train", *nowhere, "base_lrr=0.1"], "['base_lrr'] (did you mean 'base_lr'?)"),
+        "one_size": (["train", *nowhere, "min_size=128"], "config min_size=128: expected a tuple, e.g. (128,)"),
+    }[case]
+    with pytest.raises(SystemExit) if case in ("workers", "score_thresh") else _no_raise() as exit_:
+        code = main(args)
+    code = exit_.value.code if case in ("workers", "score_thresh") else code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and said in err[-1], err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
+
+
+class _no_raise:
+    "A context manager that lets its block run (the other branch of a parametrized `pytest.raises`)."
+    def __enter__(self): return self
+    def __exit__(self, *exc): return False
+
+
+def test_eval_on_the_other_kind_says_what_the_checkpoint_reads(tmp_path, capsys):
+    "`eval` of an instance checkpoint on a keypoint-only dataset: the error names the checkpoint's kind, not --kind."
+    from mrcnn_nb.cli import main
+    from mrcnn_nb.train import demo_checkpoint
+    write_coco(tmp_path, "val", [IMG], [ANN], CATS)
+    (tmp_path / "annotations" / "instances_val.json").rename(tmp_path / "annotations" / "person_keypoints_val.json")
+    assert main(["eval", "--checkpoint", str(demo_checkpoint()), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--kind" not in err and "TINY_FPN, without a keypoint head, so it is evaluated on instances annotations" in err, err
