@@ -312,9 +312,13 @@ def paste_store() -> Path:
 
 # %% ../nbs/20a_ablations.ipynb #337fd563
 def git_commit() -> dict:
-    "The commit of the code that runs (and whether its tracked files differ from it); empty outside a git checkout."
+    """The commit of the code that runs (and whether its tracked files differ from it); empty unless the package is
+    used from its own git checkout (an installed package inside another project's repository names no commit)."""
     repo = _package_parent()
     try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=repo, capture_output=True, text=True,
+                             timeout=10)
+        if top.returncode or Path(top.stdout.strip()).resolve() != repo.resolve(): return {}   # not its own checkout
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
         if sha.returncode: return {}
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "mrcnn_nb"], cwd=repo,
@@ -1133,9 +1137,9 @@ def compute_sentence(store=None) -> str:
     threads = sorted({m.get("torch_threads") for m in machines if m.get("torch_threads")})
     parts = ", ".join(f"{len(s)} {k} {sum(s) / 3600:.1f} h" for k, s in secs.items() if s)
     heads = secs["head runs"]
+    where = f", on {cpus} ({' or '.join(map(str, threads))} thread(s) a run)" if cpus else ""
     return (f"Compute: {sum(map(sum, secs.values())) / 3600:.0f} hours of training in all ({parts}; a head run "
-            f"{min(heads) / 60:.0f}–{max(heads) / 60:.0f} min), on {cpus} ({' or '.join(map(str, threads))} "
-            f"thread(s) a run).")
+            f"{min(heads) / 60:.0f}–{max(heads) / 60:.0f} min){where}.")
 
 # %% ../nbs/20a_ablations.ipynb #45b52c17
 def results_markdown(store=None) -> str:

@@ -384,7 +384,7 @@ def cmd_train(args) -> int:
     "Train a preset on a COCO-layout dataset (default: the synthetic shapes), evaluate it, write curves and figures."
     from mrcnn_nb.data import find_split
     from mrcnn_nb.model import get_config
-    from mrcnn_nb.train import check_initialization, train
+    from mrcnn_nb.train import check_changeable, check_initialization, train
     t0 = time.perf_counter()
     if args.threads:
         import torch
@@ -396,6 +396,7 @@ def cmd_train(args) -> int:
     out = _out_folder(args.out or f"runs/{name}")
     if args.allow_changed and not (args.resume or args.auto_resume):
         raise UserInputError("--allow-changed only applies to a resumed run: add --resume (or --auto-resume)")
+    check_changeable(args.allow_changed)
     args.resume = _resuming(args, out)
     check_initialization(cfg, args.weights, args.resume, args.from_scratch)
     if not (args.resume or args.auto_resume or args.dry_run): _refuse_earlier_run(out)   # auto: a log alone restarts

@@ -32,11 +32,11 @@ class UserInputError(ValueError):
 
 # %% ../nbs/00_core.ipynb #6d3dbe32
 def did_you_mean(word: str, choices) -> str:
-    "` (did you mean 'X'?)` for the one of `choices` closest to a mistyped `word` (case aside first), else ''."
+    "` (did you mean 'X'?)` for the one of `choices` closest to a mistyped `word`, case aside, else ''."
     import difflib
-    choices = [str(c) for c in choices]
-    close = [c for c in choices if c.lower() == str(word).lower()] or difflib.get_close_matches(str(word), choices, 1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    lower = {str(c).lower(): str(c) for c in choices}
+    close = difflib.get_close_matches(str(word).lower(), lower, 1)
+    return f" (did you mean {lower[close[0]]!r}?)" if close else ""
 
 # %% ../nbs/00_core.ipynb #c1a5dc27
 def seed_everything(seed: int) -> int:

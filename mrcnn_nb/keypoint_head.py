@@ -158,9 +158,10 @@ def plot_decoded_keypoints(image: Tensor, gt_keypoints: Tensor, keypoints: Tenso
     import matplotlib.pyplot as plt
     from mrcnn_nb.viz import _draw_keypoints, class_color
     fig, axs = plt.subplots(1, 2, figsize=(2 * size, size))
-    for a, kps, title in zip(axs, (gt_keypoints, keypoints), ("ground truth", "decoded from the heatmaps")):
+    panels = ((gt_keypoints, "ground truth", False), (keypoints, "decoded from the heatmaps", True))
+    for a, (kps, title, predicted) in zip(axs, panels):   # decoded keypoints carry no visibility: all drawn located
         a.imshow(image.permute(1, 2, 0).numpy())
-        for i, k in enumerate(kps): _draw_keypoints(a, k.numpy(), skeleton, class_color(i + 1))
+        for i, k in enumerate(kps): _draw_keypoints(a, k.numpy(), skeleton, class_color(i + 1), predicted)
         a.set_title(title, fontsize=9)
         a.axis("off")
     fig.tight_layout()

@@ -167,8 +167,8 @@ class Config(_Training, _KeypointBranch, _MaskBranch, _BoxBranch, _RoILayers, _R
         valid = {f.name for f in fields(self)}
         bad = sorted(set(changes) - valid)
         if bad:
-            hints = "".join(did_you_mean(k, valid) for k in bad)
-            raise UserInputError(f"unknown config key(s) {bad}{hints}; valid keys: {sorted(valid)}")
+            named = ", ".join(f"{k!r}{did_you_mean(k, valid)}" for k in bad)
+            raise UserInputError(f"unknown config key(s) [{named}]; valid keys: {sorted(valid)}")
         return dataclasses.replace(self, **changes)
 
 # %% ../nbs/11_model.ipynb #ea6b34de

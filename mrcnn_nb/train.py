@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from .core import (
-    AMP_DTYPES, ShareCores, UserInputError, atomic_write, distributed_count, get_device, load_torch_file, results_dir,
-    seed_everything, warn_slow_amp)
+    AMP_DTYPES, ShareCores, UserInputError, atomic_write, did_you_mean, distributed_count, get_device, load_torch_file,
+    results_dir, seed_everything, warn_slow_amp)
 from .data import (
     AddProposals, COCODataset, Compose, GroupedBatchSampler, RandomHorizontalFlip, aspect_ratio_groups,
     check_image_files, describe_split)
@@ -38,12 +38,12 @@ __all__ = ['SCHEDULES', 'DEMO_MODELS', 'DIST_TIMEOUT_MINUTES', 'CLASS_SPECIFIC',
            'config_from_checkpoint', 'model_from_checkpoint', 'half_checkpoint', 'demo_checkpoint', 'weights_problem',
            'data_fingerprint', 'setup_distributed', 'leave_distributed', 'read_metrics', 'truncate_metrics',
            'plot_metrics', 'check_split_categories', 'load_splits', 'fit_config', 'Run', 'load_finetuning_weights',
-           'load_initial_weights', 'check_initialization', 'resume_run', 'prepare_run', 'part_of', 'parameter_counts',
-           'trainable_parameters', 'describe_trainable', 'set_heads_only', 'enter_phase', 'plot_trainable',
-           'iters_for_epochs', 'scaled_schedule', 'training_plan', 'training_loader', 'optimizer_step', 'train_step',
-           'LogMetrics', 'SaveCheckpoints', 'Preempted', 'StopOnSignal', 'validation_loss', 'evaluate_run',
-           'EvaluateEvery', 'fit', 'train', 'TrackParts', 'plot_part_change', 'projected_hours', 'dry_run',
-           'format_dry_run']
+           'load_initial_weights', 'check_initialization', 'check_changeable', 'resume_run', 'prepare_run', 'part_of',
+           'parameter_counts', 'trainable_parameters', 'describe_trainable', 'set_heads_only', 'enter_phase',
+           'plot_trainable', 'iters_for_epochs', 'scaled_schedule', 'training_plan', 'training_loader',
+           'optimizer_step', 'train_step', 'LogMetrics', 'SaveCheckpoints', 'Preempted', 'StopOnSignal',
+           'validation_loss', 'evaluate_run', 'EvaluateEvery', 'fit', 'train', 'TrackParts', 'plot_part_change',
+           'projected_hours', 'dry_run', 'format_dry_run']
 
 # %% ../nbs/12_train.ipynb #ca2b0c47
 SCHEDULES = {
@@ -497,11 +497,17 @@ def check_initialization(cfg: Config, weights, resume: bool = False, from_scratc
 RESUME_CHANGEABLE = ("base_lr", "lr_steps", "lr_gamma", "warmup_iters", "warmup_factor", "clip_grad_norm",
                      "checkpoint_period", "eval_period", "data")   # and max_iter, always
 
+def check_changeable(keys) -> list:
+    "The keys `--allow-changed` names, each refused (with the nearest valid one) unless in `RESUME_CHANGEABLE`."
+    if wrong := [k for k in keys if k not in RESUME_CHANGEABLE]:
+        raise UserInputError(f"--allow-changed {wrong[0]}{did_you_mean(wrong[0], RESUME_CHANGEABLE)}: only "
+                             f"{', '.join(RESUME_CHANGEABLE)} may change on resume")
+    return list(keys)
+
 def _check_resumable(ck: dict, run: Run, path: Path, allow_changed=()):
     """Refuse to resume checkpoint `ck` (read from `path`) with another config or data, but for what `allow_changed`
     names."""
-    if wrong := [k for k in allow_changed if k not in RESUME_CHANGEABLE]:
-        raise UserInputError(f"--allow-changed {wrong[0]}: only {', '.join(RESUME_CHANGEABLE)} may change on resume")
+    check_changeable(allow_changed)
     old = config_from_checkpoint(ck, path)
     diff = {k: (getattr(old, k), getattr(run.cfg, k)) for k in asdict(run.cfg)
             if getattr(old, k) != getattr(run.cfg, k) and k not in ("max_iter", *allow_changed)}

@@ -34,6 +34,7 @@ def to_rgb_array(image) -> np.ndarray:
         image = image.detach().cpu()
         if image.ndim != 3 or image.shape[0] not in (1, 3):
             raise ValueError(f"expected a (3, H, W) image tensor, got {tuple(image.shape)}")
+        if image.is_floating_point(): image = image.float()   # bfloat16 has no NumPy type
         image = image.expand(3, -1, -1).permute(1, 2, 0).numpy()
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3: raise ValueError(f"expected an (H, W, 3) image, got {image.shape}")
@@ -51,6 +52,7 @@ def _mask_stack(masks) -> np.ndarray:
 def overlay_masks(image: np.ndarray, masks, labels, alpha: float = 0.45) -> np.ndarray:
     """Blend each mask of `masks` (N, H, W) or (N, 1, H, W), binary or probabilities (taken at 0.5), into `image`
     (H, W, 3) uint8 in its class colour."""
+    if len(masks) == 0: return image.copy()
     out = image.astype(np.float32)
     for m, l in zip(_mask_stack(masks), labels):
         out[m] = out[m] * (1 - alpha) + class_color(int(l)) * 255 * alpha
@@ -86,8 +88,8 @@ def _draw_keypoints(ax, k: np.ndarray, skeleton, color, predicted: bool = False)
 
 # %% ../nbs/03_viz.ipynb #1006042c
 def _keypoint_color(label: int, i: int) -> np.ndarray:
-    "The colour of instance `i`'s keypoints: one per instance, never its class's (the colour of its mask)."
-    return class_color(label + 1 + i)
+    "The colour of instance `i`'s keypoints: one per instance (cycling), never its class's (the colour of its mask)."
+    return class_color(label + 1 + i % (len(_PALETTE) - 1))
 
 def draw_instances(ax, image, instances: dict, class_names=None, skeleton=None, score_thresh: float = 0.0,
                    title: str | None = None, show_masks: bool = True, fontsize: int = 8):

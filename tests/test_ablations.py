@@ -236,3 +236,19 @@ def test_the_rule_is_decided_whatever_table_or_seed_is_asked_for(tmp_path, monke
     assert sorted(passes[0]) == sorted((v, s) for v in REFERENCE_ROWS for s in SEEDS)
     assert passes[1] == [("c5_roipool", 0)] and len(passes) == 2
     assert any(line.startswith("added, as the rule needs them: fpn/0") for line in said), said
+
+
+def test_git_commit_names_no_commit_for_a_package_inside_another_repository(tmp_path, monkeypatch):
+    """An installed package whose environment sits inside someone's own git repository (project/.venv) must not record
+    that repository's commit as the code that ran; the package's own checkout records its commit."""
+    import subprocess
+    import mrcnn_nb.ablations as ab
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path, check=True,
+                                    capture_output=True)
+    git("init", "-q"); git("commit", "-q", "--allow-empty", "-m", "their project")
+    site = tmp_path / ".venv" / "lib" / "site-packages"
+    site.mkdir(parents=True)
+    monkeypatch.setattr(ab, "_package_parent", lambda: site)
+    assert ab.git_commit() == {}
+    monkeypatch.setattr(ab, "_package_parent", lambda: tmp_path)   # the repository itself: its commit
+    assert len(ab.git_commit()["commit"]) == 40
