@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import UserInputError, atomic_write, cache_dir, describe_cpu, in_test, machine_info
+from .core import UserInputError, atomic_write, cache_dir, describe_cpu, in_test, machine_info, write_json
 from .model import Config, get_config
 
 # %% auto #0
@@ -425,7 +425,7 @@ def pretrain_trunk(cfg: Config, out_dir, spec: dict = PRETRAINING, progress: boo
                   machine=machine_info(), code=git_commit(),
                   sha256=hashlib.sha256((out / f"{name}.pth").read_bytes()).hexdigest(),
                   finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    with atomic_write(out / f"{name}.json") as f: json.dump(record, f, indent=1)
+    write_json(out / f"{name}.json", record)
     return record
 
 # %% ../nbs/20a_ablations.ipynb #2e2a99a3
@@ -477,11 +477,6 @@ def _read_record(path) -> dict:
     except (OSError, json.JSONDecodeError) as e:
         raise UserInputError(f"{path}: unreadable run record ({e}); remove it to run it again") from None
 
-def _write_record(path: Path, record: dict):
-    "Write `record` to `path` atomically: an interrupted run leaves no half-written file."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as f: json.dump(record, f, indent=1)
-
 # %% ../nbs/20a_ablations.ipynb #25fbd0a8
 def run_rpn(variant: str, seed: int = 0, store=None, smoke: bool = False, progress: bool = True, device: str = "auto",
             runs_at_once: int = 1) -> tuple:
@@ -510,7 +505,7 @@ def run_rpn(variant: str, seed: int = 0, store=None, smoke: bool = False, progre
                   train_seconds=s["train_seconds"], machine=machine_info() | dict(runs_at_once=runs_at_once),
                   code=git_commit(), fingerprint=proposals_fingerprint(props),
                   finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    _write_record(path, record)
+    write_json(path, record)
     return record, props
 
 # %% ../nbs/20a_ablations.ipynb #6a92a2b4
@@ -583,7 +578,7 @@ def run_variant(variant: str, seed: int = 0, store=None, smoke: bool = False, pr
         per_threshold={t: r["per_threshold"] for t, r in ev["metrics"].items()},
         per_category={t: r["per_category"] for t, r in ev["metrics"].items()},
         eval_images_per_s=ev["images_per_s"], examples=_examples(ev["results"]))
-    _write_record(run_path(store, variant, seed), record)
+    write_json(run_path(store, variant, seed), record)
     return record
 
 # %% ../nbs/20a_ablations.ipynb #3963b96b
@@ -791,7 +786,7 @@ def paste_study(variant: str, seed: int = 0, store=None, smoke: bool = False, pr
     model.transform.paste_aligned = cfg.roi_aligned
     own = next(k for k, a in PASTES.items() if a == cfg.roi_aligned)
     record = _record_head(variant, seed, smoke, cfg, weights, rpn, s, runs_at_once) | dict(own_paste=own, paste=metrics)
-    _write_record(paste_path(store, variant, seed), record)
+    write_json(paste_path(store, variant, seed), record)
     return record
 
 # %% ../nbs/20a_ablations.ipynb #ee0ad7f4

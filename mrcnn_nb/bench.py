@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import (SlowAmpWarning, Timer, UserInputError, atomic_write, cpu_bf16_kernels, describe_cpu,
-                           machine_info, peak_memory_rise, results_dir)
+from .core import (SlowAmpWarning, Timer, UserInputError, cpu_bf16_kernels, describe_cpu,
+                           machine_info, peak_memory_rise, results_dir, write_json)
 from .data import COCODataset, RandomHorizontalFlip, annotation_file
 from .model import Transform
 from .shapes import make_shapes
@@ -349,9 +349,6 @@ def _no_nan(rows: list) -> list:
     "Rows with NaN (a peak memory that could not be measured) as None, which JSON can hold."
     return [{k: None if isinstance(v, float) and v != v else v for k, v in r.items()} for r in rows]
 
-def _write_record(out, rec: dict):
-    "A benchmark's record as JSON in file `out`, written whole or not at all."
-    with atomic_write(out) as f: json.dump(rec, f, indent=1)
 
 def _utc_now() -> str:
     "When a measurement was taken: UTC, to the second, ISO 8601."
@@ -383,7 +380,7 @@ def bench_speed(out=None, repeats: int = 5, scale: float = 1.0, size=(800, 1066)
     model = bench_model(repeats, size, size, progress, bf16)
     profiled = [n for n in PROFILED if bf16 or "bf16" not in n]
     res = speed_record(roi, model, repeats, scale, size, command, bench_profile(size, profiled), bf16)
-    if out is not None: _write_record(out, res)
+    if out is not None: write_json(out, res)
     return res
 
 # %% ../nbs/30_benchmarks.ipynb #43669ba8
@@ -555,7 +552,7 @@ def bench_contention(iters: int = 60, work=None, out=None, command: str = "bench
     for r in rows: r["x_alone"] = [round(s / alone[r["mode"]], 2) for s in r["s_per_it"]]
     rec = dict(kind="contention", command=command, when=_utc_now(), machine=machine_info(), iters=iters,
                fixed_threads=os.cpu_count(), rows=rows)
-    if out: _write_record(out, rec)
+    if out: write_json(out, rec)
     return rec
 
 # %% ../nbs/30_benchmarks.ipynb #474353b2
@@ -636,7 +633,7 @@ def bench_amp(out=None, command: str = "bench_amp()", progress: bool = True, val
     rec = dict(kind="amp", command=command, when=_utc_now(), machine=machine_info(),
                tiny=_both_ways(demo_checkpoint(), val_root, progress))
     if trained: rec["trained"] = trained
-    if out: _write_record(out, rec)
+    if out: write_json(out, rec)
     return rec
 
 # %% ../nbs/30_benchmarks.ipynb #aface929

@@ -729,7 +729,7 @@ def finetune_comparison(data_root, store, seeds=(0, 1, 2), weights=None, iters: 
     """Fine-tuned (from `weights`, default the trained TINY_FPN) against from-scratch `TINY_FINETUNE` runs on
     `data_root` (splits train, val), at equal iterations and recipe: a record per start and seed, read from `store`
     (`<start>_seed<seed>.json`) or trained and written there. `iters`: shorter runs, for a smoke test."""
-    from mrcnn_nb.core import atomic_write
+    from mrcnn_nb.core import write_json
     from mrcnn_nb.train import demo_checkpoint
     store, weights, work, records = Path(store), weights or demo_checkpoint(), Path(tempfile.mkdtemp()), []
     for seed in seeds:
@@ -737,7 +737,7 @@ def finetune_comparison(data_root, store, seeds=(0, 1, 2), weights=None, iters: 
             f = store / f"{start}_seed{seed}.json"
             if not f.exists():
                 if progress: print(f"training {start} seed {seed} ...", flush=True)
-                with atomic_write(f) as out: json.dump(_finetune_run(data_root, start, seed, work, weights, iters), out)
+                write_json(f, _finetune_run(data_root, start, seed, work, weights, iters), indent=None)
             records.append(json.loads(f.read_text()))
     return records
 

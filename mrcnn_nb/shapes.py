@@ -18,7 +18,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
-from .core import UserInputError, atomic_write, cache_dir
+from .core import UserInputError, atomic_write, cache_dir, write_json
 
 # %% auto #0
 __all__ = ['SHAPE_CLASSES', 'KEYPOINT_NAMES', 'SKELETON', 'OKS_SIGMAS', 'COCO_SIZE_LIMITS', 'shape_polygons', 'place_polygon',
@@ -355,7 +355,7 @@ def make_shapes(out, kind: str = "instances", n_train: int = 400, n_val: int = 1
             anns += _image_annotations(objs, i + 1, len(anns) + 1, h, w, kind == "keypoints")
         data = dict(info=dict(description=f"mrcnn_nb synthetic {kind}", seed=seed, size=[w, h], version="1"),
                     licenses=[], images=images, annotations=anns, categories=cats)
-        with atomic_write(out / "annotations" / f"{prefix}_{split}.json") as f: json.dump(data, f)
+        write_json(out / "annotations" / f"{prefix}_{split}.json", data, indent=None)
     return out
 
 # %% ../nbs/02a_shapes.ipynb #25350b4e
@@ -408,7 +408,7 @@ def cached_shapes(kind: str = "instances", root=None, name: str = "shapes", stam
     partial = root.parent / f"{root.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     make_shapes(partial, kind=kind, progress=progress, **spec)
-    with atomic_write(partial / stamp) as f: json.dump(want, f)
+    write_json(partial / stamp, want, indent=None)
     _move_into_place(partial, root, stamp, want)
     return root
 

@@ -1081,8 +1081,8 @@ def dry_run(cfg: Config, data_root, train_split: str = "train", val_split: str |
     r["iteration_s"], _, r["peak_mib"] = _timed(lambda: _timed_iterations(run, iters, num_workers), run.device)
     r["evaluation"] = _timed_evaluation(run, eval_images) if run.val_set else None
     per_image = r["evaluation"]["s_per_image"] if r["evaluation"] else 0.0
-    steady = float(np.median(r["iteration_s"][1:] or r["iteration_s"]))   # the first iteration warms up
-    r["projection"] = projected_hours(run.cfg, steady, per_image, r["val_images"], run.world)
+    r["steady_s"] = float(np.median(r["iteration_s"][1:] or r["iteration_s"]))   # the first iteration warms up
+    r["projection"] = projected_hours(run.cfg, r["steady_s"], per_image, r["val_images"], run.world)
     return r
 
 # %% ../nbs/12_train.ipynb #791bb5a1
@@ -1094,7 +1094,7 @@ def format_dry_run(r: dict) -> str:
              f"{r['val_images']} validation images; annotations read and model built in {r['prepare_s']:.1f} s",
              f"opened all {r['train_images']:,} training image files (present, images, of their annotated sizes) in "
              f"{r['files_checked_s']:.1f} s; decoded {d['images']} of them: {1000 * d['s_per_image']:.0f} ms each",
-             f"{len(it)} iterations: {float(np.median(it[1:] or it)):.2f} s/iteration (the first {it[0]:.2f} s); "
+             f"{len(it)} iterations: {r['steady_s']:.2f} s/iteration (the first {it[0]:.2f} s); "
              f"peak memory rise {peak}"]
     if e: lines.append(f"evaluated {e['images']} validation images: {e['s_per_image']:.2f} s/image "
                        f"(box AP on them {100 * e['box_AP']:.1f})")
