@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import (SlowAmpWarning, Timer, UserInputError, cpu_bf16_kernels, describe_cpu,
+from .core import (CPU_FEATURES, SlowAmpWarning, Timer, UserInputError, cpu_bf16_kernels, describe_cpu,
                            machine_info, peak_memory_rise, results_dir, write_json)
 from .data import COCODataset, RandomHorizontalFlip, annotation_file
 from .model import Transform
@@ -23,12 +23,12 @@ from .shapes import make_shapes
 
 # %% auto #0
 __all__ = ['ROI_WORKLOADS', 'PROFILE_GROUPS', 'PROFILED', 'CONTENTION_SCENARIOS', 'CONTENTION_TARGETS', 'COCO_CATEGORY_IDS',
-           'COCO_SIZES', 'time_dataset', 'format_rows', 'bench_data', 'roi_workload', 'bench_roi', 'resolve_bf16',
-           'bench_model', 'op_group', 'profile_inference', 'bench_profile', 'speed_file', 'speed_record', 'bench_speed',
-           'bf16_left_out', 'speed_markdown', 'plot_speed', 'plot_profile', 'contention_file', 'bench_contention',
-           'contention_markdown', 'matched_detections', 'amp_file', 'bench_amp', 'amp_markdown',
-           'make_coco_scale_annotations', 'plot_annotation_structure', 'bench_coco_memory', 'coco_memory_rows',
-           'plot_coco_memory']
+           'COCO_SIZES', 'time_dataset', 'format_rows', 'bench_data', 'roi_workload', 'bench_roi', 'roi_floors',
+           'resolve_bf16', 'bench_model', 'op_group', 'profile_inference', 'bench_profile', 'speed_file',
+           'speed_record', 'bench_speed', 'bf16_left_out', 'speed_markdown', 'plot_speed', 'plot_profile',
+           'contention_file', 'bench_contention', 'contention_markdown', 'matched_detections', 'amp_file', 'bench_amp',
+           'amp_markdown', 'make_coco_scale_annotations', 'plot_annotation_structure', 'bench_coco_memory',
+           'coco_memory_rows', 'plot_coco_memory']
 
 # %% ../nbs/30_benchmarks.ipynb #6a6c3444
 def time_dataset(dataset, n: int | None = None, warmup: int = 2, threads: int | None = 1, then=None) -> dict:
@@ -169,6 +169,26 @@ def bench_roi(workloads=("FPN", "C4"), repeats: int = 5, scale: float = 1.0, pro
         peak = r["peak_mib"] if r["peak_mib"] is not None else float("nan")
         rows.append({"workload": w, "op": op, "pass": "bwd" if bwd else "fwd", "impl": impl, "ms": r["seconds"] * 1e3,
                      "vs_torchvision": tv / r["seconds"], "peak_mib": peak})
+    return rows
+
+# %% ../nbs/30_benchmarks.ipynb #d77c8788
+def roi_floors(workloads=("FPN", "C4"), repeats: int = 5, scale: float = 1.0) -> list:
+    """Median times (ms) of memory work alone that RoI forwards do, per workload, each with the forwards it bounds:
+    the output allocated and written once, and the feature map copied once, in its own layout and to channels-last."""
+    rows = []
+    for w in workloads:
+        feats, boxes, _, out = roi_workload(w, scale)
+        shape = torch.Size((len(boxes), feats.shape[1], out, out))
+        cases = [("output allocated and written", "every forward", lambda: torch.empty(shape).fill_(1.0),
+                  shape.numel()),
+                 ("map copied, same layout", "a forward that first copies the whole map, to any layout", feats.clone,
+                  feats.numel()),
+                 ("map copied to channels-last", "a channels-last forward handed NCHW features",
+                  lambda: feats.contiguous(memory_format=torch.channels_last), feats.numel())]
+        for what, bounds, call, n in cases:
+            call()   # warm-up
+            rows.append(dict(workload=w, what=what, bounds=bounds, mib=n * 4 / 2**20,
+                             ms=_median_seconds(call, repeats) * 1e3))
     return rows
 
 # %% ../nbs/30_benchmarks.ipynb #2d70e32c
@@ -361,25 +381,28 @@ def _roi_cases(roi: list) -> dict:
 
 # %% ../nbs/30_benchmarks.ipynb #1c679c7a
 def speed_record(roi: list, model: list, repeats: int, scale: float, size, command: str, profile=None,
-                 bf16: bool = True) -> dict:
-    """The rows of `bench_roi` and `bench_model` (and a `bench_profile`) with when, where and how they were measured:
-    the record every speed figure is drawn from (`speed_markdown`, `plot_speed`, `plot_profile`). `bf16`: whether
-    the bfloat16 cases were timed."""
+                 bf16: bool = True, floors=None) -> dict:
+    """The rows of `bench_roi` and `bench_model` (and a `bench_profile`, and `roi_floors`) with when, where and how
+    they were measured: the record every speed figure is drawn from (`speed_markdown`, `plot_speed`, `plot_profile`).
+    `bf16`: whether the bfloat16 cases were timed."""
     import numba
     return dict(date=_utc_now(), command=command,
                 machine=machine_info(), numba_threads=numba.get_num_threads(), repeats=repeats, scale=scale,
-                image_size=list(size), roi=_no_nan(roi), model=_no_nan(model), profile=profile, bf16=bf16)
+                image_size=list(size), roi=_no_nan(roi), model=_no_nan(model), profile=profile, bf16=bf16,
+                floors=floors)
 
 # %% ../nbs/30_benchmarks.ipynb #b5168a0a
 def bench_speed(out=None, repeats: int = 5, scale: float = 1.0, size=(800, 1066), command: str = "bench_speed()",
                 progress: bool = True, bf16: bool | None = None) -> dict:
-    """`bench_roi`, `bench_model` and `bench_profile` in one run, as a `speed_record`; written to `out` (JSON) if
-    given. `bf16`: time the bfloat16 cases too (None: where `cpu_bf16_kernels`)."""
+    """`bench_roi`, `roi_floors`, `bench_model` and `bench_profile` in one run, as a `speed_record`; written to `out`
+    (JSON) if given. `bf16`: time the bfloat16 cases too (None: where `cpu_bf16_kernels`)."""
     bf16 = resolve_bf16(bf16)
     roi = bench_roi(repeats=repeats, scale=scale, progress=progress)
+    floors = roi_floors(repeats=repeats, scale=scale)
     model = bench_model(repeats, size, size, progress, bf16)
     profiled = [n for n in PROFILED if bf16 or "bf16" not in n]
-    res = speed_record(roi, model, repeats, scale, size, command, bench_profile(size, profiled), bf16)
+    res = speed_record(roi, model, repeats, scale, size, command, bench_profile(size, profiled), bf16,
+                       floors)
     if out is not None: write_json(out, res)
     return res
 
@@ -394,6 +417,18 @@ def _roi_speed_table(roi: list) -> list:
         tv = by[k + ("torchvision",)]["ms"]
         lines.append(f"| {w} | `{op}` | {'forward' if p == 'fwd' else 'backward'} | {tv:.1f} ms"
                      f" | {ours(k, 'ours (channels_last)')} | {ours(k, 'ours (NCHW)')} |")
+    return lines
+
+# %% ../nbs/30_benchmarks.ipynb #f96e8431
+def _floors_table(floors: list, roi: list) -> list:
+    "Markdown rows: each `roi_floors` case's size and time, the forwards it bounds, and torchvision's forward over it."
+    by = _roi_cases(roi)
+    lines = ["| workload | memory work | size | time | bounds | torchvision's `roi_align` forward ÷ this time |",
+             "|---|---|---|---|---|---|"]
+    for r in floors:
+        tv = by[(r["workload"], "roi_align", "fwd", "torchvision")]["ms"]
+        lines.append(f"| {r['workload']} | {r['what']} | {r['mib']:.1f} MiB | {r['ms']:.1f} ms | {r['bounds']} "
+                     f"| {tv / r['ms']:.1f}× |")
     return lines
 
 # %% ../nbs/30_benchmarks.ipynb #491c6d94
@@ -436,6 +471,12 @@ def bf16_left_out(by_command: bool) -> str:
     return f"No bfloat16 cases: {why}."
 
 # %% ../nbs/30_benchmarks.ipynb #7f35c522
+def _features_text(m: dict) -> str:
+    "The `CPU_FEATURES` a `machine_info` record has, in words ('' for a record made before the field)."
+    if "cpu_features" not in m: return ""
+    has, lacks = m["cpu_features"], [f for f in CPU_FEATURES if f not in m["cpu_features"]]
+    return " " + "; ".join([f"with {', '.join(has)}"] * bool(has) + [f"without {', '.join(lacks)}"] * bool(lacks))
+
 def speed_markdown(res: dict) -> str:
     "The speed tables of a `bench_speed` record, with the machine and the command that measured them."
     m, (h, w) = res["machine"], res["image_size"]
@@ -443,14 +484,19 @@ def speed_markdown(res: dict) -> str:
     model = "\n".join(_model_speed_table(res["model"]))
     profile = ("\n\nWhere one inference's time goes: each operator's own CPU time, by kind, in one profiled run "
                "(`profile_inference`):\n\n" + "\n".join(_profile_table(res["profile"]))) if res.get("profile") else ""
+    floors = ("\n\nMemory work alone, timed in the same run (`roi_floors`): a RoI forward that does it (the "
+              "`bounds` column) takes at least as long, so torchvision's forward time divided by it bounds that "
+              "forward's speed-up:\n\n"
+              + "\n".join(_floors_table(res["floors"], res["roi"]))) if res.get("floors") else ""
     if not res.get("bf16", True):
         profile += f"\n\n{bf16_left_out(by_command=m.get('bf16_kernels', True))}"   # kernels there: the command's
     return (f"RoI layers (`aligned=True`, two samples per bin; {_workloads_text(res['scale'])}); our time and, in "
             f"brackets, torchvision's time divided by ours:\n\n"
-            f"{roi}\n\nThe whole R-50-FPN Mask R-CNN at {h}×{w}, the same weights in torchvision's model and ours "
-            f"(`for_inference()` folds frozen BN into the convolutions):\n\n{model}{profile}\n\n"
+            f"{roi}{floors}\n\nThe whole R-50-FPN Mask R-CNN at {h}×{w}, the same weights in torchvision's model and "
+            f"ours (`for_inference()` folds frozen BN into the convolutions):\n\n{model}{profile}\n\n"
             f"Medians of {res['repeats']} run(s) on {m['torch_threads']} threads of a {m['cores']}-core "
-            f"{describe_cpu(m)}, torch {m['torch']}, measured {res['date'][:10]} by `{res['command']}`.")
+            f"{describe_cpu(m)}{_features_text(m)}, torch {m['torch']}, measured {res['date'][:10]} by "
+            f"`{res['command']}`.")
 
 # %% ../nbs/30_benchmarks.ipynb #7674a9a1
 def plot_speed(res: dict, size=(10, 4.2)):
@@ -650,8 +696,8 @@ def amp_markdown(rec: dict) -> str:
     return ("| trained model | validation images | box AP, float32 / bf16 (difference) | mask AP, float32 / bf16 "
             "(difference) | float32 detections found again by bf16 |\n|---|---|---|---|---|\n" + "\n".join(rows) +
             "\n\nFound again: of the float32 detections scoring ≥ 0.5, those bf16 has among its own scoring ≥ 0.5 "
-            f"(same class, IoU ≥ 0.95, every coordinate within 1 px). On a {m['cores']}-core {describe_cpu(m)} "
-            f"with torch {m['torch']}; `{rec['command']}`.")
+            f"(same class, IoU ≥ 0.95, every coordinate within 1 px). On a {m['cores']}-core {describe_cpu(m)}"
+            f"{_features_text(m)}, torch {m['torch']}; `{rec['command']}`.")
 
 # %% ../nbs/30_benchmarks.ipynb #9321ca51
 COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]   # COCO's 80
