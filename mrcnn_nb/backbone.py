@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from .core import UserInputError, load_state_dict_file, load_weights
 
 # %% auto #0
-__all__ = ['RESNET_BLOCKS', 'FrozenBatchNorm2d', 'conv_norm', 'make_norm', 'Bottleneck', 'ResNet', 'resnet', 'FPN',
+__all__ = ['RESNET_BLOCKS', 'FrozenBatchNorm2d', 'conv_norm', 'make_norm', 'add_into', 'Bottleneck', 'ResNet', 'resnet', 'FPN',
            'frozen_batchnorm', 'freeze_trunk', 'FPNBackbone', 'SingleLevelBackbone', 'fold_frozen_bn',
            'load_imagenet_weights', 'backbone_features', 'show_feature_maps', 'show_channels']
 
@@ -60,6 +60,11 @@ def make_norm(kind: str, channels: int) -> nn.Module:
     if kind == "gn": return nn.GroupNorm(math.gcd(32, channels), channels)
     raise UserInputError(f"unknown normalization {kind!r}; choose from ['bn', 'frozen_bn', 'gn']")
 
+# %% ../nbs/05_backbone.ipynb #f4e5cb9f
+def add_into(a: Tensor, b: Tensor) -> Tensor:
+    "`a + b`, written into `a` (a fresh activation nothing needs back) unless that would change the result's dtype."
+    return a.add_(b) if a.dtype == torch.result_type(a, b) else a + b
+
 # %% ../nbs/05_backbone.ipynb #758b6cba
 class Bottleneck(nn.Module):
     "ResNet / ResNeXt bottleneck: 1x1 -> 3x3 (grouped) -> 1x1, with a projection shortcut when needed."
@@ -84,7 +89,7 @@ class Bottleneck(nn.Module):
         out = self.relu(conv_norm(self.conv1, self.bn1, x))
         out = self.relu(conv_norm(self.conv2, self.bn2, out))
         out = conv_norm(self.conv3, self.bn3, out)
-        return self.relu(out + (x if self.downsample is None else conv_norm(*self.downsample, x)))
+        return self.relu(add_into(out, x if self.downsample is None else conv_norm(*self.downsample, x)))
 
 # %% ../nbs/05_backbone.ipynb #38ed47c4
 class ResNet(nn.Module):
@@ -156,7 +161,7 @@ class FPN(nn.Module):
         outs = [self.layer_blocks[-1](last)]
         for i in range(len(feats) - 2, -1, -1):
             lateral = self.inner_blocks[i](feats[i])
-            last = lateral + F.interpolate(last, size=lateral.shape[-2:], mode="nearest")
+            last = add_into(lateral, F.interpolate(last, size=lateral.shape[-2:], mode="nearest"))
             outs.insert(0, self.layer_blocks[i](last))
         if self.top_pool: outs.append(F.max_pool2d(outs[-1], 1, 2, 0))
         return outs
