@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import (CPU_FEATURES, SlowAmpWarning, Timer, UserInputError, cpu_bf16_kernels, describe_cpu,
-                           machine_info, peak_memory_rise, results_dir, write_json)
+from .core import (SlowAmpWarning, Timer, UserInputError, cpu_bf16_kernels, describe_cpu,
+                           describe_features, machine_info, peak_memory_rise, results_dir, write_json)
 from .data import COCODataset, RandomHorizontalFlip, annotation_file
 from .model import Transform
 from .shapes import make_shapes
@@ -401,8 +401,7 @@ def bench_speed(out=None, repeats: int = 5, scale: float = 1.0, size=(800, 1066)
     floors = roi_floors(repeats=repeats, scale=scale)
     model = bench_model(repeats, size, size, progress, bf16)
     profiled = [n for n in PROFILED if bf16 or "bf16" not in n]
-    res = speed_record(roi, model, repeats, scale, size, command, bench_profile(size, profiled), bf16,
-                       floors)
+    res = speed_record(roi, model, repeats, scale, size, command, bench_profile(size, profiled), bf16, floors)
     if out is not None: write_json(out, res)
     return res
 
@@ -471,12 +470,6 @@ def bf16_left_out(by_command: bool) -> str:
     return f"No bfloat16 cases: {why}."
 
 # %% ../nbs/30_benchmarks.ipynb #7f35c522
-def _features_text(m: dict) -> str:
-    "The `CPU_FEATURES` a `machine_info` record has, in words ('' for a record made before the field)."
-    if "cpu_features" not in m: return ""
-    has, lacks = m["cpu_features"], [f for f in CPU_FEATURES if f not in m["cpu_features"]]
-    return " " + "; ".join([f"with {', '.join(has)}"] * bool(has) + [f"without {', '.join(lacks)}"] * bool(lacks))
-
 def speed_markdown(res: dict) -> str:
     "The speed tables of a `bench_speed` record, with the machine and the command that measured them."
     m, (h, w) = res["machine"], res["image_size"]
@@ -495,7 +488,7 @@ def speed_markdown(res: dict) -> str:
             f"{roi}{floors}\n\nThe whole R-50-FPN Mask R-CNN at {h}×{w}, the same weights in torchvision's model and "
             f"ours (`for_inference()` folds frozen BN into the convolutions):\n\n{model}{profile}\n\n"
             f"Medians of {res['repeats']} run(s) on {m['torch_threads']} threads of a {m['cores']}-core "
-            f"{describe_cpu(m)}{_features_text(m)}, torch {m['torch']}, measured {res['date'][:10]} by "
+            f"{describe_cpu(m)}{describe_features(m)}, torch {m['torch']}, measured {res['date'][:10]} by "
             f"`{res['command']}`.")
 
 # %% ../nbs/30_benchmarks.ipynb #7674a9a1
@@ -697,7 +690,7 @@ def amp_markdown(rec: dict) -> str:
             "(difference) | float32 detections found again by bf16 |\n|---|---|---|---|---|\n" + "\n".join(rows) +
             "\n\nFound again: of the float32 detections scoring ≥ 0.5, those bf16 has among its own scoring ≥ 0.5 "
             f"(same class, IoU ≥ 0.95, every coordinate within 1 px). On a {m['cores']}-core {describe_cpu(m)}"
-            f"{_features_text(m)}, torch {m['torch']}; `{rec['command']}`.")
+            f"{describe_features(m)}, torch {m['torch']}; `{rec['command']}`.")
 
 # %% ../nbs/30_benchmarks.ipynb #9321ca51
 COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]   # COCO's 80

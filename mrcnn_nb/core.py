@@ -24,7 +24,7 @@ __all__ = ['STALE_TMP_S', 'AMP_DTYPES', 'CPU_FEATURES', 'UserInputError', 'did_y
            'log_tensor', 'Timer', 'peak_memory_rise', 'atomic_write', 'write_json', 'load_torch_file',
            'load_state_dict_file', 'load_weights', 'in_test', 'cache_dir', 'distributed_count', 'use_cuda_simulator',
            'usable_cpus', 'cpu_seconds', 'threads_for', 'ShareCores', 'heads_in_float32', 'mixed', 'SlowAmpWarning',
-           'cpu_bf16_kernels', 'warn_slow_amp', 'machine_info', 'describe_cpu', 'results_dir']
+           'cpu_bf16_kernels', 'warn_slow_amp', 'machine_info', 'describe_cpu', 'describe_features', 'results_dir']
 
 # %% ../nbs/00_core.ipynb #24e13f04
 class UserInputError(ValueError):
@@ -421,6 +421,12 @@ def describe_cpu(m: dict) -> str:
     """The processor of a `machine_info` record, with the vector instructions torch used where the record has them
     ('AMD EPYC (AVX2)'); records older than that field give the model name alone."""
     return f"{m['cpu']} ({m['cpu_capability']})" if m.get("cpu_capability") else m["cpu"]
+
+def describe_features(m: dict) -> str:
+    "The `CPU_FEATURES` a `machine_info` record has and lacks, in words ('' for a record made before the field)."
+    if "cpu_features" not in m: return ""
+    has, lacks = m["cpu_features"], [f for f in CPU_FEATURES if f not in m["cpu_features"]]
+    return " " + "; ".join([f"with {', '.join(has)}"] * bool(has) + [f"without {', '.join(lacks)}"] * bool(lacks))
 
 # %% ../nbs/00_core.ipynb #b3da3f21
 def results_dir() -> Path:
