@@ -15,7 +15,7 @@ from .boxes import _at_least_float32, box_area
 from .roi_ops import check_rois, roi_align, roi_pool, roi_warp
 
 # %% auto #0
-__all__ = ['map_levels', 'level_counts', 'draw_level_assignment', 'MultiScaleRoIPool']
+__all__ = ['map_levels', 'level_counts', 'draw_level_assignment', 'in_input_order', 'MultiScaleRoIPool']
 
 # %% ../nbs/07e_poolers.ipynb #7471cdef
 def map_levels(boxes: Tensor, k_min: int, k_max: int, canonical_scale: float = 224.0, canonical_level: int = 4,
@@ -74,6 +74,27 @@ def _pyramid_levels(strides) -> list:
                          f"got {strides!r}")
     return levels
 
+# %% ../nbs/07e_poolers.ipynb #a0c1e2d4
+class _InInputOrder(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, rows, n, *parts):
+        p = parts[0]
+        out = torch.empty((n, *p.shape[1:]), dtype=p.dtype, device=p.device)   # every row is written below
+        for idx, part in zip(rows, parts): out.index_copy_(0, idx, part)
+        ctx.rows = rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (None, None, *(grad.index_select(0, idx) for idx in ctx.rows))
+
+def in_input_order(rows: list, parts: list) -> Tensor:
+    """One tensor whose rows `rows[l]` (index tensors that together hold each of 0..n-1 once) are `parts[l]`;
+    differentiable in every part."""
+    n = sum(len(idx) for idx in rows)
+    if len(parts) == 1 and torch.equal(rows[0], torch.arange(n, device=rows[0].device)): return parts[0]
+    return _InInputOrder.apply(rows, n, *parts)
+
 # %% ../nbs/07e_poolers.ipynb #c3a701ca
 class MultiScaleRoIPool(nn.Module):
     "Pool each RoI from its FPN level with RoIAlign, RoIPool or RoIWarp; results in input order."
@@ -104,11 +125,14 @@ class MultiScaleRoIPool(nn.Module):
         levels = map_levels(rois[:, 1:].detach(), self.k_min, self.k_max, self.canonical_scale, self.canonical_level)
         C = features[0].shape[1]
         oh, ow = (self.output_size, self.output_size) if isinstance(self.output_size, int) else self.output_size
-        out = features[0].new_zeros(rois.shape[0], C, oh, ow)
+        rows, parts = [], []
         for l, (feature, stride) in enumerate(zip(features, self.strides)):
             idx = torch.nonzero(levels == l).flatten()
-            if idx.numel(): out = out.index_copy(0, idx, self._pool(feature, rois[idx], stride).to(out.dtype))
-        return out
+            if idx.numel():
+                rows.append(idx)
+                parts.append(self._pool(feature, rois[idx], stride).to(features[0].dtype))
+        if not parts: return features[0].new_zeros(0, C, oh, ow)
+        return in_input_order(rows, parts)
 
     def extra_repr(self):   # only the arguments the layer uses: RoIPool has no samples, only RoIAlign an offset
         used = {"pool": "", "warp": f", sampling_ratio={self.sampling_ratio}, mode={self.mode!r}",
