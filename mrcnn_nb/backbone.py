@@ -14,8 +14,8 @@ from torch import Tensor, nn
 from .core import UserInputError, load_state_dict_file, load_weights
 
 # %% auto #0
-__all__ = ['RESNET_BLOCKS', 'FrozenBatchNorm2d', 'conv_norm', 'make_norm', 'add_into', 'Bottleneck', 'ResNet', 'resnet', 'FPN',
-           'frozen_batchnorm', 'freeze_trunk', 'FPNBackbone', 'SingleLevelBackbone', 'fold_frozen_bn',
+__all__ = ['RESNET_BLOCKS', 'FrozenBatchNorm2d', 'conv_norm', 'GroupNorm32', 'make_norm', 'add_into', 'Bottleneck', 'ResNet',
+           'resnet', 'FPN', 'frozen_batchnorm', 'freeze_trunk', 'FPNBackbone', 'SingleLevelBackbone', 'fold_frozen_bn',
            'load_imagenet_weights', 'backbone_features', 'show_feature_maps', 'show_channels']
 
 # %% ../nbs/05_backbone.ipynb #aceaf2a5
@@ -52,12 +52,19 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
     weight = conv.weight * scale.view(-1, 1, 1, 1).to(conv.weight.dtype)
     return F.conv2d(x, weight, bias.to(conv.weight.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
 
+# %% ../nbs/05_backbone.ipynb #a1f3c2d1
+class GroupNorm32(nn.GroupNorm):
+    "GroupNorm computed in float32, float32 out, for bf16 or fp16 input: what CUDA's autocast does for `group_norm`."
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32 or (self.affine and self.weight.dtype != torch.float32): return super().forward(x)
+        with torch.autocast(x.device.type, enabled=False): return super().forward(x.float())
+
 # %% ../nbs/05_backbone.ipynb #aa27e831
 def make_norm(kind: str, channels: int) -> nn.Module:
-    "A normalization layer: 'frozen_bn', 'bn' or 'gn' (GroupNorm with 32 groups, fewer if `channels` needs)."
+    "A normalization layer: 'frozen_bn', 'bn' or 'gn' (`GroupNorm32` with 32 groups, fewer if `channels` needs)."
     if kind == "frozen_bn": return FrozenBatchNorm2d(channels)
     if kind == "bn": return nn.BatchNorm2d(channels)
-    if kind == "gn": return nn.GroupNorm(math.gcd(32, channels), channels)
+    if kind == "gn": return GroupNorm32(math.gcd(32, channels), channels)
     raise UserInputError(f"unknown normalization {kind!r}; choose from ['bn', 'frozen_bn', 'gn']")
 
 # %% ../nbs/05_backbone.ipynb #f4e5cb9f

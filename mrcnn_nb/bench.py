@@ -27,8 +27,9 @@ __all__ = ['ROI_WORKLOADS', 'PROFILE_GROUPS', 'PROFILED', 'CONTENTION_SCENARIOS'
            'resolve_bf16', 'bench_model', 'op_group', 'profile_inference', 'bench_profile', 'speed_file',
            'speed_record', 'bench_speed', 'bf16_left_out', 'speed_markdown', 'plot_speed', 'plot_profile',
            'contention_file', 'bench_contention', 'contention_markdown', 'matched_detections', 'amp_file', 'bench_amp',
-           'amp_markdown', 'make_coco_scale_annotations', 'plot_annotation_structure', 'bench_coco_memory',
-           'coco_memory_rows', 'plot_coco_memory']
+           'amp_markdown', 'amp_training_dir', 'load_amp_training', 'amp_training_markdown',
+           'make_coco_scale_annotations', 'plot_annotation_structure', 'bench_coco_memory', 'coco_memory_rows',
+           'plot_coco_memory']
 
 # %% ../nbs/30_benchmarks.ipynb #6a6c3444
 def time_dataset(dataset, n: int | None = None, warmup: int = 2, threads: int | None = 1, then=None) -> dict:
@@ -691,6 +692,56 @@ def amp_markdown(rec: dict) -> str:
             "\n\nFound again: of the float32 detections scoring ≥ 0.5, those bf16 has among its own scoring ≥ 0.5 "
             f"(same class, IoU ≥ 0.95, every coordinate within 1 px). On a {m['cores']}-core {describe_cpu(m)}"
             f"{describe_features(m)}, torch {m['torch']}; `{rec['command']}`.")
+
+# %% ../nbs/30_benchmarks.ipynb #b7e1a0c1
+def amp_training_dir() -> Path:
+    "The committed bf16-training records of a clone: `nbs/results/amp-training/{seeds,alone}/*.json`."
+    return results_dir() / "amp-training"
+
+def _precision(rec: dict) -> str: return rec["config_values"]["amp"] or "fp32"
+
+def load_amp_training(folder=None) -> dict:
+    """The `mrcnn_nb train` records (`metrics.json`) under `folder` (default `amp_training_dir()`), by role and
+    precision: `{'seeds': {'fp32': [...], 'bf16': [...]}, 'alone': {...}}`, each list in seed order."""
+    out = {}
+    for role in ("seeds", "alone"):
+        for f in sorted((Path(folder or amp_training_dir()) / role).glob("*.json")):
+            rec = json.loads(f.read_text())
+            out.setdefault(role, {}).setdefault(_precision(rec), []).append(rec)
+    for recs in (r for role in out.values() for r in role.values()): recs.sort(key=lambda r: r["config_values"]["seed"])
+    return out
+
+# %% ../nbs/30_benchmarks.ipynb #b7e1a0c2
+def _amp_training_row(p: str, seeds: list, alone: list, base: float) -> str:
+    "One precision's row: mask AP per seed, mask and box AP as mean ± std, and the time of its run alone."
+    from mrcnn_nb.ablations import column_values, mean_std
+    mask, box = column_values(seeds, ("segm", "AP")), column_values(seeds, ("bbox", "AP"))
+    ms = lambda v: "{:.1f} ± {:.1f}".format(*mean_std(v)[:2])
+    t = alone[0]["train_seconds"] if alone else None
+    when = f"{t / 60:.1f} min ({t / base:.2f}×)" if t and base else "–"
+    return (f"| {dict(fp32='float32', bf16='bf16 autocast')[p]} | {len(seeds)} | "
+            f"{', '.join(f'{v:.1f}' for v in mask)} | {ms(mask)} | {ms(box)} | {when} |")
+
+def amp_training_markdown(runs: dict) -> str:
+    """bf16 training against float32, from `load_amp_training` records: AP per seed and as mean ± std, the difference
+    of the means with the smallest difference the seeds resolve (`difference`), each precision's time alone."""
+    from mrcnn_nb.ablations import column_values, difference
+    seeds, alone = runs["seeds"], runs.get("alone", {})
+    base = alone["fp32"][0]["train_seconds"] if "fp32" in alone else None
+    rows = [_amp_training_row(p, seeds[p], alone.get(p, []), base) for p in ("fp32", "bf16")]
+    words = []
+    for name, col in (("mask AP", ("segm", "AP")), ("box AP", ("bbox", "AP"))):
+        d = difference(column_values(seeds["bf16"], col), column_values(seeds["fp32"], col))
+        words.append(f"{name} {d['diff']:+.2f} ({100 * d['rel']:+.1f} %), resolution {d['resolution']:.2f}: "
+                     + ("beyond" if d["beyond_noise"] else "within") + " the seeds' noise")
+    first, m = seeds["fp32"][0], alone.get("bf16", [seeds["fp32"][0]])[0]["machine"]
+    commits = sorted({r["code"]["commit"][:7] for rs in seeds.values() for r in rs if r.get("code")})
+    return ("| training | seeds | mask AP per seed | mask AP | box AP | trained alone |\n|---|---|---|---|---|---|\n"
+            + "\n".join(rows) + f"\n\nbf16 − float32, means over the seeds: {'; '.join(words)} (resolution: the "
+            f"smallest difference of means the seeds can detect, two standard errors). `{first['config']}`, "
+            f"{first['iterations']:,} iterations; seeds on {first['machine']['torch_threads']} thread each, two runs "
+            f"at a time; alone: {m['torch_threads']} threads, nothing else running. On a {m['cores']}-core "
+            f"{describe_cpu(m)}{describe_features(m)}, torch {m['torch']}, code at {', '.join(commits)}.")
 
 # %% ../nbs/30_benchmarks.ipynb #9321ca51
 COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]   # COCO's 80

@@ -1,12 +1,13 @@
-"""The README's main-job, speed, bf16-accuracy and contention figures are drawn from the committed result files, never
-typed: the README shows exactly what `main_job_markdown`, `speed_markdown`, `amp_markdown` and `contention_markdown`
-make of them, and the files hold what those figures need."""
+"""The README's main-job, speed, bf16-accuracy, bf16-training and contention figures are drawn from the committed result
+files, never typed: the README shows exactly what `main_job_markdown`, `speed_markdown`, `amp_markdown`,
+`amp_training_markdown` and `contention_markdown` make of them, and the files hold what those figures need."""
 import json
 import re
 from pathlib import Path
 
 from mrcnn_nb.bench import (
-    amp_file, amp_markdown, contention_file, contention_markdown, speed_file, speed_markdown, CONTENTION_SCENARIOS)
+    amp_file, amp_markdown, amp_training_markdown, contention_file, contention_markdown, load_amp_training, speed_file,
+    speed_markdown, CONTENTION_SCENARIOS)
 from mrcnn_nb.cli import main_job_file, main_job_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +44,15 @@ def test_readme_bf16_accuracy_is_the_stored_measurement():
     assert _block("amp") == amp_markdown(rec).strip(), "run python .ci/results.py"
     t = rec["tiny"]
     assert t["images"] == 100 and t["matched_of"] > 100   # the main job's validation images, not a demo's
+
+
+def test_readme_bf16_training_is_the_stored_runs():
+    runs = load_amp_training()
+    assert _block("amptrain") == amp_training_markdown(runs).strip(), "run python .ci/results.py"
+    seeds = {p: [r["config_values"]["seed"] for r in runs["seeds"][p]] for p in ("fp32", "bf16")}
+    assert seeds["fp32"] == seeds["bf16"] and len(seeds["fp32"]) >= 3   # the same seeds, three at least
+    assert all(r["iterations"] == 3000 for rs in runs["seeds"].values() for r in rs)   # the whole main job
+    assert set(runs["alone"]) == {"fp32", "bf16"}   # each timed alone
 
 
 def test_readme_contention_table_is_the_stored_benchmark():
