@@ -739,8 +739,8 @@ def amp_training_markdown(runs: dict) -> str:
     return ("| training | seeds | mask AP per seed | mask AP | box AP | trained alone |\n|---|---|---|---|---|---|\n"
             + "\n".join(rows) + f"\n\nbf16 − float32, means over the seeds: {'; '.join(words)} (resolution: the "
             f"smallest difference of means the seeds can detect, two standard errors). `{first['config']}`, "
-            f"{first['iterations']:,} iterations; seeds on {first['machine']['torch_threads']} thread each, two runs "
-            f"at a time; alone: {m['torch_threads']} threads, nothing else running. On a {m['cores']}-core "
+            f"{first['iterations']:,} iterations; seeds on {first['machine']['torch_threads']} thread each, beside "
+            f"other runs; alone: {m['torch_threads']} threads, nothing else running. On a {m['cores']}-core "
             f"{describe_cpu(m)}{describe_features(m)}, torch {m['torch']}, code at {', '.join(commits)}.")
 
 # %% ../nbs/30_benchmarks.ipynb #9321ca51
