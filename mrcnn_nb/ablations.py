@@ -138,6 +138,8 @@ class AblationTable:
     claim: str                 # the paper's finding, in words
     headline: tuple = ()       # (row a, row b, column): the difference a - b that sums the table up (README)
     extra: tuple = ()          # (row a, row b) pairs compared besides every row against the reference
+    stated: tuple = ()         # (row a, row b, column, difference): a difference the paper gives in words only
+    note: str = ""             # printed under the table of numbers: where a number of the paper's comes from
 
     def row(self, label: str) -> Row: return next(r for r in self.rows if r.label == label)
     @property
@@ -149,7 +151,9 @@ BOX3 = (("bbox", "AP"), ("bbox", "AP50"), ("bbox", "AP75"))
 KP3 = (("keypoints", "AP"), ("keypoints", "AP50"), ("keypoints", "AP75"))
 
 def _p(cols, *values) -> dict: return {c: v for c, v in zip(cols, values) if v is not None}
-_C4, _ROI = "R_50_C4", lambda op, mode="avg": dict(box_roi=op, mask_roi=op, roi_mode=mode)
+_C4 = "R_50_C4"
+def _ROI(op: str, mode: str = "avg") -> dict:   # RoIPool always takes the max: no `roi_mode` for it
+    return dict(box_roi=op, mask_roi=op) | ({} if op == "pool" else dict(roi_mode=mode))
 
 # %% ../nbs/20a_ablations.ipynb #e9bd79cc
 _TABLES_2AB = (   # notebooks 21 and 22
@@ -159,7 +163,8 @@ _TABLES_2AB = (   # notebooks 21 and 22
         Row("ResNet-101-FPN", "fpn_deep", _p(MASK3, 35.4, 57.3, 37.5), ("R_101_FPN", {})),
         Row("ResNeXt-101-FPN", "fpn_deep_x", _p(MASK3, 36.7, 59.5, 38.9), ("X_101_32x8d_FPN", {}))),
         "ResNet-50-FPN", "deeper networks do better, FPN beats C4, ResNeXt beats ResNet",
-        ("ResNet-50-FPN", "ResNet-50-C4", ("segm", "AP"))),
+        ("ResNet-50-FPN", "ResNet-50-C4", ("segm", "AP")),
+        extra=(("ResNeXt-101-FPN", "ResNet-101-FPN"),)),   # grouping alone, at the same depth
     AblationTable("2b", "Multinomial vs. independent masks (C4)", "22_ablation_mask_loss", MASK3, (
         Row("softmax", "c4_softmax", _p(MASK3, 24.8, 44.1, 25.1), (_C4, dict(mask_loss="softmax"))),
         Row("sigmoid", "c4", _p(MASK3, 30.3, 51.2, 31.5), (_C4, {})),
@@ -199,7 +204,11 @@ _TABLES_2CD = (   # notebook 23
         Row("RoIAlign + half-pixel offset (after the paper)", "fpn_aligned", {}, ("R_50_FPN", dict(roi_aligned=True)))),
         "RoIPool", "with FPN's finer strides RoIAlign still gains 1.5 mask AP (and 0.5 box AP)",
         ("RoIAlign", "RoIPool", ("segm", "AP")),
-        extra=(("RoIAlign + half-pixel offset (after the paper)", "RoIAlign"),)),
+        extra=(("RoIAlign + half-pixel offset (after the paper)", "RoIAlign"),),
+        stated=(("RoIAlign", "RoIPool", ("bbox", "AP"), 0.5),),
+        note="The paper gives its FPN results in words only (§4.2: \"RoIAlign shows a gain of 1.5 mask AP and 0.5 "
+             "box AP when used with FPN\"): the RoIPool row's 32.1 is 33.6 (ResNet-50-FPN, Table 2a) − 1.5, not a "
+             "number of its tables, and its +0.5 box AP comes without the box AP it is relative to."),
 )
 
 # %% ../nbs/20a_ablations.ipynb #75247131
@@ -970,13 +979,16 @@ def compare(table: str, a: str, b: str, col: tuple, store=None, runs: dict | Non
     gate = next((gates[VARIANTS[r.variant].preset] for r in (ra, rb) if VARIANTS[r.variant].preset in gates), None)
     if not (va and vb) and not gate: return None
     working = working_detectors(runs)
-    pd = ra.paper[col] - rb.paper[col] if col in ra.paper and col in rb.paper else None
+    in_tables = col in ra.paper and col in rb.paper
+    stated = {(x, y, c): v for x, y, c, v in t.stated}   # differences the paper gives in words only
+    pd = ra.paper[col] - rb.paper[col] if in_tables else stated.get((a, b, col))
     d, ok = (difference(va, vb), working[ra.variant] and working[rb.variant]) if va and vb else (None, None)
     no_paper = ("–", "a row the paper does not have" if not (ra.paper and rb.paper) else "no number in the paper")
-    v = verdict(pd, rb.paper[col], d, mean_std(vb)[0], ok) if pd is not None and d else no_paper
+    v = verdict(pd, rb.paper[col], d, mean_std(vb)[0], ok) if in_tables and d else no_paper
+    if pd is not None and d and not in_tables: v = "–", "the paper gives the difference only: no relative size"
     if gate:
         v = "not testable", f"not testable at CPU scale: the protocol's rule failed ({_gate_text(gate)})"
-    paper_rel = pd / rb.paper[col] if pd is not None and rb.paper[col] else None
+    paper_rel = pd / rb.paper[col] if in_tables and rb.paper[col] else None
     return dict(row=a, versus=b, column=col, paper=pd, paper_rel=paper_rel, ours=d,
                 working=ok, verdict=v[0], reason=v[1], seeds=min(len(va), len(vb)), gated=bool(gate))
 
@@ -1027,9 +1039,10 @@ def table_markdown(table: str, store=None) -> str:
     title = f"**Table {t.key}: {t.title}** — paper / ours (AP × 100, mean ± std over seeds)"
     extra = ", then " + "; ".join(f"{a} against {b}" for a, b in t.extra) if t.extra else ""
     against = (f"Every row against **{t.reference}**" + extra
-               + " (relative: to the second row's AP; resolution: 2 s √(1/n₁ + 1/n₂), s the pooled per-run std):")
+               + " (relative: to the AP of the row it is against; resolution: 2 s √(1/n₁ + 1/n₂), s the pooled per-run"
+               " std):")
     head = ["| row | against | column | paper Δ | our Δ | resolution | verdict | why |", "|---" * 8 + "|"]
-    lines = [title, "", *_numbers_lines(t, runs), "", against, "", *head]
+    lines = [title, "", *_numbers_lines(t, runs), *(["", t.note] if t.note else []), "", against, "", *head]
     return "\n".join(lines + [_comparison_line(c) for c in comparisons(table, store)])
 
 # %% ../nbs/20a_ablations.ipynb #c81510d1
@@ -1199,31 +1212,44 @@ def paste_markdown(store=None) -> str:
             f"({m['cores']} cores), {m['torch_threads']} thread(s) per run, {m['runs_at_once']} run(s) at once.")
 
 # %% ../nbs/20a_ablations.ipynb #e2d00859
-def plot_table(table: str, store=None, size=(3.0, 2.6)):
-    "One panel per column: the paper's number (grey) beside our mean (colour), with every seed as a dot and ±1 std."
-    import matplotlib.pyplot as plt
-    t = get_table(table)
-    runs = table_runs(table, store)
-    fig, axs = plt.subplots(1, len(t.columns), figsize=(size[0] * len(t.columns), size[1]), squeeze=False)
+def _table_panel(ax, t: AblationTable, runs: dict, col: tuple):
+    "Column `col` of `t` on `ax`: the paper (grey), our mean ± std (colour), each seed a dot; rows never run say so."
     x = np.arange(len(t.rows))
-    for ax, c in zip(axs[0], t.columns):
-        paper = [r.paper.get(c, np.nan) for r in t.rows]
-        ours = [mean_std(column_values(runs[r.variant], c)) for r in t.rows]
-        ax.bar(x - 0.2, paper, 0.4, color="0.75", label="paper (COCO)")
-        ax.bar(x + 0.2, [m for m, _, _ in ours], 0.4, yerr=[0 if math.isnan(s) else s for _, s, _ in ours],
-               color="C0", alpha=0.8, capsize=2, label="ours (shapes, CPU)")
-        for i, r in enumerate(t.rows):
-            vals = column_values(runs[r.variant], c)
-            jitter = np.linspace(-0.08, 0.08, len(vals))
-            ax.scatter(np.full(len(vals), i + 0.2) + jitter, vals, s=8, color="k", zorder=3)
-        ax.set_xticks(x, [textwrap.fill(r.label, 22) for r in t.rows], rotation=30, ha="right", fontsize=8)   # wrapped
-        ax.set_title(_col_name(c), fontsize=9)
-        ax.tick_params(axis="y", labelsize=8)
-    axs[0][0].set_ylabel("AP × 100 (bars: mean; dots: seeds)", fontsize=8)
-    # title on the left, legend on the right, above the panels: nothing drawn over a bar
-    fig.legend(*axs[0][0].get_legend_handles_labels(), fontsize=8, loc="upper right", ncol=2, frameon=False)
+    ours = [mean_std(column_values(runs[r.variant], col)) for r in t.rows]
+    ax.bar(x - 0.2, [r.paper.get(col, np.nan) for r in t.rows], 0.4, color="0.75", label="paper (COCO)")
+    ax.bar(x + 0.2, [m for m, _, _ in ours], 0.4, yerr=[0 if math.isnan(s) else s for _, s, _ in ours],
+           color="C0", alpha=0.8, capsize=2, label="ours (shapes, CPU)")
+    label = "our seeds"   # in the legend once
+    for i, r in enumerate(t.rows):
+        vals = column_values(runs[r.variant], col)
+        if not vals:
+            ax.text(i + 0.2, 1, "not run", rotation=90, fontsize=7, color="0.35", ha="center", va="bottom")
+            continue
+        ax.scatter(np.full(len(vals), i + 0.2) + np.linspace(-0.08, 0.08, len(vals)), vals, s=8, color="k", zorder=3,
+                   label=label)
+        label = None
+    ax.set_xticks(x, [textwrap.fill(r.label, 22) for r in t.rows], rotation=30, ha="right", fontsize=8)   # wrapped
+    ax.set_title(_col_name(col), fontsize=9)
+    ax.tick_params(axis="y", labelsize=8)
+
+def plot_table(table: str, store=None, size=(3.0, 2.6), per_row: int = 3):
+    """One panel per column of the table, at most `per_row` to a row: the paper's number (grey) beside our mean
+    (colour), with every seed as a dot and ±1 std."""
+    import matplotlib.pyplot as plt
+    t, runs = get_table(table), table_runs(table, store)
+    nrows = -(-len(t.columns) // per_row)
+    ncols = -(-len(t.columns) // nrows)   # rows filled evenly: 4 panels as 2 x 2
+    lines = max(len(textwrap.wrap(r.label, 22)) for r in t.rows)   # the tick labels' height, wrapped
+    fig, axs = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, (size[1] + 0.3 * lines) * nrows), squeeze=False)
+    for ax in axs.flat[len(t.columns):]: ax.set_visible(False)
+    for ax, c in zip(axs.flat, t.columns): _table_panel(ax, t, runs, c)
+    fig.supylabel("AP × 100", fontsize=9)
+    # title above the panels, legend under them: nothing drawn over a bar
+    handles, labels = axs[0][0].get_legend_handles_labels()
+    labels = [{"ours (shapes, CPU)": "ours (shapes, CPU): mean ± std"}.get(l, l) for l in labels]
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3, frameon=False)
     fig.suptitle(f"Table {t.key}: {t.title}", fontsize=10, x=0.01, ha="left")
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    fig.tight_layout(rect=(0, 0.3 / fig.get_figheight(), 1, 1 - 0.25 / fig.get_figheight()))
     return fig
 
 # %% ../nbs/20a_ablations.ipynb #6fa22228
@@ -1245,9 +1271,10 @@ def plot_ap_vs_iou(table: str, iou_type: str = "segm", store=None, size=(4.6, 3.
     ax.set_xlabel({"keypoints": "OKS threshold"}.get(iou_type, "IoU threshold"), fontsize=8)
     ax.set_ylabel(f"{_col_name((iou_type, 'AP'))}", fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=8, loc="lower left")
     ax.grid(alpha=0.3)
-    ax.set_title(f"Table {t.key}: AP against the {'OKS' if iou_type == 'keypoints' else 'IoU'} threshold", fontsize=9)
+    ax.set_title(f"Table {t.key}: AP against the {'OKS' if iou_type == 'keypoints' else 'IoU'} threshold\n"
+                 "(mean over the seeds; band: ±1 std)", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -1344,21 +1371,36 @@ def variants_markdown(table: str) -> str:
     return "\n".join(lines)
 
 # %% ../nbs/20a_ablations.ipynb #69ee27b7
+def _decision_text(a: dict) -> str:
+    "What `protocol_acceptance`'s result `a` decides: not yet, every family accepted, or which families are gated."
+    seeds = f"Seeds per reference row: {a['seeds']}. "
+    if a["accepted"] is None:
+        return seeds + "The protocol: not decided yet (fewer than three seeds of a reference row)."
+    if a["accepted"]: return seeds + "The protocol: accepted for every model family."
+    failed = sorted({r["gates"] for r in a["rules"] if r["ok"] is False})
+    kept = sorted({VARIANTS[v].preset for v in REFERENCE_ROWS} - set(failed))
+    names = lambda ps: " and ".join(f"`{p}`" for p in ps)
+    passing = f"{names(kept)} pass the rule and keep their verdicts." if kept else ""
+    return (seeds + f"The protocol: **not accepted** for {names(failed)}: every comparison with one of these models "
+            f"is not testable at CPU scale. " + passing)
+
+def _times_text(store=None) -> str:
+    "The reference rows' training times, seed by seed, with processor, threads and runs at once, against the budget."
+    runs = {v: [r for r in load_runs(v, store)[0] if "machine" in r] for v in REFERENCE_ROWS}
+    minutes = lambda rs: " / ".join(f"{r['train_seconds'] / 60:.1f}" for r in rs)
+    cpus = lambda rs: ", ".join(sorted({describe_cpu(r["machine"]) for r in rs}))
+    rows = [f"{v} {minutes(rs)} min ({cpus(rs)}; {rs[0]['machine']['torch_threads']} thread, "
+            f"{rs[0]['machine'].get('runs_at_once', 1)} runs at once)" for v, rs in runs.items() if rs]
+    every = [r for rs in runs.values() for r in rs]
+    over = sum(r["train_seconds"] > 60 * RUN_BUDGET_MIN for r in every)
+    return (f" Training times per seed: {'; '.join(rows)}. {over} of these {len(every)} runs took longer than the "
+            f"budget of {RUN_BUDGET_MIN} min.") if every else ""
+
 def acceptance_markdown(store=None) -> str:
-    "`protocol_acceptance` as a table and a sentence."
+    "`protocol_acceptance` as a table, what it decides for each model family, and the reference runs' training times."
     a = protocol_acceptance(store)
     lines = ["| part of the rule | ours | holds |", "|---|---|---|"]
     for r in a["rules"]:
         value = "–" if math.isnan(r["value"]) else f"{r['value']:.1f}"
         lines.append(f"| {r['rule']} | {value} | {({True: 'yes', False: '**no**', None: '–'})[r['ok']]} |")
-    undecided = "not decided yet (fewer than three seeds of a reference row)"
-    verdict = {True: "accepted", False: "**not accepted**", None: undecided}[a["accepted"]]
-    runs = [r for v in REFERENCE_ROWS for r in load_runs(v, store)[0] if "machine" in r]
-    times = ", ".join(f"{r['variant']} seed {r['seed']} {r['train_seconds'] / 60:.1f} min "
-                      f"({describe_cpu(r['machine'])}, {r['machine'].get('runs_at_once', 1)} at once, "
-                      f"{r['machine']['torch_threads']} thread)"
-                      for r in runs)
-    sentence = f"\n\nSeeds per reference row: {a['seeds']}. The protocol: {verdict}."
-    over = sum(r["train_seconds"] > 60 * RUN_BUDGET_MIN for r in runs)
-    budget = f" {over} of these {len(runs)} runs took longer than the budget of {RUN_BUDGET_MIN} min." if runs else ""
-    return "\n".join(lines) + sentence + (f" Training times: {times}." if times else "") + budget
+    return "\n".join(lines) + "\n\n" + _decision_text(a) + _times_text(store)

@@ -16,7 +16,8 @@ from .core import distributed_count, mixed
 
 # %% auto #0
 __all__ = ['TwoMLPHead', 'Res5Head', 'res5_head', 'FastRCNNPredictor', 'sample_rois', 'fastrcnn_loss', 'postprocess_detections',
-           'BoxBranch', 'box_training_sample', 'show_sampled_rois', 'show_regression_targets']
+           'BoxBranch', 'box_training_sample', 'show_sampled_rois', 'show_regression_targets', 'box_inference_steps',
+           'show_inference_steps']
 
 # %% ../nbs/08_box_head.ipynb #3e071bf7
 class TwoMLPHead(nn.Module):
@@ -237,5 +238,48 @@ def show_regression_targets(sample: dict, n: int = 4, size: float = 2.4):
         iou = box_iou(roi[None], gt[None]).item()
         ax.set_title(f"IoU {iou:.2f}\ntx {t[0]:+.2f}  ty {t[1]:+.2f}\ntw {t[2]:+.2f}  th {t[3]:+.2f}", fontsize=9)
     fig.suptitle("RoI (dashed) → its ground truth (solid): the regression targets", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/08_box_head.ipynb #b2e1d9f3
+def box_inference_steps(model: nn.Module, image: Tensor) -> dict:
+    """The box branch of `model` at inference on `image`, a step at a time: its RPN's test proposals, the count of
+    (proposal, class) candidates, the detections above the score threshold, after per-class NMS, and the final ones
+    (each step is `postprocess_detections` with the later steps switched off). Boxes in the network input's pixels."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            batch, _ = model.transform([image])
+            feats = model.backbone(batch.tensors)
+            proposals, _ = model.rpn(batch, feats)
+            b, roi_feats = model.box, feats[:model.roi_levels]
+            logits, deltas = b.predictor(mixed(b.head, b.pooler(roi_feats, proposals)))
+    finally: model.train(was_training)
+    n = len(proposals[0]) * (logits.shape[-1] - 1)   # every (proposal, object class) pair
+    run = lambda nms, top: postprocess_detections(logits, deltas, proposals, batch.image_sizes, b.coder,
+                                                  b.score_thresh, nms, top)[0]
+    return dict(picture=_picture(image, batch.image_sizes[0]), proposals=proposals[0], candidates=n,
+                above=run(1.0, n), after_nms=run(b.nms_thresh, n), detections=run(b.nms_thresh, b.detections_per_img))
+
+# %% ../nbs/08_box_head.ipynb #d4a3fb05
+def show_inference_steps(steps: dict, names: list, min_score: float = 0.5, size: float = 3.2):
+    """Two panels of `box_inference_steps`: the candidates above the score threshold, and the detections scoring at
+    least `min_score` with their class and score (`names`: the class names, label 1 first); class colours."""
+    import matplotlib.pyplot as plt
+    from mrcnn_nb.viz import class_color
+    keep = steps["detections"]["scores"] >= min_score
+    final = {k: v[keep] for k, v in steps["detections"].items()}
+    panels = ((steps["above"], None, f"{len(steps['above']['boxes'])} candidates above the score threshold"),
+              (final, names, f"{int(keep.sum())} detections, score ≥ {min_score}"))
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size, size + 0.3))
+    for ax, (d, labels, title) in zip(axes, panels):
+        ax.imshow((steps["picture"] * 0.6 + 0.4).numpy())
+        ax.axis("off")
+        ax.set_title(title, fontsize=10)
+        draw_boxes(ax, d["boxes"], [class_color(int(l)) for l in d["labels"]], lw=1.5 if labels else 0.6)
+        for (x1, y1, _, _), l, s in zip(d["boxes"].tolist(), d["labels"].tolist(), d["scores"].tolist()):
+            if labels: ax.text(x1, y1, f"{labels[l - 1]} {s:.2f}", fontsize=8, va="bottom", color=class_color(l),
+                               bbox=dict(facecolor="white", alpha=0.75, pad=0.5, lw=0))
     fig.tight_layout()
     return fig

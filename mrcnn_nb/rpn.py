@@ -62,16 +62,15 @@ def _top_per_level(objectness: Tensor, num_per_level: list, pre_nms_top_n: int):
     return torch.cat(idx, 1), torch.cat(levels)
 
 # %% ../nbs/06_rpn.ipynb #7b98c1e5
-def _image_proposals(boxes: Tensor, scores: Tensor, levels: Tensor, size: tuple, min_size: float,
-                     score_thresh: float, nms_thresh: float, post_nms_top_n: int):
-    "One image's candidates (P, 4) clipped to `size`, small and low-scoring ones dropped, NMS per level, the best kept."
+def _proposal_keep(boxes: Tensor, scores: Tensor, levels: Tensor, size: tuple, min_size: float,
+                   score_thresh: float, nms_thresh: float, post_nms_top_n: int) -> tuple:
+    """One image's candidates (P, 4) clipped to `size`, and the indices of those kept: not too small, scoring at least
+    `score_thresh`, left by NMS within each level, the best `post_nms_top_n`."""
     b = clip_boxes(boxes, size)
     keep = remove_small_boxes(b, min_size)
-    b, s, lv = b[keep], scores[keep], levels[keep]
-    keep = torch.where(s >= score_thresh)[0]
-    b, s, lv = b[keep], s[keep], lv[keep]
-    keep = batched_nms(b, s, lv, nms_thresh)[:post_nms_top_n]
-    return b[keep], s[keep]
+    keep = keep[scores[keep] >= score_thresh]
+    keep = keep[batched_nms(b[keep], scores[keep], levels[keep], nms_thresh)[:post_nms_top_n]]
+    return b, keep
 
 # %% ../nbs/06_rpn.ipynb #84801d41
 def select_proposals(anchors: Tensor, objectness: Tensor, deltas: Tensor, image_sizes: list, num_per_level: list,
@@ -87,9 +86,9 @@ def select_proposals(anchors: Tensor, objectness: Tensor, deltas: Tensor, image_
     scores, boxes = torch.sigmoid(objectness[rows, idx]), boxes[rows, idx]
     out_boxes, out_scores = [], []
     for b, s, size in zip(boxes, scores, image_sizes):
-        b, s = _image_proposals(b, s, levels, size, min_size, score_thresh, nms_thresh, post_nms_top_n)
-        out_boxes.append(b)
-        out_scores.append(s)
+        b, keep = _proposal_keep(b, s, levels, size, min_size, score_thresh, nms_thresh, post_nms_top_n)
+        out_boxes.append(b[keep])
+        out_scores.append(s[keep])
     return out_boxes, out_scores
 
 # %% ../nbs/06_rpn.ipynb #0cafc1a1
@@ -103,9 +102,9 @@ def rpn_targets(anchors: Tensor, targets: list, matcher: Matcher, coder: BoxCode
             reg.append(torch.zeros_like(anchors))
             continue
         m = matcher(box_iou(gt, anchors))
-        l = (m >= 0).to(torch.float32)
-        l[m == Matcher.BELOW_LOW] = 0.0
-        l[m == Matcher.BETWEEN] = -1.0
+        l = (m >= 0).to(torch.float32)          # matched to an object (m = its index): 1
+        l[m == Matcher.BELOW_LOW] = 0.0         # the matcher's -1, IoU < 0.3 with every object: background
+        l[m == Matcher.BETWEEN] = -1.0          # the matcher's -2, in between: ignored (the label -1)
         labels.append(l)
         reg.append(coder.encode(gt[m.clamp(min=0)], anchors))
     return labels, reg
@@ -169,11 +168,9 @@ def _candidates(rpn: RPN, logits: list, deltas: list, anchors: Tensor, size: tup
     obj, dl = flatten_predictions(logits, deltas)
     idx, levels = _top_per_level(obj, num, rpn.pre_nms_top_n["test"])
     idx = idx[0]
-    boxes = clip_boxes(rpn.coder.decode(dl[0, idx], anchors[idx]), size)
     scores = torch.sigmoid(obj[0, idx])
-    keep = remove_small_boxes(boxes, rpn.min_size)
-    keep = keep[scores[keep] >= rpn.score_thresh]
-    keep = keep[batched_nms(boxes[keep], scores[keep], levels[keep], rpn.nms_thresh)[:rpn.post_nms_top_n["test"]]]
+    boxes, keep = _proposal_keep(rpn.coder.decode(dl[0, idx], anchors[idx]), scores, levels, size, rpn.min_size,
+                                 rpn.score_thresh, rpn.nms_thresh, rpn.post_nms_top_n["test"])   # as `select_proposals`
     return dict(anchors=anchors[idx], boxes=boxes, scores=scores, levels=levels, keep=keep)
 
 # %% ../nbs/06_rpn.ipynb #32dcd92e
@@ -217,40 +214,53 @@ def show_objectness(stages: dict, size: float = 1.8):
     return fig
 
 # %% ../nbs/06_rpn.ipynb #00446124
-def show_proposals(stages: dict, size: float = 4.0):
-    "Two panels: the RPN's candidates before NMS, and the proposals after it; opacity grows with objectness."
+def show_proposals(stages: dict, focus: Tensor | None = None, size: float = 4.0):
+    """Two panels, the RPN's candidates before NMS and its proposals after it, coloured by level; with `focus` (4,), a
+    box in the network input's pixels, only the boxes that overlap it by IoU >= 0.5, zoomed on it."""
     import matplotlib.pyplot as plt
-    b, s, keep = stages["boxes"], stages["scores"], stages["keep"]
-    fig, axes = plt.subplots(1, 2, figsize=(2 * size, size + 0.3))
-    for ax, idx, title in ((axes[0], torch.arange(len(b)), f"before NMS: {len(b)} candidates"),
-                           (axes[1], keep, f"after NMS: {len(keep)} proposals")):
-        _show_picture(ax, stages["picture"], title, fontsize=10, fade=0.55)
-        draw_boxes(ax, b[idx], "tab:red", lw=0.8, alpha=(0.05 + 0.6 * s[idx] / s.max()))
-    fig.tight_layout()
+    from matplotlib.lines import Line2D
+    b, lv, keep = stages["boxes"], stages["levels"], stages["keep"]
+    near = torch.ones(len(b), dtype=torch.bool) if focus is None else box_iou(b, focus[None])[:, 0] >= 0.5
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size, size + 0.6))
+    for ax, idx, when in ((axes[0], torch.where(near)[0], "before NMS"), (axes[1], keep[near[keep]], "after NMS")):
+        on = "" if focus is None else " on the object"
+        _show_picture(ax, stages["picture"], f"{when}: {len(idx)} boxes{on}", fontsize=10, fade=0.55)
+        draw_boxes(ax, b[idx], [f"C{int(l)}" for l in lv[idx]], lw=1.0)
+        if focus is None: continue
+        draw_boxes(ax, focus[None], "k", lw=2, ls="--")
+        lo, hi = b[idx, :2].amin(0) - 4, b[idx, 2:].amax(0) + 4   # every drawn box in view
+        ax.set_xlim(lo[0].item(), hi[0].item()); ax.set_ylim(hi[1].item(), lo[1].item())
+    levels = [f"P{l + 2}" for l in lv.unique().tolist()]
+    handles = [Line2D([], [], color=f"C{l}", label=n) for l, n in zip(lv.unique().tolist(), levels)]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
 # %% ../nbs/06_rpn.ipynb #96af12a5
-def show_refinement(stages: dict, n: int = 6, size: float = 5.0):
-    "The top `n` proposals after NMS: their anchors (dashed), the refined boxes (solid), centre-to-centre arrows."
+def show_refinement(stages: dict, n: int = 6, size: float = 2.2):
+    """The top `n` proposals after NMS, a panel each zoomed on the pair: its anchor (dashed), the refined box (solid),
+    a centre-to-centre arrow, and both sizes in the title."""
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(size, size))
-    _show_picture(ax, stages["picture"], f"anchors (dashed) → proposals (solid), top {n}", fontsize=10, fade=0.5)
     keep = stages["keep"][:n]
-    for i, (a, b, s) in enumerate(zip(stages["anchors"][keep], stages["boxes"][keep], stages["scores"][keep])):
-        color = plt.cm.tab10(i % 10)
-        draw_boxes(ax, a[None], color, lw=1.2, ls="--")
-        draw_boxes(ax, b[None], color, lw=2.0)
+    fig, axes = plt.subplots(1, len(keep), figsize=(size * len(keep), size + 0.7), squeeze=False)
+    pairs = zip(axes[0], stages["anchors"][keep], stages["boxes"][keep], stages["scores"][keep])
+    for i, (ax, a, b, s) in enumerate(pairs):
+        wa, ha, wb, hb = (a[2:] - a[:2]).tolist() + (b[2:] - b[:2]).tolist()
+        title = f"{i + 1}: objectness {s:.2f}\nanchor {wa:.0f}×{ha:.0f} → {wb:.0f}×{hb:.0f}"
+        _show_picture(ax, stages["picture"], title, fontsize=8, fade=0.5)
+        draw_boxes(ax, a[None], "tab:orange", lw=1.5, ls="--")
+        draw_boxes(ax, b[None], "tab:blue", lw=2.0)
         (ax0, ay0), (bx0, by0) = ((a[:2] + a[2:]) / 2).tolist(), ((b[:2] + b[2:]) / 2).tolist()
-        ax.annotate("", (bx0, by0), (ax0, ay0), arrowprops=dict(arrowstyle="->", color=color, lw=1.5))
-        ax.text(b[0].item() + 1, b[1].item() + 1, f"{i + 1}: {s:.2f}", color=color, fontsize=8, weight="bold",
-                va="top", bbox=dict(facecolor="white", edgecolor="none", alpha=0.7, pad=0.5))
-    ax.set_xlim(-0.5, stages["picture"].shape[1] - 0.5)
-    ax.set_ylim(stages["picture"].shape[0] - 0.5, -0.5)
+        ax.annotate("", (bx0, by0), (ax0, ay0), arrowprops=dict(arrowstyle="->", color="k", lw=1.5))
+        lo, hi = torch.minimum(a[:2], b[:2]) - 3, torch.maximum(a[2:], b[2:]) + 3
+        ax.set_xlim(lo[0].item(), hi[0].item()); ax.set_ylim(hi[1].item(), lo[1].item())
+    fig.suptitle("anchor (dashed) → proposal (solid): the top proposals after NMS", fontsize=10)
+    fig.tight_layout()
     return fig
 
 # %% ../nbs/06_rpn.ipynb #1484bb24
 class GivenProposals(nn.Module):
-    """Stands in for the RPN when each image comes with fixed proposals (§4.2: the RPN trained separately):
+    """Stands in for the RPN when each image comes with fixed proposals (§3.1: the RPN trained separately):
     no parameters, no loss."""
     def forward(self, images: ImageBatch, features: list, targets: list | None = None):
         "Each target's 'proposals' (K, 4) xyxy in the resized image's pixels, and no losses."
