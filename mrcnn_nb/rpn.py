@@ -199,18 +199,25 @@ def _show_picture(ax, pic: Tensor, title: str, fontsize: int = 9, fade: float = 
     ax.axis("off")
 
 # %% ../nbs/06_rpn.ipynb #59fa6039
-def show_objectness(stages: dict, size: float = 1.8):
-    "The image and, per level, the highest objectness probability among each position's anchors (0-1 scale)."
+def show_objectness(stages: dict, anchor_sizes=None, size: float = 1.8):
+    """The image and, per level, the highest objectness probability among each position's anchors (0-1 scale),
+    drawn over the faded image, cell by cell; `anchor_sizes` (one per level) go into the titles."""
     import matplotlib.pyplot as plt
     n = len(stages["logits"])
-    fig, axes = plt.subplots(1, n + 1, figsize=(size * (n + 1), size + 0.7))
+    h, w = stages["picture"].shape[:2]
+    fig, axes = plt.subplots(1, n + 1, figsize=(size * (n + 1), size + 0.9))
     _show_picture(axes[0], stages["picture"], "input")
     for l, (ax, lg, s) in enumerate(zip(axes[1:], stages["logits"], stages["strides"])):
-        im = ax.imshow(torch.sigmoid(lg).amax(0).numpy(), cmap="inferno", vmin=0, vmax=1)
-        ax.set_title(f"P{l + 2} · stride {s}\n{lg.shape[-2]}×{lg.shape[-1]}", fontsize=9)
-        ax.axis("off")
+        _show_picture(ax, stages["picture"], "", fade=0.2)
+        # each cell over the pixels it stands for (stride s), clipped to the image
+        im = ax.imshow(torch.sigmoid(lg).amax(0).numpy(), cmap="inferno", vmin=0, vmax=1, alpha=0.6,
+                       extent=(-0.5, lg.shape[-1] * s - 0.5, lg.shape[-2] * s - 0.5, -0.5))
+        ax.set_xlim(-0.5, w - 0.5)
+        ax.set_ylim(h - 0.5, -0.5)
+        anchor = f"{anchor_sizes[l]}-px anchors\n" if anchor_sizes is not None else ""
+        ax.set_title(f"P{l + 2} · stride {s}\n{anchor}{lg.shape[-2]}×{lg.shape[-1]} cells", fontsize=9)
     fig.colorbar(im, ax=axes, shrink=0.8, label="objectness")
-    fig.suptitle("RPN objectness, max over the 3 anchors of each position", fontsize=10)
+    fig.suptitle("RPN objectness, max over the 3 anchors of each position, over the image", fontsize=10)
     return fig
 
 # %% ../nbs/06_rpn.ipynb #00446124
@@ -229,7 +236,8 @@ def show_proposals(stages: dict, focus: Tensor | None = None, size: float = 4.0)
         if focus is None: continue
         draw_boxes(ax, focus[None], "k", lw=2, ls="--")
         lo, hi = b[idx, :2].amin(0) - 4, b[idx, 2:].amax(0) + 4   # every drawn box in view
-        ax.set_xlim(lo[0].item(), hi[0].item()); ax.set_ylim(hi[1].item(), lo[1].item())
+        ax.set_xlim(lo[0].item(), hi[0].item())
+        ax.set_ylim(hi[1].item(), lo[1].item())
     levels = [f"P{l + 2}" for l in lv.unique().tolist()]
     handles = [Line2D([], [], color=f"C{l}", label=n) for l, n in zip(lv.unique().tolist(), levels)]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
@@ -253,7 +261,8 @@ def show_refinement(stages: dict, n: int = 6, size: float = 2.2):
         (ax0, ay0), (bx0, by0) = ((a[:2] + a[2:]) / 2).tolist(), ((b[:2] + b[2:]) / 2).tolist()
         ax.annotate("", (bx0, by0), (ax0, ay0), arrowprops=dict(arrowstyle="->", color="k", lw=1.5))
         lo, hi = torch.minimum(a[:2], b[:2]) - 3, torch.maximum(a[2:], b[2:]) + 3
-        ax.set_xlim(lo[0].item(), hi[0].item()); ax.set_ylim(hi[1].item(), lo[1].item())
+        ax.set_xlim(lo[0].item(), hi[0].item())
+        ax.set_ylim(hi[1].item(), lo[1].item())
     fig.suptitle("anchor (dashed) → proposal (solid): the top proposals after NMS", fontsize=10)
     fig.tight_layout()
     return fig
