@@ -1218,7 +1218,7 @@ def _table_panel(ax, t: AblationTable, runs: dict, col: tuple):
     ours = [mean_std(column_values(runs[r.variant], col)) for r in t.rows]
     ax.bar(x - 0.2, [r.paper.get(col, np.nan) for r in t.rows], 0.4, color="0.75", label="paper (COCO)")
     ax.bar(x + 0.2, [m for m, _, _ in ours], 0.4, yerr=[0 if math.isnan(s) else s for _, s, _ in ours],
-           color="C0", alpha=0.8, capsize=2, label="ours (shapes, CPU)")
+           color="C0", alpha=0.8, capsize=2, label="ours (shapes, CPU): mean ± std")
     label = "our seeds"   # in the legend once
     for i, r in enumerate(t.rows):
         vals = column_values(runs[r.variant], col)
@@ -1245,9 +1245,7 @@ def plot_table(table: str, store=None, size=(3.0, 2.6), per_row: int = 3):
     for ax, c in zip(axs.flat, t.columns): _table_panel(ax, t, runs, c)
     fig.supylabel("AP × 100", fontsize=9)
     # title above the panels, legend under them: nothing drawn over a bar
-    handles, labels = axs[0][0].get_legend_handles_labels()
-    labels = [{"ours (shapes, CPU)": "ours (shapes, CPU): mean ± std"}.get(l, l) for l in labels]
-    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3, frameon=False)
+    fig.legend(*axs[0][0].get_legend_handles_labels(), fontsize=8, loc="lower center", ncol=3, frameon=False)
     fig.suptitle(f"Table {t.key}: {t.title}", fontsize=10, x=0.01, ha="left")
     fig.tight_layout(rect=(0, 0.3 / fig.get_figheight(), 1, 1 - 0.25 / fig.get_figheight()))
     return fig

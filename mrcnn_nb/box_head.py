@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .anchors import BalancedSampler, Matcher
-from .boxes import BoxCoder, batched_nms, box_iou, clip_boxes, draw_boxes, remove_small_boxes
+from .boxes import BoxCoder, batched_nms, box_iou, clip_boxes, draw_boxes, remove_small_boxes, zoom_on
 from .backbone import ResNet
 from .core import distributed_count, mixed
 
@@ -232,9 +232,7 @@ def show_regression_targets(sample: dict, n: int = 4, size: float = 2.4):
         draw_boxes(ax, gt[None], "k", lw=2)
         (rx, ry), (gx, gy) = ((roi[:2] + roi[2:]) / 2).tolist(), ((gt[:2] + gt[2:]) / 2).tolist()
         ax.annotate("", (gx, gy), (rx, ry), arrowprops=dict(arrowstyle="->", color="tab:orange", lw=1.5))
-        lo, hi = torch.minimum(roi[:2], gt[:2]) - 4, torch.maximum(roi[2:], gt[2:]) + 4
-        ax.set_xlim(lo[0].item(), hi[0].item())
-        ax.set_ylim(hi[1].item(), lo[1].item())
+        zoom_on(ax, torch.stack([roi, gt]))
         iou = box_iou(roi[None], gt[None]).item()
         ax.set_title(f"IoU {iou:.2f}\ntx {t[0]:+.2f}  ty {t[1]:+.2f}\ntw {t[2]:+.2f}  th {t[3]:+.2f}", fontsize=9)
     fig.suptitle("RoI (dashed) → its ground truth (solid): the regression targets", fontsize=10)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['BBOX_XFORM_CLIP', 'box_area', 'box_iou', 'BoxCoder', 'draw_boxes', 'plot_box_coding', 'clip_boxes',
+__all__ = ['BBOX_XFORM_CLIP', 'box_area', 'box_iou', 'BoxCoder', 'draw_boxes', 'zoom_on', 'plot_box_coding', 'clip_boxes',
            'remove_small_boxes', 'nms', 'nms_steps', 'plot_nms', 'batched_nms']
 
 # %% ../nbs/01_boxes.ipynb #e88431da
@@ -99,6 +99,14 @@ def draw_boxes(ax, boxes, color="tab:red", lw: float = 1.0, ls: str = "-", alpha
     for (x1, y1, x2, y2), c, a, text in zip(xyxy, colors, alphas, labels):
         ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=c, lw=lw, ls=ls, alpha=a))
         if text: ax.text(x1 + 1, y1 + 1, text, fontsize=8, color=c, va="top", ha="left")
+
+# %% ../nbs/01_boxes.ipynb #e1f2a3b4
+def zoom_on(ax, boxes, margin: float = 4.0):
+    "Set the limits of image axes `ax` to the union of `boxes` (N, 4) xyxy, `margin` pixels around (y pointing down)."
+    b = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4)
+    lo, hi = b[:, :2].amin(0) - margin, b[:, 2:].amax(0) + margin
+    ax.set_xlim(lo[0].item(), hi[0].item())
+    ax.set_ylim(hi[1].item(), lo[1].item())
 
 # %% ../nbs/01_boxes.ipynb #1a3ac8a9
 def plot_box_coding(reference: Tensor, box: Tensor, decoded: Tensor, deltas: Tensor, size: float = 4.5):

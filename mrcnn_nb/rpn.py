@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .anchors import AnchorGenerator, BalancedSampler, Matcher
-from .boxes import BoxCoder, batched_nms, box_iou, clip_boxes, draw_boxes, remove_small_boxes
+from .boxes import BoxCoder, batched_nms, box_iou, clip_boxes, draw_boxes, remove_small_boxes, zoom_on
 from .core import distributed_count, mixed
 from .data import ImageBatch
 
@@ -235,11 +235,8 @@ def show_proposals(stages: dict, focus: Tensor | None = None, size: float = 4.0)
         draw_boxes(ax, b[idx], [f"C{int(l)}" for l in lv[idx]], lw=1.0)
         if focus is None: continue
         draw_boxes(ax, focus[None], "k", lw=2, ls="--")
-        lo, hi = b[idx, :2].amin(0) - 4, b[idx, 2:].amax(0) + 4   # every drawn box in view
-        ax.set_xlim(lo[0].item(), hi[0].item())
-        ax.set_ylim(hi[1].item(), lo[1].item())
-    levels = [f"P{l + 2}" for l in lv.unique().tolist()]
-    handles = [Line2D([], [], color=f"C{l}", label=n) for l, n in zip(lv.unique().tolist(), levels)]
+        zoom_on(ax, b[idx])   # every drawn box in view
+    handles = [Line2D([], [], color=f"C{l}", label=f"P{l + 2}") for l in lv.unique().tolist()]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
@@ -260,9 +257,7 @@ def show_refinement(stages: dict, n: int = 6, size: float = 2.2):
         draw_boxes(ax, b[None], "tab:blue", lw=2.0)
         (ax0, ay0), (bx0, by0) = ((a[:2] + a[2:]) / 2).tolist(), ((b[:2] + b[2:]) / 2).tolist()
         ax.annotate("", (bx0, by0), (ax0, ay0), arrowprops=dict(arrowstyle="->", color="k", lw=1.5))
-        lo, hi = torch.minimum(a[:2], b[:2]) - 3, torch.maximum(a[2:], b[2:]) + 3
-        ax.set_xlim(lo[0].item(), hi[0].item())
-        ax.set_ylim(hi[1].item(), lo[1].item())
+        zoom_on(ax, torch.stack([a, b]), margin=3)
     fig.suptitle("anchor (dashed) → proposal (solid): the top proposals after NMS", fontsize=10)
     fig.tight_layout()
     return fig
