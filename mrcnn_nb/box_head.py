@@ -13,6 +13,7 @@ from .anchors import BalancedSampler, Matcher
 from .boxes import BoxCoder, batched_nms, box_iou, clip_boxes, draw_boxes, remove_small_boxes, zoom_on
 from .backbone import ResNet
 from .core import distributed_count, mixed
+from .rpn import _picture
 
 # %% auto #0
 __all__ = ['TwoMLPHead', 'Res5Head', 'res5_head', 'FastRCNNPredictor', 'sample_rois', 'fastrcnn_loss', 'postprocess_detections',
@@ -164,12 +165,6 @@ class BoxBranch(nn.Module):
             return fastrcnn_loss(class_logits, box_deltas, labels, reg), sampled
         return postprocess_detections(class_logits, box_deltas, proposals, image_sizes, self.coder, self.score_thresh,
                                       self.nms_thresh, self.detections_per_img), {}
-
-# %% ../nbs/08_box_head.ipynb #229e15ff
-def _picture(image: Tensor, size: tuple) -> Tensor:
-    "`image` (3, H, W), uint8 or 0-1 float, resized to `size` (h, w) as a displayable (h, w, 3) float in 0-1."
-    pic = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
-    return (pic / 255 if image.dtype == torch.uint8 else pic).clamp(0, 1).permute(1, 2, 0)
 
 # %% ../nbs/08_box_head.ipynb #c0599761
 def box_training_sample(model: nn.Module, image: Tensor, target: dict, seed: int = 0) -> dict:

@@ -173,6 +173,12 @@ def _candidates(rpn: RPN, logits: list, deltas: list, anchors: Tensor, size: tup
                                  rpn.score_thresh, rpn.nms_thresh, rpn.post_nms_top_n["test"])   # as `select_proposals`
     return dict(anchors=anchors[idx], boxes=boxes, scores=scores, levels=levels, keep=keep)
 
+# %% ../nbs/06_rpn.ipynb #229e15ff
+def _picture(image: Tensor, size: tuple) -> Tensor:
+    "`image` (3, H, W), uint8 or 0-1 float, resized to `size` (h, w) as a displayable (h, w, 3) float in 0-1."
+    pic = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    return (pic / 255 if image.dtype == torch.uint8 else pic).clamp(0, 1).permute(1, 2, 0)
+
 # %% ../nbs/06_rpn.ipynb #32dcd92e
 def rpn_stages(model: nn.Module, image: Tensor) -> dict:
     """The RPN of `model` (a Mask R-CNN in eval mode) on one image, step by step: the image as the network sees
@@ -185,11 +191,8 @@ def rpn_stages(model: nn.Module, image: Tensor) -> dict:
         logits, deltas = rpn.head(feats)
         anchors = rpn.anchor_generator(tuple(batch.tensors.shape[-2:]), [f.shape[-2:] for f in feats])
         out = _candidates(rpn, logits, deltas, anchors, batch.image_sizes[0])
-    h, w = batch.image_sizes[0]
-    pic = F.interpolate(image[None].float(), size=(h, w), mode="bilinear", align_corners=False)[0]
-    pic = (pic / 255 if image.dtype == torch.uint8 else pic).clamp(0, 1).permute(1, 2, 0)
     strides = [batch.tensors.shape[-1] // f.shape[-1] for f in feats]
-    return dict(out, picture=pic, logits=[l[0] for l in logits], strides=strides)
+    return dict(out, picture=_picture(image, batch.image_sizes[0]), logits=[l[0] for l in logits], strides=strides)
 
 # %% ../nbs/06_rpn.ipynb #40238d19
 def _show_picture(ax, pic: Tensor, title: str, fontsize: int = 9, fade: float = 0.0):
