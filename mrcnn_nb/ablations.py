@@ -1146,11 +1146,13 @@ def compute_sentence(store=None) -> str:
     if not recs["head runs"]: return "No run is stored yet."
     secs = {k: [r.get("train_seconds", r.get("seconds", 0.0)) for r in rs] for k, rs in recs.items()}
     machines = [r["machine"] for rs in recs.values() for r in rs if "machine" in r]
-    cpus = " and ".join(sorted({describe_cpu(m) for m in machines}))
+    cpus = sorted({describe_cpu(m) for m in machines})
+    cpus = ", ".join(cpus[:-1]) + " and " * (len(cpus) > 1) + cpus[-1] if cpus else ""
     threads = sorted({m.get("torch_threads") for m in machines if m.get("torch_threads")})
     parts = ", ".join(f"{len(s)} {k} {sum(s) / 3600:.1f} h" for k, s in secs.items() if s)
     heads = secs["head runs"]
-    where = f", on {cpus} ({' or '.join(map(str, threads))} thread(s) a run)" if cpus else ""
+    many = "s" * (max(threads, default=1) > 1)
+    where = f", on {cpus} ({' or '.join(map(str, threads))} thread{many} a run)" if cpus else ""
     return (f"Compute: {sum(map(sum, secs.values())) / 3600:.0f} hours of training in all ({parts}; a head run "
             f"{min(heads) / 60:.0f}–{max(heads) / 60:.0f} min){where}.")
 
