@@ -1136,6 +1136,12 @@ def results_sentence(store=None) -> str:
     parts = [f"{n[v]} {v}" for v in VERDICTS + ("no runs yet",) if n[v]]
     return f"Of the {sum(n.values())} headline differences: " + ", ".join(parts) + "."
 
+# %% ../nbs/20a_ablations.ipynb #a7c2e915
+def _listed(words) -> str:
+    "`words` as a list in a sentence: 'A', 'A and B', 'A, B and C'; '' for none."
+    words = list(words)
+    return ", ".join(words[:-1]) + " and " * (len(words) > 1) + (words[-1] if words else "")
+
 # %% ../nbs/20a_ablations.ipynb #deb435d4
 def compute_sentence(store=None) -> str:
     """What the store's records cost, in words: hours of training of the head runs, the RPNs and the trunks'
@@ -1146,8 +1152,7 @@ def compute_sentence(store=None) -> str:
     if not recs["head runs"]: return "No run is stored yet."
     secs = {k: [r.get("train_seconds", r.get("seconds", 0.0)) for r in rs] for k, rs in recs.items()}
     machines = [r["machine"] for rs in recs.values() for r in rs if "machine" in r]
-    cpus = sorted({describe_cpu(m) for m in machines})
-    cpus = ", ".join(cpus[:-1]) + " and " * (len(cpus) > 1) + cpus[-1] if cpus else ""
+    cpus = _listed(sorted({describe_cpu(m) for m in machines}))
     threads = sorted({m.get("torch_threads") for m in machines if m.get("torch_threads")})
     parts = ", ".join(f"{len(s)} {k} {sum(s) / 3600:.1f} h" for k, s in secs.items() if s)
     heads = secs["head runs"]
