@@ -1389,7 +1389,7 @@ def _decision_text(a: dict) -> str:
     if a["accepted"]: return seeds + "The protocol: accepted for every model family."
     failed = sorted({r["gates"] for r in a["rules"] if r["ok"] is False})
     kept = sorted({VARIANTS[v].preset for v in REFERENCE_ROWS} - set(failed))
-    names = lambda ps: " and ".join(f"`{p}`" for p in ps)
+    names = lambda ps: _listed(f"`{p}`" for p in ps)
     passing = f"{names(kept)} pass the rule and keep their verdicts." if kept else ""
     return (seeds + f"The protocol: **not accepted** for {names(failed)}: every comparison with one of these models "
             f"is not testable at CPU scale. " + passing)
