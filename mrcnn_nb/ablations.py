@@ -536,10 +536,14 @@ def stored_rpn(variant: str, seed: int = 0, store=None, smoke: bool = False):
 
 # %% ../nbs/20a_ablations.ipynb #0af3e6ff
 def rpn_proposals(variant: str, seed: int = 0, store=None, smoke: bool = False, progress: bool = True,
-                  device: str = "auto", runs_at_once: int = 1) -> tuple:
-    "(record, proposals) of `variant`'s RPN for `seed`: from the store (`stored_rpn`), else trained now (`run_rpn`)."
+                  device: str = "auto", runs_at_once: int = 1, retrain: bool = False) -> tuple:
+    """(record, proposals) of `variant`'s RPN for `seed`: from the store (`stored_rpn`), else trained now (`run_rpn`);
+    refused where stored runs trained on proposals that are now lost, unless `retrain` (`_refuse_lost`)."""
     stored = stored_rpn(variant, seed, store, smoke)
-    return stored or run_rpn(variant, seed, store, smoke, progress, device, runs_at_once)
+    if stored: return stored
+    if not (smoke or retrain):
+        _refuse_lost([(variant, seed)], Path(store if store is not None else default_store()), "retrain=True")
+    return run_rpn(variant, seed, store, smoke, progress, device, runs_at_once)
 
 # %% ../nbs/20a_ablations.ipynb #97464373
 def _examples(results: dict, image_ids=EXAMPLE_IMAGES, min_score: float = 0.5) -> dict:
@@ -696,6 +700,17 @@ def _lost_proposals(rpns: list, store: Path) -> list:
                                + ", ".join(users))
     return lines
 
+# %% ../nbs/20a_ablations.ipynb #5b1d7e20
+def _refuse_lost(rpns: list, store: Path, go_ahead: str):
+    """Raise a `UserInputError` that names what `_lost_proposals` finds for `rpns` in `store`, if anything; `go_ahead`
+    says how to train them anyway."""
+    lost = _lost_proposals(rpns, store)
+    if lost:
+        raise UserInputError(f"{len(lost)} RPN(s) would train again, and their proposals come out bit for bit the same "
+                             "only with the kind of processor, thread count and library versions that made them; "
+                             "elsewhere the records trained on them turn stale: " + "; ".join(lost) +
+                             f". Restore the proposals files, or go ahead with {go_ahead}")
+
 # %% ../nbs/20a_ablations.ipynb #7cc164ec
 def _run_stages(stage: str, todo: list, store: Path, smoke: bool, jobs: int, progress: bool, device: str,
                 log=print, retrain_rpns: bool = False) -> list:
@@ -706,13 +721,7 @@ def _run_stages(stage: str, todo: list, store: Path, smoke: bool, jobs: int, pro
     rpns = list({(rpn_name(v), s): (v, s) for v, s in todo if stored_rpn(v, s, store, smoke) is None}.values())
     log(f"{len(todo)} run(s) to do in {store}, after {len(rpns)} RPN(s)" + (f", {jobs} at a time" if jobs > 1 else ""))
     if not todo: return []
-    lost = [] if smoke or retrain_rpns else _lost_proposals(rpns, store)
-    if lost:
-        raise UserInputError(f"{len(lost)} RPN(s) would train again, and their proposals come out bit for bit the same "
-                             "only with the kind of processor, thread count and library versions that made them; "
-                             "elsewhere the records trained on them turn stale: " + "; ".join(lost) +
-                             ". Restore the proposals files, or go ahead with retrain_rpns=True (mrcnn_nb ablate "
-                             "--retrain-rpns)")
+    if not (smoke or retrain_rpns): _refuse_lost(rpns, store, "retrain_rpns=True (mrcnn_nb ablate --retrain-rpns)")
     _prepare_runs(todo, store, smoke, progress)
     bar = tqdm(total=len(rpns) + len(todo), desc="ablation runs", disable=not progress, dynamic_ncols=True)
     try:
