@@ -311,6 +311,10 @@ def default_store() -> Path:
     if (repo / "settings.ini").exists() and (repo / "nbs").is_dir(): return repo / "nbs" / "results" / "ablations"
     return cache_dir() / "ablations"
 
+def _store_dir(store=None) -> Path:
+    "`store` as a `Path`; `default_store()` when None."
+    return Path(store) if store is not None else default_store()
+
 # %% ../nbs/20a_ablations.ipynb #75a25e82
 def run_path(store, variant: str, seed: int) -> Path: return Path(store) / variant / f"seed{seed}.json"
 def paste_path(store, variant: str, seed: int) -> Path: return Path(store) / "_paste" / variant / f"seed{seed}.json"
@@ -442,7 +446,7 @@ def trunk_weights(cfg: Config, store=None, smoke: bool = False, progress: bool =
     """The pre-trained weights of `cfg`'s trunk, `STORE/_trunks/<trunk_name>.pth` (pre-trained there on first use);
     checked against their record."""
     import hashlib
-    d = Path(store if store is not None else default_store()) / "_trunks"
+    d = _store_dir(store) / "_trunks"
     path, rec = d / f"{trunk_name(cfg)}.pth", d / f"{trunk_name(cfg)}.json"
     if not path.exists(): pretrain_trunk(cfg, d, SMOKE_PRETRAINING if smoke else PRETRAINING, progress)
     want = json.loads(rec.read_text())["sha256"] if rec.exists() else None
@@ -496,7 +500,7 @@ def run_rpn(variant: str, seed: int = 0, store=None, smoke: bool = False, progre
     from mrcnn_nb.data import COCODataset
     from mrcnn_nb.evaluate import dataset_proposals, proposal_recall
     from mrcnn_nb.train import train
-    store = Path(store if store is not None else default_store())
+    store = _store_dir(store)
     cfg, kind = rpn_config(variant, seed, smoke), VARIANTS[variant].kind
     root, weights = ablation_data(kind, smoke, progress=progress), trunk_weights(cfg, store, smoke, progress)
     with tempfile.TemporaryDirectory(prefix=f"rpn-{rpn_name(variant)}-") as tmp:
@@ -527,7 +531,7 @@ def stored_rpn(variant: str, seed: int = 0, store=None, smoke: bool = False):
     """(record, proposals) of `variant`'s RPN for `seed` when the store holds them, current and matching their
     fingerprint; else None."""
     import torch
-    path = rpn_path(store if store is not None else default_store(), variant, seed)
+    path = rpn_path(_store_dir(store), variant, seed)
     if not (path.exists() and path.with_suffix(".pt").exists()): return None
     rec = _read_record(path)
     if not _rpn_record_current(rec, variant, seed, smoke): return None
@@ -542,7 +546,7 @@ def rpn_proposals(variant: str, seed: int = 0, store=None, smoke: bool = False, 
     stored = stored_rpn(variant, seed, store, smoke)
     if stored: return stored
     if not (smoke or retrain):
-        _refuse_lost([(variant, seed)], Path(store if store is not None else default_store()), "retrain=True")
+        _refuse_lost([(variant, seed)], _store_dir(store), "retrain=True")
     return run_rpn(variant, seed, store, smoke, progress, device, runs_at_once)
 
 # %% ../nbs/20a_ablations.ipynb #97464373
@@ -583,7 +587,7 @@ def run_variant(variant: str, seed: int = 0, store=None, smoke: bool = False, pr
                 device: str = "auto", runs_at_once: int = 1) -> dict:
     """Train and evaluate `variant` with `seed` under the protocol (`_train_variant`), write the record to `store` and
     return it."""
-    store = Path(store if store is not None else default_store())
+    store = _store_dir(store)
     cfg, weights, rpn, s = _train_variant(variant, seed, store, smoke, progress, device, runs_at_once)
     ev = s["evaluation"]
     record = _record_head(variant, seed, smoke, cfg, weights, rpn, s, runs_at_once) | dict(
@@ -611,7 +615,7 @@ def _current_record(path: Path, variant: str, store: Path) -> bool:
 
 def load_runs(variant: str, store=None) -> tuple[list, list]:
     "(current records, stale files) of `variant` in `store` (`_is_current`)."
-    store = Path(store) if store is not None else default_store()
+    store = _store_dir(store)
     current, stale = [], []
     for path in sorted((store / variant).glob("seed*.json")):
         rec = _read_record(path)
@@ -955,7 +959,7 @@ def _runs_to_do(tables, seeds, store: Path, variants: list, log=print) -> list:
 def planned_runs(tables, seeds=SEEDS, store=None, log=print, variants=None) -> list:
     """What `run_ablations` (and `mrcnn_nb ablate`) would train for `tables` (only `variants`, if given): the missing
     runs less those of a family the protocol's rule leaves not testable, which are logged as skipped."""
-    store = Path(store) if store is not None else default_store()
+    store = _store_dir(store)
     rows = [v for v in table_variants(tables) if variants is None or v in variants]
     return _runs_to_do(tables, seeds, store, rows, log)
 
@@ -1155,7 +1159,7 @@ def _listed(words) -> str:
 def compute_sentence(store=None) -> str:
     """What the store's records cost, in words: hours of training of the head runs, the RPNs and the trunks'
     pre-training, the head runs' range in minutes, and the processors and threads they ran on."""
-    store = Path(store if store is not None else default_store())
+    store = _store_dir(store)
     groups = {"head runs": "[!_]*/seed*.json", "RPNs": "_rpn/*/seed*.json", "trunk pre-trainings": "_trunks/*.json"}
     recs = {k: [_read_record(p) for p in sorted(store.glob(g))] for k, g in groups.items()}
     if not recs["head runs"]: return "No run is stored yet."
