@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -14,9 +15,78 @@ from torch import Tensor, nn
 from .core import UserInputError, load_state_dict_file, load_weights
 
 # %% auto #0
-__all__ = ['RESNET_BLOCKS', 'FrozenBatchNorm2d', 'conv_norm', 'GroupNorm32', 'make_norm', 'add_into', 'Bottleneck', 'ResNet',
+__all__ = ['NCHW_WEIGHT_GRAD', 'RESNET_BLOCKS', 'slow_nhwc_weight_grad', 'nchw_weight_grad', 'nchw_weight_grads', 'conv2d',
+           'Conv2d', 'FrozenBatchNorm2d', 'conv_norm', 'GroupNorm32', 'make_norm', 'add_into', 'Bottleneck', 'ResNet',
            'resnet', 'FPN', 'frozen_batchnorm', 'freeze_trunk', 'FPNBackbone', 'SingleLevelBackbone', 'fold_frozen_bn',
            'load_imagenet_weights', 'backbone_features', 'show_feature_maps', 'show_channels']
+
+# %% ../nbs/05_backbone.ipynb #c0d5a002
+NCHW_WEIGHT_GRAD = {"enabled": None, "min_channels": 128, "min_cells": 3072}   # enabled None: where the CPU needs it
+
+def slow_nhwc_weight_grad() -> bool:
+    """Whether oneDNN's weight gradient of channels-last convolutions is its slow generic kernel here: on x86 CPUs
+    whose widest vector unit is AVX2 (`torch.backends.cpu.get_cpu_capability()`)."""
+    return torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+def nchw_weight_grad(x: Tensor, weight: Tensor) -> bool:
+    """Whether `conv2d` computes the weight gradient of `weight` on input `x` from NCHW copies: training a float32
+    k x k (k > 1) convolution of >= 128 input channels (per group) on channels-last CPU maps of >= 3072 cells, outside
+    autocast, where `slow_nhwc_weight_grad` says so (or as `nchw_weight_grads` sets it)."""
+    s = NCHW_WEIGHT_GRAD
+    if not (torch.is_grad_enabled() and weight.requires_grad and x.device.type == "cpu"): return False
+    if x.dtype != torch.float32 or weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu"): return False
+    if x.dim() != 4 or weight.shape[-2:] == (1, 1) or weight.shape[1] < s["min_channels"]: return False
+    if x.shape[-2] * x.shape[-1] < s["min_cells"]: return False
+    if not x.is_contiguous(memory_format=torch.channels_last): return False
+    return slow_nhwc_weight_grad() if s["enabled"] is None else s["enabled"]
+
+@contextmanager
+def nchw_weight_grads(enabled: bool | None):
+    """Within the block, `conv2d` computes weight gradients from NCHW copies wherever the shapes allow it (True), never
+    (False), or where this CPU needs it (None, the default outside)."""
+    old, NCHW_WEIGHT_GRAD["enabled"] = NCHW_WEIGHT_GRAD["enabled"], enabled
+    try: yield
+    finally: NCHW_WEIGHT_GRAD["enabled"] = old
+
+
+# %% ../nbs/05_backbone.ipynb #c0d5a004
+class _NCHWWeightGrad(torch.autograd.Function):
+    "`F.conv2d` whose backward computes the input gradient in the input's layout, the weight gradient from NCHW copies."
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+        ctx.save_for_backward(x, weight)
+        ctx.args, ctx.has_bias = (stride, padding, dilation, False, (0, 0), groups), bias is not None
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        backward, gx, gw, gb = torch.ops.aten.convolution_backward, None, None, None
+        if ctx.needs_input_grad[0]:
+            gx = backward(grad, x, weight, None, *ctx.args, (True, False, False))[0]
+        if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
+            bias_sizes = (weight.shape[0],) if ctx.has_bias else None
+            _, gw, gb = backward(grad.contiguous(), x.contiguous(), weight.contiguous(), bias_sizes, *ctx.args,
+                                 (False, True, ctx.has_bias))
+        return gx, gw, gb, None, None, None, None
+
+
+# %% ../nbs/05_backbone.ipynb #c0d5a005
+def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
+           groups: int = 1) -> Tensor:
+    "`F.conv2d`, with the weight gradient computed from NCHW copies where `nchw_weight_grad` says it pays."
+    if isinstance(padding, str) or not nchw_weight_grad(x, weight):
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    pair = nn.modules.utils._pair
+    return _NCHWWeightGrad.apply(x, weight, bias, pair(stride), pair(padding), pair(dilation), groups)
+
+class Conv2d(nn.Conv2d):
+    "`nn.Conv2d` (same parameters, same checkpoints) that convolves with `conv2d`."
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if self.padding_mode != "zeros": return super()._conv_forward(input, weight, bias)
+        return conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
 
 # %% ../nbs/05_backbone.ipynb #aceaf2a5
 class FrozenBatchNorm2d(nn.Module):
@@ -50,7 +120,7 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
     scale, shift = norm.affine()
     bias = shift if conv.bias is None else shift + conv.bias * scale
     weight = conv.weight * scale.view(-1, 1, 1, 1).to(conv.weight.dtype)
-    return F.conv2d(x, weight, bias.to(conv.weight.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
+    return conv2d(x, weight, bias.to(conv.weight.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
 
 # %% ../nbs/05_backbone.ipynb #a1f3c2d1
 class GroupNorm32(nn.GroupNorm):
@@ -80,16 +150,16 @@ class Bottleneck(nn.Module):
                  norm: str = "frozen_bn", stride_in_1x1: bool = False):
         super().__init__()
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = nn.Conv2d(in_channels, width, 1, stride=s1, bias=False)
+        self.conv1 = Conv2d(in_channels, width, 1, stride=s1, bias=False)
         self.bn1 = make_norm(norm, width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=s3, padding=1, groups=groups, bias=False)
+        self.conv2 = Conv2d(width, width, 3, stride=s3, padding=1, groups=groups, bias=False)
         self.bn2 = make_norm(norm, width)
-        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.conv3 = Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = make_norm(norm, out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+            self.downsample = nn.Sequential(Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
                                             make_norm(norm, out_channels))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -106,7 +176,7 @@ class ResNet(nn.Module):
         super().__init__()
         if not 1 <= num_stages <= len(blocks):
             raise ValueError(f"num_stages must be in 1..{len(blocks)}, got {num_stages}")
-        self.conv1 = nn.Conv2d(3, stem_width, 7, stride=2, padding=3, bias=False)
+        self.conv1 = Conv2d(3, stem_width, 7, stride=2, padding=3, bias=False)
         self.bn1 = make_norm(norm, stem_width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
@@ -151,7 +221,7 @@ class FPN(nn.Module):
     def __init__(self, in_channels: list, out_channels: int = 256, top_pool: bool = True, norm: str | None = None):
         super().__init__()
         def conv(i, o, k):
-            layers = [nn.Conv2d(i, o, k, padding=k // 2, bias=norm is None)]
+            layers = [Conv2d(i, o, k, padding=k // 2, bias=norm is None)]
             if norm: layers.append(make_norm(norm, o))
             return nn.Sequential(*layers)
         self.inner_blocks = nn.ModuleList(conv(c, out_channels, 1) for c in in_channels)

@@ -22,14 +22,14 @@ from .model import Transform
 from .shapes import make_shapes
 
 # %% auto #0
-__all__ = ['ROI_WORKLOADS', 'PROFILE_GROUPS', 'PROFILED', 'CONTENTION_SCENARIOS', 'CONTENTION_TARGETS', 'COCO_CATEGORY_IDS',
-           'COCO_SIZES', 'time_dataset', 'format_rows', 'bench_data', 'roi_workload', 'bench_roi', 'roi_floors',
-           'resolve_bf16', 'bench_model', 'op_group', 'profile_inference', 'bench_profile', 'speed_file',
+__all__ = ['ROI_WORKLOADS', 'PROFILE_GROUPS', 'PROFILED', 'CONTENTION_SCENARIOS', 'CONTENTION_TARGETS', 'CONV_GRAD_CASES',
+           'COCO_CATEGORY_IDS', 'COCO_SIZES', 'time_dataset', 'format_rows', 'bench_data', 'roi_workload', 'bench_roi',
+           'roi_floors', 'resolve_bf16', 'bench_model', 'op_group', 'profile_inference', 'bench_profile', 'speed_file',
            'speed_record', 'bench_speed', 'bf16_left_out', 'speed_markdown', 'plot_speed', 'plot_profile',
-           'contention_file', 'bench_contention', 'contention_markdown', 'matched_detections', 'amp_file', 'bench_amp',
-           'amp_markdown', 'amp_training_dir', 'load_amp_training', 'amp_training_markdown',
-           'make_coco_scale_annotations', 'plot_annotation_structure', 'bench_coco_memory', 'coco_memory_rows',
-           'plot_coco_memory']
+           'contention_file', 'bench_contention', 'contention_markdown', 'bench_conv_grad', 'conv_grad_file',
+           'conv_grad_markdown', 'matched_detections', 'amp_file', 'bench_amp', 'amp_markdown', 'amp_training_dir',
+           'load_amp_training', 'amp_training_markdown', 'make_coco_scale_annotations', 'plot_annotation_structure',
+           'bench_coco_memory', 'coco_memory_rows', 'plot_coco_memory']
 
 # %% ../nbs/30_benchmarks.ipynb #6a6c3444
 def time_dataset(dataset, n: int | None = None, warmup: int = 2, threads: int | None = 1, then=None) -> dict:
@@ -610,6 +610,99 @@ def contention_markdown(rec: dict) -> str:
     return ("\n".join(lines) + f"\n\nSeconds per iteration of each run (× its time alone), {rec['iters']} iterations "
             f"of the main job per run, on a {m['cores']}-core {describe_cpu(m)} with torch {m['torch']}; "
             f"`{rec['command']}`.")
+
+# %% ../nbs/30_benchmarks.ipynb #c0b3a002
+CONV_GRAD_CASES = {   # name: (N, C_in, H, W, C_out, kernel, stride) of a convolution whose input is channels-last
+    "TINY_FPN P2 3x3, 128 px": (4, 64, 32, 32, 64, 3, 1),
+    "R-50 res2 3x3": (2, 64, 200, 272, 64, 3, 1),
+    "R-50 res3 first 3x3 (stride 2)": (2, 128, 200, 272, 128, 3, 2),
+    "R-50 res3 3x3": (2, 128, 100, 136, 128, 3, 1),
+    "R-50 res4 3x3": (2, 256, 50, 68, 256, 3, 1),
+    "R-50 res5 3x3": (2, 512, 25, 34, 512, 3, 1),
+    "3x3, 256 ch, 40x40": (2, 256, 40, 40, 256, 3, 1),
+    "3x3, 256 ch, 64x64": (2, 256, 64, 64, 256, 3, 1),
+    "FPN P3 3x3": (2, 256, 100, 136, 256, 3, 1),
+    "FPN P2 3x3": (2, 256, 200, 272, 256, 3, 1),
+    "FPN P2 lateral 1x1": (2, 256, 200, 272, 256, 1, 1),
+    "mask head 3x3, 128 RoIs": (128, 256, 14, 14, 256, 3, 1),
+}
+
+def _conv_grad_case(case: tuple, repeats: int) -> dict:
+    """Median ms of forward + backward of one channels-last convolution (`repeats` of each way, interleaved): as
+    `F.conv2d` does it, and with the weight gradient from NCHW copies (`_NCHWWeightGrad`, whatever the rule); and
+    whether `nchw_weight_grad` takes the second way for it on a CPU that needs it."""
+    import torch.nn.functional as F
+    from mrcnn_nb.backbone import _NCHWWeightGrad, nchw_weight_grad, nchw_weight_grads
+    N, C, H, W, O, k, s = case
+    conv = torch.nn.Conv2d(C, O, k, stride=s, padding=k // 2).to(memory_format=torch.channels_last)
+    x = torch.randn(N, C, H, W).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    args = (conv.weight, conv.bias, (s, s), (k // 2, k // 2), (1, 1), 1)
+    ways = {"F.conv2d": lambda: F.conv2d(x, *args), "NCHW weight gradient": lambda: _NCHWWeightGrad.apply(x, *args)}
+    g = torch.randn_like(ways["F.conv2d"]())
+    times, _ = _time_interleaved([("conv", w, lambda f=f: f().backward(g)) for w, f in ways.items()], repeats, False)
+    ms = {w: float(np.median(times[("conv", w)])) * 1e3 for w in ways}
+    with nchw_weight_grads(True): taken = nchw_weight_grad(x, conv.weight)
+    return dict(ms=ms, speedup=ms["F.conv2d"] / ms["NCHW weight gradient"], taken=taken)
+
+
+# %% ../nbs/30_benchmarks.ipynb #c0b3a004
+def _step_seconds(repeats: int, size=(800, 1066)) -> dict:
+    """Median seconds of one R-50-FPN training step of ours (two images of `size`, as `bench_model`), with the weight
+    gradients as `F.conv2d` computes them and from NCHW copies wherever `nchw_weight_grad`'s shapes allow; interleaved
+    (`_time_interleaved`)."""
+    from mrcnn_nb.backbone import nchw_weight_grads
+    _, ours = _training_models(size)
+    _, images2, targets2 = _bench_data(size, size)
+    opt = torch.optim.SGD([p for p in ours.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
+    def step(on: bool):
+        def run():
+            with nchw_weight_grads(on): _train_step(ours, opt, images2, targets2)
+        return run
+    ways = {"F.conv2d": False, "NCHW weight gradient": True}
+    times, _ = _time_interleaved([("train step", w, step(on)) for w, on in ways.items()], repeats, progress=False)
+    return {w: float(np.median(times[("train step", w)])) for w in ways}
+
+def bench_conv_grad(cases=None, repeats: int = 5, step_repeats: int = 3, size=(800, 1066), out=None,
+                    command: str = "bench_conv_grad()", progress: bool = True) -> dict:
+    "The `CONV_GRAD_CASES` each way, then the whole training step each way (`step_repeats=0`: not); written to `out`."
+    cases = CONV_GRAD_CASES if cases is None else cases
+    from mrcnn_nb.backbone import slow_nhwc_weight_grad
+    rows = []
+    for name, case in cases.items():
+        rows.append(dict(name=name, case=list(case)) | _conv_grad_case(case, repeats))
+        if progress: print(f"{name}: {rows[-1]['speedup']:.2f}x", flush=True)
+    step = _step_seconds(step_repeats, size) if step_repeats else None
+    rec = dict(kind="conv_grad", command=command, when=_utc_now(), machine=machine_info(), repeats=repeats,
+               cpu_needs_it=slow_nhwc_weight_grad(), rows=rows, step=step, step_repeats=step_repeats, size=list(size))
+    if out: write_json(out, rec)
+    return rec
+
+
+# %% ../nbs/30_benchmarks.ipynb #c0b3a006
+def conv_grad_file() -> Path:
+    "The committed measurement of the convolution weight gradients of a clone: `nbs/results/bench/conv_grad.json`."
+    return results_dir() / "bench" / "conv_grad.json"
+
+def conv_grad_markdown(rec: dict) -> str:
+    "A `bench_conv_grad` record's table: per convolution, each way's time, the speed-up, whether `conv2d` takes it."
+    lines = ["| convolution | input (N×C×H×W) → C_out, kernel, stride | `F.conv2d` | NCHW weight gradient | "
+             "speed-up | `conv2d` takes it |", "|---|---|---|---|---|---|"]
+    for r in rec["rows"]:
+        N, C, H, W, O, k, s = r["case"]
+        ms = r["ms"]
+        lines.append(f"| {r['name']} | {N}×{C}×{H}×{W} → {O}, {k}×{k}, {s} | {ms['F.conv2d']:.1f} ms | "
+                     f"{ms['NCHW weight gradient']:.1f} ms | {r['speedup']:.2f}× | {'yes' if r['taken'] else 'no'} |")
+    m, text = rec["machine"], "\n".join(lines)
+    if rec["step"]:
+        a, b = rec["step"]["F.conv2d"], rec["step"]["NCHW weight gradient"]
+        text += (f"\n\nOne training step of R-50-FPN Mask R-CNN, two images of {rec['size'][0]}×{rec['size'][1]}: "
+                 f"{a:.2f} s with `F.conv2d`'s weight gradients, {b:.2f} s with `conv2d`'s "
+                 f"(a speed-up of {a / b:.2f}×; "
+                 f"median of {rec['step_repeats']}, interleaved).")
+    needs = "needs it" if rec["cpu_needs_it"] else "does not need it: `conv2d` is `F.conv2d` there"
+    return (text + f"\n\nForward + backward, median of {rec['repeats']}; on a {m['cores']}-core {describe_cpu(m)} "
+            f"({m['torch_threads']} threads, torch {m['torch']}), which {needs}; `{rec['command']}`.")
+
 
 # %% ../nbs/30_benchmarks.ipynb #b5b648f5
 def matched_detections(a: dict, b: dict, iou: float = 0.95, pixels: float = 1.0) -> float:

@@ -816,22 +816,24 @@ COMMANDS["ablate"] = (_ablate_args, cmd_ablate, "reproduce the paper's ablation 
 
 # %% ../nbs/15_cli.ipynb #b02af815
 def _bench_args(s):
-    s.add_argument("what", choices=["data", "roi", "model", "speed", "contention", "amp"],
+    s.add_argument("what", choices=["data", "roi", "model", "speed", "contention", "amp", "conv-grad"],
                    help="what to measure (speed: roi and model in one run, with the machine; contention: the main "
                         "job alone, two at once and beside a busy process; amp: the accuracy of bf16 inference; "
+                        "conv-grad: convolution weight gradients from NCHW copies, and R-50-FPN's training step; "
                         "see --out)")
     s.add_argument("--n", type=_positive_int, default=100, help="data: items to time (default 100)")
     s.add_argument("--repeats", type=_positive_int, default=5,
-                   help="roi, model: timed runs per case, the median is reported (default 5)")
+                   help="roi, model, conv-grad: timed runs per case, the median is reported (default 5)")
     s.add_argument("--threads", type=_positive_int, default=None,
                    help="torch threads (default: data 1, one worker; roi, model, speed: torch's default)")
     s.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
                    help="model, speed: time the bfloat16 cases too (auto, the default: only where torch has bf16 "
                         "kernels for this CPU; elsewhere they run many times slower than float32)")
-    s.add_argument("--out", default=None, help="speed, contention, amp: write the results (JSON) to this file")
+    s.add_argument("--out", default=None,
+                   help="speed, contention, amp, conv-grad: write the results (JSON) to this file")
     s.add_argument("--quick", action="store_true",
-                   help="speed, model, contention: small workloads and one repeat (contention: 3 iterations): a "
-                        "check that it runs, not a measurement")
+                   help="speed, model, contention, conv-grad: small workloads and one repeat (contention: 3 "
+                        "iterations): a check that it runs, not a measurement")
     s.add_argument("--iters", type=_positive_int, default=60,
                    help="contention: training iterations per run (default 60)")
     s.add_argument("--work", default=None, help="directory for generated benchmark data (cached)")
@@ -905,6 +907,22 @@ def _bench_amp(args):
     print(amp_markdown(rec))
     if args.out: print(f"wrote {args.out}")
 
+# %% ../nbs/15_cli.ipynb #c15c0a01
+def _bench_conv_grad(args):
+    "`mrcnn_nb bench conv-grad`: convolutions and R-50-FPN's training step, weight gradients each way; the table."
+    import shlex
+    from mrcnn_nb.bench import CONV_GRAD_CASES, bench_conv_grad, conv_grad_markdown
+    _refuse_folder_out(args.out)   # before minutes of measuring
+    flags = ["--quick"] if args.quick else ["--repeats", str(args.repeats)]
+    small = dict(cases={"small": (1, 128, 48, 64, 128, 3, 1)}, repeats=1, step_repeats=1, size=(96, 128))
+    command = shlex.join(["mrcnn_nb", "bench", "conv-grad", *flags, *_flags(args, "threads", "out")])
+    sizes = small if args.quick else dict(cases=CONV_GRAD_CASES, repeats=args.repeats)
+    rec = bench_conv_grad(**sizes, out=args.out, command=command)
+    if args.quick: print("--quick: one small convolution, a small step, one repeat: a check that it runs\n")
+    print(conv_grad_markdown(rec))
+    if args.out: print(f"wrote {args.out}")
+
+
 # %% ../nbs/15_cli.ipynb #5c96c1de
 def _bench_model(args):
     "`mrcnn_nb bench model`: the whole model against torchvision's; the table, and why bfloat16 rows are missing."
@@ -942,6 +960,7 @@ def cmd_bench(args) -> int:
     elif args.what == "speed": _bench_speed(args)
     elif args.what == "contention": _bench_contention(args)
     elif args.what == "amp": _bench_amp(args)
+    elif args.what == "conv-grad": _bench_conv_grad(args)
     elif args.what == "roi":
         from mrcnn_nb.bench import bench_roi
         print(format_rows(bench_roi(repeats=args.repeats)))
@@ -953,4 +972,5 @@ COMMANDS["bench"] = (_bench_args, cmd_bench, "measure speed on this machine",
                      "R-50-FPN Mask R-CNN inference and training step against torchvision (model); the last two in "
                      "one run, stored with the machine and threads in a JSON file (speed --out FILE); two trainings "
                      "at once and beside a busy process (contention); bf16's speed and accuracy on a trained "
-                     "checkpoint (amp).")
+                     "checkpoint (amp); convolution weight gradients computed from NCHW copies on CPUs without AVX-512 "
+                     "(conv-grad).")

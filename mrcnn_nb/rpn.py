@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .anchors import AnchorGenerator, BalancedSampler, Matcher
+from .backbone import Conv2d
 from .boxes import BoxCoder, batched_nms, box_iou, clip_boxes, draw_boxes, remove_small_boxes, zoom_on
 from .core import distributed_count, mixed
 from .data import ImageBatch
@@ -24,7 +25,7 @@ class RPNHead(nn.Module):
     def __init__(self, in_channels: int, num_anchors: int):
         super().__init__()
         # nested Sequentials: parameter names as in torchvision's current RPNHead ("conv.0.0.weight")
-        self.conv = nn.Sequential(nn.Sequential(nn.Conv2d(in_channels, in_channels, 3, padding=1),
+        self.conv = nn.Sequential(nn.Sequential(Conv2d(in_channels, in_channels, 3, padding=1),
                                                 nn.ReLU(inplace=True)))
         self.cls_logits = nn.Conv2d(in_channels, num_anchors, 1)
         self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, 1)
