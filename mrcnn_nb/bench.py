@@ -23,11 +23,12 @@ from .shapes import make_shapes
 
 # %% auto #0
 __all__ = ['ROI_WORKLOADS', 'PROFILE_GROUPS', 'PROFILED', 'CONTENTION_SCENARIOS', 'CONTENTION_TARGETS', 'CONV_GRAD_CASES',
-           'COCO_CATEGORY_IDS', 'COCO_SIZES', 'time_dataset', 'format_rows', 'bench_data', 'roi_workload', 'bench_roi',
-           'roi_floors', 'resolve_bf16', 'bench_model', 'op_group', 'profile_inference', 'bench_profile', 'speed_file',
-           'speed_record', 'bench_speed', 'bf16_left_out', 'speed_markdown', 'plot_speed', 'plot_profile',
-           'contention_file', 'bench_contention', 'contention_markdown', 'bench_conv_grad', 'conv_grad_file',
-           'conv_grad_markdown', 'matched_detections', 'amp_file', 'bench_amp', 'amp_markdown', 'amp_training_dir',
+           'HUGE_PAGE_WAYS', 'COCO_CATEGORY_IDS', 'COCO_SIZES', 'time_dataset', 'format_rows', 'bench_data',
+           'roi_workload', 'bench_roi', 'roi_floors', 'resolve_bf16', 'bench_model', 'op_group', 'profile_inference',
+           'bench_profile', 'speed_file', 'speed_record', 'bench_speed', 'bf16_left_out', 'speed_markdown',
+           'plot_speed', 'plot_profile', 'contention_file', 'bench_contention', 'contention_markdown',
+           'bench_conv_grad', 'conv_grad_file', 'conv_grad_markdown', 'bench_huge_pages', 'huge_pages_file',
+           'huge_pages_markdown', 'matched_detections', 'amp_file', 'bench_amp', 'amp_markdown', 'amp_training_dir',
            'load_amp_training', 'amp_training_markdown', 'make_coco_scale_annotations', 'plot_annotation_structure',
            'bench_coco_memory', 'coco_memory_rows', 'plot_coco_memory']
 
@@ -273,7 +274,7 @@ def _time_interleaved(cases: list, repeats: int, progress: bool = True) -> tuple
     for task in dict.fromkeys(k for k, _, _ in cases):
         group = [c for c in cases if c[0] == task]
         for k, n, fn in group: peaks[(k, n)] = peak_memory_rise(fn)   # warm-up run, and the memory measurement
-        for _ in tqdm(range(repeats), desc=f"model bench: {task}", disable=not progress, leave=False):
+        for _ in tqdm(range(repeats), desc=f"timing: {task}", disable=not progress, leave=False):
             for k, n, fn in group:
                 t0 = time.perf_counter()
                 fn()
@@ -702,6 +703,86 @@ def conv_grad_markdown(rec: dict) -> str:
     needs = "needs it" if rec["cpu_needs_it"] else "does not need it: `conv2d` is `F.conv2d` there"
     return (text + f"\n\nForward + backward, median of {rec['repeats']}; on a {m['cores']}-core {describe_cpu(m)} "
             f"({m['torch_threads']} threads, torch {m['torch']}), which {needs}; `{rec['command']}`.")
+
+
+# %% ../nbs/30_benchmarks.ipynb #c0b4a002
+HUGE_PAGE_WAYS = ("4 KiB pages", "huge pages")
+
+def _under(on: bool, fn):
+    "`fn`, to run with the RoI layers' large outputs on huge pages (`on`) or on 4 KiB pages."
+    from mrcnn_nb.roi_numba import huge_page_outputs
+    def run():
+        with huge_page_outputs(on): fn()
+    return run
+
+def _huge_page_cases(workload: str, scale: float) -> list:
+    """(task, way, fn) of `workload` for `_time_interleaved`: per layer and pass, torchvision's, then ours on
+    channels-last and NCHW input, each with its outputs on 4 KiB and on huge pages; last, the forward's output
+    allocated and written once, each way."""
+    from mrcnn_nb.roi_numba import output_buffer
+    feats, boxes, s, out = roi_workload(workload, scale)
+    layouts = {"torchvision": feats, "channels_last": feats.contiguous(memory_format=torch.channels_last),
+               "NCHW": feats}
+    cases = []
+    for op in ("roi_align", "roi_pool"):
+        for bwd in (False, True):
+            task = f"{op} {'backward' if bwd else 'forward'}"
+            for layout, x in layouts.items():
+                fn = _roi_fn("torchvision" if layout == "torchvision" else "ours", op, boxes, s, out)
+                call = _roi_call(fn, x.detach().clone().requires_grad_(bwd), bwd)
+                if layout == "torchvision": cases.append((task, layout, call))
+                else: cases += [(task, f"{layout}, {p}", _under(p == "huge pages", call)) for p in HUGE_PAGE_WAYS]
+    written = lambda: output_buffer(len(boxes), feats.shape[1], out, out, dtype=feats.dtype).fill_(1.0)
+    return cases + [("output written", f"output, {p}", _under(p == "huge pages", written)) for p in HUGE_PAGE_WAYS]
+
+
+# %% ../nbs/30_benchmarks.ipynb #c0b4a004
+def bench_huge_pages(workloads=("FPN", "C4"), repeats: int = 5, scale: float = 1.0, out=None,
+                     command: str = "bench_huge_pages()", progress: bool = True) -> dict:
+    """Each RoI workload's cases (`_huge_page_cases`), median ms of `repeats` interleaved runs, in a record written to
+    `out`: with the machine and the OS's transparent huge page mode."""
+    from mrcnn_nb.roi_numba import thp_mode
+    rows = []
+    for w in workloads:
+        cases = _huge_page_cases(w, scale)
+        times, _ = _time_interleaved(cases, repeats, progress)
+        for task in dict.fromkeys(k for k, _, _ in cases):
+            rows.append(dict(workload=w, case=task, ms={n: float(np.median(times[(k, n)])) * 1e3
+                                                        for k, n, _ in cases if k == task}))
+    rec = dict(kind="huge_pages", command=command, when=_utc_now(), machine=machine_info(), thp_mode=thp_mode(),
+               repeats=repeats, scale=scale, rows=rows)
+    if out: write_json(out, rec)
+    return rec
+
+def huge_pages_file() -> Path:
+    "The committed measurement of the RoI layers' outputs on huge pages: `nbs/results/bench/huge_pages.json`."
+    return results_dir() / "bench" / "huge_pages.json"
+
+
+# %% ../nbs/30_benchmarks.ipynb #c0b4a005
+def _pages_cell(ms: dict, layout: str, tv) -> str:
+    "One layout's two times, 4 KiB then huge pages, each with its speed-up over torchvision's `tv` ms (if any)."
+    a, b = (ms[f"{layout}, {p}"] for p in HUGE_PAGE_WAYS)
+    if tv is None: return f"{a:.1f} → {b:.1f} ms"
+    return f"{a:.1f} → {b:.1f} ms ({tv / a:.1f}× → {tv / b:.1f}×)"
+
+def huge_pages_markdown(rec: dict) -> str:
+    """A `bench_huge_pages` record's table: per workload and case, torchvision's time and ours on 4 KiB → huge pages
+    (with the speed-ups over torchvision), per input layout; the machine and the command below it."""
+    lines = ["| workload | case | torchvision | ours, channels-last input | ours, NCHW input |",
+             "|---|---|---|---|---|"]
+    for r in rec["rows"]:
+        ms, tv = r["ms"], r["ms"].get("torchvision")
+        if r["case"] == "output written":
+            floor = _pages_cell(ms, "output", None)
+            lines.append(f"| {r['workload']} | output allocated and written | – | {floor} | |")
+            continue
+        lines.append(f"| {r['workload']} | {r['case']} | {tv:.1f} ms | {_pages_cell(ms, 'channels_last', tv)} | "
+                     f"{_pages_cell(ms, 'NCHW', tv)} |")
+    m = rec["machine"]
+    return ("\n".join(lines) + f"\n\nEach cell: 4 KiB pages → huge pages, median of {rec['repeats']} interleaved "
+            f"runs (× torchvision's time ÷ ours); on a {m['cores']}-core {describe_cpu(m)} "
+            f"({m['torch_threads']} threads, torch {m['torch']}), transparent huge pages {rec['thp_mode']!r}; `{rec['command']}`.")
 
 
 # %% ../nbs/30_benchmarks.ipynb #b5b648f5

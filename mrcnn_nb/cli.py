@@ -816,24 +816,25 @@ COMMANDS["ablate"] = (_ablate_args, cmd_ablate, "reproduce the paper's ablation 
 
 # %% ../nbs/15_cli.ipynb #b02af815
 def _bench_args(s):
-    s.add_argument("what", choices=["data", "roi", "model", "speed", "contention", "amp", "conv-grad"],
+    s.add_argument("what", choices=["data", "roi", "model", "speed", "contention", "amp", "conv-grad",
+                                     "huge-pages"],
                    help="what to measure (speed: roi and model in one run, with the machine; contention: the main "
                         "job alone, two at once and beside a busy process; amp: the accuracy of bf16 inference; "
                         "conv-grad: convolution weight gradients from NCHW copies, and R-50-FPN's training step; "
-                        "see --out)")
+                        "huge-pages: the RoI layers with their outputs on 4 KiB and on huge pages; see --out)")
     s.add_argument("--n", type=_positive_int, default=100, help="data: items to time (default 100)")
     s.add_argument("--repeats", type=_positive_int, default=5,
-                   help="roi, model, conv-grad: timed runs per case, the median is reported (default 5)")
+                   help="roi, model, conv-grad, huge-pages: timed runs per case, the median is reported (default 5)")
     s.add_argument("--threads", type=_positive_int, default=None,
                    help="torch threads (default: data 1, one worker; roi, model, speed: torch's default)")
     s.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
                    help="model, speed: time the bfloat16 cases too (auto, the default: only where torch has bf16 "
                         "kernels for this CPU; elsewhere they run many times slower than float32)")
     s.add_argument("--out", default=None,
-                   help="speed, contention, amp, conv-grad: write the results (JSON) to this file")
+                   help="speed, contention, amp, conv-grad, huge-pages: write the results (JSON) to this file")
     s.add_argument("--quick", action="store_true",
-                   help="speed, model, contention, conv-grad: small workloads and one repeat (contention: 3 "
-                        "iterations): a check that it runs, not a measurement")
+                   help="speed, model, contention, conv-grad, huge-pages: small workloads and one repeat "
+                        "(contention: 3 iterations): a check that it runs, not a measurement")
     s.add_argument("--iters", type=_positive_int, default=60,
                    help="contention: training iterations per run (default 60)")
     s.add_argument("--work", default=None, help="directory for generated benchmark data (cached)")
@@ -923,6 +924,21 @@ def _bench_conv_grad(args):
     if args.out: print(f"wrote {args.out}")
 
 
+# %% ../nbs/15_cli.ipynb #c15c0a03
+def _bench_huge_pages(args):
+    "`mrcnn_nb bench huge-pages`: the RoI layers, outputs on 4 KiB and on huge pages, and torchvision's; the table."
+    import shlex
+    from mrcnn_nb.bench import bench_huge_pages, huge_pages_markdown
+    _refuse_folder_out(args.out)   # before minutes of measuring
+    flags = ["--quick"] if args.quick else ["--repeats", str(args.repeats)]
+    command = shlex.join(["mrcnn_nb", "bench", "huge-pages", *flags, *_flags(args, "threads", "out")])
+    sizes = dict(workloads=("C4",), repeats=1, scale=0.05) if args.quick else dict(repeats=args.repeats)
+    rec = bench_huge_pages(**sizes, out=args.out, command=command)
+    if args.quick: print("--quick: the C4 workload at 5 %, one repeat: a check that it runs\n")
+    print(huge_pages_markdown(rec))
+    if args.out: print(f"wrote {args.out}")
+
+
 # %% ../nbs/15_cli.ipynb #5c96c1de
 def _bench_model(args):
     "`mrcnn_nb bench model`: the whole model against torchvision's; the table, and why bfloat16 rows are missing."
@@ -961,6 +977,7 @@ def cmd_bench(args) -> int:
     elif args.what == "contention": _bench_contention(args)
     elif args.what == "amp": _bench_amp(args)
     elif args.what == "conv-grad": _bench_conv_grad(args)
+    elif args.what == "huge-pages": _bench_huge_pages(args)
     elif args.what == "roi":
         from mrcnn_nb.bench import bench_roi
         print(format_rows(bench_roi(repeats=args.repeats)))
@@ -973,4 +990,4 @@ COMMANDS["bench"] = (_bench_args, cmd_bench, "measure speed on this machine",
                      "one run, stored with the machine and threads in a JSON file (speed --out FILE); two trainings "
                      "at once and beside a busy process (contention); bf16's speed and accuracy on a trained "
                      "checkpoint (amp); convolution weight gradients computed from NCHW copies on CPUs without AVX-512 "
-                     "(conv-grad).")
+                     "(conv-grad); the RoI layers with their large outputs on 4 KiB and on huge pages (huge-pages).")

@@ -5,7 +5,11 @@
 # %% ../nbs/07a_roi_numba.ipynb #6f458b31
 from __future__ import annotations
 
+import ctypes
+import functools
+import re
 from contextlib import contextmanager
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -16,7 +20,8 @@ from torch import Tensor
 from .roi_layers import BilinearPlan, PoolPlan
 
 # %% auto #0
-__all__ = ['is_plain', 'bilinear_forward_numba', 'bilinear_backward_numba', 'roi_pool_forward_numba', 'roi_pool_backward_numba',
+__all__ = ['HUGE_PAGES', 'is_plain', 'thp_mode', 'advise_huge_pages', 'output_buffer', 'huge_page_outputs',
+           'bilinear_forward_numba', 'bilinear_backward_numba', 'roi_pool_forward_numba', 'roi_pool_backward_numba',
            'parallel_split', 'split_dependence']
 
 # %% ../nbs/07a_roi_numba.ipynb #838c819e
@@ -410,13 +415,59 @@ def is_plain(t: Tensor) -> bool:
     "Whether `t` is a plain contiguous NCHW tensor and not also channels-last (as when C or H * W is 1)."
     return t.is_contiguous() and not t.is_contiguous(memory_format=torch.channels_last)
 
+# %% ../nbs/07a_roi_numba.ipynb #c7a0e002
+HUGE_PAGES = {"enabled": True, "min_bytes": 8 << 20}   # outputs this large go on huge pages where the OS allows it
+_HUGE_PAGE, _MADV_HUGEPAGE = 2 << 20, 14                # Linux's huge page on x86-64 (and arm64 with 4 KiB pages)
+
+@functools.cache
+def thp_mode() -> str | None:
+    """The operating system's transparent huge page mode: 'always', 'madvise' (huge pages where a program asks for
+    them) or 'never'; None where there are none (not Linux)."""
+    try: m = re.search(r"\[(\w+)\]", Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text())
+    except OSError: return None
+    return m.group(1) if m else None
+
+@functools.cache
+def _madvise():
+    "The C library's `madvise(address, length, advice)`, or None where it has none."
+    try: f = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError): return None
+    f.argtypes, f.restype = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int), ctypes.c_int
+    return f
+
+
+# %% ../nbs/07a_roi_numba.ipynb #c7a0e004
+def advise_huge_pages(t: Tensor) -> bool:
+    """Ask the OS to back the whole 2 MiB pages inside `t`'s memory with huge pages (`madvise(MADV_HUGEPAGE)`; it
+    pays before the memory is first written); whether it was asked."""
+    f = _madvise()
+    if f is None or thp_mode() not in ("madvise", "always") or t.device.type != "cpu": return False
+    start = t.untyped_storage().data_ptr()
+    lo, hi = -(-start // _HUGE_PAGE) * _HUGE_PAGE, (start + t.untyped_storage().nbytes()) // _HUGE_PAGE * _HUGE_PAGE
+    return hi > lo and f(lo, hi - lo, _MADV_HUGEPAGE) == 0
+
+def output_buffer(*shape, dtype, zero: bool = False) -> Tensor:
+    """A new CPU tensor for a kernel to write, `torch.empty(*shape)` (zeroed if `zero`); on huge pages where the OS
+    allows it when it has `HUGE_PAGES["min_bytes"]` or more and `HUGE_PAGES["enabled"]` (`huge_page_outputs`)."""
+    t = torch.empty(*shape, dtype=dtype)
+    if HUGE_PAGES["enabled"] and t.numel() * t.element_size() >= HUGE_PAGES["min_bytes"]: advise_huge_pages(t)
+    return t.zero_() if zero else t
+
+@contextmanager
+def huge_page_outputs(enabled: bool):
+    "Within the block, the kernels' large outputs and input gradients go on huge pages (True, as outside) or not."
+    old, HUGE_PAGES["enabled"] = HUGE_PAGES["enabled"], enabled
+    try: yield
+    finally: HUGE_PAGES["enabled"] = old
+
+
 # %% ../nbs/07a_roi_numba.ipynb #f366d7af
 def _argmax_buffer(input: Tensor, K: int, PH: int, PW: int) -> Tensor:
     """The argmax of max pooling, (K, PH, PW, C) int32. For a plain contiguous input its memory is (K, C, PH, PW): the
     backward kernels that write a plain gradient visit one channel at a time, and read it contiguously."""
     C = input.shape[1]
-    if is_plain(input): return torch.empty(K, C, PH, PW, dtype=torch.int32).permute(0, 2, 3, 1)
-    return torch.empty(K, PH, PW, C, dtype=torch.int32)
+    if is_plain(input): return output_buffer(K, C, PH, PW, dtype=torch.int32).permute(0, 2, 3, 1)
+    return output_buffer(K, PH, PW, C, dtype=torch.int32)
 
 # %% ../nbs/07a_roi_numba.ipynb #071ba386
 def bilinear_forward_numba(input: Tensor, plan: BilinearPlan, mode: str = "avg"):
@@ -425,7 +476,7 @@ def bilinear_forward_numba(input: Tensor, plan: BilinearPlan, mode: str = "avg")
     _sync_threads()
     N, C, H, W = input.shape
     K, PH, PW = plan.y.lo.shape[0], plan.y.lo.shape[1], plan.x.lo.shape[1]
-    out = torch.empty(K, C, PH, PW, dtype=input.dtype)
+    out = output_buffer(K, C, PH, PW, dtype=input.dtype)
     if K == 0: return out, None
     p = _plan_arrays(plan)
     if mode == "avg":
@@ -441,7 +492,7 @@ def bilinear_forward_numba(input: Tensor, plan: BilinearPlan, mode: str = "avg")
 def _bilinear_backward_nchw(grad_out: Tensor, plan: BilinearPlan, input_shape, mode: str, argmax) -> Tensor:
     "Gradient of RoIAlign / RoIWarp with respect to a plain NCHW input, written NCHW."
     N, C, H, W = input_shape
-    gin = torch.zeros(N, C, H, W, dtype=grad_out.dtype)
+    gin = output_buffer(N, C, H, W, dtype=grad_out.dtype, zero=True)
     if plan.batch.numel() == 0: return gin
     b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn = _plan_arrays(plan)
     g = grad_out.detach().contiguous().numpy()
@@ -463,7 +514,7 @@ def bilinear_backward_numba(grad_out: Tensor, plan: BilinearPlan, input_shape, m
     N, C, H, W = input_shape
     if memory_format == torch.contiguous_format:
         return _bilinear_backward_nchw(grad_out, plan, input_shape, mode, argmax)
-    gin = torch.zeros(N, H, W, C, dtype=grad_out.dtype)
+    gin = output_buffer(N, H, W, C, dtype=grad_out.dtype, zero=True)
     if plan.batch.numel() == 0: return gin.permute(0, 3, 1, 2)
     b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn = _plan_arrays(plan)
     if mode == "avg":
@@ -481,7 +532,7 @@ def roi_pool_forward_numba(input: Tensor, plan: PoolPlan):
     _sync_threads()
     N, C, H, W = input.shape
     K, PH, PW = plan.y0.shape[0], plan.y0.shape[1], plan.x0.shape[1]
-    out, arg = torch.empty(K, C, PH, PW, dtype=input.dtype), _argmax_buffer(input, K, PH, PW)
+    out, arg = output_buffer(K, C, PH, PW, dtype=input.dtype), _argmax_buffer(input, K, PH, PW)
     bins = (plan.batch.numpy(), plan.y0.numpy(), plan.y1.numpy(), plan.x0.numpy(), plan.x1.numpy())
     if K and is_plain(input):
         _pool_fwd_nchw(input.detach().view(N, C, H * W).numpy(), W, *bins, out.view(K, C, PH * PW).numpy(),
@@ -498,7 +549,7 @@ def roi_pool_backward_numba(grad_out: Tensor, plan: PoolPlan, input_shape, argma
     _sync_threads()
     N, C, H, W = input_shape
     nchw = memory_format == torch.contiguous_format
-    gin = torch.zeros((N, C, H * W) if nchw else (N, H * W, C), dtype=grad_out.dtype)
+    gin = output_buffer(*((N, C, H * W) if nchw else (N, H * W, C)), dtype=grad_out.dtype, zero=True)
     if plan.batch.numel() and nchw:
         _pool_bwd_nchw(grad_out.detach().contiguous().numpy(), argmax.permute(0, 3, 1, 2).numpy(), plan.batch.numpy(),
                        gin.numpy(), _nblocks(C))
