@@ -782,7 +782,8 @@ def huge_pages_markdown(rec: dict) -> str:
     m = rec["machine"]
     return ("\n".join(lines) + f"\n\nEach cell: 4 KiB pages → huge pages, median of {rec['repeats']} interleaved "
             f"runs (× torchvision's time ÷ ours); on a {m['cores']}-core {describe_cpu(m)} "
-            f"({m['torch_threads']} threads, torch {m['torch']}), transparent huge pages {rec['thp_mode']!r}; `{rec['command']}`.")
+            f"({m['torch_threads']} threads, torch {m['torch']}), transparent huge pages {rec['thp_mode']!r}; "
+            f"`{rec['command']}`.")
 
 
 # %% ../nbs/30_benchmarks.ipynb #b5b648f5
