@@ -48,12 +48,14 @@ def _locality_order(plan: BilinearPlan) -> np.ndarray:
 
 # %% ../nbs/07a_roi_numba.ipynb #6c804a02
 @numba.njit(cache=True, nogil=True)
-def _avg_bins(src, k, ph0, ph1, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, cnt, dy, dx, o, out):
-    """Bin rows [ph0, ph1) of RoI k, averaged: `src` (h, w, C) holds the cells from row `dy` and column `dx` of the
-    RoI's image on; `o` (C,) is a scratch buffer; writes out[k, :, ph0:ph1, :]."""
-    PW, C = xlo.shape[1], src.shape[2]
-    for ph in range(ph0, ph1):
+def _avg_bins(src, k, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, cnt, dy, dx, tile):
+    """The averages of every bin of RoI k (`cnt` samples each) into `tile` (PH * PW rows of at least C values; bin
+    (ph, pw) in row ph * PW + pw): `src` (h, w, C) holds the cells from row `dy` and column `dx` of the RoI's image
+    on."""
+    PH, PW, C = ylo.shape[1], xlo.shape[1], src.shape[2]
+    for ph in range(PH):
         for pw in range(PW):
+            o = tile[ph * PW + pw]
             for c in range(C): o[c] = 0
             for iy in range(yn[k]):
                 y0, y1, wy0, wy1 = ylo[k, ph, iy] - dy, yhi[k, ph, iy] - dy, ywlo[k, ph, iy], ywhi[k, ph, iy]
@@ -64,19 +66,33 @@ def _avg_bins(src, k, ph0, ph1, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, 
                     w1, w2, w3, w4 = wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1
                     r1, r2, r3, r4 = src[y0, x0], src[y0, x1], src[y1, x0], src[y1, x1]
                     for c in range(C): o[c] += w1 * r1[c] + w2 * r2[c] + w3 * r3[c] + w4 * r4[c]
-            for c in range(C): out[k, c, ph, pw] = o[c] / cnt
+            for c in range(C): o[c] /= cnt   # here, along the row, the division vectorizes
+
+@numba.njit(cache=True, nogil=True)
+def _store_bins(tile, ok):
+    "Write `tile` (bins, channels) into one RoI's output `ok` (C, PH * PW), transposed, channel after channel."
+    C, Q = ok.shape
+    for c in range(C):
+        for q in range(Q): ok[c, q] = tile[q, c]
+
+@numba.njit(cache=True, nogil=True)
+def _new_tile(Q, C, dtype):
+    "A scratch tile for `_avg_bins`: Q rows of C values, padded by 16 so that no two rows are 4 KiB apart."
+    return np.empty((Q, C + 16), dtype)
 
 # %% ../nbs/07a_roi_numba.ipynb #6c0a0ab4
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _bilinear_avg_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, out, order):
-    # x (N, H, W, C); plans (K, P, G); out (K, C, PH, PW), as torchvision returns it; one task per RoI and bin row,
-    # RoIs visited in `order`
-    K, PH, C = ylo.shape[0], ylo.shape[1], x.shape[3]
-    for t in prange(K * PH):
-        k, ph = order[t // PH], t % PH
-        o = np.empty(C, dtype=out.dtype)   # one bin's channels, contiguous: the inner loop vectorizes
-        _avg_bins(x[batch[k]], k, ph, ph + 1, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count[k], 0, 0, o,
-                  out)
+def _bilinear_avg_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, out, order, nthreads):
+    # x (N, H, W, C); plans (K, P, G); out (K, C, PH, PW), as torchvision returns it; thread t takes RoIs order[t],
+    # order[t + nthreads], ... (RoIs of unequal sizes dealt out evenly; each thread still moves through the images
+    # in Z-order), each RoI's bins summed into the thread's tile, then stored
+    K, PH, PW, C = ylo.shape[0], ylo.shape[1], xlo.shape[1], x.shape[3]
+    for t in prange(nthreads):
+        tile = _new_tile(PH * PW, C, out.dtype)
+        for i in range(t, K, nthreads):
+            k = order[i]
+            _avg_bins(x[batch[k]], k, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count[k], 0, 0, tile)
+            _store_bins(tile, out[k].reshape(C, PH * PW))
 
 # %% ../nbs/07a_roi_numba.ipynb #c3b9da34
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -235,12 +251,11 @@ def _copy_window(img, ya, xa, win):
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _bilinear_avg_fwd_plain(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, out, order,
                             nthreads):
-    # x (N, H, W, C) view of a plain input; thread t takes RoIs order[t], order[t + nthreads], ... (RoIs of unequal
-    # sizes dealt out evenly; each thread still moves through the images in Z-order); out (K, C, PH, PW)
+    # x (N, H, W, C) view of a plain input; RoIs dealt out to the threads as by _bilinear_avg_fwd; out (K, C, PH, PW)
     K, PH, PW, C = ylo.shape[0], ylo.shape[1], xlo.shape[1], x.shape[3]
     p = (ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn)
     for t in prange(nthreads):
-        buf, o = np.empty(0, x.dtype), np.empty(C, x.dtype)
+        buf, tile = np.empty(0, x.dtype), _new_tile(PH * PW, C, out.dtype)
         for i in range(t, K, nthreads):
             k = order[i]
             img = x[batch[k]]
@@ -251,34 +266,38 @@ def _bilinear_avg_fwd_plain(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, 
                 if buf.size < h * w * C: buf = np.empty(h * w * C, x.dtype)
                 win = buf[:h * w * C].reshape(h, w, C)
                 _copy_window(img, ya, xa, win)
-                _avg_bins(win, k, 0, PH, *p, count[k], ya, xa, o, out)
-            else: _avg_bins(img, k, 0, PH, *p, count[k], 0, 0, o, out)
+                _avg_bins(win, k, *p, count[k], ya, xa, tile)
+            else: _avg_bins(img, k, *p, count[k], 0, 0, tile)
+            _store_bins(tile, out[k].reshape(C, PH * PW))
 
 # %% ../nbs/07a_roi_numba.ipynb #682d1387
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _pool_fwd_nchw(x, W, batch, py0, py1, px0, px1, out, arg):
-    # x (N, C, H * W) of a plain input, W its width; out, arg (K, C, PH * PW); one task per RoI and bin row, and
-    # inside each bin all channels: their scans share the bin's trip counts
+def _pool_fwd_nchw(x, W, batch, py0, py1, px0, px1, out, arg, order, nblocks):
+    # x (N, C, H * W) of a plain input, W its width; out, arg (K, C, PH * PW); thread b takes the b-th of `nblocks`
+    # blocks of channels and, channel by channel, every RoI in `order` (image by image): one plane at a time
     K, PH, PW, C = py0.shape[0], py0.shape[1], px0.shape[1], x.shape[1]
-    for t in prange(K * PH):
-        k = t // PH
-        ph = t - k * PH
-        h0, h1, img = py0[k, ph], py1[k, ph], x[batch[k]]
+    bs = (C + nblocks - 1) // nblocks
+    for b in prange(nblocks):
         lowest = np.empty(1, out.dtype)
         lowest[0] = -np.inf                  # in the input's dtype: float32 compares stay float32
-        for pw in range(PW):
-            w0, n, q = px0[k, pw], px1[k, pw] - px0[k, pw], ph * PW + pw
-            for c in range(C):
-                plane, m, i, j0 = img[c], lowest[0], -1, h0 * W + w0
-                for h in range(h0, h1):   # the row segment [j0, j0 + n) as a while loop: as a range loop, this kernel
-                    j = j0                # was seen to run a third slower loaded from Numba's cache than just compiled
-                    while j < j0 + n:
-                        if plane[j] > m:
-                            m, i = plane[j], j
-                        j += 1
-                    j0 += W
-                out[k, c, q] = m if i >= 0 else 0   # empty bin: 0
-                arg[k, c, q] = i
+        for c in range(b * bs, min(C, b * bs + bs)):
+            for t in range(K):
+                k = order[t]
+                plane, ok, ak = x[batch[k], c], out[k, c], arg[k, c]
+                for ph in range(PH):
+                    h0, h1 = py0[k, ph], py1[k, ph]
+                    for pw in range(PW):
+                        w0, n, m, i = px0[k, pw], px1[k, pw] - px0[k, pw], lowest[0], -1
+                        j0 = h0 * W + w0
+                        for h in range(h0, h1):   # the row segment [j0, j0 + n) as a while loop: as a range loop,
+                            j = j0                # such a scan was seen to run a third slower loaded from Numba's
+                            while j < j0 + n:     # cache than just compiled
+                                if plane[j] > m:
+                                    m, i = plane[j], j
+                                j += 1
+                            j0 += W
+                        ok[ph * PW + pw] = m if i >= 0 else 0   # empty bin: 0
+                        ak[ph * PW + pw] = i
 
 # %% ../nbs/07a_roi_numba.ipynb #261aed75
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -481,8 +500,8 @@ def bilinear_forward_numba(input: Tensor, plan: BilinearPlan, mode: str = "avg")
     p = _plan_arrays(plan)
     if mode == "avg":
         args = (_nhwc(input), *p, plan.count.numpy(), out.numpy(), _locality_order(plan))
-        if input.is_contiguous(memory_format=torch.channels_last): _bilinear_avg_fwd(*args)
-        else: _bilinear_avg_fwd_plain(*args, numba.get_num_threads())
+        cl = input.is_contiguous(memory_format=torch.channels_last)
+        (_bilinear_avg_fwd if cl else _bilinear_avg_fwd_plain)(*args, numba.get_num_threads())
         return out, None
     arg = _argmax_buffer(input, K, PH, PW)
     _bilinear_max_fwd(_nhwc(input), *p, out.numpy(), arg.numpy())
@@ -536,7 +555,8 @@ def roi_pool_forward_numba(input: Tensor, plan: PoolPlan):
     bins = (plan.batch.numpy(), plan.y0.numpy(), plan.y1.numpy(), plan.x0.numpy(), plan.x1.numpy())
     if K and is_plain(input):
         _pool_fwd_nchw(input.detach().view(N, C, H * W).numpy(), W, *bins, out.view(K, C, PH * PW).numpy(),
-                       arg.permute(0, 3, 1, 2).view(K, C, PH * PW).numpy())
+                       arg.permute(0, 3, 1, 2).view(K, C, PH * PW).numpy(), np.argsort(bins[0], kind="stable"),
+                       _nblocks(C))
     elif K: _pool_fwd(_nhwc(input), *bins, out.numpy(), arg.numpy())
     return out, arg
 

@@ -179,9 +179,9 @@ def test_plain_input_gives_the_bits_of_channels_last():
 
 
 def test_roi_pool_plain_and_channels_last_agree_on_ties_and_nans():
-    """RoIPool's forward on a plain NCHW input (its own kernel: bins first, channels inside) gives the values and the
-    argmax of the channels-last kernel -- the first maximum in row-then-column order, never a NaN -- on a map full of
-    ties, with NaNs in it, and with RoIs partly and wholly outside the map (empty bins: 0 and -1)."""
+    """RoIPool's forward on a plain NCHW input (its own kernel: plane by plane, in channel blocks) gives the values
+    and the argmax of the channels-last kernel -- the first maximum in row-then-column order, never a NaN -- on a map
+    full of ties, with NaNs in it, and with RoIs partly and wholly outside the map (empty bins: 0 and -1)."""
     from mrcnn_nb.roi_layers import pool_plan
     from mrcnn_nb.roi_numba import roi_pool_forward_numba
     x, b, s = case(7, C=6, K=80)
