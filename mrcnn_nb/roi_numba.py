@@ -125,32 +125,34 @@ def _bilinear_avg_bwd(g, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, 
 
 # %% ../nbs/07a_roi_numba.ipynb #f15f1701
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _bilinear_max_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, out, arg):
-    K, PH = ylo.shape[0], ylo.shape[1]
-    PW, GW, C = xlo.shape[1], xlo.shape[2], x.shape[3]
-    for t in prange(K * PH):
-        k = t // PH
-        ph = t - k * PH
-        b = batch[k]
-        o = np.empty(C, dtype=out.dtype)
-        for pw in range(PW):
-            a = arg[k, ph, pw]
-            for c in range(C):
-                o[c] = -np.inf
-                a[c] = -1
-            for iy in range(yn[k]):
-                y0, y1, wy0, wy1 = ylo[k, ph, iy], yhi[k, ph, iy], ywlo[k, ph, iy], ywhi[k, ph, iy]
-                for ix in range(xn[k]):
-                    x0, x1, wx0, wx1 = xlo[k, pw, ix], xhi[k, pw, ix], xwlo[k, pw, ix], xwhi[k, pw, ix]
-                    w1, w2, w3, w4 = wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1
-                    r1, r2, r3, r4 = x[b, y0, x0], x[b, y0, x1], x[b, y1, x0], x[b, y1, x1]
-                    s = iy * GW + ix
+def _bilinear_max_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, out, arg, nthreads):
+    # RoIs dealt out to the threads as by _bilinear_avg_fwd; each RoI's maxima into the thread's tile, then stored
+    K, PH, PW, GW, C = ylo.shape[0], ylo.shape[1], xlo.shape[1], xlo.shape[2], x.shape[3]
+    for t in prange(nthreads):
+        tile = _new_tile(PH * PW, C, out.dtype)
+        for k in range(t, K, nthreads):
+            b = batch[k]
+            for ph in range(PH):
+                for pw in range(PW):
+                    o, a = tile[ph * PW + pw], arg[k, ph, pw]
                     for c in range(C):
-                        v = w1 * r1[c] + w2 * r2[c] + w3 * r3[c] + w4 * r4[c]
-                        if v > o[c]:
-                            o[c] = v
-                            a[c] = s
-            for c in range(C): out[k, c, ph, pw] = o[c] if a[c] >= 0 else 0
+                        o[c] = -np.inf
+                        a[c] = -1
+                    for iy in range(yn[k]):
+                        y0, y1, wy0, wy1 = ylo[k, ph, iy], yhi[k, ph, iy], ywlo[k, ph, iy], ywhi[k, ph, iy]
+                        for ix in range(xn[k]):
+                            x0, x1, wx0, wx1 = xlo[k, pw, ix], xhi[k, pw, ix], xwlo[k, pw, ix], xwhi[k, pw, ix]
+                            w1, w2, w3, w4 = wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1
+                            r1, r2, r3, r4 = x[b, y0, x0], x[b, y0, x1], x[b, y1, x0], x[b, y1, x1]
+                            s = iy * GW + ix
+                            for c in range(C):
+                                v = w1 * r1[c] + w2 * r2[c] + w3 * r3[c] + w4 * r4[c]
+                                if v > o[c]:
+                                    o[c] = v
+                                    a[c] = s
+                    for c in range(C):
+                        if a[c] < 0: o[c] = 0
+            _store_bins(tile, out[k].reshape(C, PH * PW))
 
 # %% ../nbs/07a_roi_numba.ipynb #f902c92e
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -182,30 +184,31 @@ def _bilinear_max_bwd(g, arg, batch, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi,
 
 # %% ../nbs/07a_roi_numba.ipynb #49e0990c
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _pool_fwd(x, batch, py0, py1, px0, px1, out, arg):
-    K, PH = py0.shape[0], py0.shape[1]
-    PW, W, C = px0.shape[1], x.shape[2], x.shape[3]
-    for t in prange(K * PH):
-        k = t // PH
-        ph = t - k * PH
-        b = batch[k]
-        h0, h1 = py0[k, ph], py1[k, ph]
-        o = np.empty(C, dtype=out.dtype)
-        for pw in range(PW):
-            a = arg[k, ph, pw]
-            w0, w1 = px0[k, pw], px1[k, pw]
-            for c in range(C):
-                o[c] = -np.inf
-                a[c] = -1
-            for h in range(h0, h1):
-                for w in range(w0, w1):
-                    r = x[b, h, w]
-                    idx = h * W + w
+def _pool_fwd(x, batch, py0, py1, px0, px1, out, arg, nthreads):
+    # RoIs dealt out to the threads as by _bilinear_avg_fwd; each RoI's maxima into the thread's tile, then stored
+    K, PH, PW, W, C = py0.shape[0], py0.shape[1], px0.shape[1], x.shape[2], x.shape[3]
+    for t in prange(nthreads):
+        tile = _new_tile(PH * PW, C, out.dtype)
+        for k in range(t, K, nthreads):
+            b = batch[k]
+            for ph in range(PH):
+                h0, h1 = py0[k, ph], py1[k, ph]
+                for pw in range(PW):
+                    o, a, w0, w1 = tile[ph * PW + pw], arg[k, ph, pw], px0[k, pw], px1[k, pw]
                     for c in range(C):
-                        if r[c] > o[c]:
-                            o[c] = r[c]
-                            a[c] = idx
-            for c in range(C): out[k, c, ph, pw] = o[c] if a[c] >= 0 else 0   # empty bin: 0
+                        o[c] = -np.inf
+                        a[c] = -1
+                    for h in range(h0, h1):
+                        for w in range(w0, w1):
+                            r = x[b, h, w]
+                            idx = h * W + w
+                            for c in range(C):
+                                if r[c] > o[c]:
+                                    o[c] = r[c]
+                                    a[c] = idx
+                    for c in range(C):
+                        if a[c] < 0: o[c] = 0   # empty bin: 0
+            _store_bins(tile, out[k].reshape(C, PH * PW))
 
 # %% ../nbs/07a_roi_numba.ipynb #e66660ce
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -504,7 +507,7 @@ def bilinear_forward_numba(input: Tensor, plan: BilinearPlan, mode: str = "avg")
         (_bilinear_avg_fwd if cl else _bilinear_avg_fwd_plain)(*args, numba.get_num_threads())
         return out, None
     arg = _argmax_buffer(input, K, PH, PW)
-    _bilinear_max_fwd(_nhwc(input), *p, out.numpy(), arg.numpy())
+    _bilinear_max_fwd(_nhwc(input), *p, out.numpy(), arg.numpy(), numba.get_num_threads())
     return out, arg
 
 # %% ../nbs/07a_roi_numba.ipynb #31cc7b6d
@@ -557,7 +560,7 @@ def roi_pool_forward_numba(input: Tensor, plan: PoolPlan):
         _pool_fwd_nchw(input.detach().view(N, C, H * W).numpy(), W, *bins, out.view(K, C, PH * PW).numpy(),
                        arg.permute(0, 3, 1, 2).view(K, C, PH * PW).numpy(), np.argsort(bins[0], kind="stable"),
                        _nblocks(C))
-    elif K: _pool_fwd(_nhwc(input), *bins, out.numpy(), arg.numpy())
+    elif K: _pool_fwd(_nhwc(input), *bins, out.numpy(), arg.numpy(), numba.get_num_threads())
     return out, arg
 
 # %% ../nbs/07a_roi_numba.ipynb #c5b65987
