@@ -77,7 +77,7 @@ def _store_bins(tile, ok):
 
 @numba.njit(cache=True, nogil=True)
 def _new_tile(Q, C, dtype):
-    "A scratch tile for `_avg_bins`: Q rows of C values, padded by 16 so that no two rows are 4 KiB apart."
+    "A scratch tile for one RoI's Q bins: Q rows of C values, padded by 16 so that no two rows are 4 KiB apart."
     return np.empty((Q, C + 16), dtype)
 
 # %% ../nbs/07a_roi_numba.ipynb #6c0a0ab4
@@ -85,7 +85,7 @@ def _new_tile(Q, C, dtype):
 def _bilinear_avg_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, out, order, nthreads):
     # x (N, H, W, C); plans (K, P, G); out (K, C, PH, PW), as torchvision returns it; thread t takes RoIs order[t],
     # order[t + nthreads], ... (RoIs of unequal sizes dealt out evenly; each thread still moves through the images
-    # in Z-order), each RoI's bins summed into the thread's tile, then stored
+    # in Z-order), each RoI's bins averaged into the thread's tile, then stored
     K, PH, PW, C = ylo.shape[0], ylo.shape[1], xlo.shape[1], x.shape[3]
     for t in prange(nthreads):
         tile = _new_tile(PH * PW, C, out.dtype)
