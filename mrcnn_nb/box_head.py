@@ -127,7 +127,7 @@ def postprocess_detections(class_logits: Tensor, box_deltas: Tensor, proposals: 
         b, s, l = b[keep], s[keep], l[keep]
         keep = remove_small_boxes(b, min_size)
         b, s, l = b[keep], s[keep], l[keep]
-        keep = batched_nms(b, s, l, nms_thresh)[:detections_per_img]
+        keep = batched_nms(b, s, l, nms_thresh, max_keep=detections_per_img)
         results.append(dict(boxes=b[keep], scores=s[keep], labels=l[keep]))
     return results
 

@@ -146,37 +146,47 @@ def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
 
 # %% ../nbs/01_boxes.ipynb #60ce744b
 @numba.njit(cache=True, nogil=True)
-def _nms_sorted(boxes, iou_threshold):
-    # boxes: (N, 4) sorted by decreasing score; returns the kept positions in that order
+def _suppress_by(i, x1, y1, x2, y2, areas, iou_threshold, suppressed):
+    """Mark in `suppressed` every box after box `i` whose IoU with it is above the threshold. No branch in the loop:
+    the compiler runs it on several boxes at once."""
+    a1, b1, a2, b2, ai = x1[i], y1[i], x2[i], y2[i], areas[i]
+    # slices from i + 1: indices from 0, which the compiler knows are not negative (no wraparound to check)
+    X1, Y1, X2, Y2, A, S = x1[i + 1:], y1[i + 1:], x2[i + 1:], y2[i + 1:], areas[i + 1:], suppressed[i + 1:]
+    for j in range(X1.shape[0]):
+        w = (a2 if a2 < X2[j] else X2[j]) - (a1 if a1 > X1[j] else X1[j])
+        h = (b2 if b2 < Y2[j] else Y2[j]) - (b1 if b1 > Y1[j] else Y1[j])
+        over = (w > 0) & (h > 0) & (w * h > iou_threshold * (ai + A[j] - w * h))
+        S[j] = S[j] | np.uint8(over)
+
+@numba.njit(cache=True, nogil=True)
+def _nms_sorted(boxes, iou_threshold, max_keep):
+    # boxes: (N, 4) sorted by decreasing score; returns the kept positions in that order, the first max_keep only
     n = boxes.shape[0]
-    suppressed = np.zeros(n, dtype=np.bool_)
-    keep = np.empty(n, dtype=np.int64)
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    x1, y1, x2, y2 = boxes[:, 0].copy(), boxes[:, 1].copy(), boxes[:, 2].copy(), boxes[:, 3].copy()
+    areas = (x2 - x1) * (y2 - y1)
+    suppressed = np.zeros(n, dtype=np.uint8)
+    keep = np.empty(min(n, max_keep), dtype=np.int64)
     k = 0
     for i in range(n):
+        if k == max_keep: break   # the boxes after this one cannot change the first max_keep kept
         if suppressed[i]: continue
         keep[k] = i
         k += 1
-        x1, y1, x2, y2, ai = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3], areas[i]
-        for j in range(i + 1, n):
-            if suppressed[j]: continue
-            w = min(x2, boxes[j, 2]) - max(x1, boxes[j, 0])
-            h = min(y2, boxes[j, 3]) - max(y1, boxes[j, 1])
-            if w <= 0 or h <= 0: continue
-            inter = w * h
-            if inter > iou_threshold * (ai + areas[j] - inter): suppressed[j] = True
+        _suppress_by(i, x1, y1, x2, y2, areas, iou_threshold, suppressed)
     return keep[:k]
 
 # %% ../nbs/01_boxes.ipynb #5bdd27ed
-def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
-    "Greedy NMS: indices (int64) of the kept `boxes` (N, 4) xyxy, by decreasing `scores` (N,)."
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, max_keep: int | None = None) -> Tensor:
+    """Greedy NMS: indices (int64) of the kept `boxes` (N, 4) xyxy, by decreasing `scores` (N,); with `max_keep`, the
+    first `max_keep` of them (the same as cutting the whole result, computed sooner)."""
     if boxes.ndim != 2 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:1]:
         raise ValueError(f"nms expects boxes (N, 4) and scores (N,), "
                          f"got {tuple(boxes.shape)} and {tuple(scores.shape)}")
+    if max_keep is not None and max_keep < 0: raise ValueError(f"max_keep must be 0 or more, got {max_keep}")
     if boxes.numel() == 0: return torch.zeros(0, dtype=torch.int64, device=boxes.device)
     order = torch.argsort(scores, descending=True, stable=True)
     b = _at_least_float32(boxes[order].detach().cpu()).numpy()
-    kept = _nms_sorted(b, b.dtype.type(iou_threshold))
+    kept = _nms_sorted(b, b.dtype.type(iou_threshold), len(b) if max_keep is None else int(max_keep))
     return order[torch.from_numpy(kept).to(boxes.device)]
 
 # %% ../nbs/01_boxes.ipynb #7d308697
@@ -217,10 +227,11 @@ def plot_nms(boxes: Tensor, scores: Tensor, keep: Tensor, iou_threshold: float, 
     return fig
 
 # %% ../nbs/01_boxes.ipynb #667f1dcd
-def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
-    "NMS within each category `idxs` (N,): indices of kept boxes sorted by decreasing score."
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float,
+                max_keep: int | None = None) -> Tensor:
+    "NMS within each category `idxs` (N,): indices of kept boxes sorted by decreasing score (the first `max_keep`)."
     if boxes.numel() == 0: return torch.zeros(0, dtype=torch.int64, device=boxes.device)
     boxes = _at_least_float32(boxes)   # class offsets in bf16 would round the boxes
     span = (boxes.max() - boxes.min()).to(boxes.dtype) + 1
     shifted = boxes + (idxs.to(boxes.dtype) * span)[:, None]
-    return nms(shifted, scores, iou_threshold)
+    return nms(shifted, scores, iou_threshold, max_keep)

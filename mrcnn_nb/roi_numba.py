@@ -94,34 +94,74 @@ def _bilinear_avg_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, 
             _avg_bins(x[batch[k]], k, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count[k], 0, 0, tile)
             _store_bins(tile, out[k].reshape(C, PH * PW))
 
+# %% ../nbs/07a_roi_numba.ipynb #7c9e1f81
+@numba.njit(cache=True, nogil=True)
+def _window(lo, hi, wlo, whi, n):
+    """The cells [a, b] that one RoI's samples read on one axis: both neighbours of every sample with a weight that is
+    not zero. `(a, b)`, with b < a if none."""
+    a, b = 1 << 62, -1
+    for p in range(lo.shape[0]):
+        for i in range(n):
+            if wlo[p, i] != 0 or whi[p, i] != 0: a, b = min(a, lo[p, i], hi[p, i]), max(b, lo[p, i], hi[p, i])
+    return a, b
+
+# %% ../nbs/07a_roi_numba.ipynb #261aed75
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _separable_taps(ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count):
+    """Per RoI k: the (row, weight) taps of each bin row, the (column - x0[k], weight / count) taps of each bin
+    column, zero weights dropped, and the RoI's column window [x0[k], x0[k] + width[k]) (width 0: reads nothing)."""
+    K, PH, GY = ylo.shape
+    PW, GX = xlo.shape[1], xlo.shape[2]
+    rows, rw = np.zeros((K, PH, 2 * GY), np.int64), np.zeros((K, PH, 2 * GY), ywlo.dtype)
+    nr = np.zeros((K, PH), np.int64)
+    cols, cw = np.zeros((K, PW, 2 * GX), np.int64), np.zeros((K, PW, 2 * GX), xwlo.dtype)
+    nc = np.zeros((K, PW), np.int64)
+    x0, width = np.zeros(K, np.int64), np.zeros(K, np.int64)
+    for k in prange(K):
+        lo, hi = _window(xlo[k], xhi[k], xwlo[k], xwhi[k], xn[k])
+        if hi < lo: continue
+        x0[k], width[k] = lo, hi - lo + 1
+        for pw in range(PW):
+            for ix in range(xn[k]):
+                for c, w in ((xlo[k, pw, ix], xwlo[k, pw, ix]), (xhi[k, pw, ix], xwhi[k, pw, ix])):
+                    if w != 0:
+                        cols[k, pw, nc[k, pw]], cw[k, pw, nc[k, pw]] = c - lo, w / count[k]
+                        nc[k, pw] += 1
+        for ph in range(PH):
+            for iy in range(yn[k]):
+                for r, w in ((ylo[k, ph, iy], ywlo[k, ph, iy]), (yhi[k, ph, iy], ywhi[k, ph, iy])):
+                    if w != 0:
+                        rows[k, ph, nr[k, ph]], rw[k, ph, nr[k, ph]] = r, w
+                        nr[k, ph] += 1
+    return rows, rw, nr, cols, cw, nc, x0, width
+
 # %% ../nbs/07a_roi_numba.ipynb #c3b9da34
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _bilinear_avg_bwd(g, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, gin, nblocks):
-    # g (K, PH, PW, C) -> gin (N, H, W, C), zero-initialized; thread `blk` owns a block of channels
-    K, PH = ylo.shape[0], ylo.shape[1]
-    PW, C = xlo.shape[1], g.shape[3]
+def _bilinear_avg_bwd(g, batch, rows, rw, nr, cols, cw, nc, x0, width, gin, nblocks):
+    # g (K, PH, PW, C) -> gin (N, H, W, C), zero-initialized; the taps of _separable_taps; thread `blk` owns a block
+    # of channels and visits the RoIs in order: race-free, and the same bits for any split
+    K, PH, PW, C = g.shape
     bs = (C + nblocks - 1) // nblocks
     for blk in prange(nblocks):
         c0 = blk * bs
-        c1 = min(C, c0 + bs)
+        m = max(0, min(C, c0 + bs) - c0)
+        u = np.empty((max(1, width.max()), m), gin.dtype)   # one bin row's gradient across the RoI's columns
         for k in range(K):
-            b, cnt = batch[k], count[k]
+            n, a, img, gk = width[k], x0[k], gin[batch[k]], g[k]
             for ph in range(PH):
-                for iy in range(yn[k]):
-                    y0, y1, wy0, wy1 = ylo[k, ph, iy], yhi[k, ph, iy], ywlo[k, ph, iy], ywhi[k, ph, iy]
-                    if wy0 == 0 and wy1 == 0: continue
-                    for pw in range(PW):
-                        gg = g[k, ph, pw]
-                        for ix in range(xn[k]):
-                            x0, x1, wx0, wx1 = xlo[k, pw, ix], xhi[k, pw, ix], xwlo[k, pw, ix], xwhi[k, pw, ix]
-                            w1, w2, w3, w4 = wy0 * wx0 / cnt, wy0 * wx1 / cnt, wy1 * wx0 / cnt, wy1 * wx1 / cnt
-                            a1, a2, a3, a4 = gin[b, y0, x0], gin[b, y0, x1], gin[b, y1, x0], gin[b, y1, x1]
-                            for c in range(c0, c1):
-                                v = gg[c]
-                                a1[c] += v * w1
-                                a2[c] += v * w2
-                                a3[c] += v * w3
-                                a4[c] += v * w4
+                if n == 0 or nr[k, ph] == 0: continue
+                for j in range(n):
+                    for c in range(m): u[j, c] = 0
+                for pw in range(PW):
+                    gp = gk[ph, pw, c0:c0 + m]
+                    for q in range(nc[k, pw]):
+                        w, uj = cw[k, pw, q], u[cols[k, pw, q]]
+                        for c in range(m): uj[c] += w * gp[c]
+                for q in range(nr[k, ph]):
+                    w, seg = rw[k, ph, q], img[rows[k, ph, q], a:a + n, c0:c0 + m]
+                    for j in range(n):
+                        sj, uj = seg[j], u[j]
+                        for c in range(m): sj[c] += w * uj[c]
 
 # %% ../nbs/07a_roi_numba.ipynb #f15f1701
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -229,17 +269,6 @@ def _pool_bwd(g, arg, batch, gin, nblocks):
                         i = a[c]
                         if i >= 0: gin[b, i, c] += gg[c]
 
-# %% ../nbs/07a_roi_numba.ipynb #7c9e1f81
-@numba.njit(cache=True, nogil=True)
-def _window(lo, hi, wlo, whi, n):
-    """The cells [a, b] that one RoI's samples read on one axis: both neighbours of every sample with a weight that is
-    not zero. `(a, b)`, with b < a if none."""
-    a, b = 1 << 62, -1
-    for p in range(lo.shape[0]):
-        for i in range(n):
-            if wlo[p, i] != 0 or whi[p, i] != 0: a, b = min(a, lo[p, i], hi[p, i]), max(b, lo[p, i], hi[p, i])
-    return a, b
-
 # %% ../nbs/07a_roi_numba.ipynb #a06a41a9
 @numba.njit(cache=True, nogil=True)
 def _copy_window(img, ya, xa, win):
@@ -301,36 +330,6 @@ def _pool_fwd_nchw(x, W, batch, py0, py1, px0, px1, out, arg, order, nblocks):
                             j0 += W
                         ok[ph * PW + pw] = m if i >= 0 else 0   # empty bin: 0
                         ak[ph * PW + pw] = i
-
-# %% ../nbs/07a_roi_numba.ipynb #261aed75
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _separable_taps(ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count):
-    """Per RoI k: the (row, weight) taps of each bin row, the (column - x0[k], weight / count) taps of each bin
-    column, zero weights dropped, and the RoI's column window [x0[k], x0[k] + width[k]) (width 0: reads nothing)."""
-    K, PH, GY = ylo.shape
-    PW, GX = xlo.shape[1], xlo.shape[2]
-    rows, rw = np.zeros((K, PH, 2 * GY), np.int64), np.zeros((K, PH, 2 * GY), ywlo.dtype)
-    nr = np.zeros((K, PH), np.int64)
-    cols, cw = np.zeros((K, PW, 2 * GX), np.int64), np.zeros((K, PW, 2 * GX), xwlo.dtype)
-    nc = np.zeros((K, PW), np.int64)
-    x0, width = np.zeros(K, np.int64), np.zeros(K, np.int64)
-    for k in prange(K):
-        lo, hi = _window(xlo[k], xhi[k], xwlo[k], xwhi[k], xn[k])
-        if hi < lo: continue
-        x0[k], width[k] = lo, hi - lo + 1
-        for pw in range(PW):
-            for ix in range(xn[k]):
-                for c, w in ((xlo[k, pw, ix], xwlo[k, pw, ix]), (xhi[k, pw, ix], xwhi[k, pw, ix])):
-                    if w != 0:
-                        cols[k, pw, nc[k, pw]], cw[k, pw, nc[k, pw]] = c - lo, w / count[k]
-                        nc[k, pw] += 1
-        for ph in range(PH):
-            for iy in range(yn[k]):
-                for r, w in ((ylo[k, ph, iy], ywlo[k, ph, iy]), (yhi[k, ph, iy], ywhi[k, ph, iy])):
-                    if w != 0:
-                        rows[k, ph, nr[k, ph]], rw[k, ph, nr[k, ph]] = r, w
-                        nr[k, ph] += 1
-    return rows, rw, nr, cols, cw, nc, x0, width
 
 # %% ../nbs/07a_roi_numba.ipynb #1801c6f3
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -540,8 +539,8 @@ def bilinear_backward_numba(grad_out: Tensor, plan: BilinearPlan, input_shape, m
     if plan.batch.numel() == 0: return gin.permute(0, 3, 1, 2)
     b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn = _plan_arrays(plan)
     if mode == "avg":
-        _bilinear_avg_bwd(_nhwc(grad_out), b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn,
-                          plan.count.numpy(), gin.numpy(), _nblocks(C))
+        taps = _separable_taps(ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, plan.count.numpy())
+        _bilinear_avg_bwd(_nhwc(grad_out), b, *taps, gin.numpy(), _nblocks(C))
     else:
         _bilinear_max_bwd(_nhwc(grad_out), argmax.numpy(), b, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi,
                           gin.numpy(), _nblocks(C))

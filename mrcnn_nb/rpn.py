@@ -70,7 +70,7 @@ def _proposal_keep(boxes: Tensor, scores: Tensor, levels: Tensor, size: tuple, m
     b = clip_boxes(boxes, size)
     keep = remove_small_boxes(b, min_size)
     keep = keep[scores[keep] >= score_thresh]
-    keep = keep[batched_nms(b[keep], scores[keep], levels[keep], nms_thresh)[:post_nms_top_n]]
+    keep = keep[batched_nms(b[keep], scores[keep], levels[keep], nms_thresh, max_keep=post_nms_top_n)]
     return b, keep
 
 # %% ../nbs/06_rpn.ipynb #84801d41

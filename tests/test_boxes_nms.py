@@ -56,3 +56,15 @@ def test_box_coder_round_trip_and_torchvision_convention():
         assert torch.allclose(coder.encode(boxes, ref), tv.encode_single(boxes, ref), atol=1e-9)
         d = torch.randn(200, 4, dtype=torch.float64) * 3
         assert torch.allclose(coder.decode(d, ref), tv.decode_single(d, ref), atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nms_max_keep_is_the_head_of_the_full_result(seed):
+    # the RPN and the box head stop NMS after their post_nms_top_n / detections_per_img boxes
+    boxes, scores = random_boxes(1500, seed)
+    idxs = torch.randint(0, 5, (1500,), generator=torch.Generator().manual_seed(seed))
+    for t in (0.3, 0.7):
+        full, batched = torchvision.ops.nms(boxes, scores, t), torchvision.ops.batched_nms(boxes, scores, idxs, t)
+        for k in (0, 1, 99, 300, len(full), 5000):
+            assert torch.equal(nms(boxes, scores, t, max_keep=k), full[:k]), (t, k)
+            assert torch.equal(batched_nms(boxes, scores, idxs, t, max_keep=k), batched[:k]), (t, k)
