@@ -25,12 +25,13 @@ from .shapes import make_shapes
 __all__ = ['ROI_WORKLOADS', 'PROFILE_GROUPS', 'PROFILED', 'CONTENTION_SCENARIOS', 'CONTENTION_TARGETS', 'CONV_GRAD_CASES',
            'HUGE_PAGE_WAYS', 'COCO_CATEGORY_IDS', 'COCO_SIZES', 'time_dataset', 'format_rows', 'bench_data',
            'roi_workload', 'bench_roi', 'roi_floors', 'resolve_bf16', 'bench_model', 'op_group', 'profile_inference',
-           'bench_profile', 'speed_file', 'speed_record', 'bench_speed', 'bf16_left_out', 'speed_markdown',
-           'plot_speed', 'plot_profile', 'contention_file', 'bench_contention', 'contention_markdown',
-           'bench_conv_grad', 'conv_grad_file', 'conv_grad_markdown', 'bench_huge_pages', 'huge_pages_file',
-           'huge_pages_markdown', 'matched_detections', 'amp_file', 'bench_amp', 'amp_markdown', 'amp_training_dir',
-           'load_amp_training', 'amp_training_markdown', 'make_coco_scale_annotations', 'plot_annotation_structure',
-           'bench_coco_memory', 'coco_memory_rows', 'plot_coco_memory']
+           'bench_profile', 'conv_flops', 'matmul_rate', 'bench_conv_bound', 'speed_file', 'speed_record',
+           'bench_speed', 'bf16_left_out', 'speed_markdown', 'plot_speed', 'plot_profile', 'contention_file',
+           'bench_contention', 'contention_markdown', 'bench_conv_grad', 'conv_grad_file', 'conv_grad_markdown',
+           'bench_huge_pages', 'huge_pages_file', 'huge_pages_markdown', 'matched_detections', 'amp_file', 'bench_amp',
+           'amp_markdown', 'amp_training_dir', 'load_amp_training', 'amp_training_markdown',
+           'make_coco_scale_annotations', 'plot_annotation_structure', 'bench_coco_memory', 'coco_memory_rows',
+           'plot_coco_memory']
 
 # %% ../nbs/30_benchmarks.ipynb #6a6c3444
 def time_dataset(dataset, n: int | None = None, warmup: int = 2, threads: int | None = 1, then=None) -> dict:
@@ -362,6 +363,35 @@ def bench_profile(size=(800, 1066), models=None) -> dict:
     image = _bench_data(size, size)[0]
     return {name: profile_inference(built[name], image) for name in models}
 
+# %% ../nbs/30_benchmarks.ipynb #c0f10b02
+def conv_flops(model, images) -> float:
+    """Floating-point operations (two per multiply-add) of the convolutions and transposed convolutions that one
+    inference of `model` on `images` runs, counted from the shapes each call sees."""
+    total = []
+    def count(m, inputs, out):
+        per_value = m.weight[0].numel()   # per output value (Conv2d), per input value (ConvTranspose2d)
+        total.append(2 * (inputs[0] if isinstance(m, torch.nn.ConvTranspose2d) else out).numel() * per_value)
+    convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, convs)]
+    try:
+        with torch.inference_mode(): model(images)
+    finally:
+        for h in hooks: h.remove()
+    return float(sum(total))
+
+def matmul_rate(n: int = 4096, repeats: int = 3) -> float:
+    "GFLOP/s of an n × n float32 matrix product on torch's threads: the median of `repeats`, after one warm-up."
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    return 2 * n ** 3 / _median_seconds(lambda: a @ b, repeats) / 1e9
+
+# %% ../nbs/30_benchmarks.ipynb #c0f10b04
+def bench_conv_bound(size=(800, 1066)) -> dict:
+    """The convolution work of one float32 inference of `ours for_inference()` on the benchmark's image of `size`
+    (h, w), in GFLOP, and this machine's `matmul_rate`."""
+    fast = _inference_models(size, bf16=False)["ours for_inference()"]
+    return dict(gflop=conv_flops(fast, _bench_data(size, size)[0]) / 1e9, matmul_gflops=matmul_rate())
+
 # %% ../nbs/30_benchmarks.ipynb #fefcfd33
 def speed_file() -> Path:
     "The committed speed measurements of a clone: `nbs/results/bench/speed.json` beside the package."
@@ -383,27 +413,30 @@ def _roi_cases(roi: list) -> dict:
 
 # %% ../nbs/30_benchmarks.ipynb #1c679c7a
 def speed_record(roi: list, model: list, repeats: int, scale: float, size, command: str, profile=None,
-                 bf16: bool = True, floors=None) -> dict:
-    """The rows of `bench_roi` and `bench_model` (and a `bench_profile`, and `roi_floors`) with when, where and how
-    they were measured: the record every speed figure is drawn from (`speed_markdown`, `plot_speed`, `plot_profile`).
+                 bf16: bool = True, floors=None, conv_bound=None) -> dict:
+    """The rows of `bench_roi` and `bench_model` (and a `bench_profile`, `roi_floors`, `bench_conv_bound`) with when,
+    where and how they were measured: the record every speed figure is drawn from (`speed_markdown`, `plot_speed`,
+    `plot_profile`).
     `bf16`: whether the bfloat16 cases were timed."""
     import numba
     return dict(date=_utc_now(), command=command,
                 machine=machine_info(), numba_threads=numba.get_num_threads(), repeats=repeats, scale=scale,
                 image_size=list(size), roi=_no_nan(roi), model=_no_nan(model), profile=profile, bf16=bf16,
-                floors=floors)
+                floors=floors, conv_bound=conv_bound)
 
 # %% ../nbs/30_benchmarks.ipynb #b5168a0a
 def bench_speed(out=None, repeats: int = 5, scale: float = 1.0, size=(800, 1066), command: str = "bench_speed()",
                 progress: bool = True, bf16: bool | None = None) -> dict:
-    """`bench_roi`, `roi_floors`, `bench_model` and `bench_profile` in one run, as a `speed_record`; written to `out`
-    (JSON) if given. `bf16`: time the bfloat16 cases too (None: where `cpu_bf16_kernels`)."""
+    """`bench_roi`, `roi_floors`, `bench_model`, `bench_profile` and `bench_conv_bound` in one run, as a
+    `speed_record`; written to `out` (JSON) if given. `bf16`: time the bfloat16 cases too (None: where
+    `cpu_bf16_kernels`)."""
     bf16 = resolve_bf16(bf16)
     roi = bench_roi(repeats=repeats, scale=scale, progress=progress)
     floors = roi_floors(repeats=repeats, scale=scale)
     model = bench_model(repeats, size, size, progress, bf16)
     profiled = [n for n in PROFILED if bf16 or "bf16" not in n]
-    res = speed_record(roi, model, repeats, scale, size, command, bench_profile(size, profiled), bf16, floors)
+    res = speed_record(roi, model, repeats, scale, size, command, bench_profile(size, profiled), bf16, floors,
+                       bench_conv_bound(size))
     if out is not None: write_json(out, res)
     return res
 
@@ -471,6 +504,19 @@ def bf16_left_out(by_command: bool) -> str:
            "(`cpu_bf16_kernels`), where they run many times slower than float32")
     return f"No bfloat16 cases: {why}."
 
+# %% ../nbs/30_benchmarks.ipynb #c0f10b06
+def _conv_bound_text(res: dict) -> str:
+    """In words, from a speed record: the convolution work of one float32 inference, how long it takes at this
+    machine's matrix-product rate, against torchvision's inference, and the time ours spends in convolutions."""
+    cb = res["conv_bound"]
+    tv = next(r["seconds"] for r in res["model"] if r["task"] == "inference" and r["model"] == "torchvision")
+    at_rate = cb["gflop"] / cb["matmul_gflops"]
+    conv_s = res["profile"]["ours for_inference()"]["convolutions"] / 1e3
+    return (f"The convolutions of one float32 inference do {cb['gflop']:.0f} GFLOP (`conv_flops`); this machine "
+            f"multiplies float32 matrices at {cb['matmul_gflops']:.0f} GFLOP/s on the same threads (`matmul_rate`, "
+            f"4096 × 4096). At that rate those convolutions take {at_rate:.2f} s, {at_rate / tv:.2f}× torchvision's "
+            f"inference time; in the profile ours spend {conv_s:.2f} s in them ({cb['gflop'] / conv_s:.0f} GFLOP/s).")
+
 # %% ../nbs/30_benchmarks.ipynb #7f35c522
 def speed_markdown(res: dict) -> str:
     "The speed tables of a `bench_speed` record, with the machine and the command that measured them."
@@ -483,6 +529,7 @@ def speed_markdown(res: dict) -> str:
               "`bounds` column) takes at least as long, so torchvision's forward time divided by it bounds that "
               "forward's speed-up:\n\n"
               + "\n".join(_floors_table(res["floors"], res["roi"]))) if res.get("floors") else ""
+    if res.get("conv_bound") and res.get("profile"): profile += f"\n\n{_conv_bound_text(res)}"
     if not res.get("bf16", True):
         profile += f"\n\n{bf16_left_out(by_command=m.get('bf16_kernels', True))}"   # kernels there: the command's
     return (f"RoI layers (`aligned=True`, two samples per bin; {_workloads_text(res['scale'])}); our time and, in "
