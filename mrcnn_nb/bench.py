@@ -515,7 +515,9 @@ def _conv_bound_text(res: dict) -> str:
     return (f"The convolutions of one float32 inference do {cb['gflop']:.0f} GFLOP (`conv_flops`); this machine "
             f"multiplies float32 matrices at {cb['matmul_gflops']:.0f} GFLOP/s on the same threads (`matmul_rate`, "
             f"4096 × 4096). At that rate those convolutions take {at_rate:.2f} s, {at_rate / tv:.2f}× torchvision's "
-            f"inference time; in the profile ours spend {conv_s:.2f} s in them ({cb['gflop'] / conv_s:.0f} GFLOP/s).")
+            f"inference time: were everything else free, a float32 inference doing this work would take about that "
+            f"share of torchvision's time. In the profile ours spend {conv_s:.2f} s in them "
+            f"({cb['gflop'] / conv_s:.0f} GFLOP/s).")
 
 # %% ../nbs/30_benchmarks.ipynb #7f35c522
 def speed_markdown(res: dict) -> str:

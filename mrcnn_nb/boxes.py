@@ -172,7 +172,7 @@ def _nms_sorted(boxes, iou_threshold, max_keep):
         if suppressed[i]: continue
         keep[k] = i
         k += 1
-        _suppress_by(i, x1, y1, x2, y2, areas, iou_threshold, suppressed)
+        if k < max_keep: _suppress_by(i, x1, y1, x2, y2, areas, iou_threshold, suppressed)
     return keep[:k]
 
 # %% ../nbs/01_boxes.ipynb #5bdd27ed
@@ -230,7 +230,7 @@ def plot_nms(boxes: Tensor, scores: Tensor, keep: Tensor, iou_threshold: float, 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float,
                 max_keep: int | None = None) -> Tensor:
     "NMS within each category `idxs` (N,): indices of kept boxes sorted by decreasing score (the first `max_keep`)."
-    if boxes.numel() == 0: return torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    if boxes.numel() == 0: return nms(boxes.reshape(0, 4), scores, iou_threshold, max_keep)   # nms checks max_keep
     boxes = _at_least_float32(boxes)   # class offsets in bf16 would round the boxes
     span = (boxes.max() - boxes.min()).to(boxes.dtype) + 1
     shifted = boxes + (idxs.to(boxes.dtype) * span)[:, None]
