@@ -510,6 +510,10 @@ def bilinear_forward_numba(input: Tensor, plan: BilinearPlan, mode: str = "avg")
     return out, arg
 
 # %% ../nbs/07a_roi_numba.ipynb #31cc7b6d
+def _plan_taps(plan: BilinearPlan) -> tuple:
+    "`_separable_taps` of a plan: what both layouts' average backward kernels read."
+    return _separable_taps(*_plan_arrays(plan)[1:], plan.count.numpy())
+
 def _bilinear_backward_nchw(grad_out: Tensor, plan: BilinearPlan, input_shape, mode: str, argmax) -> Tensor:
     "Gradient of RoIAlign / RoIWarp with respect to a plain NCHW input, written NCHW."
     N, C, H, W = input_shape
@@ -518,8 +522,7 @@ def _bilinear_backward_nchw(grad_out: Tensor, plan: BilinearPlan, input_shape, m
     b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn = _plan_arrays(plan)
     g = grad_out.detach().contiguous().numpy()
     if mode == "avg":
-        taps = _separable_taps(ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, plan.count.numpy())
-        _bilinear_avg_bwd_nchw(g, b, *taps, gin.numpy(), _nblocks(C))
+        _bilinear_avg_bwd_nchw(g, b, *_plan_taps(plan), gin.numpy(), _nblocks(C))
     else:
         _bilinear_max_bwd_nchw(g, argmax.permute(0, 3, 1, 2).numpy(), b, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi,
                                gin.numpy(), _nblocks(C))
@@ -539,8 +542,7 @@ def bilinear_backward_numba(grad_out: Tensor, plan: BilinearPlan, input_shape, m
     if plan.batch.numel() == 0: return gin.permute(0, 3, 1, 2)
     b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn = _plan_arrays(plan)
     if mode == "avg":
-        taps = _separable_taps(ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, plan.count.numpy())
-        _bilinear_avg_bwd(_nhwc(grad_out), b, *taps, gin.numpy(), _nblocks(C))
+        _bilinear_avg_bwd(_nhwc(grad_out), b, *_plan_taps(plan), gin.numpy(), _nblocks(C))
     else:
         _bilinear_max_bwd(_nhwc(grad_out), argmax.numpy(), b, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi,
                           gin.numpy(), _nblocks(C))
