@@ -177,13 +177,15 @@ def bench_roi(workloads=("FPN", "C4"), repeats: int = 5, scale: float = 1.0, pro
 # %% ../nbs/30_benchmarks.ipynb #d77c8788
 def roi_floors(workloads=("FPN", "C4"), repeats: int = 5, scale: float = 1.0) -> list:
     """Median times (ms) of memory work alone that RoI forwards do, per workload, each with the forwards it bounds:
-    the output allocated and written once, and the feature map copied once, in its own layout and to channels-last."""
+    the output allocated as our kernels allocate it (`output_buffer`) and written once, and the feature map copied
+    once, in its own layout and to channels-last."""
+    from mrcnn_nb.roi_numba import output_buffer
     rows = []
     for w in workloads:
         feats, boxes, _, out = roi_workload(w, scale)
         shape = torch.Size((len(boxes), feats.shape[1], out, out))
-        cases = [("output allocated and written", "every forward", lambda: torch.empty(shape).fill_(1.0),
-                  shape.numel()),
+        cases = [("output allocated and written", "every forward of ours",
+                  lambda: output_buffer(*shape, dtype=torch.float32).fill_(1.0), shape.numel()),
                  ("map copied, same layout", "a forward that first copies the whole map, to any layout", feats.clone,
                   feats.numel()),
                  ("map copied to channels-last", "a channels-last forward handed NCHW features",

@@ -46,54 +46,6 @@ def _locality_order(plan: BilinearPlan) -> np.ndarray:
     "The order in which the average kernels visit the RoIs of `plan`: `_z_order` of each RoI's first sample cell."
     return _z_order(plan.batch.numpy(), plan.y.lo[:, 0, 0].numpy(), plan.x.lo[:, 0, 0].numpy())
 
-# %% ../nbs/07a_roi_numba.ipynb #6c804a02
-@numba.njit(cache=True, nogil=True)
-def _avg_bins(src, k, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, cnt, dy, dx, tile):
-    """The averages of every bin of RoI k (`cnt` samples each) into `tile` (PH * PW rows of at least C values; bin
-    (ph, pw) in row ph * PW + pw): `src` (h, w, C) holds the cells from row `dy` and column `dx` of the RoI's image
-    on."""
-    PH, PW, C = ylo.shape[1], xlo.shape[1], src.shape[2]
-    for ph in range(PH):
-        for pw in range(PW):
-            o = tile[ph * PW + pw]
-            for c in range(C): o[c] = 0
-            for iy in range(yn[k]):
-                y0, y1, wy0, wy1 = ylo[k, ph, iy] - dy, yhi[k, ph, iy] - dy, ywlo[k, ph, iy], ywhi[k, ph, iy]
-                if wy0 == 0 and wy1 == 0: continue
-                for ix in range(xn[k]):
-                    x0, x1, wx0, wx1 = xlo[k, pw, ix] - dx, xhi[k, pw, ix] - dx, xwlo[k, pw, ix], xwhi[k, pw, ix]
-                    if wx0 == 0 and wx1 == 0: continue   # read as zero: its cells may lie outside `src`
-                    w1, w2, w3, w4 = wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1
-                    r1, r2, r3, r4 = src[y0, x0], src[y0, x1], src[y1, x0], src[y1, x1]
-                    for c in range(C): o[c] += w1 * r1[c] + w2 * r2[c] + w3 * r3[c] + w4 * r4[c]
-            for c in range(C): o[c] /= cnt   # here, along the row, the division vectorizes
-
-@numba.njit(cache=True, nogil=True)
-def _store_bins(tile, ok):
-    "Write `tile` (bins, channels) into one RoI's output `ok` (C, PH * PW), transposed, channel after channel."
-    C, Q = ok.shape
-    for c in range(C):
-        for q in range(Q): ok[c, q] = tile[q, c]
-
-@numba.njit(cache=True, nogil=True)
-def _new_tile(Q, C, dtype):
-    "A scratch tile for one RoI's Q bins: Q rows of C values, padded by 16 so that no two rows are 4 KiB apart."
-    return np.empty((Q, C + 16), dtype)
-
-# %% ../nbs/07a_roi_numba.ipynb #6c0a0ab4
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _bilinear_avg_fwd(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, out, order, nthreads):
-    # x (N, H, W, C); plans (K, P, G); out (K, C, PH, PW), as torchvision returns it; thread t takes RoIs order[t],
-    # order[t + nthreads], ... (RoIs of unequal sizes dealt out evenly; each thread still moves through the images
-    # in Z-order), each RoI's bins averaged into the thread's tile, then stored
-    K, PH, PW, C = ylo.shape[0], ylo.shape[1], xlo.shape[1], x.shape[3]
-    for t in prange(nthreads):
-        tile = _new_tile(PH * PW, C, out.dtype)
-        for i in range(t, K, nthreads):
-            k = order[i]
-            _avg_bins(x[batch[k]], k, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count[k], 0, 0, tile)
-            _store_bins(tile, out[k].reshape(C, PH * PW))
-
 # %% ../nbs/07a_roi_numba.ipynb #7c9e1f81
 @numba.njit(cache=True, nogil=True)
 def _window(lo, hi, wlo, whi, n):
@@ -109,12 +61,15 @@ def _window(lo, hi, wlo, whi, n):
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _separable_taps(ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count):
     """Per RoI k: the (row, weight) taps of each bin row, the (column - x0[k], weight / count) taps of each bin
-    column, zero weights dropped, and the RoI's column window [x0[k], x0[k] + width[k]) (width 0: reads nothing)."""
+    column, zero weights dropped, and the RoI's column window [x0[k], x0[k] + width[k]) (width 0: reads nothing).
+    Each list is padded to a multiple of four with the first tap's index at weight 0, for kernels that take four
+    taps at a time."""
     K, PH, GY = ylo.shape
     PW, GX = xlo.shape[1], xlo.shape[2]
-    rows, rw = np.zeros((K, PH, 2 * GY), np.int64), np.zeros((K, PH, 2 * GY), ywlo.dtype)
+    TY, TX = (2 * GY + 3) // 4 * 4, (2 * GX + 3) // 4 * 4
+    rows, rw = np.zeros((K, PH, TY), np.int64), np.zeros((K, PH, TY), ywlo.dtype)
     nr = np.zeros((K, PH), np.int64)
-    cols, cw = np.zeros((K, PW, 2 * GX), np.int64), np.zeros((K, PW, 2 * GX), xwlo.dtype)
+    cols, cw = np.zeros((K, PW, TX), np.int64), np.zeros((K, PW, TX), xwlo.dtype)
     nc = np.zeros((K, PW), np.int64)
     x0, width = np.zeros(K, np.int64), np.zeros(K, np.int64)
     for k in prange(K):
@@ -133,7 +88,66 @@ def _separable_taps(ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count):
                     if w != 0:
                         rows[k, ph, nr[k, ph]], rw[k, ph, nr[k, ph]] = r, w
                         nr[k, ph] += 1
+        for ph in range(PH): rows[k, ph, nr[k, ph]:] = rows[k, ph, 0]
+        for pw in range(PW): cols[k, pw, nc[k, pw]:] = cols[k, pw, 0]
     return rows, rw, nr, cols, cw, nc, x0, width
+
+# %% ../nbs/07a_roi_numba.ipynb #6c804a02
+@numba.njit(cache=True, nogil=True)
+def _sep_bins(src, k, rows, rw, nr, cols, cw, nc, x0, width, dy, dx, u, tile):
+    """The averages of every bin of RoI k into `tile` (bin (ph, pw) in row ph * PW + pw), separably: for each bin row,
+    its row taps combined into `u` (the RoI's columns × channels), then each bin's column taps of `u`. `src`
+    (h, w, C) holds the cells from row `dy` and column `dx` of the RoI's image on. Taps four at a time."""
+    PH, PW, C, n, a = rows.shape[1], cols.shape[1], src.shape[2], width[k], x0[k] - dx
+    for ph in range(PH):
+        for g in range(0, nr[k, ph], 4):
+            r, w = rows[k, ph], rw[k, ph]
+            R0, R1, R2, R3, w0, w1, w2, w3 = src[r[g] - dy], src[r[g + 1] - dy], src[r[g + 2] - dy], \
+                src[r[g + 3] - dy], w[g], w[g + 1], w[g + 2], w[g + 3]
+            for j in range(n):
+                uj, s0, s1, s2, s3 = u[j], R0[a + j], R1[a + j], R2[a + j], R3[a + j]
+                if g == 0:
+                    for c in range(C): uj[c] = w0 * s0[c] + w1 * s1[c] + w2 * s2[c] + w3 * s3[c]
+                else:
+                    for c in range(C): uj[c] += w0 * s0[c] + w1 * s1[c] + w2 * s2[c] + w3 * s3[c]
+        for pw in range(PW):
+            o = tile[ph * PW + pw]
+            m = nc[k, pw] if nr[k, ph] > 0 else 0
+            if m == 0: o[:C] = 0                             # no sample of the bin reads a cell: 0
+            for g in range(0, m, 4):
+                q, v = cols[k, pw], cw[k, pw]
+                u0, u1, u2, u3, v0, v1, v2, v3 = u[q[g]], u[q[g + 1]], u[q[g + 2]], u[q[g + 3]], v[g], v[g + 1], \
+                    v[g + 2], v[g + 3]
+                if g == 0:
+                    for c in range(C): o[c] = v0 * u0[c] + v1 * u1[c] + v2 * u2[c] + v3 * u3[c]
+                else:
+                    for c in range(C): o[c] += v0 * u0[c] + v1 * u1[c] + v2 * u2[c] + v3 * u3[c]
+
+@numba.njit(cache=True, nogil=True)
+def _store_bins(tile, ok):
+    "Write `tile` (bins, channels) into one RoI's output `ok` (C, PH * PW), transposed, channel after channel."
+    C, Q = ok.shape
+    for c in range(C):
+        for q in range(Q): ok[c, q] = tile[q, c]
+
+@numba.njit(cache=True, nogil=True)
+def _new_tile(Q, C, dtype):
+    "A scratch tile for one RoI's Q bins: Q rows of C values, padded by 16 so that no two rows are 4 KiB apart."
+    return np.empty((Q, C + 16), dtype)
+
+# %% ../nbs/07a_roi_numba.ipynb #6c0a0ab4
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _bilinear_avg_fwd(x, batch, rows, rw, nr, cols, cw, nc, x0, width, out, order, nthreads):
+    # x (N, H, W, C); the taps of _separable_taps; out (K, C, PH, PW), as torchvision returns it; thread t takes RoIs
+    # order[t], order[t + nthreads], ... (RoIs of unequal sizes dealt out evenly; each thread still moves through
+    # the images in Z-order), each RoI's bins averaged into the thread's tile, then stored
+    K, PH, PW, C = len(order), rows.shape[1], cols.shape[1], x.shape[3]
+    for t in prange(nthreads):
+        tile, u = _new_tile(PH * PW, C, out.dtype), np.empty((max(1, width.max()), C), out.dtype)
+        for i in range(t, K, nthreads):
+            k = order[i]
+            _sep_bins(x[batch[k]], k, rows, rw, nr, cols, cw, nc, x0, width, 0, 0, u, tile)
+            _store_bins(tile, out[k].reshape(C, PH * PW))
 
 # %% ../nbs/07a_roi_numba.ipynb #c3b9da34
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -280,27 +294,110 @@ def _copy_window(img, ya, xa, win):
             for c in range(C): d[c] = s[c]
 
 # %% ../nbs/07a_roi_numba.ipynb #bdb31559
+@numba.njit(cache=True, nogil=True)
+def _row_window(rows, nr, k):
+    "The rows [a, b] that RoI k's row taps read; b < a if none."
+    a, b = 1 << 62, -1
+    for ph in range(rows.shape[1]):
+        for q in range(nr[k, ph]): a, b = min(a, rows[k, ph, q]), max(b, rows[k, ph, q])
+    return a, b
+
+@numba.njit(cache=True, nogil=True)
+def _copies_window(rows, nr, width, count, PW):
+    "Per RoI: whether its samples outnumber the cells of its window, which a plain input's forward then copies."
+    small = np.zeros(rows.shape[0], np.bool_)
+    for k in range(rows.shape[0]):
+        a, b = _row_window(rows, nr, k)
+        small[k] = max(0, b - a + 1) * width[k] < rows.shape[1] * PW * count[k]
+    return small
+
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _bilinear_avg_fwd_plain(x, batch, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn, count, out, order,
-                            nthreads):
-    # x (N, H, W, C) view of a plain input; RoIs dealt out to the threads as by _bilinear_avg_fwd; out (K, C, PH, PW)
-    K, PH, PW, C = ylo.shape[0], ylo.shape[1], xlo.shape[1], x.shape[3]
-    p = (ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn)
+def _bilinear_avg_fwd_plain(x, batch, rows, rw, nr, cols, cw, nc, x0, width, out, order, nthreads):
+    # x (N, H, W, C) view of a plain input; each RoI of `order` (dealt out as by _bilinear_avg_fwd) has its window
+    # copied channels-last, then averaged from the copy as _bilinear_avg_fwd does; out (K, C, PH, PW)
+    K, PH, PW, C = len(order), rows.shape[1], cols.shape[1], x.shape[3]
     for t in prange(nthreads):
         buf, tile = np.empty(0, x.dtype), _new_tile(PH * PW, C, out.dtype)
+        u = np.empty((max(1, width.max()), C), out.dtype)
         for i in range(t, K, nthreads):
             k = order[i]
-            img = x[batch[k]]
-            ya, yb = _window(ylo[k], yhi[k], ywlo[k], ywhi[k], yn[k])
-            xa, xb = _window(xlo[k], xhi[k], xwlo[k], xwhi[k], xn[k])
-            h, w = yb - ya + 1, xb - xa + 1
-            if h > 0 and w > 0 and h * w < PH * yn[k] * PW * xn[k]:   # fewer cells than samples: copy them
+            ya, yb = _row_window(rows, nr, k)
+            h, w = yb - ya + 1, width[k]
+            if h > 0 and w > 0:
                 if buf.size < h * w * C: buf = np.empty(h * w * C, x.dtype)
                 win = buf[:h * w * C].reshape(h, w, C)
-                _copy_window(img, ya, xa, win)
-                _avg_bins(win, k, *p, count[k], ya, xa, tile)
-            else: _avg_bins(img, k, *p, count[k], 0, 0, tile)
+                _copy_window(x[batch[k]], ya, x0[k], win)
+                _sep_bins(win, k, rows, rw, nr, cols, cw, nc, x0, width, ya, x0[k], u, tile)
+            else: _sep_bins(x[batch[k]], k, rows, rw, nr, cols, cw, nc, x0, width, 0, 0, u, tile)   # reads nothing
             _store_bins(tile, out[k].reshape(C, PH * PW))
+
+@numba.njit(cache=True, nogil=True)
+def _row_sum(plane, rows, rw, nr, k, ph, a, n, u):
+    "Bin row ph of RoI k in one channel: its row taps, four at a time, over columns [a, a + n) of `plane`, into `u`."
+    for g in range(0, nr[k, ph], 4):
+        R0, R1, R2, R3 = plane[rows[k, ph, g], a:a + n], plane[rows[k, ph, g + 1], a:a + n], \
+            plane[rows[k, ph, g + 2], a:a + n], plane[rows[k, ph, g + 3], a:a + n]
+        w0, w1, w2, w3 = rw[k, ph, g], rw[k, ph, g + 1], rw[k, ph, g + 2], rw[k, ph, g + 3]
+        if g == 0:
+            for j in range(n): u[j] = w0 * R0[j] + w1 * R1[j] + w2 * R2[j] + w3 * R3[j]
+        else:
+            for j in range(n): u[j] += w0 * R0[j] + w1 * R1[j] + w2 * R2[j] + w3 * R3[j]
+
+@numba.njit(cache=True, nogil=True)
+def _column_sum(u, cols, cw, nc, k, pw, zero):
+    "One bin's value from its bin row's `u` (one channel): its column taps, four at a time; `zero` if it has none."
+    s = zero
+    for g in range(0, nc[k, pw], 4):
+        e = cw[k, pw, g] * u[cols[k, pw, g]] + cw[k, pw, g + 1] * u[cols[k, pw, g + 1]] + \
+            cw[k, pw, g + 2] * u[cols[k, pw, g + 2]] + cw[k, pw, g + 3] * u[cols[k, pw, g + 3]]
+        s = e if g == 0 else s + e
+    return s
+
+@numba.njit(cache=True, nogil=True)
+def _plane_bins(x, b, c, m, k, rows, rw, nr, cols, cw, nc, x0, width, U, out, zero):
+    "Every bin of RoI k in channels c, ..., c + m - 1 of image b, channel by channel: `_row_sum`, `_column_sum`."
+    for d in range(m):
+        for ph in range(rows.shape[1]):
+            _row_sum(x[b, c + d], rows, rw, nr, k, ph, x0[k], width[k], U[0])
+            for pw in range(cols.shape[1]):
+                out[k, c + d, ph, pw] = _column_sum(U[0], cols, cw, nc, k, pw, zero) if nr[k, ph] > 0 else zero
+
+@numba.njit(cache=True, nogil=True)
+def _plane_bins4(x, b, c, k, rows, rw, cols, cw, x0, width, U, out):
+    """`_plane_bins` for four channels at once, for a RoI whose every bin row has four row taps and every bin four
+    column taps: each tap's cell and weight read once for the four channels."""
+    n, a = width[k], x0[k]
+    for ph in range(rows.shape[1]):
+        i0, i1, i2, i3 = rows[k, ph, 0], rows[k, ph, 1], rows[k, ph, 2], rows[k, ph, 3]
+        w0, w1, w2, w3 = rw[k, ph, 0], rw[k, ph, 1], rw[k, ph, 2], rw[k, ph, 3]
+        for d in range(4):
+            plane, u = x[b, c + d], U[d]
+            R0, R1, R2, R3 = plane[i0, a:a + n], plane[i1, a:a + n], plane[i2, a:a + n], plane[i3, a:a + n]
+            for j in range(n): u[j] = w0 * R0[j] + w1 * R1[j] + w2 * R2[j] + w3 * R3[j]
+        for pw in range(cols.shape[1]):
+            q0, q1, q2, q3 = cols[k, pw, 0], cols[k, pw, 1], cols[k, pw, 2], cols[k, pw, 3]
+            v0, v1, v2, v3 = cw[k, pw, 0], cw[k, pw, 1], cw[k, pw, 2], cw[k, pw, 3]
+            for d in range(4):
+                u = U[d]
+                out[k, c + d, ph, pw] = v0 * u[q0] + v1 * u[q1] + v2 * u[q2] + v3 * u[q3]
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _bilinear_avg_fwd_planes(x, batch, rows, rw, nr, cols, cw, nc, x0, width, out, order, nblocks):
+    # x (N, C, H, W) of a plain input; thread b takes the b-th of `nblocks` blocks of channels and, four channels at a
+    # time, every RoI in `order`: _sep_bins's sums for each channel, in the same order, read along the planes' rows
+    K, C = len(order), x.shape[1]
+    bs = (C + nblocks - 1) // nblocks
+    four = rows.shape[2] == 4 and cols.shape[2] == 4   # two samples per axis (or one): four taps
+    for blk in prange(nblocks):
+        U, zero = np.empty((4, max(1, width.max())), out.dtype), np.zeros(1, out.dtype)[0]
+        c1 = min(C, blk * bs + bs)
+        for c in range(blk * bs, c1, 4):
+            m = min(4, c1 - c)
+            for t in range(K):
+                k = order[t]
+                if four and m == 4 and nr[k].min() > 0 and nc[k].min() > 0:
+                    _plane_bins4(x, batch[k], c, k, rows, rw, cols, cw, x0, width, U, out)
+                else: _plane_bins(x, batch[k], c, m, k, rows, rw, nr, cols, cw, nc, x0, width, U, out, zero)
 
 # %% ../nbs/07a_roi_numba.ipynb #682d1387
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -491,6 +588,18 @@ def _argmax_buffer(input: Tensor, K: int, PH: int, PW: int) -> Tensor:
     return output_buffer(K, PH, PW, C, dtype=torch.int32)
 
 # %% ../nbs/07a_roi_numba.ipynb #071ba386
+def _plan_taps(plan: BilinearPlan) -> tuple:
+    "`_separable_taps` of a plan: what the average kernels read, forward and backward, in both layouts."
+    return _separable_taps(*_plan_arrays(plan)[1:], plan.count.numpy())
+
+def _avg_forward_plain(input: Tensor, plan: BilinearPlan, taps: tuple, out: Tensor, order: np.ndarray):
+    """The average forward of a plain NCHW input into `out`: RoIs whose samples outnumber their window's cells through
+    a channels-last copy of the window, the others plane by plane; both give `_bilinear_avg_fwd`'s bits."""
+    small = _copies_window(taps[0], taps[2], taps[7], plan.count.numpy(), taps[3].shape[1])[order]
+    b = plan.batch.numpy()
+    _bilinear_avg_fwd_plain(_nhwc(input), b, *taps, out.numpy(), order[small], numba.get_num_threads())
+    _bilinear_avg_fwd_planes(input.numpy(), b, *taps, out.numpy(), order[~small], _nblocks(input.shape[1]))
+
 def bilinear_forward_numba(input: Tensor, plan: BilinearPlan, mode: str = "avg"):
     "RoIAlign / RoIWarp forward on the CPU: `(output (K, C, PH, PW), argmax or None)`."
     _check_kernel_args(plan, input.shape, mode)
@@ -499,21 +608,16 @@ def bilinear_forward_numba(input: Tensor, plan: BilinearPlan, mode: str = "avg")
     K, PH, PW = plan.y.lo.shape[0], plan.y.lo.shape[1], plan.x.lo.shape[1]
     out = output_buffer(K, C, PH, PW, dtype=input.dtype)
     if K == 0: return out, None
-    p = _plan_arrays(plan)
     if mode == "avg":
-        args = (_nhwc(input), *p, plan.count.numpy(), out.numpy(), _locality_order(plan))
-        cl = input.is_contiguous(memory_format=torch.channels_last)
-        (_bilinear_avg_fwd if cl else _bilinear_avg_fwd_plain)(*args, numba.get_num_threads())
+        taps, order = _plan_taps(plan), _locality_order(plan)
+        if is_plain(input): _avg_forward_plain(input, plan, taps, out, order)
+        else: _bilinear_avg_fwd(_nhwc(input), plan.batch.numpy(), *taps, out.numpy(), order, numba.get_num_threads())
         return out, None
     arg = _argmax_buffer(input, K, PH, PW)
-    _bilinear_max_fwd(_nhwc(input), *p, out.numpy(), arg.numpy(), numba.get_num_threads())
+    _bilinear_max_fwd(_nhwc(input), *_plan_arrays(plan), out.numpy(), arg.numpy(), numba.get_num_threads())
     return out, arg
 
 # %% ../nbs/07a_roi_numba.ipynb #31cc7b6d
-def _plan_taps(plan: BilinearPlan) -> tuple:
-    "`_separable_taps` of a plan: what both layouts' average backward kernels read."
-    return _separable_taps(*_plan_arrays(plan)[1:], plan.count.numpy())
-
 def _bilinear_backward_nchw(grad_out: Tensor, plan: BilinearPlan, input_shape, mode: str, argmax) -> Tensor:
     "Gradient of RoIAlign / RoIWarp with respect to a plain NCHW input, written NCHW."
     N, C, H, W = input_shape

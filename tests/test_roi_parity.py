@@ -173,12 +173,14 @@ def test_input_gradient_keeps_the_input_layout():
 
 def test_plain_input_gives_the_bits_of_channels_last():
     """RoIAlign's average on a plain NCHW input — small, densely sampled RoIs read through a channels-last copy of
-    their window, the others in place — gives the same bits as on the channels-last input."""
+    their window, the others plane by plane (one and two groups of four taps) — gives the same bits as on the
+    channels-last input."""
     x, b, s = case(6, C=8, K=60)
     cl = x.contiguous(memory_format=torch.channels_last)
-    for sampling_ratio, aligned in ((4, True), (2, False), (-1, True), (0, False)):
-        plain = roi_align(x, b, (5, 4), s, sampling_ratio, aligned)
-        assert torch.equal(plain, roi_align(cl, b, (5, 4), s, sampling_ratio, aligned)), (sampling_ratio, aligned)
+    for size, sampling_ratio, aligned in (((5, 4), 4, True), ((5, 4), 2, False), ((5, 4), -1, True),
+                                          ((5, 4), 0, False), ((5, 4), 1, True), ((1, 1), 4, True)):
+        plain = roi_align(x, b, size, s, sampling_ratio, aligned)
+        assert torch.equal(plain, roi_align(cl, b, size, s, sampling_ratio, aligned)), (size, sampling_ratio, aligned)
 
 
 def test_roi_pool_plain_and_channels_last_agree_on_ties_and_nans():
