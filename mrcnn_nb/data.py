@@ -11,7 +11,7 @@ import math
 import pickle
 from collections import Counter
 from dataclasses import dataclass
-from functools import cached_property, partial, reduce
+from functools import cached_property, lru_cache, partial, reduce
 from pathlib import Path
 
 import numpy as np
@@ -194,13 +194,19 @@ def _uncompressed_rle(segm: dict, height: int, width: int, where: str) -> dict:
     return mask_utils.frPyObjects(segm, height, width)
 
 # %% ../nbs/02_data.ipynb #fb6dd87d
+@lru_cache(maxsize=1 << 16)
+def _runs_cover(counts, height: int, width: int) -> bool:
+    """Whether the runs of a compressed RLE string are well formed and cover a height x width image. Remembered: a
+    dataset reads the same annotations every epoch, and decoding the string in Python costs more than the mask."""
+    runs = compressed_rle_counts(counts)
+    return runs is not None and min(runs, default=0) >= 0 and sum(runs) == height * width
+
 def _compressed_rle(segm: dict, height: int, width: int, where: str) -> dict:
     "`segm` itself (`counts` a string), once its runs are checked to cover the image."
     counts = segm["counts"]
     if not isinstance(counts, (str, bytes)):
         raise UserInputError(f"{where}: RLE counts must be a string or a list, got {type(counts).__name__}")
-    runs = compressed_rle_counts(counts)
-    if runs is None or min(runs, default=0) < 0 or sum(runs) != height * width:
+    if not _runs_cover(counts, height, width):
         raise UserInputError(f"{where}: corrupt compressed RLE: its runs do not cover the {height} x {width} image")
     return segm
 

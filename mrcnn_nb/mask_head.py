@@ -43,13 +43,28 @@ class FCNMaskHead(nn.Sequential):
 
 # %% ../nbs/09_mask_head.ipynb #5da671d1
 class MaskPredictor(nn.Sequential):
-    "2x deconvolution + ReLU + 1x1 conv to one mask logit map per class (`num_masks`)."
+    """2x deconvolution + ReLU + 1x1 conv to one mask logit map per class (`num_masks`). While gradients are
+    recorded, the same three layers run as two matrix products over the RoIs' pixels (`as_products`)."""
     def __init__(self, in_channels: int, dim: int, num_masks: int):
         super().__init__(OrderedDict([("conv5_mask", nn.ConvTranspose2d(in_channels, dim, 2, 2, 0)),
                                       ("relu", nn.ReLU(inplace=True)),
                                       ("mask_fcn_logits", nn.Conv2d(dim, num_masks, 1))]))
         for n, p in self.named_parameters():
             if "weight" in n: nn.init.kaiming_normal_(p, mode="fan_out", nonlinearity="relu")
+
+    def as_products(self, x: Tensor) -> Tensor:
+        """The logits as matrix products: each input pixel's C channels times (C, 2 x 2 x dim) give its four output
+        pixels (the 2x2, stride-2 deconvolution: the four never overlap), ReLU, then times (dim, num_masks)."""
+        d, l = self.conv5_mask, self.mask_fcn_logits
+        N, C, H, W = x.shape
+        D, M = d.out_channels, l.out_channels
+        pixels = x.permute(0, 2, 3, 1).reshape(N * H * W, C)   # a view of a channels-last x
+        up = torch.addmm(d.bias.repeat(4), pixels, d.weight.permute(0, 2, 3, 1).reshape(C, 4 * D)).relu_()
+        z = torch.addmm(l.bias, up.view(-1, D), l.weight.view(M, D).t())   # rows: (n, y, x, dy, dx)
+        return z.view(N, H, W, 2, 2, M).permute(0, 5, 1, 3, 2, 4).reshape(N, M, 2 * H, 2 * W)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.as_products(x) if torch.is_grad_enabled() else super().forward(x)
 
 # %% ../nbs/09_mask_head.ipynb #d36e3e27
 class MLPMaskHead(nn.Module):
