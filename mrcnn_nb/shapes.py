@@ -300,8 +300,8 @@ def _shapes_kind(kind: str) -> tuple:
 
 # %% ../nbs/02a_shapes.ipynb #d11dbf3b
 def _write_image(folder: Path, image_id: int, img: np.ndarray, image_format: str) -> dict:
-    """Write `img` to `folder` as `<image_id, 12 digits>.<image_format>`; its COCO image entry. A plain write: the split's
-    annotation file, written last and atomically, is what says the images are complete (`make_shapes`)."""
+    """Write `img` to `folder` as `<image_id, 12 digits>.<image_format>`; its COCO image entry. A plain write: the
+    split's annotation file, written last and atomically, is what says the images are complete (`make_shapes`)."""
     fname = f"{image_id:012d}.{image_format}"
     with open(folder / fname, "wb") as f:
         Image.fromarray(img).save(f, format="PNG" if image_format == "png" else "JPEG", quality=90)
