@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
+import glob
 import json
 import os
 import random
@@ -154,16 +155,17 @@ def _temporary_beside(path: Path) -> str:
     return tmp
 
 def _clear_killed_writes(path: Path):
-    "Delete the temporary files that killed writes of `path` left (older than `STALE_TMP_S`: not a live writer's)."
-    for old in path.parent.iterdir():
-        if old.name.startswith(f".{path.name}.") and old.name.endswith(".tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                if time.time() - old.stat().st_mtime > STALE_TMP_S: old.unlink()
+    """Delete the temporary files that killed writes of `path` left (older than `STALE_TMP_S`: not a live writer's).
+    Only names that match become paths: a folder of thousands of files is scanned, not turned into Path objects."""
+    for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - old.stat().st_mtime > STALE_TMP_S: old.unlink()
 
 @contextlib.contextmanager
-def atomic_write(path, mode: str = "w", **kwargs):
-    """Open a temporary file beside `path`; on success rename it onto `path` (and delete temporary files an earlier,
-    killed write of `path` left), on error delete it; a full disk is a one-line error naming `path`."""
+def atomic_write(path, mode: str = "w", sync: bool = True, **kwargs):
+    """Open a temporary file beside `path`; on success flush it to disk (unless not `sync`: for many files that a
+    later, synced write vouches for) and rename it onto `path` (and delete temporary files an earlier, killed write
+    of `path` left), on error delete it; a full disk is a one-line error naming `path`."""
     path = Path(path)
     if path.is_dir(): raise UserInputError(f"{path}: is a directory; give a file name")
     tmp = _temporary_beside(path)
@@ -171,7 +173,7 @@ def atomic_write(path, mode: str = "w", **kwargs):
         with open(tmp, mode, **kwargs) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if sync: os.fsync(f.fileno())
         # mkstemp makes 0600 files
         os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else _default_file_mode())
         os.replace(tmp, path)

@@ -11,7 +11,7 @@ import math
 import pickle
 from collections import Counter
 from dataclasses import dataclass
-from functools import cached_property, lru_cache, partial, reduce
+from functools import cached_property, partial, reduce
 from pathlib import Path
 
 import numpy as np
@@ -194,25 +194,23 @@ def _uncompressed_rle(segm: dict, height: int, width: int, where: str) -> dict:
     return mask_utils.frPyObjects(segm, height, width)
 
 # %% ../nbs/02_data.ipynb #fb6dd87d
-@lru_cache(maxsize=1 << 16)
-def _runs_cover(counts, height: int, width: int) -> bool:
-    """Whether the runs of a compressed RLE string are well formed and cover a height x width image. Remembered: a
-    dataset reads the same annotations every epoch, and decoding the string in Python costs more than the mask."""
-    runs = compressed_rle_counts(counts)
-    return runs is not None and min(runs, default=0) >= 0 and sum(runs) == height * width
-
-def _compressed_rle(segm: dict, height: int, width: int, where: str) -> dict:
-    "`segm` itself (`counts` a string), once its runs are checked to cover the image."
+def _compressed_rle(segm: dict, height: int, width: int, where: str, checked: bool = False) -> dict:
+    """`segm` itself (`counts` a string), once its runs are checked to cover the image (not again if `checked`: its
+    string passed this check before, when the dataset's index was built)."""
     counts = segm["counts"]
     if not isinstance(counts, (str, bytes)):
         raise UserInputError(f"{where}: RLE counts must be a string or a list, got {type(counts).__name__}")
-    if not _runs_cover(counts, height, width):
+    if checked: return segm
+    runs = compressed_rle_counts(counts)
+    if runs is None or min(runs, default=0) < 0 or sum(runs) != height * width:
         raise UserInputError(f"{where}: corrupt compressed RLE: its runs do not cover the {height} x {width} image")
     return segm
 
 # %% ../nbs/02_data.ipynb #51a872ea
-def segmentation_to_rle(segm, height: int, width: int, where: str = "segmentation") -> dict:
-    "Compressed RLE of a COCO segmentation (polygons, uncompressed or compressed RLE)."
+def segmentation_to_rle(segm, height: int, width: int, where: str = "segmentation", checked: bool = False) -> dict:
+    """Compressed RLE of a COCO segmentation (polygons, uncompressed or compressed RLE). `checked`: it passed this
+    function before (the dataset's index does, for every annotation it keeps), so a compressed RLE's runs, decoded in
+    Python, are not decoded again."""
     if isinstance(segm, list):
         check_polygons(segm, where)
         return mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
@@ -222,7 +220,7 @@ def segmentation_to_rle(segm, height: int, width: int, where: str = "segmentatio
         if list(segm["size"]) != [height, width]:
             raise UserInputError(f"{where}: RLE size {segm['size']} differs from the image size {[height, width]}")
         if isinstance(segm["counts"], list): return _uncompressed_rle(segm, height, width, where)
-        return _compressed_rle(segm, height, width, where)
+        return _compressed_rle(segm, height, width, where, checked)
     raise UserInputError(f"{where}: unrecognized segmentation {str(segm)[:80]!r} (expected polygons or RLE)")
 
 # %% ../nbs/02_data.ipynb #e9a9c073
@@ -427,7 +425,7 @@ def _record_target(r: dict, with_masks: bool, num_keypoints: int, ann_file) -> d
     t = dict(boxes=torch.tensor([a[1] for a in anns], dtype=torch.float32).reshape(-1, 4),
              labels=torch.tensor([a[2] for a in anns], dtype=torch.int64))
     if with_masks:
-        rles = [segmentation_to_rle(a[3], h, w, f"{ann_file}: annotation {a[0]}") for a in anns]
+        rles = [segmentation_to_rle(a[3], h, w, f"{ann_file}: annotation {a[0]}", checked=True) for a in anns]
         t["masks"] = decode_rles(rles, h, w)
     if num_keypoints:
         kps = torch.tensor([a[4] for a in anns], dtype=torch.float32)

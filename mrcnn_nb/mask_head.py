@@ -43,8 +43,8 @@ class FCNMaskHead(nn.Sequential):
 
 # %% ../nbs/09_mask_head.ipynb #5da671d1
 class MaskPredictor(nn.Sequential):
-    """2x deconvolution + ReLU + 1x1 conv to one mask logit map per class (`num_masks`). While gradients are
-    recorded, the same three layers run as two matrix products over the RoIs' pixels (`as_products`)."""
+    """2x deconvolution + ReLU + 1x1 conv to one mask logit map per class (`num_masks`). In grad mode (training),
+    the same three layers run as two matrix products over the RoIs' pixels (`as_products`)."""
     def __init__(self, in_channels: int, dim: int, num_masks: int):
         super().__init__(OrderedDict([("conv5_mask", nn.ConvTranspose2d(in_channels, dim, 2, 2, 0)),
                                       ("relu", nn.ReLU(inplace=True)),

@@ -344,28 +344,30 @@ def _row_sum(plane, rows, rw, nr, k, ph, a, n, u):
             for j in range(n): u[j] += w0 * R0[j] + w1 * R1[j] + w2 * R2[j] + w3 * R3[j]
 
 @numba.njit(cache=True, nogil=True)
-def _column_sum(u, cols, cw, nc, k, pw, zero):
-    "One bin's value from its bin row's `u` (one channel): its column taps, four at a time; `zero` if it has none."
-    s = zero
-    for g in range(0, nc[k, pw], 4):
-        e = cw[k, pw, g] * u[cols[k, pw, g]] + cw[k, pw, g + 1] * u[cols[k, pw, g + 1]] + \
-            cw[k, pw, g + 2] * u[cols[k, pw, g + 2]] + cw[k, pw, g + 3] * u[cols[k, pw, g + 3]]
-        s = e if g == 0 else s + e
-    return s
+def _column_group(u, cols, cw, k, pw, g):
+    "Column taps g to g + 3 of bin column pw of RoI k, applied to its bin row's `u` (one channel)."
+    return cw[k, pw, g] * u[cols[k, pw, g]] + cw[k, pw, g + 1] * u[cols[k, pw, g + 1]] + \
+        cw[k, pw, g + 2] * u[cols[k, pw, g + 2]] + cw[k, pw, g + 3] * u[cols[k, pw, g + 3]]
 
 @numba.njit(cache=True, nogil=True)
-def _plane_bins(x, b, c, m, k, rows, rw, nr, cols, cw, nc, x0, width, U, out, zero):
-    "Every bin of RoI k in channels c, ..., c + m - 1 of image b, channel by channel: `_row_sum`, `_column_sum`."
+def _plane_bins(x, b, c, m, k, rows, rw, nr, cols, cw, nc, x0, width, U, out):
+    """Every bin of RoI k in channels c, ..., c + m - 1 of image b, channel by channel: `_row_sum`, then the column
+    taps four at a time, added into the output as `_sep_bins` adds them into its tile (the same roundings)."""
     for d in range(m):
+        o = out[k, c + d]
         for ph in range(rows.shape[1]):
             _row_sum(x[b, c + d], rows, rw, nr, k, ph, x0[k], width[k], U[0])
             for pw in range(cols.shape[1]):
-                out[k, c + d, ph, pw] = _column_sum(U[0], cols, cw, nc, k, pw, zero) if nr[k, ph] > 0 else zero
+                n = nc[k, pw] if nr[k, ph] > 0 else 0
+                if n == 0: o[ph, pw] = 0   # no sample of the bin reads a cell
+                for g in range(0, n, 4):
+                    if g == 0: o[ph, pw] = _column_group(U[0], cols, cw, k, pw, g)
+                    else: o[ph, pw] += _column_group(U[0], cols, cw, k, pw, g)
 
 @numba.njit(cache=True, nogil=True)
 def _plane_bins4(x, b, c, k, rows, rw, cols, cw, x0, width, U, out):
-    """`_plane_bins` for four channels at once, for a RoI whose every bin row has four row taps and every bin four
-    column taps: each tap's cell and weight read once for the four channels."""
+    """`_plane_bins` for four channels at once, for a RoI whose every bin row has one to four row taps and every bin
+    one to four column taps (padded to four): each tap's index and weight read once for the four channels."""
     n, a = width[k], x0[k]
     for ph in range(rows.shape[1]):
         i0, i1, i2, i3 = rows[k, ph, 0], rows[k, ph, 1], rows[k, ph, 2], rows[k, ph, 3]
@@ -381,23 +383,28 @@ def _plane_bins4(x, b, c, k, rows, rw, cols, cw, x0, width, U, out):
                 u = U[d]
                 out[k, c + d, ph, pw] = v0 * u[q0] + v1 * u[q1] + v2 * u[q2] + v3 * u[q3]
 
+@numba.njit(cache=True, nogil=True)
+def _four_taps(nr, nc):
+    "Per RoI: whether every bin row has one to four row taps and every bin one to four column taps (`_plane_bins4`)."
+    ok = np.zeros(nr.shape[0], np.bool_)
+    for k in range(nr.shape[0]): ok[k] = 0 < nr[k].min() and nr[k].max() <= 4 and 0 < nc[k].min() and nc[k].max() <= 4
+    return ok
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _bilinear_avg_fwd_planes(x, batch, rows, rw, nr, cols, cw, nc, x0, width, out, order, nblocks):
     # x (N, C, H, W) of a plain input; thread b takes the b-th of `nblocks` blocks of channels and, four channels at a
     # time, every RoI in `order`: _sep_bins's sums for each channel, in the same order, read along the planes' rows
     K, C = len(order), x.shape[1]
-    bs = (C + nblocks - 1) // nblocks
-    four = rows.shape[2] == 4 and cols.shape[2] == 4   # two samples per axis (or one): four taps
+    bs, four = (C + nblocks - 1) // nblocks, _four_taps(nr, nc)
     for blk in prange(nblocks):
-        U, zero = np.empty((4, max(1, width.max())), out.dtype), np.zeros(1, out.dtype)[0]
+        U = np.empty((4, max(1, width.max())), out.dtype)
         c1 = min(C, blk * bs + bs)
         for c in range(blk * bs, c1, 4):
             m = min(4, c1 - c)
             for t in range(K):
                 k = order[t]
-                if four and m == 4 and nr[k].min() > 0 and nc[k].min() > 0:
-                    _plane_bins4(x, batch[k], c, k, rows, rw, cols, cw, x0, width, U, out)
-                else: _plane_bins(x, batch[k], c, m, k, rows, rw, nr, cols, cw, nc, x0, width, U, out, zero)
+                if m == 4 and four[k]: _plane_bins4(x, batch[k], c, k, rows, rw, cols, cw, x0, width, U, out)
+                else: _plane_bins(x, batch[k], c, m, k, rows, rw, nr, cols, cw, nc, x0, width, U, out)
 
 # %% ../nbs/07a_roi_numba.ipynb #682d1387
 @numba.njit(parallel=True, cache=True, nogil=True)

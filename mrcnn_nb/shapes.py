@@ -18,7 +18,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
-from .core import UserInputError, cache_dir, write_json
+from .core import UserInputError, atomic_write, cache_dir, write_json
 
 # %% auto #0
 __all__ = ['SHAPE_CLASSES', 'KEYPOINT_NAMES', 'SKELETON', 'OKS_SIGMAS', 'COCO_SIZE_LIMITS', 'shape_polygons', 'place_polygon',
@@ -300,10 +300,10 @@ def _shapes_kind(kind: str) -> tuple:
 
 # %% ../nbs/02a_shapes.ipynb #d11dbf3b
 def _write_image(folder: Path, image_id: int, img: np.ndarray, image_format: str) -> dict:
-    """Write `img` to `folder` as `<image_id, 12 digits>.<image_format>`; its COCO image entry. A plain write: the
-    split's annotation file, written last and atomically, is what says the images are complete (`make_shapes`)."""
+    """Write `img` to `folder` as `<image_id, 12 digits>.<image_format>`, atomically, not flushed to disk one by one
+    (`make_shapes` flushes a split's images once, before its annotation file); its COCO image entry."""
     fname = f"{image_id:012d}.{image_format}"
-    with open(folder / fname, "wb") as f:
+    with atomic_write(folder / fname, "wb", sync=False) as f:
         Image.fromarray(img).save(f, format="PNG" if image_format == "png" else "JPEG", quality=90)
     return dict(id=image_id, file_name=fname, height=img.shape[0], width=img.shape[1])
 
@@ -356,7 +356,7 @@ def make_shapes(out, kind: str = "instances", n_train: int = 400, n_val: int = 1
             anns += _image_annotations(objs, i + 1, len(anns) + 1, h, w, kind == "keypoints")
         data = dict(info=dict(description=f"mrcnn_nb synthetic {kind}", seed=seed, size=[w, h], version="1"),
                     licenses=[], images=images, annotations=anns, categories=cats)
-        os.sync()   # the images on disk before the file that points at them: one flush, not one per image
+        if hasattr(os, "sync"): os.sync()   # the images on disk before the file that points at them: one flush
         write_json(out / "annotations" / f"{prefix}_{split}.json", data, indent=None)
     return out
 
