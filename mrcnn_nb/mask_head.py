@@ -13,13 +13,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .core import distributed_count, mixed
+from .roi_numba import output_buffer
 from .roi_ops import roi_align
 from .boxes import box_iou
 
 # %% auto #0
-__all__ = ['MASK_LOSSES', 'FCNMaskHead', 'MaskPredictor', 'MLPMaskHead', 'mask_targets', 'mask_loss', 'mask_probs', 'paste_masks',
-           'paste_masks_aligned', 'MaskBranch', 'positive_roi_masks', 'plot_targets_vs_masks', 'mask_loss_grads',
-           'plot_loss_grads', 'softmax_with_background', 'overlapping_pair', 'plot_competition']
+__all__ = ['MASK_LOSSES', 'FCNMaskHead', 'MaskPredictor', 'MLPMaskHead', 'mask_targets', 'batch_mask_targets', 'mask_loss',
+           'mask_probs', 'paste_masks', 'paste_masks_aligned', 'MaskBranch', 'positive_roi_masks',
+           'plot_targets_vs_masks', 'mask_loss_grads', 'plot_loss_grads', 'softmax_with_background', 'overlapping_pair',
+           'plot_competition']
 
 # %% ../nbs/09_mask_head.ipynb #eb3579a6
 class FCNMaskHead(nn.Sequential):
@@ -44,7 +46,8 @@ class FCNMaskHead(nn.Sequential):
 # %% ../nbs/09_mask_head.ipynb #5da671d1
 class MaskPredictor(nn.Sequential):
     """2x deconvolution + ReLU + 1x1 conv to one mask logit map per class (`num_masks`). In grad mode (training),
-    the same three layers run as two matrix products over the RoIs' pixels (`as_products`)."""
+    the same three layers run as two matrix products over the RoIs' pixels (`as_products`); `class_logits` gives
+    only the map of one class per RoI, the one inference uses."""
     def __init__(self, in_channels: int, dim: int, num_masks: int):
         super().__init__(OrderedDict([("conv5_mask", nn.ConvTranspose2d(in_channels, dim, 2, 2, 0)),
                                       ("relu", nn.ReLU(inplace=True)),
@@ -52,16 +55,37 @@ class MaskPredictor(nn.Sequential):
         for n, p in self.named_parameters():
             if "weight" in n: nn.init.kaiming_normal_(p, mode="fan_out", nonlinearity="relu")
 
-    def as_products(self, x: Tensor) -> Tensor:
-        """The logits as matrix products: each input pixel's C channels times (C, 2 x 2 x dim) give its four output
-        pixels (the 2x2, stride-2 deconvolution: the four never overlap), ReLU, then times (dim, num_masks)."""
-        d, l = self.conv5_mask, self.mask_fcn_logits
-        N, C, H, W = x.shape
-        D, M = d.out_channels, l.out_channels
-        pixels = x.permute(0, 2, 3, 1).reshape(N * H * W, C)   # a view of a channels-last x
-        up = torch.addmm(d.bias.repeat(4), pixels, d.weight.permute(0, 2, 3, 1).reshape(C, 4 * D)).relu_()
-        z = torch.addmm(l.bias, up.view(-1, D), l.weight.view(M, D).t())   # rows: (n, y, x, dy, dx)
+    def _upsampled(self, pixels: Tensor) -> Tensor:
+        """The 2x2, stride-2 deconvolution and ReLU of input pixels (P, C): each pixel's C channels times
+        (C, 2 x 2 x dim) give its four output pixels, which never overlap. Returns (P x 2 x 2, dim), rows in the
+        order (p, dy, dx)."""
+        d = self.conv5_mask
+        C, D = d.in_channels, d.out_channels
+        up = torch.addmm(d.bias.repeat(4), pixels, d.weight.permute(0, 2, 3, 1).reshape(C, 4 * D))
+        return up.relu_().view(-1, D)
+
+    @staticmethod
+    def _as_maps(z: Tensor, N: int, H: int, W: int) -> Tensor:
+        "Rows (n, y, x, dy, dx) of M logits (N x H x W x 4, M) as maps (N, M, 2H, 2W)."
+        M = z.shape[-1]
         return z.view(N, H, W, 2, 2, M).permute(0, 5, 1, 3, 2, 4).reshape(N, M, 2 * H, 2 * W)
+
+    def as_products(self, x: Tensor) -> Tensor:
+        "The logits of every class as two matrix products: `_upsampled`, then times (dim, num_masks)."
+        l, (N, C, H, W) = self.mask_fcn_logits, x.shape
+        up = self._upsampled(x.permute(0, 2, 3, 1).reshape(N * H * W, C))   # pixels: a view of a channels-last x
+        return self._as_maps(torch.addmm(l.bias, up, l.weight.flatten(1).t()), N, H, W)
+
+    def class_logits(self, x: Tensor, classes: Tensor, chunk: int = 16) -> Tensor:
+        """Logits (N, 1, 2H, 2W) of class `classes[n]` only, for each RoI n of `x` (N, C, H, W): per RoI one row of
+        the 1x1 conv, `chunk` RoIs at a time (a few MB between the products, not the maps of every class)."""
+        l, (N, C, H, W) = self.mask_fcn_logits, x.shape
+        pixels = x.permute(0, 2, 3, 1).reshape(N, H * W, C)
+        rows, bias = l.weight.flatten(1)[classes], l.bias[classes]
+        parts = [torch.baddbmm(bias[s:s + chunk, None, None], self._upsampled(pixels[s:s + chunk].flatten(0, 1))
+                               .view(-1, H * W * 4, rows.shape[1]), rows[s:s + chunk, :, None])
+                 for s in range(0, N, chunk)]
+        return self._as_maps(torch.cat(parts) if parts else x.new_zeros(0, 1), N, H, W)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.as_products(x) if torch.is_grad_enabled() else super().forward(x)
@@ -89,6 +113,17 @@ def mask_targets(gt_masks: Tensor, rois: Tensor, matched_idxs: Tensor, size: int
     t = roi_align(gt_masks[:, None].to(rois), boxes, output_size=(size, size), spatial_scale=1.0,   # image pixels
                   sampling_ratio=-1, aligned=aligned)[:, 0]
     return (t >= 0.5).to(t) if binarize else t
+
+# %% ../nbs/09_mask_head.ipynb #b7c41e02
+def batch_mask_targets(gt_masks: list, rois: list, matched_idxs: list, size: int, aligned: bool = False,
+                       binarize: bool = False) -> Tensor:
+    """`mask_targets` of a batch (a list per image), rows in image order. Images whose masks have one size go
+    through one RoIAlign call (its per-call work is then paid once), the masks stacked and the matches offset."""
+    if len({tuple(m.shape[-2:]) for m in gt_masks}) > 1:
+        return torch.cat([mask_targets(*a, size, aligned, binarize) for a in zip(gt_masks, rois, matched_idxs)])
+    offsets = torch.tensor([0] + [len(m) for m in gt_masks[:-1]]).cumsum(0).tolist()
+    matched = torch.cat([i + o for i, o in zip(matched_idxs, offsets)])
+    return mask_targets(torch.cat(gt_masks), torch.cat(rois), matched, size, aligned, binarize)
 
 # %% ../nbs/09_mask_head.ipynb #6de8366e
 MASK_LOSSES = ("sigmoid", "softmax")
@@ -122,7 +157,8 @@ def paste_masks(probs: Tensor, boxes: Tensor, height: int, width: int, padding: 
     no float image is made. `aligned=False`: torchvision's pasting (integer box corners);
     `aligned=True`: exact geometry (`paste_masks_aligned`)."""
     D, S = probs.shape[0], probs.shape[-1]
-    out = probs.new_zeros(D, 1, height, width, dtype=probs.dtype if threshold is None else torch.uint8)
+    out = output_buffer(D, 1, height, width, dtype=probs.dtype if threshold is None else torch.uint8, zero=True,
+                        device=probs.device)
     if D == 0: return out
     if aligned: return paste_masks_aligned(probs, boxes, out, threshold)
     scale = (S + 2 * padding) / S
@@ -181,15 +217,24 @@ class MaskBranch(nn.Module):
                 matched_idxs: list | None = None, head_features: Tensor | None = None):
         """Training: {'loss_mask'} on the RoIs `boxes` (positives) of classes `labels`.
         Eval: probabilities (D, 1, S, S) per image."""
+        if not self.training: return self.probs(features, boxes, labels)
         logits = self.logits(features, boxes, head_features)
         lab = torch.cat(labels) if labels else logits.new_zeros(0, dtype=torch.int64)
-        if self.training:
-            size = logits.shape[-1]
-            tg = [mask_targets(t["masks"], b, m, size, self.target_aligned, self.binarize_targets)
-                  for t, b, m in zip(targets, boxes, matched_idxs)]
-            return {"loss_mask": mask_loss(logits, torch.cat(tg) if tg else logits.new_zeros(0, size, size), lab,
-                                           self.loss, self.agnostic)}
-        return list(mask_probs(logits, lab, self.loss, self.agnostic).split([len(b) for b in boxes]))
+        size = logits.shape[-1]
+        tg = (batch_mask_targets([t["masks"] for t in targets], boxes, matched_idxs, size, self.target_aligned,
+                                 self.binarize_targets) if targets else logits.new_zeros(0, size, size))
+        return {"loss_mask": mask_loss(logits, tg, lab, self.loss, self.agnostic)}
+
+    def probs(self, features: list, boxes: list, labels: list) -> list:
+        """Per image, the probability maps (D, 1, S, S) of the detections `boxes` of classes `labels`. Sigmoid masks
+        from `MaskPredictor`: only the map of each detection's class is computed (`class_logits`), as inference
+        uses no other; a softmax needs every class's logits."""
+        lab = torch.cat(labels) if labels else features[0].new_zeros(0, dtype=torch.int64)
+        if self.loss == "sigmoid" and isinstance(self.predictor, MaskPredictor):
+            x = mixed(self.head, self.pooler(features, boxes))
+            p = mixed(self.predictor.class_logits, x, torch.zeros_like(lab) if self.agnostic else lab).sigmoid()
+        else: p = mask_probs(self.logits(features, boxes), lab, self.loss, self.agnostic)
+        return list(p.split([len(b) for b in boxes]))
 
 # %% ../nbs/09_mask_head.ipynb #c73ed7bb
 @torch.no_grad()

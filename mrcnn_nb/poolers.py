@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .boxes import _at_least_float32, box_area
+from .roi_numba import output_buffer
 from .roi_ops import check_rois, roi_align, roi_pool, roi_warp
 
 # %% auto #0
@@ -79,7 +80,7 @@ class _InInputOrder(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rows, n, *parts):
         p = parts[0]
-        out = torch.empty((n, *p.shape[1:]), dtype=p.dtype, device=p.device)   # every row is written below
+        out = output_buffer(n, *p.shape[1:], dtype=p.dtype, device=p.device)   # every row is written below
         for idx, part in zip(rows, parts): out.index_copy_(0, idx, part)
         ctx.rows = rows
         return out

@@ -153,29 +153,34 @@ def _bilinear_avg_fwd(x, batch, rows, rw, nr, cols, cw, nc, x0, width, out, orde
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _bilinear_avg_bwd(g, batch, rows, rw, nr, cols, cw, nc, x0, width, gin, nblocks):
     # g (K, PH, PW, C) -> gin (N, H, W, C), zero-initialized; the taps of _separable_taps; thread `blk` owns a block
-    # of channels and visits the RoIs in order: race-free, and the same bits for any split
+    # of channels and visits the RoIs in order: race-free, and the same bits for any split. Each cell's channels are
+    # a 1-D slice of a row of gin viewed (N, H, W * C): loops over such slices compile to vector instructions
     K, PH, PW, C = g.shape
+    N, H, W = gin.shape[0], gin.shape[1], gin.shape[2]
+    flat = gin.reshape(N, H, W * C)
     bs = (C + nblocks - 1) // nblocks
     for blk in prange(nblocks):
         c0 = blk * bs
         m = max(0, min(C, c0 + bs) - c0)
         u = np.empty((max(1, width.max()), m), gin.dtype)   # one bin row's gradient across the RoI's columns
         for k in range(K):
-            n, a, img, gk = width[k], x0[k], gin[batch[k]], g[k]
+            n, a, b, gk = width[k], x0[k], batch[k], g[k]
             for ph in range(PH):
                 if n == 0 or nr[k, ph] == 0: continue
                 for j in range(n):
-                    for c in range(m): u[j, c] = 0
+                    uj = u[j]
+                    for c in range(m): uj[c] = 0
                 for pw in range(PW):
                     gp = gk[ph, pw, c0:c0 + m]
                     for q in range(nc[k, pw]):
                         w, uj = cw[k, pw, q], u[cols[k, pw, q]]
                         for c in range(m): uj[c] += w * gp[c]
                 for q in range(nr[k, ph]):
-                    w, seg = rw[k, ph, q], img[rows[k, ph, q], a:a + n, c0:c0 + m]
+                    w, row = rw[k, ph, q], flat[b, rows[k, ph, q]]
                     for j in range(n):
-                        sj, uj = seg[j], u[j]
-                        for c in range(m): sj[c] += w * uj[c]
+                        o, uj = (a + j) * C + c0, u[j]
+                        cell = row[o:o + m]
+                        for c in range(m): cell[c] += w * uj[c]
 
 # %% ../nbs/07a_roi_numba.ipynb #f15f1701
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -571,10 +576,10 @@ def advise_huge_pages(t: Tensor) -> bool:
     lo, hi = -(-start // _HUGE_PAGE) * _HUGE_PAGE, (start + t.untyped_storage().nbytes()) // _HUGE_PAGE * _HUGE_PAGE
     return hi > lo and f(lo, hi - lo, _MADV_HUGEPAGE) == 0
 
-def output_buffer(*shape, dtype, zero: bool = False) -> Tensor:
-    """A new CPU tensor for a kernel to write, `torch.empty(*shape)` (zeroed if `zero`); on huge pages where the OS
-    allows it when it has `HUGE_PAGES["min_bytes"]` or more and `HUGE_PAGES["enabled"]` (`huge_page_outputs`)."""
-    t = torch.empty(*shape, dtype=dtype)
+def output_buffer(*shape, dtype, zero: bool = False, device=None) -> Tensor:
+    """A new tensor for a kernel to write, `torch.empty(*shape)` (zeroed if `zero`); on the CPU, on huge pages where
+    the OS allows it when it has `HUGE_PAGES["min_bytes"]` or more and `HUGE_PAGES["enabled"]` (`huge_page_outputs`)."""
+    t = torch.empty(*shape, dtype=dtype, device=device)
     if HUGE_PAGES["enabled"] and t.numel() * t.element_size() >= HUGE_PAGES["min_bytes"]: advise_huge_pages(t)
     return t.zero_() if zero else t
 
@@ -652,8 +657,9 @@ def bilinear_backward_numba(grad_out: Tensor, plan: BilinearPlan, input_shape, m
     gin = output_buffer(N, H, W, C, dtype=grad_out.dtype, zero=True)
     if plan.batch.numel() == 0: return gin.permute(0, 3, 1, 2)
     b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn = _plan_arrays(plan)
-    if mode == "avg":
-        _bilinear_avg_bwd(_nhwc(grad_out), b, *_plan_taps(plan), gin.numpy(), _nblocks(C))
+    if mode == "avg":   # the kernel reads each bin's channels contiguously (a box head's gradient comes NCHW)
+        g = grad_out.detach().contiguous(memory_format=torch.channels_last)
+        _bilinear_avg_bwd(_nhwc(g), b, *_plan_taps(plan), gin.numpy(), _nblocks(C))
     else:
         _bilinear_max_bwd(_nhwc(grad_out), argmax.numpy(), b, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi,
                           gin.numpy(), _nblocks(C))
