@@ -27,12 +27,14 @@ def _stage_modules(model: nn.Module) -> dict:
     "The modules of an FPN Mask R-CNN whose outputs the architecture figure shows."
     return dict(body=model.backbone.body, fpn=model.backbone.fpn, rpn_head=model.rpn.head, rpn=model.rpn,
                 box_roi=model.box.pooler, box_head=model.box.head, box_pred=model.box.predictor,
-                mask_roi=model.mask.pooler, mask_head=model.mask.head, mask_pred=model.mask.predictor)
+                mask_roi=model.mask.pooler, mask_head=model.mask.head)
 
 def measure_shapes(model: nn.Module, image_size: tuple = (800, 1066), seed: int = 0) -> dict:
     """The shape of every stage of `model` (an FPN Mask R-CNN) on one random image of `image_size` (H, W), recorded by
     forward hooks during an inference pass. The box score threshold is 0 for the pass, so that even untrained weights
-    send `detections_per_img` RoIs to the mask branch. Feature maps lose their batch dimension."""
+    send `detections_per_img` RoIs to the mask branch. Inference computes only each detection's class map; the mask
+    logits' shape is the predictor's output on the mask head's, every class as in training. Feature maps lose their
+    batch dimension."""
     if not hasattr(model.backbone, "fpn") or getattr(model, "mask", None) is None:
         raise ValueError("measure_shapes draws an FPN Mask R-CNN: this model has "
                          + ("no FPN" if not hasattr(model.backbone, "fpn") else "no mask branch"))
@@ -40,6 +42,7 @@ def measure_shapes(model: nn.Module, image_size: tuple = (800, 1066), seed: int 
     def record(key, value): seen.setdefault(key, value)   # returns None: a hook that returns something replaces it
     hooks = [m.register_forward_hook(lambda m, i, o, k=k: record(k, _shapes(o))) for k, m in mods.items()]
     hooks.append(mods["body"].register_forward_pre_hook(lambda m, i: record("input", tuple(i[0].shape[1:]))))
+    hooks.append(mods["mask_head"].register_forward_hook(lambda m, i, o: record("mask_head_out", o)))
     was, thresh = model.training, model.box.score_thresh
     model.eval()
     model.box.score_thresh = 0.0
@@ -47,6 +50,7 @@ def measure_shapes(model: nn.Module, image_size: tuple = (800, 1066), seed: int 
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
             model([torch.rand(3, *image_size)])
+            seen["mask_pred"] = _shapes(model.mask.predictor(seen["mask_head_out"]))
     finally:
         for h in hooks: h.remove()
         model.train(was)
