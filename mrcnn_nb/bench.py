@@ -539,7 +539,8 @@ def speed_markdown(res: dict) -> str:
     return (f"RoI layers (`aligned=True`, two samples per bin; {_workloads_text(res['scale'])}); our time and, in "
             f"brackets, torchvision's time divided by ours:\n\n"
             f"{roi}{floors}\n\nThe whole R-50-FPN Mask R-CNN at {h}×{w}, the same weights in torchvision's model and "
-            f"ours (`for_inference()` folds frozen BN into the convolutions):\n\n{model}{profile}\n\n"
+            f"ours (`for_inference()` folds frozen BN into the convolutions and makes their weights channels-last):\n\n"
+            f"{model}{profile}\n\n"
             f"Medians of {res['repeats']} run(s) on {m['torch_threads']} threads of a {m['cores']}-core "
             f"{describe_cpu(m)}{describe_features(m)}, torch {m['torch']}, measured {res['date'][:10]} by "
             f"`{res['command']}`.")
