@@ -153,8 +153,9 @@ def _bilinear_avg_fwd(x, batch, rows, rw, nr, cols, cw, nc, x0, width, out, orde
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _bilinear_avg_bwd(g, batch, rows, rw, nr, cols, cw, nc, x0, width, gin, nblocks):
     # g (K, PH, PW, C) -> gin (N, H, W, C), zero-initialized; the taps of _separable_taps; thread `blk` owns a block
-    # of channels and visits the RoIs in order: race-free, and the same bits for any split. Each cell's channels are
-    # a 1-D slice of a row of gin viewed (N, H, W * C): loops over such slices compile to vector instructions
+    # of channels and visits the RoIs in order: race-free, and the same bits for any split. Loops run over 1-D slices
+    # of contiguous channels, which compile to vector instructions: a bin row's gradient is first gathered into `gb`
+    # (g's own strides may be NCHW's), and each cell is reached through a row of gin viewed (N, H, W * C)
     K, PH, PW, C = g.shape
     N, H, W = gin.shape[0], gin.shape[1], gin.shape[2]
     flat = gin.reshape(N, H, W * C)
@@ -163,15 +164,19 @@ def _bilinear_avg_bwd(g, batch, rows, rw, nr, cols, cw, nc, x0, width, gin, nblo
         c0 = blk * bs
         m = max(0, min(C, c0 + bs) - c0)
         u = np.empty((max(1, width.max()), m), gin.dtype)   # one bin row's gradient across the RoI's columns
+        gb = np.empty((PW, m), gin.dtype)                   # one bin row's gradient, bin by bin
         for k in range(K):
             n, a, b, gk = width[k], x0[k], batch[k], g[k]
             for ph in range(PH):
                 if n == 0 or nr[k, ph] == 0: continue
+                for pw in range(PW):
+                    src, dst = gk[ph, pw], gb[pw]
+                    for c in range(m): dst[c] = src[c0 + c]
                 for j in range(n):
                     uj = u[j]
                     for c in range(m): uj[c] = 0
                 for pw in range(PW):
-                    gp = gk[ph, pw, c0:c0 + m]
+                    gp = gb[pw]
                     for q in range(nc[k, pw]):
                         w, uj = cw[k, pw, q], u[cols[k, pw, q]]
                         for c in range(m): uj[c] += w * gp[c]
@@ -657,9 +662,8 @@ def bilinear_backward_numba(grad_out: Tensor, plan: BilinearPlan, input_shape, m
     gin = output_buffer(N, H, W, C, dtype=grad_out.dtype, zero=True)
     if plan.batch.numel() == 0: return gin.permute(0, 3, 1, 2)
     b, ylo, yhi, ywlo, ywhi, yn, xlo, xhi, xwlo, xwhi, xn = _plan_arrays(plan)
-    if mode == "avg":   # the kernel reads each bin's channels contiguously (a box head's gradient comes NCHW)
-        g = grad_out.detach().contiguous(memory_format=torch.channels_last)
-        _bilinear_avg_bwd(_nhwc(g), b, *_plan_taps(plan), gin.numpy(), _nblocks(C))
+    if mode == "avg":
+        _bilinear_avg_bwd(_nhwc(grad_out), b, *_plan_taps(plan), gin.numpy(), _nblocks(C))
     else:
         _bilinear_max_bwd(_nhwc(grad_out), argmax.numpy(), b, ylo, yhi, ywlo, ywhi, xlo, xhi, xwlo, xwhi,
                           gin.numpy(), _nblocks(C))
