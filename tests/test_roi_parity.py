@@ -171,6 +171,28 @@ def test_input_gradient_keeps_the_input_layout():
         else: torch.testing.assert_close(plain, last, atol=1e-5, rtol=1e-5)
 
 
+def test_backward_allocates_about_the_input_gradient_only():
+    """The CPU backward kernels read the output gradient where it is, in either layout: their peak memory rise is the
+    input gradient's size and little more, not a copy of an output gradient 30x larger (C4-like: many 14x14 RoIs of a
+    small map; the box head's gradient comes NCHW, as here)."""
+    from mrcnn_nb.core import peak_memory_rise
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 256, 25, 34, generator=g)
+    xy = torch.rand(128, 2, generator=g) * 300
+    boxes = torch.cat([torch.zeros(128, 1), xy, xy + torch.rand(128, 2, generator=g) * 200 + 16], 1)
+    gin_mib = x.numel() * 4 / 2 ** 20                                        # 0.8 MiB
+    for name, f in {"align": lambda t: roi_align(t, boxes, 14, 1 / 16, 2, True),
+                    "pool": lambda t: roi_pool(t, boxes, 14, 1 / 16)}.items():
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            xi = x.contiguous(memory_format=fmt).requires_grad_()
+            y = f(xi)
+            gout = torch.randn(y.shape, generator=g)                            # 25 MiB, plain NCHW
+            y.grad_fn.apply(gout)                                                # compiled, warm
+            rise = peak_memory_rise(lambda: y.grad_fn.apply(gout))
+            if rise is None: pytest.skip("peak memory is read from /proc/self (Linux)")
+            assert rise < gin_mib + 6, (name, fmt, rise)                        # a copy of gout: +25 MiB
+
+
 def test_plain_input_gives_the_bits_of_channels_last():
     """RoIAlign's average on a plain NCHW input — small, densely sampled RoIs read through a channels-last copy of
     their window, the others plane by plane (one and two groups of four taps) — gives the same bits as on the
