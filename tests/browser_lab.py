@@ -193,7 +193,8 @@ def runs_all_cells(page, lab, name: str):
     open_and_run_all(page, lab, name, timeout_s=600)
     panel = page.locator(PANEL)
     assert page.locator(".jp-Dialog").filter(has_text=re.compile("Error|error|Failed|failed")).all_inner_texts() == []
-    assert errors_shown(page) == []
+    errors = errors_shown(page)
+    assert errors == [], errors[:2]   # the tracebacks the notebook shows
     prompts = panel.locator(".jp-CodeCell .jp-InputArea-prompt").all_inner_texts()
     assert len(prompts) >= 1 and panel.locator(".jp-Cell").count() >= 3
     assert [p for p in prompts if not re.search(r"\[\d+\]", p)] == [], "cells that did not run"
