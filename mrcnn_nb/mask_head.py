@@ -5,6 +5,7 @@
 # %% ../nbs/09_mask_head.ipynb #ff6e16c3
 from __future__ import annotations
 
+import itertools
 import math
 from collections import OrderedDict
 
@@ -121,7 +122,7 @@ def batch_mask_targets(gt_masks: list, rois: list, matched_idxs: list, size: int
     through one RoIAlign call (its per-call work is then paid once), the masks stacked and the matches offset."""
     if len({tuple(m.shape[-2:]) for m in gt_masks}) > 1:
         return torch.cat([mask_targets(*a, size, aligned, binarize) for a in zip(gt_masks, rois, matched_idxs)])
-    offsets = torch.tensor([0] + [len(m) for m in gt_masks[:-1]]).cumsum(0).tolist()
+    offsets = itertools.accumulate([0] + [len(m) for m in gt_masks[:-1]])
     matched = torch.cat([i + o for i, o in zip(matched_idxs, offsets)])
     return mask_targets(torch.cat(gt_masks), torch.cat(rois), matched, size, aligned, binarize)
 
@@ -204,13 +205,17 @@ class MaskBranch(nn.Module):
         self.loss, self.agnostic = loss, agnostic
         self.target_aligned, self.binarize_targets = target_aligned, binarize_targets
 
-    def logits(self, features: list, boxes: list, head_features: Tensor | None = None) -> Tensor:
-        """Mask logits of `boxes`; `head_features`: the head's output on them when the caller already has it (C4 in
-        training: the box head's res5 maps of the positive RoIs), so that pooling and the head are skipped."""
+    def head_output(self, features: list, boxes: list, head_features: Tensor | None = None) -> Tensor:
+        """The head's output on `boxes` (pooled, then the head, in the model's mixed precision if any); `head_features`:
+        that output when the caller already has it (C4 in training: the box head's res5 maps of the positive RoIs),
+        so that pooling and the head are skipped."""
         if head_features is not None and len(head_features) != sum(len(b) for b in boxes):
             raise ValueError(f"head_features has {len(head_features)} rows for {sum(len(b) for b in boxes)} boxes")
-        # convolutions in the model's mixed precision, if any
-        x = mixed(self.head, self.pooler(features, boxes)) if head_features is None else head_features
+        return mixed(self.head, self.pooler(features, boxes)) if head_features is None else head_features
+
+    def logits(self, features: list, boxes: list, head_features: Tensor | None = None) -> Tensor:
+        "Mask logits of `boxes`, every class (`head_output`, then the predictor)."
+        x = self.head_output(features, boxes, head_features)
         return x if self.predictor is None else mixed(self.predictor, x)
 
     def forward(self, features: list, boxes: list, labels: list, targets: list | None = None,
@@ -231,7 +236,7 @@ class MaskBranch(nn.Module):
         uses no other; a softmax needs every class's logits."""
         lab = torch.cat(labels) if labels else features[0].new_zeros(0, dtype=torch.int64)
         if self.loss == "sigmoid" and isinstance(self.predictor, MaskPredictor):
-            x = mixed(self.head, self.pooler(features, boxes))
+            x = self.head_output(features, boxes)
             p = mixed(self.predictor.class_logits, x, torch.zeros_like(lab) if self.agnostic else lab).sigmoid()
         else: p = mask_probs(self.logits(features, boxes), lab, self.loss, self.agnostic)
         return list(p.split([len(b) for b in boxes]))
