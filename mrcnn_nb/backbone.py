@@ -5,6 +5,7 @@
 # %% ../nbs/05_backbone.ipynb #10a6bc5c
 from __future__ import annotations
 
+import functools
 import math
 from contextlib import contextmanager
 
@@ -16,9 +17,9 @@ from .core import UserInputError, load_state_dict_file, load_weights
 
 # %% auto #0
 __all__ = ['NCHW_WEIGHT_GRAD', 'RESNET_BLOCKS', 'slow_nhwc_weight_grad', 'nchw_weight_grad', 'nchw_weight_grads', 'conv2d',
-           'Conv2d', 'FrozenBatchNorm2d', 'conv_norm', 'GroupNorm32', 'make_norm', 'add_into', 'Bottleneck', 'ResNet',
-           'resnet', 'FPN', 'frozen_batchnorm', 'freeze_trunk', 'FPNBackbone', 'SingleLevelBackbone', 'fold_frozen_bn',
-           'load_imagenet_weights', 'backbone_features', 'show_feature_maps', 'show_channels']
+           'Conv2d', 'FrozenBatchNorm2d', 'conv_norm', 'GroupNorm32', 'make_norm', 'add_into', 'conv_add', 'Bottleneck',
+           'ResNet', 'resnet', 'FPN', 'frozen_batchnorm', 'freeze_trunk', 'FPNBackbone', 'SingleLevelBackbone',
+           'fold_frozen_bn', 'load_imagenet_weights', 'backbone_features', 'show_feature_maps', 'show_channels']
 
 # %% ../nbs/05_backbone.ipynb #c0d5a002
 NCHW_WEIGHT_GRAD = {"enabled": None, "min_channels": 128, "min_cells": 3072}   # enabled None: where the CPU needs it
@@ -142,6 +143,24 @@ def add_into(a: Tensor, b: Tensor) -> Tensor:
     "`a + b`, written into `a` (a fresh activation nothing needs back) unless that would change the result's dtype."
     return a.add_(b) if a.dtype == torch.result_type(a, b) else a + b
 
+# %% ../nbs/05_backbone.ipynb #c0d5a007
+@functools.cache
+def _onednn_conv_add():
+    "oneDNN's convolution that adds its output into a given tensor, in place: None where this PyTorch lacks it."
+    if not torch.backends.mkldnn.is_available(): return None
+    try: return torch.ops.mkldnn._convolution_pointwise_.binary
+    except (AttributeError, RuntimeError): return None
+
+def conv_add(conv: nn.Conv2d, x: Tensor, other: Tensor) -> Tensor:
+    """`conv(x) + other`, the same bits either way: in float32 CPU inference (no autograd, no autocast) one oneDNN
+    call that writes the sum into `other`, whose values are then gone; otherwise `conv(x)`, then `add_into`."""
+    op = _onednn_conv_add()
+    if op is None or torch.is_grad_enabled() or x.device.type != "cpu" or torch.is_autocast_enabled("cpu") \
+            or not x.dtype == other.dtype == conv.weight.dtype == torch.float32 or conv.padding_mode != "zeros":
+        return add_into(conv(x), other)
+    return op(other, x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups,
+              "add", 1.0, None, [], None)
+
 # %% ../nbs/05_backbone.ipynb #758b6cba
 class Bottleneck(nn.Module):
     "ResNet / ResNeXt bottleneck: 1x1 -> 3x3 (grouped) -> 1x1, with a projection shortcut when needed."
@@ -162,11 +181,15 @@ class Bottleneck(nn.Module):
             self.downsample = nn.Sequential(Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
                                             make_norm(norm, out_channels))
 
+    residual_into_input = False   # `fold_frozen_bn` sets it: in inference the block's sum may overwrite its input
+
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(conv_norm(self.conv1, self.bn1, x))
         out = self.relu(conv_norm(self.conv2, self.bn2, out))
-        out = conv_norm(self.conv3, self.bn3, out)
-        return self.relu(add_into(out, x if self.downsample is None else conv_norm(*self.downsample, x)))
+        shortcut = x if self.downsample is None else conv_norm(*self.downsample, x)
+        if self.residual_into_input and isinstance(self.bn3, nn.Identity):   # folded: conv3's output added in place
+            return self.relu(conv_add(self.conv3, out, shortcut))
+        return self.relu(add_into(conv_norm(self.conv3, self.bn3, out), shortcut))
 
 # %% ../nbs/05_backbone.ipynb #38ed47c4
 class ResNet(nn.Module):
@@ -237,8 +260,8 @@ class FPN(nn.Module):
         last = self.inner_blocks[-1](feats[-1])
         outs = [self.layer_blocks[-1](last)]
         for i in range(len(feats) - 2, -1, -1):
-            lateral = self.inner_blocks[i](feats[i])
-            last = add_into(lateral, F.interpolate(last, size=lateral.shape[-2:], mode="nearest"))
+            up, inner = F.interpolate(last, size=feats[i].shape[-2:], mode="nearest"), self.inner_blocks[i]
+            last = conv_add(inner[0], feats[i], up) if len(inner) == 1 else add_into(inner(feats[i]), up)
             outs.insert(0, self.layer_blocks[i](last))
         if self.top_pool: outs.append(F.max_pool2d(outs[-1], 1, 2, 0))
         return outs
@@ -296,9 +319,12 @@ def _fold(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> nn.Conv2d:
 
 # %% ../nbs/05_backbone.ipynb #6ad1c6c5
 def fold_frozen_bn(module: nn.Module) -> nn.Module:
-    "Fold every frozen BN of the ResNet trunks in `module` into the conv before it (in place; for inference only)."
+    """Fold every frozen BN of the ResNet trunks in `module` into the conv before it (in place; for inference only).
+    A folded bottleneck's last convolution adds its output into the shortcut (`conv_add`), which without autograd
+    may be the block's own input: nothing in the trunk reads a block's input after the block."""
     for m in list(module.modules()):
         if isinstance(m, Bottleneck):
+            m.residual_into_input = True
             for i in (1, 2, 3):
                 if isinstance(getattr(m, f"bn{i}"), FrozenBatchNorm2d):
                     setattr(m, f"conv{i}", _fold(getattr(m, f"conv{i}"), getattr(m, f"bn{i}")))
