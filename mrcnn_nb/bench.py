@@ -24,12 +24,12 @@ from .shapes import make_shapes
 # %% auto #0
 __all__ = ['ROI_WORKLOADS', 'PROFILE_GROUPS', 'PROFILED', 'CONTENTION_SCENARIOS', 'CONTENTION_TARGETS', 'CONV_GRAD_CASES',
            'HUGE_PAGE_WAYS', 'COCO_CATEGORY_IDS', 'COCO_SIZES', 'time_dataset', 'format_rows', 'bench_data',
-           'roi_workload', 'bench_roi', 'roi_floors', 'resolve_bf16', 'bench_model', 'op_group', 'profile_inference',
-           'bench_profile', 'conv_flops', 'matmul_rate', 'bench_conv_bound', 'speed_file', 'speed_record',
-           'bench_speed', 'bf16_left_out', 'speed_markdown', 'plot_speed', 'plot_profile', 'contention_file',
-           'bench_contention', 'contention_markdown', 'bench_conv_grad', 'conv_grad_file', 'conv_grad_markdown',
-           'bench_huge_pages', 'huge_pages_file', 'huge_pages_markdown', 'matched_detections', 'amp_file', 'bench_amp',
-           'amp_markdown', 'amp_training_dir', 'load_amp_training', 'amp_training_markdown',
+           'roi_workload', 'bench_roi', 'roi_floors', 'minor_faults', 'resolve_bf16', 'bench_model', 'op_group',
+           'profile_inference', 'bench_profile', 'conv_flops', 'matmul_rate', 'bench_conv_bound', 'speed_file',
+           'speed_record', 'bench_speed', 'bf16_left_out', 'speed_markdown', 'plot_speed', 'plot_profile',
+           'contention_file', 'bench_contention', 'contention_markdown', 'bench_conv_grad', 'conv_grad_file',
+           'conv_grad_markdown', 'bench_huge_pages', 'huge_pages_file', 'huge_pages_markdown', 'matched_detections',
+           'amp_file', 'bench_amp', 'amp_markdown', 'amp_training_dir', 'load_amp_training', 'amp_training_markdown',
            'make_coco_scale_annotations', 'plot_annotation_structure', 'bench_coco_memory', 'coco_memory_rows',
            'plot_coco_memory']
 
@@ -267,26 +267,34 @@ def _train_step(m, opt, images, targets):
     opt.step()
 
 # %% ../nbs/30_benchmarks.ipynb #581cb0e6
-def _time_interleaved(cases: list, repeats: int, progress: bool = True) -> tuple:
+def minor_faults() -> int | None:
+    "Page faults of this process so far that mapped memory without reading a disk (None where the OS does not say)."
+    try: import resource
+    except ImportError: return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+def _time_interleaved(cases: list, repeats: int, progress: bool = True, faults: dict | None = None) -> tuple:
     """Seconds of each of `repeats` runs of every case (task, name, fn), and the peak-memory rise (MiB) of a first,
     warm-up run. One task at a time (a training step's GBs of churn would slow the next inference); its cases
-    interleaved, so that slow spells of the machine hit every model alike."""
+    interleaved, so that slow spells of the machine hit every model alike. `faults`, if given, gets each case's
+    page faults per timed run (`minor_faults`)."""
     from tqdm.auto import tqdm
-    times = {(k, n): [] for k, n, _ in cases}
-    peaks = {}
+    times, peaks, faults = {(k, n): [] for k, n, _ in cases}, {}, {} if faults is None else faults
     for task in dict.fromkeys(k for k, _, _ in cases):
         group = [c for c in cases if c[0] == task]
         for k, n, fn in group: peaks[(k, n)] = peak_memory_rise(fn)   # warm-up run, and the memory measurement
         for _ in tqdm(range(repeats), desc=f"timing: {task}", disable=not progress, leave=False):
             for k, n, fn in group:
-                t0 = time.perf_counter()
+                f0, t0 = minor_faults(), time.perf_counter()
                 fn()
                 times[(k, n)].append(time.perf_counter() - t0)
+                if f0 is not None: faults.setdefault((k, n), []).append(minor_faults() - f0)
     return times, peaks
 
 # %% ../nbs/30_benchmarks.ipynb #57cd270d
-def _model_rows(cases: list, times: dict, peaks: dict, detections: dict) -> list:
-    "A row per case: median, min and max seconds, the time relative to torchvision's on the same task, memory."
+def _model_rows(cases: list, times: dict, peaks: dict, detections: dict, faults: dict | None = None) -> list:
+    """A row per case: median, min and max seconds, the time relative to torchvision's on the same task, memory, and
+    (where `faults` has the case) its median page faults per run."""
     import statistics
     rows = []
     for k, n, _ in cases:
@@ -295,6 +303,7 @@ def _model_rows(cases: list, times: dict, peaks: dict, detections: dict) -> list
         rows.append({"task": k, "model": n, "detections": detections.get(n, "") if k == "inference" else "",
                      "seconds": t, "min_s": min(times[(k, n)]), "max_s": max(times[(k, n)]),
                      "time_vs_torchvision": t / ref, "peak_mib": peak})
+        if (faults or {}).get((k, n)): rows[-1]["page_faults"] = statistics.median(faults[(k, n)])
     return rows
 
 # %% ../nbs/30_benchmarks.ipynb #171e8529
@@ -324,8 +333,9 @@ def bench_model(repeats: int = 3, size=(800, 1066), train_size=(800, 1066), prog
     task = "train step (2 images)"
     cases += [(task, "torchvision", step(tv_train)), (task, "ours", step(ours_train))]
     if bf16: cases.append((task, "ours, bf16 autocast (amp='bf16')", step(copy.deepcopy(ours_train), amp=True)))
-    times, peaks = _time_interleaved(cases, repeats, progress)
-    return _model_rows(cases, times, peaks, detections)
+    faults = {}
+    times, peaks = _time_interleaved(cases, repeats, progress, faults)
+    return _model_rows(cases, times, peaks, detections, faults)
 
 # %% ../nbs/30_benchmarks.ipynb #84c6adaf
 PROFILE_GROUPS = {   # a kind of work: a pattern the profiler's whole operator name matches (the first match wins)
@@ -522,11 +532,21 @@ def _conv_bound_text(res: dict) -> str:
             f"({cb['gflop'] / conv_s:.0f} GFLOP/s).")
 
 # %% ../nbs/30_benchmarks.ipynb #7f35c522
+def _faults_text(model: list) -> str:
+    "In words, from `bench_model` rows: each case's page faults per run, where they were counted."
+    rows = [r for r in model if "page_faults" in r]
+    def name(r): return "torchvision's" if r["model"] == "torchvision" else f"`{r['model']}`"
+    parts = [f"{r['task']}: {name(r)} {r['page_faults'] / 1e3:.0f} K" for r in rows]
+    return ("Page faults per run (the operating system maps fresh memory a page at a time, at its first write, and "
+            "each fault's time is spent in the kernel, outside every operator's own time): " + "; ".join(parts)
+            + ".") if rows else ""
+
 def speed_markdown(res: dict) -> str:
     "The speed tables of a `bench_speed` record, with the machine and the command that measured them."
     m, (h, w) = res["machine"], res["image_size"]
     roi = "\n".join(_roi_speed_table(res["roi"]))
     model = "\n".join(_model_speed_table(res["model"]))
+    if _faults_text(res["model"]): model += f"\n\n{_faults_text(res['model'])}"
     profile = ("\n\nWhere one inference's time goes: each operator's own CPU time, by kind, in one profiled run "
                "(`profile_inference`):\n\n" + "\n".join(_profile_table(res["profile"]))) if res.get("profile") else ""
     floors = ("\n\nMemory work alone, timed in the same run (`roi_floors`): a RoI forward that does it (the "
