@@ -16,10 +16,11 @@ from torch import Tensor, nn
 from .core import UserInputError, load_state_dict_file, load_weights
 
 # %% auto #0
-__all__ = ['NCHW_WEIGHT_GRAD', 'RESNET_BLOCKS', 'slow_nhwc_weight_grad', 'nchw_weight_grad', 'nchw_weight_grads', 'conv2d',
-           'Conv2d', 'FrozenBatchNorm2d', 'conv_norm', 'GroupNorm32', 'make_norm', 'add_into', 'conv_add', 'Bottleneck',
-           'ResNet', 'resnet', 'FPN', 'frozen_batchnorm', 'freeze_trunk', 'FPNBackbone', 'SingleLevelBackbone',
-           'fold_frozen_bn', 'load_imagenet_weights', 'backbone_features', 'show_feature_maps', 'show_channels']
+__all__ = ['NCHW_WEIGHT_GRAD', 'FUSED_CONV_ADD', 'RESNET_BLOCKS', 'slow_nhwc_weight_grad', 'nchw_weight_grad',
+           'nchw_weight_grads', 'conv2d', 'Conv2d', 'FrozenBatchNorm2d', 'conv_norm', 'GroupNorm32', 'make_norm',
+           'add_into', 'fused_conv_add', 'conv_add', 'Bottleneck', 'ResNet', 'resnet', 'FPN', 'frozen_batchnorm',
+           'freeze_trunk', 'FPNBackbone', 'SingleLevelBackbone', 'fold_frozen_bn', 'load_imagenet_weights',
+           'backbone_features', 'show_feature_maps', 'show_channels']
 
 # %% ../nbs/05_backbone.ipynb #c0d5a002
 NCHW_WEIGHT_GRAD = {"enabled": None, "min_channels": 128, "min_cells": 3072}   # enabled None: where the CPU needs it
@@ -144,6 +145,15 @@ def add_into(a: Tensor, b: Tensor) -> Tensor:
     return a.add_(b) if a.dtype == torch.result_type(a, b) else a + b
 
 # %% ../nbs/05_backbone.ipynb #c0d5a007
+FUSED_CONV_ADD = {"enabled": True, "min_bytes": 4 << 20}   # where `conv_add` makes one oneDNN call
+
+@contextmanager
+def fused_conv_add(enabled: bool):
+    "Within the block, `conv_add` makes its one oneDNN call where `_fuses` allows (True) or never (False)."
+    before, FUSED_CONV_ADD["enabled"] = FUSED_CONV_ADD["enabled"], enabled
+    try: yield
+    finally: FUSED_CONV_ADD["enabled"] = before
+
 @functools.cache
 def _onednn_conv_add():
     "oneDNN's convolution that adds its output into a given tensor, in place: None where this PyTorch lacks it."
@@ -151,15 +161,24 @@ def _onednn_conv_add():
     try: return torch.ops.mkldnn._convolution_pointwise_.binary
     except (AttributeError, RuntimeError): return None
 
+def _fuses(conv: nn.Conv2d, x: Tensor, other: Tensor) -> bool:
+    """Whether `conv_add` makes its one oneDNN call: an unwatched (no hooks) 1x1, stride-1 convolution in float32 CPU
+    inference (no autograd, no autocast), `other` of its output's shape and of at least `min_bytes`."""
+    hooks = conv._forward_hooks or conv._forward_pre_hooks or nn.modules.module._global_forward_hooks or \
+        nn.modules.module._global_forward_pre_hooks
+    return (FUSED_CONV_ADD["enabled"] and _onednn_conv_add() is not None and torch.backends.mkldnn.enabled
+            and not hooks and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dim() == 4
+            and not torch.is_autocast_enabled("cpu") and x.dtype == other.dtype == conv.weight.dtype == torch.float32
+            and conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0)
+            and conv.padding_mode == "zeros" and other.shape == (x.shape[0], conv.out_channels, *x.shape[2:])
+            and other.numel() * other.element_size() >= FUSED_CONV_ADD["min_bytes"])
+
 def conv_add(conv: nn.Conv2d, x: Tensor, other: Tensor) -> Tensor:
-    """`conv(x) + other`, the same bits either way: in float32 CPU inference (no autograd, no autocast) one oneDNN
-    call that writes the sum into `other`, whose values are then gone; otherwise `conv(x)`, then `add_into`."""
-    op = _onednn_conv_add()
-    if op is None or torch.is_grad_enabled() or x.device.type != "cpu" or torch.is_autocast_enabled("cpu") \
-            or not x.dtype == other.dtype == conv.weight.dtype == torch.float32 or conv.padding_mode != "zeros":
-        return add_into(conv(x), other)
-    return op(other, x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups,
-              "add", 1.0, None, [], None)
+    """`conv(x) + other`. Where `_fuses` says so, one oneDNN call that writes the sum into `other`, whose values are
+    then gone; everywhere else `conv(x)`, then `add_into`."""
+    if not _fuses(conv, x, other): return add_into(conv(x), other)
+    return _onednn_conv_add()(other, x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation,
+                              conv.groups, "add", 1.0, None, [], None)
 
 # %% ../nbs/05_backbone.ipynb #758b6cba
 class Bottleneck(nn.Module):

@@ -303,7 +303,7 @@ def _model_rows(cases: list, times: dict, peaks: dict, detections: dict, faults:
         rows.append({"task": k, "model": n, "detections": detections.get(n, "") if k == "inference" else "",
                      "seconds": t, "min_s": min(times[(k, n)]), "max_s": max(times[(k, n)]),
                      "time_vs_torchvision": t / ref, "peak_mib": peak})
-        if (faults or {}).get((k, n)): rows[-1]["page_faults"] = statistics.median(faults[(k, n)])
+        if (faults or {}).get((k, n)): rows[-1]["page_faults"] = statistics.median_low(faults[(k, n)])
     return rows
 
 # %% ../nbs/30_benchmarks.ipynb #171e8529
@@ -537,8 +537,8 @@ def _faults_text(model: list) -> str:
     rows = [r for r in model if "page_faults" in r]
     def name(r): return "torchvision's" if r["model"] == "torchvision" else f"`{r['model']}`"
     parts = [f"{r['task']}: {name(r)} {r['page_faults'] / 1e3:.0f} K" for r in rows]
-    return ("Page faults per run (the operating system maps fresh memory a page at a time, at its first write, and "
-            "each fault's time is spent in the kernel, outside every operator's own time): " + "; ".join(parts)
+    return ("Page faults per run (the operating system maps fresh memory a page at a time, at its first write; each "
+            "fault is time in the kernel, charged to the operator that first writes the page): " + "; ".join(parts)
             + ".") if rows else ""
 
 def speed_markdown(res: dict) -> str:
