@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import functools
 import math
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .core import UserInputError, load_state_dict_file, load_weights
+from .core import UserInputError, load_state_dict_file, load_weights, set_within
 
 # %% auto #0
 __all__ = ['NCHW_WEIGHT_GRAD', 'FUSED_CONV_ADD', 'RESNET_BLOCKS', 'slow_nhwc_weight_grad', 'nchw_weight_grad',
@@ -42,13 +41,10 @@ def nchw_weight_grad(x: Tensor, weight: Tensor) -> bool:
     if not x.is_contiguous(memory_format=torch.channels_last): return False
     return slow_nhwc_weight_grad() if s["enabled"] is None else s["enabled"]
 
-@contextmanager
 def nchw_weight_grads(enabled: bool | None):
     """Within the block, `conv2d` computes weight gradients from NCHW copies wherever the shapes allow it (True), never
     (False), or where this CPU needs it (None, the default outside)."""
-    old, NCHW_WEIGHT_GRAD["enabled"] = NCHW_WEIGHT_GRAD["enabled"], enabled
-    try: yield
-    finally: NCHW_WEIGHT_GRAD["enabled"] = old
+    return set_within(NCHW_WEIGHT_GRAD, "enabled", enabled)
 
 
 # %% ../nbs/05_backbone.ipynb #c0d5a004
@@ -147,12 +143,9 @@ def add_into(a: Tensor, b: Tensor) -> Tensor:
 # %% ../nbs/05_backbone.ipynb #c0d5a007
 FUSED_CONV_ADD = {"enabled": True, "min_bytes": 4 << 20}   # where `conv_add` makes one oneDNN call
 
-@contextmanager
 def fused_conv_add(enabled: bool):
     "Within the block, `conv_add` makes its one oneDNN call where `_fuses` allows (True) or never (False)."
-    before, FUSED_CONV_ADD["enabled"] = FUSED_CONV_ADD["enabled"], enabled
-    try: yield
-    finally: FUSED_CONV_ADD["enabled"] = before
+    return set_within(FUSED_CONV_ADD, "enabled", enabled)
 
 @functools.cache
 def _onednn_conv_add():

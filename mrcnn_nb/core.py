@@ -22,7 +22,7 @@ import torch
 
 # %% auto #0
 __all__ = ['STALE_TMP_S', 'AMP_DTYPES', 'CPU_FEATURES', 'UserInputError', 'did_you_mean', 'seed_everything', 'get_device',
-           'log_tensor', 'Timer', 'peak_memory_rise', 'atomic_write', 'write_json', 'load_torch_file',
+           'log_tensor', 'Timer', 'peak_memory_rise', 'atomic_write', 'write_json', 'set_within', 'load_torch_file',
            'load_state_dict_file', 'load_weights', 'in_test', 'cache_dir', 'distributed_count', 'use_cuda_simulator',
            'usable_cpus', 'cpu_seconds', 'threads_for', 'ShareCores', 'heads_in_float32', 'mixed', 'SlowAmpWarning',
            'cpu_bf16_kernels', 'warn_slow_amp', 'machine_info', 'describe_cpu', 'describe_features', 'results_dir']
@@ -188,6 +188,14 @@ def write_json(path, obj, indent: int | None = 1) -> Path:
     "Write `obj` as JSON to `path` with `atomic_write`: a reader never sees half a file."
     with atomic_write(path) as f: json.dump(obj, f, indent=indent)
     return Path(path)
+
+# %% ../nbs/00_core.ipynb #00c0e001
+@contextlib.contextmanager
+def set_within(settings: dict, key: str, value):
+    "Within the block, `settings[key]` is `value`; the value before is put back after it, whatever happens."
+    before, settings[key] = settings[key], value
+    try: yield
+    finally: settings[key] = before
 
 # %% ../nbs/00_core.ipynb #3f8ee982
 def _load_failure(path, e: Exception) -> UserInputError:

@@ -17,6 +17,7 @@ import torch
 from numba import prange
 from torch import Tensor
 
+from .core import set_within
 from .roi_layers import BilinearPlan, PoolPlan
 
 # %% auto #0
@@ -588,12 +589,9 @@ def output_buffer(*shape, dtype, zero: bool = False, device=None) -> Tensor:
     if HUGE_PAGES["enabled"] and t.numel() * t.element_size() >= HUGE_PAGES["min_bytes"]: advise_huge_pages(t)
     return t.zero_() if zero else t
 
-@contextmanager
 def huge_page_outputs(enabled: bool):
     "Within the block, the kernels' large outputs and input gradients go on huge pages (True, as outside) or not."
-    old, HUGE_PAGES["enabled"] = HUGE_PAGES["enabled"], enabled
-    try: yield
-    finally: HUGE_PAGES["enabled"] = old
+    return set_within(HUGE_PAGES, "enabled", enabled)
 
 
 # %% ../nbs/07a_roi_numba.ipynb #f366d7af
