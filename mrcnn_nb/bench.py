@@ -650,10 +650,13 @@ def bench_contention(iters: int = 60, work=None, out=None, command: str = "bench
                      progress: bool = True) -> dict:
     """Time per iteration of the main job alone, two at once and beside a busy process, with threads fixed (one per
     core) and shared (the library's default); the record, written to `out` if given."""
-    import tempfile
+    if work is None:   # the runs' logs and checkpoints, in a temporary folder: not kept
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix="mrcnn_nb_contention-") as tmp:
+            return bench_contention(iters, tmp, out, command, progress)
     from mrcnn_nb.cli import main_job_data
     main_job_data("instances", progress=progress)   # generated once, before anything is timed
-    work, rows = Path(work or tempfile.mkdtemp(prefix="mrcnn_nb_contention-")), []
+    work, rows = Path(work), []
     work.mkdir(parents=True, exist_ok=True)
     for mode, threads in (("fixed", os.cpu_count()), ("shared", None)):
         for scenario in CONTENTION_SCENARIOS:

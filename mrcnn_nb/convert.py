@@ -731,14 +731,15 @@ def finetune_comparison(data_root, store, seeds=(0, 1, 2), weights=None, iters: 
     (`<start>_seed<seed>.json`) or trained and written there. `iters`: shorter runs, for a smoke test."""
     from mrcnn_nb.core import write_json
     from mrcnn_nb.train import demo_checkpoint
-    store, weights, work, records = Path(store), weights or demo_checkpoint(), Path(tempfile.mkdtemp()), []
-    for seed in seeds:
-        for start in FINETUNE_STARTS:
-            f = store / f"{start}_seed{seed}.json"
-            if not f.exists():
-                if progress: print(f"training {start} seed {seed} ...", flush=True)
-                write_json(f, _finetune_run(data_root, start, seed, work, weights, iters), indent=None)
-            records.append(json.loads(f.read_text()))
+    store, weights, records = Path(store), weights or demo_checkpoint(), []
+    with tempfile.TemporaryDirectory(prefix="mrcnn_nb-finetune-") as work:   # the runs' checkpoints: not kept
+        for seed in seeds:
+            for start in FINETUNE_STARTS:
+                f = store / f"{start}_seed{seed}.json"
+                if not f.exists():
+                    if progress: print(f"training {start} seed {seed} ...", flush=True)
+                    write_json(f, _finetune_run(data_root, start, seed, Path(work), weights, iters), indent=None)
+                records.append(json.loads(f.read_text()))
     return records
 
 # %% ../nbs/16_custom_data.ipynb #2a40e13f

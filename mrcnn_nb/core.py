@@ -22,10 +22,11 @@ import torch
 
 # %% auto #0
 __all__ = ['STALE_TMP_S', 'AMP_DTYPES', 'CPU_FEATURES', 'UserInputError', 'did_you_mean', 'seed_everything', 'get_device',
-           'log_tensor', 'Timer', 'peak_memory_rise', 'atomic_write', 'write_json', 'set_within', 'load_torch_file',
-           'load_state_dict_file', 'load_weights', 'in_test', 'cache_dir', 'distributed_count', 'use_cuda_simulator',
-           'usable_cpus', 'cpu_seconds', 'threads_for', 'ShareCores', 'heads_in_float32', 'mixed', 'SlowAmpWarning',
-           'cpu_bf16_kernels', 'warn_slow_amp', 'machine_info', 'describe_cpu', 'describe_features', 'results_dir']
+           'log_tensor', 'Timer', 'peak_memory_rise', 'Scratch', 'atomic_write', 'write_json', 'set_within',
+           'load_torch_file', 'load_state_dict_file', 'load_weights', 'in_test', 'cache_dir', 'distributed_count',
+           'use_cuda_simulator', 'usable_cpus', 'cpu_seconds', 'threads_for', 'ShareCores', 'heads_in_float32', 'mixed',
+           'SlowAmpWarning', 'cpu_bf16_kernels', 'warn_slow_amp', 'machine_info', 'describe_cpu', 'describe_features',
+           'results_dir']
 
 # %% ../nbs/00_core.ipynb #24e13f04
 class UserInputError(ValueError):
@@ -132,6 +133,21 @@ def peak_memory_rise(fn) -> float | None:
     fn()
     peak = _vm_kib("VmHWM")
     return None if before is None or peak is None else (peak - before) / 1024
+
+# %% ../nbs/00_core.ipynb #5c7a0002
+class Scratch:
+    """Fresh temporary folders under one root, all removed by `cleanup()`, or when the object is garbage-collected
+    or Python exits, whichever comes first."""
+    def __init__(self, prefix: str = "mrcnn_nb-"): self._root = tempfile.TemporaryDirectory(prefix=prefix)
+
+    @property
+    def root(self) -> Path: return Path(self._root.name)
+
+    def __call__(self, prefix: str = "") -> Path:
+        "A new empty folder under the root."
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=self._root.name))
+
+    def cleanup(self): self._root.cleanup()
 
 # %% ../nbs/00_core.ipynb #c5fdcc45
 def _default_file_mode() -> int:

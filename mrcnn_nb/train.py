@@ -1069,21 +1069,22 @@ def dry_run(cfg: Config, data_root, train_split: str = "train", val_split: str |
     validation images predicted and evaluated; the schedule's projected hours, from the iterations after the first."""
     import tempfile
     from mrcnn_nb.evaluate import _timed
-    t0 = time.perf_counter()
-    run = prepare_run(cfg, data_root, train_split, val_split, Path(tempfile.mkdtemp()), weights, **run_args)
-    r = dict(config=run.cfg.name, device=str(run.device), rank=run.rank, world=run.world,
-             train_images=len(run.train_set), val_images=len(run.val_set) if run.val_set else 0,
-             max_iter=run.cfg.max_iter,
-             prepare_s=time.perf_counter() - t0)
-    t1 = time.perf_counter()
-    check_image_files(run.train_set)   # one bad file would otherwise stop the run when it comes up, hours in
-    r["files_checked_s"], r["decode"] = time.perf_counter() - t1, _decode_sample(run.train_set, sample_images)
-    r["iteration_s"], _, r["peak_mib"] = _timed(lambda: _timed_iterations(run, iters, num_workers), run.device)
-    r["evaluation"] = _timed_evaluation(run, eval_images) if run.val_set else None
-    per_image = r["evaluation"]["s_per_image"] if r["evaluation"] else 0.0
-    r["steady_s"] = float(np.median(r["iteration_s"][1:] or r["iteration_s"]))   # the first iteration warms up
-    r["projection"] = projected_hours(run.cfg, r["steady_s"], per_image, r["val_images"], run.world)
-    return r
+    with tempfile.TemporaryDirectory(prefix="mrcnn_nb-dry-run-") as out:   # its log and checkpoints: not kept
+        t0 = time.perf_counter()
+        run = prepare_run(cfg, data_root, train_split, val_split, Path(out), weights, **run_args)
+        r = dict(config=run.cfg.name, device=str(run.device), rank=run.rank, world=run.world,
+                 train_images=len(run.train_set), val_images=len(run.val_set) if run.val_set else 0,
+                 max_iter=run.cfg.max_iter,
+                 prepare_s=time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        check_image_files(run.train_set)   # one bad file would otherwise stop the run when it comes up, hours in
+        r["files_checked_s"], r["decode"] = time.perf_counter() - t1, _decode_sample(run.train_set, sample_images)
+        r["iteration_s"], _, r["peak_mib"] = _timed(lambda: _timed_iterations(run, iters, num_workers), run.device)
+        r["evaluation"] = _timed_evaluation(run, eval_images) if run.val_set else None
+        per_image = r["evaluation"]["s_per_image"] if r["evaluation"] else 0.0
+        r["steady_s"] = float(np.median(r["iteration_s"][1:] or r["iteration_s"]))   # the first iteration warms up
+        r["projection"] = projected_hours(run.cfg, r["steady_s"], per_image, r["val_images"], run.world)
+        return r
 
 # %% ../nbs/12_train.ipynb #791bb5a1
 def format_dry_run(r: dict) -> str:
