@@ -22,11 +22,11 @@ from .model import Transform
 from .shapes import make_shapes
 
 # %% auto #0
-__all__ = ['ROI_WORKLOADS', 'PROFILE_GROUPS', 'PROFILED', 'CONTENTION_SCENARIOS', 'CONTENTION_TARGETS', 'CONV_GRAD_CASES',
-           'HUGE_PAGE_WAYS', 'COCO_CATEGORY_IDS', 'COCO_SIZES', 'time_dataset', 'format_rows', 'bench_data',
-           'roi_workload', 'bench_roi', 'roi_floors', 'minor_faults', 'resolve_bf16', 'bench_model', 'op_group',
-           'profile_inference', 'bench_profile', 'conv_flops', 'matmul_rate', 'bench_conv_bound', 'speed_file',
-           'speed_record', 'bench_speed', 'bf16_left_out', 'speed_markdown', 'plot_speed', 'plot_profile',
+__all__ = ['ROI_WORKLOADS', 'QUICK_BUDGETS', 'PROFILE_GROUPS', 'PROFILED', 'CONTENTION_SCENARIOS', 'CONTENTION_TARGETS',
+           'CONV_GRAD_CASES', 'HUGE_PAGE_WAYS', 'COCO_CATEGORY_IDS', 'COCO_SIZES', 'time_dataset', 'format_rows',
+           'bench_data', 'roi_workload', 'bench_roi', 'roi_floors', 'minor_faults', 'resolve_bf16', 'bench_model',
+           'op_group', 'profile_inference', 'bench_profile', 'conv_flops', 'matmul_rate', 'bench_conv_bound',
+           'speed_file', 'speed_record', 'bench_speed', 'bf16_left_out', 'speed_markdown', 'plot_speed', 'plot_profile',
            'contention_file', 'bench_contention', 'contention_markdown', 'bench_conv_grad', 'conv_grad_file',
            'conv_grad_markdown', 'bench_huge_pages', 'huge_pages_file', 'huge_pages_markdown', 'matched_detections',
            'amp_file', 'bench_amp', 'amp_markdown', 'amp_training_dir', 'load_amp_training', 'amp_training_markdown',
@@ -201,23 +201,37 @@ def _bench_resize(hw) -> dict:
     "The resize settings under which an (h, w) image keeps its size."
     return dict(min_size=min(hw), max_size=max(1333, max(hw)))
 
+# %% ../nbs/30_benchmarks.ipynb #qb0a0002
+QUICK_BUDGETS = dict(rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=200,
+                     rpn_post_nms_top_n_test=100, box_batch_size_per_image=64, box_detections_per_img=10)
+
+def _bench_torchvision(size, quick: bool = False):
+    """torchvision's R-50-FPN as the model benchmarks build it (`torchvision_model`, 91 classes) for images of `size`
+    (h, w), with `QUICK_BUDGETS` if `quick`."""
+    from mrcnn_nb.model import torchvision_model
+    return torchvision_model(num_classes=91, **_bench_resize(size), **(QUICK_BUDGETS if quick else {}))
+
 # %% ../nbs/30_benchmarks.ipynb #0b019a46
 def _ours_like(tv):
-    "Our R-50-FPN with the weights and the resize of torchvision's model `tv`."
+    """Our R-50-FPN with the weights, the resize and the budgets (proposals before and after NMS, RoIs sampled per
+    image, detections) of torchvision's model `tv`."""
     from mrcnn_nb.model import build_model, get_config, load_torchvision_weights
-    cfg = get_config("R_50_FPN", min_size=tuple(tv.transform.min_size), max_size=tv.transform.max_size)
+    pre, post, heads = tv.rpn._pre_nms_top_n, tv.rpn._post_nms_top_n, tv.roi_heads
+    cfg = get_config("R_50_FPN", min_size=tuple(tv.transform.min_size), max_size=tv.transform.max_size,
+                     rpn_pre_nms_top_n=(pre["training"], pre["testing"]),
+                     rpn_post_nms_top_n=(post["training"], post["testing"]),
+                     box_batch_size=heads.fg_bg_sampler.batch_size_per_image,
+                     detections_per_img=heads.detections_per_img)
     return load_torchvision_weights(build_model(cfg), tv.state_dict())
 
 # %% ../nbs/30_benchmarks.ipynb #52e0868b
-def _inference_models(size, bf16: bool = True) -> dict:
+def _inference_models(size, bf16: bool = True, quick: bool = False) -> dict:
     """The models the inference benchmark times, for images of `size` (h, w): torchvision's (as built for its COCO
     weights), ours with its weights, ours after `for_inference()`, that again returning float masks, and (`bf16`)
-    ours in bfloat16."""
+    ours in bfloat16. `quick`: with `QUICK_BUDGETS`."""
     import copy
-    from mrcnn_nb.model import torchvision_model
     torch.manual_seed(0)
-    # frozen BN, stem and stage 1 frozen: as torchvision builds it for its COCO weights
-    tv = torchvision_model(num_classes=91, **_bench_resize(size))
+    tv = _bench_torchvision(size, quick)   # frozen BN, stem and stage 1 frozen: as built for its COCO weights
     for p in tv.roi_heads.box_predictor.parameters(): torch.nn.init.normal_(p, std=0.05)   # spread scores: 100 boxes
     ours = _ours_like(tv)
     fast = ours.for_inference()
@@ -230,13 +244,12 @@ def _inference_models(size, bf16: bool = True) -> dict:
     return models | ({"ours for_inference(amp='bf16')": ours.for_inference(amp="bf16")} if bf16 else {})
 
 # %% ../nbs/30_benchmarks.ipynb #ad8aa1f1
-def _training_models(size) -> tuple:
+def _training_models(size, quick: bool = False) -> tuple:
     """torchvision's model and ours for the training step, for images of `size`, with torchvision's initialization: the
     spread-out classifier of the inference models starts at a loss near 70, whose tiny gradients a few steps later are
-    denormal floats that slow convolutions 5-10x."""
-    from mrcnn_nb.model import torchvision_model
+    denormal floats that slow convolutions 5-10x. `quick`: with `QUICK_BUDGETS`."""
     torch.manual_seed(1)
-    tv = torchvision_model(num_classes=91, **_bench_resize(size))
+    tv = _bench_torchvision(size, quick)
     return tv, _ours_like(tv)
 
 # %% ../nbs/30_benchmarks.ipynb #c6a4eefb
@@ -312,14 +325,15 @@ def resolve_bf16(bf16: bool | None) -> bool:
     return cpu_bf16_kernels() if bf16 is None else bf16
 
 def bench_model(repeats: int = 3, size=(800, 1066), train_size=(800, 1066), progress: bool = True,
-                bf16: bool | None = None) -> list:
+                bf16: bool | None = None, quick: bool = False) -> list:
     """Inference and training-step time (and peak-memory rise) of R-50-FPN Mask R-CNN: ours against torchvision.
     The models run at the images' own `size` / `train_size` (h, w): their resize keeps that size (shorter side, cap
-    >= 1333). `bf16`: time the bfloat16 cases too (None: where `cpu_bf16_kernels`)."""
+    >= 1333). `bf16`: time the bfloat16 cases too (None: where `cpu_bf16_kernels`). `quick`: the models with
+    `QUICK_BUDGETS`, a check that every case runs."""
     import copy
     bf16 = resolve_bf16(bf16)
-    models = _inference_models(size, bf16)
-    tv_train, ours_train = _training_models(train_size)
+    models = _inference_models(size, bf16, quick)
+    tv_train, ours_train = _training_models(train_size, quick)
     image, images2, targets2 = _bench_data(size, train_size)
     detections = {}
     def infer(name, m):
@@ -367,11 +381,11 @@ def profile_inference(model, images: list) -> dict:
 # %% ../nbs/30_benchmarks.ipynb #fe787ab6
 PROFILED = ("torchvision", "ours for_inference()", "ours for_inference(amp='bf16')")
 
-def bench_profile(size=(800, 1066), models=None) -> dict:
+def bench_profile(size=(800, 1066), models=None, quick: bool = False) -> dict:
     """`profile_inference` of the inference benchmark's `models` on its image of `size` (h, w): model name -> times.
-    `models` None: `PROFILED`, less bf16 on a CPU without `cpu_bf16_kernels`."""
+    `models` None: `PROFILED`, less bf16 on a CPU without `cpu_bf16_kernels`. `quick`: with `QUICK_BUDGETS`."""
     models = models or [n for n in PROFILED if cpu_bf16_kernels() or "bf16" not in n]
-    built = _inference_models(size, any("bf16" in n for n in models))
+    built = _inference_models(size, any("bf16" in n for n in models), quick)
     image = _bench_data(size, size)[0]
     return {name: profile_inference(built[name], image) for name in models}
 
@@ -398,11 +412,12 @@ def matmul_rate(n: int = 4096, repeats: int = 3) -> float:
     return 2 * n ** 3 / _median_seconds(lambda: a @ b, repeats) / 1e9
 
 # %% ../nbs/30_benchmarks.ipynb #c0f10b04
-def bench_conv_bound(size=(800, 1066)) -> dict:
+def bench_conv_bound(size=(800, 1066), quick: bool = False) -> dict:
     """The convolution work of one float32 inference of `ours for_inference()` on the benchmark's image of `size`
-    (h, w), in GFLOP, and this machine's `matmul_rate`."""
-    fast = _inference_models(size, bf16=False)["ours for_inference()"]
-    return dict(gflop=conv_flops(fast, _bench_data(size, size)[0]) / 1e9, matmul_gflops=matmul_rate())
+    (h, w), in GFLOP, and this machine's `matmul_rate`. `quick`: with `QUICK_BUDGETS`, and a 1024 x 1024 product."""
+    fast = _inference_models(size, bf16=False, quick=quick)["ours for_inference()"]
+    gflop = conv_flops(fast, _bench_data(size, size)[0]) / 1e9
+    return dict(gflop=gflop, matmul_gflops=matmul_rate(1024 if quick else 4096))
 
 # %% ../nbs/30_benchmarks.ipynb #fefcfd33
 def speed_file() -> Path:
@@ -438,17 +453,17 @@ def speed_record(roi: list, model: list, repeats: int, scale: float, size, comma
 
 # %% ../nbs/30_benchmarks.ipynb #b5168a0a
 def bench_speed(out=None, repeats: int = 5, scale: float = 1.0, size=(800, 1066), command: str = "bench_speed()",
-                progress: bool = True, bf16: bool | None = None) -> dict:
+                progress: bool = True, bf16: bool | None = None, quick: bool = False) -> dict:
     """`bench_roi`, `roi_floors`, `bench_model`, `bench_profile` and `bench_conv_bound` in one run, as a
     `speed_record`; written to `out` (JSON) if given. `bf16`: time the bfloat16 cases too (None: where
-    `cpu_bf16_kernels`)."""
+    `cpu_bf16_kernels`). `quick`: the models with `QUICK_BUDGETS` (a check, not a measurement)."""
     bf16 = resolve_bf16(bf16)
     roi = bench_roi(repeats=repeats, scale=scale, progress=progress)
     floors = roi_floors(repeats=repeats, scale=scale)
-    model = bench_model(repeats, size, size, progress, bf16)
+    model = bench_model(repeats, size, size, progress, bf16, quick)
     profiled = [n for n in PROFILED if bf16 or "bf16" not in n]
-    res = speed_record(roi, model, repeats, scale, size, command, bench_profile(size, profiled), bf16, floors,
-                       bench_conv_bound(size))
+    res = speed_record(roi, model, repeats, scale, size, command, bench_profile(size, profiled, quick), bf16,
+                       floors, bench_conv_bound(size, quick))
     if out is not None: write_json(out, res)
     return res
 
@@ -722,12 +737,12 @@ def _conv_grad_case(case: tuple, repeats: int) -> dict:
 
 
 # %% ../nbs/30_benchmarks.ipynb #c0b3a004
-def _step_seconds(repeats: int, size=(800, 1066)) -> dict:
+def _step_seconds(repeats: int, size=(800, 1066), quick: bool = False) -> dict:
     """Median seconds of one R-50-FPN training step of ours (two images of `size`, as `bench_model`), with the weight
     gradients as `F.conv2d` computes them and from NCHW copies wherever `nchw_weight_grad`'s shapes allow; interleaved
-    (`_time_interleaved`)."""
+    (`_time_interleaved`). `quick`: with `QUICK_BUDGETS`."""
     from mrcnn_nb.backbone import nchw_weight_grads
-    _, ours = _training_models(size)
+    _, ours = _training_models(size, quick)
     _, images2, targets2 = _bench_data(size, size)
     opt = torch.optim.SGD([p for p in ours.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
     def step(on: bool):
@@ -739,15 +754,16 @@ def _step_seconds(repeats: int, size=(800, 1066)) -> dict:
     return {w: float(np.median(times[("train step", w)])) for w in ways}
 
 def bench_conv_grad(cases=None, repeats: int = 5, step_repeats: int = 3, size=(800, 1066), out=None,
-                    command: str = "bench_conv_grad()", progress: bool = True) -> dict:
-    "The `CONV_GRAD_CASES` each way, then the whole training step each way (`step_repeats=0`: not); written to `out`."
+                    command: str = "bench_conv_grad()", progress: bool = True, quick: bool = False) -> dict:
+    """The `CONV_GRAD_CASES` each way, then the whole training step each way (`step_repeats=0`: not; `quick`: with
+    `QUICK_BUDGETS`); written to `out`."""
     cases = CONV_GRAD_CASES if cases is None else cases
     from mrcnn_nb.backbone import slow_nhwc_weight_grad
     rows = []
     for name, case in cases.items():
         rows.append(dict(name=name, case=list(case)) | _conv_grad_case(case, repeats))
         if progress: print(f"{name}: {rows[-1]['speedup']:.2f}x", flush=True)
-    step = _step_seconds(step_repeats, size) if step_repeats else None
+    step = _step_seconds(step_repeats, size, quick) if step_repeats else None
     rec = dict(kind="conv_grad", command=command, when=_utc_now(), machine=machine_info(), repeats=repeats,
                cpu_needs_it=slow_nhwc_weight_grad(), rows=rows, step=step, step_repeats=step_repeats, size=list(size))
     if out: write_json(out, rec)

@@ -834,7 +834,8 @@ def _bench_args(s):
                    help="speed, contention, amp, conv-grad, huge-pages: write the results (JSON) to this file")
     s.add_argument("--quick", action="store_true",
                    help="speed, model, contention, conv-grad, huge-pages: small workloads and one repeat "
-                        "(contention: 3 iterations): a check that it runs, not a measurement")
+                        "(speed, model: also small proposal and detection budgets; contention: 3 iterations): "
+                        "a check that it runs, not a measurement")
     s.add_argument("--iters", type=_positive_int, default=60,
                    help="contention: training iterations per run (default 60)")
     s.add_argument("--work", default=None, help="directory for generated benchmark data (cached)")
@@ -872,10 +873,11 @@ def _bench_speed(args):
     _refuse_folder_out(args.out)   # before minutes of measuring
     flags = ["--quick"] if args.quick else ["--repeats", str(args.repeats)]
     flags += _flags(args, "threads", "out") + (["--bf16", args.bf16] if args.bf16 != "auto" else [])
-    small = dict(repeats=1, scale=0.02, size=(96, 128)) if args.quick else dict(repeats=args.repeats)
+    small = dict(repeats=1, scale=0.02, size=(96, 128), quick=True) if args.quick else dict(repeats=args.repeats)
     res = bench_speed(args.out, command=shlex.join(["mrcnn_nb", "bench", "speed", *flags]), progress=True,
                       bf16=_bf16(args), **small)
-    if args.quick: print("--quick: tiny sizes, one repeat each: a check that every case runs, not a measurement\n")
+    if args.quick:
+        print("--quick: tiny sizes, small budgets, one repeat each: a check that every case runs, not a measurement\n")
     print(speed_markdown(res))
     if args.out: print(f"wrote {args.out}")
 
@@ -915,11 +917,11 @@ def _bench_conv_grad(args):
     from mrcnn_nb.bench import CONV_GRAD_CASES, bench_conv_grad, conv_grad_markdown
     _refuse_folder_out(args.out)   # before minutes of measuring
     flags = ["--quick"] if args.quick else ["--repeats", str(args.repeats)]
-    small = dict(cases={"small": (1, 128, 48, 64, 128, 3, 1)}, repeats=1, step_repeats=1, size=(96, 128))
+    small = dict(cases={"small": (1, 128, 48, 64, 128, 3, 1)}, repeats=1, step_repeats=1, size=(96, 128), quick=True)
     command = shlex.join(["mrcnn_nb", "bench", "conv-grad", *flags, *_flags(args, "threads", "out")])
     sizes = small if args.quick else dict(cases=CONV_GRAD_CASES, repeats=args.repeats)
     rec = bench_conv_grad(**sizes, out=args.out, command=command)
-    if args.quick: print("--quick: one small convolution, a small step, one repeat: a check that it runs\n")
+    if args.quick: print("--quick: one small convolution, a small step (small budgets), one repeat: a check it runs\n")
     print(conv_grad_markdown(rec))
     if args.out: print(f"wrote {args.out}")
 
@@ -945,8 +947,8 @@ def _bench_model(args):
     from mrcnn_nb.bench import bench_model, bf16_left_out, format_rows, resolve_bf16
     asked = _bf16(args)
     bf16 = resolve_bf16(asked)
-    small = dict(repeats=1, size=(96, 128), train_size=(96, 128)) if args.quick else dict(repeats=args.repeats)
-    print(format_rows(bench_model(bf16=bf16, **small)))
+    quick = dict(repeats=1, size=(96, 128), train_size=(96, 128), quick=True)
+    print(format_rows(bench_model(bf16=bf16, **(quick if args.quick else dict(repeats=args.repeats)))))
     if not bf16: print(bf16_left_out(by_command=asked is False))
 
 # %% ../nbs/15_cli.ipynb #cb2d836f
