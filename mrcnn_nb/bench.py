@@ -232,7 +232,7 @@ def _inference_models(size, bf16: bool = True, quick: bool = False) -> dict:
     import copy
     torch.manual_seed(0)
     tv = _bench_torchvision(size, quick)   # frozen BN, stem and stage 1 frozen: as built for its COCO weights
-    for p in tv.roi_heads.box_predictor.parameters(): torch.nn.init.normal_(p, std=0.05)   # spread scores: 100 boxes
+    for p in tv.roi_heads.box_predictor.parameters(): torch.nn.init.normal_(p, std=0.05)   # spread scores: full budget
     ours = _ours_like(tv)
     fast = ours.for_inference()
     fast_probs = copy.deepcopy(fast)

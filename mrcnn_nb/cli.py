@@ -948,7 +948,8 @@ def _bench_model(args):
     asked = _bf16(args)
     bf16 = resolve_bf16(asked)
     quick = dict(repeats=1, size=(96, 128), train_size=(96, 128), quick=True)
-    print(format_rows(bench_model(bf16=bf16, **(quick if args.quick else dict(repeats=args.repeats)))))
+    sizes = quick if args.quick else dict(repeats=args.repeats)
+    print(format_rows(bench_model(bf16=bf16, **sizes)))
     if not bf16: print(bf16_left_out(by_command=asked is False))
 
 # %% ../nbs/15_cli.ipynb #cb2d836f
