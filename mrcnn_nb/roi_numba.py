@@ -21,9 +21,9 @@ from .core import set_within
 from .roi_layers import BilinearPlan, PoolPlan
 
 # %% auto #0
-__all__ = ['HUGE_PAGES', 'is_plain', 'thp_mode', 'advise_huge_pages', 'output_buffer', 'huge_page_outputs',
-           'bilinear_forward_numba', 'bilinear_backward_numba', 'roi_pool_forward_numba', 'roi_pool_backward_numba',
-           'parallel_split', 'split_dependence']
+__all__ = ['HUGE_PAGES', 'CONVERT_BLOCK_BYTES', 'is_plain', 'thp_mode', 'advise_huge_pages', 'output_buffer', 'huge_page_outputs',
+           'converts_map', 'bilinear_forward_numba', 'bilinear_backward_numba', 'roi_pool_forward_numba',
+           'roi_pool_backward_numba', 'parallel_split', 'split_dependence']
 
 # %% ../nbs/07a_roi_numba.ipynb #838c819e
 def _nhwc(t: Tensor) -> np.ndarray:
@@ -138,17 +138,18 @@ def _new_tile(Q, C, dtype):
 
 # %% ../nbs/07a_roi_numba.ipynb #6c0a0ab4
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _bilinear_avg_fwd(x, batch, rows, rw, nr, cols, cw, nc, x0, width, out, order, nthreads):
+def _bilinear_avg_fwd(x, batch, rows, rw, nr, cols, cw, nc, x0, width, out, order, nthreads, c0=0):
     # x (N, H, W, C); the taps of _separable_taps; out (K, C, PH, PW), as torchvision returns it; thread t takes RoIs
     # order[t], order[t + nthreads], ... (RoIs of unequal sizes dealt out evenly; each thread still moves through
-    # the images in Z-order), each RoI's bins averaged into the thread's tile, then stored
+    # the images in Z-order), each RoI's bins averaged into the thread's tile, then stored in channels
+    # c0, ..., c0 + C - 1 of `out` (x may hold a block of the channels: _avg_forward_converted)
     K, PH, PW, C = len(order), rows.shape[1], cols.shape[1], x.shape[3]
     for t in prange(nthreads):
         tile, u = _new_tile(PH * PW, C, out.dtype), np.empty((max(1, width.max()), C), out.dtype)
         for i in range(t, K, nthreads):
             k = order[i]
             _sep_bins(x[batch[k]], k, rows, rw, nr, cols, cw, nc, x0, width, 0, 0, u, tile)
-            _store_bins(tile, out[k].reshape(C, PH * PW))
+            _store_bins(tile, out[k].reshape(out.shape[1], PH * PW)[c0:c0 + C])
 
 # %% ../nbs/07a_roi_numba.ipynb #c3b9da34
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -607,9 +608,28 @@ def _plan_taps(plan: BilinearPlan) -> tuple:
     "`_separable_taps` of a plan: what the average kernels read, forward and backward, in both layouts."
     return _separable_taps(*_plan_arrays(plan)[1:], plan.count.numpy())
 
+CONVERT_BLOCK_BYTES = 4 << 20   # a plain map no larger than its output is copied channels-last in blocks this large
+
+def converts_map(input: Tensor, out: Tensor) -> bool:
+    "Whether the forward of plain `input` copies the whole map channels-last, block by block: not larger than `out`."
+    return input.numel() <= out.numel()
+
+def _avg_forward_converted(input: Tensor, plan: BilinearPlan, taps: tuple, out: Tensor, order: np.ndarray):
+    """The average forward of a plain NCHW input into `out` through channels-last copies of blocks of its channels
+    (`CONVERT_BLOCK_BYTES` each), each averaged by `_bilinear_avg_fwd` into its channels of `out`."""
+    N, C, H, W = input.shape
+    step = max(1, CONVERT_BLOCK_BYTES // (N * H * W * input.element_size()))
+    b, buf = plan.batch.numpy(), input.new_empty(N * H * W * min(step, C))   # one buffer for every block
+    for c0 in range(0, C, step):
+        n = min(step, C - c0)
+        block = buf[:N * H * W * n].view(N, H, W, n).copy_(input[:, c0:c0 + n].permute(0, 2, 3, 1))
+        _bilinear_avg_fwd(block.numpy(), b, *taps, out.numpy(), order, numba.get_num_threads(), c0)
+
 def _avg_forward_plain(input: Tensor, plan: BilinearPlan, taps: tuple, out: Tensor, order: np.ndarray):
-    """The average forward of a plain NCHW input into `out`: RoIs whose samples outnumber their window's cells through
-    a channels-last copy of the window, the others plane by plane; both give `_bilinear_avg_fwd`'s bits."""
+    """The average forward of a plain NCHW input into `out`: a map no larger than the output copied channels-last in
+    blocks (`converts_map`); otherwise RoIs whose samples outnumber their window's cells through a channels-last copy
+    of the window, the others plane by plane. Every path gives `_bilinear_avg_fwd`'s bits."""
+    if converts_map(input, out): return _avg_forward_converted(input, plan, taps, out, order)
     small = _copies_window(taps[0], taps[2], taps[7], plan.count.numpy(), taps[3].shape[1])[order]
     b = plan.batch.numpy()
     _bilinear_avg_fwd_plain(_nhwc(input), b, *taps, out.numpy(), order[small], numba.get_num_threads())
