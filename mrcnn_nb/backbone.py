@@ -7,19 +7,25 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
+
+import numba
+import numpy as np
 
 import torch
 import torch.nn.functional as F
+from numba import prange
 from torch import Tensor, nn
 
 from .core import UserInputError, load_state_dict_file, load_weights, set_within
 
 # %% auto #0
-__all__ = ['NCHW_WEIGHT_GRAD', 'FUSED_CONV_ADD', 'RESNET_BLOCKS', 'slow_nhwc_weight_grad', 'nchw_weight_grad',
-           'nchw_weight_grads', 'conv2d', 'Conv2d', 'FrozenBatchNorm2d', 'conv_norm', 'GroupNorm32', 'make_norm',
-           'add_into', 'fused_conv_add', 'conv_add', 'Bottleneck', 'ResNet', 'resnet', 'FPN', 'frozen_batchnorm',
-           'freeze_trunk', 'FPNBackbone', 'SingleLevelBackbone', 'fold_frozen_bn', 'load_imagenet_weights',
-           'backbone_features', 'show_feature_maps', 'show_channels']
+__all__ = ['NCHW_WEIGHT_GRAD', 'FUSED_CONV_ADD', 'RESNET_BLOCKS', 'WINO_BT', 'WINO_G', 'WINO_AT', 'WINOGRAD',
+           'slow_nhwc_weight_grad', 'nchw_weight_grad', 'nchw_weight_grads', 'conv2d', 'Conv2d', 'FrozenBatchNorm2d',
+           'conv_norm', 'GroupNorm32', 'make_norm', 'add_into', 'fused_conv_add', 'conv_add', 'Bottleneck', 'ResNet',
+           'resnet', 'FPN', 'frozen_batchnorm', 'freeze_trunk', 'FPNBackbone', 'SingleLevelBackbone', 'fold_frozen_bn',
+           'winograd_weights', 'winograd_conv3x3', 'winograd_convs', 'WinogradConv2d', 'use_winograd',
+           'load_imagenet_weights', 'backbone_features', 'show_feature_maps', 'show_channels']
 
 # %% ../nbs/05_backbone.ipynb #c0d5a002
 NCHW_WEIGHT_GRAD = {"enabled": None, "min_channels": 128, "min_cells": 3072}   # enabled None: where the CPU needs it
@@ -346,6 +352,166 @@ def fold_frozen_bn(module: nn.Module) -> nn.Module:
         elif isinstance(m, ResNet) and isinstance(m.bn1, FrozenBatchNorm2d):
             m.conv1, m.bn1 = _fold(m.conv1, m.bn1), nn.Identity()
     return module
+
+# %% ../nbs/05_backbone.ipynb #wg000002
+# Winograd F(4x4, 3x3): a 4x4 output tile is A^T [(G g G^T) * (B^T d B)] A for the 6x6 input tile d around it
+WINO_BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                    [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64)
+WINO_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                   [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64)
+WINO_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64)
+
+# %% ../nbs/05_backbone.ipynb #wg000004
+def winograd_weights(weight: Tensor) -> Tensor:
+    "(36, C, K): the 6x6 transform G g G^T of each (output k, input c) filter of a (K, C, 3, 3) weight, in float64."
+    g = torch.from_numpy(WINO_G)
+    u = torch.einsum("ij,kcjl,ml->imck", g, weight.detach().double().cpu(), g)
+    return u.reshape(36, weight.shape[1], weight.shape[0]).to(weight.dtype).contiguous()
+
+# %% ../nbs/05_backbone.ipynb #wg000006
+@numba.njit(cache=True, nogil=True)
+def _wino_tile(x, n, y0, x0, d):
+    "The 6x6 tile of image n of `x` (N, H, W, C) whose corner is (y0, x0), zero outside the image, into d (6, 6, C)."
+    H, W = x.shape[1], x.shape[2]
+    for i in range(6):
+        for j in range(6):
+            dst = d[i, j]
+            if 0 <= y0 + i < H and 0 <= x0 + j < W:
+                src = x[n, y0 + i, x0 + j]
+                for c in range(dst.shape[0]): dst[c] = src[c]
+            else:
+                for c in range(dst.shape[0]): dst[c] = 0
+
+@numba.njit(cache=True, nogil=True)
+def _wino_left(m, src, dst, rows):
+    "dst[i, j] = sum_k m[i, k] src[k, j] for i < `rows`, every j < 6 and channel: m times the tile, (6, 6, C) each."
+    for i in range(rows):
+        for j in range(6):
+            o = dst[i, j]
+            o[:] = 0
+            for k in range(6):
+                a, s = m[i, k], src[k, j]
+                if a != 0:
+                    for c in range(o.shape[0]): o[c] += a * s[c]
+
+@numba.njit(cache=True, nogil=True)
+def _wino_right(m, src, dst, rows, cols):
+    "dst[i, j] = sum_k src[i, k] m[j, k] for i < `rows`, j < `cols`: the tile times m transposed."
+    for i in range(rows):
+        for j in range(cols):
+            o = dst[i, j]
+            o[:] = 0
+            for k in range(6):
+                a, s = m[j, k], src[i, k]
+                if a != 0:
+                    for c in range(o.shape[0]): o[c] += a * s[c]
+
+# %% ../nbs/05_backbone.ipynb #wg000007
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _wino_input(x, th, tw, t0, V, BT, nthreads):
+    """Tiles t0 .. t0 + T of the N x th x tw grid of `x` (N, H, W, C), 6x6 with a step of 4 from (-1, -1), transformed
+    (B^T d B) into V (36, T, C): V[6 i + j, t] is entry (i, j) of tile t's transform. Tiles dealt out to `nthreads`."""
+    T, C = V.shape[1], V.shape[2]
+    for p in prange(nthreads):
+        d, h, v = np.empty((6, 6, C), V.dtype), np.empty((6, 6, C), V.dtype), np.empty((6, 6, C), V.dtype)
+        for q in range(p, T, nthreads):
+            n, r = divmod(t0 + q, th * tw)
+            _wino_tile(x, n, 4 * (r // tw) - 1, 4 * (r % tw) - 1, d)
+            _wino_left(BT, d, h, 6)          # B^T d
+            _wino_right(BT, h, v, 6, 6)      # (B^T d) B
+            for e in range(36): V[e, q] = v[e // 6, e % 6]
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _wino_output(M, th, tw, t0, AT, bias, out, nthreads):
+    """The 4x4 output tiles A^T m A of tiles t0 .. t0 + T from their products M (36, T, K), plus `bias` (K,), into
+    `out` (N, H, W, K), cut at its edges."""
+    T, K = M.shape[1], M.shape[2]
+    H, W = out.shape[1], out.shape[2]
+    for p in prange(nthreads):
+        m, h, y = np.empty((6, 6, K), M.dtype), np.empty((6, 6, K), M.dtype), np.empty((6, 6, K), M.dtype)
+        for q in range(p, T, nthreads):
+            n, r = divmod(t0 + q, th * tw)
+            y0, x0 = 4 * (r // tw), 4 * (r % tw)
+            for e in range(36): m[e // 6, e % 6] = M[e, q]
+            _wino_left(AT, m, h, 4)          # A^T m: 4 x 6
+            _wino_right(AT, h, y, 4, 4)      # (A^T m) A: 4 x 4
+            for a in range(min(4, H - y0)):
+                for b in range(min(4, W - x0)):
+                    o, s = out[n, y0 + a, x0 + b], y[a, b]
+                    for c in range(K): o[c] = s[c] + bias[c]
+
+# %% ../nbs/05_backbone.ipynb #wg000008
+WINOGRAD = {"enabled": True, "min_channels": 256, "workspace_bytes": 16 << 20}   # where `WinogradConv2d` runs it
+_WINO_WORKSPACE = threading.local()   # per thread: the transformed tiles and their products, reused call to call
+
+def _wino_buffers(C: int, K: int, T: int) -> tuple:
+    """(V (36, n, C), M (36, n, K), n): views of this thread's two float32 buffers for n <= T tiles at a time, n as
+    many as `workspace_bytes` holds (at least 16). Reused, so that their pages are not faulted in on every call."""
+    n = min(T, max(16, WINOGRAD["workspace_bytes"] // (36 * 4 * max(C, K))))
+    bufs = getattr(_WINO_WORKSPACE, "bufs", None)
+    if bufs is None or bufs[0].numel() < 36 * n * C or bufs[1].numel() < 36 * n * K:
+        size = lambda i, ch: max(36 * n * ch, 0 if bufs is None else bufs[i].numel())
+        with torch.inference_mode(False):   # ordinary tensors, writable outside inference mode too
+            bufs = _WINO_WORKSPACE.bufs = (torch.empty(size(0, C)), torch.empty(size(1, K)))
+    return bufs[0][:36 * n * C].view(36, n, C), bufs[1][:36 * n * K].view(36, n, K), n
+
+def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None = None) -> Tensor:
+    """The 3x3, stride-1, padding-1 convolution of float32 CPU `x` (N, C, H, W) with `winograd_weights` `u`
+    (36, C, K), plus `bias`: Winograd F(4x4, 3x3), a chunk of tiles at a time. Channels-last output (N, K, H, W)."""
+    from mrcnn_nb.roi_numba import _sync_threads
+    N, C, H, W = x.shape
+    K, th, tw = u.shape[2], -(-H // 4), -(-W // 4)
+    T, nthreads = N * th * tw, _sync_threads()
+    xl = x.detach().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).numpy()   # (N, H, W, C)
+    out = torch.empty(N, H, W, K)
+    b = (bias if bias is not None else torch.zeros(K)).contiguous().numpy()
+    V, M, n = _wino_buffers(C, K, T)
+    bt, at = WINO_BT.astype(np.float32), WINO_AT.astype(np.float32)
+    for t0 in range(0, T, n):
+        m = min(n, T - t0)
+        _wino_input(xl, th, tw, t0, V[:, :m].numpy(), bt, nthreads)
+        for e in range(36): torch.mm(V[e, :m], u[e], out=M[e, :m])
+        _wino_output(M[:, :m].numpy(), th, tw, t0, at, b, out.numpy(), nthreads)
+    return out.permute(0, 3, 1, 2)
+
+# %% ../nbs/05_backbone.ipynb #wg000011
+def winograd_convs(enabled: bool):
+    "Within the block, `WinogradConv2d` runs Winograd where it applies (True, as outside) or never (False)."
+    return set_within(WINOGRAD, "enabled", enabled)
+
+def _winograd_runs(x: Tensor, weight: Tensor) -> bool:
+    "Whether `WinogradConv2d` takes the Winograd path: float32 CPU inference, no autograd, no autocast, enabled."
+    return (WINOGRAD["enabled"] and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dim() == 4
+            and x.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"))
+
+class WinogradConv2d(Conv2d):
+    "A 3x3, stride-1, padding-1 `Conv2d` whose float32 CPU inference runs `winograd_conv3x3`; as `Conv2d` elsewhere."
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if not _winograd_runs(input, weight): return super()._conv_forward(input, weight, bias)
+        key = (weight.data_ptr(), weight._version)
+        if getattr(self, "_u_key", None) != key:
+            with torch.inference_mode(False): self._u, self._u_key = winograd_weights(weight), key
+        return winograd_conv3x3(input, self._u, bias)
+
+def _winograd_eligible(m: nn.Module, min_channels: int) -> bool:
+    return (type(m) in (nn.Conv2d, Conv2d) and m.kernel_size == (3, 3) and m.stride == (1, 1) and m.padding == (1, 1)
+            and m.dilation == (1, 1) and m.groups == 1 and m.padding_mode == "zeros"
+            and min(m.in_channels, m.out_channels) >= min_channels)
+
+def use_winograd(module: nn.Module, min_channels: int | None = None) -> int:
+    """Make every plain 3x3, stride-1, padding-1 convolution in `module` with at least `min_channels` input and output
+    channels (`WINOGRAD["min_channels"]`) a `WinogradConv2d` sharing its parameters (in place); how many."""
+    min_channels = WINOGRAD["min_channels"] if min_channels is None else min_channels
+    swapped = 0
+    for parent in list(module.modules()):
+        for name, m in list(parent._modules.items()):
+            if m is not None and _winograd_eligible(m, min_channels):
+                w = WinogradConv2d(m.in_channels, m.out_channels, 3, padding=1, bias=m.bias is not None,
+                                   device="meta")
+                w.weight, w.bias = m.weight, m.bias
+                parent._modules[name] = w
+                swapped += 1
+    return swapped
 
 # %% ../nbs/05_backbone.ipynb #15587689
 def load_imagenet_weights(body: ResNet, path, res5: nn.Module | None = None) -> ResNet:

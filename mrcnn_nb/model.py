@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .anchors import AnchorGenerator
 from .backbone import (
-    FPNBackbone, ResNet, SingleLevelBackbone, fold_frozen_bn, freeze_trunk, RESNET_BLOCKS)
+    FPNBackbone, ResNet, SingleLevelBackbone, fold_frozen_bn, freeze_trunk, use_winograd, RESNET_BLOCKS)
 from .box_head import BoxBranch, FastRCNNPredictor, Res5Head, TwoMLPHead, res5_head
 from .core import (
     AMP_DTYPES, UserInputError, did_you_mean, heads_in_float32, load_state_dict_file, load_weights, warn_slow_amp)
@@ -432,15 +432,17 @@ class MaskRCNN(nn.Module):
         self.roi_levels, self.num_classes, self.channels_last = roi_levels, num_classes, channels_last
         self.amp = None   # inference in mixed precision: see `for_inference`
 
-    def for_inference(self, amp: str | None = None) -> "MaskRCNN":
+    def for_inference(self, amp: str | None = None, winograd: bool = True) -> "MaskRCNN":
         """A copy in eval mode with frozen BN folded into the convolutions: same outputs (to rounding), one pass
         less per conv. With `channels_last`, every conv weight is channels-last too, so that the heads' convolutions
         on pooled RoIs (NCHW) run channels-last like the backbone's. `amp='bf16'` (or 'fp16'): its inference runs
-        in that mixed precision."""
+        in that mixed precision. `winograd`: its 3x3 convolutions of 256 channels or more run as Winograd
+        F(4x4, 3x3) in float32 on the CPU (`use_winograd`), to about 1e-5 of their outputs' scale."""
         import copy
         if amp not in AMP_DTYPES: raise UserInputError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
         m = fold_frozen_bn(copy.deepcopy(self)).eval()
         if m.channels_last: m.to(memory_format=torch.channels_last)
+        if winograd: use_winograd(m)
         m.amp = amp
         return m
 
