@@ -6,7 +6,8 @@
 (mrcnn_nb.bench.speed_markdown, from nbs/results/bench/speed.json), the accuracy of bf16 inference
 (mrcnn_nb.bench.amp_markdown, from nbs/results/bench/amp.json), bf16 training against float32
 (mrcnn_nb.bench.amp_training_markdown, from nbs/results/amp-training) and the contention benchmark
-(mrcnn_nb.bench.contention_markdown, from nbs/results/bench/contention.json) -- then README.md (python .ci/readme.py)."""
+(mrcnn_nb.bench.contention_markdown, from nbs/results/bench/contention.json) and the Winograd convolutions
+(mrcnn_nb.bench.winograd_markdown, from nbs/results/bench/winograd.json) -- then README.md (python .ci/readme.py)."""
 import json
 import re
 import subprocess
@@ -18,7 +19,7 @@ sys.path.insert(0, str(root))
 from mrcnn_nb.ablations import results_markdown  # noqa: E402
 from mrcnn_nb.bench import (  # noqa: E402
     amp_file, amp_markdown, amp_training_markdown, contention_file, contention_markdown, load_amp_training,
-    speed_file, speed_markdown)
+    speed_file, speed_markdown, winograd_file, winograd_markdown)
 from mrcnn_nb.cli import main_job_file, main_job_markdown  # noqa: E402
 from mrcnn_nb.convert import finetune_markdown  # noqa: E402
 
@@ -29,7 +30,8 @@ blocks = (("results", results_markdown()), ("finetune", finetune_markdown()),
           ("speed", speed_markdown(json.loads(speed_file().read_text()))),
           ("amp", amp_markdown(json.loads(amp_file().read_text()))),
           ("amptrain", amp_training_markdown(load_amp_training())),
-          ("contention", contention_markdown(json.loads(contention_file().read_text()))))
+          ("contention", contention_markdown(json.loads(contention_file().read_text()))),
+          ("winograd", winograd_markdown(json.loads(winograd_file().read_text()))))
 for name, text in blocks:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     cell = next(c for c in nb["cells"] if c["cell_type"] == "markdown" and start in "".join(c["source"]))

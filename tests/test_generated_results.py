@@ -1,13 +1,14 @@
-"""The README's main-job, speed, bf16-accuracy, bf16-training and contention figures are drawn from the committed result
-files, never typed: the README shows exactly what `main_job_markdown`, `speed_markdown`, `amp_markdown`,
-`amp_training_markdown` and `contention_markdown` make of them, and the files hold what those figures need."""
+"""The README's main-job, speed, bf16-accuracy, bf16-training, contention and Winograd figures are drawn from the committed
+result files, never typed: the README shows exactly what `main_job_markdown`, `speed_markdown`, `amp_markdown`,
+`amp_training_markdown`, `contention_markdown` and `winograd_markdown` make of them, and the files hold what those
+figures need."""
 import json
 import re
 from pathlib import Path
 
 from mrcnn_nb.bench import (
     amp_file, amp_markdown, amp_training_markdown, contention_file, contention_markdown, load_amp_training, speed_file,
-    speed_markdown, CONTENTION_SCENARIOS)
+    speed_markdown, winograd_file, winograd_markdown, CONTENTION_SCENARIOS, WINOGRAD_CASES)
 from mrcnn_nb.cli import main_job_file, main_job_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,3 +62,11 @@ def test_readme_contention_table_is_the_stored_benchmark():
     assert {(r["mode"], r["scenario"]) for r in rec["rows"]} == \
         {(m, s) for m in ("fixed", "shared") for s in CONTENTION_SCENARIOS}
     assert rec["iters"] >= 30   # a measurement, not the --quick check
+
+
+def test_readme_winograd_figures_are_the_stored_benchmark():
+    rec = json.loads(winograd_file().read_text())
+    assert _block("winograd") == winograd_markdown(rec).strip(), "run python .ci/results.py"
+    assert {r["name"]: tuple(r["case"]) for r in rec["rows"]} == WINOGRAD_CASES   # every convolution of the model
+    assert rec["size"] == [800, 1066] and rec["model_repeats"] >= 3 and rec["repeats"] >= 3   # a full measurement
+    assert set(rec["model"]["seconds"]) == {"torchvision", "ours for_inference(winograd=False)", "ours for_inference()"}
