@@ -29,8 +29,8 @@ __all__ = ['ROI_WORKLOADS', 'QUICK_BUDGETS', 'PROFILE_GROUPS', 'PROFILED', 'CONT
            'bench_conv_bound', 'speed_file', 'speed_record', 'bench_speed', 'bf16_left_out', 'speed_markdown',
            'plot_speed', 'plot_profile', 'contention_file', 'bench_contention', 'contention_markdown',
            'bench_conv_grad', 'conv_grad_file', 'conv_grad_markdown', 'bench_huge_pages', 'huge_pages_file',
-           'huge_pages_markdown', 'bench_winograd', 'winograd_file', 'winograd_markdown', 'matched_detections',
-           'amp_file', 'bench_amp', 'amp_markdown', 'amp_training_dir', 'load_amp_training', 'amp_training_markdown',
+           'huge_pages_markdown', 'matched_detections', 'amp_file', 'bench_amp', 'amp_markdown', 'bench_winograd',
+           'winograd_file', 'winograd_markdown', 'amp_training_dir', 'load_amp_training', 'amp_training_markdown',
            'make_coco_scale_annotations', 'plot_annotation_structure', 'bench_coco_memory', 'coco_memory_rows',
            'plot_coco_memory']
 
@@ -878,81 +878,6 @@ def huge_pages_markdown(rec: dict) -> str:
             f"`{rec['command']}`.")
 
 
-# %% ../nbs/30_benchmarks.ipynb #wb000002
-# the Winograd convolutions of R-50-FPN at 800 x 1066, (N, C, H, W) with C outputs: P2 to P5's output and RPN
-# convolutions, res4's and res5's 3x3s (256 and 512 channels), and the mask head's on 100 RoIs
-WINOGRAD_CASES = {"P2": (1, 256, 200, 272), "P3": (1, 256, 100, 136), "P4, res4": (1, 256, 50, 68),
-                  "P5": (1, 256, 25, 34), "res5": (1, 512, 25, 34), "mask head": (100, 256, 14, 14)}
-
-def _winograd_case(case: tuple, repeats: int) -> dict:
-    """Median ms of one 3x3 convolution of a random channels-last `case` (N, C, H, W), directly (`F.conv2d`) and by
-    `winograd_conv3x3`, interleaved; each one's largest error against float64, on the output's scale."""
-    import torch.nn.functional as F
-    from mrcnn_nb.backbone import winograd_conv3x3, winograd_weights
-    N, C, H, W = case
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=torch.channels_last)
-    w = (torch.randn(C, C, 3, 3, generator=g) / (3 * C ** 0.5)).contiguous(memory_format=torch.channels_last)
-    b, u = torch.randn(C, generator=g), winograd_weights(w)
-    ways = {"direct": lambda: F.conv2d(x, w, b, padding=1), "Winograd": lambda: winograd_conv3x3(x, u, b)}
-    with torch.inference_mode():
-        ref = F.conv2d(x.double(), w.double(), b.double(), padding=1)
-        err = {k: ((f().double() - ref).abs().max() / ref.abs().max()).item() for k, f in ways.items()}
-        times, _ = _time_interleaved([("conv", k, f) for k, f in ways.items()], repeats, False)
-    ms = {k: float(np.median(times[("conv", k)])) * 1e3 for k in ways}
-    return dict(ms=ms, speedup=ms["direct"] / ms["Winograd"], error=err)
-
-# %% ../nbs/30_benchmarks.ipynb #wb000004
-def _winograd_model(size, repeats: int, quick: bool = False) -> dict:
-    """Median seconds of torchvision's and our `for_inference()` R-50-FPN with and without Winograd on the benchmark's
-    image of `size` (interleaved), and the share of the direct model's detections the Winograd one has too."""
-    models = _inference_models(size, bf16=False, quick=quick)
-    tv, direct = models["torchvision"], models["ours"].for_inference(winograd=False)
-    ways = {"torchvision": tv, "ours for_inference(winograd=False)": direct, "ours for_inference()": models[
-        "ours for_inference()"]}
-    image = _bench_data(size, size)[0]
-    with torch.inference_mode():
-        times, _ = _time_interleaved([("inference", k, lambda m=m: m(image)) for k, m in ways.items()], repeats,
-                                     False)
-        a, b = direct(image)[0], ways["ours for_inference()"](image)[0]
-    s = {k: float(np.median(times[("inference", k)])) for k in ways}
-    return dict(seconds=s, detections=len(a["boxes"]), matched=matched_detections(a, b))
-
-def bench_winograd(cases=None, repeats: int = 5, model_repeats: int = 3, size=(800, 1066), out=None,
-                   command: str = "bench_winograd()", quick: bool = False) -> dict:
-    "The `WINOGRAD_CASES` each way, then the whole model each way (`model_repeats=0`: not); written to `out`."
-    cases = WINOGRAD_CASES if cases is None else cases
-    rows = [dict(name=n, case=list(c)) | _winograd_case(c, repeats) for n, c in cases.items()]
-    model = _winograd_model(size, model_repeats, quick) if model_repeats else None
-    rec = dict(kind="winograd", command=command, when=_utc_now(), machine=machine_info(), repeats=repeats,
-               rows=rows, model=model, model_repeats=model_repeats, size=list(size))
-    if out: write_json(out, rec)
-    return rec
-
-def winograd_file() -> Path:
-    "The committed Winograd measurement of a clone: `nbs/results/bench/winograd.json`."
-    return results_dir() / "bench" / "winograd.json"
-
-# %% ../nbs/30_benchmarks.ipynb #wb000005
-def winograd_markdown(rec: dict) -> str:
-    "A `bench_winograd` record: per convolution each way's time and error, then the whole model's times."
-    lines = ["| convolution | N×C×H×W | direct | Winograd | speed-up | error, direct | error, Winograd |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rec["rows"]:
-        ms, e = r["ms"], r["error"]
-        lines.append(f"| {r['name']} | {'×'.join(map(str, r['case']))} | {ms['direct']:.1f} ms | "
-                     f"{ms['Winograd']:.1f} ms | {r['speedup']:.2f}× | {e['direct']:.1e} | {e['Winograd']:.1e} |")
-    m, text = rec["machine"], "\n".join(lines)
-    if rec["model"]:
-        s, tv = rec["model"]["seconds"], rec["model"]["seconds"]["torchvision"]
-        times = ", ".join(f"{k} {v:.2f} s ({v / tv:.2f}× torchvision's)" for k, v in s.items())
-        text += (f"\n\nThe whole model on one image of {rec['size'][0]}×{rec['size'][1]} (median of "
-                 f"{rec['model_repeats']}, interleaved): {times}. The Winograd model has "
-                 f"{100 * rec['model']['matched']:.0f} % of the direct one's {rec['model']['detections']} detections.")
-    return (text + f"\n\nErrors: the largest difference from a float64 convolution over the largest output. Median "
-            f"of {rec['repeats']} runs each, interleaved; on a {m['cores']}-core {describe_cpu(m)} "
-            f"({m['torch_threads']} threads, torch {m['torch']}); `{rec['command']}`.")
-
 # %% ../nbs/30_benchmarks.ipynb #b5b648f5
 def matched_detections(a: dict, b: dict, iou: float = 0.95, pixels: float = 1.0) -> float:
     """The share of the detections of `a` that `b` has too: same label, box IoU >= `iou` and every coordinate within
@@ -1034,6 +959,81 @@ def amp_markdown(rec: dict) -> str:
             "\n\nFound again: of the float32 detections scoring ≥ 0.5, those bf16 has among its own scoring ≥ 0.5 "
             f"(same class, IoU ≥ 0.95, every coordinate within 1 px). On a {m['cores']}-core {describe_cpu(m)}"
             f"{describe_features(m)}, torch {m['torch']}; `{rec['command']}`.")
+
+# %% ../nbs/30_benchmarks.ipynb #wb000002
+# the Winograd convolutions of R-50-FPN at 800 x 1066, (N, C, H, W) with C outputs: P2 to P5's output and RPN
+# convolutions, res4's and res5's 3x3s (256 and 512 channels), and the mask head's on 100 RoIs
+WINOGRAD_CASES = {"P2": (1, 256, 200, 272), "P3": (1, 256, 100, 136), "P4, res4": (1, 256, 50, 68),
+                  "P5": (1, 256, 25, 34), "res5": (1, 512, 25, 34), "mask head": (100, 256, 14, 14)}
+
+def _winograd_case(case: tuple, repeats: int) -> dict:
+    """Median ms of one 3x3 convolution of a random channels-last `case` (N, C, H, W), directly (`F.conv2d`) and by
+    `winograd_conv3x3`, interleaved; each one's largest error against float64, on the output's scale."""
+    import torch.nn.functional as F
+    from mrcnn_nb.backbone import winograd_conv3x3, winograd_weights
+    N, C, H, W = case
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(C, C, 3, 3, generator=g) / (3 * C ** 0.5)).contiguous(memory_format=torch.channels_last)
+    b, u = torch.randn(C, generator=g), winograd_weights(w)
+    ways = {"direct": lambda: F.conv2d(x, w, b, padding=1), "Winograd": lambda: winograd_conv3x3(x, u, b)}
+    with torch.inference_mode():
+        ref = F.conv2d(x.double(), w.double(), b.double(), padding=1)
+        err = {k: ((f().double() - ref).abs().max() / ref.abs().max()).item() for k, f in ways.items()}
+        times, _ = _time_interleaved([("conv", k, f) for k, f in ways.items()], repeats, False)
+    ms = {k: float(np.median(times[("conv", k)])) * 1e3 for k in ways}
+    return dict(ms=ms, speedup=ms["direct"] / ms["Winograd"], error=err)
+
+# %% ../nbs/30_benchmarks.ipynb #wb000004
+def _winograd_model(size, repeats: int, quick: bool = False) -> dict:
+    """Median seconds of torchvision's and our `for_inference()` R-50-FPN with and without Winograd on the benchmark's
+    image of `size` (interleaved), and the share of the direct model's detections the Winograd one has too."""
+    models = _inference_models(size, bf16=False, quick=quick)
+    tv, direct = models["torchvision"], models["ours"].for_inference(winograd=False)
+    ways = {"torchvision": tv, "ours for_inference(winograd=False)": direct, "ours for_inference()": models[
+        "ours for_inference()"]}
+    image = _bench_data(size, size)[0]
+    with torch.inference_mode():
+        times, _ = _time_interleaved([("inference", k, lambda m=m: m(image)) for k, m in ways.items()], repeats,
+                                     False)
+        a, b = direct(image)[0], ways["ours for_inference()"](image)[0]
+    s = {k: float(np.median(times[("inference", k)])) for k in ways}
+    return dict(seconds=s, detections=len(a["boxes"]), matched=matched_detections(a, b))
+
+def bench_winograd(cases=None, repeats: int = 5, model_repeats: int = 3, size=(800, 1066), out=None,
+                   command: str = "bench_winograd()", quick: bool = False) -> dict:
+    "The `WINOGRAD_CASES` each way, then the whole model each way (`model_repeats=0`: not); written to `out`."
+    cases = WINOGRAD_CASES if cases is None else cases
+    rows = [dict(name=n, case=list(c)) | _winograd_case(c, repeats) for n, c in cases.items()]
+    model = _winograd_model(size, model_repeats, quick) if model_repeats else None
+    rec = dict(kind="winograd", command=command, when=_utc_now(), machine=machine_info(), repeats=repeats,
+               rows=rows, model=model, model_repeats=model_repeats, size=list(size))
+    if out: write_json(out, rec)
+    return rec
+
+def winograd_file() -> Path:
+    "The committed Winograd measurement of a clone: `nbs/results/bench/winograd.json`."
+    return results_dir() / "bench" / "winograd.json"
+
+# %% ../nbs/30_benchmarks.ipynb #wb000005
+def winograd_markdown(rec: dict) -> str:
+    "A `bench_winograd` record: per convolution each way's time and error, then the whole model's times."
+    lines = ["| convolution | N×C×H×W | direct | Winograd | speed-up | error, direct | error, Winograd |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rec["rows"]:
+        ms, e = r["ms"], r["error"]
+        lines.append(f"| {r['name']} | {'×'.join(map(str, r['case']))} | {ms['direct']:.1f} ms | "
+                     f"{ms['Winograd']:.1f} ms | {r['speedup']:.2f}× | {e['direct']:.1e} | {e['Winograd']:.1e} |")
+    m, text = rec["machine"], "\n".join(lines)
+    if rec["model"]:
+        s, tv = rec["model"]["seconds"], rec["model"]["seconds"]["torchvision"]
+        times = ", ".join(f"{k} {v:.2f} s ({v / tv:.2f}× torchvision's)" for k, v in s.items())
+        text += (f"\n\nThe whole model on one image of {rec['size'][0]}×{rec['size'][1]} (median of "
+                 f"{rec['model_repeats']}, interleaved): {times}. The Winograd model has "
+                 f"{100 * rec['model']['matched']:.0f} % of the direct one's {rec['model']['detections']} detections.")
+    return (text + f"\n\nErrors: the largest difference from a float64 convolution over the largest output. Median "
+            f"of {rec['repeats']} runs each, interleaved; on a {m['cores']}-core {describe_cpu(m)} "
+            f"({m['torch_threads']} threads, torch {m['torch']}); `{rec['command']}`.")
 
 # %% ../nbs/30_benchmarks.ipynb #b7e1a0c1
 def amp_training_dir() -> Path:
