@@ -24,8 +24,8 @@ __all__ = ['NCHW_WEIGHT_GRAD', 'FUSED_CONV_ADD', 'RESNET_BLOCKS', 'WINO_BT', 'WI
            'slow_nhwc_weight_grad', 'nchw_weight_grad', 'nchw_weight_grads', 'conv2d', 'Conv2d', 'FrozenBatchNorm2d',
            'conv_norm', 'GroupNorm32', 'make_norm', 'add_into', 'fused_conv_add', 'conv_add', 'Bottleneck', 'ResNet',
            'resnet', 'FPN', 'frozen_batchnorm', 'freeze_trunk', 'FPNBackbone', 'SingleLevelBackbone', 'fold_frozen_bn',
-           'winograd_weights', 'winograd_conv3x3', 'winograd_convs', 'WinogradConv2d', 'use_winograd',
-           'load_imagenet_weights', 'backbone_features', 'show_feature_maps', 'show_channels']
+           'winograd_weights', 'winograd_conv3x3', 'winograd_weight_grad', 'winograd_convs', 'WinogradConv2d',
+           'use_winograd', 'load_imagenet_weights', 'backbone_features', 'show_feature_maps', 'show_channels']
 
 # %% ../nbs/05_backbone.ipynb #c0d5a002
 NCHW_WEIGHT_GRAD = {"enabled": None, "min_channels": 128, "min_cells": 3072}   # enabled None: where the CPU needs it
@@ -124,7 +124,9 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
     scale, shift = norm.affine()
     bias = shift if conv.bias is None else shift + conv.bias * scale
     weight = conv.weight * scale.view(-1, 1, 1, 1).to(conv.weight.dtype)
-    return conv2d(x, weight, bias.to(conv.weight.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
+    bias = bias.to(conv.weight.dtype)
+    if isinstance(conv, Conv2d): return conv._conv_forward(x, weight, bias)   # the module's way (`WinogradConv2d`'s)
+    return conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 # %% ../nbs/05_backbone.ipynb #a1f3c2d1
 class GroupNorm32(nn.GroupNorm):
@@ -363,18 +365,19 @@ WINO_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0]
 
 # %% ../nbs/05_backbone.ipynb #wg000004
 def winograd_weights(weight: Tensor) -> Tensor:
-    "(36, C, K): the 6x6 transform G g G^T of each (output k, input c) filter of a (K, C, 3, 3) weight, in float64."
-    g = torch.from_numpy(WINO_G)
-    u = torch.einsum("ij,kcjl,ml->imck", g, weight.detach().double().cpu(), g)
-    return u.reshape(36, weight.shape[1], weight.shape[0]).to(weight.dtype).contiguous()
+    """(36, C, K): the 6x6 transform G g G^T of each (output k, input c) filter of a (K, C, 3, 3) weight, as one matrix
+    product with G (x) G (a transposed view)."""
+    K, C = weight.shape[:2]
+    kg = torch.from_numpy(np.kron(WINO_G, WINO_G)).to(weight.dtype)   # (36, 9): row 6 i + j is G[i] (x) G[j]
+    return (kg @ weight.detach().reshape(K * C, 9).t()).view(36, K, C).transpose(1, 2)
 
 # %% ../nbs/05_backbone.ipynb #wg000006
 @numba.njit(cache=True, nogil=True)
-def _wino_tile(x, n, y0, x0, d):
-    "The 6x6 tile of image n of `x` (N, H, W, C) whose corner is (y0, x0), zero outside the image, into d (6, 6, C)."
+def _wino_tile(x, n, y0, x0, d, size):
+    "The size x size tile of image n of `x` (N, H, W, C) from corner (y0, x0), zero outside the image, into d (6, 6, C)."
     H, W = x.shape[1], x.shape[2]
-    for i in range(6):
-        for j in range(6):
+    for i in range(size):
+        for j in range(size):
             dst = d[i, j]
             if 0 <= y0 + i < H and 0 <= x0 + j < W:
                 src = x[n, y0 + i, x0 + j]
@@ -416,7 +419,7 @@ def _wino_input(x, th, tw, t0, V, BT, nthreads):
         d, h, v = np.empty((6, 6, C), V.dtype), np.empty((6, 6, C), V.dtype), np.empty((6, 6, C), V.dtype)
         for q in range(p, T, nthreads):
             n, r = divmod(t0 + q, th * tw)
-            _wino_tile(x, n, 4 * (r // tw) - 1, 4 * (r % tw) - 1, d)
+            _wino_tile(x, n, 4 * (r // tw) - 1, 4 * (r % tw) - 1, d, 6)
             _wino_left(BT, d, h, 6)          # B^T d
             _wino_right(BT, h, v, 6, 6)      # (B^T d) B
             for e in range(36): V[e, q] = v[e // 6, e % 6]
@@ -441,19 +444,23 @@ def _wino_output(M, th, tw, t0, AT, bias, out, nthreads):
                     for c in range(K): o[c] = s[c] + bias[c]
 
 # %% ../nbs/05_backbone.ipynb #wg000008
-WINOGRAD = {"enabled": True, "min_channels": 256, "workspace_bytes": 16 << 20}   # where `WinogradConv2d` runs it
+# where `WinogradConv2d` runs it: channels in and out, and in training the cells (N x H x W) of the map
+WINOGRAD = {"enabled": True, "min_channels": 256, "min_train_cells": 2048, "workspace_bytes": 16 << 20}
 _WINO_WORKSPACE = threading.local()   # per thread: the transformed tiles and their products, reused call to call
 
-def _wino_buffers(C: int, K: int, T: int) -> tuple:
-    """(V (36, n, C), M (36, n, K), n): views of this thread's two float32 buffers for n <= T tiles at a time, n as
-    many as `workspace_bytes` holds (at least 16). Reused, so that their pages are not faulted in on every call."""
+def _wino_chunks(C: int, K: int, T: int):
+    """(t0, V (36, m, C), M (36, m, K)) for each chunk of m tiles of T: contiguous views of this thread's two float32
+    buffers, each chunk as many tiles as `workspace_bytes` holds (at least 16). The buffers are reused call to call,
+    so that their pages are not faulted in every time."""
     n = min(T, max(16, WINOGRAD["workspace_bytes"] // (36 * 4 * max(C, K))))
     bufs = getattr(_WINO_WORKSPACE, "bufs", None)
     if bufs is None or bufs[0].numel() < 36 * n * C or bufs[1].numel() < 36 * n * K:
         size = lambda i, ch: max(36 * n * ch, 0 if bufs is None else bufs[i].numel())
         with torch.inference_mode(False):   # ordinary tensors, writable outside inference mode too
             bufs = _WINO_WORKSPACE.bufs = (torch.empty(size(0, C)), torch.empty(size(1, K)))
-    return bufs[0][:36 * n * C].view(36, n, C), bufs[1][:36 * n * K].view(36, n, K), n
+    for t0 in range(0, T, n):
+        m = min(n, T - t0)
+        yield t0, bufs[0][:36 * m * C].view(36, m, C), bufs[1][:36 * m * K].view(36, m, K)
 
 def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None = None) -> Tensor:
     """The 3x3, stride-1, padding-1 convolution of float32 CPU `x` (N, C, H, W) with `winograd_weights` `u`
@@ -463,16 +470,64 @@ def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None = None) -> Tensor
     K, th, tw = u.shape[2], -(-H // 4), -(-W // 4)
     T, nthreads = N * th * tw, _sync_threads()
     xl = x.detach().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).numpy()   # (N, H, W, C)
-    out = torch.empty(N, H, W, K)
+    out = torch.empty(N, K, H, W, memory_format=torch.channels_last)
     b = (bias if bias is not None else torch.zeros(K)).contiguous().numpy()
-    V, M, n = _wino_buffers(C, K, T)
     bt, at = WINO_BT.astype(np.float32), WINO_AT.astype(np.float32)
-    for t0 in range(0, T, n):
-        m = min(n, T - t0)
-        _wino_input(xl, th, tw, t0, V[:, :m].numpy(), bt, nthreads)
-        for e in range(36): torch.mm(V[e, :m], u[e], out=M[e, :m])
-        _wino_output(M[:, :m].numpy(), th, tw, t0, at, b, out.numpy(), nthreads)
-    return out.permute(0, 3, 1, 2)
+    for t0, V, M in _wino_chunks(C, K, T):
+        _wino_input(xl, th, tw, t0, V.numpy(), bt, nthreads)
+        torch.bmm(V, u, out=M)            # the 36 products, (tiles x C) by (C x K)
+        _wino_output(M.numpy(), th, tw, t0, at, b, out.permute(0, 2, 3, 1).numpy(), nthreads)
+    return out
+
+# %% ../nbs/05_backbone.ipynb #wg000014
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _wino_output_grad(g, th, tw, t0, dM, A6, nthreads):
+    """The adjoint of `_wino_output` for tiles t0 .. t0 + T: each 4x4 tile of `g` (N, H, W, K), zero outside the image,
+    as A gy A^T into dM (36, T, K); A6 is A (6 x 4) with two columns of zeros."""
+    T, K = dM.shape[1], dM.shape[2]
+    for p in prange(nthreads):
+        d, h, v = np.zeros((6, 6, K), dM.dtype), np.empty((6, 6, K), dM.dtype), np.empty((6, 6, K), dM.dtype)
+        for q in range(p, T, nthreads):
+            n, r = divmod(t0 + q, th * tw)
+            _wino_tile(g, n, 4 * (r // tw), 4 * (r % tw), d, 4)   # rows and columns 4, 5 of d stay 0
+            _wino_left(A6, d, h, 6)          # A gy
+            _wino_right(A6, h, v, 6, 6)      # (A gy) A^T
+            for e in range(36): dM[e, q] = v[e // 6, e % 6]
+
+def winograd_weight_grad(x: Tensor, grad_out: Tensor) -> Tensor:
+    """The gradient (K, C, 3, 3) of a 3x3, stride-1, padding-1 convolution's weight from its float32 CPU input `x`
+    (N, C, H, W) and output gradient (N, K, H, W): G^T (sum over tiles of V (A gy A^T)) G, a chunk of tiles at a time."""
+    from mrcnn_nb.roi_numba import _sync_threads
+    N, C, H, W = x.shape
+    K, th, tw = grad_out.shape[1], -(-H // 4), -(-W // 4)
+    T, nthreads = N * th * tw, _sync_threads()
+    xl, gl = (t.detach().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).numpy() for t in (x, grad_out))
+    dU, a6 = torch.zeros(36, C, K), np.zeros((6, 6), np.float32)
+    a6[:, :4] = WINO_AT.T
+    for t0, V, M in _wino_chunks(C, K, T):
+        _wino_input(xl, th, tw, t0, V.numpy(), WINO_BT.astype(np.float32), nthreads)
+        _wino_output_grad(gl, th, tw, t0, M.numpy(), a6, nthreads)
+        dU.baddbmm_(V.transpose(1, 2), M)   # the 36 products, (C x tiles) by (tiles x K), summed over chunks
+    kg = torch.from_numpy(np.kron(WINO_G, WINO_G)).float()
+    return (kg.t() @ dU.view(36, C * K)).view(3, 3, C, K).permute(3, 2, 0, 1)
+
+# %% ../nbs/05_backbone.ipynb #wg000015
+class _WinogradConv(torch.autograd.Function):
+    """`winograd_conv3x3` with its gradients: the input's by Winograd with the turned filters, the weight's by
+    `winograd_weight_grad`, the bias's the output gradient's sum."""
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return winograd_conv3x3(x, winograd_weights(weight), bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        gx = winograd_conv3x3(g, winograd_weights(weight.flip(2, 3).transpose(0, 1))) if need_x else None
+        gw = winograd_weight_grad(x, g) if need_w else None
+        return gx, gw, g.sum((0, 2, 3)) if need_b and ctx.has_bias else None
 
 # %% ../nbs/05_backbone.ipynb #wg000011
 def winograd_convs(enabled: bool):
@@ -480,17 +535,22 @@ def winograd_convs(enabled: bool):
     return set_within(WINOGRAD, "enabled", enabled)
 
 def _winograd_runs(x: Tensor, weight: Tensor) -> bool:
-    "Whether `WinogradConv2d` takes the Winograd path: float32 CPU inference, no autograd, no autocast, enabled."
-    return (WINOGRAD["enabled"] and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dim() == 4
+    "Whether `WinogradConv2d` takes the Winograd path: float32 on the CPU, no autocast, enabled."
+    return (WINOGRAD["enabled"] and x.device.type == "cpu" and x.dim() == 4
             and x.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"))
 
 class WinogradConv2d(Conv2d):
-    "A 3x3, stride-1, padding-1 `Conv2d` whose float32 CPU inference runs `winograd_conv3x3`; as `Conv2d` elsewhere."
+    """A 3x3, stride-1, padding-1 `Conv2d` that runs `winograd_conv3x3` in float32 on the CPU (with autograd:
+    `_WinogradConv`); as `Conv2d` elsewhere."""
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if not _winograd_runs(input, weight): return super()._conv_forward(input, weight, bias)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias)):
+            if input.shape[0] * input.shape[2] * input.shape[3] < WINOGRAD["min_train_cells"]:
+                return super()._conv_forward(input, weight, bias)
+            return _WinogradConv.apply(input, weight, bias)
         key = (weight.data_ptr(), weight._version)
         if getattr(self, "_u_key", None) != key:
-            with torch.inference_mode(False): self._u, self._u_key = winograd_weights(weight), key
+            with torch.inference_mode(False): self._u, self._u_key = winograd_weights(weight).contiguous(), key
         return winograd_conv3x3(input, self._u, bias)
 
 def _winograd_eligible(m: nn.Module, min_channels: int) -> bool:

@@ -248,10 +248,14 @@ def _inference_models(size, bf16: bool = True, quick: bool = False) -> dict:
 def _training_models(size, quick: bool = False) -> tuple:
     """torchvision's model and ours for the training step, for images of `size`, with torchvision's initialization: the
     spread-out classifier of the inference models starts at a loss near 70, whose tiny gradients a few steps later are
-    denormal floats that slow convolutions 5-10x. `quick`: with `QUICK_BUDGETS`."""
+    denormal floats that slow convolutions 5-10x. Ours with Winograd convolutions, as the trainer runs it on the CPU
+    (`use_winograd`). `quick`: with `QUICK_BUDGETS`."""
+    from mrcnn_nb.backbone import use_winograd
     torch.manual_seed(1)
     tv = _bench_torchvision(size, quick)
-    return tv, _ours_like(tv)
+    ours = _ours_like(tv)
+    use_winograd(ours)
+    return tv, ours
 
 # %% ../nbs/30_benchmarks.ipynb #c6a4eefb
 def _bench_target(h: int, w: int, g) -> dict:
@@ -987,18 +991,28 @@ def _winograd_case(case: tuple, repeats: int) -> dict:
 # %% ../nbs/30_benchmarks.ipynb #wb000004
 def _winograd_model(size, repeats: int, quick: bool = False) -> dict:
     """Median seconds of torchvision's and our `for_inference()` R-50-FPN with and without Winograd on the benchmark's
-    image of `size` (interleaved), and the share of the direct model's detections the Winograd one has too."""
+    image of `size`, and of a training step of each (two images; ours as the trainer runs it, and with direct
+    convolutions), interleaved; and the share of the direct model's detections the Winograd one has too."""
+    from mrcnn_nb.backbone import winograd_convs
     models = _inference_models(size, bf16=False, quick=quick)
     tv, direct = models["torchvision"], models["ours"].for_inference(winograd=False)
     ways = {"torchvision": tv, "ours for_inference(winograd=False)": direct, "ours for_inference()": models[
         "ours for_inference()"]}
-    image = _bench_data(size, size)[0]
+    image, images2, targets2 = _bench_data(size, size)
+    tv_train, ours_train = _training_models(size, quick)
+    def step(m, on=True):
+        opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
+        def run():
+            with winograd_convs(on): _train_step(m, opt, images2, targets2)
+        return run
+    train = {"torchvision": step(tv_train), "ours, direct convolutions": step(ours_train, False), "ours": step(ours_train)}
     with torch.inference_mode():
-        times, _ = _time_interleaved([("inference", k, lambda m=m: m(image)) for k, m in ways.items()], repeats,
-                                     False)
+        times, _ = _time_interleaved([("inference", k, lambda m=m: m(image)) for k, m in ways.items()], repeats, False)
         a, b = direct(image)[0], ways["ours for_inference()"](image)[0]
+    ttimes, _ = _time_interleaved([("train step", k, f) for k, f in train.items()], repeats, False)
     s = {k: float(np.median(times[("inference", k)])) for k in ways}
-    return dict(seconds=s, detections=len(a["boxes"]), matched=matched_detections(a, b))
+    t = {k: float(np.median(ttimes[("train step", k)])) for k in train}
+    return dict(seconds=s, train_seconds=t, detections=len(a["boxes"]), matched=matched_detections(a, b))
 
 def bench_winograd(cases=None, repeats: int = 5, model_repeats: int = 3, size=(800, 1066), out=None,
                    command: str = "bench_winograd()", quick: bool = False) -> dict:
@@ -1031,6 +1045,10 @@ def winograd_markdown(rec: dict) -> str:
         text += (f"\n\nThe whole model on one image of {rec['size'][0]}×{rec['size'][1]} (median of "
                  f"{rec['model_repeats']}, interleaved): {times}. The Winograd model has "
                  f"{100 * rec['model']['matched']:.0f} % of the direct one's {rec['model']['detections']} detections.")
+        if "train_seconds" in rec["model"]:
+            t, tv = rec["model"]["train_seconds"], rec["model"]["train_seconds"]["torchvision"]
+            text += (" A training step on two images: " +
+                     ", ".join(f"{k} {v:.2f} s ({v / tv:.2f}× torchvision's)" for k, v in t.items()) + ".")
     return (text + f"\n\nErrors: the largest difference from a float64 convolution over the largest output. Median "
             f"of {rec['repeats']} runs each, interleaved; on a {m['cores']}-core {describe_cpu(m)} "
             f"({m['torch_threads']} threads, torch {m['torch']}); `{rec['command']}`.")

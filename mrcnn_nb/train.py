@@ -566,8 +566,11 @@ def resume_run(run: Run, allow_changed=()) -> int:
 
 # %% ../nbs/12_train.ipynb #5ca63b70
 def _for_training(model: MaskRCNN, cfg: Config, world: int, dev: torch.device) -> nn.Module:
-    "The model as the loop runs it: channels-last if `cfg` says so, in DistributedDataParallel when `world` > 1."
+    """The model as the loop runs it: channels-last if `cfg` says so; on the CPU, its 3x3 convolutions of 256 channels
+    and more as Winograd (`use_winograd`, `05_backbone`); in DistributedDataParallel when `world` > 1."""
+    from mrcnn_nb.backbone import use_winograd
     if cfg.channels_last: model.to(memory_format=torch.channels_last)
+    if dev.type == "cpu": use_winograd(model)
     if world == 1: return model
     return nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
