@@ -374,7 +374,7 @@ def winograd_weights(weight: Tensor) -> Tensor:
 # %% ../nbs/05_backbone.ipynb #wg000006
 @numba.njit(cache=True, nogil=True)
 def _wino_tile(x, n, y0, x0, d, size):
-    "The size x size tile of image n of `x` (N, H, W, C) from corner (y0, x0), zero outside the image, into d (6, 6, C)."
+    "The size x size tile of image n of `x` (N, H, W, C) from corner (y0, x0), zero outside the image, into d."
     H, W = x.shape[1], x.shape[2]
     for i in range(size):
         for j in range(size):
@@ -496,12 +496,14 @@ def _wino_output_grad(g, th, tw, t0, dM, A6, nthreads):
 
 def winograd_weight_grad(x: Tensor, grad_out: Tensor) -> Tensor:
     """The gradient (K, C, 3, 3) of a 3x3, stride-1, padding-1 convolution's weight from its float32 CPU input `x`
-    (N, C, H, W) and output gradient (N, K, H, W): G^T (sum over tiles of V (A gy A^T)) G, a chunk of tiles at a time."""
+    (N, C, H, W) and output gradient (N, K, H, W): G^T (sum over tiles of V (A gy A^T)) G, a chunk of tiles at a
+    time."""
     from mrcnn_nb.roi_numba import _sync_threads
     N, C, H, W = x.shape
     K, th, tw = grad_out.shape[1], -(-H // 4), -(-W // 4)
     T, nthreads = N * th * tw, _sync_threads()
-    xl, gl = (t.detach().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).numpy() for t in (x, grad_out))
+    nhwc = lambda t: t.detach().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).numpy()
+    xl, gl = nhwc(x), nhwc(grad_out)
     dU, a6 = torch.zeros(36, C, K), np.zeros((6, 6), np.float32)
     a6[:, :4] = WINO_AT.T
     for t0, V, M in _wino_chunks(C, K, T):

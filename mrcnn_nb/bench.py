@@ -1005,7 +1005,8 @@ def _winograd_model(size, repeats: int, quick: bool = False) -> dict:
         def run():
             with winograd_convs(on): _train_step(m, opt, images2, targets2)
         return run
-    train = {"torchvision": step(tv_train), "ours, direct convolutions": step(ours_train, False), "ours": step(ours_train)}
+    train = {"torchvision": step(tv_train), "ours, direct convolutions": step(ours_train, False),
+             "ours": step(ours_train)}
     with torch.inference_mode():
         times, _ = _time_interleaved([("inference", k, lambda m=m: m(image)) for k, m in ways.items()], repeats, False)
         a, b = direct(image)[0], ways["ours for_inference()"](image)[0]
