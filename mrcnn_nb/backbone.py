@@ -524,6 +524,7 @@ class _WinogradConv(torch.autograd.Function):
         return winograd_conv3x3(x, winograd_weights(weight), bias)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable   # its gradients are not differentiable again: an error, not zeros
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
@@ -550,7 +551,8 @@ class WinogradConv2d(Conv2d):
             if input.shape[0] * input.shape[2] * input.shape[3] < WINOGRAD["min_train_cells"]:
                 return super()._conv_forward(input, weight, bias)
             return _WinogradConv.apply(input, weight, bias)
-        key = (weight.data_ptr(), weight._version)
+        if weight is not self.weight: return winograd_conv3x3(input, winograd_weights(weight), bias)   # not kept
+        key = (weight.data_ptr(), weight._version)   # the module's own weight: transformed again when it changes
         if getattr(self, "_u_key", None) != key:
             with torch.inference_mode(False): self._u, self._u_key = winograd_weights(weight).contiguous(), key
         return winograd_conv3x3(input, self._u, bias)
