@@ -452,12 +452,13 @@ def _wino_chunks(C: int, K: int, T: int):
     """(t0, V (36, m, C), M (36, m, K)) for each chunk of m tiles of T: contiguous views of this thread's two float32
     buffers, each chunk as many tiles as `workspace_bytes` holds (at least 16). The buffers are reused call to call,
     so that their pages are not faulted in every time."""
-    n = min(T, max(16, WINOGRAD["workspace_bytes"] // (36 * 4 * max(C, K))))
+    n = max(1, min(T, max(16, WINOGRAD["workspace_bytes"] // (36 * 4 * max(C, K)))))
     bufs = getattr(_WINO_WORKSPACE, "bufs", None)
     if bufs is None or bufs[0].numel() < 36 * n * C or bufs[1].numel() < 36 * n * K:
         size = lambda i, ch: max(36 * n * ch, 0 if bufs is None else bufs[i].numel())
         with torch.inference_mode(False):   # ordinary tensors, writable outside inference mode too
-            bufs = _WINO_WORKSPACE.bufs = (torch.empty(size(0, C)), torch.empty(size(1, K)))
+            bufs = tuple(torch.empty(size(i, ch), dtype=torch.float32) for i, ch in ((0, C), (1, K)))
+        _WINO_WORKSPACE.bufs = bufs
     for t0 in range(0, T, n):
         m = min(n, T - t0)
         yield t0, bufs[0][:36 * m * C].view(36, m, C), bufs[1][:36 * m * K].view(36, m, K)
@@ -466,12 +467,15 @@ def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None = None) -> Tensor
     """The 3x3, stride-1, padding-1 convolution of float32 CPU `x` (N, C, H, W) with `winograd_weights` `u`
     (36, C, K), plus `bias`: Winograd F(4x4, 3x3), a chunk of tiles at a time. Channels-last output (N, K, H, W)."""
     from mrcnn_nb.roi_numba import _sync_threads
+    if x.dtype != torch.float32 or u.dtype != torch.float32 or x.device.type != "cpu":
+        raise ValueError(f"winograd_conv3x3 takes float32 CPU tensors, got {x.dtype} on {x.device}, weights {u.dtype}")
     N, C, H, W = x.shape
     K, th, tw = u.shape[2], -(-H // 4), -(-W // 4)
     T, nthreads = N * th * tw, _sync_threads()
+    out = torch.empty(N, K, H, W, dtype=torch.float32, memory_format=torch.channels_last)
+    if T == 0: return out   # no image (a head with no RoIs), or an empty map
     xl = x.detach().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).numpy()   # (N, H, W, C)
-    out = torch.empty(N, K, H, W, memory_format=torch.channels_last)
-    b = (bias if bias is not None else torch.zeros(K)).contiguous().numpy()
+    b = (bias.detach() if bias is not None else torch.zeros(K, dtype=torch.float32)).contiguous().numpy()
     bt, at = WINO_BT.astype(np.float32), WINO_AT.astype(np.float32)
     for t0, V, M in _wino_chunks(C, K, T):
         _wino_input(xl, th, tw, t0, V.numpy(), bt, nthreads)
@@ -502,9 +506,10 @@ def winograd_weight_grad(x: Tensor, grad_out: Tensor) -> Tensor:
     N, C, H, W = x.shape
     K, th, tw = grad_out.shape[1], -(-H // 4), -(-W // 4)
     T, nthreads = N * th * tw, _sync_threads()
+    if T == 0: return torch.zeros(K, C, 3, 3, dtype=torch.float32)
     nhwc = lambda t: t.detach().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).numpy()
     xl, gl = nhwc(x), nhwc(grad_out)
-    dU, a6 = torch.zeros(36, C, K), np.zeros((6, 6), np.float32)
+    dU, a6 = torch.zeros(36, C, K, dtype=torch.float32), np.zeros((6, 6), np.float32)
     a6[:, :4] = WINO_AT.T
     for t0, V, M in _wino_chunks(C, K, T):
         _wino_input(xl, th, tw, t0, V.numpy(), WINO_BT.astype(np.float32), nthreads)
@@ -542,39 +547,51 @@ def _winograd_runs(x: Tensor, weight: Tensor) -> bool:
     return (WINOGRAD["enabled"] and x.device.type == "cpu" and x.dim() == 4
             and x.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"))
 
+def _winograd_shape(m: nn.Conv2d) -> bool:
+    "Whether convolution `m` is 3x3, stride 1, padding 1 (zeros), no dilation, no groups: what Winograd computes."
+    return (m.kernel_size == (3, 3) and m.stride == (1, 1) and m.padding == (1, 1) and m.dilation == (1, 1)
+            and m.groups == 1 and m.padding_mode == "zeros")
+
 class WinogradConv2d(Conv2d):
     """A 3x3, stride-1, padding-1 `Conv2d` that runs `winograd_conv3x3` in float32 on the CPU (with autograd:
-    `_WinogradConv`); as `Conv2d` elsewhere."""
+    `_WinogradConv`) while its `winograd` is True; as `Conv2d` elsewhere, and for any other shape."""
+    winograd = True
+
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        if not _winograd_runs(input, weight): return super()._conv_forward(input, weight, bias)
+        if not (self.winograd and _winograd_shape(self) and _winograd_runs(input, weight)):
+            return super()._conv_forward(input, weight, bias)
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias)):
             if input.shape[0] * input.shape[2] * input.shape[3] < WINOGRAD["min_train_cells"]:
                 return super()._conv_forward(input, weight, bias)
             return _WinogradConv.apply(input, weight, bias)
         if weight is not self.weight: return winograd_conv3x3(input, winograd_weights(weight), bias)   # not kept
-        key = (weight.data_ptr(), weight._version)   # the module's own weight: transformed again when it changes
+        # the module's own weight: transformed again when it changes (in place, not through `.data`)
+        key = (weight.data_ptr(), None if weight.is_inference() else weight._version)
         if getattr(self, "_u_key", None) != key:
             with torch.inference_mode(False): self._u, self._u_key = winograd_weights(weight).contiguous(), key
         return winograd_conv3x3(input, self._u, bias)
 
 def _winograd_eligible(m: nn.Module, min_channels: int) -> bool:
-    return (type(m) in (nn.Conv2d, Conv2d) and m.kernel_size == (3, 3) and m.stride == (1, 1) and m.padding == (1, 1)
-            and m.dilation == (1, 1) and m.groups == 1 and m.padding_mode == "zeros"
+    "A plain, unwatched (no hooks) convolution of Winograd's shape with `min_channels` or more in and out."
+    return (type(m) in (nn.Conv2d, Conv2d) and _winograd_shape(m) and not (m._forward_hooks or m._forward_pre_hooks)
             and min(m.in_channels, m.out_channels) >= min_channels)
 
-def use_winograd(module: nn.Module, min_channels: int | None = None) -> int:
+def use_winograd(module: nn.Module, min_channels: int | None = None, enabled: bool = True) -> int:
     """Make every plain 3x3, stride-1, padding-1 convolution in `module` with at least `min_channels` input and output
-    channels (`WINOGRAD["min_channels"]`) a `WinogradConv2d` sharing its parameters (in place); how many."""
+    channels (`WINOGRAD["min_channels"]`) a `WinogradConv2d` sharing its parameters (in place); how many.
+    `enabled=False`: swap nothing, and make the `WinogradConv2d`s already there convolve directly."""
     min_channels = WINOGRAD["min_channels"] if min_channels is None else min_channels
     swapped = 0
     for parent in list(module.modules()):
         for name, m in list(parent._modules.items()):
-            if m is not None and _winograd_eligible(m, min_channels):
+            if enabled and m is not None and _winograd_eligible(m, min_channels):
                 w = WinogradConv2d(m.in_channels, m.out_channels, 3, padding=1, bias=m.bias is not None,
-                                   device="meta")
+                                   device="meta").train(m.training)
                 w.weight, w.bias = m.weight, m.bias
                 parent._modules[name] = w
                 swapped += 1
+    for m in module.modules():
+        if isinstance(m, WinogradConv2d): m.winograd = enabled
     return swapped
 
 # %% ../nbs/05_backbone.ipynb #15587689

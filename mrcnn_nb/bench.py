@@ -245,16 +245,16 @@ def _inference_models(size, bf16: bool = True, quick: bool = False) -> dict:
     return models | ({"ours for_inference(amp='bf16')": ours.for_inference(amp="bf16")} if bf16 else {})
 
 # %% ../nbs/30_benchmarks.ipynb #ad8aa1f1
-def _training_models(size, quick: bool = False) -> tuple:
+def _training_models(size, quick: bool = False, winograd: bool = True) -> tuple:
     """torchvision's model and ours for the training step, for images of `size`, with torchvision's initialization: the
     spread-out classifier of the inference models starts at a loss near 70, whose tiny gradients a few steps later are
     denormal floats that slow convolutions 5-10x. Ours with Winograd convolutions, as the trainer runs it on the CPU
-    (`use_winograd`). `quick`: with `QUICK_BUDGETS`."""
+    (`use_winograd`), unless not `winograd`. `quick`: with `QUICK_BUDGETS`."""
     from mrcnn_nb.backbone import use_winograd
     torch.manual_seed(1)
     tv = _bench_torchvision(size, quick)
     ours = _ours_like(tv)
-    use_winograd(ours)
+    use_winograd(ours, enabled=winograd)
     return tv, ours
 
 # %% ../nbs/30_benchmarks.ipynb #c6a4eefb
@@ -747,7 +747,7 @@ def _step_seconds(repeats: int, size=(800, 1066), quick: bool = False) -> dict:
     gradients as `F.conv2d` computes them and from NCHW copies wherever `nchw_weight_grad`'s shapes allow; interleaved
     (`_time_interleaved`). `quick`: with `QUICK_BUDGETS`."""
     from mrcnn_nb.backbone import nchw_weight_grads
-    _, ours = _training_models(size, quick)
+    _, ours = _training_models(size, quick, winograd=False)   # the weight gradients the rule is about: oneDNN's
     _, images2, targets2 = _bench_data(size, size)
     opt = torch.optim.SGD([p for p in ours.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
     def step(on: bool):

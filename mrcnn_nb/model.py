@@ -442,7 +442,7 @@ class MaskRCNN(nn.Module):
         if amp not in AMP_DTYPES: raise UserInputError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
         m = fold_frozen_bn(copy.deepcopy(self)).eval()
         if m.channels_last: m.to(memory_format=torch.channels_last)
-        if winograd: use_winograd(m)
+        use_winograd(m, enabled=winograd)   # also turns off those a CPU training run swapped in
         m.amp = amp
         return m
 
