@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from .core import UserInputError, load_state_dict_file, load_weights, set_within
 
 # %% auto #0
-__all__ = ['NCHW_WEIGHT_GRAD', 'FUSED_CONV_ADD', 'RESNET_BLOCKS', 'WINO_BT', 'WINO_G', 'WINO_AT', 'WINOGRAD',
+__all__ = ['NCHW_WEIGHT_GRAD', 'FUSED_CONV_ADD', 'RESNET_BLOCKS', 'WINO_BT', 'WINO_G', 'WINO_AT', 'WINO_KG', 'WINOGRAD',
            'slow_nhwc_weight_grad', 'nchw_weight_grad', 'nchw_weight_grads', 'conv2d', 'Conv2d', 'FrozenBatchNorm2d',
            'conv_norm', 'GroupNorm32', 'make_norm', 'add_into', 'fused_conv_add', 'conv_add', 'Bottleneck', 'ResNet',
            'resnet', 'FPN', 'frozen_batchnorm', 'freeze_trunk', 'FPNBackbone', 'SingleLevelBackbone', 'fold_frozen_bn',
@@ -362,13 +362,18 @@ WINO_BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1,
 WINO_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
                    [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64)
 WINO_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64)
+WINO_KG = np.kron(WINO_G, WINO_G)   # (36, 9): row 6 i + j is G[i] (x) G[j], so U = G g G^T is WINO_KG @ g.flatten()
+# what the kernels read, made once: B^T and A^T in float32, and A (6 x 4) padded with zero columns to 6 x 6
+_BT32, _AT32 = WINO_BT.astype(np.float32), WINO_AT.astype(np.float32)
+_A6 = np.zeros((6, 6), np.float32)
+_A6[:, :4] = WINO_AT.T
 
 # %% ../nbs/05_backbone.ipynb #wg000004
 def winograd_weights(weight: Tensor) -> Tensor:
     """(36, C, K): the 6x6 transform G g G^T of each (output k, input c) filter of a (K, C, 3, 3) weight, as one matrix
     product with G (x) G (a transposed view)."""
     K, C = weight.shape[:2]
-    kg = torch.from_numpy(np.kron(WINO_G, WINO_G)).to(weight.dtype)   # (36, 9): row 6 i + j is G[i] (x) G[j]
+    kg = torch.from_numpy(WINO_KG).to(weight.dtype)
     return (kg @ weight.detach().reshape(K * C, 9).t()).view(36, K, C).transpose(1, 2)
 
 # %% ../nbs/05_backbone.ipynb #wg000006
@@ -476,11 +481,10 @@ def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None = None) -> Tensor
     if T == 0: return out   # no image (a head with no RoIs), or an empty map
     xl = x.detach().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).numpy()   # (N, H, W, C)
     b = (bias.detach() if bias is not None else torch.zeros(K, dtype=torch.float32)).contiguous().numpy()
-    bt, at = WINO_BT.astype(np.float32), WINO_AT.astype(np.float32)
     for t0, V, M in _wino_chunks(C, K, T):
-        _wino_input(xl, th, tw, t0, V.numpy(), bt, nthreads)
+        _wino_input(xl, th, tw, t0, V.numpy(), _BT32, nthreads)
         torch.bmm(V, u, out=M)            # the 36 products, (tiles x C) by (C x K)
-        _wino_output(M.numpy(), th, tw, t0, at, b, out.permute(0, 2, 3, 1).numpy(), nthreads)
+        _wino_output(M.numpy(), th, tw, t0, _AT32, b, out.permute(0, 2, 3, 1).numpy(), nthreads)
     return out
 
 # %% ../nbs/05_backbone.ipynb #wg000014
@@ -509,13 +513,12 @@ def winograd_weight_grad(x: Tensor, grad_out: Tensor) -> Tensor:
     if T == 0: return torch.zeros(K, C, 3, 3, dtype=torch.float32)
     nhwc = lambda t: t.detach().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).numpy()
     xl, gl = nhwc(x), nhwc(grad_out)
-    dU, a6 = torch.zeros(36, C, K, dtype=torch.float32), np.zeros((6, 6), np.float32)
-    a6[:, :4] = WINO_AT.T
+    dU = torch.zeros(36, C, K, dtype=torch.float32)
     for t0, V, M in _wino_chunks(C, K, T):
-        _wino_input(xl, th, tw, t0, V.numpy(), WINO_BT.astype(np.float32), nthreads)
-        _wino_output_grad(gl, th, tw, t0, M.numpy(), a6, nthreads)
+        _wino_input(xl, th, tw, t0, V.numpy(), _BT32, nthreads)
+        _wino_output_grad(gl, th, tw, t0, M.numpy(), _A6, nthreads)
         dU.baddbmm_(V.transpose(1, 2), M)   # the 36 products, (C x tiles) by (tiles x K), summed over chunks
-    kg = torch.from_numpy(np.kron(WINO_G, WINO_G)).float()
+    kg = torch.from_numpy(WINO_KG).float()
     return (kg.t() @ dU.view(36, C * K)).view(3, 3, C, K).permute(3, 2, 0, 1)
 
 # %% ../nbs/05_backbone.ipynb #wg000015
