@@ -344,6 +344,14 @@ def _bilinear_avg_fwd_plain(x, batch, rows, rw, nr, cols, cw, nc, x0, width, out
             _store_bins(tile, out[k].reshape(C, PH * PW))
 
 @numba.njit(cache=True, nogil=True)
+def _vector_span(a, n, W):
+    """Columns [s, s + m) of a row of W cells that hold [a, a + n): m is n rounded up to whole vectors of 16 values,
+    s as close to a as the row allows; (a, n) itself if the row is narrower than m."""
+    m = (n + 15) // 16 * 16
+    if m > W: return a, n
+    return min(a, W - m), m
+
+@numba.njit(cache=True, nogil=True)
 def _row_sum(plane, rows, rw, nr, k, ph, a, n, u):
     "Bin row ph of RoI k in one channel: its row taps, four at a time, over columns [a, a + n) of `plane`, into `u`."
     for g in range(0, nr[k, ph], 4):
@@ -365,22 +373,25 @@ def _column_group(u, cols, cw, k, pw, g):
 def _plane_bins(x, b, c, m, k, rows, rw, nr, cols, cw, nc, x0, width, U, out):
     """Every bin of RoI k in channels c, ..., c + m - 1 of image b, channel by channel: `_row_sum`, then the column
     taps four at a time, added into the output as `_sep_bins` adds them into its tile (the same roundings)."""
+    s, n = _vector_span(x0[k], width[k], x.shape[3])
+    u = U[0][x0[k] - s:]   # u[j]: column x0[k] + j, as the column taps count
     for d in range(m):
         o = out[k, c + d]
         for ph in range(rows.shape[1]):
-            _row_sum(x[b, c + d], rows, rw, nr, k, ph, x0[k], width[k], U[0])
+            _row_sum(x[b, c + d], rows, rw, nr, k, ph, s, n, U[0])
             for pw in range(cols.shape[1]):
-                n = nc[k, pw] if nr[k, ph] > 0 else 0
-                if n == 0: o[ph, pw] = 0   # no sample of the bin reads a cell
-                for g in range(0, n, 4):
-                    if g == 0: o[ph, pw] = _column_group(U[0], cols, cw, k, pw, g)
-                    else: o[ph, pw] += _column_group(U[0], cols, cw, k, pw, g)
+                t = nc[k, pw] if nr[k, ph] > 0 else 0
+                if t == 0: o[ph, pw] = 0   # no sample of the bin reads a cell
+                for g in range(0, t, 4):
+                    if g == 0: o[ph, pw] = _column_group(u, cols, cw, k, pw, g)
+                    else: o[ph, pw] += _column_group(u, cols, cw, k, pw, g)
 
 @numba.njit(cache=True, nogil=True)
 def _plane_bins4(x, b, c, k, rows, rw, cols, cw, x0, width, U, out):
     """`_plane_bins` for four channels at once, for a RoI whose every bin row has one to four row taps and every bin
     one to four column taps (padded to four): each tap's index and weight read once for the four channels."""
-    n, a = width[k], x0[k]
+    a, n = _vector_span(x0[k], width[k], x.shape[3])
+    sh = x0[k] - a   # the column taps count from x0[k]
     for ph in range(rows.shape[1]):
         i0, i1, i2, i3 = rows[k, ph, 0], rows[k, ph, 1], rows[k, ph, 2], rows[k, ph, 3]
         w0, w1, w2, w3 = rw[k, ph, 0], rw[k, ph, 1], rw[k, ph, 2], rw[k, ph, 3]
@@ -389,7 +400,7 @@ def _plane_bins4(x, b, c, k, rows, rw, cols, cw, x0, width, U, out):
             R0, R1, R2, R3 = plane[i0, a:a + n], plane[i1, a:a + n], plane[i2, a:a + n], plane[i3, a:a + n]
             for j in range(n): u[j] = w0 * R0[j] + w1 * R1[j] + w2 * R2[j] + w3 * R3[j]
         for pw in range(cols.shape[1]):
-            q0, q1, q2, q3 = cols[k, pw, 0], cols[k, pw, 1], cols[k, pw, 2], cols[k, pw, 3]
+            q0, q1, q2, q3 = cols[k, pw, 0] + sh, cols[k, pw, 1] + sh, cols[k, pw, 2] + sh, cols[k, pw, 3] + sh
             v0, v1, v2, v3 = cw[k, pw, 0], cw[k, pw, 1], cw[k, pw, 2], cw[k, pw, 3]
             for d in range(4):
                 u = U[d]
@@ -409,7 +420,7 @@ def _bilinear_avg_fwd_planes(x, batch, rows, rw, nr, cols, cw, nc, x0, width, ou
     K, C = len(order), x.shape[1]
     bs, four = (C + nblocks - 1) // nblocks, _four_taps(nr, nc)
     for blk in prange(nblocks):
-        U = np.empty((4, max(1, width.max())), out.dtype)
+        U = np.empty((4, max(16, (width.max() + 15) // 16 * 16)), out.dtype)   # rows as wide as `_vector_span`
         c1 = min(C, blk * bs + bs)
         for c in range(blk * bs, c1, 4):
             m = min(4, c1 - c)
@@ -451,22 +462,25 @@ def _pool_fwd_nchw(x, W, batch, py0, py1, px0, px1, out, arg, order, nblocks):
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _bilinear_avg_bwd_nchw(g, batch, rows, rw, nr, cols, cw, nc, x0, width, gin, nblocks):
     # g (K, C, PH, PW) -> gin (N, C, H, W), zero-initialized; thread `blk` owns a block of channels (whole planes)
+    # (the rows' segments widened by _vector_span: the cells outside the RoI's columns get w * 0, which leaves them
+    # as they are, and belong to the thread's own planes)
     K, C, PH, PW = g.shape
     bs = (C + nblocks - 1) // nblocks
     for blk in prange(nblocks):
-        u = np.empty(max(1, width.max()), gin.dtype)   # one bin row's gradient across the RoI's columns
+        u = np.empty(max(16, (width.max() + 15) // 16 * 16), gin.dtype)   # a bin row's gradient across the columns
         for c in range(blk * bs, min(C, blk * bs + bs)):
             for k in range(K):
-                n, a = width[k], x0[k]
+                a, n = _vector_span(x0[k], width[k], gin.shape[3])
+                v = u[x0[k] - a:]                                  # v[j]: column x0[k] + j, as the column taps count
                 plane, gk = gin[batch[k], c], g[k, c]
                 for ph in range(PH):
-                    if n == 0 or nr[k, ph] == 0: continue
+                    if width[k] == 0 or nr[k, ph] == 0: continue
                     for j in range(n): u[j] = 0
                     for pw in range(PW):
-                        for q in range(nc[k, pw]): u[cols[k, pw, q]] += cw[k, pw, q] * gk[ph, pw]
+                        for q in range(nc[k, pw]): v[cols[k, pw, q]] += cw[k, pw, q] * gk[ph, pw]
                     for q in range(nr[k, ph]):
-                        w, row = rw[k, ph, q], plane[rows[k, ph, q]]
-                        for j in range(n): row[a + j] += w * u[j]
+                        w, row = rw[k, ph, q], plane[rows[k, ph, q], a:a + n]
+                        for j in range(n): row[j] += w * u[j]
 
 # %% ../nbs/07a_roi_numba.ipynb #435f4e9e
 @numba.njit(parallel=True, cache=True, nogil=True)
