@@ -457,7 +457,7 @@ def _wino_chunks(C: int, K: int, T: int):
     """(t0, V (36, m, C), M (36, m, K)) for each chunk of m tiles of T: contiguous views of this thread's two float32
     buffers, each chunk as many tiles as `workspace_bytes` holds (at least 16). The buffers are reused call to call,
     so that their pages are not faulted in every time."""
-    n = max(1, min(T, max(16, WINOGRAD["workspace_bytes"] // (36 * 4 * max(C, K)))))
+    n = min(T, max(16, WINOGRAD["workspace_bytes"] // (36 * 4 * max(C, K))))
     bufs = getattr(_WINO_WORKSPACE, "bufs", None)
     if bufs is None or bufs[0].numel() < 36 * n * C or bufs[1].numel() < 36 * n * K:
         size = lambda i, ch: max(36 * n * ch, 0 if bufs is None else bufs[i].numel())
@@ -471,7 +471,7 @@ def _wino_chunks(C: int, K: int, T: int):
 def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None = None) -> Tensor:
     """The 3x3, stride-1, padding-1 convolution of float32 CPU `x` (N, C, H, W) with `winograd_weights` `u`
     (36, C, K), plus `bias`: Winograd F(4x4, 3x3), a chunk of tiles at a time. Channels-last output (N, K, H, W)."""
-    from mrcnn_nb.roi_numba import _sync_threads
+    from mrcnn_nb.roi_numba import _nhwc, _sync_threads
     if x.dtype != torch.float32 or u.dtype != torch.float32 or x.device.type != "cpu":
         raise ValueError(f"winograd_conv3x3 takes float32 CPU tensors, got {x.dtype} on {x.device}, weights {u.dtype}")
     N, C, H, W = x.shape
@@ -479,7 +479,7 @@ def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None = None) -> Tensor
     T, nthreads = N * th * tw, _sync_threads()
     out = torch.empty(N, K, H, W, dtype=torch.float32, memory_format=torch.channels_last)
     if T == 0: return out   # no image (a head with no RoIs), or an empty map
-    xl = x.detach().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).numpy()   # (N, H, W, C)
+    xl = _nhwc(x.contiguous(memory_format=torch.channels_last))   # (N, H, W, C)
     b = (bias.detach() if bias is not None else torch.zeros(K, dtype=torch.float32)).contiguous().numpy()
     for t0, V, M in _wino_chunks(C, K, T):
         _wino_input(xl, th, tw, t0, V.numpy(), _BT32, nthreads)
@@ -506,13 +506,12 @@ def winograd_weight_grad(x: Tensor, grad_out: Tensor) -> Tensor:
     """The gradient (K, C, 3, 3) of a 3x3, stride-1, padding-1 convolution's weight from its float32 CPU input `x`
     (N, C, H, W) and output gradient (N, K, H, W): G^T (sum over tiles of V (A gy A^T)) G, a chunk of tiles at a
     time."""
-    from mrcnn_nb.roi_numba import _sync_threads
+    from mrcnn_nb.roi_numba import _nhwc, _sync_threads
     N, C, H, W = x.shape
     K, th, tw = grad_out.shape[1], -(-H // 4), -(-W // 4)
     T, nthreads = N * th * tw, _sync_threads()
     if T == 0: return torch.zeros(K, C, 3, 3, dtype=torch.float32)
-    nhwc = lambda t: t.detach().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).numpy()
-    xl, gl = nhwc(x), nhwc(grad_out)
+    xl, gl = (_nhwc(t.contiguous(memory_format=torch.channels_last)) for t in (x, grad_out))
     dU = torch.zeros(36, C, K, dtype=torch.float32)
     for t0, V, M in _wino_chunks(C, K, T):
         _wino_input(xl, th, tw, t0, V.numpy(), _BT32, nthreads)

@@ -352,6 +352,11 @@ def _vector_span(a, n, W):
     return min(a, W - m), m
 
 @numba.njit(cache=True, nogil=True)
+def _span_room(width):
+    "Room for the widest `_vector_span` of RoIs `width` columns wide: a buffer of this many values holds every one."
+    return max(16, (width.max() + 15) // 16 * 16)
+
+@numba.njit(cache=True, nogil=True)
 def _row_sum(plane, rows, rw, nr, k, ph, a, n, u):
     "Bin row ph of RoI k in one channel: its row taps, four at a time, over columns [a, a + n) of `plane`, into `u`."
     for g in range(0, nr[k, ph], 4):
@@ -420,7 +425,7 @@ def _bilinear_avg_fwd_planes(x, batch, rows, rw, nr, cols, cw, nc, x0, width, ou
     K, C = len(order), x.shape[1]
     bs, four = (C + nblocks - 1) // nblocks, _four_taps(nr, nc)
     for blk in prange(nblocks):
-        U = np.empty((4, max(16, (width.max() + 15) // 16 * 16)), out.dtype)   # rows as wide as `_vector_span`
+        U = np.empty((4, _span_room(width)), out.dtype)
         c1 = min(C, blk * bs + bs)
         for c in range(blk * bs, c1, 4):
             m = min(4, c1 - c)
@@ -467,7 +472,7 @@ def _bilinear_avg_bwd_nchw(g, batch, rows, rw, nr, cols, cw, nc, x0, width, gin,
     K, C, PH, PW = g.shape
     bs = (C + nblocks - 1) // nblocks
     for blk in prange(nblocks):
-        u = np.empty(max(16, (width.max() + 15) // 16 * 16), gin.dtype)   # a bin row's gradient across the columns
+        u = np.empty(_span_room(width), gin.dtype)   # a bin row's gradient across the RoI's (widened) columns
         for c in range(blk * bs, min(C, blk * bs + bs)):
             for k in range(K):
                 a, n = _vector_span(x0[k], width[k], gin.shape[3])
