@@ -15,10 +15,11 @@ from . import __version__
 from .core import UserInputError, describe_cpu, write_json
 
 # %% auto #0
-__all__ = ['COMMANDS', 'MAIN_JOB', 'IMAGE_SUFFIXES', 'build_parser', 'parse_args', 'main', 'cmd_shapes', 'cmd_show',
-           'main_job_data', 'prediction_figure', 'cmd_train', 'main_job_file', 'main_job_markdown', 'cmd_eval',
-           'image_files', 'listed_names', 'coco_image_ids', 'result_category_ids', 'coco_results', 'prediction_stems',
-           'cmd_predict', 'cmd_configs', 'cmd_ablate', 'cmd_bench']
+__all__ = ['COMMANDS', 'MAIN_JOB', 'MAIN_JOB_ELSEWHERE', 'MAIN_JOB_SEEDS', 'IMAGE_SUFFIXES', 'build_parser', 'parse_args', 'main',
+           'cmd_shapes', 'cmd_show', 'main_job_data', 'prediction_figure', 'cmd_train', 'main_job_file',
+           'main_job_markdown', 'main_job_runs', 'main_job_spread_markdown', 'cmd_eval', 'image_files', 'listed_names',
+           'coco_image_ids', 'result_category_ids', 'coco_results', 'prediction_stems', 'cmd_predict', 'cmd_configs',
+           'cmd_ablate', 'cmd_bench']
 
 # %% ../nbs/15_cli.ipynb #90235d09
 # name -> (add its arguments to a parser, run it, help, description); each command's section below adds itself
@@ -461,6 +462,50 @@ def main_job_markdown(summary: dict, stored: str | None = "nbs/results/main_job.
             f"{summary['iterations']:,} iterations in {_duration(summary['train_seconds'])}, evaluation at "
             f"{summary['images_per_s']:.0f} images/s), on {m['torch_threads']} threads of a {m['cores']}-core "
             f"{describe_cpu(m)} with torch {m['torch']}" + (f" (stored in `{stored}`)." if stored else "."))
+
+# %% ../nbs/15_cli.ipynb #a1e5b0c2
+MAIN_JOB_ELSEWHERE = "main-job-elsewhere"   # runs of `mrcnn_nb train` on other machines, one summary each
+MAIN_JOB_SEEDS = ("tiny-lr/seeds", "lr0.04_seed*.json")   # the main job's training with other seeds, on 1 thread
+
+def _same_training(main: dict, run: dict, path) -> None:
+    "Refuse (naming the file and the key) a stored run whose data, schedule or settings differ from the main job's."
+    cfg, mine = run["config_values"], main["config_values"]
+    diff = [(k, run.get(k), main.get(k)) for k in ("data", "iterations") if run.get(k) != main.get(k)]
+    diff += [(k, cfg.get(k), mine[k]) for k in mine if k != "seed" and cfg.get(k) != mine[k]]
+    if diff:
+        k, have, want = diff[0]
+        raise ValueError(f"{path}: not the main job's training: {k} is {have!r}, the main job's {want!r}")
+
+def main_job_runs(main: dict, root: Path | None = None) -> list:
+    """The stored runs of the main job's training besides `main_job.json`: on other machines (`MAIN_JOB_ELSEWHERE`)
+    and with other seeds (`MAIN_JOB_SEEDS`), each checked to be the same training (`_same_training`)."""
+    import json
+    from mrcnn_nb.core import results_dir
+    root, (folder, pattern) = root or results_dir(), MAIN_JOB_SEEDS
+    paths = sorted((root / MAIN_JOB_ELSEWHERE).glob("*.json")) + sorted((root / folder).glob(pattern))
+    runs = [json.loads(p.read_text()) for p in paths]
+    for p, r in zip(paths, runs): _same_training(main, r, p)
+    return runs
+
+# %% ../nbs/15_cli.ipynb #a1e5b0c3
+def main_job_spread_markdown(main: dict, runs: list) -> str:
+    """The main job beside other runs of its training (`main_job_runs`): each run's command, CPU, threads, box and mask
+    AP and training time, then the mean, sample standard deviation and range of each AP over all of them."""
+    from mrcnn_nb.ablations import mean_std
+    from mrcnn_nb.core import describe_features
+    rows = [main | dict(command=main.get("command", "mrcnn_nb train"))] + runs
+    lines = ["| command | CPU | threads | box AP | mask AP | training |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        m = r["machine"]
+        lines.append(f"| `{r['command']}`{' (above)' * (r is rows[0])} | {describe_cpu(m)}{describe_features(m)} | "
+                     f"{m['torch_threads']} | {100 * r['metrics']['bbox']['AP']:.1f} | "
+                     f"{100 * r['metrics']['segm']['AP']:.1f} | {_duration(r['train_seconds'])} |")
+    spread = []
+    for t, name in (("bbox", "box"), ("segm", "mask")):
+        ap = [100 * r["metrics"][t]["AP"] for r in rows]
+        mean, sd, n = mean_std(ap)
+        spread.append(f"{name} AP {mean:.1f} ± {sd:.1f} ({min(ap):.1f} to {max(ap):.1f})")
+    return "\n".join(lines) + f"\n\nOver these {n} runs (mean ± standard deviation, range): {'; '.join(spread)}."
 
 # %% ../nbs/15_cli.ipynb #97c0c0fb
 def _eval_args(s):

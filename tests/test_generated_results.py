@@ -1,4 +1,4 @@
-"""The README's main-job, speed, bf16-accuracy, bf16-training, contention and Winograd figures are drawn from the committed
+"""The README's main-job (and the other runs of its training), speed, bf16-accuracy, bf16-training, contention and Winograd figures are drawn from the committed
 result files, never typed: the README shows exactly what `main_job_markdown`, `speed_markdown`, `amp_markdown`,
 `amp_training_markdown`, `contention_markdown` and `winograd_markdown` make of them, and the files hold what those
 figures need."""
@@ -9,7 +9,7 @@ from pathlib import Path
 from mrcnn_nb.bench import (
     amp_file, amp_markdown, amp_training_markdown, contention_file, contention_markdown, load_amp_training, speed_file,
     speed_markdown, winograd_file, winograd_markdown, CONTENTION_SCENARIOS, WINOGRAD_CASES)
-from mrcnn_nb.cli import main_job_file, main_job_markdown
+from mrcnn_nb.cli import main_job_file, main_job_markdown, main_job_runs, main_job_spread_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,6 +26,14 @@ def test_readme_main_job_is_the_stored_run():
     assert _block("mainjob") == main_job_markdown(summary).strip(), "run python .ci/results.py"
     assert summary["config"] == "TINY_FPN" and summary["iterations"] == summary["max_iter"] == 3000
     assert set(summary["metrics"]) == {"bbox", "segm"} and summary["machine"]["cores"] >= 1
+
+
+def test_readme_main_job_spread_is_the_stored_runs():
+    summary = json.loads(main_job_file().read_text())
+    runs = main_job_runs(summary)   # each checked to be the main job's training
+    assert _block("mainjobruns") == main_job_spread_markdown(summary, runs).strip(), "run python .ci/results.py"
+    assert len({r["config_values"]["seed"] for r in runs}) >= 3   # three seeds at least
+    assert any(r["machine"]["cpu"] != summary["machine"]["cpu"] for r in runs)   # and another machine
 
 
 def test_readme_speed_tables_are_the_stored_benchmark():
