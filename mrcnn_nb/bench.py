@@ -23,16 +23,17 @@ from .shapes import make_shapes
 
 # %% auto #0
 __all__ = ['ROI_WORKLOADS', 'QUICK_BUDGETS', 'PROFILE_GROUPS', 'PROFILED', 'CONTENTION_SCENARIOS', 'CONTENTION_TARGETS',
-           'CONV_GRAD_CASES', 'HUGE_PAGE_WAYS', 'WINOGRAD_CASES', 'COCO_CATEGORY_IDS', 'COCO_SIZES', 'time_dataset',
-           'format_rows', 'bench_data', 'roi_workload', 'bench_roi', 'roi_floors', 'minor_faults', 'resolve_bf16',
-           'bench_model', 'op_group', 'profile_inference', 'bench_profile', 'conv_flops', 'matmul_rate',
-           'bench_conv_bound', 'speed_file', 'speed_record', 'bench_speed', 'bf16_left_out', 'speed_markdown',
-           'plot_speed', 'plot_profile', 'contention_file', 'bench_contention', 'contention_markdown',
-           'bench_conv_grad', 'conv_grad_file', 'conv_grad_markdown', 'bench_huge_pages', 'huge_pages_file',
-           'huge_pages_markdown', 'matched_detections', 'amp_file', 'bench_amp', 'amp_markdown', 'bench_winograd',
-           'winograd_file', 'winograd_markdown', 'amp_training_dir', 'load_amp_training', 'amp_training_markdown',
-           'make_coco_scale_annotations', 'plot_annotation_structure', 'bench_coco_memory', 'coco_memory_rows',
-           'plot_coco_memory']
+           'CONV_GRAD_CASES', 'HUGE_PAGE_WAYS', 'WINOGRAD_CASES', 'MAIN_JOB_STATES', 'COCO_CATEGORY_IDS', 'COCO_SIZES',
+           'time_dataset', 'format_rows', 'bench_data', 'roi_workload', 'bench_roi', 'roi_floors', 'minor_faults',
+           'resolve_bf16', 'bench_model', 'op_group', 'profile_inference', 'bench_profile', 'counting_flops',
+           'conv_flops', 'matmul_rate', 'bench_conv_bound', 'speed_file', 'speed_record', 'bench_speed',
+           'bf16_left_out', 'speed_markdown', 'plot_speed', 'plot_profile', 'contention_file', 'bench_contention',
+           'contention_markdown', 'bench_conv_grad', 'conv_grad_file', 'conv_grad_markdown', 'bench_huge_pages',
+           'huge_pages_file', 'huge_pages_markdown', 'matched_detections', 'amp_file', 'bench_amp', 'amp_markdown',
+           'bench_winograd', 'winograd_file', 'winograd_markdown', 'amp_training_dir', 'load_amp_training',
+           'amp_training_markdown', 'training_stepper', 'profile_training_steps', 'main_job_steps_file',
+           'bench_main_job_steps', 'main_job_steps_markdown', 'make_coco_scale_annotations',
+           'plot_annotation_structure', 'bench_coco_memory', 'coco_memory_rows', 'plot_coco_memory']
 
 # %% ../nbs/30_benchmarks.ipynb #6a6c3444
 def time_dataset(dataset, n: int | None = None, warmup: int = 2, threads: int | None = 1, then=None) -> dict:
@@ -395,19 +396,32 @@ def bench_profile(size=(800, 1066), models=None, quick: bool = False) -> dict:
     return {name: profile_inference(built[name], image) for name in models}
 
 # %% ../nbs/30_benchmarks.ipynb #c0f10b02
+from contextlib import contextmanager
+
+def _layer_flops(m, inputs, out) -> float:
+    "Floating-point operations (two per multiply-add) of one forward call of a convolution or a linear layer."
+    if isinstance(m, torch.nn.Linear): return 2.0 * out.numel() * m.in_features
+    per_value = m.weight[0].numel()   # per output value (Conv2d), per input value (ConvTranspose2d)
+    return 2.0 * (inputs[0] if isinstance(m, torch.nn.ConvTranspose2d) else out).numel() * per_value
+
+@contextmanager
+def counting_flops(model, kinds=(torch.nn.Conv2d, torch.nn.ConvTranspose2d), training: bool = False):
+    """Within the block, the `_layer_flops` of every call of `model`'s layers of `kinds`, appended to the list it
+    yields; with `training`, each call's backward too: the input's gradient where the input needs one, the weight's
+    where the weight trains, as many operations as the forward each."""
+    total = []
+    def count(m, inputs, out):
+        passes = 1 + training * (inputs[0].requires_grad + m.weight.requires_grad)
+        total.append(_layer_flops(m, inputs, out) * passes)
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, kinds)]
+    try: yield total
+    finally:
+        for h in hooks: h.remove()
+
 def conv_flops(model, images) -> float:
     """Floating-point operations (two per multiply-add) of the convolutions and transposed convolutions that one
     inference of `model` on `images` runs, counted from the shapes each call sees."""
-    total = []
-    def count(m, inputs, out):
-        per_value = m.weight[0].numel()   # per output value (Conv2d), per input value (ConvTranspose2d)
-        total.append(2 * (inputs[0] if isinstance(m, torch.nn.ConvTranspose2d) else out).numel() * per_value)
-    convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, convs)]
-    try:
-        with torch.inference_mode(): model(images)
-    finally:
-        for h in hooks: h.remove()
+    with counting_flops(model) as total, torch.inference_mode(): model(images)
     return float(sum(total))
 
 def matmul_rate(n: int = 4096, repeats: int = 3) -> float:
@@ -1103,6 +1117,95 @@ def amp_training_markdown(runs: dict) -> str:
             f"{first['iterations']:,} iterations; seeds on {first['machine']['torch_threads']} thread each, beside "
             f"other runs; alone: {m['torch_threads']} threads, nothing else running. On a {m['cores']}-core "
             f"{describe_cpu(m)}{describe_features(m)}, torch {m['torch']}, code at {', '.join(commits)}.")
+
+# %% ../nbs/30_benchmarks.ipynb #d5a7e0a1
+def training_stepper(run):
+    "A function that trains `run` one step further, on its next batch, each time it is called."
+    from mrcnn_nb.train import train_step, training_loader
+    batches, it = iter(training_loader(run, 0)), [0]
+    run.net.train()
+    def step():
+        images, targets, _ = next(batches)
+        train_step(run, images, targets, it[0])
+        it[0] += 1
+    return step
+
+def profile_training_steps(step, model, steps: int = 20) -> dict:
+    """`steps` calls of `step` (a `training_stepper` of a run of `model`) under the profiler and `counting_flops`
+    (convolutions and linear layers, forward and backward): per step, each `PROFILE_GROUPS` kind's self CPU ms (with
+    'other' and 'total') and the GFLOP of those layers."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+    from torch.profiler import ProfilerActivity, profile
+    layers = (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)
+    with counting_flops(model, layers, training=True) as flops, profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps): step()
+    ms = dict.fromkeys([*PROFILE_GROUPS, "other"], 0.0)
+    for e in prof.key_averages(): ms[op_group(e.key)] += e.self_cpu_time_total / 1e3 / steps
+    return dict(ms=ms | {"total": sum(ms.values())}, gflop=sum(flops) / steps / 1e9)
+
+# %% ../nbs/30_benchmarks.ipynb #d5a7e0a3
+MAIN_JOB_STATES = ("at the start", "trained")   # the weights a step of the main job is measured with
+
+def main_job_steps_file() -> Path:
+    "The committed measurement of the main job's training steps: `nbs/results/bench/main_job_steps.json`."
+    return results_dir() / "bench" / "main_job_steps.json"
+
+def _interleaved_steps(steppers: list, steps: int, warmup: int) -> list:
+    "`warmup` calls of each stepper, then `steps` timed calls of each in turn: the median seconds of each."
+    for step in steppers:
+        for _ in range(warmup): step()
+    times = [[] for _ in steppers]
+    for _ in range(steps):
+        for step, t in zip(steppers, times):
+            t0 = time.perf_counter()
+            step()
+            t.append(time.perf_counter() - t0)
+    return [float(np.median(t)) for t in times]
+
+def bench_main_job_steps(steps: int = 20, warmup: int = 5, out=None, command: str = "bench_main_job_steps()",
+                         data_root=None, trained=None) -> dict:
+    """The main job's training steps (`TINY_FPN` on `data_root`, default `main_job_data()`) with the weights at the
+    start and trained ones (`trained`, default the demo checkpoint `tiny_fpn_shapes.pth`): seconds per step, timed in
+    turn (`_interleaved_steps`), then `profile_training_steps` of each, and this machine's `matmul_rate`; the record,
+    written to `out` if given."""
+    import tempfile
+    from mrcnn_nb.cli import main_job_data
+    from mrcnn_nb.model import get_config
+    from mrcnn_nb.train import prepare_run
+    root, cfg = Path(data_root or main_job_data(progress=False)), get_config("TINY_FPN")
+    trained = Path(trained or results_dir() / "models" / "tiny_fpn_shapes.pth")
+    with tempfile.TemporaryDirectory(prefix="mrcnn_nb_steps-") as tmp:
+        runs = [prepare_run(cfg, root, "train", None, Path(tmp) / str(i), weights=w, from_scratch=w is None)
+                for i, w in enumerate((None, trained))]
+        steppers = [training_stepper(r) for r in runs]
+        seconds = _interleaved_steps(steppers, steps, warmup)
+        states = {state: dict(s_per_step=s, weights=w and w.name) | profile_training_steps(step, r.model, steps)
+                  for state, s, w, step, r in zip(MAIN_JOB_STATES, seconds, (None, trained), steppers, runs)}
+    rec = dict(command=command, date=_utc_now(), machine=machine_info(), steps=steps, warmup=warmup,
+               iterations=cfg.max_iter, ims_per_batch=cfg.ims_per_batch, matmul_gflops=matmul_rate(), states=states)
+    if out: write_json(out, rec)
+    return rec
+
+# %% ../nbs/30_benchmarks.ipynb #d5a7e0a4
+def main_job_steps_markdown(rec: dict) -> str:
+    """The table of a `bench_main_job_steps` record: per state of the weights, seconds per step, each kind's share of
+    the profiled time, the GFLOP of the convolutions and linear layers and their time at the matrix-product rate."""
+    kinds, rate, m = [*PROFILE_GROUPS, "other"], rec["matmul_gflops"], rec["machine"]
+    lines = ["| weights | s per step | " + " | ".join(kinds) + " | GFLOP per step | that work at the product rate |",
+             "|---|---|" + "---|" * len(kinds) + "---|---|"]
+    for state, r in rec["states"].items():
+        shares = " | ".join(f"{100 * r['ms'][k] / r['ms']['total']:.0f} %" for k in kinds)
+        floor, weights = r["gflop"] / rate, f" (`{r['weights']}`)" if r["weights"] else ""
+        lines.append(f"| {state}{weights} | {r['s_per_step']:.3f} | {shares} | "
+                     f"{r['gflop']:.1f} | {floor:.3f} s ({100 * floor / r['s_per_step']:.0f} % of the step) |")
+    last = rec["states"][MAIN_JOB_STATES[-1]]
+    return ("\n".join(lines) + f"\n\nSteps of {rec['ims_per_batch']} images: the median of {rec['steps']} timed steps "
+            f"after {rec['warmup']}; each kind's share of the self CPU time of {rec['steps']} more steps under the "
+            f"profiler. The product rate: {rate:.0f} GFLOP/s (`matmul_rate`, 4096 × 4096). At it, "
+            f"{rec['iterations']:,} steps of the trained model's convolution and linear work take "
+            f"{rec['iterations'] * last['gflop'] / rate / 60:.1f} min; at its measured step time the steps take "
+            f"{rec['iterations'] * last['s_per_step'] / 60:.1f} min. On {m['torch_threads']} threads of a {m['cores']}-"
+            f"core {describe_cpu(m)}{describe_features(m)}, torch {m['torch']}; `{rec['command']}`.")
 
 # %% ../nbs/30_benchmarks.ipynb #9321ca51
 COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]   # COCO's 80

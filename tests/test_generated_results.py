@@ -1,4 +1,4 @@
-"""The README's main-job (and the other runs of its training), speed, bf16-accuracy, bf16-training, contention and Winograd figures are drawn from the committed
+"""The README's main-job (the other runs of its training, where its steps' time goes), speed, bf16-accuracy, bf16-training, contention and Winograd figures are drawn from the committed
 result files, never typed: the README shows exactly what `main_job_markdown`, `speed_markdown`, `amp_markdown`,
 `amp_training_markdown`, `contention_markdown` and `winograd_markdown` make of them, and the files hold what those
 figures need."""
@@ -8,7 +8,8 @@ from pathlib import Path
 
 from mrcnn_nb.bench import (
     amp_file, amp_markdown, amp_training_markdown, contention_file, contention_markdown, load_amp_training, speed_file,
-    speed_markdown, winograd_file, winograd_markdown, CONTENTION_SCENARIOS, WINOGRAD_CASES)
+    speed_markdown, winograd_file, winograd_markdown, main_job_steps_file, main_job_steps_markdown, CONTENTION_SCENARIOS,
+    MAIN_JOB_STATES, WINOGRAD_CASES)
 from mrcnn_nb.cli import main_job_file, main_job_markdown, main_job_runs, main_job_spread_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +35,13 @@ def test_readme_main_job_spread_is_the_stored_runs():
     assert _block("mainjobruns") == main_job_spread_markdown(summary, runs).strip(), "run python .ci/results.py"
     assert len({r["config_values"]["seed"] for r in runs}) >= 3   # three seeds at least
     assert any(r["machine"]["cpu"] != summary["machine"]["cpu"] for r in runs)   # and another machine
+
+
+def test_readme_main_job_steps_are_the_stored_measurement():
+    rec = json.loads(main_job_steps_file().read_text())
+    assert _block("mainjobsteps") == main_job_steps_markdown(rec).strip(), "run python .ci/results.py"
+    assert list(rec["states"]) == list(MAIN_JOB_STATES) and rec["steps"] >= 10   # a measurement, both states
+    assert all(s["gflop"] > 0 and s["ms"]["convolutions"] > 0 for s in rec["states"].values())
 
 
 def test_readme_speed_tables_are_the_stored_benchmark():
