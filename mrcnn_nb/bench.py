@@ -23,17 +23,18 @@ from .shapes import make_shapes
 
 # %% auto #0
 __all__ = ['ROI_WORKLOADS', 'QUICK_BUDGETS', 'PROFILE_GROUPS', 'PROFILED', 'CONTENTION_SCENARIOS', 'CONTENTION_TARGETS',
-           'CONV_GRAD_CASES', 'HUGE_PAGE_WAYS', 'WINOGRAD_CASES', 'MAIN_JOB_STATES', 'COCO_CATEGORY_IDS', 'COCO_SIZES',
-           'time_dataset', 'format_rows', 'bench_data', 'roi_workload', 'bench_roi', 'roi_floors', 'minor_faults',
-           'resolve_bf16', 'bench_model', 'op_group', 'profile_inference', 'bench_profile', 'counting_flops',
-           'conv_flops', 'matmul_rate', 'bench_conv_bound', 'speed_file', 'speed_record', 'bench_speed',
-           'bf16_left_out', 'speed_markdown', 'plot_speed', 'plot_profile', 'contention_file', 'bench_contention',
-           'contention_markdown', 'bench_conv_grad', 'conv_grad_file', 'conv_grad_markdown', 'bench_huge_pages',
-           'huge_pages_file', 'huge_pages_markdown', 'matched_detections', 'amp_file', 'bench_amp', 'amp_markdown',
-           'bench_winograd', 'winograd_file', 'winograd_markdown', 'amp_training_dir', 'load_amp_training',
-           'amp_training_markdown', 'training_stepper', 'profile_training_steps', 'main_job_steps_file',
-           'bench_main_job_steps', 'main_job_steps_markdown', 'make_coco_scale_annotations',
-           'plot_annotation_structure', 'bench_coco_memory', 'coco_memory_rows', 'plot_coco_memory']
+           'CONV_GRAD_CASES', 'HUGE_PAGE_WAYS', 'WINOGRAD_CASES', 'TRAINING_GROUPS', 'MAIN_JOB_STATES',
+           'COCO_CATEGORY_IDS', 'COCO_SIZES', 'time_dataset', 'format_rows', 'bench_data', 'roi_workload', 'bench_roi',
+           'roi_floors', 'minor_faults', 'resolve_bf16', 'bench_model', 'op_group', 'profile_inference',
+           'bench_profile', 'counting_flops', 'conv_flops', 'matmul_rate', 'bench_conv_bound', 'speed_file',
+           'speed_record', 'bench_speed', 'bf16_left_out', 'speed_markdown', 'plot_speed', 'plot_profile',
+           'contention_file', 'bench_contention', 'contention_markdown', 'bench_conv_grad', 'conv_grad_file',
+           'conv_grad_markdown', 'bench_huge_pages', 'huge_pages_file', 'huge_pages_markdown', 'matched_detections',
+           'amp_file', 'bench_amp', 'amp_markdown', 'bench_winograd', 'winograd_file', 'winograd_markdown',
+           'amp_training_dir', 'load_amp_training', 'amp_training_markdown', 'training_stepper',
+           'profile_training_steps', 'main_job_steps_file', 'bench_main_job_steps', 'main_job_steps_markdown',
+           'make_coco_scale_annotations', 'plot_annotation_structure', 'bench_coco_memory', 'coco_memory_rows',
+           'plot_coco_memory']
 
 # %% ../nbs/30_benchmarks.ipynb #6a6c3444
 def time_dataset(dataset, n: int | None = None, warmup: int = 2, threads: int | None = 1, then=None) -> dict:
@@ -365,10 +366,16 @@ PROFILE_GROUPS = {   # a kind of work: a pattern the profiler's whole operator n
     "element-wise": r"aten::(add|mul|sub|div|clamp\w*|relu|sigmoid|copy|fill|zero|where)_?",
 }
 
-def op_group(name: str) -> str:
-    "The `PROFILE_GROUPS` kind of the operator called `name`, or 'other'."
+def op_group(name: str, groups: dict = PROFILE_GROUPS) -> str:
+    "The kind in `groups` (default `PROFILE_GROUPS`) of the operator called `name`, or 'other'."
     import re
-    return next((g for g, pattern in PROFILE_GROUPS.items() if re.fullmatch(pattern, name)), "other")
+    return next((g for g, pattern in groups.items() if re.fullmatch(pattern, name)), "other")
+
+def _grouped_ms(prof, groups: dict = PROFILE_GROUPS, per: int = 1) -> dict:
+    "The self CPU ms of a profile's operators by `op_group` kind, with 'other' and 'total', divided by `per`."
+    ms = dict.fromkeys([*groups, "other"], 0.0)
+    for e in prof.key_averages(): ms[op_group(e.key, groups)] += e.self_cpu_time_total / 1e3 / per
+    return ms | {"total": sum(ms.values())}
 
 # %% ../nbs/30_benchmarks.ipynb #21ffc459
 def profile_inference(model, images: list) -> dict:
@@ -380,9 +387,7 @@ def profile_inference(model, images: list) -> dict:
     with torch.inference_mode():
         model(images)
         with profile(activities=[ProfilerActivity.CPU]) as prof: model(images)
-    ms = dict.fromkeys([*PROFILE_GROUPS, "other"], 0.0)
-    for e in prof.key_averages(): ms[op_group(e.key)] += e.self_cpu_time_total / 1e3
-    return ms | {"total": sum(ms.values())}
+    return _grouped_ms(prof)
 
 # %% ../nbs/30_benchmarks.ipynb #fe787ab6
 PROFILED = ("torchvision", "ours for_inference()", "ours for_inference(amp='bf16')")
@@ -399,7 +404,7 @@ def bench_profile(size=(800, 1066), models=None, quick: bool = False) -> dict:
 from contextlib import contextmanager
 
 def _layer_flops(m, inputs, out) -> float:
-    "Floating-point operations (two per multiply-add) of one forward call of a convolution or a linear layer."
+    "Floating-point operations (two per multiply-add; biases left out) of one call of a convolution or linear layer."
     if isinstance(m, torch.nn.Linear): return 2.0 * out.numel() * m.in_features
     per_value = m.weight[0].numel()   # per output value (Conv2d), per input value (ConvTranspose2d)
     return 2.0 * (inputs[0] if isinstance(m, torch.nn.ConvTranspose2d) else out).numel() * per_value
@@ -407,11 +412,11 @@ def _layer_flops(m, inputs, out) -> float:
 @contextmanager
 def counting_flops(model, kinds=(torch.nn.Conv2d, torch.nn.ConvTranspose2d), training: bool = False):
     """Within the block, the `_layer_flops` of every call of `model`'s layers of `kinds`, appended to the list it
-    yields; with `training`, each call's backward too: the input's gradient where the input needs one, the weight's
-    where the weight trains, as many operations as the forward each."""
+    yields; with `training`, the backward of each call that autograd records: the input's gradient where the input
+    needs one, the weight's where the weight trains, as many operations as the forward each."""
     total = []
     def count(m, inputs, out):
-        passes = 1 + training * (inputs[0].requires_grad + m.weight.requires_grad)
+        passes = 1 + training * torch.is_grad_enabled() * (inputs[0].requires_grad + m.weight.requires_grad)
         total.append(_layer_flops(m, inputs, out) * passes)
     hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, kinds)]
     try: yield total
@@ -1119,29 +1124,38 @@ def amp_training_markdown(runs: dict) -> str:
             f"{describe_cpu(m)}{describe_features(m)}, torch {m['torch']}, code at {', '.join(commits)}.")
 
 # %% ../nbs/30_benchmarks.ipynb #d5a7e0a1
-def training_stepper(run):
-    "A function that trains `run` one step further, on its next batch, each time it is called."
+TRAINING_GROUPS = {   # `PROFILE_GROUPS` for training: each backward operator with its forward's kind, and two more
+    **{k: PROFILE_GROUPS[k] for k in ("convolutions", "fully connected", "RoI layers")},   # their backward included
+    "normalization": r"aten::(native_group_norm|native_batch_norm|group_norm|batch_norm)\w*",
+    "element-wise": r"aten::(add|mul|sub|div|clamp\w*|relu|sigmoid|copy|fill|zero|where|threshold)_?(backward)?",
+    "data loading": r"enumerate\(DataLoader\).*",
+}
+
+def training_stepper(run, fixed: bool = False):
+    """A function that trains `run` one step further, on its next batch, each time it is called (`fit`'s step, without
+    its hooks, phases and bad-image handling). `fixed`: the model's weights put back after each step, so that every
+    step runs the same model."""
     from mrcnn_nb.train import train_step, training_loader
     batches, it = iter(training_loader(run, 0)), [0]
+    kept = {k: v.detach().clone() for k, v in run.model.state_dict().items()} if fixed else None
     run.net.train()
     def step():
         images, targets, _ = next(batches)
         train_step(run, images, targets, it[0])
         it[0] += 1
+        if fixed: run.model.load_state_dict(kept)
     return step
 
 def profile_training_steps(step, model, steps: int = 20) -> dict:
     """`steps` calls of `step` (a `training_stepper` of a run of `model`) under the profiler and `counting_flops`
-    (convolutions and linear layers, forward and backward): per step, each `PROFILE_GROUPS` kind's self CPU ms (with
+    (convolutions and linear layers, forward and backward): per step, each `TRAINING_GROUPS` kind's self CPU ms (with
     'other' and 'total') and the GFLOP of those layers."""
     os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     from torch.profiler import ProfilerActivity, profile
     layers = (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)
     with counting_flops(model, layers, training=True) as flops, profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps): step()
-    ms = dict.fromkeys([*PROFILE_GROUPS, "other"], 0.0)
-    for e in prof.key_averages(): ms[op_group(e.key)] += e.self_cpu_time_total / 1e3 / steps
-    return dict(ms=ms | {"total": sum(ms.values())}, gflop=sum(flops) / steps / 1e9)
+    return dict(ms=_grouped_ms(prof, TRAINING_GROUPS, steps), gflop=sum(flops) / steps / 1e9)
 
 # %% ../nbs/30_benchmarks.ipynb #d5a7e0a3
 MAIN_JOB_STATES = ("at the start", "trained")   # the weights a step of the main job is measured with
@@ -1150,37 +1164,28 @@ def main_job_steps_file() -> Path:
     "The committed measurement of the main job's training steps: `nbs/results/bench/main_job_steps.json`."
     return results_dir() / "bench" / "main_job_steps.json"
 
-def _interleaved_steps(steppers: list, steps: int, warmup: int) -> list:
-    "`warmup` calls of each stepper, then `steps` timed calls of each in turn: the median seconds of each."
-    for step in steppers:
-        for _ in range(warmup): step()
-    times = [[] for _ in steppers]
-    for _ in range(steps):
-        for step, t in zip(steppers, times):
-            t0 = time.perf_counter()
-            step()
-            t.append(time.perf_counter() - t0)
-    return [float(np.median(t)) for t in times]
-
 def bench_main_job_steps(steps: int = 20, warmup: int = 5, out=None, command: str = "bench_main_job_steps()",
                          data_root=None, trained=None) -> dict:
-    """The main job's training steps (`TINY_FPN` on `data_root`, default `main_job_data()`) with the weights at the
-    start and trained ones (`trained`, default the demo checkpoint `tiny_fpn_shapes.pth`): seconds per step, timed in
-    turn (`_interleaved_steps`), then `profile_training_steps` of each, and this machine's `matmul_rate`; the record,
-    written to `out` if given."""
+    """The main job's training steps (`TINY_FPN` on `data_root`, default `main_job_data()`) with the weights of a new
+    model and trained ones (`trained`, default the demo checkpoint `tiny_fpn_shapes.pth`), each kept fixed: after
+    `warmup` steps, `steps` of each timed in turn (`_time_interleaved`), then `profile_training_steps` of each; and
+    this machine's `matmul_rate`. The record, written to `out` if given."""
     import tempfile
     from mrcnn_nb.cli import main_job_data
     from mrcnn_nb.model import get_config
     from mrcnn_nb.train import prepare_run
     root, cfg = Path(data_root or main_job_data(progress=False)), get_config("TINY_FPN")
-    trained = Path(trained or results_dir() / "models" / "tiny_fpn_shapes.pth")
+    weights = (None, Path(trained or results_dir() / "models" / "tiny_fpn_shapes.pth"))
     with tempfile.TemporaryDirectory(prefix="mrcnn_nb_steps-") as tmp:
         runs = [prepare_run(cfg, root, "train", None, Path(tmp) / str(i), weights=w, from_scratch=w is None)
-                for i, w in enumerate((None, trained))]
-        steppers = [training_stepper(r) for r in runs]
-        seconds = _interleaved_steps(steppers, steps, warmup)
-        states = {state: dict(s_per_step=s, weights=w and w.name) | profile_training_steps(step, r.model, steps)
-                  for state, s, w, step, r in zip(MAIN_JOB_STATES, seconds, (None, trained), steppers, runs)}
+                for i, w in enumerate(weights)]
+        steppers = [training_stepper(r, fixed=True) for r in runs]
+        for step in steppers:
+            for _ in range(warmup): step()
+        times, peaks = _time_interleaved([("step", s, f) for s, f in zip(MAIN_JOB_STATES, steppers)], steps, False)
+        states = {s: dict(weights=w and w.name, s_per_step=float(np.median(times["step", s])),
+                          peak_mib=peaks["step", s]) | profile_training_steps(step, r.model, steps)
+                  for s, w, step, r in zip(MAIN_JOB_STATES, weights, steppers, runs)}
     rec = dict(command=command, date=_utc_now(), machine=machine_info(), steps=steps, warmup=warmup,
                iterations=cfg.max_iter, ims_per_batch=cfg.ims_per_batch, matmul_gflops=matmul_rate(), states=states)
     if out: write_json(out, rec)
@@ -1188,9 +1193,10 @@ def bench_main_job_steps(steps: int = 20, warmup: int = 5, out=None, command: st
 
 # %% ../nbs/30_benchmarks.ipynb #d5a7e0a4
 def main_job_steps_markdown(rec: dict) -> str:
-    """The table of a `bench_main_job_steps` record: per state of the weights, seconds per step, each kind's share of
-    the profiled time, the GFLOP of the convolutions and linear layers and their time at the matrix-product rate."""
-    kinds, rate, m = [*PROFILE_GROUPS, "other"], rec["matmul_gflops"], rec["machine"]
+    """The table of a `bench_main_job_steps` record: per set of weights, seconds per step, each kind's share of the
+    profiled time, the GFLOP of the convolutions and linear layers and their time at the matrix-product rate."""
+    rate, m, last = rec["matmul_gflops"], rec["machine"], rec["states"][MAIN_JOB_STATES[-1]]
+    kinds = [k for k in last["ms"] if k != "total"]
     lines = ["| weights | s per step | " + " | ".join(kinds) + " | GFLOP per step | that work at the product rate |",
              "|---|---|" + "---|" * len(kinds) + "---|---|"]
     for state, r in rec["states"].items():
@@ -1198,14 +1204,13 @@ def main_job_steps_markdown(rec: dict) -> str:
         floor, weights = r["gflop"] / rate, f" (`{r['weights']}`)" if r["weights"] else ""
         lines.append(f"| {state}{weights} | {r['s_per_step']:.3f} | {shares} | "
                      f"{r['gflop']:.1f} | {floor:.3f} s ({100 * floor / r['s_per_step']:.0f} % of the step) |")
-    last = rec["states"][MAIN_JOB_STATES[-1]]
-    return ("\n".join(lines) + f"\n\nSteps of {rec['ims_per_batch']} images: the median of {rec['steps']} timed steps "
-            f"after {rec['warmup']}; each kind's share of the self CPU time of {rec['steps']} more steps under the "
-            f"profiler. The product rate: {rate:.0f} GFLOP/s (`matmul_rate`, 4096 × 4096). At it, "
-            f"{rec['iterations']:,} steps of the trained model's convolution and linear work take "
-            f"{rec['iterations'] * last['gflop'] / rate / 60:.1f} min; at its measured step time the steps take "
-            f"{rec['iterations'] * last['s_per_step'] / 60:.1f} min. On {m['torch_threads']} threads of a {m['cores']}-"
-            f"core {describe_cpu(m)}{describe_features(m)}, torch {m['torch']}; `{rec['command']}`.")
+    return ("\n".join(lines) + f"\n\nSteps of {rec['ims_per_batch']} images, each set of weights put back after every "
+            f"step: the median of {rec['steps']} timed steps after {rec['warmup']}; each kind's share of the self CPU "
+            f"time of {rec['steps']} more under the profiler. The product rate: {rate:.0f} GFLOP/s (`matmul_rate`, "
+            f"4096 × 4096). At it, {rec['iterations']:,} steps of the trained model's convolution and linear work "
+            f"would take {rec['iterations'] * last['gflop'] / rate / 60:.1f} min; at its measured step time the steps "
+            f"take {rec['iterations'] * last['s_per_step'] / 60:.1f} min. On {m['torch_threads']} threads of a "
+            f"{m['cores']}-core {describe_cpu(m)}{describe_features(m)}, torch {m['torch']}; `{rec['command']}`.")
 
 # %% ../nbs/30_benchmarks.ipynb #9321ca51
 COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]   # COCO's 80

@@ -471,7 +471,8 @@ def _same_training(main: dict, run: dict, path) -> None:
     "Refuse (naming the file and the key) a stored run whose data, schedule or settings differ from the main job's."
     cfg, mine = run["config_values"], main["config_values"]
     diff = [(k, run.get(k), main.get(k)) for k in ("data", "iterations") if run.get(k) != main.get(k)]
-    diff += [(k, cfg.get(k), mine[k]) for k in mine if k != "seed" and cfg.get(k) != mine[k]]
+    diff += [(f"config_values.{k}", cfg.get(k), mine.get(k)) for k in sorted(set(mine) | set(cfg))
+             if k != "seed" and cfg.get(k) != mine.get(k)]
     if diff:
         k, have, want = diff[0]
         raise ValueError(f"{path}: not the main job's training: {k} is {have!r}, the main job's {want!r}")
@@ -489,15 +490,17 @@ def main_job_runs(main: dict, root: Path | None = None) -> list:
 
 # %% ../nbs/15_cli.ipynb #a1e5b0c3
 def main_job_spread_markdown(main: dict, runs: list) -> str:
-    """The main job beside other runs of its training (`main_job_runs`): each run's command, CPU, threads, box and mask
-    AP and training time, then the mean, sample standard deviation and range of each AP over all of them."""
+    """The main job beside other runs of its training (`main_job_runs`): each run's command, code, CPU, threads, box and
+    mask AP and training time, then the mean, sample standard deviation and range of each AP over all of them."""
     from mrcnn_nb.ablations import mean_std
     from mrcnn_nb.core import describe_features
     rows = [main | dict(command=main.get("command", "mrcnn_nb train"))] + runs
-    lines = ["| command | CPU | threads | box AP | mask AP | training |", "|---|---|---|---|---|---|"]
+    lines = ["| command | code | CPU | threads | box AP | mask AP | training |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        m = r["machine"]
-        lines.append(f"| `{r['command']}`{' (above)' * (r is rows[0])} | {describe_cpu(m)}{describe_features(m)} | "
+        m, code = r["machine"], r.get("code") or {}
+        commit = f"{code.get('commit', '?')[:7]}{' with local changes' * bool(code.get('dirty'))}"
+        lines.append(f"| `{r['command']}`{' (above)' * (r is rows[0])} | {commit} | "
+                     f"{describe_cpu(m)}{describe_features(m)} | "
                      f"{m['torch_threads']} | {100 * r['metrics']['bbox']['AP']:.1f} | "
                      f"{100 * r['metrics']['segm']['AP']:.1f} | {_duration(r['train_seconds'])} |")
     spread = []
@@ -505,6 +508,7 @@ def main_job_spread_markdown(main: dict, runs: list) -> str:
         ap = [100 * r["metrics"][t]["AP"] for r in rows]
         mean, sd, n = mean_std(ap)
         spread.append(f"{name} AP {mean:.1f} ± {sd:.1f} ({min(ap):.1f} to {max(ap):.1f})")
+    if n < 2: return "\n".join(lines)
     return "\n".join(lines) + f"\n\nOver these {n} runs (mean ± standard deviation, range): {'; '.join(spread)}."
 
 # %% ../nbs/15_cli.ipynb #97c0c0fb

@@ -1,7 +1,8 @@
-"""The README's main-job (the other runs of its training, where its steps' time goes), speed, bf16-accuracy, bf16-training, contention and Winograd figures are drawn from the committed
-result files, never typed: the README shows exactly what `main_job_markdown`, `speed_markdown`, `amp_markdown`,
-`amp_training_markdown`, `contention_markdown` and `winograd_markdown` make of them, and the files hold what those
-figures need."""
+"""The README's main-job figures (with the other runs of its training and where its steps' time goes), speed,
+bf16-accuracy, bf16-training, contention and Winograd figures are drawn from the committed result files, never typed:
+the README shows exactly what `main_job_markdown`, `main_job_spread_markdown`, `main_job_steps_markdown`,
+`speed_markdown`, `amp_markdown`, `amp_training_markdown`, `contention_markdown` and `winograd_markdown` make of them,
+and the files hold what those figures need."""
 import json
 import re
 from pathlib import Path
