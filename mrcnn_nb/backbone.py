@@ -468,6 +468,7 @@ def _wino_chunks(C: int, K: int, T: int):
         m = min(n, T - t0)
         yield t0, bufs[0][:36 * m * C].view(36, m, C), bufs[1][:36 * m * K].view(36, m, K)
 
+@torch.profiler.record_function("winograd_conv3x3")   # in a profile, one operator: its transforms, products, buffers
 def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None = None) -> Tensor:
     """The 3x3, stride-1, padding-1 convolution of float32 CPU `x` (N, C, H, W) with `winograd_weights` `u`
     (36, C, K), plus `bias`: Winograd F(4x4, 3x3), a chunk of tiles at a time. Channels-last output (N, K, H, W)."""

@@ -503,13 +503,14 @@ def main_job_spread_markdown(main: dict, runs: list) -> str:
                      f"{describe_cpu(m)}{describe_features(m)} | "
                      f"{m['torch_threads']} | {100 * r['metrics']['bbox']['AP']:.1f} | "
                      f"{100 * r['metrics']['segm']['AP']:.1f} | {_duration(r['train_seconds'])} |")
+    if len(rows) < 2: return "\n".join(lines)   # one run has no spread
     spread = []
     for t, name in (("bbox", "box"), ("segm", "mask")):
         ap = [100 * r["metrics"][t]["AP"] for r in rows]
-        mean, sd, n = mean_std(ap)
+        mean, sd, _ = mean_std(ap)
         spread.append(f"{name} AP {mean:.1f} ± {sd:.1f} ({min(ap):.1f} to {max(ap):.1f})")
-    if n < 2: return "\n".join(lines)
-    return "\n".join(lines) + f"\n\nOver these {n} runs (mean ± standard deviation, range): {'; '.join(spread)}."
+    summary = f"Over these {len(rows)} runs (mean ± standard deviation, range): {'; '.join(spread)}."
+    return "\n".join(lines) + "\n\n" + summary
 
 # %% ../nbs/15_cli.ipynb #97c0c0fb
 def _eval_args(s):
