@@ -7,9 +7,9 @@
 its steps' time goes (mrcnn_nb.bench.main_job_steps_markdown, from nbs/results/bench/main_job_steps.json), the
 speed tables (mrcnn_nb.bench.speed_markdown, from nbs/results/bench/speed.json), the accuracy of bf16 inference
 (mrcnn_nb.bench.amp_markdown, from nbs/results/bench/amp.json), bf16 training against float32
-(mrcnn_nb.bench.amp_training_markdown, from nbs/results/amp-training) and the contention benchmark
-(mrcnn_nb.bench.contention_markdown, from nbs/results/bench/contention.json) and the Winograd convolutions
-(mrcnn_nb.bench.winograd_markdown, from nbs/results/bench/winograd.json) -- then README.md (python .ci/readme.py)."""
+(mrcnn_nb.bench.amp_training_markdown, from nbs/results/amp-training and nbs/results/amp-training-amx) and the
+contention benchmark (mrcnn_nb.bench.contention_markdown, from nbs/results/bench/contention.json) and the Winograd
+convolutions (mrcnn_nb.bench.winograd_markdown, from nbs/results/bench/winograd.json) -- then README.md (python .ci/readme.py)."""
 import json
 import re
 import subprocess
@@ -20,7 +20,8 @@ root = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(root))
 from mrcnn_nb.ablations import results_markdown  # noqa: E402
 from mrcnn_nb.bench import (  # noqa: E402
-    amp_file, amp_markdown, amp_training_markdown, contention_file, contention_markdown, load_amp_training,
+    amp_file, amp_markdown, amp_training_dir, amp_training_markdown, contention_file, contention_markdown,
+    load_amp_training,
     main_job_steps_file, main_job_steps_markdown, speed_file, speed_markdown, winograd_file, winograd_markdown)
 from mrcnn_nb.cli import main_job_file, main_job_markdown, main_job_runs, main_job_spread_markdown  # noqa: E402
 from mrcnn_nb.convert import finetune_markdown  # noqa: E402
@@ -34,6 +35,7 @@ blocks = (("results", results_markdown()), ("finetune", finetune_markdown()), ("
           ("speed", speed_markdown(json.loads(speed_file().read_text()))),
           ("amp", amp_markdown(json.loads(amp_file().read_text()))),
           ("amptrain", amp_training_markdown(load_amp_training())),
+          ("amptrainamx", amp_training_markdown(load_amp_training(amp_training_dir("amp-training-amx")))),
           ("contention", contention_markdown(json.loads(contention_file().read_text()))),
           ("winograd", winograd_markdown(json.loads(winograd_file().read_text()))))
 for name, text in blocks:

@@ -468,7 +468,6 @@ def _wino_chunks(C: int, K: int, T: int):
         m = min(n, T - t0)
         yield t0, bufs[0][:36 * m * C].view(36, m, C), bufs[1][:36 * m * K].view(36, m, K)
 
-@torch.profiler.record_function("winograd_conv3x3")   # in a profile, one operator: its transforms, products, buffers
 def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None = None) -> Tensor:
     """The 3x3, stride-1, padding-1 convolution of float32 CPU `x` (N, C, H, W) with `winograd_weights` `u`
     (36, C, K), plus `bias`: Winograd F(4x4, 3x3), a chunk of tiles at a time. Channels-last output (N, K, H, W)."""
@@ -478,14 +477,15 @@ def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None = None) -> Tensor
     N, C, H, W = x.shape
     K, th, tw = u.shape[2], -(-H // 4), -(-W // 4)
     T, nthreads = N * th * tw, _sync_threads()
-    out = torch.empty(N, K, H, W, dtype=torch.float32, memory_format=torch.channels_last)
-    if T == 0: return out   # no image (a head with no RoIs), or an empty map
-    xl = _nhwc(x.contiguous(memory_format=torch.channels_last))   # (N, H, W, C)
-    b = (bias.detach() if bias is not None else torch.zeros(K, dtype=torch.float32)).contiguous().numpy()
-    for t0, V, M in _wino_chunks(C, K, T):
-        _wino_input(xl, th, tw, t0, V.numpy(), _BT32, nthreads)
-        torch.bmm(V, u, out=M)            # the 36 products, (tiles x C) by (C x K)
-        _wino_output(M.numpy(), th, tw, t0, _AT32, b, out.permute(0, 2, 3, 1).numpy(), nthreads)
+    with torch.profiler.record_function("winograd_conv3x3"):   # in a profile, one op: its buffers, transforms, products
+        out = torch.empty(N, K, H, W, dtype=torch.float32, memory_format=torch.channels_last)
+        if T == 0: return out   # no image (a head with no RoIs), or an empty map
+        xl = _nhwc(x.contiguous(memory_format=torch.channels_last))   # (N, H, W, C)
+        b = (bias.detach() if bias is not None else torch.zeros(K, dtype=torch.float32)).contiguous().numpy()
+        for t0, V, M in _wino_chunks(C, K, T):
+            _wino_input(xl, th, tw, t0, V.numpy(), _BT32, nthreads)
+            torch.bmm(V, u, out=M)            # the 36 products, (tiles x C) by (C x K)
+            _wino_output(M.numpy(), th, tw, t0, _AT32, b, out.permute(0, 2, 3, 1).numpy(), nthreads)
     return out
 
 # %% ../nbs/05_backbone.ipynb #wg000014

@@ -360,7 +360,7 @@ def bench_model(repeats: int = 3, size=(800, 1066), train_size=(800, 1066), prog
 
 # %% ../nbs/30_benchmarks.ipynb #84c6adaf
 PROFILE_GROUPS = {   # a kind of work: a pattern the profiler's whole operator name matches (the first match wins)
-    "convolutions": r".*(convolution|conv2d|conv_transpose|conv3x3|Winograd).*",   # oneDNN's, other CPUs', Winograd's
+    "convolutions": r".*(convolution|conv2d|conv_transpose|conv3x3|Winograd|NCHWWeightGrad).*",   # also ours (05)
     "fully connected": r"aten::(addmm|mm|linear|matmul)",
     "RoI layers": r".*(roi_align|roi_pool|_BilinearFn|_PoolFn).*",
     "element-wise": r"aten::(add|mul|sub|div|clamp\w*|relu|sigmoid|copy|fill|zero|where)_?",
@@ -579,7 +579,7 @@ def _conv_bound_text(res: dict) -> str:
             f"inference time: were everything else free, a float32 inference doing this work would take about that "
             f"share of torchvision's time. In the profile ours spend {conv_s:.2f} s in them "
             f"({cb['gflop'] / conv_s:.0f} GFLOP/s; the work is counted as direct convolutions, and the Winograd ones, "
-            f"`05_backbone`, do fewer multiplications, so this rate can pass the product's).")
+            f"`05_backbone`, do fewer multiplications, so this rate can exceed the matrix-product rate above).")
 
 # %% ../nbs/30_benchmarks.ipynb #7f35c522
 def _faults_text(model: list) -> str:
@@ -597,8 +597,9 @@ def speed_markdown(res: dict) -> str:
     roi = "\n".join(_roi_speed_table(res["roi"]))
     model = "\n".join(_model_speed_table(res["model"]))
     if _faults_text(res["model"]): model += f"\n\n{_faults_text(res['model'])}"
-    profile = ("\n\nWhere one inference's time goes: each operator's own CPU time, by kind, in one profiled run "
-               "(`profile_inference`):\n\n" + "\n".join(_profile_table(res["profile"]))) if res.get("profile") else ""
+    profile = ("\n\nWhere one inference's time goes: each operator's own CPU time, by the kind of the outermost "
+               "operator around it that has one, in one profiled run (`profile_inference`):\n\n"
+               + "\n".join(_profile_table(res["profile"]))) if res.get("profile") else ""
     floors = ("\n\nMemory work alone, timed in the same run (`roi_floors`): a RoI forward that does it (the "
               "`bounds` column) takes at least as long, so torchvision's forward time divided by it bounds that "
               "forward's speed-up:\n\n"
@@ -1085,9 +1086,10 @@ def winograd_markdown(rec: dict) -> str:
             f"({m['torch_threads']} threads, torch {m['torch']}); `{rec['command']}`.")
 
 # %% ../nbs/30_benchmarks.ipynb #b7e1a0c1
-def amp_training_dir() -> Path:
-    "The committed bf16-training records of a clone: `nbs/results/amp-training/{seeds,alone}/*.json`."
-    return results_dir() / "amp-training"
+def amp_training_dir(study: str = "amp-training") -> Path:
+    """The committed bf16-training records of a clone: `nbs/results/{study}/{seeds,alone}/*.json`; `study`
+    `amp-training` (an AMD EPYC without AMX) or `amp-training-amx` (an Intel Xeon with AMX)."""
+    return results_dir() / study
 
 def _precision(rec: dict) -> str: return rec["config_values"]["amp"] or "fp32"
 
@@ -1126,11 +1128,12 @@ def amp_training_markdown(runs: dict) -> str:
         words.append(f"{name} {d['diff']:+.2f} ({100 * d['rel']:+.1f} %), resolution {d['resolution']:.2f}: "
                      + ("beyond" if d["beyond_noise"] else "within") + " the seeds' noise")
     first, m = seeds["fp32"][0], alone.get("bf16", [seeds["fp32"][0]])[0]["machine"]
+    c = first["config_values"]
     commits = sorted({r["code"]["commit"][:7] for rs in seeds.values() for r in rs if r.get("code")})
     return ("| training | seeds | mask AP per seed | mask AP | box AP | trained alone |\n|---|---|---|---|---|---|\n"
             + "\n".join(rows) + f"\n\nbf16 − float32, means over the seeds: {'; '.join(words)} (resolution: the "
             f"smallest difference of means the seeds can detect, two standard errors). `{first['config']}`, "
-            f"{first['iterations']:,} iterations; seeds on {first['machine']['torch_threads']} thread each, beside "
+            f"{first['iterations']:,} iterations at lr {c['base_lr'] * c['ims_per_batch'] / 16:g}; seeds on {first['machine']['torch_threads']} thread(s) each, beside "
             f"other runs; alone: {m['torch_threads']} threads, nothing else running. On a {m['cores']}-core "
             f"{describe_cpu(m)}{describe_features(m)}, torch {m['torch']}, code at {', '.join(commits)}.")
 

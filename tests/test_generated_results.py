@@ -8,7 +8,8 @@ import re
 from pathlib import Path
 
 from mrcnn_nb.bench import (
-    amp_file, amp_markdown, amp_training_markdown, contention_file, contention_markdown, load_amp_training, speed_file,
+    amp_file, amp_markdown, amp_training_dir, amp_training_markdown, contention_file, contention_markdown,
+    load_amp_training, speed_file,
     speed_markdown, winograd_file, winograd_markdown, main_job_steps_file, main_job_steps_markdown, CONTENTION_SCENARIOS,
     MAIN_JOB_STATES, WINOGRAD_CASES)
 from mrcnn_nb.cli import main_job_file, main_job_markdown, main_job_runs, main_job_spread_markdown
@@ -71,6 +72,13 @@ def test_readme_bf16_training_is_the_stored_runs():
     assert seeds["fp32"] == seeds["bf16"] and len(seeds["fp32"]) >= 3   # the same seeds, three at least
     assert all(r["iterations"] == 3000 for rs in runs["seeds"].values() for r in rs)   # the whole main job
     assert set(runs["alone"]) == {"fp32", "bf16"}   # each timed alone
+
+
+def test_readme_bf16_training_with_amx_is_the_stored_runs():
+    runs = load_amp_training(amp_training_dir("amp-training-amx"))
+    assert _block("amptrainamx") == amp_training_markdown(runs).strip(), "run python .ci/results.py"
+    assert all([r["config_values"]["seed"] for r in runs["seeds"][p]] == [0, 1, 2] for p in ("fp32", "bf16"))
+    assert all("amx_bf16" in r["machine"]["cpu_features"] for role in runs.values() for rs in role.values() for r in rs)
 
 
 def test_readme_contention_table_is_the_stored_benchmark():
