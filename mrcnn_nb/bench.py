@@ -1129,12 +1129,13 @@ def amp_training_markdown(runs: dict) -> str:
                      + ("beyond" if d["beyond_noise"] else "within") + " the seeds' noise")
     first, m = seeds["fp32"][0], alone.get("bf16", [seeds["fp32"][0]])[0]["machine"]
     c = first["config_values"]
+    lr, threads = c["base_lr"] * c["ims_per_batch"] / 16, first["machine"]["torch_threads"]
     commits = sorted({r["code"]["commit"][:7] for rs in seeds.values() for r in rs if r.get("code")})
     return ("| training | seeds | mask AP per seed | mask AP | box AP | trained alone |\n|---|---|---|---|---|---|\n"
             + "\n".join(rows) + f"\n\nbf16 − float32, means over the seeds: {'; '.join(words)} (resolution: the "
             f"smallest difference of means the seeds can detect, two standard errors). `{first['config']}`, "
-            f"{first['iterations']:,} iterations at lr {c['base_lr'] * c['ims_per_batch'] / 16:g}; seeds on {first['machine']['torch_threads']} thread(s) each, beside "
-            f"other runs; alone: {m['torch_threads']} threads, nothing else running. On a {m['cores']}-core "
+            f"{first['iterations']:,} iterations at lr {lr:g}; seeds on {threads} thread(s) each, beside other runs; "
+            f"alone: {m['torch_threads']} threads, nothing else running. On a {m['cores']}-core "
             f"{describe_cpu(m)}{describe_features(m)}, torch {m['torch']}, code at {', '.join(commits)}.")
 
 # %% ../nbs/30_benchmarks.ipynb #d5a7e0a1
