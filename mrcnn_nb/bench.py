@@ -1134,7 +1134,7 @@ def amp_training_markdown(runs: dict) -> str:
     return ("| training | seeds | mask AP per seed | mask AP | box AP | trained alone |\n|---|---|---|---|---|---|\n"
             + "\n".join(rows) + f"\n\nbf16 − float32, means over the seeds: {'; '.join(words)} (resolution: the "
             f"smallest difference of means the seeds can detect, two standard errors). `{first['config']}`, "
-            f"{first['iterations']:,} iterations at lr {lr:g}; seeds on {threads} thread(s) each, beside other runs; "
+            f"{first['iterations']:,} iterations at lr {lr:g}; seeds on {threads} thread{'s' * (threads > 1)} each; "
             f"alone: {m['torch_threads']} threads, nothing else running. On a {m['cores']}-core "
             f"{describe_cpu(m)}{describe_features(m)}, torch {m['torch']}, code at {', '.join(commits)}.")
 
