@@ -21,8 +21,8 @@ sys.path.insert(0, str(root))
 from mrcnn_nb.ablations import results_markdown  # noqa: E402
 from mrcnn_nb.bench import (  # noqa: E402
     amp_file, amp_markdown, amp_training_dir, amp_training_markdown, contention_file, contention_markdown,
-    load_amp_training,
-    main_job_steps_file, main_job_steps_markdown, speed_file, speed_markdown, winograd_file, winograd_markdown)
+    load_amp_training, main_job_steps_file, main_job_steps_markdown, speed_file, speed_markdown, winograd_file,
+    winograd_markdown)
 from mrcnn_nb.cli import main_job_file, main_job_markdown, main_job_runs, main_job_spread_markdown  # noqa: E402
 from mrcnn_nb.convert import finetune_markdown  # noqa: E402
 

@@ -376,7 +376,7 @@ def _event_group(e, group_of) -> str:
     the work an operator calls (a convolution's buffers, a Winograd convolution's matrix products) counts as its own."""
     kind = "other"
     while e is not None:
-        if group_of(e.name) != "other": kind = group_of(e.name)
+        if (g := group_of(e.name)) != "other": kind = g
         e = e.cpu_parent
     return kind
 
@@ -1105,6 +1105,12 @@ def load_amp_training(folder=None) -> dict:
     return out
 
 # %% ../nbs/30_benchmarks.ipynb #b7e1a0c2
+def _run_lr(rec: dict) -> float:
+    "The learning rate of a stored run, from its `config_values` (`lr_for`, the linear scaling rule)."
+    from types import SimpleNamespace
+    from mrcnn_nb.train import lr_for
+    return lr_for(SimpleNamespace(**rec["config_values"]))
+
 def _amp_training_row(p: str, seeds: list, alone: list, base: float) -> str:
     "One precision's row: mask AP per seed, mask and box AP as mean ± std, and the time of its run alone."
     from mrcnn_nb.ablations import column_values, mean_std
@@ -1128,8 +1134,7 @@ def amp_training_markdown(runs: dict) -> str:
         words.append(f"{name} {d['diff']:+.2f} ({100 * d['rel']:+.1f} %), resolution {d['resolution']:.2f}: "
                      + ("beyond" if d["beyond_noise"] else "within") + " the seeds' noise")
     first, m = seeds["fp32"][0], alone.get("bf16", [seeds["fp32"][0]])[0]["machine"]
-    c = first["config_values"]
-    lr, threads = c["base_lr"] * c["ims_per_batch"] / 16, first["machine"]["torch_threads"]
+    lr, threads = _run_lr(first), first["machine"]["torch_threads"]
     commits = sorted({r["code"]["commit"][:7] for rs in seeds.values() for r in rs if r.get("code")})
     return ("| training | seeds | mask AP per seed | mask AP | box AP | trained alone |\n|---|---|---|---|---|---|\n"
             + "\n".join(rows) + f"\n\nbf16 − float32, means over the seeds: {'; '.join(words)} (resolution: the "

@@ -9,9 +9,8 @@ from pathlib import Path
 
 from mrcnn_nb.bench import (
     amp_file, amp_markdown, amp_training_dir, amp_training_markdown, contention_file, contention_markdown,
-    load_amp_training, speed_file,
-    speed_markdown, winograd_file, winograd_markdown, main_job_steps_file, main_job_steps_markdown, CONTENTION_SCENARIOS,
-    MAIN_JOB_STATES, WINOGRAD_CASES)
+    load_amp_training, speed_file, speed_markdown, winograd_file, winograd_markdown, main_job_steps_file,
+    main_job_steps_markdown, CONTENTION_SCENARIOS, MAIN_JOB_STATES, WINOGRAD_CASES)
 from mrcnn_nb.cli import main_job_file, main_job_markdown, main_job_runs, main_job_spread_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
