@@ -3,7 +3,8 @@
 (mrcnn_nb.ablations.results_markdown, from nbs/results/ablations), the fine-tuning comparison
 (mrcnn_nb.convert.finetune_markdown, from nbs/results/finetune), the main job's table and times
 (mrcnn_nb.cli.main_job_markdown, from nbs/results/main_job.json), the other runs of its training
-(mrcnn_nb.cli.main_job_spread_markdown, from nbs/results/main-job-elsewhere and nbs/results/tiny-lr/seeds), where
+(mrcnn_nb.cli.main_job_spread_markdown, from nbs/results/main-job-elsewhere, nbs/results/tiny-lr/seeds and
+nbs/results/amp-training-amx/seeds), where
 its steps' time goes (mrcnn_nb.bench.main_job_steps_markdown, from nbs/results/bench/main_job_steps.json), the
 speed tables (mrcnn_nb.bench.speed_markdown, from nbs/results/bench/speed.json), the accuracy of bf16 inference
 (mrcnn_nb.bench.amp_markdown, from nbs/results/bench/amp.json), bf16 training against float32

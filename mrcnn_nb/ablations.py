@@ -47,6 +47,7 @@ PROTOCOL = dict(max_iter=2000, lr_steps=(1600,), warmup_iters=100, ims_per_batch
                 blocks=(1, 1, 3, 2),
                 roi_aligned=False,     # the paper's RoIAlign (no half-pixel offset), Detectron's mask pasting
                 rpn="separate",        # the RPN trained separately, its proposals fixed for the heads (§3.1)
+                amp=None,              # float32 on every CPU (TINY_FPN's 'auto' would be bf16 on some), as stored
                 checkpoint_period=10**9, eval_period=0)
 SEEDS = (0, 1, 2)
 RUN_BUDGET_MIN = 12   # a run's budget: minutes of training on one thread, two runs at a time on two cores

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import (SlowAmpWarning, Timer, UserInputError, cpu_bf16_kernels, describe_cpu,
+from .core import (AMP_DTYPES, SlowAmpWarning, Timer, UserInputError, cpu_bf16_kernels, describe_cpu,
                            describe_features, machine_info, peak_memory_rise, results_dir, write_json)
 from .data import COCODataset, RandomHorizontalFlip, annotation_file
 from .model import Transform
@@ -439,9 +439,9 @@ def conv_flops(model, images) -> float:
     with counting_flops(model) as total, torch.inference_mode(): model(images)
     return float(sum(total))
 
-def matmul_rate(n: int = 4096, repeats: int = 3) -> float:
-    "GFLOP/s of an n × n float32 matrix product on torch's threads: the median of `repeats`, after one warm-up."
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_rate(n: int = 4096, repeats: int = 3, dtype=torch.float32) -> float:
+    "GFLOP/s of an n × n matrix product in `dtype` on torch's threads: the median of `repeats`, after one warm-up."
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     return 2 * n ** 3 / _median_seconds(lambda: a @ b, repeats) / 1e9
 
@@ -1189,7 +1189,8 @@ def bench_main_job_steps(steps: int = 20, warmup: int = 5, out=None, command: st
     """The main job's training steps (`TINY_FPN` on `data_root`, default `main_job_data()`) with the weights of a new
     model and trained ones (`trained`, default the demo checkpoint `tiny_fpn_shapes.pth`), each kept fixed: after
     `warmup` steps, `steps` of each timed in turn (`_time_interleaved`), then `profile_training_steps` of each; and
-    this machine's `matmul_rate`. The record, written to `out` if given."""
+    this machine's `matmul_rate` in the steps' precision (`amp`, what the preset's 'auto' gave). The record, written
+    to `out` if given."""
     import tempfile
     from mrcnn_nb.cli import main_job_data
     from mrcnn_nb.model import get_config
@@ -1207,14 +1208,16 @@ def bench_main_job_steps(steps: int = 20, warmup: int = 5, out=None, command: st
                           peak_mib=peaks["step", s]) | profile_training_steps(step, r.model, steps)
                   for s, w, step, r in zip(MAIN_JOB_STATES, weights, steppers, runs)}
     rec = dict(command=command, date=_utc_now(), machine=machine_info(), steps=steps, warmup=warmup,
-               iterations=cfg.max_iter, ims_per_batch=cfg.ims_per_batch, matmul_gflops=matmul_rate(), states=states)
+               iterations=cfg.max_iter, ims_per_batch=cfg.ims_per_batch, amp=runs[0].cfg.amp,
+               matmul_gflops=matmul_rate(dtype=AMP_DTYPES[runs[0].cfg.amp] or torch.float32), states=states)
     if out: write_json(out, rec)
     return rec
 
 # %% ../nbs/30_benchmarks.ipynb #d5a7e0a4
 def main_job_steps_markdown(rec: dict) -> str:
     """The table of a `bench_main_job_steps` record: per set of weights, seconds per step, each kind's share of the
-    profiled time, the GFLOP of the convolutions and linear layers and their time at the matrix-product rate."""
+    profiled time, the GFLOP of the convolutions and linear layers and their time at the matrix-product rate (of the
+    steps' precision)."""
     rate, m, last = rec["matmul_gflops"], rec["machine"], rec["states"][MAIN_JOB_STATES[-1]]
     kinds = [k for k in last["ms"] if k != "total"]
     lines = ["| weights | s per step | " + " | ".join(kinds) + " | GFLOP per step | that work at the product rate |",
@@ -1224,10 +1227,11 @@ def main_job_steps_markdown(rec: dict) -> str:
         floor, weights = r["gflop"] / rate, f" (`{r['weights']}`)" if r["weights"] else ""
         lines.append(f"| {state}{weights} | {r['s_per_step']:.3f} | {shares} | "
                      f"{r['gflop']:.1f} | {floor:.3f} s ({100 * floor / r['s_per_step']:.0f} % of the step) |")
-    return ("\n".join(lines) + f"\n\nSteps of {rec['ims_per_batch']} images, each set of weights put back after every "
+    precision = "bf16 autocast" if rec["amp"] == "bf16" else rec["amp"] or "float32"
+    return ("\n".join(lines) + f"\n\nSteps of {rec['ims_per_batch']} images in {precision}, each set of weights put back after every "
             f"step: the median of {rec['steps']} timed steps after {rec['warmup']}; each kind's share of the self CPU "
             f"time of {rec['steps']} more under the profiler. The product rate: {rate:.0f} GFLOP/s (`matmul_rate`, "
-            f"4096 × 4096). At it, {rec['iterations']:,} steps of the trained model's convolution and linear work "
+            f"4096 × 4096, {str(AMP_DTYPES[rec['amp']] or torch.float32)[6:]}). At it, {rec['iterations']:,} steps of the trained model's convolution and linear work "
             f"would take {rec['iterations'] * last['gflop'] / rate / 60:.1f} min; at its measured step time the steps "
             f"take {rec['iterations'] * last['s_per_step'] / 60:.1f} min. On {m['torch_threads']} threads of a "
             f"{m['cores']}-core {describe_cpu(m)}{describe_features(m)}, torch {m['torch']}; `{rec['command']}`.")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path, PurePosixPath
@@ -41,9 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 # %% ../nbs/15_cli.ipynb #003c5580
 def parse_args(argv=None) -> argparse.Namespace:
-    "The command line parsed; `KEY=VALUE` pairs after options join the command's config changes."
+    """The command line parsed; `KEY=VALUE` pairs after options join the command's config changes; `argv`: the words
+    after `mrcnn_nb`, as given (what a run's record names as its command)."""
     p = build_parser()
     args, extra = p.parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides += extra
     elif extra: p.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -415,7 +418,8 @@ def cmd_train(args) -> int:
               share_cores=False if args.threads else None)
     if s["run"].main:
         data = {} if args.data else dict(data=dict(MAIN_JOB, kind=args.kind))   # the built-in set, as generated
-        _report_training(s, name, out, data | dict(data_seconds=data_seconds, wall_seconds=time.perf_counter() - t0))
+        times = dict(data_seconds=data_seconds, wall_seconds=time.perf_counter() - t0)
+        _report_training(s, name, out, data | times | dict(command=shlex.join(["mrcnn_nb", *args.argv])))
     return 0
 COMMANDS["train"] = (_train_args, cmd_train, "train a Mask R-CNN (default: a small one on synthetic shapes)",
                      "Train a preset on a COCO-layout dataset, evaluate it on the validation split with COCOeval, and "
@@ -435,8 +439,14 @@ def _duration(seconds: float) -> str:
     return f"{m} min {s} s" if m else f"{s} s"
 
 # %% ../nbs/15_cli.ipynb #e0b5130b
+def _precision(run: dict) -> str:
+    "The precision a stored run trained in: 'float32', or its `amp` ('bf16' autocast, 'fp16')."
+    amp = run["config_values"].get("amp")
+    return "bf16 autocast" if amp == "bf16" else amp or "float32"
+
 def _main_job_spec(summary: dict) -> str:
-    "The run a main-job summary describes, in words: its data, preset, schedule and code, from the summary itself."
+    """The run a main-job summary describes, in words: its data, preset, schedule, precision and code, from the summary
+    itself."""
     from types import SimpleNamespace
     from mrcnn_nb.train import lr_for
     d, c, code = summary["data"], summary["config_values"], summary.get("code") or {}
@@ -445,7 +455,7 @@ def _main_job_spec(summary: dict) -> str:
     commit = f", code at commit {code['commit'][:7]}{dirty}" if code else ""
     return (f"{d['n_train']:,} training and {d['n_val']:,} validation images of the synthetic shapes ({d['size']} px), "
             f"`{summary['config']}`, {summary['iterations']:,} iterations of {c['ims_per_batch']} images (lr "
-            f"{lr_for(SimpleNamespace(**c)):g}, ÷{1 / c['lr_gamma']:g} at {steps}){commit}:")
+            f"{lr_for(SimpleNamespace(**c)):g}, ÷{1 / c['lr_gamma']:g} at {steps}) in {_precision(summary)}{commit}:")
 
 def main_job_markdown(summary: dict, stored: str | None = "nbs/results/main_job.json") -> str:
     """COCOeval's box and mask table, the times and the machine of the main job (`mrcnn_nb train` on the built-in data),
@@ -465,14 +475,16 @@ def main_job_markdown(summary: dict, stored: str | None = "nbs/results/main_job.
 
 # %% ../nbs/15_cli.ipynb #a1e5b0c2
 MAIN_JOB_ELSEWHERE = "main-job-elsewhere"   # runs of `mrcnn_nb train` on other machines, one summary each
-MAIN_JOB_SEEDS = ("tiny-lr/seeds", "lr0.04_seed*.json")   # the main job's training with other seeds, on 1 thread
+MAIN_JOB_SEEDS = (("tiny-lr/seeds", "lr0.04_seed*.json"),   # the main job's training with other seeds: on 1 thread,
+                  ("amp-training-amx/seeds", "*.json"))     # and on 2 in float32 and bf16 (30_benchmarks)
 
 def _same_training(main: dict, run: dict, path) -> None:
-    "Refuse (naming the file and the key) a stored run whose data, schedule or settings differ from the main job's."
+    """Refuse (naming the file and the key) a stored run whose data, schedule or settings differ from the main job's;
+    its seed and its precision (`amp`, a column of the table) may differ."""
     cfg, mine = run["config_values"], main["config_values"]
     diff = [(k, run.get(k), main.get(k)) for k in ("data", "iterations") if run.get(k) != main.get(k)]
     diff += [(f"config_values.{k}", cfg.get(k), mine.get(k)) for k in sorted(set(mine) | set(cfg))
-             if k != "seed" and cfg.get(k) != mine.get(k)]
+             if k not in ("seed", "amp") and cfg.get(k) != mine.get(k)]
     if diff:
         k, have, want = diff[0]
         raise ValueError(f"{path}: not the main job's training: {k} is {have!r}, the main job's {want!r}")
@@ -482,40 +494,49 @@ def main_job_runs(main: dict, root: Path | None = None) -> list:
     and with other seeds (`MAIN_JOB_SEEDS`), each checked to be the same training (`_same_training`)."""
     import json
     from mrcnn_nb.core import results_dir
-    root, (folder, pattern) = root or results_dir(), MAIN_JOB_SEEDS
-    paths = sorted((root / MAIN_JOB_ELSEWHERE).glob("*.json")) + sorted((root / folder).glob(pattern))
+    root = root or results_dir()
+    paths = sorted((root / MAIN_JOB_ELSEWHERE).glob("*.json"))
+    for folder, pattern in MAIN_JOB_SEEDS: paths += sorted((root / folder).glob(pattern))
     runs = [json.loads(p.read_text()) for p in paths]
     for p, r in zip(paths, runs): _same_training(main, r, p)
     return runs
 
 # %% ../nbs/15_cli.ipynb #a1e5b0c3
-def main_job_spread_markdown(main: dict, runs: list) -> str:
-    """The main job beside other runs of its training (`main_job_runs`): each run's command, code, CPU, threads, box and
-    mask AP and training time, then the mean, sample standard deviation and range of each AP over all of them."""
+def _spread(rows: list, precision: str) -> str:
+    """The mean, sample standard deviation and range of box and mask AP over the distinct results of `rows` (runs in
+    one precision; one result reached by several runs counts once), in a sentence; '' for fewer than two."""
     from mrcnn_nb.ablations import mean_std
-    from mrcnn_nb.core import describe_features
-    rows = [main | dict(command=main.get("command", "mrcnn_nb train"))] + runs
-    lines = ["| command | code | CPU | threads | box AP | mask AP | training |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        m, code = r["machine"], r.get("code") or {}
-        commit = f"{code.get('commit', '?')[:7]}{' with local changes' * bool(code.get('dirty'))}"
-        lines.append(f"| `{r['command']}`{' (above)' * (r is rows[0])} | {commit} | "
-                     f"{describe_cpu(m)}{describe_features(m)} | "
-                     f"{m['torch_threads']} | {100 * r['metrics']['bbox']['AP']:.1f} | "
-                     f"{100 * r['metrics']['segm']['AP']:.1f} | {_duration(r['train_seconds'])} |")
-    results = {}   # runs by their box and mask AP: one result reached by several runs is one sample of the spread
+    results = {}
     for r in rows: results.setdefault((r["metrics"]["bbox"]["AP"], r["metrics"]["segm"]["AP"]), []).append(r)
-    if len(results) < 2: return "\n".join(lines)   # one result has no spread
+    if len(results) < 2: return ""   # one result has no spread
     spread = []
     for i, name in enumerate(("box", "mask")):
         ap = [100 * key[i] for key in results]
         mean, sd, _ = mean_std(ap)
         spread.append(f"{name} AP {mean:.1f} ± {sd:.1f} ({min(ap):.1f} to {max(ap):.1f})")
-    same = "".join(" The runs on " + " and ".join(describe_cpu(r["machine"]) for r in rs) + " gave the same box and "
-                   "mask AP to every digit and count once." for rs in results.values() if len(rs) > 1)
-    summary = (f"Over the {len(results)} distinct results of these {len(rows)} runs (mean ± standard deviation, "
-               f"range): {'; '.join(spread)}.{same}")
-    return "\n".join(lines) + "\n\n" + summary
+    same = "".join(f" {len(rs)} runs (on " + ", ".join(sorted({describe_cpu(r["machine"]) for r in rs})) + ") gave the "
+                   "same box and mask AP to every digit and count once." for rs in results.values() if len(rs) > 1)
+    return (f"In {precision}, over the {len(results)} distinct results of its {len(rows)} runs (mean ± standard "
+            f"deviation, range): {'; '.join(spread)}.{same}")
+
+def main_job_spread_markdown(main: dict, runs: list) -> str:
+    """The main job beside other runs of its training (`main_job_runs`): each run's command, code, CPU, threads,
+    precision, box and mask AP and training time, then per precision the spread of each AP (`_spread`)."""
+    from mrcnn_nb.core import describe_features
+    rows = [main | dict(command=main.get("command", "mrcnn_nb train"))] + runs
+    lines = ["| command | code | CPU | threads | precision | box AP | mask AP | training |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m, code = r["machine"], r.get("code") or {}
+        commit = f"{code.get('commit', '?')[:7]}{' with local changes' * bool(code.get('dirty'))}"
+        lines.append(f"| `{r['command']}`{' (above)' * (r is rows[0])} | {commit} | "
+                     f"{describe_cpu(m)}{describe_features(m)} | {m['torch_threads']} | {_precision(r)} | "
+                     f"{100 * r['metrics']['bbox']['AP']:.1f} | {100 * r['metrics']['segm']['AP']:.1f} | "
+                     f"{_duration(r['train_seconds'])} |")
+    by_precision = {}   # the main job's precision first
+    for r in rows: by_precision.setdefault(_precision(r), []).append(r)
+    spreads = [s for p, rs in by_precision.items() if (s := _spread(rs, p))]
+    return "\n".join(lines) + "".join("\n\n" + s for s in spreads)
 
 # %% ../nbs/15_cli.ipynb #97c0c0fb
 def _eval_args(s):

@@ -25,8 +25,8 @@ __all__ = ['STALE_TMP_S', 'AMP_DTYPES', 'CPU_FEATURES', 'UserInputError', 'did_y
            'log_tensor', 'Timer', 'peak_memory_rise', 'Scratch', 'atomic_write', 'write_json', 'set_within',
            'load_torch_file', 'load_state_dict_file', 'load_weights', 'in_test', 'cache_dir', 'distributed_count',
            'use_cuda_simulator', 'usable_cpus', 'cpu_seconds', 'threads_for', 'ShareCores', 'heads_in_float32', 'mixed',
-           'SlowAmpWarning', 'cpu_bf16_kernels', 'warn_slow_amp', 'machine_info', 'describe_cpu', 'describe_features',
-           'results_dir']
+           'SlowAmpWarning', 'cpu_flags', 'cpu_bf16_kernels', 'warn_slow_amp', 'cpu_has_amx', 'resolve_amp',
+           'machine_info', 'describe_cpu', 'describe_features', 'results_dir']
 
 # %% ../nbs/00_core.ipynb #24e13f04
 class UserInputError(ValueError):
@@ -399,14 +399,22 @@ def mixed(fn, *args):
 class SlowAmpWarning(UserWarning):
     "Mixed precision asked for where it runs slower than float32."
 
+def _cpuinfo() -> list:
+    "The lines of Linux's `/proc/cpuinfo` ([] elsewhere)."
+    try: return open("/proc/cpuinfo").read().splitlines()
+    except OSError: return []
+
+def cpu_flags() -> list:
+    "The instruction-set extensions of this CPU, as Linux names them in `/proc/cpuinfo` ([] elsewhere)."
+    return next((l.split(":", 1)[1].split() for l in _cpuinfo() if l.startswith("flags")), [])
+
 def cpu_bf16_kernels() -> bool:
     """Whether torch has fast bfloat16 kernels (oneDNN's) for this CPU: on x86 they need AVX-512 (or AVX2 with
     AVX-NE-CONVERT), and run fastest with bf16 units (AVX-512-BF16, AMX). Without them bf16 convolutions fall back to
     reference loops."""
     try: return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):   # a torch without that query: the CPU's own flags
-        flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
-        return any(f in flags for f in ("avx512bw", "avx512_bf16", "bf16"))   # bf16: ARM's
+        return any(f in cpu_flags() for f in ("avx512bw", "avx512_bf16", "bf16"))   # bf16: ARM's
 
 _SLOW_AMP_WARNED = set()   # the slow mixed precisions already warned about in this process
 
@@ -419,6 +427,21 @@ def warn_slow_amp(amp: str | None, device_type: str) -> None:
                       "kernels for it, so its convolutions run many times slower than in float32; leave amp off "
                       "here", SlowAmpWarning, stacklevel=3)
 
+# %% ../nbs/00_core.ipynb #amp0auto02
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX bfloat16 units (`amx_bf16` in its flags; where Linux's flags are missing, torch's own
+    query)."""
+    if flags := cpu_flags(): return "amx_bf16" in flags
+    try: return bool(torch.cpu._is_amx_tile_supported())
+    except AttributeError: return False
+
+def resolve_amp(amp: str | None, device_type: str) -> str | None:
+    """The mixed precision a config's `amp` stands for on `device_type`: 'auto' is 'bf16' on a CPU with AMX
+    (`cpu_has_amx`) and None (float32) elsewhere; any other value is itself."""
+    if amp != "auto": return amp
+    return "bf16" if device_type == "cpu" and cpu_has_amx() else None
+
+
 # %% ../nbs/00_core.ipynb #80666ce3
 # instruction-set extensions that decide which kernels torch runs, and how fast: two machines that report the same
 # model name may differ in them
@@ -429,11 +452,8 @@ def machine_info() -> dict:
     `CPU_FEATURES` the CPU has, whether torch has bf16 kernels for it, cores, memory (GiB), torch's threads, library
     versions, GPU (None if none)."""
     import platform, numba, torchvision
-    cpu, flags = platform.processor() or platform.machine(), []
-    try: info = open("/proc/cpuinfo").read().splitlines()
-    except OSError: info = []
-    cpu = next((l.split(":", 1)[1].strip() for l in info if l.startswith("model name")), cpu)
-    flags = next((l.split(":", 1)[1].split() for l in info if l.startswith("flags")), flags)
+    cpu, flags = platform.processor() or platform.machine(), cpu_flags()
+    cpu = next((l.split(":", 1)[1].strip() for l in _cpuinfo() if l.startswith("model name")), cpu)
     try: mem = round(next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")) / 2**20, 1)
     except (OSError, StopIteration): mem = None
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None

@@ -25,7 +25,7 @@ from torch import nn
 
 from .core import (
     AMP_DTYPES, ShareCores, UserInputError, atomic_write, did_you_mean, distributed_count, get_device, load_torch_file,
-    results_dir, seed_everything, warn_slow_amp)
+    resolve_amp, results_dir, seed_everything, warn_slow_amp)
 from .data import (
     AddProposals, COCODataset, Compose, GroupedBatchSampler, RandomHorizontalFlip, aspect_ratio_groups,
     check_image_files, describe_split)
@@ -429,12 +429,14 @@ class Run:
 
 # %% ../nbs/12_train.ipynb #48c112d2
 def _autocast(cfg: Config, device: torch.device):
-    "The mixed-precision context of `cfg.amp` on `device` (none when None); refuses fp16 without CUDA."
-    if cfg.amp is None: return nullcontext()
-    if cfg.amp == "fp16" and device.type != "cuda":
+    """The mixed-precision context of `cfg.amp` on `device` ('auto' as `resolve_amp` says; none when None); refuses
+    fp16 without CUDA."""
+    amp = resolve_amp(cfg.amp, device.type)
+    if amp is None: return nullcontext()
+    if amp == "fp16" and device.type != "cuda":
         raise UserInputError("amp='fp16' needs a CUDA device; use 'bf16' on CPU")
-    warn_slow_amp(cfg.amp, device.type)
-    return torch.autocast(device.type, dtype=AMP_DTYPES[cfg.amp])
+    warn_slow_amp(amp, device.type)
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 # %% ../nbs/12_train.ipynb #97f9abca
 def _to(x, device):
@@ -582,9 +584,11 @@ def prepare_run(cfg: Config, data_root, train_split: str = "train", val_split: s
     """Everything a run needs, each made once: data, config fitted to it, model, optimizer, schedule, where it starts
     (a new run starts a new `metrics.jsonl`). `epochs`: the run's length in passes over the training split
     (`iters_for_epochs`); `heads_iters`: a heads-first phase (`enter_phase`; None on resume: the checkpoint's);
-    `from_scratch`: allow a frozen-BN model without `weights` (`check_initialization`)."""
+    `from_scratch`: allow a frozen-BN model without `weights` (`check_initialization`); `cfg.amp='auto'` becomes the
+    precision it stands for on the run's device (`resolve_amp`)."""
     check_initialization(cfg, weights, resume, from_scratch)
     rank, world, dev = setup_distributed(device)
+    cfg = cfg.replace(amp=resolve_amp(cfg.amp, dev.type))   # 'auto' settled here: the run records what it runs
     _autocast(cfg, dev)   # refuses fp16 without CUDA before any data is read
     out_dir = Path(out_dir)
     train_set, val_set = load_splits(cfg, data_root, train_split, val_split, kind, proposals, True, bad_polygons)

@@ -9,7 +9,7 @@ from mrcnn_nb import core
 from mrcnn_nb.bench import matched_detections
 from mrcnn_nb.data import COCODataset
 from mrcnn_nb.model import build_model, get_config
-from mrcnn_nb.train import _autocast, demo_checkpoint, model_from_checkpoint
+from mrcnn_nb.train import _autocast, demo_checkpoint, model_from_checkpoint, prepare_run
 
 
 def _dtypes_seen(model, image) -> dict:
@@ -83,3 +83,19 @@ def test_bf16_on_a_cpu_without_bf16_kernels_warns_once_in_inference_and_training
         slow = [w for w in seen if issubclass(w.category, core.SlowAmpWarning)]
         assert len(slow) == (0 if kernels else 1), (run.__name__, [str(w.message) for w in seen])
         assert all("amp='bf16' on this CPU" in str(w.message) and "leave amp off" in str(w.message) for w in slow)
+
+
+@pytest.mark.parametrize("flags, expected", [(["avx512f", "avx512_bf16"], None), (["avx512f", "amx_bf16"], "bf16")])
+def test_auto_precision_is_bf16_only_on_a_cpu_with_amx_and_the_run_records_it(monkeypatch, tmp_path, shapes_root,
+                                                                             flags, expected):
+    """`amp='auto'` (TINY_FPN's) is settled once, as the run starts: bf16 where the CPU has AMX, float32 elsewhere (a
+    CPU with AVX-512-BF16 but no AMX too) and on GPUs; the run's config, which its checkpoints and `metrics.json`
+    keep, holds the precision it ran, and its steps run in it."""
+    monkeypatch.setattr(core, "cpu_flags", lambda: flags)
+    assert core.resolve_amp("auto", "cpu") == expected and core.resolve_amp("auto", "cuda") is None
+    cfg = get_config("TINY_FPN", ims_per_batch=2, max_iter=1, warmup_iters=1)
+    assert cfg.amp == "auto"
+    run = prepare_run(cfg, shapes_root, out_dir=tmp_path)
+    assert run.cfg.amp == expected
+    with _autocast(run.cfg, run.device): product = torch.ones(2, 2) @ torch.ones(2, 2)
+    assert product.dtype == (torch.bfloat16 if expected else torch.float32)
