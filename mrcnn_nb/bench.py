@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from .core import (AMP_DTYPES, SlowAmpWarning, Timer, UserInputError, cpu_bf16_kernels, describe_cpu,
-                           describe_features, machine_info, peak_memory_rise, results_dir, write_json)
+                           describe_features, machine_info, peak_memory_rise, precision_name, results_dir,
+                           write_json)
 from .data import COCODataset, RandomHorizontalFlip, annotation_file
 from .model import Transform
 from .shapes import make_shapes
@@ -1227,8 +1228,7 @@ def main_job_steps_markdown(rec: dict) -> str:
         floor, weights = r["gflop"] / rate, f" (`{r['weights']}`)" if r["weights"] else ""
         lines.append(f"| {state}{weights} | {r['s_per_step']:.3f} | {shares} | "
                      f"{r['gflop']:.1f} | {floor:.3f} s ({100 * floor / r['s_per_step']:.0f} % of the step) |")
-    precision = "bf16 autocast" if rec["amp"] == "bf16" else rec["amp"] or "float32"
-    return ("\n".join(lines) + f"\n\nSteps of {rec['ims_per_batch']} images in {precision}, each set of weights put back after every "
+    return ("\n".join(lines) + f"\n\nSteps of {rec['ims_per_batch']} images in {precision_name(rec['amp'])}, each set of weights put back after every "
             f"step: the median of {rec['steps']} timed steps after {rec['warmup']}; each kind's share of the self CPU "
             f"time of {rec['steps']} more under the profiler. The product rate: {rate:.0f} GFLOP/s (`matmul_rate`, "
             f"4096 × 4096, {str(AMP_DTYPES[rec['amp']] or torch.float32)[6:]}). At it, {rec['iterations']:,} steps of the trained model's convolution and linear work "

@@ -441,8 +441,8 @@ def _duration(seconds: float) -> str:
 # %% ../nbs/15_cli.ipynb #e0b5130b
 def _precision(run: dict) -> str:
     "The precision a stored run trained in: 'float32', or its `amp` ('bf16' autocast, 'fp16')."
-    amp = run["config_values"].get("amp")
-    return "bf16 autocast" if amp == "bf16" else amp or "float32"
+    from mrcnn_nb.core import precision_name
+    return precision_name(run["config_values"].get("amp"))
 
 def _main_job_spec(summary: dict) -> str:
     """The run a main-job summary describes, in words: its data, preset, schedule, precision and code, from the summary

@@ -25,7 +25,7 @@ from torch import nn
 
 from .core import (
     AMP_DTYPES, ShareCores, UserInputError, atomic_write, did_you_mean, distributed_count, get_device, load_torch_file,
-    resolve_amp, results_dir, seed_everything, warn_slow_amp)
+    precision_name, resolve_amp, results_dir, seed_everything, warn_slow_amp)
 from .data import (
     AddProposals, COCODataset, Compose, GroupedBatchSampler, RandomHorizontalFlip, aspect_ratio_groups,
     check_image_files, describe_split)
@@ -971,6 +971,9 @@ def train(cfg: Config, data_root, train_split: str = "train", val_split: str | N
                       allow_changed, bad_polygons, epochs, heads_iters, from_scratch)
     if progress and run.main:   # what the run reads, what it starts from, what trains
         lines = [describe_split(d) for d in (run.train_set, run.val_set) if d] + [run.weights_from]
+        if cfg.amp:   # the precision asked for, and what it became on this device
+            auto = " (amp='auto': bf16 on a CPU with AMX, float32 elsewhere)" * (cfg.amp == "auto")
+            lines.append(f"precision: {precision_name(run.cfg.amp)}{auto}")
         for line in lines + training_plan(run, epochs):
             if line: print(line)
     evaluator = EvaluateEvery(run.cfg.eval_period if val_split else 0, val_loss, progress)
