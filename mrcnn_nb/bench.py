@@ -671,7 +671,8 @@ def _train_command(out, iters: int, threads: int | None = None) -> list:
 # %% ../nbs/30_benchmarks.ipynb #8d0723f3
 def _contended_runs(scenario: str, work: Path, iters: int, threads: int | None = None) -> list:
     """Run the trainings of `scenario` (one of `CONTENTION_SCENARIOS`) in fresh processes, with torch's and Numba's
-    thread counts left to the library; per training, its seconds per iteration and the thread changes it made."""
+    thread counts left to the library; per training, its seconds per iteration, the thread changes it made and its
+    precision (`amp`)."""
     import shutil, subprocess
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
     outs = [work / f"{scenario.replace(' ', '_')}-{i}" for i in range(2 if scenario == "two at once" else 1)]
@@ -690,8 +691,8 @@ def _contended_runs(scenario: str, work: Path, iters: int, threads: int | None =
             p.wait()
         for f in logs: f.close()
     runs = [json.loads((o / "metrics.json").read_text()) for o in outs]
-    return [dict(s_per_it=r["train_seconds"] / iters, threads=[c["threads"] for c in r["thread_changes"] or []])
-            for r in runs]
+    return [dict(s_per_it=r["train_seconds"] / iters, threads=[c["threads"] for c in r["thread_changes"] or []],
+                 amp=r["config_values"]["amp"]) for r in runs]
 
 # %% ../nbs/30_benchmarks.ipynb #c2dd8c07
 def contention_file() -> Path:
@@ -708,18 +709,20 @@ def bench_contention(iters: int = 60, work=None, out=None, command: str = "bench
             return bench_contention(iters, tmp, out, command, progress)
     from mrcnn_nb.cli import main_job_data
     main_job_data("instances", progress=progress)   # generated once, before anything is timed
-    work, rows = Path(work), []
+    work, rows, amps = Path(work), [], set()
     work.mkdir(parents=True, exist_ok=True)
     for mode, threads in (("fixed", os.cpu_count()), ("shared", None)):
         for scenario in CONTENTION_SCENARIOS:
             runs = _contended_runs(scenario, work, iters, threads)
+            amps |= {r["amp"] for r in runs}
             rows.append(dict(mode=mode, scenario=scenario, s_per_it=[round(r["s_per_it"], 4) for r in runs],
                              threads=[r["threads"] for r in runs]))
             if progress: print(f"{mode:>6}, {scenario}: {rows[-1]['s_per_it']} s/iteration", flush=True)
     alone = {r["mode"]: r["s_per_it"][0] for r in rows if r["scenario"] == "alone"}
     for r in rows: r["x_alone"] = [round(s / alone[r["mode"]], 2) for s in r["s_per_it"]]
+    (amp,) = amps   # the preset's precision on this machine: one for every run
     rec = dict(kind="contention", command=command, when=_utc_now(), machine=machine_info(), iters=iters,
-               fixed_threads=os.cpu_count(), rows=rows)
+               fixed_threads=os.cpu_count(), amp=amp, rows=rows)
     if out: write_json(out, rec)
     return rec
 
@@ -736,8 +739,8 @@ def contention_markdown(rec: dict) -> str:
               for s in CONTENTION_SCENARIOS]
     m = rec["machine"]
     return ("\n".join(lines) + f"\n\nSeconds per iteration of each run (× its time alone), {rec['iters']} iterations "
-            f"of the main job per run, on a {m['cores']}-core {describe_cpu(m)} with torch {m['torch']}; "
-            f"`{rec['command']}`.")
+            f"of the main job per run (in {precision_name(rec['amp'])}), on a {m['cores']}-core {describe_cpu(m)} "
+            f"with torch {m['torch']}; `{rec['command']}`.")
 
 # %% ../nbs/30_benchmarks.ipynb #c0b3a002
 CONV_GRAD_CASES = {   # name: (N, C_in, H, W, C_out, kernel, stride) of a convolution whose input is channels-last
@@ -1228,13 +1231,15 @@ def main_job_steps_markdown(rec: dict) -> str:
         floor, weights = r["gflop"] / rate, f" (`{r['weights']}`)" if r["weights"] else ""
         lines.append(f"| {state}{weights} | {r['s_per_step']:.3f} | {shares} | "
                      f"{r['gflop']:.1f} | {floor:.3f} s ({100 * floor / r['s_per_step']:.0f} % of the step) |")
-    return ("\n".join(lines) + f"\n\nSteps of {rec['ims_per_batch']} images in {precision_name(rec['amp'])}, each set of weights put back after every "
-            f"step: the median of {rec['steps']} timed steps after {rec['warmup']}; each kind's share of the self CPU "
-            f"time of {rec['steps']} more under the profiler. The product rate: {rate:.0f} GFLOP/s (`matmul_rate`, "
-            f"4096 × 4096, {str(AMP_DTYPES[rec['amp']] or torch.float32)[6:]}). At it, {rec['iterations']:,} steps of the trained model's convolution and linear work "
-            f"would take {rec['iterations'] * last['gflop'] / rate / 60:.1f} min; at its measured step time the steps "
-            f"take {rec['iterations'] * last['s_per_step'] / 60:.1f} min. On {m['torch_threads']} threads of a "
-            f"{m['cores']}-core {describe_cpu(m)}{describe_features(m)}, torch {m['torch']}; `{rec['command']}`.")
+    dtype, minutes = str(AMP_DTYPES[rec["amp"]] or torch.float32).removeprefix("torch."), rec["iterations"] / 60
+    return ("\n".join(lines) + f"\n\nSteps of {rec['ims_per_batch']} images in {precision_name(rec['amp'])}, each "
+            f"set of weights put back after every step: the median of {rec['steps']} timed steps after "
+            f"{rec['warmup']}; each kind's share of the self CPU time of {rec['steps']} more under the profiler. The "
+            f"product rate: {rate:.0f} GFLOP/s (`matmul_rate`, 4096 × 4096, {dtype}). At it, {rec['iterations']:,} "
+            f"steps of the trained model's convolution and linear work would take {minutes * last['gflop'] / rate:.1f} "
+            f"min; at its measured step time the steps take {minutes * last['s_per_step']:.1f} min. On "
+            f"{m['torch_threads']} threads of a {m['cores']}-core {describe_cpu(m)}{describe_features(m)}, torch "
+            f"{m['torch']}; `{rec['command']}`.")
 
 # %% ../nbs/30_benchmarks.ipynb #9321ca51
 COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]   # COCO's 80

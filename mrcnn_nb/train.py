@@ -40,10 +40,10 @@ __all__ = ['SCHEDULES', 'DEMO_MODELS', 'DIST_TIMEOUT_MINUTES', 'CLASS_SPECIFIC',
            'plot_metrics', 'check_split_categories', 'load_splits', 'fit_config', 'Run', 'load_finetuning_weights',
            'load_initial_weights', 'check_initialization', 'check_changeable', 'resume_run', 'prepare_run', 'part_of',
            'parameter_counts', 'trainable_parameters', 'describe_trainable', 'set_heads_only', 'enter_phase',
-           'plot_trainable', 'iters_for_epochs', 'scaled_schedule', 'training_plan', 'training_loader',
-           'optimizer_step', 'train_step', 'LogMetrics', 'SaveCheckpoints', 'Preempted', 'StopOnSignal',
-           'validation_loss', 'evaluate_run', 'EvaluateEvery', 'fit', 'train', 'TrackParts', 'plot_part_change',
-           'projected_hours', 'dry_run', 'format_dry_run']
+           'plot_trainable', 'iters_for_epochs', 'scaled_schedule', 'training_plan', 'describe_precision',
+           'training_loader', 'optimizer_step', 'train_step', 'LogMetrics', 'SaveCheckpoints', 'Preempted',
+           'StopOnSignal', 'validation_loss', 'evaluate_run', 'EvaluateEvery', 'fit', 'train', 'TrackParts',
+           'plot_part_change', 'projected_hours', 'dry_run', 'format_dry_run']
 
 # %% ../nbs/12_train.ipynb #ca2b0c47
 SCHEDULES = {
@@ -710,6 +710,11 @@ def training_plan(run, epochs: float | None = None) -> list:
     set_heads_only(run.model, run.start < run.heads_iters, run.allowed)
     return lines
 
+def describe_precision(asked: str | None, ran: str | None) -> str:
+    "A line for a run's printout: the precision it runs in (`ran`) and, when `asked` was 'auto', the rule."
+    auto = " (amp='auto': bf16 on a CPU with AMX, float32 elsewhere)" * (asked == "auto")
+    return f"precision: {precision_name(ran)}{auto}"
+
 # %% ../nbs/12_train.ipynb #ea41ec7b
 def _ignore_sigterm(worker_id: int):
     """In each DataLoader worker: ignore SIGTERM. A scheduler signals every process of a job; a worker it ended would
@@ -971,9 +976,7 @@ def train(cfg: Config, data_root, train_split: str = "train", val_split: str | N
                       allow_changed, bad_polygons, epochs, heads_iters, from_scratch)
     if progress and run.main:   # what the run reads, what it starts from, what trains
         lines = [describe_split(d) for d in (run.train_set, run.val_set) if d] + [run.weights_from]
-        if cfg.amp:   # the precision asked for, and what it became on this device
-            auto = " (amp='auto': bf16 on a CPU with AMX, float32 elsewhere)" * (cfg.amp == "auto")
-            lines.append(f"precision: {precision_name(run.cfg.amp)}{auto}")
+        if cfg.amp: lines.append(describe_precision(cfg.amp, run.cfg.amp))
         for line in lines + training_plan(run, epochs):
             if line: print(line)
     evaluator = EvaluateEvery(run.cfg.eval_period if val_split else 0, val_loss, progress)
