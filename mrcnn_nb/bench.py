@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import (AMP_DTYPES, SlowAmpWarning, Timer, UserInputError, cpu_bf16_kernels, describe_cpu,
+from .core import (SlowAmpWarning, Timer, UserInputError, amp_dtype, cpu_bf16_kernels, describe_cpu,
                            describe_features, machine_info, peak_memory_rise, precision_name, results_dir,
                            write_json)
 from .data import COCODataset, RandomHorizontalFlip, annotation_file
@@ -720,7 +720,8 @@ def bench_contention(iters: int = 60, work=None, out=None, command: str = "bench
             if progress: print(f"{mode:>6}, {scenario}: {rows[-1]['s_per_it']} s/iteration", flush=True)
     alone = {r["mode"]: r["s_per_it"][0] for r in rows if r["scenario"] == "alone"}
     for r in rows: r["x_alone"] = [round(s / alone[r["mode"]], 2) for s in r["s_per_it"]]
-    (amp,) = amps   # the preset's precision on this machine: one for every run
+    if len(amps) != 1: raise RuntimeError(f"the runs trained in different precisions: {sorted(map(str, amps))}")
+    amp = amps.pop()   # the preset's precision on this machine
     rec = dict(kind="contention", command=command, when=_utc_now(), machine=machine_info(), iters=iters,
                fixed_threads=os.cpu_count(), amp=amp, rows=rows)
     if out: write_json(out, rec)
@@ -1095,7 +1096,7 @@ def amp_training_dir(study: str = "amp-training") -> Path:
     `amp-training` (an AMD EPYC without AMX) or `amp-training-amx` (an Intel Xeon with AMX)."""
     return results_dir() / study
 
-def _precision(rec: dict) -> str: return rec["config_values"]["amp"] or "fp32"
+def _amp_key(rec: dict) -> str: return rec["config_values"]["amp"] or "fp32"
 
 def load_amp_training(folder=None) -> dict:
     """The `mrcnn_nb train` records (`metrics.json`) under `folder` (default `amp_training_dir()`), by role and
@@ -1104,7 +1105,7 @@ def load_amp_training(folder=None) -> dict:
     for role in ("seeds", "alone"):
         for f in sorted((Path(folder or amp_training_dir()) / role).glob("*.json")):
             rec = json.loads(f.read_text())
-            out.setdefault(role, {}).setdefault(_precision(rec), []).append(rec)
+            out.setdefault(role, {}).setdefault(_amp_key(rec), []).append(rec)
     for recs in (r for role in out.values() for r in role.values()): recs.sort(key=lambda r: r["config_values"]["seed"])
     return out
 
@@ -1213,7 +1214,7 @@ def bench_main_job_steps(steps: int = 20, warmup: int = 5, out=None, command: st
                   for s, w, step, r in zip(MAIN_JOB_STATES, weights, steppers, runs)}
     rec = dict(command=command, date=_utc_now(), machine=machine_info(), steps=steps, warmup=warmup,
                iterations=cfg.max_iter, ims_per_batch=cfg.ims_per_batch, amp=runs[0].cfg.amp,
-               matmul_gflops=matmul_rate(dtype=AMP_DTYPES[runs[0].cfg.amp] or torch.float32), states=states)
+               matmul_gflops=matmul_rate(dtype=amp_dtype(runs[0].cfg.amp)), states=states)
     if out: write_json(out, rec)
     return rec
 
@@ -1231,7 +1232,7 @@ def main_job_steps_markdown(rec: dict) -> str:
         floor, weights = r["gflop"] / rate, f" (`{r['weights']}`)" if r["weights"] else ""
         lines.append(f"| {state}{weights} | {r['s_per_step']:.3f} | {shares} | "
                      f"{r['gflop']:.1f} | {floor:.3f} s ({100 * floor / r['s_per_step']:.0f} % of the step) |")
-    dtype, minutes = str(AMP_DTYPES[rec["amp"]] or torch.float32).removeprefix("torch."), rec["iterations"] / 60
+    dtype, minutes = str(amp_dtype(rec["amp"])).removeprefix("torch."), rec["iterations"] / 60
     return ("\n".join(lines) + f"\n\nSteps of {rec['ims_per_batch']} images in {precision_name(rec['amp'])}, each "
             f"set of weights put back after every step: the median of {rec['steps']} timed steps after "
             f"{rec['warmup']}; each kind's share of the self CPU time of {rec['steps']} more under the profiler. The "

@@ -26,7 +26,7 @@ __all__ = ['STALE_TMP_S', 'AMP_DTYPES', 'CPU_FEATURES', 'UserInputError', 'did_y
            'load_torch_file', 'load_state_dict_file', 'load_weights', 'in_test', 'cache_dir', 'distributed_count',
            'use_cuda_simulator', 'usable_cpus', 'cpu_seconds', 'threads_for', 'ShareCores', 'heads_in_float32', 'mixed',
            'SlowAmpWarning', 'cpu_flags', 'cpu_bf16_kernels', 'warn_slow_amp', 'cpu_has_amx', 'resolve_amp',
-           'precision_name', 'machine_info', 'describe_cpu', 'describe_features', 'results_dir']
+           'precision_name', 'amp_dtype', 'machine_info', 'describe_cpu', 'describe_features', 'results_dir']
 
 # %% ../nbs/00_core.ipynb #24e13f04
 class UserInputError(ValueError):
@@ -444,6 +444,10 @@ def resolve_amp(amp: str | None, device_type: str) -> str | None:
 def precision_name(amp: str | None) -> str:
     "A resolved `amp` in words: 'float32', 'bf16 autocast' or 'fp16 autocast'."
     return f"{amp} autocast" if amp else "float32"
+
+def amp_dtype(amp: str | None) -> torch.dtype:
+    "The dtype a resolved `amp` runs the heavy layers in: float32 without one."
+    return AMP_DTYPES[amp] or torch.float32
 
 
 # %% ../nbs/00_core.ipynb #80666ce3

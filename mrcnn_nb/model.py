@@ -253,7 +253,7 @@ PRESETS = {
     "MASK_KP_R_50_FPN": Config(name="MASK_KP_R_50_FPN", num_classes=2, mask=True, keypoints=True,
                                min_size=(640, 672, 704, 736, 768, 800), **_KP_SCHEDULE),
     # the main job's model: lr 0.04 at 4 images, twice _TINY's, chosen on held-out images (12_train); bf16 where
-    # the CPU has AMX, which trains it faster at the same mask AP (30_benchmarks), float32 elsewhere
+    # the CPU has AMX, which trains it faster, its AP within the seeds' noise (30_benchmarks); float32 elsewhere
     "TINY_FPN": Config(name="TINY_FPN", **{**_TINY, "base_lr": 0.16, "amp": "auto"}),
     # RoIs per image (§3.1): C4 samples 1/8 of FPN's, as the paper (64 and 512; its res5 head is costly); C5 has
     # FPN's head (Figure 4, right) and samples as FPN does, as R_50_C5

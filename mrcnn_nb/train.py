@@ -438,6 +438,21 @@ def _autocast(cfg: Config, device: torch.device):
     warn_slow_amp(amp, device.type)
     return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
+# %% ../nbs/12_train.ipynb #amp12set01
+def _settled_amp(amp: str | None, device: torch.device, world: int) -> str | None:
+    """`resolve_amp` on the run's device; in a distributed run on CPUs, rank 0's answer for every rank, so that
+    processes on different CPUs train in one precision."""
+    amp, asked = resolve_amp(amp, device.type), amp
+    if world > 1 and asked == "auto" and device.type == "cpu":
+        box = [amp]
+        torch.distributed.broadcast_object_list(box, src=0)
+        amp = box[0]
+    return amp
+
+def _loss_scaler(amp: str | None, device: torch.device) -> torch.amp.GradScaler | None:
+    "The loss scaler fp16 needs (its small gradients underflow unscaled); None in the other precisions."
+    return torch.amp.GradScaler(device.type) if amp == "fp16" else None
+
 # %% ../nbs/12_train.ipynb #97f9abca
 def _to(x, device):
     "Tensors (and dicts of them) moved to `device`."
@@ -497,7 +512,7 @@ def check_initialization(cfg: Config, weights, resume: bool = False, from_scratc
 
 # %% ../nbs/12_train.ipynb #2342b2ff
 RESUME_CHANGEABLE = ("base_lr", "lr_steps", "lr_gamma", "warmup_iters", "warmup_factor", "clip_grad_norm",
-                     "checkpoint_period", "eval_period", "data")   # and max_iter, always
+                     "checkpoint_period", "eval_period", "data", "amp")   # and max_iter, always
 
 def check_changeable(keys) -> list:
     "The keys `--allow-changed` names, each refused (with the nearest valid one) unless in `RESUME_CHANGEABLE`."
@@ -542,14 +557,17 @@ def _resumed_heads_iters(was: int, asked: int | None, path) -> int:
     return was
 
 # %% ../nbs/12_train.ipynb #dea15cc9
-def resume_run(run: Run, allow_changed=()) -> int:
+def resume_run(run: Run, allow_changed=(), keep_precision: bool = False) -> int:
     """Continue `run` from its `last.pth` (weights, optimizer, schedule, generators); returns the iteration to start
     at. Only `max_iter` and the keys named in `allow_changed` (of `RESUME_CHANGEABLE`) may differ from the
-    checkpoint's; a changed learning rate or schedule applies from the iteration reached."""
+    checkpoint's; a changed learning rate or schedule applies from the iteration reached. `keep_precision` (the
+    config asked for amp='auto'): the run goes on in the checkpoint's precision, whatever 'auto' gives here."""
     path = run.out_dir / "last.pth"
     if not path.exists(): raise UserInputError(f"{path}: no checkpoint to resume from (train without --resume first)")
     ck = load_checkpoint(path)
+    if keep_precision: run.cfg = run.cfg.replace(amp=config_from_checkpoint(ck, path).amp)
     _check_resumable(ck, run, path, allow_changed)
+    run.scaler = _loss_scaler(run.cfg.amp, run.device)
     run.heads_iters = _resumed_heads_iters(ck.get("heads_iters", 0), run.heads_iters, path)
     load_weights(run.model, ck["model"], source=str(path))
     if problem := weights_problem(run.model):
@@ -585,10 +603,10 @@ def prepare_run(cfg: Config, data_root, train_split: str = "train", val_split: s
     (a new run starts a new `metrics.jsonl`). `epochs`: the run's length in passes over the training split
     (`iters_for_epochs`); `heads_iters`: a heads-first phase (`enter_phase`; None on resume: the checkpoint's);
     `from_scratch`: allow a frozen-BN model without `weights` (`check_initialization`); `cfg.amp='auto'` becomes the
-    precision it stands for on the run's device (`resolve_amp`)."""
+    precision it stands for on the run's device (`resolve_amp`), or on resume the checkpoint's."""
     check_initialization(cfg, weights, resume, from_scratch)
     rank, world, dev = setup_distributed(device)
-    cfg = cfg.replace(amp=resolve_amp(cfg.amp, dev.type))   # 'auto' settled here: the run records what it runs
+    asked, cfg = cfg.amp, cfg.replace(amp=_settled_amp(cfg.amp, dev, world))   # the run records what it runs
     _autocast(cfg, dev)   # refuses fp16 without CUDA before any data is read
     out_dir = Path(out_dir)
     train_set, val_set = load_splits(cfg, data_root, train_split, val_split, kind, proposals, True, bad_polygons)
@@ -603,8 +621,8 @@ def prepare_run(cfg: Config, data_root, train_split: str = "train", val_split: s
     run = Run(cfg, train_set, val_set, model, optimizer, scheduler, out_dir, 0, rank, world, dev,
               heads_iters=heads_iters if resume else heads_iters or 0,
               allowed=frozenset(n for n, p in model.named_parameters() if p.requires_grad))
-    if cfg.amp == "fp16": run.scaler = torch.amp.GradScaler(dev.type)   # float16 gradients underflow unscaled
-    if resume: run.start = resume_run(run, allow_changed)
+    run.scaler = _loss_scaler(cfg.amp, dev)
+    if resume: run.start = resume_run(run, allow_changed, keep_precision=asked == "auto")
     elif weights is not None: run.weights_from = f"{weights}: {load_initial_weights(model, cfg, weights)}"
     run.net = _for_training(model, cfg, world, dev)
     return run
@@ -710,10 +728,10 @@ def training_plan(run, epochs: float | None = None) -> list:
     set_heads_only(run.model, run.start < run.heads_iters, run.allowed)
     return lines
 
-def describe_precision(asked: str | None, ran: str | None) -> str:
-    "A line for a run's printout: the precision it runs in (`ran`) and, when `asked` was 'auto', the rule."
-    auto = " (amp='auto': bf16 on a CPU with AMX, float32 elsewhere)" * (asked == "auto")
-    return f"precision: {precision_name(ran)}{auto}"
+def describe_precision(asked: str | None, ran: str | None, resumed: bool = False) -> str:
+    "A line for a run's printout: the precision it runs in (`ran`) and, when `asked` was 'auto', why."
+    rule = "the checkpoint's" if resumed else "bf16 on a CPU with AMX, float32 elsewhere"
+    return f"precision: {precision_name(ran)}" + f" (amp='auto': {rule})" * (asked == "auto")
 
 # %% ../nbs/12_train.ipynb #ea41ec7b
 def _ignore_sigterm(worker_id: int):
@@ -976,7 +994,7 @@ def train(cfg: Config, data_root, train_split: str = "train", val_split: str | N
                       allow_changed, bad_polygons, epochs, heads_iters, from_scratch)
     if progress and run.main:   # what the run reads, what it starts from, what trains
         lines = [describe_split(d) for d in (run.train_set, run.val_set) if d] + [run.weights_from]
-        if cfg.amp: lines.append(describe_precision(cfg.amp, run.cfg.amp))
+        if cfg.amp: lines.append(describe_precision(cfg.amp, run.cfg.amp, resumed=run.start > 0))
         for line in lines + training_plan(run, epochs):
             if line: print(line)
     evaluator = EvaluateEvery(run.cfg.eval_period if val_split else 0, val_loss, progress)
@@ -1087,8 +1105,7 @@ def dry_run(cfg: Config, data_root, train_split: str = "train", val_split: str |
         run = prepare_run(cfg, data_root, train_split, val_split, Path(out), weights, **run_args)
         r = dict(config=run.cfg.name, device=str(run.device), rank=run.rank, world=run.world,
                  train_images=len(run.train_set), val_images=len(run.val_set) if run.val_set else 0,
-                 max_iter=run.cfg.max_iter,
-                 prepare_s=time.perf_counter() - t0)
+                 max_iter=run.cfg.max_iter, amp=run.cfg.amp, prepare_s=time.perf_counter() - t0)
         t1 = time.perf_counter()
         check_image_files(run.train_set)   # one bad file would otherwise stop the run when it comes up, hours in
         r["files_checked_s"], r["decode"] = time.perf_counter() - t1, _decode_sample(run.train_set, sample_images)
@@ -1108,8 +1125,8 @@ def format_dry_run(r: dict) -> str:
              f"{r['val_images']} validation images; annotations read and model built in {r['prepare_s']:.1f} s",
              f"opened all {r['train_images']:,} training image files (present, images, of their annotated sizes) in "
              f"{r['files_checked_s']:.1f} s; decoded {d['images']} of them: {1000 * d['s_per_image']:.0f} ms each",
-             f"{len(it)} iterations: {r['steady_s']:.2f} s/iteration (the first {it[0]:.2f} s); "
-             f"peak memory rise {peak}"]
+             f"{len(it)} iterations in {precision_name(r['amp'])}: {r['steady_s']:.2f} s/iteration (the first "
+             f"{it[0]:.2f} s); peak memory rise {peak}"]
     if e: lines.append(f"evaluated {e['images']} validation images: {e['s_per_image']:.2f} s/image "
                        f"(box AP on them {100 * e['box_AP']:.1f})")
     lines.append(f"projected: {r['max_iter']:,} iterations {p['train_hours']:.2f} h + {p['evaluations']} "

@@ -1,5 +1,6 @@
 """bf16 inference (`for_inference(amp='bf16')`, `--amp bf16`): the backbone and the heads' heavy layers in bfloat16,
-the RoI kernels, box arithmetic and NMS in float32; the trained model's detections survive it."""
+the RoI kernels, box arithmetic and NMS in float32; the trained model's detections survive it. And the training
+precision a config's amp="auto" settles on (bf16 on CPUs with AMX), kept on resume."""
 import warnings
 
 import pytest
@@ -7,9 +8,10 @@ import torch
 
 from mrcnn_nb import core
 from mrcnn_nb.bench import matched_detections
+from mrcnn_nb.core import UserInputError
 from mrcnn_nb.data import COCODataset
 from mrcnn_nb.model import build_model, get_config
-from mrcnn_nb.train import _autocast, demo_checkpoint, model_from_checkpoint, prepare_run
+from mrcnn_nb.train import _autocast, demo_checkpoint, model_from_checkpoint, prepare_run, train
 
 
 def _dtypes_seen(model, image) -> dict:
@@ -95,7 +97,24 @@ def test_auto_precision_is_bf16_only_on_a_cpu_with_amx_and_the_run_records_it(mo
     assert core.resolve_amp("auto", "cpu") == expected and core.resolve_amp("auto", "cuda") is None
     cfg = get_config("TINY_FPN", ims_per_batch=2, max_iter=1, warmup_iters=1)
     assert cfg.amp == "auto"
-    run = prepare_run(cfg, shapes_root, out_dir=tmp_path)
+    run = prepare_run(cfg, shapes_root, out_dir=tmp_path, device="cpu")
     assert run.cfg.amp == expected
     with _autocast(run.cfg, run.device): product = torch.ones(2, 2) @ torch.ones(2, 2)
     assert product.dtype == (torch.bfloat16 if expected else torch.float32)
+
+
+def test_auto_precision_resumes_in_the_checkpoint_precision(monkeypatch, tmp_path, shapes_root):
+    """A run of amp='auto' resumed on a CPU where 'auto' means another precision (a preempted run restarted on
+    another kind of machine) goes on in its checkpoint's precision; another one, named, needs --allow-changed amp."""
+    cfg = get_config("TINY_FPN", ims_per_batch=2, max_iter=1, warmup_iters=1, checkpoint_period=1)
+    monkeypatch.setattr(core, "cpu_flags", lambda: ["avx512f", "amx_bf16"])   # started on a CPU with AMX
+    train(cfg, shapes_root, val_split=None, out_dir=tmp_path, progress=False, device="cpu")
+    monkeypatch.setattr(core, "cpu_flags", lambda: ["avx512f"])                # resumed on one without
+    longer = cfg.replace(max_iter=2)
+    run = prepare_run(longer, shapes_root, val_split=None, out_dir=tmp_path, resume=True, device="cpu")
+    assert (run.cfg.amp, run.start) == ("bf16", 1)
+    with pytest.raises(UserInputError, match=r"'amp': \('bf16', None\).*--allow-changed amp"):
+        prepare_run(longer.replace(amp=None), shapes_root, val_split=None, out_dir=tmp_path, resume=True, device="cpu")
+    run = prepare_run(longer.replace(amp=None), shapes_root, val_split=None, out_dir=tmp_path, resume=True,
+                      device="cpu", allow_changed=["amp"])
+    assert (run.cfg.amp, run.start) == (None, 1)

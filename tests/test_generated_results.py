@@ -28,6 +28,7 @@ def test_readme_main_job_is_the_stored_run():
     assert _block("mainjob") == main_job_markdown(summary).strip(), "run python .ci/results.py"
     assert summary["config"] == "TINY_FPN" and summary["iterations"] == summary["max_iter"] == 3000
     assert set(summary["metrics"]) == {"bbox", "segm"} and summary["machine"]["cores"] >= 1
+    assert summary["command"] == "mrcnn_nb train", summary["command"]   # the README's command, no amp= of its own
     amx = "amx_bf16" in summary["machine"]["cpu_features"]   # the preset's amp='auto', as it ran on that CPU
     assert summary["config_values"]["amp"] == ("bf16" if amx else None), summary["config_values"]["amp"]
 
