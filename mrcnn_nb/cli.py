@@ -440,7 +440,7 @@ def _duration(seconds: float) -> str:
 
 # %% ../nbs/15_cli.ipynb #e0b5130b
 def _precision(run: dict) -> str:
-    "The precision a stored run trained in: 'float32', or its `amp` ('bf16' autocast, 'fp16')."
+    "The precision a stored run trained in, in words (`precision_name`): 'float32' or 'bf16 autocast'."
     from mrcnn_nb.core import precision_name
     return precision_name(run["config_values"].get("amp"))
 
