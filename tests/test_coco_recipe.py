@@ -43,7 +43,7 @@ def test_dry_run_on_a_coco_layout_writes_nothing(coco_like, tmp_path):
     status, out, err = _run("train", "--data", coco_like, "--out", out_dir, "--dry-run")
     assert status == 0, err
     assert "dry run of TINY_FPN on cpu x 1: 6 training and 4 validation images" in out, out
-    assert "opened all 6 training image files" in out and "decoded 6 of them" in out and "2 iterations:" in out, out
+    assert "opened all 6 training image files" in out and "decoded 6 of them" in out and "2 iterations in " in out, out
     assert "evaluated 4 validation images" in out and "projected: 3,000 iterations" in out, out
     assert not out_dir.exists()
 
