@@ -1110,12 +1110,6 @@ def load_amp_training(folder=None) -> dict:
     return out
 
 # %% ../nbs/30_benchmarks.ipynb #b7e1a0c2
-def _run_lr(rec: dict) -> float:
-    "The learning rate of a stored run, from its `config_values` (`lr_for`, the linear scaling rule)."
-    from types import SimpleNamespace
-    from mrcnn_nb.train import lr_for
-    return lr_for(SimpleNamespace(**rec["config_values"]))
-
 def _amp_training_row(p: str, seeds: list, alone: list, base: float) -> str:
     "One precision's row: mask AP per seed, mask and box AP as mean ± std, and the time of its run alone."
     from mrcnn_nb.ablations import column_values, mean_std
@@ -1130,6 +1124,7 @@ def amp_training_markdown(runs: dict) -> str:
     """bf16 training against float32, from `load_amp_training` records: AP per seed and as mean ± std, the difference
     of the means with the smallest difference the seeds resolve (`difference`), each precision's time alone."""
     from mrcnn_nb.ablations import column_values, difference
+    from mrcnn_nb.train import run_lr
     seeds, alone = runs["seeds"], runs.get("alone", {})
     base = alone["fp32"][0]["train_seconds"] if "fp32" in alone else None
     rows = [_amp_training_row(p, seeds[p], alone.get(p, []), base) for p in ("fp32", "bf16")]
@@ -1139,7 +1134,7 @@ def amp_training_markdown(runs: dict) -> str:
         words.append(f"{name} {d['diff']:+.2f} ({100 * d['rel']:+.1f} %), resolution {d['resolution']:.2f}: "
                      + ("beyond" if d["beyond_noise"] else "within") + " the seeds' noise")
     first, m = seeds["fp32"][0], alone.get("bf16", [seeds["fp32"][0]])[0]["machine"]
-    lr, threads = _run_lr(first), first["machine"]["torch_threads"]
+    lr, threads = run_lr(first), first["machine"]["torch_threads"]
     commits = sorted({r["code"]["commit"][:7] for rs in seeds.values() for r in rs if r.get("code")})
     return ("| training | seeds | mask AP per seed | mask AP | box AP | trained alone |\n|---|---|---|---|---|---|\n"
             + "\n".join(rows) + f"\n\nbf16 − float32, means over the seeds: {'; '.join(words)} (resolution: the "

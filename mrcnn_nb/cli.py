@@ -447,15 +447,14 @@ def _precision(run: dict) -> str:
 def _main_job_spec(summary: dict) -> str:
     """The run a main-job summary describes, in words: its data, preset, schedule, precision and code, from the summary
     itself."""
-    from types import SimpleNamespace
-    from mrcnn_nb.train import lr_for
+    from mrcnn_nb.train import run_lr
     d, c, code = summary["data"], summary["config_values"], summary.get("code") or {}
     steps = ", ".join(f"{s:,}" for s in c["lr_steps"])
     dirty = " with local changes" if code.get("dirty") else ""
     commit = f", code at commit {code['commit'][:7]}{dirty}" if code else ""
     return (f"{d['n_train']:,} training and {d['n_val']:,} validation images of the synthetic shapes ({d['size']} px), "
             f"`{summary['config']}`, {summary['iterations']:,} iterations of {c['ims_per_batch']} images (lr "
-            f"{lr_for(SimpleNamespace(**c)):g}, ÷{1 / c['lr_gamma']:g} at {steps}) in {_precision(summary)}{commit}:")
+            f"{run_lr(summary):g}, ÷{1 / c['lr_gamma']:g} at {steps}) in {_precision(summary)}{commit}:")
 
 def main_job_markdown(summary: dict, stored: str | None = "nbs/results/main_job.json") -> str:
     """COCOeval's box and mask table, the times and the machine of the main job (`mrcnn_nb train` on the built-in data),

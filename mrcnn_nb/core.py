@@ -404,9 +404,10 @@ def _cpuinfo() -> list:
     try: return open("/proc/cpuinfo").read().splitlines()
     except OSError: return []
 
-def cpu_flags() -> list:
-    "The instruction-set extensions of this CPU, as Linux names them in `/proc/cpuinfo` ([] elsewhere)."
-    return next((l.split(":", 1)[1].split() for l in _cpuinfo() if l.startswith("flags")), [])
+def cpu_flags(info: list | None = None) -> list:
+    """The instruction-set extensions of this CPU, as Linux names them in `/proc/cpuinfo` ([] elsewhere); `info`: its
+    lines, if already read."""
+    return next((l.split(":", 1)[1].split() for l in info or _cpuinfo() if l.startswith("flags")), [])
 
 def cpu_bf16_kernels() -> bool:
     """Whether torch has fast bfloat16 kernels (oneDNN's) for this CPU: on x86 they need AVX-512 (or AVX2 with
@@ -460,8 +461,9 @@ def machine_info() -> dict:
     `CPU_FEATURES` the CPU has, whether torch has bf16 kernels for it, cores, memory (GiB), torch's threads, library
     versions, GPU (None if none)."""
     import platform, numba, torchvision
-    cpu, flags = platform.processor() or platform.machine(), cpu_flags()
-    cpu = next((l.split(":", 1)[1].strip() for l in _cpuinfo() if l.startswith("model name")), cpu)
+    info = _cpuinfo()
+    cpu, flags = platform.processor() or platform.machine(), cpu_flags(info)
+    cpu = next((l.split(":", 1)[1].strip() for l in info if l.startswith("model name")), cpu)
     try: mem = round(next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")) / 2**20, 1)
     except (OSError, StopIteration): mem = None
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None

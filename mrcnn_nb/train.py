@@ -33,8 +33,8 @@ from .model import Config, MaskRCNN, build_model, load_weights
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'DEMO_MODELS', 'DIST_TIMEOUT_MINUTES', 'CLASS_SPECIFIC', 'RESUME_CHANGEABLE', 'PARTS', 'HEADS', 'lr_for',
-           'with_schedule', 'WarmupMultiStepLR', 'build_optimizer', 'TrainingBatches', 'BadItem', 'SeededItems',
-           'collate_lists', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint',
+           'run_lr', 'with_schedule', 'WarmupMultiStepLR', 'build_optimizer', 'TrainingBatches', 'BadItem',
+           'SeededItems', 'collate_lists', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint',
            'config_from_checkpoint', 'model_from_checkpoint', 'half_checkpoint', 'demo_checkpoint', 'weights_problem',
            'data_fingerprint', 'setup_distributed', 'leave_distributed', 'read_metrics', 'truncate_metrics',
            'plot_metrics', 'check_split_categories', 'load_splits', 'fit_config', 'Run', 'load_finetuning_weights',
@@ -56,6 +56,11 @@ SCHEDULES = {
 def lr_for(cfg: Config) -> float:
     "The learning rate at `cfg.ims_per_batch` images per iteration: `base_lr` is for 16 (linear scaling rule)."
     return cfg.base_lr * cfg.ims_per_batch / 16
+
+def run_lr(rec: dict) -> float:
+    "The learning rate of a stored run, from its record's `config_values` (a `metrics.json`): `lr_for` of them."
+    from types import SimpleNamespace
+    return lr_for(SimpleNamespace(**rec["config_values"]))
 
 # %% ../nbs/12_train.ipynb #0eefc5e7
 def with_schedule(cfg: Config, name: str | None = None, ims_per_batch: int | None = None) -> Config:
