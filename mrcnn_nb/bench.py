@@ -23,12 +23,12 @@ from .model import Transform
 from .shapes import make_shapes
 
 # %% auto #0
-__all__ = ['ROI_WORKLOADS', 'QUICK_BUDGETS', 'PROFILE_GROUPS', 'PROFILED', 'CONTENTION_SCENARIOS', 'CONTENTION_TARGETS',
-           'CONV_GRAD_CASES', 'HUGE_PAGE_WAYS', 'WINOGRAD_CASES', 'TRAINING_GROUPS', 'MAIN_JOB_STATES',
-           'COCO_CATEGORY_IDS', 'COCO_SIZES', 'time_dataset', 'format_rows', 'bench_data', 'roi_workload', 'bench_roi',
-           'roi_floors', 'minor_faults', 'resolve_bf16', 'bench_model', 'op_group', 'profile_inference',
-           'bench_profile', 'counting_flops', 'conv_flops', 'matmul_rate', 'bench_conv_bound', 'speed_file',
-           'speed_record', 'bench_speed', 'bf16_left_out', 'speed_markdown', 'plot_speed', 'plot_profile',
+__all__ = ['ROI_WORKLOADS', 'WARMUP_S', 'QUICK_BUDGETS', 'PROFILE_GROUPS', 'PROFILED', 'CONTENTION_SCENARIOS',
+           'CONTENTION_TARGETS', 'CONV_GRAD_CASES', 'HUGE_PAGE_WAYS', 'WINOGRAD_CASES', 'TRAINING_GROUPS',
+           'MAIN_JOB_STATES', 'COCO_CATEGORY_IDS', 'COCO_SIZES', 'time_dataset', 'format_rows', 'bench_data',
+           'roi_workload', 'bench_roi', 'roi_floors', 'minor_faults', 'resolve_bf16', 'bench_model', 'op_group',
+           'profile_inference', 'bench_profile', 'counting_flops', 'conv_flops', 'matmul_rate', 'bench_conv_bound',
+           'speed_file', 'speed_record', 'bench_speed', 'bf16_left_out', 'speed_markdown', 'plot_speed', 'plot_profile',
            'contention_file', 'bench_contention', 'contention_markdown', 'bench_conv_grad', 'conv_grad_file',
            'conv_grad_markdown', 'bench_huge_pages', 'huge_pages_file', 'huge_pages_markdown', 'matched_detections',
            'amp_file', 'bench_amp', 'amp_markdown', 'bench_winograd', 'winograd_file', 'winograd_markdown',
@@ -149,27 +149,43 @@ def _median_seconds(call, repeats: int) -> float:
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
+# %% ../nbs/30_benchmarks.ipynb #7c3b9e52
+WARMUP_S = 2.0   # seconds of untimed calls before each RoI case is timed
+
+def _warm_up(call, seconds: float = WARMUP_S) -> int:
+    """Call `call` until `seconds` have passed, at least once (0: once): kernels compile, and the memory the calls
+    allocate settles as in a loop that has run a while. Returns the number of calls."""
+    t0, n = time.perf_counter(), 0
+    while n == 0 or time.perf_counter() - t0 < seconds:
+        call()
+        n += 1
+    return n
+
+
 # %% ../nbs/30_benchmarks.ipynb #06538f95
-def _roi_case(workload: str, impl: str, op: str, backward: bool, repeats: int, scale: float) -> dict:
-    "One benchmark case: median seconds of `repeats` runs and the peak-memory rise of one run (MiB)."
+def _roi_case(workload: str, impl: str, op: str, backward: bool, repeats: int, scale: float,
+              warmup_s: float = WARMUP_S) -> dict:
+    """One benchmark case: median seconds of `repeats` runs after `_warm_up(call, warmup_s)`, and the peak-memory rise
+    of one run (MiB)."""
     def prepare(feats):   # the layout the implementation reads
         return feats.contiguous(memory_format=torch.channels_last) if impl == "ours (channels_last)" else feats
-    small = roi_workload(workload, 0.05)   # warm-up on a small case: compiles the kernels
-    _roi_call(_roi_fn(impl, op, *small[1:]), prepare(small[0]).requires_grad_(backward), backward)()
     feats, boxes, s, out = roi_workload(workload, scale)
     call = _roi_call(_roi_fn(impl, op, boxes, s, out), prepare(feats).requires_grad_(backward), backward)
+    _warm_up(call, warmup_s)
     peak = peak_memory_rise(call)
     return dict(seconds=_median_seconds(call, repeats), peak_mib=peak)
 
 # %% ../nbs/30_benchmarks.ipynb #8e364611
-def bench_roi(workloads=("FPN", "C4"), repeats: int = 5, scale: float = 1.0, progress: bool = True) -> list:
-    "Time RoIAlign / RoIPool, ours against torchvision, forward and forward + backward, with peak-memory rises."
+def bench_roi(workloads=("FPN", "C4"), repeats: int = 5, scale: float = 1.0, progress: bool = True,
+              warmup_s: float = WARMUP_S) -> list:
+    """Time RoIAlign / RoIPool, ours against torchvision, forward and forward + backward, with peak-memory rises; each
+    case after `warmup_s` seconds of warm-up calls."""
     from tqdm.auto import tqdm
     impls = ("torchvision", "ours (channels_last)", "ours (NCHW)")
     cases = [(w, op, bwd, impl) for w in workloads for op in ("roi_align", "roi_pool") for bwd in (False, True)
              for impl in impls]
     bar = tqdm(cases, desc="roi bench", disable=not progress, leave=False)
-    results = {c: _roi_case(c[0], c[3], c[1], c[2], repeats, scale) for c in bar}
+    results = {c: _roi_case(c[0], c[3], c[1], c[2], repeats, scale, warmup_s) for c in bar}
     rows = []
     for (w, op, bwd, impl), r in results.items():
         tv = results[(w, op, bwd, "torchvision")]["seconds"]
@@ -179,10 +195,10 @@ def bench_roi(workloads=("FPN", "C4"), repeats: int = 5, scale: float = 1.0, pro
     return rows
 
 # %% ../nbs/30_benchmarks.ipynb #d77c8788
-def roi_floors(workloads=("FPN", "C4"), repeats: int = 5, scale: float = 1.0) -> list:
+def roi_floors(workloads=("FPN", "C4"), repeats: int = 5, scale: float = 1.0, warmup_s: float = WARMUP_S) -> list:
     """Median times (ms) of memory work alone that RoI forwards do, per workload, each with the forwards it bounds:
     the output allocated as our kernels allocate it (`output_buffer`) and written once, and the feature map copied
-    once, in its own layout and to channels-last."""
+    once, in its own layout and to channels-last. Each after `warmup_s` seconds of warm-up calls, as `bench_roi`."""
     from mrcnn_nb.roi_numba import output_buffer
     rows = []
     for w in workloads:
@@ -195,7 +211,7 @@ def roi_floors(workloads=("FPN", "C4"), repeats: int = 5, scale: float = 1.0) ->
                  ("map copied to channels-last", "a channels-last forward handed NCHW features",
                   lambda: feats.contiguous(memory_format=torch.channels_last), feats.numel())]
         for what, bounds, call, n in cases:
-            call()   # warm-up
+            _warm_up(call, warmup_s)
             rows.append(dict(workload=w, what=what, bounds=bounds, mib=n * 4 / 2**20,
                              ms=_median_seconds(call, repeats) * 1e3))
     return rows
@@ -475,30 +491,30 @@ def _roi_cases(roi: list) -> dict:
 
 # %% ../nbs/30_benchmarks.ipynb #1c679c7a
 def speed_record(roi: list, model: list, repeats: int, scale: float, size, command: str, profile=None,
-                 bf16: bool = True, floors=None, conv_bound=None) -> dict:
+                 bf16: bool = True, floors=None, conv_bound=None, warmup_s=None) -> dict:
     """The rows of `bench_roi` and `bench_model` (and a `bench_profile`, `roi_floors`, `bench_conv_bound`) with when,
     where and how they were measured: the record every speed figure is drawn from (`speed_markdown`, `plot_speed`,
     `plot_profile`).
-    `bf16`: whether the bfloat16 cases were timed."""
+    `bf16`: whether the bfloat16 cases were timed; `warmup_s`: the RoI cases' warm-up."""
     import numba
     return dict(date=_utc_now(), command=command,
                 machine=machine_info(), numba_threads=numba.get_num_threads(), repeats=repeats, scale=scale,
                 image_size=list(size), roi=_no_nan(roi), model=_no_nan(model), profile=profile, bf16=bf16,
-                floors=floors, conv_bound=conv_bound)
+                floors=floors, conv_bound=conv_bound, warmup_s=warmup_s)
 
 # %% ../nbs/30_benchmarks.ipynb #b5168a0a
 def bench_speed(out=None, repeats: int = 5, scale: float = 1.0, size=(800, 1066), command: str = "bench_speed()",
                 progress: bool = True, bf16: bool | None = None, quick: bool = False) -> dict:
     """`bench_roi`, `roi_floors`, `bench_model`, `bench_profile` and `bench_conv_bound` in one run, as a
     `speed_record`; written to `out` (JSON) if given. `bf16`: time the bfloat16 cases too (None: where
-    `cpu_bf16_kernels`). `quick`: the models with `QUICK_BUDGETS` (a check, not a measurement)."""
-    bf16 = resolve_bf16(bf16)
-    roi = bench_roi(repeats=repeats, scale=scale, progress=progress)
-    floors = roi_floors(repeats=repeats, scale=scale)
+    `cpu_bf16_kernels`). `quick`: the models with `QUICK_BUDGETS` and no warm-up (a check, not a measurement)."""
+    bf16, warmup_s = resolve_bf16(bf16), 0.0 if quick else WARMUP_S
+    roi = bench_roi(repeats=repeats, scale=scale, progress=progress, warmup_s=warmup_s)
+    floors = roi_floors(repeats=repeats, scale=scale, warmup_s=warmup_s)
     model = bench_model(repeats, size, size, progress, bf16, quick)
     profiled = [n for n in PROFILED if bf16 or "bf16" not in n]
     res = speed_record(roi, model, repeats, scale, size, command, bench_profile(size, profiled, quick), bf16,
-                       floors, bench_conv_bound(size, quick))
+                       floors, bench_conv_bound(size, quick), warmup_s)
     if out is not None: write_json(out, res)
     return res
 
@@ -606,6 +622,7 @@ def speed_markdown(res: dict) -> str:
               "forward's speed-up:\n\n"
               + "\n".join(_floors_table(res["floors"], res["roi"]))) if res.get("floors") else ""
     if res.get("conv_bound") and res.get("profile"): profile += f"\n\n{_conv_bound_text(res)}"
+    warm = f", each RoI case after {res['warmup_s']:g} s of warm-up calls," if res.get("warmup_s") else ""
     if not res.get("bf16", True):
         profile += f"\n\n{bf16_left_out(by_command=m.get('bf16_kernels', True))}"   # kernels there: the command's
     return (f"RoI layers (`aligned=True`, two samples per bin; {_workloads_text(res['scale'])}); our time and, in "
@@ -613,7 +630,7 @@ def speed_markdown(res: dict) -> str:
             f"{roi}{floors}\n\nThe whole R-50-FPN Mask R-CNN at {h}×{w}, the same weights in torchvision's model and "
             f"ours (`for_inference()` folds frozen BN into the convolutions and makes their weights channels-last):\n\n"
             f"{model}{profile}\n\n"
-            f"Medians of {res['repeats']} run(s) on {m['torch_threads']} threads of a {m['cores']}-core "
+            f"Medians of {res['repeats']} run(s){warm} on {m['torch_threads']} threads of a {m['cores']}-core "
             f"{describe_cpu(m)}{describe_features(m)}, torch {m['torch']}, measured {res['date'][:10]} by "
             f"`{res['command']}`.")
 

@@ -14,16 +14,19 @@ from pathlib import Path
 import numba
 import numpy as np
 import torch
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 from torch import Tensor
 
 from .core import set_within
 from .roi_layers import BilinearPlan, PoolPlan
 
 # %% auto #0
-__all__ = ['HUGE_PAGES', 'CONVERT_BLOCK_BYTES', 'is_plain', 'thp_mode', 'advise_huge_pages', 'output_buffer', 'huge_page_outputs',
-           'converts_map', 'bilinear_forward_numba', 'bilinear_backward_numba', 'roi_pool_forward_numba',
-           'roi_pool_backward_numba', 'parallel_split', 'split_dependence']
+__all__ = ['HUGE_PAGES', 'CONVERT_BLOCK_BYTES', 'COPY_SAMPLES_PER_CELL', 'is_plain', 'thp_mode', 'advise_huge_pages',
+           'output_buffer', 'huge_page_outputs', 'converts_map', 'bilinear_forward_numba', 'bilinear_backward_numba',
+           'roi_pool_forward_numba', 'roi_pool_backward_numba', 'parallel_split', 'split_dependence']
 
 # %% ../nbs/07a_roi_numba.ipynb #838c819e
 def _nhwc(t: Tensor) -> np.ndarray:
@@ -315,12 +318,13 @@ def _row_window(rows, nr, k):
     return a, b
 
 @numba.njit(cache=True, nogil=True)
-def _copies_window(rows, nr, width, count, PW):
-    "Per RoI: whether its samples outnumber the cells of its window, which a plain input's forward then copies."
+def _copies_window(rows, nr, width, count, PW, per_cell):
+    """Per RoI: whether its samples number more than `per_cell` times the cells of its window, which a plain input's
+    forward then copies."""
     small = np.zeros(rows.shape[0], np.bool_)
     for k in range(rows.shape[0]):
         a, b = _row_window(rows, nr, k)
-        small[k] = max(0, b - a + 1) * width[k] < rows.shape[1] * PW * count[k]
+        small[k] = per_cell * max(0, b - a + 1) * width[k] < rows.shape[1] * PW * count[k]
     return small
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -419,9 +423,11 @@ def _four_taps(nr, nc):
     return ok
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _bilinear_avg_fwd_planes(x, batch, rows, rw, nr, cols, cw, nc, x0, width, out, order, nblocks):
+def _bilinear_avg_fwd_planes(x, batch, rows, rw, nr, cols, cw, nc, x0, width, out, order, nblocks, prefetch=True):
     # x (N, C, H, W) of a plain input; thread b takes the b-th of `nblocks` blocks of channels and, four channels at a
-    # time, every RoI in `order`: _sep_bins's sums for each channel, in the same order, read along the planes' rows
+    # time, every RoI in `order`: _sep_bins's sums for each channel, in the same order, read along the planes' rows;
+    # with `prefetch`, the rows of the RoI that comes next (the first RoI of the next channels after the last) are
+    # requested from memory before each RoI is computed, so that their loads overlap its arithmetic
     K, C = len(order), x.shape[1]
     bs, four = (C + nblocks - 1) // nblocks, _four_taps(nr, nc)
     for blk in prange(nblocks):
@@ -431,8 +437,49 @@ def _bilinear_avg_fwd_planes(x, batch, rows, rw, nr, cols, cw, nc, x0, width, ou
             m = min(4, c1 - c)
             for t in range(K):
                 k = order[t]
+                if prefetch: _prefetch_next(x, batch, order, t, c, c1, rows, nr, x0, width)
                 if m == 4 and four[k]: _plane_bins4(x, batch[k], c, k, rows, rw, cols, cw, x0, width, U, out)
                 else: _plane_bins(x, batch[k], c, m, k, rows, rw, nr, cols, cw, nc, x0, width, U, out)
+
+# %% ../nbs/07a_roi_numba.ipynb #9f2c4e61
+@intrinsic
+def _prefetch(typingctx, arr, i):
+    """Ask the processor to start loading the cache line that holds `arr[i]` (`arr` one-dimensional, `i` within it):
+    LLVM's `prefetch` intrinsic, a hint that reads no value, writes none and never faults."""
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, sig.args[0], ary, [args[1]], wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0i8")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])   # a read, kept in every cache level
+        return context.get_dummy_value()
+    return types.void(arr, i), codegen
+
+@numba.njit(cache=True, nogil=True)
+def _prefetch_rows(x, b, c, m, k, rows, nr, x0, width):
+    """`_prefetch` the row segments that `_plane_bins4` and `_plane_bins` read for RoI k in channels c, ..., c + m - 1
+    of image b of `x` (N, C, H, W): every 16th value (a 64-byte cache line of float32) and each segment's last."""
+    a, n = _vector_span(x0[k], width[k], x.shape[3])
+    if n == 0: return
+    e = a + n - 1
+    for ph in range(rows.shape[1]):
+        for q in range(nr[k, ph]):
+            r = rows[k, ph, q]
+            for d in range(m):
+                row = x[b, c + d, r]
+                for j in range(a, e, 16): _prefetch(row, j)   # a literal step: a variable one costs a division per loop
+                _prefetch(row, e)
+
+@numba.njit(cache=True, nogil=True)
+def _prefetch_next(x, batch, order, t, c, c1, rows, nr, x0, width):
+    """`_prefetch_rows` of what `_bilinear_avg_fwd_planes` computes after RoI order[t] in channels c, ... of a block
+    that ends before c1: the next RoI in the same channels, or after the last RoI the first in the next four."""
+    if t + 1 < len(order): k, c = order[t + 1], c
+    elif c + 4 < c1: k, c = order[0], c + 4
+    else: return
+    _prefetch_rows(x, batch[k], c, min(4, c1 - c), k, rows, nr, x0, width)
+
 
 # %% ../nbs/07a_roi_numba.ipynb #682d1387
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -628,6 +675,7 @@ def _plan_taps(plan: BilinearPlan) -> tuple:
     return _separable_taps(*_plan_arrays(plan)[1:], plan.count.numpy())
 
 CONVERT_BLOCK_BYTES = 4 << 20   # a plain map no larger than its output is copied channels-last in blocks this large
+COPY_SAMPLES_PER_CELL = 4       # otherwise a RoI's window is copied where its samples number more than this per cell
 
 def converts_map(input: Tensor, out: Tensor) -> bool:
     "Whether the forward of plain `input` copies the whole map channels-last, block by block: not larger than `out`."
@@ -644,15 +692,17 @@ def _avg_forward_converted(input: Tensor, plan: BilinearPlan, taps: tuple, out: 
         block = buf[:N * H * W * n].view(N, H, W, n).copy_(input[:, c0:c0 + n].permute(0, 2, 3, 1))
         _bilinear_avg_fwd(block.numpy(), b, *taps, out.numpy(), order, numba.get_num_threads(), c0)
 
-def _avg_forward_plain(input: Tensor, plan: BilinearPlan, taps: tuple, out: Tensor, order: np.ndarray):
+def _avg_forward_plain(input: Tensor, plan: BilinearPlan, taps: tuple, out: Tensor, order: np.ndarray,
+                       per_cell: float = COPY_SAMPLES_PER_CELL, prefetch: bool = True):
     """The average forward of a plain NCHW input into `out`: a map no larger than the output copied channels-last in
-    blocks (`converts_map`); otherwise RoIs whose samples outnumber their window's cells through a channels-last copy
-    of the window, the others plane by plane. Every path gives `_bilinear_avg_fwd`'s bits."""
+    blocks (`converts_map`); otherwise RoIs with more than `per_cell` samples per cell of their window through a
+    channels-last copy of the window, the others plane by plane (`prefetch`: with their rows prefetched). Every path
+    gives `_bilinear_avg_fwd`'s bits."""
     if converts_map(input, out): return _avg_forward_converted(input, plan, taps, out, order)
-    small = _copies_window(taps[0], taps[2], taps[7], plan.count.numpy(), taps[3].shape[1])[order]
+    small = _copies_window(taps[0], taps[2], taps[7], plan.count.numpy(), taps[3].shape[1], per_cell)[order]
     b = plan.batch.numpy()
     _bilinear_avg_fwd_plain(_nhwc(input), b, *taps, out.numpy(), order[small], numba.get_num_threads())
-    _bilinear_avg_fwd_planes(input.numpy(), b, *taps, out.numpy(), order[~small], _nblocks(input.shape[1]))
+    _bilinear_avg_fwd_planes(input.numpy(), b, *taps, out.numpy(), order[~small], _nblocks(input.shape[1]), prefetch)
 
 def bilinear_forward_numba(input: Tensor, plan: BilinearPlan, mode: str = "avg"):
     "RoIAlign / RoIWarp forward on the CPU: `(output (K, C, PH, PW), argmax or None)`."
