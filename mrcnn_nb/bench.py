@@ -507,7 +507,8 @@ def bench_speed(out=None, repeats: int = 5, scale: float = 1.0, size=(800, 1066)
                 progress: bool = True, bf16: bool | None = None, quick: bool = False) -> dict:
     """`bench_roi`, `roi_floors`, `bench_model`, `bench_profile` and `bench_conv_bound` in one run, as a
     `speed_record`; written to `out` (JSON) if given. `bf16`: time the bfloat16 cases too (None: where
-    `cpu_bf16_kernels`). `quick`: the models with `QUICK_BUDGETS` and no warm-up (a check, not a measurement)."""
+    `cpu_bf16_kernels`). `quick`: the models with `QUICK_BUDGETS`, the RoI cases after one untimed call (a check,
+    not a measurement)."""
     bf16, warmup_s = resolve_bf16(bf16), 0.0 if quick else WARMUP_S
     roi = bench_roi(repeats=repeats, scale=scale, progress=progress, warmup_s=warmup_s)
     floors = roi_floors(repeats=repeats, scale=scale, warmup_s=warmup_s)

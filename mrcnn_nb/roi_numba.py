@@ -444,14 +444,18 @@ def _bilinear_avg_fwd_planes(x, batch, rows, rw, nr, cols, cw, nc, x0, width, ou
 # %% ../nbs/07a_roi_numba.ipynb #9f2c4e61
 @intrinsic
 def _prefetch(typingctx, arr, i):
-    """Ask the processor to start loading the cache line that holds `arr[i]` (`arr` one-dimensional, `i` within it):
-    LLVM's `prefetch` intrinsic, a hint that reads no value, writes none and never faults."""
+    """Ask the processor to start bringing the cache line that holds `arr[i]` (`arr` one-dimensional, `i` an integer
+    within it) into its closest cache. Numba has no prefetch of its own: this `@intrinsic` writes the LLVM IR itself,
+    a call of LLVM's `llvm.prefetch`, which becomes the processor's prefetch instruction — a hint that fills no
+    register, changes no value and never faults."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and isinstance(i, types.Integer)): return None
     def codegen(context, builder, sig, args):
         ary = context.make_array(sig.args[0])(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, sig.args[0], ary, [args[1]], wraparound=False)
+        at = context.cast(builder, args[1], sig.args[1], types.intp)
+        ptr = cgutils.get_item_pointer(context, builder, sig.args[0], ary, [at], wraparound=False)
         i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                                            "llvm.prefetch.p0i8")
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p], fnty)   # named as this LLVM names it
         builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])   # a read, kept in every cache level
         return context.get_dummy_value()
     return types.void(arr, i), codegen
@@ -459,26 +463,35 @@ def _prefetch(typingctx, arr, i):
 @numba.njit(cache=True, nogil=True)
 def _prefetch_rows(x, b, c, m, k, rows, nr, x0, width):
     """`_prefetch` the row segments that `_plane_bins4` and `_plane_bins` read for RoI k in channels c, ..., c + m - 1
-    of image b of `x` (N, C, H, W): every 16th value (a 64-byte cache line of float32) and each segment's last."""
+    of image b of `x` (N, C, H, W): one value per 64-byte cache line (16 float32 or 8 float64) and each one's last."""
     a, n = _vector_span(x0[k], width[k], x.shape[3])
     if n == 0: return
-    e = a + n - 1
+    e, single = a + n - 1, x.itemsize == 4
     for ph in range(rows.shape[1]):
         for q in range(nr[k, ph]):
             r = rows[k, ph, q]
             for d in range(m):
                 row = x[b, c + d, r]
-                for j in range(a, e, 16): _prefetch(row, j)   # a literal step: a variable one costs a division per loop
+                if single:                                   # literal steps: a variable one costs a division per loop
+                    for j in range(a, e, 16): _prefetch(row, j)
+                else:
+                    for j in range(a, e, 8): _prefetch(row, j)
                 _prefetch(row, e)
 
 @numba.njit(cache=True, nogil=True)
+def _next_visit(K, t, c, c1):
+    """What `_bilinear_avg_fwd_planes` computes after the t-th of its K RoIs in channels c, ... of a block that ends
+    before channel c1: `(t', c', m')`, the next RoI in the same channels or, after the last, the first in the next
+    four, in m' channels (fewer at the block's end); `(-1, c, 0)`: nothing, the block is done."""
+    if t + 1 < K: return t + 1, c, min(4, c1 - c)
+    if c + 4 < c1: return 0, c + 4, min(4, c1 - c - 4)
+    return -1, c, 0
+
+@numba.njit(cache=True, nogil=True)
 def _prefetch_next(x, batch, order, t, c, c1, rows, nr, x0, width):
-    """`_prefetch_rows` of what `_bilinear_avg_fwd_planes` computes after RoI order[t] in channels c, ... of a block
-    that ends before c1: the next RoI in the same channels, or after the last RoI the first in the next four."""
-    if t + 1 < len(order): k, c = order[t + 1], c
-    elif c + 4 < c1: k, c = order[0], c + 4
-    else: return
-    _prefetch_rows(x, batch[k], c, min(4, c1 - c), k, rows, nr, x0, width)
+    "`_prefetch_rows` of the visit that follows RoI order[t] in channels c, ... (`_next_visit`)."
+    u, c, m = _next_visit(len(order), t, c, c1)
+    if u >= 0: _prefetch_rows(x, batch[order[u]], c, m, order[u], rows, nr, x0, width)
 
 
 # %% ../nbs/07a_roi_numba.ipynb #682d1387
@@ -693,12 +706,13 @@ def _avg_forward_converted(input: Tensor, plan: BilinearPlan, taps: tuple, out: 
         _bilinear_avg_fwd(block.numpy(), b, *taps, out.numpy(), order, numba.get_num_threads(), c0)
 
 def _avg_forward_plain(input: Tensor, plan: BilinearPlan, taps: tuple, out: Tensor, order: np.ndarray,
-                       per_cell: float = COPY_SAMPLES_PER_CELL, prefetch: bool = True):
+                       per_cell: float | None = None, prefetch: bool = True):
     """The average forward of a plain NCHW input into `out`: a map no larger than the output copied channels-last in
-    blocks (`converts_map`); otherwise RoIs with more than `per_cell` samples per cell of their window through a
-    channels-last copy of the window, the others plane by plane (`prefetch`: with their rows prefetched). Every path
-    gives `_bilinear_avg_fwd`'s bits."""
+    blocks (`converts_map`); otherwise RoIs with more than `per_cell` (None: `COPY_SAMPLES_PER_CELL`) samples per cell
+    of their window through a channels-last copy of the window, the others plane by plane (`prefetch`: with their
+    rows prefetched). Every path gives `_bilinear_avg_fwd`'s bits."""
     if converts_map(input, out): return _avg_forward_converted(input, plan, taps, out, order)
+    per_cell = float(COPY_SAMPLES_PER_CELL if per_cell is None else per_cell)
     small = _copies_window(taps[0], taps[2], taps[7], plan.count.numpy(), taps[3].shape[1], per_cell)[order]
     b = plan.batch.numpy()
     _bilinear_avg_fwd_plain(_nhwc(input), b, *taps, out.numpy(), order[small], numba.get_num_threads())

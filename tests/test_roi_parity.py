@@ -193,16 +193,22 @@ def test_backward_allocates_about_the_input_gradient_only():
             assert rise < gin_mib + 6, (name, fmt, rise)                        # a copy of gout: +25 MiB
 
 
-def test_plain_input_gives_the_bits_of_channels_last():
-    """RoIAlign's average on a plain NCHW input — small, densely sampled RoIs read through a channels-last copy of
-    their window, the others plane by plane (one and two groups of four taps) — gives the same bits as on the
-    channels-last input."""
-    x, b, s = case(6, C=8, K=60)
+def test_plain_input_gives_the_bits_of_channels_last(monkeypatch):
+    """RoIAlign's average on a plain NCHW input gives the same bits as on the channels-last input, by every path: a map
+    no larger than the output copied channels-last in blocks (the (5, 4) outputs); a larger map with the window of
+    every RoI copied channels-last (COPY_SAMPLES_PER_CELL 0), of none (infinite: plane by plane, one and two groups of
+    four taps) and as the library chooses."""
+    from mrcnn_nb import roi_numba
+    x, b, s = case(6, C=8, K=60)                                  # a 2 x 8 x 15 x 19 map: 4,560 values
     cl = x.contiguous(memory_format=torch.channels_last)
-    for size, sampling_ratio, aligned in (((5, 4), 4, True), ((5, 4), 2, False), ((5, 4), -1, True),
-                                          ((5, 4), 0, False), ((5, 4), 1, True), ((1, 1), 4, True)):
-        plain = roi_align(x, b, size, s, sampling_ratio, aligned)
-        assert torch.equal(plain, roi_align(cl, b, size, s, sampling_ratio, aligned)), (size, sampling_ratio, aligned)
+    converted = [((5, 4), 4, True), ((5, 4), 2, False), ((5, 4), -1, True), ((5, 4), 0, False), ((5, 4), 1, True)]
+    in_place = [((1, 1), 4, True), ((2, 2), 2, False), ((3, 2), -1, True), ((3, 3), 1, True), ((2, 3), 0, False)]
+    for per_cell in (roi_numba.COPY_SAMPLES_PER_CELL, 0, float("inf")):
+        monkeypatch.setattr(roi_numba, "COPY_SAMPLES_PER_CELL", per_cell)
+        for size, sampling_ratio, aligned in converted + in_place:
+            plain = roi_align(x, b, size, s, sampling_ratio, aligned)
+            assert torch.equal(plain, roi_align(cl, b, size, s, sampling_ratio, aligned)), \
+                (per_cell, size, sampling_ratio, aligned)
 
 
 def test_roi_pool_plain_and_channels_last_agree_on_ties_and_nans():
