@@ -24,9 +24,10 @@ from .core import set_within
 from .roi_layers import BilinearPlan, PoolPlan
 
 # %% auto #0
-__all__ = ['HUGE_PAGES', 'CONVERT_BLOCK_BYTES', 'COPY_SAMPLES_PER_CELL', 'is_plain', 'thp_mode', 'advise_huge_pages',
-           'output_buffer', 'huge_page_outputs', 'converts_map', 'bilinear_forward_numba', 'bilinear_backward_numba',
-           'roi_pool_forward_numba', 'roi_pool_backward_numba', 'parallel_split', 'split_dependence']
+__all__ = ['SCATTER_L1_BYTES', 'HUGE_PAGES', 'CONVERT_BLOCK_BYTES', 'COPY_SAMPLES_PER_CELL', 'is_plain', 'thp_mode',
+           'advise_huge_pages', 'output_buffer', 'huge_page_outputs', 'converts_map', 'bilinear_forward_numba',
+           'bilinear_backward_numba', 'roi_pool_forward_numba', 'roi_pool_backward_numba', 'parallel_split',
+           'split_dependence']
 
 # %% ../nbs/07a_roi_numba.ipynb #838c819e
 def _nhwc(t: Tensor) -> np.ndarray:
@@ -281,8 +282,9 @@ def _pool_fwd(x, batch, py0, py1, px0, px1, out, arg, nthreads):
 
 # %% ../nbs/07a_roi_numba.ipynb #e66660ce
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _pool_bwd(g, arg, batch, gin, nblocks):
-    # g (K, PH, PW, C); arg: the flat pixel index h * W + w of each max; gin (N, H * W, C): no division per element
+def _pool_bwd(g, arg, batch, gin, nblocks, sub):
+    # g (K, PH, PW, C); arg: the flat pixel index h * W + w of each max; gin (N, H * W, C): no division per element.
+    # Each thread's block of channels in passes of `sub` channels over each RoI: every cell's sum in the same order
     K, PH, PW, C = g.shape
     bs = (C + nblocks - 1) // nblocks
     for blk in prange(nblocks):
@@ -290,13 +292,28 @@ def _pool_bwd(g, arg, batch, gin, nblocks):
         c1 = min(C, c0 + bs)
         for k in range(K):
             b = batch[k]
-            for ph in range(PH):
-                for pw in range(PW):
-                    gg = g[k, ph, pw]
-                    a = arg[k, ph, pw]
-                    for c in range(c0, c1):
-                        i = a[c]
-                        if i >= 0: gin[b, i, c] += gg[c]
+            for s0 in range(c0, c1, sub):
+                s1 = min(c1, s0 + sub)
+                for ph in range(PH):
+                    for pw in range(PW):
+                        gg = g[k, ph, pw]
+                        a = arg[k, ph, pw]
+                        for c in range(s0, s1):
+                            i = a[c]
+                            if i >= 0: gin[b, i, c] += gg[c]
+
+
+# %% ../nbs/07a_roi_numba.ipynb #c4a7e1b1
+SCATTER_L1_BYTES = 32 << 10   # the cache lines a row of bins reads from a plain output gradient should fit in this
+
+def _pool_bwd_channels(g: np.ndarray, block: int) -> int:
+    """Channels per pass of `_pool_bwd` over a RoI, for its gradient `g` (K, PH, PW, C) and `block` channels per
+    thread: the whole block, unless `g` is plain memory (channels apart) and a row of bins would read more of its
+    cache lines than fit in `SCATTER_L1_BYTES`; then 16."""
+    if g.shape[3] == 1 or g.strides[3] == g.itemsize: return block    # channels-last: a bin's channels lie together
+    lines = -(-g.shape[2] * g.itemsize // 64) + 1                       # at most, per channel, for a row of bins
+    return block if block * lines * 64 <= SCATTER_L1_BYTES else 16
+
 
 # %% ../nbs/07a_roi_numba.ipynb #a06a41a9
 @numba.njit(cache=True, nogil=True)
@@ -800,7 +817,8 @@ def roi_pool_backward_numba(grad_out: Tensor, plan: PoolPlan, input_shape, argma
         _pool_bwd_nchw(grad_out.detach().contiguous().numpy(), argmax.permute(0, 3, 1, 2).numpy(), plan.batch.numpy(),
                        gin.numpy(), _nblocks(C))
     elif plan.batch.numel():
-        _pool_bwd(_nhwc(grad_out), argmax.numpy(), plan.batch.numpy(), gin.numpy(), _nblocks(C))
+        g, nblocks = _nhwc(grad_out), _nblocks(C)
+        _pool_bwd(g, argmax.numpy(), plan.batch.numpy(), gin.numpy(), nblocks, _pool_bwd_channels(g, -(-C // nblocks)))
     return gin.view(N, C, H, W) if nchw else gin.view(N, H, W, C).permute(0, 3, 1, 2)
 
 # %% ../nbs/07a_roi_numba.ipynb #aa73cecb

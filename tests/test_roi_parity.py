@@ -211,6 +211,28 @@ def test_plain_input_gives_the_bits_of_channels_last(monkeypatch):
                 (per_cell, size, sampling_ratio, aligned)
 
 
+def test_roi_pool_backward_passes_give_the_bits_of_the_plain_kernel(monkeypatch):
+    """RoIPool's channels-last backward gives the bits of the plain input's (plane by plane) whatever the channels per
+    pass over a RoI: 16 (SCATTER_L1_BYTES 0, with a last pass of fewer channels), the thread's whole block (infinite)
+    and as the library chooses; for a plain and a channels-last output gradient."""
+    from mrcnn_nb import roi_numba
+    from mrcnn_nb.roi_layers import pool_plan
+    x, b, s = case(8, C=40, K=90)                                   # 40 channels: blocks of 40, 20 or 14
+    plan = pool_plan(b, s, (4, 3), *x.shape[-2:])
+    cl = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(len(b), 40, 4, 3, generator=torch.Generator().manual_seed(9))
+    _, arg = roi_numba.roi_pool_forward_numba(cl, plan)
+    _, arg_plain = roi_numba.roi_pool_forward_numba(x, plan)
+    ref = roi_numba.roi_pool_backward_numba(g, plan, x.shape, arg_plain, torch.contiguous_format)
+    for limit in (0, float("inf"), roi_numba.SCATTER_L1_BYTES):
+        monkeypatch.setattr(roi_numba, "SCATTER_L1_BYTES", limit)
+        for blocks in (1, 2, 3):
+            with roi_numba.parallel_split(blocks):
+                for grad in (g, g.contiguous(memory_format=torch.channels_last)):
+                    gin = roi_numba.roi_pool_backward_numba(grad, plan, x.shape, arg)
+                    assert torch.equal(gin, ref), (limit, blocks, grad.is_contiguous())
+
+
 def test_roi_pool_plain_and_channels_last_agree_on_ties_and_nans():
     """RoIPool's forward on a plain NCHW input (its own kernel: plane by plane, in channel blocks) gives the values
     and the argmax of the channels-last kernel -- the first maximum in row-then-column order, never a NaN -- on a map
