@@ -60,7 +60,9 @@ def time_dataset(dataset, n: int | None = None, warmup: int = 2, threads: int | 
 def format_rows(rows: list, machine: bool = True) -> str:
     "A plain-text table of benchmark rows (dicts with the same keys)."
     keys = list(rows[0])
-    def fmt(v): return f"{v:.2f}" if isinstance(v, float) else " ".join(map(fmt, v)) if isinstance(v, list) else str(v)
+    def fmt(v):   # floats to two decimals; a list, each of its values
+        if isinstance(v, float): return f"{v:.2f}"
+        return " ".join(map(fmt, v)) if isinstance(v, list) else str(v)
     widths = [max(len(k), *(len(fmt(r[k])) for r in rows)) for k in keys]
     lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths))]
     lines += ["  ".join(fmt(r[k]).ljust(w) for k, w in zip(keys, widths)) for r in rows]
@@ -188,40 +190,49 @@ def _roi_case(workload: str, impl: str, op: str, backward: bool, repeats: int, s
 ROI_PASSES = 2   # passes over every RoI case, each in a fresh process; each case's row is its faster pass
 
 def _in_fresh_process(fn, *args):
-    """`fn(*args)` run in a new Python process (spawned: it inherits the environment, not this process's memory),
-    its result returned. `fn` must be importable by name (a function of the library)."""
+    """`fn(*args)` run in a new Python process, its result returned; an exception there is raised here. The process
+    is spawned: it imports the installed library (so `fn` must be one of its functions, importable by name) and
+    inherits the environment, not this process's memory or its settings made in code (`huge_page_outputs`,
+    `parallel_split`, torch's threads: pass what it needs)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(fn, *args).result()
 
-def _roi_pass(cases: list, repeats: int, scale: float, warmup_s: float, threads: int) -> list:
-    "One pass over the RoI `cases` (workload, op, backward, impl) on `threads` torch threads: `_roi_case` of each."
-    torch.set_num_threads(threads)
-    return [_roi_case(w, impl, op, bwd, repeats, scale, warmup_s) for w, op, bwd, impl in cases]
+def _fastest_of(passes: list, key) -> list:
+    "Item by item over `passes` (lists of results in the same order): (the result with the least `key`, every pass's)."
+    return [(min(results, key=key), list(results)) for results in zip(*passes)]
 
+def _roi_pass(cases: list, repeats: int, scale: float, warmup_s: float, threads: int, desc: str | None = None) -> list:
+    """One pass over the RoI `cases` (workload, op, backward, impl) on `threads` torch threads: `_roi_case` of each,
+    with a progress bar titled `desc` (None: none)."""
+    from tqdm.auto import tqdm
+    torch.set_num_threads(threads)
+    return [_roi_case(w, impl, op, bwd, repeats, scale, warmup_s)
+            for w, op, bwd, impl in tqdm(cases, desc=desc, disable=desc is None, leave=False)]
+
+
+# %% ../nbs/30_benchmarks.ipynb #f0a1b2c4
 def bench_roi(workloads=("FPN", "C4"), repeats: int = 5, scale: float = 1.0, progress: bool = True,
               warmup_s: float = WARMUP_S, passes: int = ROI_PASSES) -> list:
     """Time RoIAlign / RoIPool, ours against torchvision, forward and forward + backward, with peak-memory rises; each
     case after `warmup_s` seconds of warm-up calls (`_roi_case`), in each of `passes` passes over all the cases, each
-    pass in a fresh process. A case's row is its faster pass; `ms_passes` keeps every pass's time."""
-    from tqdm.auto import tqdm
-    from mrcnn_nb import bench   # the library's functions: a new process imports them by name, also from a notebook
+    pass in a fresh process. A case's row is its faster pass (`vs_torchvision`: torchvision's faster pass over
+    ours); `ms_passes` keeps every pass's time."""
+    from mrcnn_nb import bench   # the library's own function: a new process imports it by name, also from a notebook
     impls = ("torchvision", "ours (channels_last)", "ours (NCHW)")
     cases = [(w, op, bwd, impl) for w in workloads for op in ("roi_align", "roi_pool") for bwd in (False, True)
              for impl in impls]
-    runs = {c: [] for c in cases}
-    for _ in tqdm(range(passes), desc="roi bench, passes", disable=not progress, leave=False):
-        args = (cases, repeats, scale, warmup_s, torch.get_num_threads())
-        for c, r in zip(cases, _in_fresh_process(bench._roi_pass, *args)): runs[c].append(r)
-    results = {c: min(r, key=lambda x: x["seconds"]) for c, r in runs.items()}
+    runs = [_in_fresh_process(bench._roi_pass, cases, repeats, scale, warmup_s, torch.get_num_threads(),
+                              f"roi bench, pass {i + 1} of {passes}" if progress else None) for i in range(passes)]
+    results = dict(zip(cases, _fastest_of(runs, key=lambda r: r["seconds"])))
     rows = []
-    for (w, op, bwd, impl), r in results.items():
-        tv = results[(w, op, bwd, "torchvision")]["seconds"]
+    for (w, op, bwd, impl), (r, every) in results.items():
+        tv = results[(w, op, bwd, "torchvision")][0]["seconds"]
         peak = r["peak_mib"] if r["peak_mib"] is not None else float("nan")
         rows.append({"workload": w, "op": op, "pass": "bwd" if bwd else "fwd", "impl": impl, "ms": r["seconds"] * 1e3,
                      "vs_torchvision": tv / r["seconds"], "peak_mib": peak,
-                     "ms_passes": [x["seconds"] * 1e3 for x in runs[(w, op, bwd, impl)]]})
+                     "ms_passes": [x["seconds"] * 1e3 for x in every]})
     return rows
 
 
@@ -255,7 +266,7 @@ def roi_floors(workloads=("FPN", "C4"), repeats: int = 5, scale: float = 1.0, wa
     from mrcnn_nb import bench   # importable by name in the new process
     runs = [_in_fresh_process(bench._floors_pass, workloads, repeats, scale, warmup_s, torch.get_num_threads())
             for _ in range(passes)]
-    return [min(rows, key=lambda r: r["ms"]) for rows in zip(*runs)]
+    return [fastest for fastest, _ in _fastest_of(runs, key=lambda r: r["ms"])]
 
 
 # %% ../nbs/30_benchmarks.ipynb #2d70e32c
@@ -652,6 +663,13 @@ def _faults_text(model: list) -> str:
             "fault is time in the kernel, charged to the operator that first writes the page): " + "; ".join(parts)
             + ".") if rows else ""
 
+def _roi_protocol_text(res: dict) -> str:
+    "How a `speed_record`'s RoI cases were timed, as clauses for `speed_markdown` ('' where the record does not say)."
+    parts = [f"each RoI case after {res['warmup_s']:g} s of warm-up calls"] if res.get("warmup_s") else []
+    passes = len(res["roi"][0].get("ms_passes", [])) if res["roi"] else 0
+    if passes > 1: parts.append(f"the faster of {passes} passes over all RoI cases, each pass in a fresh process")
+    return "".join(f", {p}" for p in parts) + ("," if parts else "")
+
 def speed_markdown(res: dict) -> str:
     "The speed tables of a `bench_speed` record, with the machine and the command that measured them."
     m, (h, w) = res["machine"], res["image_size"]
@@ -666,9 +684,7 @@ def speed_markdown(res: dict) -> str:
               "forward's speed-up:\n\n"
               + "\n".join(_floors_table(res["floors"], res["roi"]))) if res.get("floors") else ""
     if res.get("conv_bound") and res.get("profile"): profile += f"\n\n{_conv_bound_text(res)}"
-    warm = f", each RoI case after {res['warmup_s']:g} s of warm-up calls," if res.get("warmup_s") else ""
-    passes = len(res["roi"][0].get("ms_passes", [])) if res["roi"] else 0
-    if passes > 1: warm += f" the faster of {passes} passes over all RoI cases,"
+    warm = _roi_protocol_text(res)
     if not res.get("bf16", True):
         profile += f"\n\n{bf16_left_out(by_command=m.get('bf16_kernels', True))}"   # kernels there: the command's
     return (f"RoI layers (`aligned=True`, two samples per bin; {_workloads_text(res['scale'])}); our time and, in "

@@ -309,10 +309,10 @@ SCATTER_L1_BYTES = 32 << 10   # the cache lines a row of bins reads from a plain
 def _pool_bwd_channels(g: np.ndarray, block: int) -> int:
     """Channels per pass of `_pool_bwd` over a RoI, for its gradient `g` (K, PH, PW, C) and `block` channels per
     thread: the whole block, unless `g` is plain memory (channels apart) and a row of bins would read more of its
-    cache lines than fit in `SCATTER_L1_BYTES`; then 16."""
-    if g.shape[3] == 1 or g.strides[3] == g.itemsize: return block    # channels-last: a bin's channels lie together
-    lines = -(-g.shape[2] * g.itemsize // 64) + 1                       # at most, per channel, for a row of bins
-    return block if block * lines * 64 <= SCATTER_L1_BYTES else 16
+    cache lines than fit in `SCATTER_L1_BYTES`; then 16. At least 1."""
+    if g.shape[3] == 1 or g.strides[3] == g.itemsize: return max(1, block)   # channels-last: they lie together
+    lines = -(-g.shape[2] * g.itemsize // 64) + 1                             # at most, per channel, for a bin row
+    return max(1, block) if block * lines * 64 <= SCATTER_L1_BYTES else 16
 
 
 # %% ../nbs/07a_roi_numba.ipynb #a06a41a9
