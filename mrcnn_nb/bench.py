@@ -189,25 +189,30 @@ def _roi_case(workload: str, impl: str, op: str, backward: bool, repeats: int, s
 # %% ../nbs/30_benchmarks.ipynb #8e364611
 ROI_PASSES = 2   # passes over every RoI case, each in a fresh process; each case's row is its faster pass
 
+def _call_with_threads(fn, threads: int, args: tuple):
+    "`fn(*args)` on `threads` torch threads: what `_in_fresh_process` runs in the new process."
+    torch.set_num_threads(threads)
+    return fn(*args)
+
 def _in_fresh_process(fn, *args):
-    """`fn(*args)` run in a new Python process, its result returned; an exception there is raised here. The process
-    is spawned: it imports the installed library (so `fn` must be one of its functions, importable by name) and
-    inherits the environment, not this process's memory or its settings made in code (`huge_page_outputs`,
-    `parallel_split`, torch's threads: pass what it needs)."""
+    """`fn(*args)` run in a new Python process on this process's torch threads, its result returned; an exception
+    there is raised here. The process is spawned: it imports the installed library (so `fn` must be importable by
+    name, as the library's functions are) and inherits the environment, not this process's memory or its other
+    settings made in code (`huge_page_outputs`, `parallel_split`)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from mrcnn_nb import bench   # the library's own wrapper: importable by name in the new process
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
+        return pool.submit(bench._call_with_threads, fn, torch.get_num_threads(), args).result()
 
 def _fastest_of(passes: list, key) -> list:
     "Item by item over `passes` (lists of results in the same order): (the result with the least `key`, every pass's)."
     return [(min(results, key=key), list(results)) for results in zip(*passes)]
 
-def _roi_pass(cases: list, repeats: int, scale: float, warmup_s: float, threads: int, desc: str | None = None) -> list:
-    """One pass over the RoI `cases` (workload, op, backward, impl) on `threads` torch threads: `_roi_case` of each,
-    with a progress bar titled `desc` (None: none)."""
+def _roi_pass(cases: list, repeats: int, scale: float, warmup_s: float, desc: str | None = None) -> list:
+    """One pass over the RoI `cases` (workload, op, backward, impl): `_roi_case` of each, with a progress bar titled
+    `desc` (None: none)."""
     from tqdm.auto import tqdm
-    torch.set_num_threads(threads)
     return [_roi_case(w, impl, op, bwd, repeats, scale, warmup_s)
             for w, op, bwd, impl in tqdm(cases, desc=desc, disable=desc is None, leave=False)]
 
@@ -223,7 +228,7 @@ def bench_roi(workloads=("FPN", "C4"), repeats: int = 5, scale: float = 1.0, pro
     impls = ("torchvision", "ours (channels_last)", "ours (NCHW)")
     cases = [(w, op, bwd, impl) for w in workloads for op in ("roi_align", "roi_pool") for bwd in (False, True)
              for impl in impls]
-    runs = [_in_fresh_process(bench._roi_pass, cases, repeats, scale, warmup_s, torch.get_num_threads(),
+    runs = [_in_fresh_process(bench._roi_pass, cases, repeats, scale, warmup_s,
                               f"roi bench, pass {i + 1} of {passes}" if progress else None) for i in range(passes)]
     results = dict(zip(cases, _fastest_of(runs, key=lambda r: r["seconds"])))
     rows = []
@@ -237,10 +242,9 @@ def bench_roi(workloads=("FPN", "C4"), repeats: int = 5, scale: float = 1.0, pro
 
 
 # %% ../nbs/30_benchmarks.ipynb #d77c8788
-def _floors_pass(workloads, repeats: int, scale: float, warmup_s: float, threads: int) -> list:
-    "One pass of `roi_floors`' measurements on `threads` torch threads: rows with each median time (ms)."
+def _floors_pass(workloads, repeats: int, scale: float, warmup_s: float) -> list:
+    "One pass of `roi_floors`' measurements: rows with each median time (ms)."
     from mrcnn_nb.roi_numba import output_buffer
-    torch.set_num_threads(threads)
     rows = []
     for w in workloads:
         feats, boxes, _, out = roi_workload(w, scale)
@@ -264,8 +268,7 @@ def roi_floors(workloads=("FPN", "C4"), repeats: int = 5, scale: float = 1.0, wa
     once, in its own layout and to channels-last. Each after `warmup_s` seconds of warm-up calls; the faster of
     `passes` passes, each in a fresh process, as `bench_roi`."""
     from mrcnn_nb import bench   # importable by name in the new process
-    runs = [_in_fresh_process(bench._floors_pass, workloads, repeats, scale, warmup_s, torch.get_num_threads())
-            for _ in range(passes)]
+    runs = [_in_fresh_process(bench._floors_pass, workloads, repeats, scale, warmup_s) for _ in range(passes)]
     return [fastest for fastest, _ in _fastest_of(runs, key=lambda r: r["ms"])]
 
 
