@@ -24,12 +24,13 @@ from .shapes import make_shapes
 
 # %% auto #0
 __all__ = ['ROI_WORKLOADS', 'WARMUP_S', 'PEAK_RUNS', 'ROI_PASSES', 'QUICK_BUDGETS', 'PROFILE_GROUPS', 'PROFILED',
-           'CONTENTION_SCENARIOS', 'CONTENTION_TARGETS', 'CONV_GRAD_CASES', 'HUGE_PAGE_WAYS', 'WINOGRAD_CASES',
-           'TRAINING_GROUPS', 'MAIN_JOB_STATES', 'COCO_CATEGORY_IDS', 'COCO_SIZES', 'time_dataset', 'format_rows',
-           'bench_data', 'roi_workload', 'bench_roi', 'roi_floors', 'minor_faults', 'resolve_bf16', 'bench_model',
-           'op_group', 'profile_inference', 'bench_profile', 'counting_flops', 'conv_flops', 'matmul_rate',
-           'bench_conv_bound', 'speed_file', 'speed_record', 'bench_speed', 'bf16_left_out', 'speed_markdown',
-           'plot_speed', 'plot_profile', 'contention_file', 'bench_contention', 'contention_markdown',
+           'FIRST_TOUCH_CALLS', 'FIRST_TOUCH_MEMORY', 'CONTENTION_SCENARIOS', 'CONTENTION_TARGETS', 'CONV_GRAD_CASES',
+           'HUGE_PAGE_WAYS', 'WINOGRAD_CASES', 'TRAINING_GROUPS', 'MAIN_JOB_STATES', 'COCO_CATEGORY_IDS', 'COCO_SIZES',
+           'time_dataset', 'format_rows', 'bench_data', 'roi_workload', 'bench_roi', 'roi_floors', 'minor_faults',
+           'resolve_bf16', 'bench_model', 'op_group', 'profile_inference', 'bench_profile', 'counting_flops',
+           'conv_flops', 'matmul_rate', 'bench_conv_bound', 'speed_file', 'speed_record', 'bench_speed',
+           'bf16_left_out', 'speed_markdown', 'plot_speed', 'plot_profile', 'bench_first_touch', 'first_touch_file',
+           'first_touch_markdown', 'plot_first_touch', 'contention_file', 'bench_contention', 'contention_markdown',
            'bench_conv_grad', 'conv_grad_file', 'conv_grad_markdown', 'bench_huge_pages', 'huge_pages_file',
            'huge_pages_markdown', 'matched_detections', 'amp_file', 'bench_amp', 'amp_markdown', 'bench_winograd',
            'winograd_file', 'winograd_markdown', 'amp_training_dir', 'load_amp_training', 'amp_training_markdown',
@@ -739,6 +740,106 @@ def plot_profile(profile: dict, size=(9, 2.8)):
     ax.invert_yaxis()
     ax.legend(fontsize=8, ncol=5, loc="lower center", bbox_to_anchor=(0.5, 1.0))
     fig.tight_layout()
+    return fig
+
+# %% ../nbs/30_benchmarks.ipynb #b3e1d7b1
+FIRST_TOUCH_CALLS = ("torchvision", "ours", "ours, plan made", "ours, into a written output", "output alone",
+                     "written output, written again")
+FIRST_TOUCH_MEMORY = FIRST_TOUCH_CALLS[-2:]   # memory work alone, no RoIAlign
+
+def _first_touch_calls(scale: float = 1.0) -> dict:
+    """The calls `bench_first_touch` times, name (`FIRST_TOUCH_CALLS`) -> call, on the C4 workload's channels-last
+    features: torchvision's `roi_align` and ours; our forward with its sampling plan made beforehand
+    (`bilinear_forward_numba`), writing a new output and an output written before; a new output written once, and
+    an output written before written again, alone."""
+    from mrcnn_nb.roi_layers import bilinear_plan
+    from mrcnn_nb.roi_numba import bilinear_forward_numba, output_buffer
+    feats, boxes, s, out = roi_workload("C4", scale)
+    x = feats.contiguous(memory_format=torch.channels_last)
+    plan = bilinear_plan(boxes, s, (out, out), 2, x.shape[2], x.shape[3], aligned=True)
+    written = bilinear_forward_numba(x, plan)[0]
+    again = output_buffer(*written.shape, dtype=x.dtype).fill_(0.0)
+    theirs, ours = (_roi_fn(impl, "roi_align", boxes, s, out) for impl in ("torchvision", "ours"))
+    calls = (lambda: theirs(x), lambda: ours(x), lambda: bilinear_forward_numba(x, plan)[0],
+             lambda: bilinear_forward_numba(x, plan, out=written)[0],
+             lambda: output_buffer(*written.shape, dtype=x.dtype).fill_(1.0), lambda: again.fill_(1.0))
+    return dict(zip(FIRST_TOUCH_CALLS, calls))
+
+# %% ../nbs/30_benchmarks.ipynb #b3e1d7b3
+def _first_touch_rounds(rounds: int, scale: float, calls: int, pause_s: float, progress: bool) -> list:
+    """`bench_first_touch`'s rounds, in this process: per round, name -> median ms of `calls` calls of each of
+    `_first_touch_calls`, in turn (every other round in reverse order), then `pause_s` seconds' pause."""
+    from tqdm.auto import tqdm
+    fns = _first_touch_calls(scale)
+    for fn in fns.values(): _warm_up(fn, 0)
+    out = []
+    for i in tqdm(range(rounds), desc="C4 forward, call by call", disable=not progress, leave=False):
+        names = list(fns) if i % 2 == 0 else list(fns)[::-1]
+        ms = {n: _median_seconds(fns[n], calls) * 1e3 for n in names}
+        out.append({n: ms[n] for n in fns})
+        time.sleep(pause_s)
+    return out
+
+def bench_first_touch(rounds: int = 100, scale: float = 1.0, calls: int = 3, pause_s: float = 0.5, out=None,
+                      command: str = "bench_first_touch()", progress: bool = True) -> dict:
+    """C4's channels-last RoIAlign forward taken apart (`_first_touch_calls`), `rounds` rounds in a fresh process
+    (`_first_touch_rounds`); the record, with the machine, written to `out` if given."""
+    import numba
+    from mrcnn_nb import bench   # importable by name in the new process
+    times = _in_fresh_process(bench._first_touch_rounds, rounds, scale, calls, pause_s, progress)
+    rec = dict(kind="first_touch", command=command, when=_utc_now(), machine=machine_info(),
+               numba_threads=numba.get_num_threads(), scale=scale, calls=calls, pause_s=pause_s, rounds=times)
+    if out: write_json(out, rec)
+    return rec
+
+def first_touch_file() -> Path:
+    "The committed measurement of the C4 forward, call by call: `nbs/results/bench/first_touch.json`."
+    return results_dir() / "bench" / "first_touch.json"
+
+# %% ../nbs/30_benchmarks.ipynb #b3e1d7b5
+def _quantiles(v, qs=(0, 0.1, 0.5, 0.9, 1)) -> list:
+    "The `qs` quantiles of the values `v` (linear interpolation)."
+    return [float(q) for q in np.quantile(np.asarray(v, dtype=float), qs)]
+
+def first_touch_markdown(rec: dict) -> str:
+    """A `bench_first_touch` record's table: per call, its times over the rounds (min, 10th percentile, median, 90th,
+    max) and, but for torchvision's and the output's, the speed-up over torchvision in the same round, the machine
+    and the command below it."""
+    rounds, m = rec["rounds"], rec["machine"]
+    tv = np.array([r["torchvision"] for r in rounds])
+    lines = ["| call | min | p10 | median | p90 | max | torchvision ÷ it, per round: p10 / median / p90 |",
+             "|---|---|---|---|---|---|---|"]
+    for name in rounds[0]:
+        t = np.array([r[name] for r in rounds])
+        q = " | ".join(f"{v:.1f} ms" for v in _quantiles(t))
+        up = "" if name in ("torchvision", *FIRST_TOUCH_MEMORY) else " / ".join(f"{v:.1f}×" for v in
+                                                                          _quantiles(tv / t, (0.1, 0.5, 0.9)))
+        lines.append(f"| {name} | {q} | {up} |")
+    return ("\n".join(lines) + f"\n\n{len(rounds)} rounds, each call the median of {rec['calls']} back to back, "
+            f"{rec['pause_s']} s between rounds; on a {m['cores']}-core {describe_cpu(m)} ({m['torch_threads']} "
+            f"torch threads, {rec['numba_threads']} Numba threads), {rec['when'][:10]}; `{rec['command']}`.")
+
+# %% ../nbs/30_benchmarks.ipynb #b3e1d7b7
+def plot_first_touch(rec: dict, target: float = 8.0, size: float = 3.4):
+    """A `bench_first_touch` record, round by round: each call's time (left, log scale) and our calls' speed-ups over
+    torchvision's time in the same round (right), with a dashed line at `target`; one legend, the machine in the
+    title."""
+    import matplotlib.pyplot as plt
+    rounds, m = rec["rounds"], rec["machine"]
+    tv = np.array([r["torchvision"] for r in rounds])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(2.3 * size, 1.25 * size), dpi=100)
+    for i, name in enumerate(rounds[0]):
+        t, color = np.array([r[name] for r in rounds]), f"C{i}"   # a call's colour, the same in both panels
+        left.plot(t, lw=1, color=color, label=name)
+        if name not in ("torchvision", *FIRST_TOUCH_MEMORY): right.plot(tv / t, lw=1, color=color)
+    left.set(yscale="log", xlabel="round", ylabel="ms a call (median of the round's)", title="time per call")
+    right.axhline(target, ls="--", c="k", lw=1)
+    right.annotate(f"{target:g}×", (0, target), xytext=(2, 2), textcoords="offset points", fontsize=9)
+    right.set(xlabel="round", ylabel="torchvision's time ÷ ours", title="speed-up in the same round")
+    fig.legend(*left.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=9, frameon=False)
+    fig.suptitle(f"C4 RoIAlign forward, channels-last: {m['cores']}-core {describe_cpu(m)}, {rec['when'][:10]}",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     return fig
 
 # %% ../nbs/30_benchmarks.ipynb #2172dd18

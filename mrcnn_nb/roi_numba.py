@@ -735,13 +735,22 @@ def _avg_forward_plain(input: Tensor, plan: BilinearPlan, taps: tuple, out: Tens
     _bilinear_avg_fwd_plain(_nhwc(input), b, *taps, out.numpy(), order[small], numba.get_num_threads())
     _bilinear_avg_fwd_planes(input.numpy(), b, *taps, out.numpy(), order[~small], _nblocks(input.shape[1]), prefetch)
 
-def bilinear_forward_numba(input: Tensor, plan: BilinearPlan, mode: str = "avg"):
-    "RoIAlign / RoIWarp forward on the CPU: `(output (K, C, PH, PW), argmax or None)`."
+def _check_out(out: Tensor, shape: tuple, dtype) -> Tensor:
+    "`out`, a tensor given for a kernel to write: it must be contiguous, on the CPU, of `shape` and `dtype`."
+    if tuple(out.shape) != tuple(shape) or out.dtype != dtype or out.device.type != "cpu" or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous CPU tensor of shape {tuple(shape)} and {dtype}; got "
+                         f"{tuple(out.shape)}, {out.dtype} on {out.device}, contiguous: {out.is_contiguous()}")
+    return out
+
+def bilinear_forward_numba(input: Tensor, plan: BilinearPlan, mode: str = "avg", out: Tensor | None = None):
+    """RoIAlign / RoIWarp forward on the CPU: `(output (K, C, PH, PW), argmax or None)`; the output written into
+    `out` when given (every value overwritten), into a new `output_buffer` otherwise."""
     _check_kernel_args(plan, input.shape, mode)
     _sync_threads()
     N, C, H, W = input.shape
     K, PH, PW = plan.y.lo.shape[0], plan.y.lo.shape[1], plan.x.lo.shape[1]
-    out = output_buffer(K, C, PH, PW, dtype=input.dtype)
+    if out is None: out = output_buffer(K, C, PH, PW, dtype=input.dtype)
+    else: _check_out(out, (K, C, PH, PW), input.dtype)
     if K == 0: return out, None
     if mode == "avg":
         taps, order = _plan_taps(plan), _locality_order(plan)
