@@ -30,13 +30,13 @@ __all__ = ['ROI_WORKLOADS', 'WARMUP_S', 'PEAK_RUNS', 'ROI_PASSES', 'QUICK_BUDGET
            'resolve_bf16', 'bench_model', 'op_group', 'profile_inference', 'bench_profile', 'counting_flops',
            'conv_flops', 'matmul_rate', 'bench_conv_bound', 'speed_file', 'speed_record', 'bench_speed',
            'bf16_left_out', 'speed_markdown', 'plot_speed', 'plot_profile', 'bench_first_touch', 'first_touch_file',
-           'first_touch_markdown', 'plot_first_touch', 'contention_file', 'bench_contention', 'contention_markdown',
-           'bench_conv_grad', 'conv_grad_file', 'conv_grad_markdown', 'bench_huge_pages', 'huge_pages_file',
-           'huge_pages_markdown', 'matched_detections', 'amp_file', 'bench_amp', 'amp_markdown', 'bench_winograd',
-           'winograd_file', 'winograd_markdown', 'amp_training_dir', 'load_amp_training', 'amp_training_markdown',
-           'training_stepper', 'profile_training_steps', 'main_job_steps_file', 'bench_main_job_steps',
-           'main_job_steps_markdown', 'make_coco_scale_annotations', 'plot_annotation_structure', 'bench_coco_memory',
-           'coco_memory_rows', 'plot_coco_memory']
+           'first_touch_after', 'first_touch_markdown', 'plot_first_touch', 'contention_file', 'bench_contention',
+           'contention_markdown', 'bench_conv_grad', 'conv_grad_file', 'conv_grad_markdown', 'bench_huge_pages',
+           'huge_pages_file', 'huge_pages_markdown', 'matched_detections', 'amp_file', 'bench_amp', 'amp_markdown',
+           'bench_winograd', 'winograd_file', 'winograd_markdown', 'amp_training_dir', 'load_amp_training',
+           'amp_training_markdown', 'training_stepper', 'profile_training_steps', 'main_job_steps_file',
+           'bench_main_job_steps', 'main_job_steps_markdown', 'make_coco_scale_annotations',
+           'plot_annotation_structure', 'bench_coco_memory', 'coco_memory_rows', 'plot_coco_memory']
 
 # %% ../nbs/30_benchmarks.ipynb #6a6c3444
 def time_dataset(dataset, n: int | None = None, warmup: int = 2, threads: int | None = 1, then=None) -> dict:
@@ -743,15 +743,15 @@ def plot_profile(profile: dict, size=(9, 2.8)):
     return fig
 
 # %% ../nbs/30_benchmarks.ipynb #b3e1d7b1
-FIRST_TOUCH_CALLS = ("torchvision", "ours", "ours, plan made", "ours, into a written output", "output alone",
-                     "written output, written again")
+FIRST_TOUCH_CALLS = ("torchvision", "ours", "ours, NCHW input", "ours, plan made", "ours, into a written output",
+                     "output alone", "written output, written again")
 FIRST_TOUCH_MEMORY = FIRST_TOUCH_CALLS[-2:]   # memory work alone, no RoIAlign
 
 def _first_touch_calls(scale: float = 1.0) -> dict:
-    """The calls `bench_first_touch` times, name (`FIRST_TOUCH_CALLS`) -> call, on the C4 workload's channels-last
-    features: torchvision's `roi_align` and ours; our forward with its sampling plan made beforehand
-    (`bilinear_forward_numba`), writing a new output and an output written before; a new output written once, and
-    an output written before written again, alone."""
+    """The calls `bench_first_touch` times, name (`FIRST_TOUCH_CALLS`) -> call, on the C4 workload: torchvision's
+    `roi_align` and ours, on channels-last features and (ours) on NCHW ones; our forward with its sampling plan made
+    beforehand (`bilinear_forward_numba`), writing a new output and an output written before; a new output written
+    once, and an output written before written again, alone."""
     from mrcnn_nb.roi_layers import bilinear_plan
     from mrcnn_nb.roi_numba import bilinear_forward_numba, output_buffer
     feats, boxes, s, out = roi_workload("C4", scale)
@@ -760,41 +760,54 @@ def _first_touch_calls(scale: float = 1.0) -> dict:
     written = bilinear_forward_numba(x, plan)[0]
     again = output_buffer(*written.shape, dtype=x.dtype).fill_(0.0)
     theirs, ours = (_roi_fn(impl, "roi_align", boxes, s, out) for impl in ("torchvision", "ours"))
-    calls = (lambda: theirs(x), lambda: ours(x), lambda: bilinear_forward_numba(x, plan)[0],
+    calls = (lambda: theirs(x), lambda: ours(x), lambda: ours(feats), lambda: bilinear_forward_numba(x, plan)[0],
              lambda: bilinear_forward_numba(x, plan, out=written)[0],
              lambda: output_buffer(*written.shape, dtype=x.dtype).fill_(1.0), lambda: again.fill_(1.0))
     return dict(zip(FIRST_TOUCH_CALLS, calls))
 
 # %% ../nbs/30_benchmarks.ipynb #b3e1d7b3
-def _first_touch_rounds(rounds: int, scale: float, calls: int, pause_s: float, progress: bool) -> list:
-    """`bench_first_touch`'s rounds, in this process: per round, name -> median ms of `calls` calls of each of
-    `_first_touch_calls`, in turn (every other round in reverse order), then `pause_s` seconds' pause."""
+def _first_touch_rounds(rounds: int, scale: float, calls: int, pause_s: float, warmup_s: float, seed: int,
+                        progress: bool) -> dict:
+    """`bench_first_touch`'s measurement, in this process: every call of `_first_touch_calls` warmed up for `warmup_s`
+    seconds; then `rounds` rounds, each timing every call (median ms of `calls` calls) in an order drawn at random
+    (`seed`), then pausing `pause_s` seconds. `rounds`: per round, name -> ms; `orders`: each round's order."""
     from tqdm.auto import tqdm
     fns = _first_touch_calls(scale)
-    for fn in fns.values(): _warm_up(fn, 0)
-    out = []
-    for i in tqdm(range(rounds), desc="C4 forward, call by call", disable=not progress, leave=False):
-        names = list(fns) if i % 2 == 0 else list(fns)[::-1]
-        ms = {n: _median_seconds(fns[n], calls) * 1e3 for n in names}
-        out.append({n: ms[n] for n in fns})
+    for fn in fns.values(): _warm_up(fn, warmup_s)
+    rng, times, orders = np.random.default_rng(seed), [], []
+    for _ in tqdm(range(rounds), desc="C4 forward, call by call", disable=not progress, leave=False):
+        order = [str(n) for n in rng.permutation(list(fns))]
+        ms = {n: _median_seconds(fns[n], calls) * 1e3 for n in order}
+        times.append({n: ms[n] for n in fns})
+        orders.append(order)
         time.sleep(pause_s)
-    return out
+    return dict(rounds=times, orders=orders)
 
-def bench_first_touch(rounds: int = 100, scale: float = 1.0, calls: int = 3, pause_s: float = 0.5, out=None,
-                      command: str = "bench_first_touch()", progress: bool = True) -> dict:
-    """C4's channels-last RoIAlign forward taken apart (`_first_touch_calls`), `rounds` rounds in a fresh process
-    (`_first_touch_rounds`); the record, with the machine, written to `out` if given."""
+def bench_first_touch(rounds: int = 100, scale: float = 1.0, calls: int = 3, pause_s: float = 0.5,
+                      warmup_s: float = WARMUP_S, seed: int = 0, out=None, command: str | None = None,
+                      progress: bool = True) -> dict:
+    """C4's RoIAlign forward taken apart (`_first_touch_calls`), `rounds` rounds in a fresh process
+    (`_first_touch_rounds`); the record, with the machine, the OS's huge page mode and `command` (None: this call,
+    spelled out), written to `out` if given."""
     import numba
     from mrcnn_nb import bench   # importable by name in the new process
-    times = _in_fresh_process(bench._first_touch_rounds, rounds, scale, calls, pause_s, progress)
-    rec = dict(kind="first_touch", command=command, when=_utc_now(), machine=machine_info(),
-               numba_threads=numba.get_num_threads(), scale=scale, calls=calls, pause_s=pause_s, rounds=times)
+    from mrcnn_nb.roi_numba import thp_mode
+    args = dict(rounds=rounds, scale=scale, calls=calls, pause_s=pause_s, warmup_s=warmup_s, seed=seed)
+    measured = _in_fresh_process(bench._first_touch_rounds, *args.values(), progress)
+    spelled = ", ".join(f"{k}={v!r}" for k, v in (args | dict(out=out and str(out))).items())
+    rec = dict(kind="first_touch", command=command or f"bench_first_touch({spelled})", when=_utc_now(),
+               machine=machine_info(), numba_threads=numba.get_num_threads(), thp_mode=thp_mode(),
+               **{k: v for k, v in args.items() if k != "rounds"}, **measured)
     if out: write_json(out, rec)
     return rec
 
 def first_touch_file() -> Path:
     "The committed measurement of the C4 forward, call by call: `nbs/results/bench/first_touch.json`."
     return results_dir() / "bench" / "first_touch.json"
+
+def first_touch_after(rec: dict, name: str, first: str = "torchvision") -> np.ndarray:
+    "Per round of a `bench_first_touch` record, whether call `name` ran right after call `first`."
+    return np.array([o.index(name) > 0 and o[o.index(name) - 1] == first for o in rec["orders"]], dtype=bool)
 
 # %% ../nbs/30_benchmarks.ipynb #b3e1d7b5
 def _quantiles(v, qs=(0, 0.1, 0.5, 0.9, 1)) -> list:
@@ -803,8 +816,8 @@ def _quantiles(v, qs=(0, 0.1, 0.5, 0.9, 1)) -> list:
 
 def first_touch_markdown(rec: dict) -> str:
     """A `bench_first_touch` record's table: per call, its times over the rounds (min, 10th percentile, median, 90th,
-    max) and, but for torchvision's and the output's, the speed-up over torchvision in the same round, the machine
-    and the command below it."""
+    max) and, for each call of ours that does RoIAlign, the speed-up over torchvision's time in the same round; the
+    protocol, the machine and the command below it."""
     rounds, m = rec["rounds"], rec["machine"]
     tv = np.array([r["torchvision"] for r in rounds])
     lines = ["| call | min | p10 | median | p90 | max | torchvision ÷ it, per round: p10 / median / p90 |",
@@ -815,9 +828,11 @@ def first_touch_markdown(rec: dict) -> str:
         up = "" if name in ("torchvision", *FIRST_TOUCH_MEMORY) else " / ".join(f"{v:.1f}×" for v in
                                                                           _quantiles(tv / t, (0.1, 0.5, 0.9)))
         lines.append(f"| {name} | {q} | {up} |")
-    return ("\n".join(lines) + f"\n\n{len(rounds)} rounds, each call the median of {rec['calls']} back to back, "
-            f"{rec['pause_s']} s between rounds; on a {m['cores']}-core {describe_cpu(m)} ({m['torch_threads']} "
-            f"torch threads, {rec['numba_threads']} Numba threads), {rec['when'][:10]}; `{rec['command']}`.")
+    return ("\n".join(lines) + f"\n\n{len(rounds)} rounds, the calls in a random order in each, each call the median "
+            f"of {rec['calls']} made back to back, after {rec['warmup_s']} s of warm-up calls; {rec['pause_s']} s "
+            f"between rounds. On a {m['cores']}-core {describe_cpu(m)} ({m['torch_threads']} torch threads, "
+            f"{rec['numba_threads']} Numba threads), transparent huge pages {rec['thp_mode']!r}, {rec['when'][:10]}; "
+            f"`{rec['command']}`.")
 
 # %% ../nbs/30_benchmarks.ipynb #b3e1d7b7
 def plot_first_touch(rec: dict, target: float = 8.0, size: float = 3.4):
@@ -834,10 +849,11 @@ def plot_first_touch(rec: dict, target: float = 8.0, size: float = 3.4):
         if name not in ("torchvision", *FIRST_TOUCH_MEMORY): right.plot(tv / t, lw=1, color=color)
     left.set(yscale="log", xlabel="round", ylabel="ms a call (median of the round's)", title="time per call")
     right.axhline(target, ls="--", c="k", lw=1)
-    right.annotate(f"{target:g}×", (0, target), xytext=(2, 2), textcoords="offset points", fontsize=9)
+    right.annotate(f"{target:g}×", (1, target), xycoords=("axes fraction", "data"), xytext=(-2, -12),
+                   textcoords="offset points", ha="right", fontsize=9)
     right.set(xlabel="round", ylabel="torchvision's time ÷ ours", title="speed-up in the same round")
     fig.legend(*left.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=9, frameon=False)
-    fig.suptitle(f"C4 RoIAlign forward, channels-last: {m['cores']}-core {describe_cpu(m)}, {rec['when'][:10]}",
+    fig.suptitle(f"C4 RoIAlign forward, call by call: {m['cores']}-core {describe_cpu(m)}, {rec['when'][:10]}",
                  fontsize=10)
     fig.tight_layout(rect=(0, 0.14, 1, 1))
     return fig

@@ -736,10 +736,13 @@ def _avg_forward_plain(input: Tensor, plan: BilinearPlan, taps: tuple, out: Tens
     _bilinear_avg_fwd_planes(input.numpy(), b, *taps, out.numpy(), order[~small], _nblocks(input.shape[1]), prefetch)
 
 def _check_out(out: Tensor, shape: tuple, dtype) -> Tensor:
-    "`out`, a tensor given for a kernel to write: it must be contiguous, on the CPU, of `shape` and `dtype`."
-    if tuple(out.shape) != tuple(shape) or out.dtype != dtype or out.device.type != "cpu" or not out.is_contiguous():
-        raise ValueError(f"out must be a contiguous CPU tensor of shape {tuple(shape)} and {dtype}; got "
-                         f"{tuple(out.shape)}, {out.dtype} on {out.device}, contiguous: {out.is_contiguous()}")
+    """`out`, a tensor given for a kernel to write: it must be contiguous (NCHW), on the CPU, of `shape` and `dtype`,
+    and not require a gradient (the kernels write it outside autograd)."""
+    if (tuple(out.shape) != tuple(shape) or out.dtype != dtype or out.device.type != "cpu" or not out.is_contiguous()
+            or out.requires_grad):
+        raise ValueError(f"out must be a contiguous CPU tensor of shape {tuple(shape)} and {dtype} that requires no "
+                         f"gradient; got {tuple(out.shape)}, {out.dtype} on {out.device}, contiguous: "
+                         f"{out.is_contiguous()}, requires_grad: {out.requires_grad}")
     return out
 
 def bilinear_forward_numba(input: Tensor, plan: BilinearPlan, mode: str = "avg", out: Tensor | None = None):
