@@ -177,15 +177,18 @@ def _median_peak(call, runs: int = PEAK_RUNS) -> float | None:
 
 def _roi_case(workload: str, impl: str, op: str, backward: bool, repeats: int, scale: float,
               warmup_s: float = WARMUP_S) -> dict:
-    """One benchmark case: median seconds of `repeats` runs after `_warm_up(call, warmup_s)`, and the median
-    peak-memory rise of `PEAK_RUNS` runs (MiB)."""
+    """One benchmark case: median seconds of `repeats` runs after `_warm_up(call, warmup_s)`, the median
+    peak-memory rise of `PEAK_RUNS` runs (MiB), and what the kernels' output cache held after the timed runs (MiB:
+    memory the process keeps beyond the rise)."""
+    from mrcnn_nb.roi_numba import output_cache_bytes
     def prepare(feats):   # the layout the implementation reads
         return feats.contiguous(memory_format=torch.channels_last) if impl == "ours (channels_last)" else feats
     feats, boxes, s, out = roi_workload(workload, scale)
     call = _roi_call(_roi_fn(impl, op, boxes, s, out), prepare(feats).requires_grad_(backward), backward)
     _warm_up(call, warmup_s)
     peak = _median_peak(call)
-    return dict(seconds=_median_seconds(call, repeats), peak_mib=peak)
+    seconds = _median_seconds(call, repeats)
+    return dict(seconds=seconds, peak_mib=peak, kept_mib=output_cache_bytes() / 2**20)
 
 
 # %% ../nbs/30_benchmarks.ipynb #8e364611
@@ -225,7 +228,7 @@ def bench_roi(workloads=("FPN", "C4"), repeats: int = 5, scale: float = 1.0, pro
     """Time RoIAlign / RoIPool, ours against torchvision, forward and forward + backward, with peak-memory rises; each
     case after `warmup_s` seconds of warm-up calls (`_roi_case`), in each of `passes` passes over all the cases, each
     pass in a fresh process. A case's row is its faster pass (`vs_torchvision`: torchvision's faster pass over
-    ours); `ms_passes` keeps every pass's time."""
+    ours); `ms_passes` keeps every pass's time, `kept_mib` what the output cache held after the faster pass's runs."""
     from mrcnn_nb import bench   # the library's own function: a new process imports it by name, also from a notebook
     impls = ("torchvision", "ours (channels_last)", "ours (NCHW)")
     cases = [(w, op, bwd, impl) for w in workloads for op in ("roi_align", "roi_pool") for bwd in (False, True)
@@ -239,7 +242,7 @@ def bench_roi(workloads=("FPN", "C4"), repeats: int = 5, scale: float = 1.0, pro
         peak = r["peak_mib"] if r["peak_mib"] is not None else float("nan")
         rows.append({"workload": w, "op": op, "pass": "bwd" if bwd else "fwd", "impl": impl, "ms": r["seconds"] * 1e3,
                      "vs_torchvision": tv / r["seconds"], "peak_mib": peak,
-                     "ms_passes": [x["seconds"] * 1e3 for x in every]})
+                     "ms_passes": [x["seconds"] * 1e3 for x in every], "kept_mib": r["kept_mib"]})
     return rows
 
 
@@ -745,15 +748,23 @@ def plot_profile(profile: dict, size=(9, 2.8)):
 
 # %% ../nbs/30_benchmarks.ipynb #b3e1d7b1
 FIRST_TOUCH_CALLS = ("torchvision", "ours", "ours, NCHW input", "ours, plan made", "ours, into a written output",
-                     "output alone", "written output, written again")
+                     "ours, output cache", "output alone", "written output, written again")
 FIRST_TOUCH_MEMORY = FIRST_TOUCH_CALLS[-2:]   # memory work alone, no RoIAlign
+
+def _cache_off(fn):
+    "`fn`, to run with the RoI kernels' output cache off (`output_cache`): every large output of theirs new memory."
+    from mrcnn_nb.roi_numba import output_cache
+    def run():
+        with output_cache(False): return fn()
+    return run
 FIRST_TOUCH_GOAL = 8.0   # the speed-up over torchvision we aim at for this forward: `plot_first_touch`'s dashed line
 
 def _first_touch_calls(scale: float = 1.0) -> dict:
     """The calls `bench_first_touch` times, name (`FIRST_TOUCH_CALLS`) -> call, on the C4 workload: torchvision's
     `roi_align` and ours, on channels-last features and (ours) on NCHW ones; our forward with its sampling plan made
-    beforehand (`bilinear_forward_numba`), writing a new output and an output written before; a new output written
-    once, and an output written before written again, alone."""
+    beforehand (`bilinear_forward_numba`), writing a new output and an output written before; ours with the output
+    cache on; a new output written once, and an output written before written again, alone. Every call but the
+    cached one runs with the output cache off (`_cache_off`)."""
     from mrcnn_nb.roi_layers import bilinear_plan
     from mrcnn_nb.roi_numba import bilinear_forward_numba, output_buffer
     feats, boxes, s, out = roi_workload("C4", scale)
@@ -762,10 +773,12 @@ def _first_touch_calls(scale: float = 1.0) -> dict:
     written = bilinear_forward_numba(x, plan)[0]
     again = output_buffer(*written.shape, dtype=x.dtype).fill_(0.0)
     theirs, ours = (_roi_fn(impl, "roi_align", boxes, s, out) for impl in ("torchvision", "ours"))
-    calls = (lambda: theirs(x), lambda: ours(x), lambda: ours(feats), lambda: bilinear_forward_numba(x, plan)[0],
-             lambda: bilinear_forward_numba(x, plan, out=written)[0],
-             lambda: output_buffer(*written.shape, dtype=x.dtype).fill_(1.0), lambda: again.fill_(1.0))
-    return dict(zip(FIRST_TOUCH_CALLS, calls))
+    off = (lambda: theirs(x), lambda: ours(x), lambda: ours(feats), lambda: bilinear_forward_numba(x, plan)[0],
+           lambda: bilinear_forward_numba(x, plan, out=written)[0],
+           lambda: output_buffer(*written.shape, dtype=x.dtype).fill_(1.0), lambda: again.fill_(1.0))
+    calls = dict(zip([n for n in FIRST_TOUCH_CALLS if n != "ours, output cache"], map(_cache_off, off)))
+    calls["ours, output cache"] = lambda: ours(x)
+    return {n: calls[n] for n in FIRST_TOUCH_CALLS}
 
 # %% ../nbs/30_benchmarks.ipynb #b3e1d7b3
 def _first_touch_rounds(rounds: int, scale: float, calls: int, pause_s: float, warmup_s: float, seed: int,
@@ -1042,10 +1055,11 @@ def conv_grad_markdown(rec: dict) -> str:
 HUGE_PAGE_WAYS = ("4 KiB pages", "huge pages")
 
 def _under(on: bool, fn):
-    "`fn`, to run with the RoI layers' large outputs on huge pages (`on`) or on 4 KiB pages."
+    """`fn`, to run with the RoI layers' large outputs on huge pages (`on`) or on 4 KiB pages, and new memory each
+    time (the output cache off, `_cache_off`)."""
     from mrcnn_nb.roi_numba import huge_page_outputs
     def run():
-        with huge_page_outputs(on): fn()
+        with huge_page_outputs(on): _cache_off(fn)()
     return run
 
 def _huge_page_cases(workload: str, scale: float) -> list:

@@ -21,12 +21,13 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['STALE_TMP_S', 'AMP_DTYPES', 'CPU_FEATURES', 'UserInputError', 'did_you_mean', 'seed_everything', 'get_device',
-           'log_tensor', 'Timer', 'peak_memory_rise', 'Scratch', 'atomic_write', 'write_json', 'set_within',
-           'load_torch_file', 'load_state_dict_file', 'load_weights', 'in_test', 'cache_dir', 'distributed_count',
-           'use_cuda_simulator', 'usable_cpus', 'cpu_seconds', 'threads_for', 'ShareCores', 'heads_in_float32', 'mixed',
-           'SlowAmpWarning', 'cpu_flags', 'cpu_bf16_kernels', 'warn_slow_amp', 'cpu_has_amx', 'resolve_amp',
-           'precision_name', 'amp_dtype', 'machine_info', 'describe_cpu', 'describe_features', 'results_dir']
+__all__ = ['KEPT_MEMORY', 'STALE_TMP_S', 'AMP_DTYPES', 'CPU_FEATURES', 'UserInputError', 'did_you_mean', 'seed_everything',
+           'get_device', 'log_tensor', 'Timer', 'peak_memory_rise', 'Scratch', 'atomic_write', 'write_json',
+           'set_within', 'load_torch_file', 'load_state_dict_file', 'load_weights', 'in_test', 'cache_dir',
+           'distributed_count', 'use_cuda_simulator', 'usable_cpus', 'cpu_seconds', 'threads_for', 'ShareCores',
+           'heads_in_float32', 'mixed', 'SlowAmpWarning', 'cpu_flags', 'cpu_bf16_kernels', 'warn_slow_amp',
+           'cpu_has_amx', 'resolve_amp', 'precision_name', 'amp_dtype', 'machine_info', 'describe_cpu',
+           'describe_features', 'results_dir']
 
 # %% ../nbs/00_core.ipynb #24e13f04
 class UserInputError(ValueError):
@@ -118,11 +119,14 @@ def _vm_kib(field: str) -> int | None:
     return None
 
 # %% ../nbs/00_core.ipynb #dbe4f5ee
+KEPT_MEMORY = []   # functions that hand back memory kept for reuse; `peak_memory_rise` calls each first
+
 def peak_memory_rise(fn) -> float | None:
     """Run `fn()` and return how far the process's peak resident memory rose above its resident memory before,
     in MiB (Linux)."""
     import ctypes, ctypes.util, gc
     gc.collect()
+    for release in KEPT_MEMORY: release()
     # hand freed heap pages back, so reuse cannot hide a rise
     try: ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
     except (OSError, AttributeError, TypeError): pass

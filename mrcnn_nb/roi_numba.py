@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
+import queue
 import re
+import threading
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,14 +24,14 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from torch import Tensor
 
-from .core import set_within
+from .core import KEPT_MEMORY, set_within
 from .roi_layers import BilinearPlan, PoolPlan
 
 # %% auto #0
-__all__ = ['SCATTER_L1_BYTES', 'HUGE_PAGES', 'CONVERT_BLOCK_BYTES', 'COPY_SAMPLES_PER_CELL', 'is_plain', 'thp_mode',
-           'advise_huge_pages', 'output_buffer', 'huge_page_outputs', 'converts_map', 'bilinear_forward_numba',
-           'bilinear_backward_numba', 'roi_pool_forward_numba', 'roi_pool_backward_numba', 'parallel_split',
-           'split_dependence']
+__all__ = ['SCATTER_L1_BYTES', 'HUGE_PAGES', 'OUTPUT_CACHE', 'CONVERT_BLOCK_BYTES', 'COPY_SAMPLES_PER_CELL', 'is_plain',
+           'thp_mode', 'output_cache_bytes', 'empty_output_cache', 'output_cache', 'advise_huge_pages', 'output_buffer',
+           'huge_page_outputs', 'converts_map', 'bilinear_forward_numba', 'bilinear_backward_numba',
+           'roi_pool_forward_numba', 'roi_pool_backward_numba', 'parallel_split', 'split_dependence']
 
 # %% ../nbs/07a_roi_numba.ipynb #838c819e
 def _nhwc(t: Tensor) -> np.ndarray:
@@ -669,6 +673,85 @@ def _madvise():
     return f
 
 
+# %% ../nbs/07a_roi_numba.ipynb #oc000002
+OUTPUT_CACHE = {"enabled": os.environ.get("MRCNN_NB_OUTPUT_CACHE", "1") != "0",   # off: MRCNN_NB_OUTPUT_CACHE=0
+                "min_bytes": 8 << 20, "most_bytes": 256 << 20}   # freed outputs this large kept for reuse, this much
+
+class _OutputCache:
+    """Blocks of memory (uint8 arrays) that the kernels' large outputs left when freed, kept for the next outputs.
+    A freed block is only queued (`give_back` runs inside the garbage collector, which may run while this thread
+    holds the lock); `_collect` files the queue under the lock, the oldest blocks dropped past `most_bytes`."""
+    def __init__(self): self.reset()
+
+    def reset(self):
+        "Empty, with a new lock (also in a process forked from this one: a lock held at the fork would never open)."
+        self.free, self.held, self.lock, self.returned = [], 0, threading.Lock(), queue.SimpleQueue()
+
+    def give_back(self, block: np.ndarray):
+        "Queue `block`, now free, with whether the cache was on when it was freed."
+        self.returned.put((block, OUTPUT_CACHE["enabled"]))
+
+    def _collect(self):
+        "File the queued blocks (under the lock): kept if the cache was on, the oldest let go past `most_bytes`."
+        while True:
+            try: block, keep = self.returned.get_nowait()
+            except queue.Empty: return
+            if not keep or block.nbytes > OUTPUT_CACHE["most_bytes"]: continue
+            self.free.append(block)
+            self.held += block.nbytes
+            while self.held > OUTPUT_CACHE["most_bytes"]: self.held -= self.free.pop(0).nbytes
+
+    def take(self, nbytes: int) -> np.ndarray | None:
+        "The smallest kept block of `nbytes` to a quarter more, no longer kept; None where there is none."
+        with self.lock:
+            self._collect()
+            fits = [i for i, b in enumerate(self.free) if nbytes <= b.nbytes <= nbytes + nbytes // 4]
+            if not fits: return None
+            block = self.free.pop(min(fits, key=lambda i: self.free[i].nbytes))
+            self.held -= block.nbytes
+            return block
+
+    def clear(self) -> int:
+        "Let every kept block go; the bytes they held."
+        with self.lock:
+            self._collect()
+            held, self.free, self.held = self.held, [], 0
+        return held
+
+    def kept(self) -> int:
+        "The bytes kept now."
+        with self.lock:
+            self._collect()
+            return self.held
+
+_CACHE = _OutputCache()
+os.register_at_fork(after_in_child=_CACHE.reset)
+
+def _kept_bytes(nbytes: int) -> np.ndarray:
+    """`nbytes` of memory (uint8) from the cache, or new; its block goes back to the cache when the last array or
+    tensor over this one is freed."""
+    block = _CACHE.take(nbytes)
+    if block is None: block = torch.empty(nbytes, dtype=torch.uint8).numpy()   # torch's memory, as torch.empty's
+    view = block[:nbytes]
+    weakref.finalize(view, _CACHE.give_back, block).atexit = False
+    return view
+
+def output_cache_bytes() -> int:
+    "The bytes the output cache holds now: freed outputs' memory, kept for the next ones."
+    return _CACHE.kept()
+
+def empty_output_cache() -> int:
+    """Hand the output cache's memory back to the C library (which returns blocks over its mmap threshold to the OS at
+    once); the bytes it held."""
+    return _CACHE.clear()
+
+KEPT_MEMORY.append(empty_output_cache)   # `peak_memory_rise` empties the cache first: kept memory hides no rise
+
+def output_cache(enabled: bool):
+    """Within the block, the kernels' large CPU outputs take freed outputs' memory and leave theirs for the next (True,
+    as outside unless MRCNN_NB_OUTPUT_CACHE=0) or not. What the cache holds stays (`empty_output_cache`)."""
+    return set_within(OUTPUT_CACHE, "enabled", enabled)
+
 # %% ../nbs/07a_roi_numba.ipynb #c7a0e004
 def advise_huge_pages(t: Tensor) -> bool:
     """Ask the OS to back the whole 2 MiB pages inside `t`'s memory with huge pages (`madvise(MADV_HUGEPAGE)`; it
@@ -680,10 +763,15 @@ def advise_huge_pages(t: Tensor) -> bool:
     return hi > lo and f(lo, hi - lo, _MADV_HUGEPAGE) == 0
 
 def output_buffer(*shape, dtype, zero: bool = False, device=None) -> Tensor:
-    """A new tensor for a kernel to write, `torch.empty(*shape)` (zeroed if `zero`); on the CPU, on huge pages where
-    the OS allows it when it has `HUGE_PAGES["min_bytes"]` or more and `HUGE_PAGES["enabled"]` (`huge_page_outputs`)."""
-    t = torch.empty(*shape, dtype=dtype, device=device)
-    if HUGE_PAGES["enabled"] and t.numel() * t.element_size() >= HUGE_PAGES["min_bytes"]: advise_huge_pages(t)
+    """A tensor of `shape` for a kernel to write (zeroed if `zero`). On the CPU, one of `OUTPUT_CACHE["min_bytes"]` or
+    more takes the memory of a freed output where the cache has it (`output_cache`), and leaves its own there when
+    freed; one of `HUGE_PAGES["min_bytes"]` or more goes on huge pages where the OS allows it (`huge_page_outputs`)."""
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    cpu = device is None or torch.device(device).type == "cpu"
+    if cpu and OUTPUT_CACHE["enabled"] and nbytes >= OUTPUT_CACHE["min_bytes"]:
+        t = torch.from_numpy(_kept_bytes(nbytes)).view(dtype).view(*shape)
+    else: t = torch.empty(*shape, dtype=dtype, device=device)
+    if HUGE_PAGES["enabled"] and nbytes >= HUGE_PAGES["min_bytes"]: advise_huge_pages(t)
     return t.zero_() if zero else t
 
 def huge_page_outputs(enabled: bool):
