@@ -247,15 +247,19 @@ def bench_roi(workloads=("FPN", "C4"), repeats: int = 5, scale: float = 1.0, pro
 
 
 # %% ../nbs/30_benchmarks.ipynb #d77c8788
+def _written_output(shape, dtype=torch.float32) -> torch.Tensor:
+    "A RoI forward's output of `shape`, allocated as our kernels allocate it (`output_buffer`) and written once."
+    from mrcnn_nb.roi_numba import output_buffer
+    return output_buffer(*shape, dtype=dtype).fill_(1.0)
+
 def _floors_pass(workloads, repeats: int, scale: float, warmup_s: float) -> list:
     "One pass of `roi_floors`' measurements: rows with each median time (ms)."
-    from mrcnn_nb.roi_numba import output_buffer
     rows = []
     for w in workloads:
         feats, boxes, _, out = roi_workload(w, scale)
         shape = torch.Size((len(boxes), feats.shape[1], out, out))
         cases = [("output allocated and written", "every forward of ours",
-                  lambda: output_buffer(*shape, dtype=torch.float32).fill_(1.0), shape.numel()),
+                  lambda: _written_output(shape), shape.numel()),
                  ("map copied, same layout", "a forward that first copies the whole map, to any layout", feats.clone,
                   feats.numel()),
                  ("map copied to channels-last", "a channels-last forward handed NCHW features",
@@ -775,7 +779,7 @@ def _first_touch_calls(scale: float = 1.0) -> dict:
     theirs, ours = (_roi_fn(impl, "roi_align", boxes, s, out) for impl in ("torchvision", "ours"))
     off = (lambda: theirs(x), lambda: ours(x), lambda: ours(feats), lambda: bilinear_forward_numba(x, plan)[0],
            lambda: bilinear_forward_numba(x, plan, out=written)[0],
-           lambda: output_buffer(*written.shape, dtype=x.dtype).fill_(1.0), lambda: again.fill_(1.0))
+           lambda: _written_output(written.shape, x.dtype), lambda: again.fill_(1.0))
     calls = dict(zip([n for n in FIRST_TOUCH_CALLS if n != "ours, output cache"], map(_cache_off, off)))
     calls["ours, output cache"] = lambda: ours(x)
     return {n: calls[n] for n in FIRST_TOUCH_CALLS}
@@ -1058,15 +1062,15 @@ def _under(on: bool, fn):
     """`fn`, to run with the RoI layers' large outputs on huge pages (`on`) or on 4 KiB pages, and new memory each
     time (the output cache off, `_cache_off`)."""
     from mrcnn_nb.roi_numba import huge_page_outputs
+    off = _cache_off(fn)
     def run():
-        with huge_page_outputs(on): _cache_off(fn)()
+        with huge_page_outputs(on): off()
     return run
 
 def _huge_page_cases(workload: str, scale: float) -> list:
     """(task, way, fn) of `workload` for `_time_interleaved`: per layer and pass, torchvision's, then ours on
     channels-last and NCHW input, each with its outputs on 4 KiB and on huge pages; last, the forward's output
     allocated and written once, each way."""
-    from mrcnn_nb.roi_numba import output_buffer
     feats, boxes, s, out = roi_workload(workload, scale)
     layouts = {"torchvision": feats, "channels_last": feats.contiguous(memory_format=torch.channels_last),
                "NCHW": feats}
@@ -1079,7 +1083,7 @@ def _huge_page_cases(workload: str, scale: float) -> list:
                 call = _roi_call(fn, x.detach().clone().requires_grad_(bwd), bwd)
                 if layout == "torchvision": cases.append((task, layout, call))
                 else: cases += [(task, f"{layout}, {p}", _under(p == "huge pages", call)) for p in HUGE_PAGE_WAYS]
-    written = lambda: output_buffer(len(boxes), feats.shape[1], out, out, dtype=feats.dtype).fill_(1.0)
+    written = lambda: _written_output((len(boxes), feats.shape[1], out, out), feats.dtype)
     return cases + [("output written", f"output, {p}", _under(p == "huge pages", written)) for p in HUGE_PAGE_WAYS]
 
 
