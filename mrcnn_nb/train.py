@@ -41,9 +41,9 @@ __all__ = ['SCHEDULES', 'DEMO_MODELS', 'DIST_TIMEOUT_MINUTES', 'CLASS_SPECIFIC',
            'load_initial_weights', 'check_initialization', 'check_changeable', 'resume_run', 'prepare_run', 'part_of',
            'parameter_counts', 'trainable_parameters', 'describe_trainable', 'set_heads_only', 'enter_phase',
            'plot_trainable', 'iters_for_epochs', 'scaled_schedule', 'training_plan', 'describe_precision',
-           'training_loader', 'optimizer_step', 'train_step', 'LogMetrics', 'SaveCheckpoints', 'Preempted',
-           'StopOnSignal', 'validation_loss', 'evaluate_run', 'EvaluateEvery', 'fit', 'train', 'TrackParts',
-           'plot_part_change', 'projected_hours', 'dry_run', 'format_dry_run']
+           'training_loader', 'close_batches', 'optimizer_step', 'train_step', 'LogMetrics', 'SaveCheckpoints',
+           'Preempted', 'StopOnSignal', 'validation_loss', 'evaluate_run', 'EvaluateEvery', 'fit', 'train',
+           'TrackParts', 'plot_part_change', 'projected_hours', 'dry_run', 'format_dry_run']
 
 # %% ../nbs/12_train.ipynb #ca2b0c47
 SCHEDULES = {
@@ -755,6 +755,13 @@ def training_loader(run: Run, num_workers: int = 0) -> torch.utils.data.DataLoad
                                        # not the global generator: resume stays exact
                                        generator=torch.Generator().manual_seed(run.cfg.seed))
 
+# %% ../nbs/12_train.ipynb #cb5e0a02
+def close_batches(batches) -> None:
+    """Stop the worker processes of DataLoader iterator `batches` now, and wait for them; nothing to do for an
+    iterator without workers, or one already closed."""
+    shutdown = getattr(batches, "_shutdown_workers", None)   # what the iterator runs when it is garbage collected
+    if shutdown is not None: shutdown()
+
 # %% ../nbs/12_train.ipynb #c12bfb23
 def _diverged(run: Run, it: int, what: str) -> FloatingPointError:
     """The error for a run that diverged at iteration `it` (`what` happened): the last good checkpoint, and how to
@@ -970,8 +977,9 @@ def fit(run: Run, hooks=(), num_workers: int = 0, on_bad_image: str = "stop", pr
                     tqdm.write(f"iteration {it}: heads-first phase over; {describe_trainable(run.model)}")
             for h in hooks: h.after_step(run, it, lr, losses | {"time": time.perf_counter() - t0, "data_time": t_data})
             bar.update(1)
-    finally:
+    finally:   # a worker still running at exit, held by an error's traceback, would stop Python exiting
         bar.close()
+        close_batches(batches)
     return dict(iterations=it, train_seconds=time.perf_counter() - t_start, skipped_images=skipped)
 
 # %% ../nbs/12_train.ipynb #c5fa437e

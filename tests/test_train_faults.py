@@ -1,5 +1,6 @@
 """What `mrcnn_nb train` does when things go wrong: a run that diverges, a bad image in a worker, a bad validation
-image, broken annotations, a resume on other data or with a changed learning rate, a folder that holds an old run.
+image, broken annotations, a resume on other data or with a changed learning rate, a folder that holds an old run;
+and a script whose training with a worker fails (run in a subprocess).
 Each case runs the command in this process (`main`), on a small synthetic dataset, at one thread."""
 import json
 import shutil
@@ -164,3 +165,32 @@ def test_sigterm_checkpoints_the_step_and_resume_continues_exactly(root, tmp_pat
     assert _train(capsys, *common, "--out", tmp_path / "cut", "--auto-resume")[0] == 0   # the restart continues
     whole, cut = (load_checkpoint(tmp_path / d / "model_final.pth")["model"] for d in ("whole", "cut"))
     assert all(torch.equal(whole[k], cut[k]) for k in whole)
+
+
+UNCAUGHT_IN_A_WORKER_RUN = """
+import sys
+import mrcnn_nb.train as T
+from mrcnn_nb.model import get_config
+step = T.train_step
+def failing(run, images, targets, it):
+    if it == 2: raise RuntimeError("planted error at iteration 3")
+    return step(run, images, targets, it)
+T.train_step = failing
+cfg = get_config("TINY_FPN", ims_per_batch=2, warmup_iters=1, max_iter=6)
+T.train(cfg, sys.argv[1], val_split=None, out_dir=sys.argv[2], num_workers=1, progress=False)
+"""
+
+
+def test_a_script_whose_training_fails_with_workers_exits(root, tmp_path):
+    """A Python script whose `train(..., num_workers=1)` raises an error it does not catch: Python prints the error
+    and exits. The worker ignores SIGTERM, and the error's traceback holds the loop's batch iterator, so Python's exit,
+    which signals and then waits for the workers still running, waited forever unless `fit` stops them itself."""
+    import subprocess
+    import sys
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    try:
+        done = subprocess.run([sys.executable, "-c", UNCAUGHT_IN_A_WORKER_RUN, str(root), str(tmp_path / "run")],
+                              capture_output=True, text=True, timeout=180, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the script printed its error but did not exit in 180 s: a DataLoader worker was left running")
+    assert done.returncode == 1 and "RuntimeError: planted error at iteration 3" in done.stderr, done.stderr[-2000:]
