@@ -5,16 +5,19 @@
 # %% ../nbs/12_train.ipynb #4d4892b8
 from __future__ import annotations
 
+import atexit
 import hashlib
 import itertools
 import json
 import math
+import multiprocessing.util   # its exit hook is registered before ours: see _close_live_batches
 import os
 import random
 import signal
 import threading
 import time
 import warnings
+import weakref
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -741,19 +744,29 @@ def describe_precision(asked: str | None, ran: str | None, resumed: bool = False
 # %% ../nbs/12_train.ipynb #ea41ec7b
 def _ignore_sigterm(worker_id: int):
     """In each DataLoader worker: ignore SIGTERM. A scheduler signals every process of a job; a worker it ended would
-    stop the main process with an error before `StopOnSignal` saves. Workers still end with the main process."""
+    stop the main process with an error before `StopOnSignal` saves. Workers still end with the main process (see
+    `close_batches`)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+_LIVE_BATCHES = weakref.WeakSet()   # the iterators with workers that training loaders handed out, while they live
+
+class _TrainingLoader(torch.utils.data.DataLoader):
+    "A DataLoader that notes each iterator with workers it hands out, for `close_batches` at exit."
+    def __iter__(self):
+        batches = super().__iter__()
+        if self.num_workers: _LIVE_BATCHES.add(batches)
+        return batches
 
 def training_loader(run: Run, num_workers: int = 0) -> torch.utils.data.DataLoader:
     """The endless, deterministic batches of `run` from its start iteration: lists of images and targets, and the
     bad items."""
     batches = TrainingBatches(aspect_ratio_groups(run.train_set.image_sizes()), run.cfg.ims_per_batch, run.cfg.seed,
                               run.batches, run.rank, run.world)
-    return torch.utils.data.DataLoader(SeededItems(run.train_set), batch_sampler=batches,
-                                       num_workers=num_workers, collate_fn=collate_lists,
-                                       persistent_workers=num_workers > 0, worker_init_fn=_ignore_sigterm,
-                                       # not the global generator: resume stays exact
-                                       generator=torch.Generator().manual_seed(run.cfg.seed))
+    return _TrainingLoader(SeededItems(run.train_set), batch_sampler=batches,
+                           num_workers=num_workers, collate_fn=collate_lists,
+                           persistent_workers=num_workers > 0, worker_init_fn=_ignore_sigterm,
+                           # not the global generator: resume stays exact
+                           generator=torch.Generator().manual_seed(run.cfg.seed))
 
 # %% ../nbs/12_train.ipynb #cb5e0a02
 def close_batches(batches) -> None:
@@ -761,6 +774,12 @@ def close_batches(batches) -> None:
     iterator without workers, or one already closed."""
     shutdown = getattr(batches, "_shutdown_workers", None)   # what the iterator runs when it is garbage collected
     if shutdown is not None: shutdown()
+
+# atexit runs the last registered first: this runs before multiprocessing's own exit hook, which would wait forever
+@atexit.register
+def _close_live_batches() -> None:
+    "At exit: stop the workers of every training loader's iterator still alive (held by a script, or by a traceback)."
+    for batches in list(_LIVE_BATCHES): close_batches(batches)
 
 # %% ../nbs/12_train.ipynb #c12bfb23
 def _diverged(run: Run, it: int, what: str) -> FloatingPointError:
