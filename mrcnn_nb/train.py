@@ -996,7 +996,7 @@ def fit(run: Run, hooks=(), num_workers: int = 0, on_bad_image: str = "stop", pr
                     tqdm.write(f"iteration {it}: heads-first phase over; {describe_trainable(run.model)}")
             for h in hooks: h.after_step(run, it, lr, losses | {"time": time.perf_counter() - t0, "data_time": t_data})
             bar.update(1)
-    finally:   # a worker still running at exit, held by an error's traceback, would stop Python exiting
+    finally:   # workers stop now, not when an error's traceback (a notebook keeps the last one) lets the batches go
         bar.close()
         close_batches(batches)
     return dict(iterations=it, train_seconds=time.perf_counter() - t_start, skipped_images=skipped)

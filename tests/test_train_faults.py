@@ -1,9 +1,12 @@
 """What `mrcnn_nb train` does when things go wrong: a run that diverges, a bad image in a worker, a bad validation
 image, broken annotations, a resume on other data or with a changed learning rate, a folder that holds an old run;
-and a script whose training with a worker fails (run in a subprocess).
+and scripts, run in a subprocess, whose training with a worker fails or that end holding a training loader.
 Each case runs the command in this process (`main`), on a small synthetic dataset, at one thread."""
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -145,7 +148,6 @@ def test_sigterm_checkpoints_the_step_and_resume_continues_exactly(root, tmp_pat
     """A scheduler's SIGTERM during step 3: the run finishes the step, writes last.pth at iteration 3, exits 143 with
     what to do; the same command again (--auto-resume, as a requeued job runs it) ends with the same weights as a run
     never stopped."""
-    import os
     import signal
     import mrcnn_nb.train as T
     common = ["--data", root, "--iters", "6", "--val-split", "", "--batch", "2", "warmup_iters=1",
@@ -170,9 +172,7 @@ def test_sigterm_checkpoints_the_step_and_resume_continues_exactly(root, tmp_pat
 def _run_script(script: str, root, tmp_path, timeout: int = 150):
     """Run `script` in a fresh Python, one thread, with the data `root` and a run folder as its arguments; fail the
     test if it has not exited in `timeout` s (a DataLoader worker left running makes Python's exit wait forever)."""
-    import subprocess
-    import sys
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     try:
         return subprocess.run([sys.executable, "-c", script, str(root), str(tmp_path / "run")],
                               capture_output=True, text=True, timeout=timeout, env=env)
